@@ -1,0 +1,2 @@
+mod tls;
+fn main() {}

@@ -1,0 +1,839 @@
+//! The HTTPS accept loop, and a plain-HTTP listener that only redirects.
+//!
+//! [`serve_https`] accepts TCP connections and gives each its own task:
+//! a TLS handshake (tokio-rustls) bounded by a timeout, then HTTP/1.1 or
+//! HTTP/2 (hyper-util's auto builder, with upgrades) serving an axum
+//! `Router`. Handlers can extract `ConnectInfo<SocketAddr>`. A client that
+//! sends garbage or nothing at all only ties up its own task: the handshake
+//! timeout, a deadline for the first request bytes and hyper's HTTP/1
+//! header-read timeout close it. Failed handshakes are counted in
+//! [`ServeOptions::handshake_failures`].
+//!
+//! When the `shutdown` future resolves the loop stops accepting, asks every
+//! open connection to finish (HTTP/1 closes after the in-flight response,
+//! HTTP/2 sends GOAWAY), waits up to [`ServeOptions::graceful_deadline`],
+//! aborts what is left and returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::header::{HOST, LOCATION};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+/// Tuning and counters for [`serve_https`].
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Incremented for every failed or timed-out TLS handshake.
+    pub handshake_failures: Arc<AtomicU64>,
+    /// Time allowed for the TLS handshake (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Time in-flight requests get after shutdown starts (default 30 s).
+    pub graceful_deadline: Duration,
+    /// Time allowed for the first request bytes after the handshake, and
+    /// for HTTP/1 request headers (default 10 s).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            handshake_failures: Arc::new(AtomicU64::new(0)),
+            handshake_timeout: Duration::from_secs(10),
+            graceful_deadline: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` over HTTPS on `listener` until `shutdown` resolves, then
+/// shuts down gracefully (see the module docs). Returns an error only if
+/// the listener itself fails.
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+    opts: ServeOptions,
+) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let builder = Arc::new(http_builder(opts.header_read_timeout));
+    let conn_opts = opts.clone();
+    accept_loop(
+        listener,
+        shutdown,
+        opts.graceful_deadline,
+        move |tcp, peer, watcher| {
+            serve_tls_connection(
+                acceptor.clone(),
+                tcp,
+                peer,
+                Arc::clone(&builder),
+                app.clone(),
+                watcher,
+                conn_opts.clone(),
+            )
+        },
+    )
+    .await
+}
+
+/// Answers every plain-HTTP request on `listener` with
+/// `308 Permanent Redirect` to `https://<host>:<https_port><path>`, where
+/// `<host>` is the request's Host without its port. Requests without a
+/// usable Host get `400`. Runs until `shutdown` resolves.
+pub async fn serve_http_redirect(
+    listener: TcpListener,
+    https_port: u16,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let header_timeout = Duration::from_secs(10);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(false);
+    let http1 = Arc::new(http1);
+    accept_loop(
+        listener,
+        shutdown,
+        Duration::from_secs(5),
+        move |tcp, peer, watcher| {
+            let http1 = Arc::clone(&http1);
+            async move {
+                let io = TokioIo::new(FirstReadDeadline::new(tcp, header_timeout));
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(redirect_response(&req, https_port))
+                });
+                let conn = http1.serve_connection(io, svc);
+                let res =
+                    until_shutdown(conn, watcher, |c: Pin<&mut _>| c.graceful_shutdown()).await;
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "HTTP redirect connection ended with error");
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Accepts connections until `shutdown`, running `on_conn` for each in its
+/// own task, then shuts the connections down gracefully.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    graceful_deadline: Duration,
+    mut on_conn: F,
+) -> io::Result<()>
+where
+    F: FnMut(TcpStream, SocketAddr, Watcher) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (signal, _) = watch::channel(());
+    let mut conns = JoinSet::new();
+    let mut result = Ok(());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    conns.spawn(on_conn(tcp, peer, signal.subscribe()));
+                }
+                Err(e) => match classify_accept_error(&e) {
+                    AcceptError::Transient => {}
+                    AcceptError::Resource => {
+                        tracing::warn!(error = %e, "accept failed; pausing briefly");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    AcceptError::Fatal => {
+                        tracing::error!(error = %e, "listener failed");
+                        result = Err(e);
+                        break;
+                    }
+                },
+            },
+        }
+    }
+    drop(listener);
+    if !conns.is_empty() {
+        tracing::info!(connections = conns.len(), "shutting down open connections");
+    }
+    let _ = signal.send(());
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(graceful_deadline, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = conns.len(),
+            "graceful shutdown deadline passed; closing remaining connections"
+        );
+    }
+    conns.shutdown().await;
+    result
+}
+
+/// Receiving side of the shutdown signal, one per connection task.
+type Watcher = watch::Receiver<()>;
+
+/// Drives `conn` to completion; once the shutdown signal fires, asks it to
+/// finish gracefully (`graceful`) and keeps driving it until it does.
+async fn until_shutdown<C: Future>(
+    conn: C,
+    mut signal: Watcher,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> C::Output {
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => return res,
+        _ = signal.changed() => {}
+    }
+    graceful(conn.as_mut());
+    conn.await
+}
+
+enum AcceptError {
+    Transient,
+    Resource,
+    Fatal,
+}
+
+fn classify_accept_error(e: &io::Error) -> AcceptError {
+    use io::ErrorKind::*;
+    match e.kind() {
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+        | TimedOut => AcceptError::Transient,
+        OutOfMemory => AcceptError::Resource,
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or buffers.
+        _ if matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12)) => AcceptError::Resource,
+        _ => AcceptError::Fatal,
+    }
+}
+
+fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .keep_alive_interval(Duration::from_secs(60))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn serve_tls_connection(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    watcher: Watcher,
+    opts: ServeOptions,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            opts.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            opts.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let io = TokioIo::new(FirstReadDeadline::new(tls, opts.header_read_timeout));
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req)
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    let res = until_shutdown(conn, watcher, |c: Pin<&mut _>| c.graceful_shutdown()).await;
+    if let Err(e) = res {
+        tracing::debug!(%peer, error = %e, "HTTPS connection ended with error");
+    }
+}
+
+fn redirect_response(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .and_then(|h| host_without_port(&h).map(str::to_owned));
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
+    let mut resp = Response::new(Body::empty());
+    match host {
+        Some(host) => {
+            let location = format!("https://{host}:{https_port}{path}");
+            match hyper::header::HeaderValue::try_from(location) {
+                Ok(v) => {
+                    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                    resp.headers_mut().insert(LOCATION, v);
+                }
+                Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+            }
+        }
+        None => *resp.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    resp
+}
+
+/// The host part of a Host header value (`name`, `name:port`, `[v6]` or
+/// `[v6]:port`), if it contains only characters valid in a host.
+fn host_without_port(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let host = if value.starts_with('[') {
+        let end = value.find(']')?;
+        let (host, rest) = value.split_at(end + 1);
+        if !(rest.is_empty() || rest.starts_with(':')) {
+            return None;
+        }
+        if !host[1..host.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        host
+    } else {
+        let host = value.split(':').next()?;
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return None;
+        }
+        host
+    };
+    (!host.is_empty() && host != "[]").then_some(host)
+}
+
+/// Fails the first read with `TimedOut` if no byte arrives within the
+/// deadline. Covers the gap between the TLS handshake and hyper's own
+/// timeouts (hyper-util waits for the first bytes to pick HTTP/1 or 2).
+struct FirstReadDeadline<I> {
+    inner: I,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<I> FirstReadDeadline<I> {
+    fn new(inner: I, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstReadDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(res) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(res)
+            }
+            Poll::Pending => {
+                let expired = match this.deadline.as_mut() {
+                    Some(deadline) => deadline.as_mut().poll(cx).is_ready(),
+                    None => false,
+                };
+                if expired {
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request received in time",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstReadDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use axum::routing::get;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+    use tokio_rustls::TlsConnector;
+
+    use super::*;
+    use crate::tls::TlsManager;
+    use crate::tls::test_util::settings;
+
+    struct Server {
+        addr: SocketAddr,
+        mgr: Arc<TlsManager>,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<io::Result<()>>,
+        failures: Arc<AtomicU64>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        async fn stop(mut self) -> io::Result<()> {
+            if let Some(tx) = self.stop.take() {
+                let _ = tx.send(());
+            }
+            tokio::time::timeout(Duration::from_secs(5), self.task)
+                .await
+                .expect("server stops in time")
+                .expect("join")
+        }
+    }
+
+    fn app() -> Router {
+        Router::new()
+            .route(
+                "/",
+                get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                    format!("hello {}", peer.ip())
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    "slow done"
+                }),
+            )
+            .route(
+                "/forever",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "never"
+                }),
+            )
+    }
+
+    async fn start(opts: ServeOptions) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = settings(dir.path());
+        let mgr = tokio::task::spawn_blocking(move || TlsManager::new(s))
+            .await
+            .expect("join")
+            .expect("manager");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let failures = Arc::clone(&opts.handshake_failures);
+        let config = mgr.server_config().expect("config");
+        let task = tokio::spawn(serve_https(
+            listener,
+            config,
+            app(),
+            async move {
+                let _ = rx.await;
+            },
+            opts,
+        ));
+        Server {
+            addr,
+            mgr,
+            stop: Some(tx),
+            task,
+            failures,
+            _dir: dir,
+        }
+    }
+
+    fn client_config(
+        mgr: &TlsManager,
+        versions: &[&'static SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(mgr.ca().cert_der().clone()).expect("add CA");
+        let mut cfg =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+
+    async fn connect(
+        addr: SocketAddr,
+        cfg: Arc<ClientConfig>,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+        TlsConnector::from(cfg).connect(name, tcp).await
+    }
+
+    async fn read_all<R: AsyncRead + Unpin>(r: &mut R) -> String {
+        let mut out = Vec::new();
+        // A missing close_notify after the response is not a test failure.
+        let _ = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    async fn https_get(
+        addr: SocketAddr,
+        cfg: Arc<ClientConfig>,
+        path: &str,
+    ) -> io::Result<(String, Option<ProtocolVersion>)> {
+        let mut tls = connect(addr, cfg).await?;
+        let version = tls.get_ref().1.protocol_version();
+        tls.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        Ok((read_all(&mut tls).await, version))
+    }
+
+    fn fast_opts() -> ServeOptions {
+        ServeOptions {
+            handshake_timeout: Duration::from_millis(300),
+            header_read_timeout: Duration::from_millis(300),
+            graceful_deadline: Duration::from_secs(5),
+            ..ServeOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn https_tls13_and_tls12_with_connect_info() {
+        let server = start(ServeOptions::default()).await;
+        let cfg13 = client_config(&server.mgr, &[&rustls::version::TLS13], &[b"http/1.1"]);
+        let (resp, version) = https_get(server.addr, cfg13, "/").await.expect("tls1.3");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.ends_with("hello 127.0.0.1"), "{resp}");
+        assert_eq!(version, Some(ProtocolVersion::TLSv1_3));
+
+        let cfg12 = client_config(&server.mgr, &[&rustls::version::TLS12], &[b"http/1.1"]);
+        let (resp, version) = https_get(server.addr, cfg12, "/").await.expect("tls1.2");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert_eq!(version, Some(ProtocolVersion::TLSv1_2));
+        assert_eq!(server.failures.load(Ordering::Relaxed), 0);
+        server.stop().await.expect("clean stop");
+    }
+
+    #[tokio::test]
+    async fn h2_negotiated_via_alpn() {
+        let server = start(ServeOptions::default()).await;
+        let cfg = client_config(
+            &server.mgr,
+            &[&rustls::version::TLS13],
+            &[b"h2", b"http/1.1"],
+        );
+        let mut tls = connect(server.addr, cfg).await.expect("connect");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .expect("preface");
+        let mut frame = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut frame))
+            .await
+            .expect("in time")
+            .expect("frame");
+        assert_eq!(frame[3], 0x04, "server answers with a SETTINGS frame");
+        drop(tls);
+        server.stop().await.expect("clean stop");
+    }
+
+    #[tokio::test]
+    async fn untrusting_client_fails_and_is_counted() {
+        let server = start(ServeOptions::default()).await;
+        let other = start(ServeOptions::default()).await;
+        // Trusts another appliance's CA.
+        let cfg = client_config(&other.mgr, &[&rustls::version::TLS13], &[]);
+        assert!(connect(server.addr, cfg).await.is_err());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(server.failures.load(Ordering::Relaxed), 1);
+        server.stop().await.expect("stop");
+        other.stop().await.expect("stop");
+    }
+
+    #[tokio::test]
+    async fn garbage_and_slowloris_clients_do_not_block_others() {
+        let server = start(fast_opts()).await;
+        // Plain HTTP to the TLS port.
+        let mut garbage = TcpStream::connect(server.addr).await.expect("connect");
+        garbage
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        // Connects and sends nothing.
+        let mut silent = TcpStream::connect(server.addr).await.expect("connect");
+        // Completes the handshake, then sends nothing.
+        let cfg = client_config(&server.mgr, &[&rustls::version::TLS13], &[]);
+        let mut idle_tls = connect(server.addr, cfg.clone()).await.expect("tls");
+
+        let (resp, _) = https_get(server.addr, cfg, "/")
+            .await
+            .expect("normal client");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf))
+            .await
+            .expect("silent client closed by handshake timeout");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), garbage.read_to_end(&mut rest))
+            .await
+            .expect("garbage client closed");
+        let r = tokio::time::timeout(Duration::from_secs(3), idle_tls.read(&mut buf))
+            .await
+            .expect("idle TLS client closed by first-read deadline");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        assert_eq!(server.failures.load(Ordering::Relaxed), 2);
+        server.stop().await.expect("stop");
+    }
+
+    /// A TLS 1.2 ClientHello offering only CBC suites must be refused.
+    #[tokio::test]
+    async fn cbc_only_client_hello_refused() {
+        let server = start(ServeOptions::default()).await;
+        let mut ext = Vec::new();
+        // supported_groups: x25519, secp256r1
+        ext.extend_from_slice(&[0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]);
+        // ec_point_formats: uncompressed
+        ext.extend_from_slice(&[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
+        // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256
+        ext.extend_from_slice(&[0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x08, 0x04]);
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[0x11; 32]);
+        body.push(0); // session id
+        // TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA,
+        // TLS_RSA_WITH_AES_128_CBC_SHA
+        body.extend_from_slice(&[0x00, 0x06, 0xc0, 0x13, 0xc0, 0x09, 0x00, 0x2f]);
+        body.extend_from_slice(&[0x01, 0x00]); // null compression
+        body.extend_from_slice(&u16::try_from(ext.len()).expect("len").to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![0x01];
+        hs.extend_from_slice(&u32::try_from(body.len()).expect("len").to_be_bytes()[1..]);
+        hs.extend_from_slice(&body);
+        let mut record = vec![0x16, 0x03, 0x01];
+        record.extend_from_slice(&u16::try_from(hs.len()).expect("len").to_be_bytes());
+        record.extend_from_slice(&hs);
+
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        tcp.write_all(&record).await.expect("write");
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut reply)).await;
+        assert_eq!(
+            reply.first(),
+            Some(&0x15),
+            "expected an alert, got {reply:02x?}"
+        );
+        assert_eq!(server.failures.load(Ordering::Relaxed), 1);
+        server.stop().await.expect("stop");
+    }
+
+    #[tokio::test]
+    async fn graceful_shutdown_finishes_in_flight_request() {
+        let server = start(fast_opts()).await;
+        let cfg = client_config(&server.mgr, &[&rustls::version::TLS13], &[b"http/1.1"]);
+        let addr = server.addr;
+        let req = tokio::spawn(https_get(addr, cfg.clone(), "/slow"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let started = std::time::Instant::now();
+        server.stop().await.expect("stop");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let (resp, _) = req.await.expect("join").expect("request");
+        assert!(resp.contains("slow done"), "{resp}");
+        // No longer accepting.
+        assert!(https_get(addr, cfg, "/").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn graceful_deadline_bounds_shutdown() {
+        let opts = ServeOptions {
+            graceful_deadline: Duration::from_millis(300),
+            ..fast_opts()
+        };
+        let server = start(opts).await;
+        let cfg = client_config(&server.mgr, &[&rustls::version::TLS13], &[b"http/1.1"]);
+        let req = tokio::spawn(https_get(server.addr, cfg, "/forever"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let started = std::time::Instant::now();
+        server.stop().await.expect("stop");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let resp = req.await.expect("join");
+        assert!(
+            !resp.map(|(r, _)| r).unwrap_or_default().contains("never"),
+            "request must have been cut off"
+        );
+    }
+
+    #[tokio::test]
+    async fn renewed_certificate_used_for_new_handshakes() {
+        let server = start(ServeOptions::default()).await;
+        let cfg = client_config(&server.mgr, &[&rustls::version::TLS13], &[b"http/1.1"]);
+        let tls = connect(server.addr, cfg.clone()).await.expect("connect");
+        let first = tls.get_ref().1.peer_certificates().expect("certs")[0].clone();
+        drop(tls);
+        let dir = server._dir.path().to_path_buf();
+        std::fs::remove_file(dir.join(crate::tls::files::SERVER_CERT_FILE)).expect("rm");
+        let mgr = Arc::clone(&server.mgr);
+        tokio::task::spawn_blocking(move || mgr.refresh())
+            .await
+            .expect("join")
+            .expect("refresh");
+        let tls = connect(server.addr, cfg).await.expect("connect");
+        let certs = tls.get_ref().1.peer_certificates().expect("certs");
+        assert_ne!(certs[0], first);
+        assert_eq!(certs.len(), 2, "server cert + CA");
+        drop(tls);
+        server.stop().await.expect("stop");
+    }
+
+    async fn redirect_server() -> (SocketAddr, oneshot::Sender<()>, JoinHandle<io::Result<()>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_http_redirect(listener, 8443, async move {
+            let _ = rx.await;
+        }));
+        (addr, tx, task)
+    }
+
+    async fn raw_request(addr: SocketAddr, request: &str) -> String {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        read_all(&mut tcp).await
+    }
+
+    #[tokio::test]
+    async fn redirects_to_https() {
+        let (addr, stop, task) = redirect_server().await;
+        let resp = raw_request(
+            addr,
+            "GET /vault/x?y=1 HTTP/1.1\r\nHost: nas.local:8080\r\n\r\n",
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 308"), "{resp}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("location: https://nas.local:8443/vault/x?y=1\r\n"),
+            "{resp}"
+        );
+        let resp = raw_request(addr, "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n").await;
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("location: https://[::1]:8443/\r\n"),
+            "{resp}"
+        );
+        let resp = raw_request(addr, "GET / HTTP/1.1\r\nHost: 192.168.1.5\r\n\r\n").await;
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("location: https://192.168.1.5:8443/\r\n"),
+            "{resp}"
+        );
+        let resp = raw_request(addr, "GET / HTTP/1.0\r\n\r\n").await;
+        assert!(
+            resp.starts_with("HTTP/1.0 400") || resp.starts_with("HTTP/1.1 400"),
+            "{resp}"
+        );
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops")
+            .expect("join")
+            .expect("ok");
+    }
+
+    #[test]
+    fn host_parsing() {
+        assert_eq!(host_without_port("a.b:80"), Some("a.b"));
+        assert_eq!(host_without_port("a.b"), Some("a.b"));
+        assert_eq!(host_without_port("[fe80::1]:80"), Some("[fe80::1]"));
+        assert_eq!(host_without_port("[::1]"), Some("[::1]"));
+        assert_eq!(host_without_port("evil/x"), None);
+        assert_eq!(host_without_port("a@b"), None);
+        assert_eq!(host_without_port("[::1]x"), None);
+        assert_eq!(host_without_port(""), None);
+        assert_eq!(host_without_port(":80"), None);
+    }
+}

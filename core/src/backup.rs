@@ -1,0 +1,392 @@
+//! Encrypted backups and verified restores.
+//!
+//! A backup is one age file (to an X25519 recipient or a passphrase) whose
+//! plaintext is every table of the database as it was in one read
+//! transaction — a consistent snapshot even while a server writes — plus the
+//! vault's data key. The wrapped data key is left out: a restore re-wraps the
+//! data key with the target's own master key, so a backup stays usable after
+//! the original master key is lost. Records stay individually encrypted inside
+//! the backup as well.
+//!
+//! A restore decrypts and checks everything (format, schema version, every
+//! record's envelope) before it touches the data directory, then writes a new
+//! database file beside the old one and renames it into place.
+
+use crate::store::{self, DB_FILE, DataDirLock, META, Store, VAULT_RECORDS};
+use crate::vault::{
+    DataKey, META_MASTER_SOURCE, META_WRAPPED_DATA_KEY, MasterKey, MasterKeySource, RecordId,
+    Vault, VaultError,
+};
+use age::secrecy::{ExposeSecret, SecretString};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+const MAGIC: &str = "latchkey-backup";
+const FORMAT: u32 = 1;
+
+/// Who can open a backup.
+pub enum BackupRecipient {
+    /// An age X25519 recipient (`age1…`).
+    Recipient(age::x25519::Recipient),
+    Passphrase(SecretString),
+}
+
+impl BackupRecipient {
+    pub fn parse_recipient(s: &str) -> Result<Self, BackupError> {
+        age::x25519::Recipient::from_str(s.trim())
+            .map(BackupRecipient::Recipient)
+            .map_err(|_| BackupError::BadRecipient)
+    }
+}
+
+/// What opens a backup.
+pub enum BackupIdentity {
+    Identity(age::x25519::Identity),
+    Passphrase(SecretString),
+}
+
+impl BackupIdentity {
+    /// Reads an age identity file (comment lines allowed).
+    pub fn from_identity_file(path: &Path) -> Result<Self, BackupError> {
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| BackupError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            );
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .ok_or_else(|| BackupError::BadIdentityFile(path.to_path_buf()))?;
+        age::x25519::Identity::from_str(line)
+            .map(BackupIdentity::Identity)
+            .map_err(|_| BackupError::BadIdentityFile(path.to_path_buf()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("not a valid age recipient (expected age1…)")]
+    BadRecipient,
+    #[error("{0} does not contain an age identity (AGE-SECRET-KEY-1…)")]
+    BadIdentityFile(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the backup cannot be decrypted: {0}")]
+    Decrypt(String),
+    #[error("the backup is damaged or not a Latchkey backup ({0}); nothing was changed")]
+    Damaged(String),
+    #[error(
+        "the backup has schema version {found}, newer than this Latchkey supports ({supported}); \
+         nothing was changed"
+    )]
+    TooNew { found: u32, supported: u32 },
+    #[error(
+        "the data directory {0} already holds a vault; restoring would replace it. \
+         Pass --force to overwrite it"
+    )]
+    NotEmpty(PathBuf),
+    #[error("backup verification failed: {0}; nothing was changed")]
+    Verify(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for BackupError {
+            fn from(e: $t) -> Self { BackupError::Store(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct TableDump {
+    name: String,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct Payload {
+    magic: String,
+    format: u32,
+    schema_version: u32,
+    created_at: i64,
+    data_key: String,
+    tables: Vec<TableDump>,
+}
+
+/// Summary of a backup, printed by the CLI.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSummary {
+    pub schema_version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    pub tables: usize,
+    pub vault_records: usize,
+}
+
+fn byte_table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// Takes a consistent snapshot of the whole database and encrypts it.
+pub fn create(
+    vault: &Vault,
+    to: &BackupRecipient,
+) -> Result<(Vec<u8>, BackupSummary), BackupError> {
+    let store = vault.store();
+    let data_key = vault.with_data_key(|k| Ok(k.expose_identity_string()))?;
+    let txn = store.db().begin_read()?;
+    let mut tables = Vec::new();
+    for handle in txn.list_tables()? {
+        let name = handle.name().to_string();
+        let table = txn.open_table(byte_table(&name))?;
+        let mut entries = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let key = k.value();
+            if name == META.name() && (key == META_WRAPPED_DATA_KEY || key == META_MASTER_SOURCE) {
+                continue; // re-made by the restore for its own master key
+            }
+            entries.push((key.to_vec(), v.value().to_vec()));
+        }
+        tables.push(TableDump { name, entries });
+    }
+    let schema_version = {
+        let meta = txn.open_table(META)?;
+        let v = meta.get(latchkey_migrations::SCHEMA_VERSION_KEY)?;
+        v.and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes))
+            .unwrap_or(0)
+    };
+    drop(txn);
+    let vault_records = tables
+        .iter()
+        .find(|t| t.name == VAULT_RECORDS.name())
+        .map_or(0, |t| t.entries.len());
+    let created_at = time::OffsetDateTime::now_utc();
+    let summary = BackupSummary {
+        schema_version,
+        created_at,
+        tables: tables.len(),
+        vault_records,
+    };
+    let payload = Payload {
+        magic: MAGIC.into(),
+        format: FORMAT,
+        schema_version,
+        created_at: created_at.unix_timestamp(),
+        data_key: data_key.expose_secret().to_owned(),
+        tables,
+    };
+    let plain = Zeroizing::new(
+        postcard::to_allocvec(&payload).map_err(|e| BackupError::Damaged(e.to_string()))?,
+    );
+    let out = match to {
+        BackupRecipient::Recipient(r) => age::encrypt(r, &plain),
+        BackupRecipient::Passphrase(p) => {
+            let mut r = age::scrypt::Recipient::new(p.clone());
+            r.set_work_factor(crate::vault::keys::SCRYPT_WORK_FACTOR);
+            age::encrypt(&r, &plain)
+        }
+    }
+    .map_err(|e| BackupError::Decrypt(e.to_string()))?;
+    Ok((out, summary))
+}
+
+/// A backup that decrypted and whose every record verified.
+pub struct VerifiedBackup {
+    payload: Payload,
+    data_key: DataKey,
+    pub summary: BackupSummary,
+}
+
+/// Decrypts and verifies a backup without touching any data directory.
+pub fn open(bytes: &[u8], identity: &BackupIdentity) -> Result<VerifiedBackup, BackupError> {
+    let plain = match identity {
+        BackupIdentity::Identity(i) => age::decrypt(i, bytes),
+        BackupIdentity::Passphrase(p) => {
+            let mut id = age::scrypt::Identity::new(p.clone());
+            id.set_max_work_factor(crate::vault::keys::SCRYPT_MAX_WORK_FACTOR);
+            age::decrypt(&id, bytes)
+        }
+    }
+    .map_err(|e| match e {
+        age::DecryptError::DecryptionFailed => {
+            BackupError::Decrypt("wrong passphrase or key, or the file was altered".into())
+        }
+        age::DecryptError::NoMatchingKeys => {
+            BackupError::Decrypt("it was not encrypted to this key or passphrase".into())
+        }
+        other => BackupError::Damaged(other.to_string()),
+    })?;
+    let plain = Zeroizing::new(plain);
+    let payload: Payload =
+        postcard::from_bytes(&plain).map_err(|e| BackupError::Damaged(e.to_string()))?;
+    if payload.magic != MAGIC || payload.format != FORMAT {
+        return Err(BackupError::Damaged("unknown format".into()));
+    }
+    if payload.schema_version > latchkey_migrations::CURRENT_VERSION {
+        return Err(BackupError::TooNew {
+            found: payload.schema_version,
+            supported: latchkey_migrations::CURRENT_VERSION,
+        });
+    }
+    let data_key = DataKey::from_secret_str(&payload.data_key)
+        .map_err(|_| BackupError::Damaged("data key".into()))?;
+    let records = verify_records(&payload, &data_key)?;
+    let summary = BackupSummary {
+        schema_version: payload.schema_version,
+        created_at: time::OffsetDateTime::from_unix_timestamp(payload.created_at)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        tables: payload.tables.len(),
+        vault_records: records,
+    };
+    Ok(VerifiedBackup {
+        payload,
+        data_key,
+        summary,
+    })
+}
+
+fn verify_records(payload: &Payload, data_key: &DataKey) -> Result<usize, BackupError> {
+    let Some(table) = payload
+        .tables
+        .iter()
+        .find(|t| t.name == VAULT_RECORDS.name())
+    else {
+        return Ok(0);
+    };
+    for (k, v) in &table.entries {
+        let id = RecordId::from_key(k)
+            .ok_or_else(|| BackupError::Verify("malformed record id".into()))?;
+        crate::vault::verify_stored(data_key, id, v)
+            .map_err(|e| BackupError::Verify(format!("record {id}: {e}")))?;
+    }
+    Ok(table.entries.len())
+}
+
+/// Whether `dir` already holds a vault that a restore would replace.
+fn holds_vault(db_path: &Path) -> bool {
+    if !db_path.exists() {
+        return false;
+    }
+    let Ok(db) = Database::open(db_path) else {
+        return true; // unreadable: treat as precious
+    };
+    let Ok(txn) = db.begin_read() else {
+        return true;
+    };
+    let has_key = txn
+        .open_table(META)
+        .ok()
+        .and_then(|t| t.get(META_WRAPPED_DATA_KEY).ok().flatten().map(|_| ()))
+        .is_some();
+    let has_records = txn
+        .open_table(VAULT_RECORDS)
+        .ok()
+        .and_then(|t| t.first().ok().flatten().map(|_| ()))
+        .is_some();
+    has_key || has_records
+}
+
+/// Writes a verified backup into `dir`, re-wrapping its data key with the
+/// master key of `source` (`passphrase` gives it for passphrase sources).
+pub fn restore(
+    backup: &VerifiedBackup,
+    dir: &Path,
+    source: &MasterKeySource,
+    passphrase: Option<MasterKey>,
+    force: bool,
+) -> Result<BackupSummary, BackupError> {
+    store::ensure_data_dir(dir)?;
+    let _lock = DataDirLock::acquire(dir, "restore").map_err(store::StoreError::from)?;
+    let db_path = dir.join(DB_FILE);
+    if !force && holds_vault(&db_path) {
+        return Err(BackupError::NotEmpty(dir.to_path_buf()));
+    }
+    let master = match passphrase {
+        Some(m) => m,
+        None => match source.load() {
+            Ok(m) => m,
+            Err(crate::vault::MasterKeyError::KeyFileMissing { .. }) if source.can_generate() => {
+                let m = MasterKey::generate();
+                source.store_new(&m).map_err(VaultError::from)?;
+                m
+            }
+            Err(e) => return Err(VaultError::from(e).into()),
+        },
+    };
+    let wrapped = master.wrap(&backup.data_key).map_err(VaultError::from)?;
+
+    let tmp = dir.join(format!("{DB_FILE}.restoring"));
+    let _ = std::fs::remove_file(&tmp);
+    let io = |source| BackupError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    {
+        let db = Database::create(&tmp)?;
+        let txn = db.begin_write()?;
+        for t in &backup.payload.tables {
+            let mut table = txn.open_table(byte_table(&t.name))?;
+            for (k, v) in &t.entries {
+                table.insert(k.as_slice(), v.as_slice())?;
+            }
+        }
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(META_WRAPPED_DATA_KEY, wrapped.as_slice())?;
+            meta.insert(META_MASTER_SOURCE, source.kind_name().as_bytes())?;
+        }
+        latchkey_migrations::migrate(&txn).map_err(store::StoreError::from)?;
+        txn.commit()?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    std::fs::rename(&tmp, &db_path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    let _ = std::fs::remove_file(db_path.with_extension("redb.pre-repair"));
+    Ok(backup.summary.clone())
+}
+
+/// Opens the restored directory and checks every record, as a final proof.
+pub fn verify_restored(
+    dir: &Path,
+    source: &MasterKeySource,
+    master: Option<&MasterKey>,
+) -> Result<usize, BackupError> {
+    let store = Store::open(dir, "restore")?;
+    let vault = Vault::new(store);
+    match master {
+        Some(m) => {
+            vault.unseal(m, source.kind_name())?;
+        }
+        None => {
+            vault.open_with(source)?;
+        }
+    }
+    Ok(vault.verify_all()?)
+}

@@ -1,0 +1,477 @@
+//! The one typed configuration.
+//!
+//! Layers, later wins: built-in defaults → TOML file (`DATA_DIR/latchkey.toml`
+//! or `--config`) → `LATCHKEY_<SECTION>__<KEY>` environment variables → flags
+//! (applied by the shell). Unknown keys, wrong types and bad values are errors
+//! that name the key, e.g. `server.listen: invalid socket address syntax`.
+//! Every key is documented in `docs/CONFIGURATION.md`.
+
+use crate::vault::MasterKeySource;
+use crate::vault::keychain::KeyringBackend;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The config file's name inside the data directory.
+pub const CONFIG_FILE: &str = "latchkey.toml";
+/// Default HTTPS port: unprivileged, unlikely to clash, easy to remember.
+pub const DEFAULT_PORT: u16 = 8443;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{origin}: `{key}`: {message}")]
+    Key {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MasterKeyKind {
+    #[default]
+    Keyfile,
+    SystemdCredential,
+    Passphrase,
+    Keyring,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultSettings {
+    /// Where the master key comes from.
+    pub master_key: MasterKeyKind,
+    /// Key file for `keyfile` (default `DATA_DIR/master.key`).
+    pub key_file: Option<PathBuf>,
+    /// Credential name for `systemd-credential`.
+    pub credential_name: String,
+    pub keyring_service: String,
+    pub keyring_account: String,
+    pub keyring_backend: KeyringBackend,
+}
+
+impl Default for VaultSettings {
+    fn default() -> Self {
+        VaultSettings {
+            master_key: MasterKeyKind::Keyfile,
+            key_file: None,
+            credential_name: "latchkey-master".into(),
+            keyring_service: "latchkey".into(),
+            keyring_account: "master-key".into(),
+            keyring_backend: KeyringBackend::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// HTTPS listen addresses.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<SocketAddr>,
+    /// Optional plain-HTTP listeners that only redirect to HTTPS.
+    #[serde(deserialize_with = "one_or_many")]
+    pub http_redirect_listen: Vec<SocketAddr>,
+    /// How long in-flight requests may run on shutdown.
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: Duration,
+    /// Per-request time limit.
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))],
+            http_redirect_listen: Vec::new(),
+            shutdown_grace: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Your own certificate chain (PEM); overrides the generated one.
+    pub cert_file: Option<PathBuf>,
+    /// The key for `cert_file` (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Extra DNS names and IP addresses for the generated certificate.
+    pub extra_names: Vec<String>,
+    #[serde(with = "duration_str")]
+    pub server_cert_lifetime: Duration,
+    #[serde(with = "duration_str")]
+    pub renew_before: Duration,
+    #[serde(with = "duration_str")]
+    pub check_interval: Duration,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            cert_file: None,
+            key_file: None,
+            extra_names: Vec::new(),
+            server_cert_lifetime: Duration::from_secs(90 * 86400),
+            renew_before: Duration::from_secs(30 * 86400),
+            check_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `latchkey=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricsAccess {
+    Off,
+    /// Only clients connecting from a loopback address.
+    #[default]
+    Loopback,
+    /// Anyone presenting `metrics.token` as a bearer token.
+    Token,
+}
+
+#[derive(Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    pub access: MetricsAccess,
+    #[serde(serialize_with = "redact")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for MetricsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSettings")
+            .field("access", &self.access)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Everything configurable.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub vault: VaultSettings,
+    pub server: ServerSettings,
+    pub tls: TlsSettings,
+    pub log: LogSettings,
+    pub metrics: MetricsSettings,
+}
+
+impl Settings {
+    /// Loads `file` (if it exists, or must exist when `explicit`), then
+    /// applies `LATCHKEY_<SECTION>__<KEY>` variables from `env`.
+    pub fn load(
+        file: &Path,
+        explicit: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let (mut table, origin) = match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let table: toml::Table =
+                    text.parse()
+                        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                            path: file.display().to_string(),
+                            message: e.to_string().trim().replace('\n', " "),
+                        })?;
+                (table, file.display().to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                (toml::Table::new(), "defaults".to_string())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: file.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let mut env_vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("LATCHKEY_") && k.contains("__"))
+            .collect();
+        env_vars.sort();
+        for (var, value) in &env_vars {
+            apply_env(&mut table, var, value)?;
+        }
+        let origin = if env_vars.is_empty() {
+            origin
+        } else {
+            format!("{origin} + environment")
+        };
+        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Key {
+                origin: origin.clone(),
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        settings
+            .validate()
+            .map_err(|(key, message)| ConfigError::Key {
+                origin,
+                key: key.into(),
+                message,
+            })?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.server.listen.is_empty() {
+            return Err(("server.listen", "at least one address is needed".into()));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err((
+                "tls.key_file",
+                "tls.cert_file and tls.key_file go together: set both or neither".into(),
+            ));
+        }
+        if self.tls.renew_before >= self.tls.server_cert_lifetime {
+            return Err((
+                "tls.renew_before",
+                "must be shorter than tls.server_cert_lifetime".into(),
+            ));
+        }
+        if self.tls.check_interval.is_zero() {
+            return Err(("tls.check_interval", "must be greater than zero".into()));
+        }
+        for name in &self.tls.extra_names {
+            if name.parse::<IpAddr>().is_err() && !valid_dns_name(name) {
+                return Err((
+                    "tls.extra_names",
+                    format!("`{name}` is neither an IP address nor a DNS name"),
+                ));
+            }
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(("server.max_body_bytes", "must be greater than zero".into()));
+        }
+        if self.metrics.access == MetricsAccess::Token
+            && self.metrics.token.as_deref().is_none_or(|t| t.len() < 16)
+        {
+            return Err((
+                "metrics.token",
+                "metrics.access = \"token\" needs a token of at least 16 characters".into(),
+            ));
+        }
+        if let Err(e) = tracing_filter_ok(&self.log.level) {
+            return Err(("log.level", e));
+        }
+        Ok(())
+    }
+
+    /// The master-key source this configuration selects for `data_dir`.
+    pub fn master_key_source(&self, data_dir: &Path) -> MasterKeySource {
+        let v = &self.vault;
+        match v.master_key {
+            MasterKeyKind::Keyfile => MasterKeySource::KeyFile {
+                path: v
+                    .key_file
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("master.key")),
+            },
+            MasterKeyKind::SystemdCredential => MasterKeySource::SystemdCredential {
+                name: v.credential_name.clone(),
+            },
+            MasterKeyKind::Passphrase => MasterKeySource::Passphrase,
+            MasterKeyKind::Keyring => MasterKeySource::Keyring {
+                service: v.keyring_service.clone(),
+                account: v.keyring_account.clone(),
+                backend: v.keyring_backend,
+            },
+        }
+    }
+}
+
+fn tracing_filter_ok(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(())
+}
+
+fn valid_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let env_err = |message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    let path: Vec<String> = var["LATCHKEY_".len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(env_err(
+            "malformed name; use LATCHKEY_<SECTION>__<KEY>".into(),
+        ));
+    }
+    // A TOML literal if it parses as one (numbers, booleans, arrays),
+    // otherwise the raw string.
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| env_err("empty key".into()))?;
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| env_err(format!("`{p}` is not a section")))?;
+    }
+    cur.insert(last.clone(), parsed);
+    Ok(())
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        OneOrMany::Many(v) => v,
+    };
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<SocketAddr>().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not an address:port (e.g. 127.0.0.1:8443 or [::1]:8443)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Durations written as `30s`, `15m`, `12h`, `90d` (or a bare number of seconds).
+pub mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 15m, 12h, 90d)"))?;
+        let mult = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{s}` (use s, m, h or d)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{s}` is too long"))
+    }
+
+    pub fn format(d: &Duration) -> String {
+        let s = d.as_secs();
+        match s {
+            0 => "0s".into(),
+            s if s % 86400 == 0 => format!("{}d", s / 86400),
+            s if s % 3600 == 0 => format!("{}h", s / 3600),
+            s if s % 60 == 0 => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,119 @@
+use super::*;
+
+fn load_str(toml_text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(CONFIG_FILE);
+    std::fs::write(&path, toml_text).expect("write");
+    Settings::load(
+        &path,
+        true,
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn defaults_without_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Settings::load(&dir.path().join("none.toml"), false, Vec::new()).expect("defaults");
+    assert_eq!(
+        s.server.listen,
+        vec![SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))]
+    );
+    assert_eq!(s.vault.master_key, MasterKeyKind::Keyfile);
+}
+
+#[test]
+fn explicit_missing_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = Settings::load(&dir.path().join("none.toml"), true, Vec::new()).expect_err("missing");
+    assert!(err.to_string().contains("none.toml"), "{err}");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = load_str("[server]\nlisten = \"127.0.0.1:1\"\nlisn = 3\n", &[]).expect_err("unknown");
+    let msg = err.to_string();
+    assert!(msg.contains("server.lisn") || msg.contains("lisn"), "{msg}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let err = load_str("[server]\nmax_body_bytes = \"big\"\n", &[]).expect_err("type");
+    assert!(err.to_string().contains("server.max_body_bytes"), "{err}");
+}
+
+#[test]
+fn bad_address_is_named() {
+    let err = load_str("[server]\nlisten = [\"localhost\"]\n", &[]).expect_err("addr");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("server.listen") && msg.contains("localhost"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn syntax_error_names_the_file() {
+    let err = load_str("[server\n", &[]).expect_err("syntax");
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+}
+
+#[test]
+fn env_overrides_file() {
+    let s = load_str(
+        "[server]\nlisten = \"127.0.0.1:1000\"\n",
+        &[
+            ("LATCHKEY_SERVER__LISTEN", "[::1]:2000"),
+            ("LATCHKEY_VAULT__MASTER_KEY", "passphrase"),
+            ("LATCHKEY_TLS__RENEW_BEFORE", "30s"),
+            ("LATCHKEY_DATA_DIR", "/ignored/here"),
+        ],
+    )
+    .expect("load");
+    assert_eq!(
+        s.server.listen,
+        vec!["[::1]:2000".parse::<SocketAddr>().expect("addr")]
+    );
+    assert_eq!(s.vault.master_key, MasterKeyKind::Passphrase);
+    assert_eq!(s.tls.renew_before, Duration::from_secs(30));
+}
+
+#[test]
+fn env_unknown_key_is_named() {
+    let err = load_str("", &[("LATCHKEY_SERVER__LISTN", "1")]).expect_err("unknown");
+    assert!(err.to_string().contains("listn"), "{err}");
+}
+
+#[test]
+fn cross_field_rules() {
+    let err = load_str("[tls]\ncert_file = \"/x.pem\"\n", &[]).expect_err("pair");
+    assert!(err.to_string().contains("tls.key_file"), "{err}");
+    let err = load_str("[tls]\nrenew_before = \"100d\"\n", &[]).expect_err("renew");
+    assert!(err.to_string().contains("tls.renew_before"), "{err}");
+    let err = load_str("[metrics]\naccess = \"token\"\n", &[]).expect_err("token");
+    assert!(err.to_string().contains("metrics.token"), "{err}");
+}
+
+#[test]
+fn token_is_redacted_everywhere() {
+    let s = load_str(
+        "[metrics]\naccess = \"token\"\ntoken = \"metrics-token-0123456789\"\n",
+        &[],
+    )
+    .expect("load");
+    let shown = toml::to_string(&s).expect("ser");
+    assert!(!shown.contains("metrics-token-0123456789"), "{shown}");
+    assert!(!format!("{s:?}").contains("metrics-token-0123456789"));
+}
+
+#[test]
+fn durations() {
+    assert_eq!(
+        duration_str::parse("90d"),
+        Ok(Duration::from_secs(90 * 86400))
+    );
+    assert_eq!(duration_str::parse("15"), Ok(Duration::from_secs(15)));
+    assert!(duration_str::parse("15y").is_err());
+    assert!(duration_str::parse("").is_err());
+    assert_eq!(duration_str::format(&Duration::from_secs(7200)), "2h");
+}

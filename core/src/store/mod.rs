@@ -1,0 +1,282 @@
+//! The one redb file in the data directory: opening it safely, migrating it,
+//! and the byte-table helpers the rest of `core` builds on.
+//!
+//! Opening never modifies a database it cannot use: a file from a newer
+//! schema is refused before the first write, and a file that needs crash
+//! repair is copied aside first so a failed repair can be undone.
+
+mod lock;
+
+pub use latchkey_migrations::{
+    ByteTable, CURRENT_VERSION, META, v1::VAULT_NAMES, v1::VAULT_RECORDS,
+};
+pub use lock::{DataDirLock, LockError, LockOwner, current_owner};
+
+use latchkey_migrations::{MigrateError, Outcome};
+use redb::{Database, ReadableDatabase, TableHandle};
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "latchkey.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error(
+        "the database {path} is damaged and cannot be opened ({detail}); it was left unchanged. \
+         Restore a backup with `latchkey restore`"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+/// An open, migrated database plus the lock that makes it ours.
+pub struct Store {
+    db: Database,
+    dir: PathBuf,
+    lock: std::sync::Mutex<DataDirLock>,
+    migrated_from: u32,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700 if it does not exist.
+pub fn ensure_data_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`, holding the data
+    /// directory's lock as `role`, and runs forward migrations.
+    pub fn open(dir: &Path, role: &str) -> Result<Arc<Store>, StoreError> {
+        ensure_data_dir(dir)?;
+        let lock = DataDirLock::acquire(dir, role)?;
+        let path = dir.join(DB_FILE);
+        refuse_newer_schema(&path)?;
+        let db = open_without_damage(&path)?;
+        let outcome = migrate(&db)?;
+        if outcome.from != outcome.to {
+            tracing::info!(
+                from = outcome.from,
+                to = outcome.to,
+                "database schema migrated"
+            );
+        }
+        Ok(Arc::new(Store {
+            db,
+            dir: dir.to_path_buf(),
+            lock: std::sync::Mutex::new(lock),
+            migrated_from: outcome.from,
+        }))
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The schema version the file had before this open migrated it.
+    pub fn migrated_from(&self) -> u32 {
+        self.migrated_from
+    }
+
+    /// Updates what the lock file says about this process.
+    pub fn advertise(&self, owner: &LockOwner) -> std::io::Result<()> {
+        let mut lock = self
+            .lock
+            .lock()
+            .map_err(|_| std::io::Error::other("lock file mutex poisoned"))?;
+        lock.describe_self(owner)
+    }
+
+    /// Reads one value from `META`.
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Names of every table in the database (for backups).
+    pub fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.list_tables()?.map(|h| h.name().to_string()).collect())
+    }
+}
+
+fn migrate(db: &Database) -> Result<Outcome, StoreError> {
+    let txn = db.begin_write()?;
+    let outcome = latchkey_migrations::migrate(&txn)?;
+    if outcome.from == outcome.to {
+        txn.abort()?;
+    } else {
+        txn.commit()?;
+    }
+    Ok(outcome)
+}
+
+/// Reads the schema version through a read-only open, so a database from a
+/// newer Latchkey is refused before anything opens it for writing.
+fn refuse_newer_schema(path: &Path) -> Result<(), StoreError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    // A file that needs repair cannot be opened read-only; the repairing
+    // open below deals with it (and checks the version in `migrate`).
+    let Ok(db) = Database::builder().open_read_only(path) else {
+        return Ok(());
+    };
+    let txn = db.begin_read()?;
+    let found = match txn.open_table(META) {
+        Ok(meta) => meta
+            .get(latchkey_migrations::SCHEMA_VERSION_KEY)?
+            .and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes))
+            .unwrap_or(0),
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    if found > CURRENT_VERSION {
+        return Err(MigrateError::TooNew {
+            found,
+            supported: CURRENT_VERSION,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Opens `path` so that a file we cannot use is left byte-for-byte as it was.
+///
+/// redb repairs a file after an unclean shutdown (kill -9, power loss) on
+/// open, which writes to it. We first try with repair refused; if repair is
+/// needed, the file is copied aside, repaired, and the copy is put back if the
+/// repair fails.
+fn open_without_damage(path: &Path) -> Result<Database, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        let db = Database::create(path).map_err(|e| map_open_error(path, e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+        return Ok(db);
+    }
+    let repair_needed = Arc::new(AtomicBool::new(false));
+    let flag = repair_needed.clone();
+    let first = Database::builder()
+        .set_repair_callback(move |session| {
+            flag.store(true, Ordering::SeqCst);
+            session.abort();
+        })
+        .open(path);
+    match first {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::RepairAborted) if repair_needed.load(Ordering::SeqCst) => {
+            let aside = path.with_extension("redb.pre-repair");
+            fs::copy(path, &aside).map_err(io)?;
+            match Database::open(path) {
+                Ok(db) => {
+                    tracing::warn!(path = %path.display(), "database repaired after an unclean shutdown");
+                    let _ = fs::remove_file(&aside);
+                    Ok(db)
+                }
+                Err(e) => {
+                    fs::rename(&aside, path).map_err(io)?;
+                    Err(corrupt(format!(
+                        "repair after unclean shutdown failed: {e}"
+                    )))
+                }
+            }
+        }
+        Err(e) => Err(map_open_error(path, e)),
+    }
+}
+
+fn map_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
+            if source.kind() == std::io::ErrorKind::UnexpectedEof
+                || source.kind() == std::io::ErrorKind::InvalidData
+            {
+                StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: source.to_string(),
+                }
+            } else {
+                StoreError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+            StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail,
+            }
+        }
+        redb::DatabaseError::UpgradeRequired(v) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("unsupported redb file format {v}"),
+        },
+        other => StoreError::Db(other.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! Where the master key comes from.
+//!
+//! `core` does not decide which source to use; the shell (appliance or desktop
+//! app) hands it a [`MasterKeySource`] built from configuration.
+//!
+//! - [`MasterKeySource::KeyFile`]: an age identity in a 0600 file, created on
+//!   first run. A file readable by group or others is refused.
+//! - [`MasterKeySource::SystemdCredential`]: the same identity text, read from
+//!   `$CREDENTIALS_DIRECTORY/<name>` (so `LoadCredentialEncrypted=` can keep it
+//!   TPM-sealed on disk).
+//! - [`MasterKeySource::Passphrase`]: nothing stored; the vault stays sealed
+//!   until someone supplies the passphrase.
+//! - [`MasterKeySource::Keyring`]: the identity text in the OS keychain (see
+//!   [`crate::vault::keychain`]).
+
+use super::keychain::{self, KeyringBackend};
+use super::keys::{KeyError, MasterKey};
+use age::secrecy::ExposeSecret;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The configured origin of the master key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    KeyFile {
+        path: PathBuf,
+    },
+    SystemdCredential {
+        name: String,
+    },
+    Passphrase,
+    Keyring {
+        service: String,
+        account: String,
+        backend: KeyringBackend,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterKeyError {
+    #[error(
+        "the master key file {path} is readable by group or others (mode {mode:03o}); \
+         run `chmod 600 {path}` and start again"
+    )]
+    LoosePermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "the master key file {path} is missing, but the vault already holds data wrapped by it; \
+         put the file back or restore a backup with `latchkey restore`"
+    )]
+    KeyFileMissing { path: PathBuf },
+    #[error("cannot read the master key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the master key file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} does not hold a master key: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: KeyError,
+    },
+    #[error(
+        "systemd credential `{name}` not found: $CREDENTIALS_DIRECTORY is not set \
+         (add `LoadCredentialEncrypted={name}:…` to the service unit)"
+    )]
+    NoCredentialsDirectory { name: String },
+    #[error("the OS keychain: {0}")]
+    Keychain(#[from] keychain::KeychainError),
+    #[error(
+        "the master key source `{0}` needs a passphrase; the vault stays sealed until one is given"
+    )]
+    NeedsPassphrase(&'static str),
+}
+
+impl MasterKeySource {
+    /// Stable name, stored next to the wrapped data key.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            MasterKeySource::KeyFile { .. } => "keyfile",
+            MasterKeySource::SystemdCredential { .. } => "systemd-credential",
+            MasterKeySource::Passphrase => "passphrase",
+            MasterKeySource::Keyring { .. } => "keyring",
+        }
+    }
+
+    /// Loads the existing master key. Passphrase sources cannot load alone.
+    pub fn load(&self) -> Result<MasterKey, MasterKeyError> {
+        match self {
+            MasterKeySource::KeyFile { path } => {
+                if !path.exists() {
+                    return Err(MasterKeyError::KeyFileMissing { path: path.clone() });
+                }
+                read_private_key_file(path)
+            }
+            MasterKeySource::SystemdCredential { name } => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                    .ok_or_else(|| MasterKeyError::NoCredentialsDirectory { name: name.clone() })?;
+                // systemd makes credential files 0400 and owned by the
+                // service user; still refuse anything looser.
+                read_private_key_file(&Path::new(&dir).join(name))
+            }
+            MasterKeySource::Passphrase => Err(MasterKeyError::NeedsPassphrase("passphrase")),
+            MasterKeySource::Keyring {
+                service,
+                account,
+                backend,
+            } => {
+                let text = keychain::get(*backend, service, account)?;
+                MasterKey::parse_identity(text.expose_secret()).map_err(|source| {
+                    MasterKeyError::Parse {
+                        path: PathBuf::from(format!("keychain entry {service}/{account}")),
+                        source,
+                    }
+                })
+            }
+        }
+    }
+
+    /// Stores a newly generated master key where this source keeps it.
+    /// Used on first run and by master-key rotation.
+    pub fn store_new(&self, key: &MasterKey) -> Result<(), MasterKeyError> {
+        let Some(text) = key.expose_identity_string() else {
+            return Ok(()); // passphrases are never stored
+        };
+        match self {
+            MasterKeySource::KeyFile { path } => {
+                write_private_file(path, text.expose_secret().as_bytes())
+            }
+            MasterKeySource::Keyring {
+                service,
+                account,
+                backend,
+            } => Ok(keychain::set(*backend, service, account, &text)?),
+            MasterKeySource::SystemdCredential { .. } | MasterKeySource::Passphrase => Ok(()),
+        }
+    }
+
+    /// Whether a key can be created for this source on first run.
+    pub fn can_generate(&self) -> bool {
+        matches!(
+            self,
+            MasterKeySource::KeyFile { .. } | MasterKeySource::Keyring { .. }
+        )
+    }
+}
+
+fn read_private_key_file(path: &Path) -> Result<MasterKey, MasterKeyError> {
+    let read_err = |source| MasterKeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(read_err)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(MasterKeyError::LoosePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(read_err)?);
+    MasterKey::parse_identity(&text).map_err(|source| MasterKeyError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` with mode 0600, atomically (temp file + rename),
+/// durably (fsync of file and directory).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), MasterKeyError> {
+    let write_err = |source| MasterKeyError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(write_err)?;
+    f.write_all(bytes).map_err(write_err)?;
+    f.write_all(b"\n").map_err(write_err)?;
+    f.sync_all().map_err(write_err)?;
+    fs::rename(&tmp, path).map_err(write_err)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trip_and_permissions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let src = MasterKeySource::KeyFile { path: path.clone() };
+        assert!(matches!(
+            src.load(),
+            Err(MasterKeyError::KeyFileMissing { .. })
+        ));
+        let key = MasterKey::generate();
+        src.store_new(&key).expect("store");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        src.load().expect("load");
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = src.load().expect_err("world-readable must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains("chmod 600"), "{msg}");
+        assert!(msg.contains("644"), "{msg}");
+    }
+
+    #[test]
+    fn garbage_key_file_is_a_parse_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        write_private_file(&path, b"not a key").expect("write");
+        let err = MasterKeySource::KeyFile { path }
+            .load()
+            .expect_err("garbage");
+        assert!(matches!(err, MasterKeyError::Parse { .. }), "{err}");
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything Latchkey's build and test suite need on a fresh Debian 12
+# machine with the Rust toolchain. Idempotent: re-running it installs nothing new.
+set -euo pipefail
+
+apt_packages=(
+  pkg-config libdbus-1-dev          # keyring's Secret Service backend links libdbus
+  dbus gnome-keyring keyutils       # real OS keychains for the keyring tests
+  openssl curl                      # TLS checks against the running server
+)
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
+fi
