@@ -1,2 +1,81 @@
+//! `latchkey`: the appliance binary — CLI and HTTPS server around
+//! `latchkey-core`.
+//!
+//! Errors end here: printed once as `latchkey: <message>` on stderr, exit
+//! status 1 (clap's usage errors exit 2).
+
+mod cli;
+mod commands;
+mod context;
+mod logging;
+mod prompt;
+mod server;
 mod tls;
-fn main() {}
+
+use clap::Parser;
+use cli::{Cli, Command, ConfigCommand, TlsCommand};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes, outermost first.
+            let msg = e
+                .chain()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("latchkey: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Keygen = cli.command {
+        return commands::config::keygen();
+    }
+    let ctx = context::Context::load(&cli.global)?;
+    let serving = matches!(cli.command, Command::Serve(_));
+    logging::init(&ctx, serving);
+    match cli.command {
+        Command::Serve(args) => server::run(ctx, args),
+        Command::Vault(cmd) => commands::vault::run(&ctx, cmd),
+        Command::Backup(args) => commands::backup::backup(&ctx, args),
+        Command::Restore(args) => commands::backup::restore(&ctx, args),
+        Command::Unseal(args) => server::unseal(&ctx, args),
+        Command::Seal => server::seal(&ctx),
+        Command::Keygen => commands::config::keygen(),
+        Command::Config(ConfigCommand::Check) => commands::config::check(&ctx),
+        Command::Tls(TlsCommand::ExportCa) => {
+            print!("{}", tls::export_ca_pem(&ctx.data_dir.join("tls"))?);
+            Ok(())
+        }
+        Command::Tls(TlsCommand::Status { json }) => {
+            let t = server::tls_settings(&ctx)?;
+            let status = tls::status(&t.dir, t.cert_file.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                return Ok(());
+            }
+            for (label, cert) in [("CA", &status.ca), ("Server", &status.server)] {
+                match cert {
+                    None => println!("{label} certificate: not created yet (run `latchkey serve`)"),
+                    Some(c) => {
+                        println!("{label} certificate ({:?})", c.source);
+                        println!("  subject:     {}", c.subject);
+                        println!("  issuer:      {}", c.issuer);
+                        if !c.sans.is_empty() {
+                            println!("  names:       {}", c.sans.join(", "));
+                        }
+                        println!("  valid:       {} to {}", c.not_before, c.not_after);
+                        println!("  fingerprint: SHA256 {}", c.fingerprint_sha256);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

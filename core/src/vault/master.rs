@@ -133,7 +133,8 @@ impl MasterKeySource {
         };
         match self {
             MasterKeySource::KeyFile { path } => {
-                write_private_file(path, text.expose_secret().as_bytes())
+                let line = zeroize::Zeroizing::new(format!("{}\n", text.expose_secret()));
+                write_private_file(path, line.as_bytes())
             }
             MasterKeySource::Keyring {
                 service,
@@ -189,7 +190,6 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), MasterKeyErro
         .open(&tmp)
         .map_err(write_err)?;
     f.write_all(bytes).map_err(write_err)?;
-    f.write_all(b"\n").map_err(write_err)?;
     f.sync_all().map_err(write_err)?;
     fs::rename(&tmp, path).map_err(write_err)?;
     if let Some(dir) = path.parent() {

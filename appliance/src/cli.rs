@@ -1,0 +1,224 @@
+//! The command line: every subcommand, its flags, and their help text.
+//!
+//! Secrets are never accepted as arguments (argv is visible to every local
+//! user through /proc); they come from stdin, a TTY prompt, or a file.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Latchkey: the trusted front door and key keeper for personal AI agents",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Data directory [default: $STATE_DIRECTORY, else $XDG_DATA_HOME/latchkey,
+    /// else ~/.local/share/latchkey]
+    #[arg(long, env = "LATCHKEY_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file [default: DATA_DIR/latchkey.toml]
+    #[arg(long, env = "LATCHKEY_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format
+    #[arg(long, env = "LATCHKEY_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// File holding the vault passphrase (passphrase mode), instead of a prompt
+    #[arg(
+        long,
+        env = "LATCHKEY_PASSPHRASE_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Auto,
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTPS server
+    Serve(ServeArgs),
+    /// Store, list, read and delete secrets
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// Write an encrypted backup of the whole data directory
+    Backup(BackupArgs),
+    /// Restore a backup into the data directory
+    Restore(RestoreArgs),
+    /// Unseal a running server's vault (passphrase mode)
+    Unseal(UnsealArgs),
+    /// Seal a running server's vault: drop its keys from memory
+    Seal,
+    /// Print a new random master key (for `systemd-creds encrypt`)
+    Keygen,
+    /// Configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Certificates
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (repeatable), e.g. 0.0.0.0:8443 or [::]:8443
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Create the vault's keys (passphrase mode asks for a new passphrase)
+    Init(InitArgs),
+    /// Store a secret read from stdin (or a prompt on a terminal)
+    Put(PutArgs),
+    /// List entries (metadata only, never secret values)
+    List(ListArgs),
+    /// Show an entry; with --reveal, print its secret value alone
+    Get(GetArgs),
+    /// Delete an entry
+    Rm(RmArgs),
+    /// Replace the master key and re-wrap the vault's data key
+    RotateMaster(RotateArgs),
+    /// Decrypt every entry to check the vault's integrity
+    Verify,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Read the new passphrase from stdin instead of prompting
+    #[arg(long)]
+    pub passphrase_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// Entry name: letters, digits, `.`, `_`, `-`
+    pub name: String,
+    /// Kind of secret
+    #[arg(long, default_value = "generic", value_parser = parse_kind)]
+    pub kind: latchkey_core::vault::Kind,
+    /// Provider the secret belongs to (e.g. openai, anthropic, spotify)
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Label as KEY=VALUE (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Overwrite an existing entry of the same name
+    #[arg(long)]
+    pub replace: bool,
+}
+
+fn parse_kind(s: &str) -> Result<latchkey_core::vault::Kind, String> {
+    s.parse()
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    pub name: String,
+    /// Print the secret value alone (nothing else) to stdout
+    #[arg(long)]
+    pub reveal: bool,
+    /// Print metadata as JSON
+    #[arg(long, conflicts_with = "reveal")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// systemd-credential mode: file holding the new key (from `latchkey keygen`)
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: Option<PathBuf>,
+    /// passphrase mode: read the current and then the new passphrase from stdin, one per line
+    #[arg(long)]
+    pub passphrase_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["recipient", "passphrase_stdin"])))]
+pub struct BackupArgs {
+    /// Where to write the backup
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Encrypt to this age recipient (age1…)
+    #[arg(long, value_name = "AGE_RECIPIENT")]
+    pub recipient: Option<String>,
+    /// Encrypt with a passphrase read from stdin
+    #[arg(long)]
+    pub passphrase_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("with").required(true).args(["identity", "passphrase_stdin"])))]
+pub struct RestoreArgs {
+    /// The backup file
+    pub file: PathBuf,
+    /// age identity file that opens the backup
+    #[arg(long, value_name = "KEYFILE")]
+    pub identity: Option<PathBuf>,
+    /// Read the backup's passphrase from stdin
+    #[arg(long)]
+    pub passphrase_stdin: bool,
+    /// Replace an existing vault in the data directory
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnsealArgs {
+    /// Read the passphrase from stdin instead of prompting
+    #[arg(long)]
+    pub passphrase_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective settings (secrets redacted)
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Print the local CA certificate (PEM)
+    ExportCa,
+    /// Show the CA and server certificates: subjects, names, expiry
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,78 @@
+//! `latchkey backup` and `latchkey restore`.
+
+use crate::cli::{BackupArgs, RestoreArgs};
+use crate::context::Context;
+use crate::prompt;
+use anyhow::{Context as _, bail};
+use latchkey_core::backup::{self, BackupIdentity, BackupRecipient};
+use latchkey_core::config::MasterKeyKind;
+use latchkey_core::secrecy::ExposeSecret;
+use latchkey_core::vault::{MasterKey, master::write_private_file};
+
+const MIN_BACKUP_PASSPHRASE: usize = 12;
+
+pub fn backup(ctx: &Context, a: BackupArgs) -> anyhow::Result<()> {
+    let to = match (&a.recipient, a.passphrase_stdin) {
+        (Some(r), _) => BackupRecipient::parse_recipient(r)?,
+        (None, true) => {
+            let p = prompt::line_from_stdin("the backup passphrase")?;
+            if p.expose_secret().chars().count() < MIN_BACKUP_PASSPHRASE {
+                bail!("the backup passphrase must be at least {MIN_BACKUP_PASSPHRASE} characters");
+            }
+            BackupRecipient::Passphrase(p)
+        }
+        (None, false) => bail!("give --recipient AGE_RECIPIENT or --passphrase-stdin"),
+    };
+    if a.out.exists() {
+        bail!(
+            "{} already exists; choose another file name",
+            a.out.display()
+        );
+    }
+    let vault = ctx.open_vault()?;
+    let (bytes, summary) = backup::create(&vault, &to)?;
+    // Written like a key: 0600, atomically, durably.
+    write_private_file(&a.out, &bytes)?;
+    eprintln!(
+        "Wrote {} ({} vault entries, schema v{}).",
+        a.out.display(),
+        summary.vault_records,
+        summary.schema_version
+    );
+    Ok(())
+}
+
+pub fn restore(ctx: &Context, a: RestoreArgs) -> anyhow::Result<()> {
+    let identity = match (&a.identity, a.passphrase_stdin) {
+        (Some(path), _) => BackupIdentity::from_identity_file(path)?,
+        (None, true) => {
+            BackupIdentity::Passphrase(prompt::line_from_stdin("the backup passphrase")?)
+        }
+        (None, false) => bail!("give --identity KEYFILE or --passphrase-stdin"),
+    };
+    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    // Everything is decrypted and checked before the data directory is touched.
+    let verified = backup::open(&bytes, &identity)?;
+    let source = ctx.source();
+    let vault_pass = if ctx.settings.vault.master_key == MasterKeyKind::Passphrase {
+        Some(ctx.vault_passphrase()?)
+    } else {
+        None
+    };
+    let summary = backup::restore(
+        &verified,
+        &ctx.data_dir,
+        &source,
+        vault_pass.clone().map(MasterKey::Passphrase),
+        a.force,
+    )?;
+    let master = vault_pass.map(MasterKey::Passphrase);
+    let checked = backup::verify_restored(&ctx.data_dir, &source, master.as_ref())?;
+    eprintln!(
+        "Restored {} vault entries (backup of {}) into {}; all {checked} verified.",
+        summary.vault_records,
+        summary.created_at,
+        ctx.data_dir.display()
+    );
+    Ok(())
+}

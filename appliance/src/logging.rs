@@ -1,0 +1,41 @@
+//! Structured logs with `tracing`: human-readable on a terminal, JSON
+//! otherwise (or as configured). Logs go to stderr; stdout is for command
+//! output that scripts read.
+
+use crate::cli::LogFormatArg;
+use crate::context::Context;
+use latchkey_core::config::LogFormat;
+use std::io::IsTerminal;
+use tracing_subscriber::EnvFilter;
+
+pub fn init(ctx: &Context, serving: bool) {
+    let format = match ctx.global.log_format {
+        Some(LogFormatArg::Human) => LogFormat::Human,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Auto) | None => ctx.settings.log.format,
+    };
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    // One-shot commands print their own messages; only warnings are logged.
+    let default = if serving {
+        ctx.settings.log.level.as_str()
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_env("LATCHKEY_LOG")
+        .or_else(|_| EnvFilter::try_new(default))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
+}
