@@ -88,6 +88,8 @@ pub enum VaultCommand {
     Init(InitArgs),
     /// Store a secret read from stdin (or a prompt on a terminal)
     Put(PutArgs),
+    /// Import many secrets from a .env file or JSON lines on stdin
+    Import(ImportArgs),
     /// List entries (metadata only, never secret values)
     List(ListArgs),
     /// Show an entry; with --reveal, print its secret value alone
@@ -134,6 +136,29 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
     Ok((k.to_string(), v.to_string()))
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Input format: `env` (KEY=VALUE lines, as in a .env file) or `jsonl`
+    /// (one {"name","secret","kind"?,"provider"?} object per line)
+    #[arg(long, value_enum, default_value = "env")]
+    pub format: ImportFormat,
+    /// Kind for entries that do not say
+    #[arg(long, default_value = "api_key", value_parser = parse_kind)]
+    pub kind: latchkey_core::vault::Kind,
+    /// Provider for entries that do not say
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Overwrite existing entries of the same name
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImportFormat {
+    Env,
+    Jsonl,
 }
 
 #[derive(Debug, Args)]

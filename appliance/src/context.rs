@@ -130,7 +130,3 @@ pub fn new_passphrase(from_stdin: bool) -> anyhow::Result<SecretString> {
     }
     Ok(pass)
 }
-
-pub fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}

@@ -289,7 +289,8 @@ fn holds_vault(db_path: &Path) -> bool {
     if !db_path.exists() {
         return false;
     }
-    let Ok(db) = Database::open(db_path) else {
+    // Read-only: looking must not modify the file we may refuse to replace.
+    let Ok(db) = Database::builder().open_read_only(db_path) else {
         return true; // unreadable: treat as precious
     };
     let Ok(txn) = db.begin_read() else {

@@ -1,1 +1,11 @@
+//! End-to-end tests: every test drives the real `latchkey` binary the way a
+//! user or a script would. One test binary for all of them keeps link times
+//! down.
 
+mod backup;
+mod crash;
+mod fixtures;
+mod integrity;
+mod key_sources;
+mod leaks;
+mod vault_cli;

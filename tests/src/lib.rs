@@ -1,1 +1,181 @@
-//! placeholder
+//! Helpers for driving the real `latchkey` binary from tests and benchmarks:
+//! a temporary data directory, a clean environment, commands with stdin.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// The `latchkey` binary of this workspace's target directory.
+///
+/// `cargo test` does not build other packages' binaries, so the test command
+/// (`scripts/test.sh`) builds it first; `LATCHKEY_BIN` overrides the path.
+pub fn latchkey_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LATCHKEY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/it-… → target/<profile>/latchkey
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("latchkey");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p latchkey`), or run scripts/test.sh",
+        bin.display()
+    );
+    bin
+}
+
+/// A data directory in a temporary folder, removed on drop.
+pub struct TestDir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        TestDir {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The data directory (inside the temporary folder, not yet created).
+    pub fn data(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// `latchkey --data-dir DATA ARGS…` with a clean environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(latchkey_bin());
+        c.arg("--data-dir").arg(self.data()).args(args);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.tmp.path())
+            .env("LATCHKEY_LOG", "debug");
+        c
+    }
+
+    /// Runs with `stdin` fed in, waits at most 60 s.
+    pub fn run(&self, args: &[&str], stdin: &[u8]) -> Out {
+        run_cmd(self.cmd(args), stdin)
+    }
+
+    /// Runs and asserts success.
+    pub fn ok(&self, args: &[&str], stdin: &[u8]) -> Out {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "latchkey {args:?} failed ({:?}):\n{}",
+            out.status,
+            out.stderr
+        );
+        out
+    }
+
+    /// Runs and asserts failure with exit status 1 and a one-line error.
+    pub fn fails(&self, args: &[&str], stdin: &[u8]) -> String {
+        let out = self.run(args, stdin);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "latchkey {args:?} should fail with status 1; stdout={} stderr={}",
+            out.stdout,
+            out.stderr
+        );
+        let last = out
+            .stderr
+            .lines()
+            .rfind(|l| l.starts_with("latchkey: "))
+            .unwrap_or_else(|| panic!("no `latchkey: …` error line in:\n{}", out.stderr))
+            .to_string();
+        last
+    }
+}
+
+/// What a finished command printed.
+pub struct Out {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Self {
+        Out {
+            status: o.status,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `c` with `stdin`, killing it after 60 s. Output is read while the
+/// child runs, so large outputs cannot fill a pipe and stall it.
+pub fn run_cmd(mut c: Command, stdin: &[u8]) -> Out {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn latchkey");
+    let pid = child.id();
+    let input = stdin.to_vec();
+    let mut pipe = child.stdin.take().expect("stdin pipe");
+    let writer = std::thread::spawn(move || {
+        // The child may exit before reading everything (an error); ignore EPIPE.
+        let _ = pipe.write_all(&input);
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("wait for latchkey"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("latchkey did not finish within 60 s");
+        }
+    };
+    let _ = writer.join();
+    out.into()
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// SHA-256-free fingerprint good enough to see a file did not change.
+pub fn file_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}

@@ -21,6 +21,11 @@ pub fn keygen() -> anyhow::Result<()> {
     let text = key
         .expose_identity_string()
         .ok_or_else(|| anyhow::anyhow!("generated key has no text form"))?;
+    // The same layout as age-keygen, so age tools read it too.
+    println!("# created: {}", time::OffsetDateTime::now_utc());
+    if let Some(recipient) = key.recipient() {
+        println!("# public key: {recipient}");
+    }
     println!("{}", text.expose_secret());
     Ok(())
 }

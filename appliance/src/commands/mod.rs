@@ -3,5 +3,6 @@
 
 pub mod backup;
 pub mod config;
+pub mod import;
 pub mod rotate;
 pub mod vault;

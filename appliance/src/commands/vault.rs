@@ -13,6 +13,7 @@ pub fn run(ctx: &Context, cmd: VaultCommand) -> anyhow::Result<()> {
     match cmd {
         VaultCommand::Init(a) => init(ctx, a),
         VaultCommand::Put(a) => put(ctx, a),
+        VaultCommand::Import(a) => super::import::run(ctx, a),
         VaultCommand::List(a) => list(ctx, a),
         VaultCommand::Get(a) => get(ctx, a),
         VaultCommand::Rm(a) => rm(ctx, a),

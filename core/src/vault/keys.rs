@@ -122,6 +122,14 @@ impl MasterKey {
         }
     }
 
+    /// The public half (`age1…`) of an identity key; `None` for passphrases.
+    pub fn recipient(&self) -> Option<String> {
+        match self {
+            MasterKey::Identity(i) => Some(i.to_public().to_string()),
+            MasterKey::Passphrase(_) => None,
+        }
+    }
+
     /// Encrypts the data key to this master key.
     pub fn wrap(&self, data_key: &DataKey) -> Result<Vec<u8>, KeyError> {
         let plain = data_key.expose_identity_string();

@@ -10,6 +10,7 @@ pub mod keychain;
 pub mod keys;
 pub mod master;
 pub mod record;
+pub mod rotation;
 
 pub use envelope::EnvelopeError;
 pub use keys::{DataKey, KeyError, MasterKey};

@@ -89,6 +89,26 @@ impl Serialize for RecordId {
     }
 }
 
+impl FromStr for RecordId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("a record id is 32 hex digits".into());
+        }
+        u128::from_str_radix(s, 16)
+            .map(RecordId)
+            .map_err(|_| "a record id is 32 hex digits".into())
+    }
+}
+
+/// Clients of the HTTP API (the CLI talking to a server) read ids back.
+impl<'de> Deserialize<'de> for RecordId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A record as stored in the `vault_records` table (schema v1).
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct StoredRecord {
@@ -117,7 +137,7 @@ impl fmt::Debug for StoredRecord {
 }
 
 /// Everything about a record except its secret: safe to list, log and show.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RecordMeta {
     pub id: RecordId,
     pub name: String,

@@ -1,0 +1,47 @@
+//! Databases written by every released schema version open and migrate.
+//! The fixtures are real data directories made by `migrations/fixtures/make.sh`.
+
+use latchkey_e2e::TestDir;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn copy_fixture(version: u32, d: &TestDir) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations/fixtures")
+        .join(format!("v{version}"));
+    std::fs::create_dir_all(d.data()).expect("mkdir");
+    std::fs::set_permissions(d.data(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    for f in ["latchkey.redb", "master.key"] {
+        let to = d.data().join(f);
+        std::fs::copy(src.join(f), &to).unwrap_or_else(|e| panic!("copy fixture {f}: {e}"));
+        // git does not keep modes beyond the executable bit.
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+}
+
+#[test]
+fn v1_fixture_opens_and_reads() {
+    let d = TestDir::new();
+    copy_fixture(1, &d);
+    let out = d.ok(&["vault", "list", "--json"], b"");
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(names, ["anthropic", "openai", "spotify-me"]);
+    assert_eq!(
+        d.ok(&["vault", "get", "openai", "--reveal"], b"").stdout,
+        "sk-fixture-openai-v1"
+    );
+    assert_eq!(
+        d.ok(&["vault", "get", "spotify-me", "--reveal"], b"")
+            .stdout,
+        r#"{"access_token":"fixture-at","refresh_token":"fixture-rt"}"#
+    );
+    d.ok(&["vault", "verify"], b"");
+    // And it is writable afterwards at the current version.
+    d.ok(&["vault", "put", "new-after-migration"], b"v");
+}

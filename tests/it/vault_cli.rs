@@ -1,0 +1,209 @@
+//! `latchkey vault …` as a user runs it.
+
+use latchkey_e2e::TestDir;
+
+#[test]
+fn put_list_get_round_trips_across_processes() {
+    let d = TestDir::new();
+    d.ok(
+        &[
+            "vault",
+            "put",
+            "openai",
+            "--kind",
+            "api_key",
+            "--provider",
+            "openai",
+            "--label",
+            "env=prod",
+        ],
+        b"sk-round-trip-0001\n",
+    );
+    // A fresh process each time: the value survives restarts.
+    let out = d.ok(&["vault", "get", "openai", "--reveal"], b"");
+    assert_eq!(
+        out.stdout, "sk-round-trip-0001",
+        "--reveal prints the value alone"
+    );
+
+    let out = d.ok(&["vault", "list", "--json"], b"");
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let items = list.as_array().expect("array");
+    assert_eq!(items.len(), 1);
+    let item = &items[0];
+    assert_eq!(item["name"], "openai");
+    assert_eq!(item["kind"], "api_key");
+    assert_eq!(item["provider"], "openai");
+    assert_eq!(item["labels"]["env"], "prod");
+    assert!(item["created_at"].as_str().is_some_and(|t| t.contains('T')));
+    assert!(
+        item["last_used_at"].as_str().is_some(),
+        "reveal marks it used"
+    );
+    assert!(
+        !out.stdout.contains("sk-round-trip"),
+        "list shows metadata only"
+    );
+
+    let human = d.ok(&["vault", "list"], b"");
+    assert!(human.stdout.contains("openai") && human.stdout.contains("api_key"));
+}
+
+#[test]
+fn key_file_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = TestDir::new();
+    d.ok(&["vault", "put", "k"], b"v");
+    for f in ["master.key", "latchkey.redb"] {
+        let mode = std::fs::metadata(d.data().join(f))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let mode = std::fs::metadata(d.data())
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "data dir");
+}
+
+#[test]
+fn replace_needs_a_flag() {
+    let d = TestDir::new();
+    d.ok(&["vault", "put", "k"], b"one");
+    let err = d.fails(&["vault", "put", "k"], b"two");
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        d.ok(&["vault", "get", "k", "--reveal"], b"").stdout,
+        "one",
+        "nothing changed"
+    );
+    d.ok(&["vault", "put", "k", "--replace"], b"two");
+    assert_eq!(d.ok(&["vault", "get", "k", "--reveal"], b"").stdout, "two");
+}
+
+#[test]
+fn rm_deletes_and_then_reports_missing() {
+    let d = TestDir::new();
+    d.ok(&["vault", "put", "k"], b"v");
+    d.ok(&["vault", "rm", "k"], b"");
+    let err = d.fails(&["vault", "get", "k", "--reveal"], b"");
+    assert_eq!(err, "latchkey: no vault entry named `k`");
+    let err = d.fails(&["vault", "rm", "k"], b"");
+    assert!(err.contains("no vault entry named `k`"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_one_line_errors_and_writes_nothing() {
+    let d = TestDir::new();
+    d.ok(&["vault", "put", "seed"], b"v");
+    let cases: &[(&[&str], &[u8], &str)] = &[
+        (&["vault", "put", "bad name"], b"v", "invalid name"),
+        (&["vault", "put", "../etc"], b"v", "invalid name"),
+        (
+            &["vault", "put", "k", "--provider", "Open AI"],
+            b"v",
+            "invalid provider",
+        ),
+        (
+            &["vault", "put", "k", "--label", "env=a\u{7}b"],
+            b"v",
+            "invalid label value",
+        ),
+        (
+            &["vault", "put", "k"],
+            b"",
+            "invalid secret: must not be empty",
+        ),
+        (&["vault", "put", "k"], b"\xff\xfe", "not valid UTF-8"),
+        (
+            &["vault", "get", "no/such", "--reveal"],
+            b"",
+            "invalid name",
+        ),
+    ];
+    for (args, stdin, want) in cases {
+        let err = d.fails(args, stdin);
+        assert!(err.contains(want), "{args:?}: expected `{want}` in `{err}`");
+    }
+    let big = vec![b'x'; 70 * 1024];
+    let err = d.fails(&["vault", "put", "k"], &big);
+    assert!(err.contains("at most 65536 bytes"), "{err}");
+    // Nothing but the seed was stored.
+    let out = d.ok(&["vault", "list", "--json"], b"");
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let d = TestDir::new();
+    for args in [
+        &["vault", "put", "k", "--kind", "password"][..],
+        &["vault", "frobnicate"][..],
+        &["backup", "--out", "x"][..],
+    ] {
+        let out = d.run(args, b"");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn secrets_are_not_accepted_on_the_command_line() {
+    // There is no flag that takes a secret value: argv is world-readable.
+    let d = TestDir::new();
+    let out = d.run(&["vault", "put", "k", "--secret", "sk-x"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let help = d.ok(&["vault", "put", "--help"], b"");
+    assert!(help.stdout.contains("stdin"), "{}", help.stdout);
+}
+
+#[test]
+fn import_env_file_acknowledges_each_entry() {
+    let d = TestDir::new();
+    let env = b"# my old .env\nOPENAI_API_KEY=sk-imp-1\nexport ANTHROPIC_API_KEY=\"sk-imp-2\"\n";
+    let out = d.ok(&["vault", "import", "--provider", "openai"], env);
+    assert_eq!(
+        out.stdout,
+        "stored OPENAI_API_KEY\nstored ANTHROPIC_API_KEY\n"
+    );
+    assert_eq!(
+        d.ok(&["vault", "get", "ANTHROPIC_API_KEY", "--reveal"], b"")
+            .stdout,
+        "sk-imp-2"
+    );
+    // A malformed line stops the import before anything is written.
+    let err = d.fails(&["vault", "import"], b"NEW_ONE=1\nthis line is wrong\n");
+    assert!(err.contains("line 2"), "{err}");
+    let err = d.fails(&["vault", "get", "NEW_ONE"], b"");
+    assert!(err.contains("no vault entry"), "{err}");
+}
+
+#[test]
+fn second_process_is_told_who_holds_the_data_dir() {
+    let d = TestDir::new();
+    d.ok(&["vault", "put", "seed"], b"v");
+    // Hold the data directory the way a running server does, from this
+    // process: the CLI must name us, not hang and not touch the database.
+    let db = d.data().join("latchkey.redb");
+    let before = latchkey_e2e::file_bytes(&db);
+    let _lock = latchkey_core::store::DataDirLock::acquire(&d.data(), "serve").expect("lock");
+    let started = std::time::Instant::now();
+    let err = d.fails(&["vault", "put", "other"], b"v");
+    assert!(
+        err.contains(&format!(
+            "already in use by a running Latchkey server (PID {})",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "it must not wait"
+    );
+    assert!(
+        latchkey_e2e::file_bytes(&db) == before,
+        "the database was modified"
+    );
+}
