@@ -266,3 +266,45 @@ fn keyring_source_with_kernel_keyutils() {
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("keychain"), "{}", out.stderr);
 }
+
+/// The keychain source against the Secret Service (what the desktop app uses
+/// on Linux): a private D-Bus session with a real, unlocked GNOME Keyring.
+/// `auto` must pick it because a session bus is advertised.
+#[test]
+fn keyring_source_with_secret_service() {
+    for tool in ["dbus-run-session", "gnome-keyring-daemon"] {
+        if std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            panic!("{tool} is required; scripts/install-deps.sh installs it");
+        }
+    }
+    let d = TestDir::new();
+    let script = format!(
+        "set -e\n\
+         ctl=\"$XDG_RUNTIME_DIR/keyring\"\n\
+         trap 'pkill -f \"control-directory=$ctl\" || true' EXIT\n\
+         printf 'keyring-unlock-pw' | gnome-keyring-daemon --unlock --components=secrets --control-directory=\"$ctl\" >/dev/null 2>&1\n\
+         printf 'from-secret-service' | \"$LK\" --data-dir '{dir}' vault put k\n\
+         \"$LK\" --data-dir '{dir}' vault get k --reveal\n\
+         echo\n\
+         \"$LK\" --data-dir '{dir}' vault rotate-master\n\
+         \"$LK\" --data-dir '{dir}' vault get k --reveal\n",
+        dir = d.data().display()
+    );
+    let mut c = std::process::Command::new("dbus-run-session");
+    c.args(["--", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", d.path())
+        .env("XDG_RUNTIME_DIR", d.path())
+        .env("LK", latchkey_e2e::latchkey_bin())
+        .env("LATCHKEY_VAULT__MASTER_KEY", "keyring");
+    let out = run_cmd(c, b"");
+    assert!(out.status.success(), "stdout={} stderr={}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "from-secret-service\nfrom-secret-service");
+    assert!(!d.data().join("master.key").exists(), "no key file in keyring mode");
+}
