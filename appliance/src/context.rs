@@ -3,11 +3,11 @@
 
 use crate::cli::GlobalArgs;
 use crate::prompt;
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use latchkey_core::config::{CONFIG_FILE, MasterKeyKind, Settings};
 use latchkey_core::secrecy::{ExposeSecret, SecretString};
 use latchkey_core::store::Store;
-use latchkey_core::vault::{MasterKey, MasterKeySource, Vault, VaultError};
+use latchkey_core::vault::{MasterKey, MasterKeySource, Vault};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -93,23 +93,9 @@ impl Context {
             vault.unseal(&MasterKey::Passphrase(pass), source.kind_name())?;
             return Ok(vault);
         }
-        match vault.open_with(&source) {
-            Ok(_) => Ok(vault),
-            Err(VaultError::Key(e)) => {
-                // A rotation interrupted after its commit leaves the new key
-                // beside the old one; finish it.
-                if let Some(pending) = crate::commands::rotate::pending_key(&source)? {
-                    vault
-                        .unseal(&pending, source.kind_name())
-                        .map_err(|_| anyhow::anyhow!("{e}"))?;
-                    crate::commands::rotate::promote_pending(&source)?;
-                    tracing::warn!("completed a master-key rotation that was interrupted");
-                    return Ok(vault);
-                }
-                Err(e.into())
-            }
-            Err(e) => Err(e.into()),
-        }
+        // Finishes a master-key rotation interrupted after its commit.
+        latchkey_core::vault::rotation::open_recovering(&vault, &source)?;
+        Ok(vault)
     }
 }
 

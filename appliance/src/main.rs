@@ -9,6 +9,7 @@ mod commands;
 mod context;
 mod logging;
 mod prompt;
+mod remote;
 mod server;
 mod tls;
 

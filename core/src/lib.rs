@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod http;
 pub mod store;
 pub mod vault;
 

@@ -304,7 +304,15 @@ fn keyring_source_with_secret_service() {
         .env("LK", latchkey_e2e::latchkey_bin())
         .env("LATCHKEY_VAULT__MASTER_KEY", "keyring");
     let out = run_cmd(c, b"");
-    assert!(out.status.success(), "stdout={} stderr={}", out.stdout, out.stderr);
+    assert!(
+        out.status.success(),
+        "stdout={} stderr={}",
+        out.stdout,
+        out.stderr
+    );
     assert_eq!(out.stdout, "from-secret-service\nfrom-secret-service");
-    assert!(!d.data().join("master.key").exists(), "no key file in keyring mode");
+    assert!(
+        !d.data().join("master.key").exists(),
+        "no key file in keyring mode"
+    );
 }

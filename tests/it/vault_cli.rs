@@ -184,11 +184,11 @@ fn import_env_file_acknowledges_each_entry() {
 fn second_process_is_told_who_holds_the_data_dir() {
     let d = TestDir::new();
     d.ok(&["vault", "put", "seed"], b"v");
-    // Hold the data directory the way a running server does, from this
-    // process: the CLI must name us, not hang and not touch the database.
+    // Hold the data directory the way another one-shot command does, from
+    // this process: the CLI must name us, not hang and not touch the database.
     let db = d.data().join("latchkey.redb");
     let before = latchkey_e2e::file_bytes(&db);
-    let _lock = latchkey_core::store::DataDirLock::acquire(&d.data(), "serve").expect("lock");
+    let _lock = latchkey_core::store::DataDirLock::acquire(&d.data(), "cli").expect("lock");
     let started = std::time::Instant::now();
     let err = d.fails(&["vault", "put", "other"], b"v");
     assert!(

@@ -94,13 +94,11 @@ impl TestDir {
             out.stdout,
             out.stderr
         );
-        let last = out
-            .stderr
+        out.stderr
             .lines()
             .rfind(|l| l.starts_with("latchkey: "))
             .unwrap_or_else(|| panic!("no `latchkey: …` error line in:\n{}", out.stderr))
-            .to_string();
-        last
+            .to_string()
     }
 }
 

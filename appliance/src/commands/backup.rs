@@ -1,8 +1,12 @@
 //! `latchkey backup` and `latchkey restore`.
+//!
+//! `backup` asks a running server for the snapshot when there is one;
+//! `restore` needs the data directory to itself.
 
 use crate::cli::{BackupArgs, RestoreArgs};
 use crate::context::Context;
 use crate::prompt;
+use crate::remote::Remote;
 use anyhow::{Context as _, bail};
 use latchkey_core::backup::{self, BackupIdentity, BackupRecipient};
 use latchkey_core::config::MasterKeyKind;
@@ -29,15 +33,30 @@ pub fn backup(ctx: &Context, a: BackupArgs) -> anyhow::Result<()> {
             a.out.display()
         );
     }
-    let vault = ctx.open_vault()?;
-    let (bytes, summary) = backup::create(&vault, &to)?;
+    // A running server makes the snapshot itself (it holds the database).
+    let (bytes, records, schema) = match Remote::detect(ctx)? {
+        Some(remote) => {
+            let b = match &to {
+                BackupRecipient::Recipient(r) => remote.backup(Some(&r.to_string()), None)?,
+                BackupRecipient::Passphrase(p) => remote.backup(None, Some(p))?,
+            };
+            (b.bytes, b.vault_records, b.schema_version)
+        }
+        None => {
+            let vault = ctx.open_vault()?;
+            let (bytes, summary) = backup::create(&vault, &to)?;
+            (
+                bytes,
+                summary.vault_records.to_string(),
+                summary.schema_version.to_string(),
+            )
+        }
+    };
     // Written like a key: 0600, atomically, durably.
     write_private_file(&a.out, &bytes)?;
     eprintln!(
-        "Wrote {} ({} vault entries, schema v{}).",
+        "Wrote {} ({records} vault entries, schema v{schema}).",
         a.out.display(),
-        summary.vault_records,
-        summary.schema_version
     );
     Ok(())
 }

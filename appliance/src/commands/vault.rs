@@ -1,8 +1,13 @@
 //! `latchkey vault …`: put, list, get, rm, init, verify.
+//!
+//! While a server holds the data directory, put/list/get/rm go through its
+//! admin API ([`Remote`]) with the same output; otherwise they open the
+//! database directly.
 
 use crate::cli::{GetArgs, InitArgs, ListArgs, PutArgs, RmArgs, VaultCommand};
 use crate::context::{self, Context};
 use crate::prompt;
+use crate::remote::Remote;
 use anyhow::bail;
 use latchkey_core::config::MasterKeyKind;
 use latchkey_core::secrecy::ExposeSecret;
@@ -55,16 +60,20 @@ fn put(ctx: &Context, a: PutArgs) -> anyhow::Result<()> {
     // Validate before asking for anything, so a typo costs no secret typing.
     new.validate()?;
     let secret = prompt::secret_from_stdin(&format!("Secret for {}: ", new.name))?;
-    let vault = ctx.open_vault()?;
-    let meta = vault.put(&new, &secret, a.replace)?;
+    let meta = match Remote::detect(ctx)? {
+        Some(remote) => remote.put(&new, &secret, a.replace)?,
+        None => ctx.open_vault()?.put(&new, &secret, a.replace)?,
+    };
     eprintln!("Stored `{}` ({}).", meta.name, meta.kind);
     Ok(())
 }
 
 fn list(ctx: &Context, a: ListArgs) -> anyhow::Result<()> {
     // Listing metadata needs no key: it works on a sealed vault too.
-    let vault = Vault::new(ctx.open_store()?);
-    let items = vault.list()?;
+    let items = match Remote::detect(ctx)? {
+        Some(remote) => remote.list()?,
+        None => Vault::new(ctx.open_store()?).list()?,
+    };
     let mut out = std::io::stdout().lock();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &items)?;
@@ -105,19 +114,28 @@ fn short_time(t: time::OffsetDateTime) -> String {
 }
 
 fn get(ctx: &Context, a: GetArgs) -> anyhow::Result<()> {
+    let remote = Remote::detect(ctx)?;
     let mut out = std::io::stdout().lock();
     if a.reveal {
-        let vault = ctx.open_vault()?;
-        let secret = vault.reveal(&a.name)?;
-        vault.flush_last_used()?;
+        let secret = match &remote {
+            Some(remote) => remote.reveal(&a.name)?,
+            None => {
+                let vault = ctx.open_vault()?;
+                let secret = vault.reveal(&a.name)?;
+                vault.flush_last_used()?;
+                secret
+            }
+        };
         out.write_all(secret.expose_secret().as_bytes())?;
         if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
             writeln!(out)?;
         }
         return Ok(());
     }
-    let vault = Vault::new(ctx.open_store()?);
-    let m = vault.meta(&a.name)?;
+    let m = match &remote {
+        Some(remote) => remote.meta(&a.name)?,
+        None => Vault::new(ctx.open_store()?).meta(&a.name)?,
+    };
     if a.json {
         serde_json::to_writer_pretty(&mut out, &m)?;
         writeln!(out)?;
@@ -147,8 +165,10 @@ fn print_meta(out: &mut impl Write, m: &RecordMeta) -> std::io::Result<()> {
 }
 
 fn rm(ctx: &Context, a: RmArgs) -> anyhow::Result<()> {
-    let vault = Vault::new(ctx.open_store()?);
-    let m = vault.remove(&a.name)?;
+    let m = match Remote::detect(ctx)? {
+        Some(remote) => remote.remove(&a.name)?,
+        None => Vault::new(ctx.open_store()?).remove(&a.name)?,
+    };
     eprintln!("Deleted `{}`.", m.name);
     Ok(())
 }

@@ -33,7 +33,6 @@ pub(crate) const BACKDATE: Duration = Duration::from_secs(3600);
 /// The local CA: certificate plus signing key.
 pub struct LocalCa {
     cert_der: CertificateDer<'static>,
-    cert_pem: String,
     key: KeyPair,
     facts: CertFacts,
     cert_path: PathBuf,
@@ -119,10 +118,8 @@ impl LocalCa {
                  and install it on your devices again"
             );
         }
-        let cert_pem = files::as_text(&cert_path, &cert_bytes)?.to_owned();
         Ok(Self {
             cert_der,
-            cert_pem,
             key,
             facts,
             cert_path,
@@ -169,7 +166,6 @@ impl LocalCa {
         let facts = certinfo::facts(&cert_path, &cert_der)?;
         Ok(Self {
             cert_der,
-            cert_pem: cert.pem(),
             key,
             facts,
             cert_path,
@@ -179,11 +175,6 @@ impl LocalCa {
     /// The CA certificate (DER).
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
-    }
-
-    /// The CA certificate (PEM), exactly as stored in `ca.pem`.
-    pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
     }
 
     /// Path of `ca.pem`.
@@ -302,8 +293,9 @@ mod tests {
         let err = LocalCa::load_or_create(tmp.path()).expect_err("missing key");
         assert!(matches!(err, TlsError::MissingCaKey { .. }), "{err}");
         // ca.pem untouched
-        let pem = fs::read_to_string(tmp.path().join(CA_CERT_FILE)).expect("read");
-        assert_eq!(pem, ca.cert_pem());
+        let pem = fs::read(tmp.path().join(CA_CERT_FILE)).expect("read");
+        let der = files::parse_pem_certs(Path::new("ca.pem"), &pem).expect("pem");
+        assert_eq!(&der[0], ca.cert_der());
     }
 
     #[test]

@@ -129,14 +129,9 @@ impl TlsManager {
         &self.ca
     }
 
-    /// The local CA certificate as PEM.
-    pub fn ca_pem(&self) -> &str {
-        self.ca.cert_pem()
-    }
-
     /// SHA-256 fingerprint of the local CA certificate (`AB:CD:...`).
     pub fn ca_fingerprint_sha256(&self) -> String {
-        self.ca.fingerprint_sha256()
+        self.ca().fingerprint_sha256()
     }
 
     /// Whether the certificate in service is user-provided or generated.
@@ -154,7 +149,7 @@ impl TlsManager {
         let now = OffsetDateTime::now_utc();
         let facts = self.lock().facts.clone();
         check_window("server certificate", &facts, now)?;
-        if self.user_files.is_none() {
+        if self.source() == CertSource::Generated {
             check_window("local CA certificate", self.ca.facts(), now)?;
         }
         Ok(())
@@ -341,12 +336,13 @@ fn check_window(
 mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
 
     use super::*;
     use crate::tls::files::{SERVER_CERT_FILE, SERVER_KEY_FILE};
     use crate::tls::test_util::{self_signed_pair, self_signed_pair_with, settings};
 
-    fn write_user_pair(dir: &std::path::Path, cert: &str, key: &str) -> (PathBuf, PathBuf) {
+    fn write_user_pair(dir: &Path, cert: &str, key: &str) -> (PathBuf, PathBuf) {
         let c = dir.join("user.pem");
         let k = dir.join("user.key");
         fs::write(&c, cert).expect("write cert");
@@ -354,8 +350,6 @@ mod tests {
         fs::set_permissions(&k, fs::Permissions::from_mode(0o600)).expect("chmod");
         (c, k)
     }
-
-    use std::path::PathBuf;
 
     #[test]
     fn generated_flow_and_readiness() {

@@ -41,18 +41,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use ca::LocalCa;
-pub use certinfo::{CertInfo, CertSource, fingerprint_sha256};
-pub use config::{build_server_config, crypto_provider};
-pub use manager::{RefreshOutcome, TlsManager};
-pub use resolver::CertResolver;
+pub use manager::TlsManager;
 pub use serve::{ServeOptions, serve_http_redirect, serve_https};
-pub use status::{TlsStatus, export_ca_pem, status};
-
-/// Default lifetime of a generated server certificate.
-pub const DEFAULT_SERVER_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
-/// Default time before expiry at which a generated server certificate is reissued.
-pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub use status::{export_ca_pem, status};
 
 /// TLS settings, built by the caller from the appliance configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,11 +55,11 @@ pub struct TlsSettings {
     pub extra_dns_names: Vec<String>,
     /// Extra IP addresses for the generated server certificate.
     pub extra_ips: Vec<IpAddr>,
-    /// Lifetime of a generated server certificate (default
-    /// [`DEFAULT_SERVER_CERT_LIFETIME`]).
+    /// Lifetime of a generated server certificate (suggested default: 90
+    /// days; accepted range 1 hour to 825 days).
     pub server_cert_lifetime: Duration,
     /// Reissue the generated server certificate when it expires within this
-    /// time (default [`DEFAULT_RENEW_BEFORE`]).
+    /// time (suggested default: 30 days).
     pub renew_before: Duration,
     /// User-provided certificate chain (PEM). Overrides the generated server
     /// certificate; must be given together with `key_file`.

@@ -49,8 +49,9 @@ impl ResolvesServerCert for CertResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::config::crypto_provider;
+    use crate::tls::files;
     use crate::tls::test_util::self_signed_pair;
-    use crate::tls::{crypto_provider, files};
     use std::path::Path;
 
     fn certified(cn: &str) -> Arc<CertifiedKey> {

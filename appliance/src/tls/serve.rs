@@ -145,7 +145,7 @@ async fn accept_loop<F, Fut>(
     mut on_conn: F,
 ) -> io::Result<()>
 where
-    F: FnMut(TcpStream, SocketAddr, Watcher) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, ShutdownSignal) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (signal, _) = watch::channel(());
@@ -156,7 +156,13 @@ where
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    tracing::error!(error = %e, "connection task panicked");
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     conns.spawn(on_conn(tcp, peer, signal.subscribe()));
@@ -196,13 +202,13 @@ where
 }
 
 /// Receiving side of the shutdown signal, one per connection task.
-type Watcher = watch::Receiver<()>;
+type ShutdownSignal = watch::Receiver<()>;
 
 /// Drives `conn` to completion; once the shutdown signal fires, asks it to
 /// finish gracefully (`graceful`) and keeps driving it until it does.
 async fn until_shutdown<C: Future>(
     conn: C,
-    mut signal: Watcher,
+    mut signal: ShutdownSignal,
     graceful: impl FnOnce(Pin<&mut C>),
 ) -> C::Output {
     tokio::pin!(conn);
@@ -254,7 +260,7 @@ async fn serve_tls_connection(
     peer: SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Router,
-    watcher: Watcher,
+    watcher: ShutdownSignal,
     opts: ServeOptions,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -450,6 +456,8 @@ mod tests {
         stop: Option<oneshot::Sender<()>>,
         task: JoinHandle<io::Result<()>>,
         failures: Arc<AtomicU64>,
+        /// Notified when a slow handler starts.
+        entered: Arc<tokio::sync::Notify>,
         _dir: tempfile::TempDir,
     }
 
@@ -465,7 +473,8 @@ mod tests {
         }
     }
 
-    fn app() -> Router {
+    fn app(entered: Arc<tokio::sync::Notify>) -> Router {
+        let entered2 = Arc::clone(&entered);
         Router::new()
             .route(
                 "/",
@@ -475,14 +484,16 @@ mod tests {
             )
             .route(
                 "/slow",
-                get(|| async {
+                get(move || async move {
+                    entered.notify_one();
                     tokio::time::sleep(Duration::from_millis(400)).await;
                     "slow done"
                 }),
             )
             .route(
                 "/forever",
-                get(|| async {
+                get(move || async move {
+                    entered2.notify_one();
                     tokio::time::sleep(Duration::from_secs(60)).await;
                     "never"
                 }),
@@ -501,10 +512,11 @@ mod tests {
         let (tx, rx) = oneshot::channel::<()>();
         let failures = Arc::clone(&opts.handshake_failures);
         let config = mgr.server_config().expect("config");
+        let entered = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(serve_https(
             listener,
             config,
-            app(),
+            app(Arc::clone(&entered)),
             async move {
                 let _ = rx.await;
             },
@@ -516,6 +528,7 @@ mod tests {
             stop: Some(tx),
             task,
             failures,
+            entered,
             _dir: dir,
         }
     }
@@ -570,8 +583,8 @@ mod tests {
 
     fn fast_opts() -> ServeOptions {
         ServeOptions {
-            handshake_timeout: Duration::from_millis(300),
-            header_read_timeout: Duration::from_millis(300),
+            handshake_timeout: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(1),
             graceful_deadline: Duration::from_secs(5),
             ..ServeOptions::default()
         }
@@ -624,7 +637,12 @@ mod tests {
         // Trusts another appliance's CA.
         let cfg = client_config(&other.mgr, &[&rustls::version::TLS13], &[]);
         assert!(connect(server.addr, cfg).await.is_err());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..100 {
+            if server.failures.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
         assert_eq!(server.failures.load(Ordering::Relaxed), 1);
         server.stop().await.expect("stop");
         other.stop().await.expect("stop");
@@ -651,15 +669,15 @@ mod tests {
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf))
+        let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
             .await
             .expect("silent client closed by handshake timeout");
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
         let mut rest = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(3), garbage.read_to_end(&mut rest))
+        let _ = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut rest))
             .await
             .expect("garbage client closed");
-        let r = tokio::time::timeout(Duration::from_secs(3), idle_tls.read(&mut buf))
+        let r = tokio::time::timeout(Duration::from_secs(5), idle_tls.read(&mut buf))
             .await
             .expect("idle TLS client closed by first-read deadline");
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
@@ -713,7 +731,9 @@ mod tests {
         let cfg = client_config(&server.mgr, &[&rustls::version::TLS13], &[b"http/1.1"]);
         let addr = server.addr;
         let req = tokio::spawn(https_get(addr, cfg.clone(), "/slow"));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::timeout(Duration::from_secs(5), server.entered.notified())
+            .await
+            .expect("request reached the handler");
         let started = std::time::Instant::now();
         server.stop().await.expect("stop");
         assert!(started.elapsed() < Duration::from_secs(3));
@@ -732,7 +752,9 @@ mod tests {
         let server = start(opts).await;
         let cfg = client_config(&server.mgr, &[&rustls::version::TLS13], &[b"http/1.1"]);
         let req = tokio::spawn(https_get(server.addr, cfg, "/forever"));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::timeout(Duration::from_secs(5), server.entered.notified())
+            .await
+            .expect("request reached the handler");
         let started = std::time::Instant::now();
         server.stop().await.expect("stop");
         assert!(

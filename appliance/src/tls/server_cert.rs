@@ -422,7 +422,7 @@ mod tests {
         s.extra_ips = vec!["192.0.2.10".parse().expect("ip")];
         let wanted = wanted_sans(&s).expect("sans");
         let ca = LocalCa::load_or_create(tmp.path()).expect("ca");
-        let provider = crate::tls::crypto_provider();
+        let provider = crate::tls::config::crypto_provider();
         let (cert, reason) = load_or_issue(
             tmp.path(),
             &ca,
@@ -487,7 +487,7 @@ mod tests {
     fn reissued_on_san_change() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ca = LocalCa::load_or_create(tmp.path()).expect("ca");
-        let provider = crate::tls::crypto_provider();
+        let provider = crate::tls::config::crypto_provider();
         let mut s = settings(tmp.path());
         let wanted = wanted_sans(&s).expect("sans");
         let (first, _) = load_or_issue(
@@ -521,7 +521,7 @@ mod tests {
     fn reissued_near_expiry() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ca = LocalCa::load_or_create(tmp.path()).expect("ca");
-        let provider = crate::tls::crypto_provider();
+        let provider = crate::tls::config::crypto_provider();
         let wanted = wanted_sans(&settings(tmp.path())).expect("sans");
         let p = policy(&wanted, 2 * DAY, 3 * DAY);
         let (first, _) = load_or_issue(tmp.path(), &ca, &provider, p).expect("issue");
@@ -541,7 +541,7 @@ mod tests {
         let other = tempfile::tempdir().expect("tempdir");
         let ca = LocalCa::load_or_create(tmp.path()).expect("ca");
         let other_ca = LocalCa::load_or_create(other.path()).expect("other ca");
-        let provider = crate::tls::crypto_provider();
+        let provider = crate::tls::config::crypto_provider();
         let wanted = wanted_sans(&settings(tmp.path())).expect("sans");
         let p = policy(&wanted, 90 * DAY, 30 * DAY);
         load_or_issue(tmp.path(), &other_ca, &provider, p).expect("issue by other CA");
@@ -558,7 +558,7 @@ mod tests {
     fn reissued_when_key_loose_or_garbage() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let ca = LocalCa::load_or_create(tmp.path()).expect("ca");
-        let provider = crate::tls::crypto_provider();
+        let provider = crate::tls::config::crypto_provider();
         let wanted = wanted_sans(&settings(tmp.path())).expect("sans");
         let p = policy(&wanted, 90 * DAY, 30 * DAY);
         load_or_issue(tmp.path(), &ca, &provider, p).expect("issue");

@@ -51,6 +51,43 @@ pub fn status(tls_dir: &Path, user_cert: Option<&Path>) -> Result<TlsStatus> {
     Ok(TlsStatus { ca, server })
 }
 
+impl std::fmt::Display for TlsStatus {
+    /// Human-readable report, one `key: value` per line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_section(f, "Local CA", self.ca.as_ref(), "not created yet")?;
+        write_section(
+            f,
+            "Server certificate",
+            self.server.as_ref(),
+            "not issued yet",
+        )
+    }
+}
+
+fn write_section(
+    f: &mut std::fmt::Formatter<'_>,
+    title: &str,
+    info: Option<&CertInfo>,
+    missing: &str,
+) -> std::fmt::Result {
+    let Some(c) = info else {
+        return writeln!(f, "{title}: {missing}");
+    };
+    let source = match c.source {
+        CertSource::Generated => "generated",
+        CertSource::UserProvided => "user-provided",
+    };
+    writeln!(f, "{title} ({source}):")?;
+    writeln!(f, "  subject:     {}", c.subject)?;
+    writeln!(f, "  issuer:      {}", c.issuer)?;
+    if !c.sans.is_empty() {
+        writeln!(f, "  names:       {}", c.sans.join(", "))?;
+    }
+    writeln!(f, "  not before:  {}", c.not_before)?;
+    writeln!(f, "  not after:   {}", c.not_after)?;
+    writeln!(f, "  SHA-256:     {}", c.fingerprint_sha256)
+}
+
 fn first_cert_info(path: &Path, source: CertSource, required: bool) -> Result<Option<CertInfo>> {
     let bytes = if required {
         files::read(path)?
@@ -119,9 +156,14 @@ mod tests {
         assert_eq!(json["server"]["source"], "generated");
         assert_eq!(json["ca"]["source"], "generated");
 
+        let text = mgr.status().expect("status").to_string();
+        assert!(text.contains("Local CA (generated):"), "{text}");
+        assert!(text.contains(&mgr.ca_fingerprint_sha256()), "{text}");
+        assert!(text.contains("localhost"), "{text}");
+
         let pem = export_ca_pem(tmp.path()).expect("export");
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
-        assert_eq!(pem, mgr.ca_pem());
+        assert_eq!(pem, fs::read_to_string(mgr.ca().cert_path()).expect("read"));
     }
 
     #[test]
@@ -131,6 +173,7 @@ mod tests {
         let path = tmp.path().join("mine.pem");
         fs::write(&path, cert).expect("write");
         let st = status(tmp.path(), Some(&path)).expect("status");
+        assert!(st.to_string().contains("Local CA: not created yet"), "{st}");
         let server = st.server.expect("server");
         assert_eq!(server.source, CertSource::UserProvided);
         assert_eq!(server.sans, vec!["mine.example".to_owned()]);

@@ -13,8 +13,8 @@ pub fn settings(dir: &Path) -> TlsSettings {
         dir: dir.to_path_buf(),
         extra_dns_names: Vec::new(),
         extra_ips: Vec::new(),
-        server_cert_lifetime: super::DEFAULT_SERVER_CERT_LIFETIME,
-        renew_before: super::DEFAULT_RENEW_BEFORE,
+        server_cert_lifetime: Duration::from_secs(90 * 24 * 3600),
+        renew_before: Duration::from_secs(30 * 24 * 3600),
         cert_file: None,
         key_file: None,
     }

@@ -166,7 +166,7 @@ mod tests {
         fs::write(&files.cert_file, &cert_a).expect("write");
         fs::write(&files.key_file, &key_a).expect("write");
         fs::set_permissions(&files.key_file, fs::Permissions::from_mode(0o640)).expect("chmod");
-        let provider = crate::tls::crypto_provider();
+        let provider = crate::tls::config::crypto_provider();
         let loaded = load(&files, &provider).expect("load");
         assert_eq!(loaded.facts.common_name.as_deref(), Some("a.example"));
 
@@ -187,7 +187,7 @@ mod tests {
             cert_file: tmp.path().join("nope.pem"),
             key_file: tmp.path().join("nope.key"),
         };
-        let err = load(&files, &crate::tls::crypto_provider()).expect_err("missing");
+        let err = load(&files, &crate::tls::config::crypto_provider()).expect_err("missing");
         assert!(err.to_string().contains("nope.key"), "{err}");
     }
 }

@@ -1,0 +1,247 @@
+//! A small typed client for a running server's admin API, so CLI commands
+//! keep working while `latchkey serve` holds the data directory.
+//!
+//! The server says where it listens in the data directory's lock file; the
+//! client trusts only that data directory's own CA (`tls/ca.pem`) and
+//! authenticates with `admin.token`. Errors come back as the API's one-line
+//! message.
+
+use crate::context::Context;
+use crate::server::host::{admin_token_path, read_admin_token};
+use anyhow::{Context as _, anyhow, bail};
+use latchkey_core::secrecy::{ExposeSecret, SecretString};
+use latchkey_core::store::current_owner;
+use latchkey_core::vault::{NewRecord, RecordMeta, record::validate_name};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// A connection to the server running on this data directory.
+pub struct Remote {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+    token: SecretString,
+}
+
+/// What `POST /api/backup` returns.
+pub struct RemoteBackup {
+    pub bytes: Vec<u8>,
+    pub vault_records: String,
+    pub schema_version: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+impl Remote {
+    /// The running server for `ctx`'s data directory, if one holds it.
+    pub fn detect(ctx: &Context) -> anyhow::Result<Option<Remote>> {
+        let Some(owner) = current_owner(&ctx.data_dir) else {
+            return Ok(None);
+        };
+        if owner.role != "serve" {
+            return Ok(None); // another one-shot command: the lock error says so
+        }
+        let Some(url) = owner.api_url else {
+            bail!(
+                "the Latchkey server (PID {}) on {} is still starting; try again in a moment",
+                owner.pid,
+                ctx.data_dir.display()
+            );
+        };
+        Remote::connect(ctx, url).map(Some)
+    }
+
+    fn connect(ctx: &Context, base: String) -> anyhow::Result<Remote> {
+        let ca_pem = crate::tls::export_ca_pem(&ctx.data_dir.join("tls"))?;
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+            .context("reading the server's CA certificate")?;
+        let token = read_admin_token(&admin_token_path(&ctx.data_dir))?;
+        // reqwest is built without a provider of its own (no aws-lc-rs).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .https_only(true)
+            .connect_timeout(Duration::from_secs(10))
+            // Backups and passphrase unsealing (scrypt) take a while.
+            .timeout(Duration::from_secs(300))
+            .build()
+            .context("building the HTTPS client")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(Remote {
+            runtime,
+            client,
+            base,
+            token,
+        })
+    }
+
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .client
+            .request(method, &url)
+            .bearer_auth(self.token.expose_secret());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        // Futures are built inside the runtime: reqwest arms its timers on
+        // creation.
+        let resp = self
+            .runtime
+            .block_on(async move { req.send().await })
+            .with_context(|| format!("cannot reach the Latchkey server at {}", self.base))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = self
+            .runtime
+            .block_on(async move { resp.text().await })
+            .unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) if status == StatusCode::UNAUTHORIZED => Err(anyhow!(
+                "the server refused the admin token in {} ({})",
+                self.base,
+                e.error
+            )),
+            Ok(e) => Err(anyhow!("{}", e.message)),
+            Err(_) => Err(anyhow!("the server answered {status}")),
+        }
+    }
+
+    fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let resp = self.send(method, path, body)?;
+        let bytes = Zeroizing::new(
+            self.runtime
+                .block_on(async move { resp.bytes().await })
+                .context("reading the server's answer")?
+                .to_vec(),
+        );
+        serde_json::from_slice(&bytes).context("the server's answer is not what was expected")
+    }
+
+    fn entry_path(name: &str) -> anyhow::Result<String> {
+        // Validated names are URL-safe (letters, digits, `.`, `_`, `-`).
+        validate_name(name)?;
+        Ok(format!("/api/vault/{name}"))
+    }
+
+    pub fn list(&self) -> anyhow::Result<Vec<RecordMeta>> {
+        self.json(Method::GET, "/api/vault", None)
+    }
+
+    pub fn put(
+        &self,
+        new: &NewRecord,
+        secret: &SecretString,
+        replace: bool,
+    ) -> anyhow::Result<RecordMeta> {
+        // The CLI process is short-lived; the copy in this JSON value goes
+        // with it (reqwest owns the body buffer, so it cannot be zeroized).
+        let body = serde_json::json!({
+            "name": new.name,
+            "kind": new.kind,
+            "provider": new.provider,
+            "labels": new.labels,
+            "secret": secret.expose_secret(),
+            "replace": replace,
+        });
+        self.json(Method::POST, "/api/vault", Some(&body))
+    }
+
+    pub fn meta(&self, name: &str) -> anyhow::Result<RecordMeta> {
+        self.json(Method::GET, &Self::entry_path(name)?, None)
+    }
+
+    pub fn reveal(&self, name: &str) -> anyhow::Result<SecretString> {
+        #[derive(Deserialize)]
+        struct Revealed {
+            value: String,
+        }
+        let path = format!("{}/reveal", Self::entry_path(name)?);
+        let r: Revealed = self.json(Method::POST, &path, None)?;
+        Ok(SecretString::from(r.value))
+    }
+
+    pub fn remove(&self, name: &str) -> anyhow::Result<RecordMeta> {
+        self.json(Method::DELETE, &Self::entry_path(name)?, None)
+    }
+
+    pub fn seal(&self) -> anyhow::Result<()> {
+        self.send(Method::POST, "/api/vault/seal", None).map(drop)
+    }
+
+    pub fn unseal(&self, passphrase: Option<&SecretString>) -> anyhow::Result<()> {
+        let body = passphrase.map(|p| serde_json::json!({ "passphrase": p.expose_secret() }));
+        self.send(Method::POST, "/api/vault/unseal", body.as_ref())
+            .map(drop)
+    }
+
+    /// Passphrase mode sends both passphrases; stored-key modes send none.
+    pub fn rotate_master(
+        &self,
+        passphrases: Option<(&SecretString, &SecretString)>,
+    ) -> anyhow::Result<()> {
+        let body = passphrases.map(|(cur, new)| {
+            serde_json::json!({
+                "current_passphrase": cur.expose_secret(),
+                "new_passphrase": new.expose_secret(),
+            })
+        });
+        self.send(Method::POST, "/api/vault/rotate-master", body.as_ref())
+            .map(drop)
+    }
+
+    /// `recipient` (age1…) or `passphrase`: exactly one.
+    pub fn backup(
+        &self,
+        recipient: Option<&str>,
+        passphrase: Option<&SecretString>,
+    ) -> anyhow::Result<RemoteBackup> {
+        let body = match (recipient, passphrase) {
+            (Some(r), _) => serde_json::json!({ "recipient": r }),
+            (None, Some(p)) => serde_json::json!({ "passphrase": p.expose_secret() }),
+            (None, None) => bail!("give --recipient AGE_RECIPIENT or --passphrase-stdin"),
+        };
+        let resp = self.send(Method::POST, "/api/backup", Some(&body))?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string()
+        };
+        let vault_records = header("x-latchkey-vault-records");
+        let schema_version = header("x-latchkey-schema-version");
+        let bytes = self
+            .runtime
+            .block_on(async move { resp.bytes().await })
+            .context("reading the backup from the server")?
+            .to_vec();
+        Ok(RemoteBackup {
+            bytes,
+            vault_records,
+            schema_version,
+        })
+    }
+}

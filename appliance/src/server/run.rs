@@ -1,0 +1,365 @@
+//! `latchkey serve`: open everything, bind, print where to go, serve until
+//! SIGTERM/SIGINT, then shut down in order.
+//!
+//! Order matters on the way down: listeners stop accepting, in-flight
+//! requests get `server.shutdown_grace`, then pending last-used times are
+//! written and the store is dropped last, so redb closes cleanly and the
+//! data-dir lock is released only when nothing can write any more.
+
+use super::host::{ApplianceHost, admin_token_path, ensure_admin_token};
+use crate::cli::ServeArgs;
+use crate::context::Context;
+use crate::tls::{ServeOptions, TlsManager, serve_http_redirect, serve_https};
+use anyhow::Context as _;
+use latchkey_core::config::MasterKeyKind;
+use latchkey_core::http::{AppState, Metrics, StaticToken, router};
+use latchkey_core::secrecy::ExposeSecret;
+use latchkey_core::store::{self, LockOwner, Store};
+use latchkey_core::vault::{Vault, rotation};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How often pending last-used times are written.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
+    if !args.listen.is_empty() {
+        ctx.settings.server.listen = args.listen;
+    }
+    // Process-wide default for anything that does not pass a provider
+    // explicitly; an error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    // Blocking setup (file I/O, key generation) before the runtime starts.
+    store::ensure_data_dir(&ctx.data_dir)?;
+    let store = Store::open(&ctx.data_dir, "serve")?;
+    let vault = Arc::new(Vault::new(Arc::clone(&store)));
+    let source = ctx.source();
+    if ctx.settings.vault.master_key == MasterKeyKind::Passphrase {
+        // Nothing to read the key from: stay sealed until `latchkey unseal`.
+        if !vault.is_initialized()? {
+            tracing::warn!(
+                "the vault has no passphrase yet; stop the server and run `latchkey vault init`"
+            );
+        }
+    } else {
+        rotation::open_recovering(&vault, &source)?;
+    }
+    let tls = TlsManager::new(super::tls_settings(&ctx)?)?;
+    let token = ensure_admin_token(&ctx.data_dir)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("latchkey")
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(&ctx, &store, &vault, &tls, token));
+    // Last writes, then the database closes when the last Arc goes.
+    if let Err(e) = vault.flush_last_used() {
+        tracing::warn!(error = %e, "could not write last-used times on shutdown");
+    }
+    drop(runtime);
+    drop(vault);
+    drop(store);
+    result
+}
+
+async fn serve(
+    ctx: &Context,
+    store: &Arc<Store>,
+    vault: &Arc<Vault>,
+    tls: &Arc<TlsManager>,
+    token: latchkey_core::secrecy::SecretString,
+) -> anyhow::Result<()> {
+    let settings = Arc::new(ctx.settings.clone());
+    let metrics = Arc::new(Metrics::new());
+    let opts = ServeOptions {
+        graceful_deadline: settings.server.shutdown_grace,
+        ..ServeOptions::default()
+    };
+    metrics.register_counter(
+        "latchkey_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out.",
+        Arc::clone(&opts.handshake_failures),
+    );
+    let state = AppState {
+        vault: Arc::clone(vault),
+        settings: Arc::clone(&settings),
+        host: Arc::new(ApplianceHost {
+            tls: Arc::clone(tls),
+        }),
+        metrics,
+        admin: Arc::new(StaticToken::new(token.expose_secret())),
+    };
+    drop(token);
+    let app = router(state);
+
+    let mut https = Vec::new();
+    for addr in &settings.server.listen {
+        https.push(bind(*addr)?);
+    }
+    let bound: Vec<SocketAddr> = https
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<_, _>>()?;
+    let mut redirects = Vec::new();
+    for addr in &settings.server.http_redirect_listen {
+        redirects.push(bind(*addr)?);
+    }
+    let redirect_bound: Vec<SocketAddr> = redirects
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<_, _>>()?;
+
+    let api_url = api_url(&bound);
+    store
+        .advertise(&LockOwner {
+            pid: std::process::id(),
+            role: "serve".into(),
+            api_url: Some(api_url.clone()),
+        })
+        .context("writing the lock file")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let maintenance =
+        Arc::clone(tls).spawn_maintenance(settings.tls.check_interval, stop_rx.clone());
+    let flusher = spawn_flusher(Arc::clone(vault), stop_rx.clone());
+
+    let server_config = tls.server_config()?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in https {
+        let (app, cfg, opts) = (app.clone(), Arc::clone(&server_config), opts.clone());
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move { serve_https(listener, cfg, app, stop, opts).await });
+    }
+    let https_port = bound.first().map_or(0, SocketAddr::port);
+    for listener in redirects {
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move { serve_http_redirect(listener, https_port, stop).await });
+    }
+
+    // Handlers go in before the banner: whoever reads it may signal at once.
+    let signals = Signals::install()?;
+    print_banner(ctx, tls, vault, &bound, &redirect_bound);
+    tracing::info!(addresses = ?bound, "serving HTTPS");
+
+    // Serve until a signal, or until a listener fails.
+    let mut failure = None;
+    tokio::select! {
+        sig = signals.recv() => {
+            let name = sig?;
+            tracing::info!(signal = name, "shutting down: no new connections; finishing requests");
+        }
+        Some(res) = tasks.join_next() => {
+            failure = Some(match res {
+                Ok(Ok(())) => anyhow::anyhow!("a listener stopped unexpectedly"),
+                Ok(Err(e)) => anyhow::Error::new(e).context("listener failed"),
+                Err(e) => anyhow::Error::new(e).context("listener task failed"),
+            });
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(Err(e)) = res {
+            tracing::warn!(error = %e, "listener ended with an error");
+        }
+    }
+    let _ = maintenance.await;
+    let _ = flusher.await;
+    tracing::info!("stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Resolves once `rx` turns true (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn recv(mut self) -> anyhow::Result<&'static str> {
+        Ok(tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        })
+    }
+}
+
+/// Binds one address. IPv6 sockets are IPv6-only, so `0.0.0.0:P` and
+/// `[::]:P` can both be listed (Linux would otherwise make `[::]` take the
+/// IPv4 port too and the second bind fail).
+fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot listen on {addr}: {e}");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(fail)?;
+    }
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    TcpListener::from_std(socket.into()).map_err(fail)
+}
+
+/// The URL local CLI commands use to reach this server: loopback when the
+/// server listens there (or on a wildcard), otherwise its first address.
+fn api_url(bound: &[SocketAddr]) -> String {
+    let reachable = |a: &SocketAddr| -> Option<SocketAddr> {
+        match a.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() || ip.is_loopback() => {
+                Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port()))
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() || ip.is_loopback() => {
+                Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port()))
+            }
+            _ => None,
+        }
+    };
+    let chosen = bound
+        .iter()
+        .filter_map(reachable)
+        .find(SocketAddr::is_ipv4)
+        .or_else(|| bound.iter().find_map(reachable))
+        .or_else(|| bound.first().copied());
+    chosen.map_or_else(String::new, |a| format!("https://{a}"))
+}
+
+/// The URLs to show a person: `localhost` for loopback and wildcard
+/// addresses (the certificate names it), the host name for wildcards.
+fn display_urls(bound: &[SocketAddr]) -> Vec<String> {
+    let mut urls = Vec::new();
+    for a in bound {
+        let port = a.port();
+        let ip = a.ip();
+        if ip.is_loopback() || ip.is_unspecified() {
+            urls.push(format!("https://localhost:{port}/"));
+        }
+        if ip.is_unspecified() {
+            if let Some(host) = crate::tls::server_cert::local_host_name() {
+                urls.push(format!("https://{host}:{port}/"));
+            }
+        } else {
+            urls.push(format!("https://{}/", SocketAddr::new(ip, port)));
+        }
+    }
+    urls.dedup();
+    urls
+}
+
+fn print_banner(
+    ctx: &Context,
+    tls: &TlsManager,
+    vault: &Vault,
+    bound: &[SocketAddr],
+    redirects: &[SocketAddr],
+) {
+    let mut out = String::new();
+    let urls = display_urls(bound);
+    out.push_str(&format!(
+        "Latchkey {} is running.\n\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    for (i, url) in urls.iter().enumerate() {
+        let label = if i == 0 {
+            "  Open:           "
+        } else {
+            "                  "
+        };
+        out.push_str(&format!("{label}{url}\n"));
+    }
+    for r in redirects {
+        out.push_str(&format!("  HTTP redirect:  http://{r}/ -> HTTPS\n"));
+    }
+    out.push_str(&format!(
+        "  Listening on:   {}\n",
+        bound
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.push_str(&format!(
+        "  CA certificate: {}\n  CA SHA-256:     {}\n",
+        tls.ca().cert_path().display(),
+        tls.ca_fingerprint_sha256()
+    ));
+    out.push_str(
+        "  Trust the CA:   latchkey tls export-ca > latchkey-ca.pem, then import it into your \
+         browser or OS\n",
+    );
+    out.push_str(&format!(
+        "  Admin token:    {} (mode 0600; `latchkey` commands on this machine use it)\n",
+        admin_token_path(&ctx.data_dir).display()
+    ));
+    let vault_line = if vault.is_sealed() {
+        "sealed; unseal it with `latchkey unseal`".to_string()
+    } else {
+        format!("unsealed ({})", ctx.source().kind_name())
+    };
+    out.push_str(&format!("  Vault:          {vault_line}\n"));
+    out.push_str("\nStop with Ctrl-C (SIGINT) or SIGTERM.\n");
+    let mut stdout = std::io::stdout().lock();
+    // stdout may be a closed pipe under a supervisor; serving matters more.
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn spawn_flusher(
+    vault: Arc<Vault>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(FLUSH_INTERVAL);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let v = Arc::clone(&vault);
+            match tokio::task::spawn_blocking(move || v.flush_last_used()).await {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(records = n, "wrote last-used times"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not write last-used times"),
+                Err(e) => tracing::warn!(error = %e, "last-used flush task failed"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_url_prefers_loopback() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(api_url(&[a("0.0.0.0:8443")]), "https://127.0.0.1:8443");
+        assert_eq!(api_url(&[a("[::]:9")]), "https://[::1]:9");
+        assert_eq!(
+            api_url(&[a("192.168.1.2:5"), a("127.0.0.1:6")]),
+            "https://127.0.0.1:6"
+        );
+        assert_eq!(api_url(&[a("192.168.1.2:5")]), "https://192.168.1.2:5");
+    }
+}

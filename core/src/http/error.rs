@@ -1,0 +1,217 @@
+//! [`ApiError`]: every failure an HTTP handler can return, mapped in this one
+//! place to a status code and the body `{"error": code, "message": …}`.
+//!
+//! `code` is stable (clients match on it); `message` is for people. Errors
+//! that are the server's fault (5xx) get an opaque message: their source
+//! chain goes to the log, tagged with the request's span, never to the
+//! client. Messages never contain secret values: the vault's own error
+//! texts name entries and fields, not contents.
+
+use crate::backup::BackupError;
+use crate::store::StoreError;
+use crate::vault::{KeyError, MasterKeyError, VaultError};
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing or wrong credentials. Deliberately says nothing more, so a
+    /// guesser learns nothing from the response.
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("access to this endpoint is not allowed from here")]
+    Forbidden,
+    #[error("no such endpoint")]
+    RouteNotFound,
+    #[error("this endpoint does not accept that method")]
+    MethodNotAllowed,
+    /// A request that is well-formed HTTP but wrong in content.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than the server accepts ({limit} bytes)")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request did not complete within {0} seconds")]
+    Timeout(u64),
+    /// A request the server understood but cannot perform in its current
+    /// state (e.g. an operation this master-key mode does not support).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// Anything else that went wrong inside the server.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Vault(VaultError::Store(e))
+    }
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        match self {
+            ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden => (S::FORBIDDEN, "forbidden"),
+            ApiError::RouteNotFound => (S::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::BadRequest { code, .. } => (S::BAD_REQUEST, code),
+            ApiError::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Timeout(_) => (S::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::Conflict { code, .. } => (S::CONFLICT, code),
+            ApiError::Vault(e) => vault_status(e),
+            ApiError::Backup(e) => match e {
+                BackupError::BadRecipient => (S::BAD_REQUEST, "invalid_recipient"),
+                BackupError::Vault(v) => vault_status(v),
+                _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+fn vault_status(e: &VaultError) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match e {
+        // 423 Locked: the resource exists but is locked until unsealed.
+        VaultError::Sealed => (S::LOCKED, "vault_sealed"),
+        VaultError::NotInitialized => (S::CONFLICT, "vault_not_initialized"),
+        VaultError::AlreadyInitialized => (S::CONFLICT, "vault_already_initialized"),
+        VaultError::NotFound(_) => (S::NOT_FOUND, "not_found"),
+        VaultError::AlreadyExists(_) => (S::CONFLICT, "already_exists"),
+        VaultError::Invalid(_) => (S::BAD_REQUEST, "invalid_field"),
+        VaultError::SourceMismatch { .. } => (S::CONFLICT, "master_key_source_mismatch"),
+        VaultError::Key(KeyError::WrongMasterKey(_)) => (S::FORBIDDEN, "wrong_master_key"),
+        VaultError::MasterKey(MasterKeyError::NeedsPassphrase(_)) => {
+            (S::CONFLICT, "passphrase_required")
+        }
+        VaultError::Integrity { .. }
+        | VaultError::Key(_)
+        | VaultError::MasterKey(_)
+        | VaultError::Damaged(_)
+        | VaultError::Store(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+/// The error and its causes on one line, for the log.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status.is_server_error() {
+            // The request's span (method, route, request id) is current here.
+            tracing::error!(error = %chain(&self), "request failed");
+            "internal server error; the server log has the details (look for this request's \
+             x-request-id)"
+                .to_string()
+        } else {
+            match &self {
+                // A wrong passphrase must not look different from any other
+                // wrong key, and carries no detail.
+                ApiError::Vault(VaultError::Key(KeyError::WrongMasterKey(_))) => {
+                    "the passphrase or key does not open this vault".to_string()
+                }
+                other => other.to_string(),
+            }
+        };
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: code,
+                message,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"latchkey\""),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable() {
+        assert_eq!(
+            ApiError::Vault(VaultError::Sealed).status_and_code(),
+            (StatusCode::LOCKED, "vault_sealed")
+        );
+        assert_eq!(
+            ApiError::Vault(VaultError::NotFound("x".into())).status_and_code(),
+            (StatusCode::NOT_FOUND, "not_found")
+        );
+        assert_eq!(
+            ApiError::Backup(BackupError::BadRecipient).status_and_code(),
+            (StatusCode::BAD_REQUEST, "invalid_recipient")
+        );
+    }
+
+    #[test]
+    fn server_errors_are_opaque() {
+        let e = ApiError::Vault(VaultError::Damaged("/secret/path details".into()));
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = futures_body(resp);
+        assert!(!body.contains("/secret/path"), "{body}");
+        assert!(body.contains("\"error\":\"internal\""), "{body}");
+    }
+
+    fn futures_body(resp: Response) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+}

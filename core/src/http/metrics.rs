@@ -1,0 +1,236 @@
+//! A small Prometheus registry: request counts by route template and
+//! status, request latency histograms by route, vault operations by kind
+//! and outcome, and counters owned by the shell (e.g. TLS handshake
+//! failures). Rendered in the Prometheus text exposition format 0.0.4.
+//!
+//! Routes are labelled by their template (`/api/vault/{name}`), never the
+//! raw path, so label cardinality stays bounded and entry names stay out of
+//! the metrics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency buckets.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    counts: [u64; BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += secs;
+        self.count += 1;
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+    vault_ops: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+struct External {
+    name: &'static str,
+    help: &'static str,
+    value: Arc<AtomicU64>,
+}
+
+/// The registry. Cheap to update (one short mutex hold per request).
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+    external: Mutex<Vec<External>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Exposes a counter the shell owns (e.g. the TLS accept loop's
+    /// handshake failures) as `name`.
+    pub fn register_counter(&self, name: &'static str, help: &'static str, value: Arc<AtomicU64>) {
+        if let Ok(mut ext) = self.external.lock() {
+            ext.push(External { name, help, value });
+        }
+    }
+
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, latency: Duration) {
+        if let Ok(mut m) = self.inner.lock() {
+            *m.requests
+                .entry((method.to_string(), route.to_string(), status))
+                .or_default() += 1;
+            m.latency
+                .entry(route.to_string())
+                .or_default()
+                .observe(latency.as_secs_f64());
+        }
+    }
+
+    /// Counts one vault operation (`put`, `reveal`, …) and whether it
+    /// succeeded.
+    pub fn vault_op(&self, op: &'static str, ok: bool) {
+        if let Ok(mut m) = self.inner.lock() {
+            *m.vault_ops
+                .entry((op, if ok { "ok" } else { "error" }))
+                .or_default() += 1;
+        }
+    }
+
+    /// The text exposition; `sealed` is sampled by the caller.
+    pub fn render(&self, sealed: bool) -> String {
+        let mut out = String::new();
+        // `write!` into a String cannot fail.
+        let _ = self.render_into(&mut out, sealed);
+        out
+    }
+
+    fn render_into(&self, out: &mut String, sealed: bool) -> std::fmt::Result {
+        let m = match self.inner.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        writeln!(
+            out,
+            "# HELP latchkey_http_requests_total HTTP requests by method, route template and status."
+        )?;
+        writeln!(out, "# TYPE latchkey_http_requests_total counter")?;
+        for ((method, route, status), n) in &m.requests {
+            writeln!(
+                out,
+                "latchkey_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                escape(method),
+                escape(route)
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP latchkey_http_request_duration_seconds HTTP request latency by route template."
+        )?;
+        writeln!(
+            out,
+            "# TYPE latchkey_http_request_duration_seconds histogram"
+        )?;
+        for (route, h) in &m.latency {
+            let route = escape(route);
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += h.counts[i];
+                writeln!(
+                    out,
+                    "latchkey_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+                )?;
+            }
+            cumulative += h.counts[BUCKETS.len()];
+            writeln!(
+                out,
+                "latchkey_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {cumulative}"
+            )?;
+            writeln!(
+                out,
+                "latchkey_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            )?;
+            writeln!(
+                out,
+                "latchkey_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP latchkey_vault_operations_total Vault operations by kind and outcome."
+        )?;
+        writeln!(out, "# TYPE latchkey_vault_operations_total counter")?;
+        for ((op, outcome), n) in &m.vault_ops {
+            writeln!(
+                out,
+                "latchkey_vault_operations_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
+            )?;
+        }
+        drop(m);
+        writeln!(
+            out,
+            "# HELP latchkey_vault_sealed 1 while the vault is sealed."
+        )?;
+        writeln!(out, "# TYPE latchkey_vault_sealed gauge")?;
+        writeln!(out, "latchkey_vault_sealed {}", u8::from(sealed))?;
+        let ext = match self.external.lock() {
+            Ok(e) => e,
+            Err(p) => p.into_inner(),
+        };
+        for e in ext.iter() {
+            writeln!(out, "# HELP {} {}", e.name, e.help)?;
+            writeln!(out, "# TYPE {} counter", e.name)?;
+            writeln!(out, "{} {}", e.name, e.value.load(Ordering::Relaxed))?;
+        }
+        Ok(())
+    }
+}
+
+/// Label values: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::new();
+        m.observe_request("GET", "/health", 200, Duration::from_millis(2));
+        m.observe_request("GET", "/health", 200, Duration::from_secs(20));
+        m.vault_op("reveal", false);
+        let failures = Arc::new(AtomicU64::new(3));
+        m.register_counter(
+            "latchkey_tls_handshake_failures_total",
+            "Failed TLS handshakes.",
+            failures,
+        );
+        let text = m.render(true);
+        assert!(text.contains(
+            "latchkey_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "latchkey_http_request_duration_seconds_bucket{route=\"/health\",le=\"0.0025\"} 1"
+        ));
+        assert!(text.contains(
+            "latchkey_http_request_duration_seconds_bucket{route=\"/health\",le=\"+Inf\"} 2"
+        ));
+        assert!(text.contains("latchkey_http_request_duration_seconds_count{route=\"/health\"} 2"));
+        assert!(
+            text.contains(
+                "latchkey_vault_operations_total{operation=\"reveal\",outcome=\"error\"} 1"
+            )
+        );
+        assert!(text.contains("latchkey_vault_sealed 1"));
+        assert!(text.contains("latchkey_tls_handshake_failures_total 3"));
+    }
+}

@@ -1,0 +1,143 @@
+//! What wraps every request: a request id, a tracing span, metrics,
+//! security headers, a body-size limit and a time limit.
+//!
+//! The span records method, route template, status, latency and request id
+//! — never headers, query strings or bodies, which may carry tokens and
+//! secrets.
+
+use super::AppState;
+use super::error::ApiError;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::time::Instant;
+use tracing::Instrument;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request id, available to handlers as an extension.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The configured body limit, so extractors can name it in their error.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    (
+        "strict-transport-security",
+        "max-age=63072000; includeSubDomains",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+];
+
+/// A client-supplied id is kept when it is short and plain (so it cannot
+/// smuggle anything into logs); otherwise a new one is made.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+/// Outermost layer: request id, span, metrics and response headers.
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = request_id(&req);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        request_id = %id,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let latency = started.elapsed();
+    let status = resp.status();
+    span.record("status", status.as_u16());
+    span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!("request finished");
+        } else {
+            tracing::info!("request finished");
+        }
+    });
+    state
+        .metrics
+        .observe_request(&method, &route, status.as_u16(), latency);
+
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    // Everything served so far is dynamic and some of it secret; a page
+    // that wants caching (the UI's assets, later) sets its own header.
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Body-size and time limits. A declared `Content-Length` over the limit is
+/// refused before any byte is read; chunked bodies are cut off by
+/// `DefaultBodyLimit` when an extractor reads them.
+pub async fn limits(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let max = state.settings.server.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return ApiError::PayloadTooLarge { limit: max }.into_response();
+    }
+    req.extensions_mut().insert(BodyLimit(max));
+    let limit = state.settings.server.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let mut resp = ApiError::Timeout(limit.as_secs()).into_response();
+            // The client may still be sending; don't reuse the connection.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+    }
+}
+
+/// A panic in a handler becomes an opaque 500 in our shape.
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal("a request handler panicked".into()).into_response()
+}

@@ -1,0 +1,299 @@
+//! The vault over HTTP: `/api/vault/…` and `/api/backup`.
+//!
+//! Every vault call runs on the blocking pool: writes fsync, unsealing with
+//! a passphrase runs scrypt, and backups encrypt the whole database.
+//! Secrets travel only in request and response bodies (never in URLs, which
+//! end up in logs and histories), and are held as `SecretString`.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::ApiJson;
+use crate::backup::{self, BackupRecipient};
+use crate::config::MasterKeyKind;
+use crate::secrecy::{ExposeSecret, SecretString};
+use crate::vault::{Kind, MasterKey, NewRecord, RecordMeta, Vault, rotation};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Runs `f` on the blocking pool and counts it as vault operation `op`.
+async fn run<T: Send + 'static>(
+    state: &AppState,
+    op: &'static str,
+    f: impl FnOnce(&Vault) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let vault = Arc::clone(&state.vault);
+    let res = tokio::task::spawn_blocking(move || f(&vault))
+        .await
+        .map_err(|e| ApiError::Internal(format!("vault task failed: {e}")))
+        .and_then(|r| r);
+    state.metrics.vault_op(op, res.is_ok());
+    res
+}
+
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    // The String moves into the SecretString; no second copy lingers.
+    String::deserialize(d).map(SecretString::from)
+}
+
+fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    Option::<String>::deserialize(d).map(|o| o.map(SecretString::from))
+}
+
+/// `GET /api/vault`: every entry's metadata, sorted by name.
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<RecordMeta>>, ApiError> {
+    run(&state, "list", |v| Ok(v.list()?)).await.map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRequest {
+    pub name: String,
+    pub kind: Kind,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "secret")]
+    pub secret: SecretString,
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// `POST /api/vault`: store a secret (201 with its metadata).
+pub async fn put(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<PutRequest>,
+) -> Result<(StatusCode, Json<RecordMeta>), ApiError> {
+    let new = NewRecord {
+        name: req.name,
+        kind: req.kind,
+        provider: req.provider,
+        labels: req.labels,
+    };
+    let (secret, replace) = (req.secret, req.replace);
+    let meta = run(&state, "put", move |v| Ok(v.put(&new, &secret, replace)?)).await?;
+    Ok((StatusCode::CREATED, Json(meta)))
+}
+
+/// `GET /api/vault/{name}`: one entry's metadata (works while sealed).
+pub async fn meta(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<RecordMeta>, ApiError> {
+    run(&state, "get", move |v| Ok(v.meta(&name)?))
+        .await
+        .map(Json)
+}
+
+#[derive(Serialize)]
+struct Revealed<'a> {
+    value: &'a str,
+}
+
+/// `POST /api/vault/{name}/reveal`: `{"value": …}`.
+pub async fn reveal(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let secret = run(&state, "reveal", move |v| Ok(v.reveal(&name)?)).await?;
+    // Serialized straight from the secret; the response buffer is the only
+    // copy, and it goes out on the wire.
+    let body = serde_json::to_vec(&Revealed {
+        value: secret.expose_secret(),
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `DELETE /api/vault/{name}`: the deleted entry's metadata.
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<RecordMeta>, ApiError> {
+    run(&state, "delete", move |v| Ok(v.remove(&name)?))
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SealState {
+    pub sealed: bool,
+}
+
+/// `POST /api/vault/seal`: drop the data key and every cached secret.
+pub async fn seal(State(state): State<AppState>) -> Result<Json<SealState>, ApiError> {
+    run(&state, "seal", |v| {
+        // Last-used times are not secret; keep them across the seal.
+        if let Err(e) = v.flush_last_used() {
+            tracing::warn!(error = %e, "could not write last-used times before sealing");
+        }
+        v.seal();
+        Ok(())
+    })
+    .await?;
+    tracing::info!("vault sealed over the API");
+    Ok(Json(SealState { sealed: true }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealRequest {
+    #[serde(default, deserialize_with = "opt_secret")]
+    pub passphrase: Option<SecretString>,
+}
+
+/// `POST /api/vault/unseal`: with `{passphrase}` in passphrase mode; with
+/// no body (or `{}`) the configured key source is read again.
+pub async fn unseal(
+    State(state): State<AppState>,
+    body: Option<ApiJson<UnsealRequest>>,
+) -> Result<Json<SealState>, ApiError> {
+    let req = body.map(|ApiJson(r)| r).unwrap_or_default();
+    let source = state.source();
+    let passphrase_mode = state.settings.vault.master_key == MasterKeyKind::Passphrase;
+    run(&state, "unseal", move |v| {
+        if passphrase_mode {
+            let Some(pass) = req.passphrase else {
+                return Err(ApiError::bad_request(
+                    "passphrase_required",
+                    "this vault is unsealed with its passphrase: send {\"passphrase\": …}",
+                ));
+            };
+            // Unsealing an uninitialized vault would silently make this
+            // (unconfirmed) passphrase the vault's passphrase.
+            if !v.is_initialized()? {
+                return Err(ApiError::conflict(
+                    "vault_not_initialized",
+                    "the vault has no passphrase yet: stop the server, run \
+                     `latchkey vault init`, and start it again",
+                ));
+            }
+            v.unseal(&MasterKey::Passphrase(pass), source.kind_name())?;
+        } else {
+            rotation::open_recovering(v, &source)?;
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::info!("vault unsealed over the API");
+    Ok(Json(SealState { sealed: false }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    #[serde(default, deserialize_with = "opt_secret")]
+    pub current_passphrase: Option<SecretString>,
+    #[serde(default, deserialize_with = "opt_secret")]
+    pub new_passphrase: Option<SecretString>,
+}
+
+/// Shortest passphrase accepted for a new vault passphrase (same rule as
+/// the CLI's).
+pub const MIN_PASSPHRASE: usize = 12;
+
+/// `POST /api/vault/rotate-master`: a new master key (key file, keychain)
+/// or a new passphrase (`{current_passphrase, new_passphrase}`).
+pub async fn rotate_master(
+    State(state): State<AppState>,
+    body: Option<ApiJson<RotateRequest>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = body.map(|ApiJson(r)| r).unwrap_or_default();
+    let source = state.source();
+    let kind = state.settings.vault.master_key.clone();
+    run(&state, "rotate_master", move |v| match kind {
+        MasterKeyKind::Keyfile | MasterKeyKind::Keyring => {
+            rotation::rotate_stored(v, &source)?;
+            Ok(())
+        }
+        MasterKeyKind::Passphrase => {
+            let (Some(current), Some(new)) = (req.current_passphrase, req.new_passphrase) else {
+                return Err(ApiError::bad_request(
+                    "passphrase_required",
+                    "passphrase mode: send {\"current_passphrase\": …, \"new_passphrase\": …}",
+                ));
+            };
+            if new.expose_secret().chars().count() < MIN_PASSPHRASE {
+                return Err(ApiError::bad_request(
+                    "weak_passphrase",
+                    format!("the new passphrase must be at least {MIN_PASSPHRASE} characters"),
+                ));
+            }
+            // Proves the caller knows the current passphrase (and leaves
+            // the vault unsealed with the same data key).
+            v.unseal(&MasterKey::Passphrase(current), source.kind_name())?;
+            v.rewrap(&MasterKey::Passphrase(new), source.kind_name())?;
+            Ok(())
+        }
+        MasterKeyKind::SystemdCredential => Err(ApiError::conflict(
+            "unsupported_master_key_source",
+            "systemd-credential mode: the credential is installed by systemd; stop the \
+             service and run `latchkey vault rotate-master --new-key-file FILE`",
+        )),
+    })
+    .await?;
+    tracing::info!("master key rotated over the API");
+    Ok(Json(serde_json::json!({ "rotated": true })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    #[serde(default)]
+    pub recipient: Option<String>,
+    #[serde(default, deserialize_with = "opt_secret")]
+    pub passphrase: Option<SecretString>,
+}
+
+/// Response headers carrying the backup's summary (the body is the file).
+pub const BACKUP_RECORDS: HeaderName = HeaderName::from_static("x-latchkey-vault-records");
+pub const BACKUP_SCHEMA: HeaderName = HeaderName::from_static("x-latchkey-schema-version");
+
+/// Shortest backup passphrase accepted (same rule as the CLI's).
+pub const MIN_BACKUP_PASSPHRASE: usize = 12;
+
+/// `POST /api/backup`: the encrypted backup file of a consistent snapshot.
+pub async fn backup(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<BackupRequest>,
+) -> Result<Response, ApiError> {
+    let to = match (req.recipient, req.passphrase) {
+        (Some(r), None) => BackupRecipient::parse_recipient(&r)?,
+        (None, Some(p)) => {
+            if p.expose_secret().chars().count() < MIN_BACKUP_PASSPHRASE {
+                return Err(ApiError::bad_request(
+                    "weak_passphrase",
+                    format!(
+                        "the backup passphrase must be at least {MIN_BACKUP_PASSPHRASE} characters"
+                    ),
+                ));
+            }
+            BackupRecipient::Passphrase(p)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give exactly one of `recipient` (age1…) or `passphrase`",
+            ));
+        }
+    };
+    let (bytes, summary) = run(&state, "backup", move |v| Ok(backup::create(v, &to)?)).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"latchkey.backup\"".to_string(),
+            ),
+            (BACKUP_RECORDS, summary.vault_records.to_string()),
+            (BACKUP_SCHEMA, summary.schema_version.to_string()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
