@@ -193,7 +193,7 @@ fn second_process_is_told_who_holds_the_data_dir() {
     let err = d.fails(&["vault", "put", "other"], b"v");
     assert!(
         err.contains(&format!(
-            "already in use by a running Latchkey server (PID {})",
+            "already in use by another latchkey command (PID {})",
             std::process::id()
         )),
         "{err}"
