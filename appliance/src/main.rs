@@ -15,12 +15,16 @@ mod tls;
 
 use clap::Parser;
 use cli::{Cli, Command, ConfigCommand, TlsCommand};
+use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // `latchkey … | head` closed the pipe: end quietly with the status a
+        // process killed by SIGPIPE reports (128 + 13), as other tools do.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             // One line: the chain of causes, outermost first.
             let msg = e
@@ -32,6 +36,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let kind = c
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| {
+                c.downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            });
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -51,31 +68,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen => commands::config::keygen(),
         Command::Config(ConfigCommand::Check) => commands::config::check(&ctx),
         Command::Tls(TlsCommand::ExportCa) => {
-            print!("{}", tls::export_ca_pem(&ctx.data_dir.join("tls"))?);
+            write!(
+                std::io::stdout(),
+                "{}",
+                tls::export_ca_pem(&ctx.data_dir.join("tls"))?
+            )?;
             Ok(())
         }
         Command::Tls(TlsCommand::Status { json }) => {
             let t = server::tls_settings(&ctx)?;
             let status = tls::status(&t.dir, t.cert_file.as_deref())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    serde_json::to_string_pretty(&status)?
+                )?;
                 return Ok(());
             }
-            for (label, cert) in [("CA", &status.ca), ("Server", &status.server)] {
-                match cert {
-                    None => println!("{label} certificate: not created yet (run `latchkey serve`)"),
-                    Some(c) => {
-                        println!("{label} certificate ({:?})", c.source);
-                        println!("  subject:     {}", c.subject);
-                        println!("  issuer:      {}", c.issuer);
-                        if !c.sans.is_empty() {
-                            println!("  names:       {}", c.sans.join(", "));
-                        }
-                        println!("  valid:       {} to {}", c.not_before, c.not_after);
-                        println!("  fingerprint: SHA256 {}", c.fingerprint_sha256);
-                    }
-                }
-            }
+            write!(std::io::stdout(), "{status}")?;
             Ok(())
         }
     }

@@ -207,3 +207,27 @@ fn second_process_is_told_who_holds_the_data_dir() {
         "the database was modified"
     );
 }
+
+#[test]
+fn closed_stdout_pipe_is_not_a_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let d = TestDir::new();
+    let env: String = (0..2000).map(|i| format!("K{i}=v\n")).collect();
+    d.ok(&["vault", "import"], env.as_bytes());
+    // Like `latchkey vault list --json | head -c 1`.
+    let mut child = d
+        .cmd(&["vault", "list", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("first byte");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

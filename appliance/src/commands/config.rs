@@ -3,14 +3,26 @@
 use crate::context::Context;
 use latchkey_core::secrecy::ExposeSecret;
 use latchkey_core::vault::MasterKey;
+use std::io::Write;
 
 pub fn check(ctx: &Context) -> anyhow::Result<()> {
     // Loading already validated everything; show what is in effect.
     let shown = toml::to_string_pretty(&ctx.settings)?;
-    println!("# Configuration is valid. Effective settings (secrets redacted):");
-    println!("# data directory: {}", ctx.data_dir.display());
-    println!("# master key source: {}", ctx.source().kind_name());
-    print!("{shown}");
+    writeln!(
+        std::io::stdout(),
+        "# Configuration is valid. Effective settings (secrets redacted):"
+    )?;
+    writeln!(
+        std::io::stdout(),
+        "# data directory: {}",
+        ctx.data_dir.display()
+    )?;
+    writeln!(
+        std::io::stdout(),
+        "# master key source: {}",
+        ctx.source().kind_name()
+    )?;
+    write!(std::io::stdout(), "{shown}")?;
     Ok(())
 }
 
@@ -22,10 +34,14 @@ pub fn keygen() -> anyhow::Result<()> {
         .expose_identity_string()
         .ok_or_else(|| anyhow::anyhow!("generated key has no text form"))?;
     // The same layout as age-keygen, so age tools read it too.
-    println!("# created: {}", time::OffsetDateTime::now_utc());
+    writeln!(
+        std::io::stdout(),
+        "# created: {}",
+        time::OffsetDateTime::now_utc()
+    )?;
     if let Some(recipient) = key.recipient() {
-        println!("# public key: {recipient}");
+        writeln!(std::io::stdout(), "# public key: {recipient}")?;
     }
-    println!("{}", text.expose_secret());
+    writeln!(std::io::stdout(), "{}", text.expose_secret())?;
     Ok(())
 }

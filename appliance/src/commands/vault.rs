@@ -176,6 +176,9 @@ fn rm(ctx: &Context, a: RmArgs) -> anyhow::Result<()> {
 fn verify(ctx: &Context) -> anyhow::Result<()> {
     let vault = ctx.open_vault()?;
     let n = vault.verify_all()?;
-    println!("All {n} entries decrypted and belong to their records.");
+    writeln!(
+        std::io::stdout(),
+        "All {n} entries decrypted and belong to their records."
+    )?;
     Ok(())
 }
