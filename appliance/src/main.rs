@@ -26,12 +26,20 @@ fn main() -> ExitCode {
         // process killed by SIGPIPE reports (128 + 13), as other tools do.
         Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
-            // One line: the chain of causes, outermost first.
-            let msg = e
-                .chain()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(": ");
+            // One line: the chain of causes, outermost first. Many errors
+            // already quote their source in their own message; a cause
+            // whose text is already there is not repeated.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let text = cause.to_string();
+                if msg.contains(&text) {
+                    continue;
+                }
+                if !msg.is_empty() {
+                    msg.push_str(": ");
+                }
+                msg.push_str(&text);
+            }
             eprintln!("latchkey: {msg}");
             ExitCode::FAILURE
         }

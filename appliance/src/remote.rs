@@ -187,6 +187,22 @@ impl Remote {
         self.json(Method::DELETE, &Self::entry_path(name)?, None)
     }
 
+    /// Number of entries that decrypted and belong to their records.
+    pub fn verify(&self) -> anyhow::Result<u64> {
+        #[derive(Deserialize)]
+        struct Verified {
+            verified: u64,
+        }
+        let v: Verified = self.json(Method::POST, "/api/vault/verify", None)?;
+        Ok(v.verified)
+    }
+
+    pub fn init(&self, passphrase: &SecretString) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "passphrase": passphrase.expose_secret() });
+        self.send(Method::POST, "/api/vault/init", Some(&body))
+            .map(drop)
+    }
+
     pub fn seal(&self) -> anyhow::Result<()> {
         self.send(Method::POST, "/api/vault/seal", None).map(drop)
     }

@@ -9,6 +9,7 @@
 
 use crate::cli::{ImportArgs, ImportFormat};
 use crate::context::Context;
+use crate::remote::Remote;
 use anyhow::bail;
 use latchkey_core::secrecy::SecretString;
 use latchkey_core::vault::{Kind, NewRecord, record::validate_secret};
@@ -108,12 +109,26 @@ pub fn run(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     if entries.is_empty() {
         bail!("nothing to import: stdin held no entries");
     }
-    let vault = ctx.open_vault()?;
     let mut out = std::io::stdout().lock();
-    for e in &entries {
-        vault.put(&e.record, &e.secret, a.replace)?;
-        writeln!(out, "stored {}", e.record.name)?;
-        out.flush()?;
+    let mut ack = |name: &str| -> anyhow::Result<()> {
+        writeln!(out, "stored {name}")?;
+        Ok(out.flush()?)
+    };
+    match Remote::detect(ctx)? {
+        // One request per entry: each answer means a durable commit.
+        Some(remote) => {
+            for e in &entries {
+                remote.put(&e.record, &e.secret, a.replace)?;
+                ack(&e.record.name)?;
+            }
+        }
+        None => {
+            let vault = ctx.open_vault()?;
+            for e in &entries {
+                vault.put(&e.record, &e.secret, a.replace)?;
+                ack(&e.record.name)?;
+            }
+        }
     }
     eprintln!("Imported {} entries.", entries.len());
     Ok(())

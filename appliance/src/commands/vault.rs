@@ -28,6 +28,14 @@ pub fn run(ctx: &Context, cmd: VaultCommand) -> anyhow::Result<()> {
 }
 
 fn init(ctx: &Context, a: InitArgs) -> anyhow::Result<()> {
+    if let Some(remote) = Remote::detect(ctx)? {
+        if ctx.settings.vault.master_key != MasterKeyKind::Passphrase {
+            bail!("the running server created this vault's master key already");
+        }
+        remote.init(&context::new_passphrase(a.passphrase_stdin)?)?;
+        eprintln!("Initialized and unsealed the running server's vault.");
+        return Ok(());
+    }
     let vault = Vault::new(ctx.open_store()?);
     if vault.is_initialized()? {
         bail!(
@@ -174,8 +182,10 @@ fn rm(ctx: &Context, a: RmArgs) -> anyhow::Result<()> {
 }
 
 fn verify(ctx: &Context) -> anyhow::Result<()> {
-    let vault = ctx.open_vault()?;
-    let n = vault.verify_all()?;
+    let n = match Remote::detect(ctx)? {
+        Some(remote) => remote.verify()?,
+        None => ctx.open_vault()?.verify_all()? as u64,
+    };
     writeln!(
         std::io::stdout(),
         "All {n} entries decrypted and belong to their records."

@@ -128,6 +128,8 @@ pub fn router(state: AppState) -> Router {
             "/api/vault/rotate-master",
             named("rotate-master").post(vault::rotate_master),
         )
+        .route("/api/vault/verify", named("verify").post(vault::verify))
+        .route("/api/vault/init", named("init").post(vault::init))
         .route("/api/vault/{name}", get(vault::meta).delete(vault::remove))
         .route("/api/vault/{name}/reveal", post(vault::reveal))
         .route("/api/backup", post(vault::backup))

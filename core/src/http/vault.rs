@@ -169,8 +169,7 @@ pub async fn unseal(
             if !v.is_initialized()? {
                 return Err(ApiError::conflict(
                     "vault_not_initialized",
-                    "the vault has no passphrase yet: stop the server, run \
-                     `latchkey vault init`, and start it again",
+                    "the vault has no passphrase yet: run `latchkey vault init` first",
                 ));
             }
             v.unseal(&MasterKey::Passphrase(pass), source.kind_name())?;
@@ -296,4 +295,58 @@ pub async fn backup(
         bytes,
     )
         .into_response())
+}
+
+/// `POST /api/vault/verify`: decrypts every entry and checks it belongs to
+/// its record; `{"verified": n}`.
+pub async fn verify(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let n = run(&state, "verify", |v| Ok(v.verify_all()?)).await?;
+    Ok(Json(serde_json::json!({ "verified": n })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    #[serde(default, deserialize_with = "opt_secret")]
+    pub passphrase: Option<SecretString>,
+}
+
+/// `POST /api/vault/init`: passphrase mode only, once: sets the vault's
+/// passphrase and leaves it unsealed. (The CLI asks twice before sending.)
+pub async fn init(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<InitRequest>,
+) -> Result<(StatusCode, Json<SealState>), ApiError> {
+    let source = state.source();
+    if state.settings.vault.master_key != MasterKeyKind::Passphrase {
+        return Err(ApiError::conflict(
+            "vault_already_initialized",
+            "this vault's master key is created automatically; there is nothing to initialize",
+        ));
+    }
+    let Some(pass) = req.passphrase else {
+        return Err(ApiError::bad_request(
+            "passphrase_required",
+            "send {\"passphrase\": …}",
+        ));
+    };
+    if pass.expose_secret().chars().count() < MIN_PASSPHRASE {
+        return Err(ApiError::bad_request(
+            "weak_passphrase",
+            format!("the passphrase must be at least {MIN_PASSPHRASE} characters"),
+        ));
+    }
+    run(&state, "init", move |v| {
+        if v.is_initialized()? {
+            return Err(ApiError::conflict(
+                "vault_already_initialized",
+                "the vault already has a passphrase; use rotate-master to change it",
+            ));
+        }
+        v.initialize(&MasterKey::Passphrase(pass), source.kind_name())?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!("vault initialized over the API");
+    Ok((StatusCode::CREATED, Json(SealState { sealed: false })))
 }
