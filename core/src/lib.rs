@@ -4,6 +4,8 @@
 //! of Tauri, or of where its master key comes from beyond the
 //! [`vault::MasterKeySource`] it is handed.
 
+pub mod audit;
+pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod http;

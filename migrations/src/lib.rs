@@ -14,6 +14,7 @@
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 pub mod v1;
+pub mod v2;
 
 /// The type every table has: encoded key to encoded value.
 pub type ByteTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -33,11 +34,18 @@ pub struct Migration {
 
 /// The migrations of released schema versions, in order. Version 0 is "empty
 /// file"; migration `i` moves version `i` to `i + 1`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    from: 0,
-    name: "initial: meta, vault_records, vault_names",
-    run: v1::create,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        from: 0,
+        name: "initial: meta, vault_records, vault_names",
+        run: v1::create,
+    },
+    Migration {
+        from: 1,
+        name: "accounts: users, sessions, tokens, API keys, invites, audit",
+        run: v2::migrate,
+    },
+];
 
 /// The schema version this build writes.
 pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -17,6 +17,11 @@ use std::time::Duration;
 pub const CONFIG_FILE: &str = "latchkey.toml";
 /// Default HTTPS port: unprivileged, unlikely to clash, easy to remember.
 pub const DEFAULT_PORT: u16 = 8443;
+/// Shortest accepted `tls.server_cert_lifetime`.
+pub const MIN_SERVER_CERT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest accepted `tls.server_cert_lifetime` (Apple's limit for
+/// certificates from private CAs).
+pub const MAX_SERVER_CERT_LIFETIME: Duration = Duration::from_secs(825 * 86400);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -198,11 +203,72 @@ fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// A browser session ends this long after login, whatever happens.
+    #[serde(with = "duration_str")]
+    pub session_lifetime: Duration,
+    /// …or after this long without a request.
+    #[serde(with = "duration_str")]
+    pub session_idle: Duration,
+    /// Lifetime of access tokens for programmatic clients (at most 15m).
+    #[serde(with = "duration_str")]
+    pub access_token_lifetime: Duration,
+    /// Lifetime of refresh tokens (each use rotates it).
+    #[serde(with = "duration_str")]
+    pub refresh_token_lifetime: Duration,
+    /// Consecutive failures (password, TOTP, recovery code) that lock an account.
+    pub lockout_threshold: u32,
+    /// How long a locked account stays locked.
+    #[serde(with = "duration_str")]
+    pub lockout_duration: Duration,
+    /// Auth requests a client IP may burst…
+    pub rate_limit_burst: u32,
+    /// …and then make per minute.
+    pub rate_limit_per_minute: u32,
+    /// Privileged actions need a password or TOTP proof this recent.
+    #[serde(with = "duration_str")]
+    pub reauth_window: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs, e.g. `10.0.0.0/8`).
+    pub trusted_proxies: Vec<String>,
+    /// The first-run setup link expires after this long.
+    #[serde(with = "duration_str")]
+    pub setup_token_lifetime: Duration,
+    /// Invite links expire after this long unless the admin says otherwise.
+    #[serde(with = "duration_str")]
+    pub invite_lifetime: Duration,
+    /// Audit entries older than this are pruned.
+    #[serde(with = "duration_str")]
+    pub audit_retention: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            session_lifetime: Duration::from_secs(30 * 86400),
+            session_idle: Duration::from_secs(7 * 86400),
+            access_token_lifetime: Duration::from_secs(15 * 60),
+            refresh_token_lifetime: Duration::from_secs(30 * 86400),
+            lockout_threshold: 5,
+            lockout_duration: Duration::from_secs(15 * 60),
+            rate_limit_burst: 20,
+            rate_limit_per_minute: 30,
+            reauth_window: Duration::from_secs(5 * 60),
+            trusted_proxies: Vec::new(),
+            setup_token_lifetime: Duration::from_secs(3600),
+            invite_lifetime: Duration::from_secs(7 * 86400),
+            audit_retention: Duration::from_secs(365 * 86400),
+        }
+    }
+}
+
 /// Everything configurable.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub vault: VaultSettings,
+    pub auth: AuthSettings,
     pub server: ServerSettings,
     pub tls: TlsSettings,
     pub log: LogSettings,
@@ -254,7 +320,9 @@ impl Settings {
             .map_err(|e| ConfigError::Key {
                 origin: origin.clone(),
                 key: e.path().to_string(),
-                message: e.inner().to_string(),
+                // `message()`, not `to_string()`: toml's Display appends a
+                // second line ("in `server.listen`") that repeats the key.
+                message: e.inner().message().trim().to_string(),
             })?;
         settings
             .validate()
@@ -276,6 +344,16 @@ impl Settings {
                 "tls.cert_file and tls.key_file go together: set both or neither".into(),
             ));
         }
+        let lifetime = self.tls.server_cert_lifetime;
+        if lifetime < MIN_SERVER_CERT_LIFETIME || lifetime > MAX_SERVER_CERT_LIFETIME {
+            return Err((
+                "tls.server_cert_lifetime",
+                format!(
+                    "`{}` is out of range: it must be between 1h and 825d",
+                    duration_str::format(&lifetime)
+                ),
+            ));
+        }
         if self.tls.renew_before >= self.tls.server_cert_lifetime {
             return Err((
                 "tls.renew_before",
@@ -290,6 +368,38 @@ impl Settings {
                 return Err((
                     "tls.extra_names",
                     format!("`{name}` is neither an IP address nor a DNS name"),
+                ));
+            }
+        }
+        let a = &self.auth;
+        if a.access_token_lifetime.is_zero()
+            || a.access_token_lifetime > Duration::from_secs(15 * 60)
+        {
+            return Err((
+                "auth.access_token_lifetime",
+                "must be between 1s and 15m".into(),
+            ));
+        }
+        if a.session_idle > a.session_lifetime {
+            return Err((
+                "auth.session_idle",
+                "must not exceed auth.session_lifetime".into(),
+            ));
+        }
+        if a.lockout_threshold == 0 {
+            return Err(("auth.lockout_threshold", "must be at least 1".into()));
+        }
+        if a.rate_limit_burst == 0 || a.rate_limit_per_minute == 0 {
+            return Err((
+                "auth.rate_limit_per_minute",
+                "rate limits must be at least 1".into(),
+            ));
+        }
+        for p in &a.trusted_proxies {
+            if !valid_cidr(p) {
+                return Err((
+                    "auth.trusted_proxies",
+                    format!("`{p}` is not an IP address or CIDR (e.g. 10.0.0.0/8)"),
                 ));
             }
         }
@@ -338,6 +448,18 @@ fn tracing_filter_ok(level: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     Ok(())
+}
+
+fn valid_cidr(s: &str) -> bool {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let Ok(ip) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= max))
 }
 
 fn valid_dns_name(name: &str) -> bool {

@@ -117,3 +117,50 @@ fn durations() {
     assert!(duration_str::parse("").is_err());
     assert_eq!(duration_str::format(&Duration::from_secs(7200)), "2h");
 }
+
+#[test]
+fn key_errors_are_one_line() {
+    // toml's Display adds "\nin `server.listen`"; the message must not.
+    for text in [
+        "[server]\nlisten = \"localhost\"\n",
+        "[server]\nmax_body_bytes = \"big\"\n",
+        "[server]\nlisten_addr = \"x\"\n",
+    ] {
+        let msg = load_str(text, &[]).expect_err("bad").to_string();
+        assert!(!msg.contains('\n'), "{msg:?}");
+    }
+}
+
+#[test]
+fn server_cert_lifetime_range_is_named() {
+    for lifetime in ["30m", "826d"] {
+        let text = format!("[tls]\nserver_cert_lifetime = \"{lifetime}\"\nrenew_before = \"1m\"\n");
+        let msg = load_str(&text, &[]).expect_err("range").to_string();
+        assert!(
+            msg.contains("tls.server_cert_lifetime") && msg.contains(lifetime),
+            "{msg}"
+        );
+    }
+    load_str(
+        "[tls]\nserver_cert_lifetime = \"1h\"\nrenew_before = \"59m\"\n",
+        &[],
+    )
+    .expect("1h is the minimum");
+}
+
+#[test]
+fn auth_rules_name_their_keys() {
+    let err = load_str("[auth]\naccess_token_lifetime = \"1h\"\n", &[]).expect_err("too long");
+    assert!(
+        err.to_string().contains("auth.access_token_lifetime"),
+        "{err}"
+    );
+    let err = load_str("[auth]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", &[]).expect_err("cidr");
+    assert!(err.to_string().contains("auth.trusted_proxies"), "{err}");
+    let s = load_str(
+        "[auth]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nlockout_threshold = 3\n",
+        &[],
+    )
+    .expect("ok");
+    assert_eq!(s.auth.lockout_threshold, 3);
+}

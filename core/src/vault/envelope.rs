@@ -117,3 +117,68 @@ mod tests {
         );
     }
 }
+
+/// An envelope for a value that is not a vault record (e.g. a user's TOTP
+/// secret): the `context` string (e.g. `totp:<user id>`) is bound inside
+/// the ciphertext the way a record's id and kind are.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct ContextPlain {
+    version: u8,
+    context: String,
+    secret: String,
+}
+
+pub(crate) fn seal_context(
+    key: &DataKey,
+    context: &str,
+    secret: &str,
+) -> Result<Vec<u8>, super::keys::KeyError> {
+    let plain = ContextPlain {
+        version: ENVELOPE_VERSION,
+        context: context.to_owned(),
+        secret: secret.to_owned(),
+    };
+    let bytes = Zeroizing::new(
+        postcard::to_allocvec(&plain).map_err(|e| super::keys::KeyError::Encrypt(e.to_string()))?,
+    );
+    key.encrypt(&bytes)
+}
+
+pub(crate) fn open_context(
+    key: &DataKey,
+    context: &str,
+    ciphertext: &[u8],
+) -> Result<SecretString, EnvelopeError> {
+    let bytes = key.decrypt(ciphertext).ok_or(EnvelopeError::Tampered)?;
+    let mut plain: ContextPlain =
+        postcard::from_bytes(&bytes).map_err(|_| EnvelopeError::Malformed)?;
+    if plain.version != ENVELOPE_VERSION {
+        return Err(EnvelopeError::Malformed);
+    }
+    if plain.context != context {
+        return Err(EnvelopeError::WrongRecord);
+    }
+    Ok(SecretString::from(std::mem::take(&mut plain.secret)))
+}
+
+#[cfg(test)]
+mod context_tests {
+    use super::*;
+    use age::secrecy::ExposeSecret;
+
+    #[test]
+    fn context_is_bound() {
+        let k = DataKey::generate();
+        let ct = seal_context(&k, "totp:alice", "JBSWY3DPEHPK3PXP").expect("seal");
+        assert_eq!(
+            open_context(&k, "totp:alice", &ct)
+                .expect("open")
+                .expose_secret(),
+            "JBSWY3DPEHPK3PXP"
+        );
+        assert_eq!(
+            open_context(&k, "totp:bob", &ct).err(),
+            Some(EnvelopeError::WrongRecord)
+        );
+    }
+}

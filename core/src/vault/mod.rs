@@ -494,6 +494,31 @@ impl Vault {
         })
     }
 
+    /// Encrypts a non-record secret (e.g. a TOTP secret) to the data key,
+    /// bound to `context`.
+    pub fn seal_value(&self, context: &str, secret: &SecretString) -> Result<Vec<u8>, VaultError> {
+        use age::secrecy::ExposeSecret;
+        self.with_key(|key| {
+            Ok(envelope::seal_context(
+                key,
+                context,
+                secret.expose_secret(),
+            )?)
+        })
+    }
+
+    /// Opens what [`Vault::seal_value`] made for the same `context`.
+    pub fn open_value(&self, context: &str, ciphertext: &[u8]) -> Result<SecretString, VaultError> {
+        self.with_key(|key| {
+            envelope::open_context(key, context, ciphertext).map_err(|source| {
+                VaultError::Integrity {
+                    name: context.to_string(),
+                    source,
+                }
+            })
+        })
+    }
+
     /// Runs `f` with the data key (backups need it).
     pub(crate) fn with_data_key<T>(
         &self,

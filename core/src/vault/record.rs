@@ -219,11 +219,12 @@ fn check_token(
         } else {
             "lower-case letters"
         };
+        // The value is not quoted: error texts reach HTTP clients and logs,
+        // and a secret pasted into the wrong field must not come back.
         return Err(invalid(
             field,
             format!(
-                "`{}` must start with a letter or digit and contain only {letters}, digits, `.`, `_` and `-`",
-                value.escape_debug()
+                "must start with a letter or digit and contain only {letters}, digits, `.`, `_` and `-`"
             ),
         ));
     }

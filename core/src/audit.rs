@@ -1,0 +1,256 @@
+//! The append-only audit log: who did what, when, from where, and how it
+//! ended. Stored in redb's `audit` table under an increasing sequence
+//! number; entries are never updated, only pruned past the retention period.
+//! Never holds a secret: callers pass names and ids, not values.
+
+use crate::store::{Store, StoreError};
+use latchkey_migrations::v2::AUDIT;
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Sequence number (set when written).
+    #[serde(default)]
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Who acted: a username, `key:<id>`, `host` (the CLI on the machine),
+    /// or `anonymous`.
+    pub actor: String,
+    /// What happened, e.g. `login`, `login.mfa`, `lockout`, `token.reuse`.
+    pub action: String,
+    /// What it happened to (a username, key id, vault entry name), if any.
+    pub target: Option<String>,
+    pub outcome: Outcome,
+    pub ip: Option<String>,
+    /// A short reason, e.g. `wrong_password`. Never a secret.
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn new(actor: impl Into<String>, action: impl Into<String>, outcome: Outcome) -> Self {
+        AuditEvent {
+            seq: 0,
+            at: time::OffsetDateTime::now_utc().unix_timestamp(),
+            actor: actor.into(),
+            action: action.into(),
+            target: None,
+            outcome,
+            ip: None,
+            detail: None,
+        }
+    }
+
+    pub fn target(mut self, t: impl Into<String>) -> Self {
+        self.target = Some(t.into());
+        self
+    }
+
+    pub fn ip(mut self, ip: Option<std::net::IpAddr>) -> Self {
+        self.ip = ip.map(|i| i.to_string());
+        self
+    }
+
+    pub fn detail(mut self, d: impl Into<String>) -> Self {
+        self.detail = Some(d.into());
+        self
+    }
+}
+
+/// Filters for reading the log (all optional, combined with AND).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<Outcome>,
+    /// Only entries with a sequence number below this (paging backwards).
+    pub before: Option<u64>,
+    /// Only entries with a sequence number above this (tailing).
+    pub after: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+pub const MAX_PAGE: usize = 500;
+
+fn decode(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| StoreError::Db(redb::Error::Corrupted(format!("audit entry: {e}"))))
+}
+
+/// Appends `event` inside an existing write transaction (so an audited
+/// change and its audit entry commit together).
+pub fn append_in(txn: &WriteTransaction, mut event: AuditEvent) -> Result<u64, StoreError> {
+    let mut t = txn.open_table(AUDIT)?;
+    let next = match t.last()? {
+        Some((k, _)) => k
+            .value()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or(0)
+            .saturating_add(1),
+        None => 1,
+    };
+    event.seq = next;
+    let bytes = postcard::to_allocvec(&event)
+        .map_err(|e| StoreError::Db(redb::Error::Corrupted(format!("audit encode: {e}"))))?;
+    t.insert(next.to_be_bytes().as_slice(), bytes.as_slice())?;
+    Ok(next)
+}
+
+/// Appends `event` in its own transaction.
+pub fn append(store: &Store, event: AuditEvent) -> Result<u64, StoreError> {
+    let txn = store.db().begin_write()?;
+    let seq = append_in(&txn, event)?;
+    txn.commit()?;
+    Ok(seq)
+}
+
+/// Newest first (or oldest first when tailing with `after`), filtered.
+pub fn query(store: &Store, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let txn = store.db().begin_read()?;
+    let t = txn.open_table(AUDIT)?;
+    let matches = |e: &AuditEvent| {
+        q.actor.as_deref().is_none_or(|a| e.actor == a)
+            && q.action
+                .as_deref()
+                .is_none_or(|a| e.action == a || e.action.starts_with(&format!("{a}.")))
+            && q.outcome.is_none_or(|o| e.outcome == o)
+    };
+    let mut out = Vec::new();
+    if let Some(after) = q.after {
+        let start = after.saturating_add(1).to_be_bytes();
+        for item in t.range(start.as_slice()..)? {
+            let (_, v) = item?;
+            let e = decode(v.value())?;
+            if matches(&e) {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let end = q.before.unwrap_or(u64::MAX).to_be_bytes();
+    for item in t.range(..end.as_slice())?.rev() {
+        let (_, v) = item?;
+        let e = decode(v.value())?;
+        if matches(&e) {
+            out.push(e);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes entries older than `keep_secs`; returns how many.
+pub fn prune(store: &Store, keep_secs: i64, now: i64) -> Result<usize, StoreError> {
+    let cutoff = now.saturating_sub(keep_secs);
+    let txn = store.db().begin_write()?;
+    let mut removed = 0;
+    {
+        let mut t = txn.open_table(AUDIT)?;
+        let mut old = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if decode(v.value())?.at >= cutoff {
+                break; // sequence order is time order
+            }
+            old.push(k.value().to_vec());
+        }
+        for k in &old {
+            t.remove(k.as_slice())?;
+            removed += 1;
+        }
+    }
+    txn.commit()?;
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_query_filter_page_prune() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "cli").expect("store");
+        for i in 0..10 {
+            let mut e = AuditEvent::new(
+                if i % 2 == 0 { "alice" } else { "bob" },
+                if i < 5 { "login" } else { "login.mfa" },
+                if i == 3 {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                },
+            );
+            e.at = 1000 + i;
+            append(&store, e).expect("append");
+        }
+        let all = query(&store, &AuditQuery::default()).expect("q");
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[0].seq, 10, "newest first");
+        let alice = query(
+            &store,
+            &AuditQuery {
+                actor: Some("alice".into()),
+                ..Default::default()
+            },
+        )
+        .expect("q");
+        assert!(alice.iter().all(|e| e.actor == "alice") && alice.len() == 5);
+        let fails = query(
+            &store,
+            &AuditQuery {
+                outcome: Some(Outcome::Failure),
+                ..Default::default()
+            },
+        )
+        .expect("q");
+        assert_eq!(fails.len(), 1);
+        let logins = query(
+            &store,
+            &AuditQuery {
+                action: Some("login".into()),
+                ..Default::default()
+            },
+        )
+        .expect("q");
+        assert_eq!(logins.len(), 10, "prefix match includes login.mfa");
+        let page = query(
+            &store,
+            &AuditQuery {
+                before: Some(4),
+                limit: Some(2),
+                ..Default::default()
+            },
+        )
+        .expect("q");
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 2]);
+        let tail = query(
+            &store,
+            &AuditQuery {
+                after: Some(8),
+                ..Default::default()
+            },
+        )
+        .expect("q");
+        assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![9, 10]);
+        assert_eq!(prune(&store, 5, 1010).expect("prune"), 5);
+        assert_eq!(query(&store, &AuditQuery::default()).expect("q").len(), 5);
+    }
+}

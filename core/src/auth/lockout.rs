@@ -1,0 +1,803 @@
+//! Account lockout after repeated failed sign-ins.
+//!
+//! `max_failures` consecutive failures (default 5) lock an account for
+//! `lock_for` (default 15 minutes). Every failed credential counts —
+//! password, TOTP code, recovery code — and any success resets the count.
+//! When a lock expires the count starts again from zero; a streak that has
+//! been quiet for `forget_after` (default 24 h) is forgotten, so a typo a
+//! week ago does not count towards today's lock.
+//!
+//! # How to use it
+//!
+//! Call [`Lockout::check`] *before* verifying any credential, and refuse
+//! (429 or 423 with `Retry-After`) without verifying when locked; then
+//! [`Lockout::record_failure`] or [`Lockout::record_success`]. Key the
+//! lockout by the normalised username **whether or not the user exists**,
+//! so an attacker cannot tell real accounts by which ones lock.
+//!
+//! A failure while locked neither extends nor restarts the lock: otherwise
+//! anyone could keep a victim locked out by guessing now and then.
+//!
+//! # Memory and persistence
+//!
+//! State is in memory behind one `Mutex<HashMap>`, at most `max_entries`
+//! accounts (default 100 000; keys longer than 128 bytes are stored as
+//! their SHA-256). When full, expired entries go first, then unlocked
+//! streaks with the oldest last failure, and locked accounts only when
+//! nothing else is left — spraying random usernames therefore cannot evict
+//! a victim's lock. [`Lockout::snapshot`] and [`Lockout::restore`] let the
+//! owner persist the state across restarts.
+//!
+//! Time is `now: u64` unix seconds, passed in. If the clock steps back, a
+//! lock never lasts longer than `lock_for` from the current time.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Keys longer than this are stored as `sha256:<hex>` to bound memory.
+pub const MAX_KEY_LEN: usize = 128;
+/// The snapshot format [`Lockout::snapshot`] writes.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// How a [`Lockout`] behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockoutConfig {
+    /// Consecutive failures that lock an account.
+    pub max_failures: u32,
+    /// How long a lock lasts.
+    pub lock_for: Duration,
+    /// A failure streak this quiet is forgotten.
+    pub forget_after: Duration,
+    /// Most accounts remembered at once.
+    pub max_entries: usize,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        LockoutConfig {
+            max_failures: 5,
+            lock_for: Duration::from_secs(15 * 60),
+            forget_after: Duration::from_secs(24 * 60 * 60),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// Errors of this module.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum LockoutError {
+    #[error("lockout needs at least one failure to lock")]
+    ZeroFailures,
+    #[error("lockout duration must be at least one second")]
+    ZeroLock,
+    #[error("lockout must remember at least one account")]
+    ZeroCapacity,
+    #[error("lockout snapshot version {0} is not supported (expected {SNAPSHOT_VERSION})")]
+    UnsupportedSnapshot(u32),
+}
+
+/// An attempt refused because the account is locked. Carries no detail
+/// beyond the wait, and looks the same for unknown usernames.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[error("too many failed attempts; try again in {} s", self.retry_after.as_secs().max(1))]
+pub struct Locked {
+    pub retry_after: Duration,
+}
+
+/// Where an account stands after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// Not locked: `failures` so far, `remaining` before the lock.
+    Open { failures: u32, remaining: u32 },
+    /// Locked for `retry_after`; `just_locked` is true for the failure that
+    /// caused the lock (audit a lockout once, not on every later attempt).
+    Locked {
+        retry_after: Duration,
+        just_locked: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    failures: u32,
+    last_failure: u64,
+    locked_until: Option<u64>,
+}
+
+/// Persistable lockout state; see [`Lockout::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockoutSnapshot {
+    pub version: u32,
+    pub entries: Vec<SnapshotEntry>,
+}
+
+/// One account in a [`LockoutSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    pub key: String,
+    pub failures: u32,
+    pub last_failure: u64,
+    pub locked_until: Option<u64>,
+}
+
+/// Thread-safe lockout bookkeeping; see the module docs.
+pub struct Lockout {
+    config: LockoutConfig,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl fmt::Debug for Lockout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lockout")
+            .field("config", &self.config)
+            .field("entries", &self.len())
+            .finish()
+    }
+}
+
+impl Lockout {
+    pub fn new(config: LockoutConfig) -> Result<Self, LockoutError> {
+        if config.max_failures == 0 {
+            return Err(LockoutError::ZeroFailures);
+        }
+        if config.lock_for.as_secs() == 0 {
+            return Err(LockoutError::ZeroLock);
+        }
+        if config.max_entries == 0 {
+            return Err(LockoutError::ZeroCapacity);
+        }
+        Ok(Lockout {
+            config,
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &LockoutConfig {
+        &self.config
+    }
+
+    /// Refuses an attempt on a locked account. Call before verifying.
+    pub fn check(&self, user_key: &str, now: u64) -> Result<(), Locked> {
+        let key = normalize_key(user_key);
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(key.as_str()) else {
+            return Ok(());
+        };
+        if let Some(retry_after) = self.locked_for(entry, now) {
+            return Err(Locked { retry_after });
+        }
+        if self.is_stale(entry, now) {
+            entries.remove(key.as_str());
+        }
+        Ok(())
+    }
+
+    /// Counts a failed password, TOTP or recovery code.
+    pub fn record_failure(&self, user_key: &str, now: u64) -> LockState {
+        let key = normalize_key(user_key);
+        let mut entries = self.lock();
+        if !entries.contains_key(key.as_str()) && entries.len() >= self.config.max_entries {
+            self.make_room(&mut entries, now);
+        }
+        let entry = entries.entry(key).or_insert(Entry {
+            failures: 0,
+            last_failure: now,
+            locked_until: None,
+        });
+        if let Some(retry_after) = self.locked_for(entry, now) {
+            return LockState::Locked {
+                retry_after,
+                just_locked: false,
+            };
+        }
+        if self.is_stale(entry, now) {
+            entry.failures = 0;
+            entry.locked_until = None;
+        }
+        entry.failures = entry.failures.saturating_add(1);
+        entry.last_failure = now;
+        if entry.failures >= self.config.max_failures {
+            entry.locked_until = Some(now.saturating_add(self.config.lock_for.as_secs()));
+            return LockState::Locked {
+                retry_after: self.config.lock_for,
+                just_locked: true,
+            };
+        }
+        LockState::Open {
+            failures: entry.failures,
+            remaining: self.config.max_failures - entry.failures,
+        }
+    }
+
+    /// A successful sign-in: forgets the account's failures. Also how an
+    /// admin lifts a lock by hand.
+    pub fn record_success(&self, user_key: &str) {
+        let key = normalize_key(user_key);
+        self.lock().remove(key.as_str());
+    }
+
+    /// Accounts currently remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every entry that no longer matters; returns how many.
+    pub fn sweep(&self, now: u64) -> usize {
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|_, e| !self.is_stale(e, now));
+        before - entries.len()
+    }
+
+    /// The whole state, sorted by key, for the owner to persist.
+    pub fn snapshot(&self) -> LockoutSnapshot {
+        let entries = self.lock();
+        let mut list: Vec<SnapshotEntry> = entries
+            .iter()
+            .map(|(k, e)| SnapshotEntry {
+                key: k.clone(),
+                failures: e.failures,
+                last_failure: e.last_failure,
+                locked_until: e.locked_until,
+            })
+            .collect();
+        list.sort_by(|a, b| a.key.cmp(&b.key));
+        LockoutSnapshot {
+            version: SNAPSHOT_VERSION,
+            entries: list,
+        }
+    }
+
+    /// Replaces the state with a snapshot, dropping what has expired by
+    /// `now`, shortening locks that run beyond `now + lock_for` (a clock
+    /// that stepped back, or a tampered file) and keeping within
+    /// `max_entries`.
+    pub fn restore(&self, snapshot: LockoutSnapshot, now: u64) -> Result<(), LockoutError> {
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(LockoutError::UnsupportedSnapshot(snapshot.version));
+        }
+        let mut map = HashMap::new();
+        for s in snapshot.entries {
+            let entry = Entry {
+                failures: s.failures.min(self.config.max_failures),
+                last_failure: s.last_failure.min(now),
+                locked_until: s.locked_until,
+            };
+            if !self.is_stale(&entry, now) {
+                map.insert(normalize_key(&s.key), entry);
+            }
+        }
+        for entry in map.values_mut() {
+            // Clamps locks that end too far in the future.
+            let _ = self.locked_for(entry, now);
+        }
+        let excess = map.len().saturating_sub(self.config.max_entries);
+        self.evict_batch(&mut map, excess);
+        *self.lock() = map;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // Every update leaves the map valid, so a poisoned lock is safe.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long `entry` stays locked at `now`, clamping an over-long lock.
+    fn locked_for(&self, entry: &mut Entry, now: u64) -> Option<Duration> {
+        let until = entry.locked_until?;
+        if until <= now {
+            return None;
+        }
+        let max = now.saturating_add(self.config.lock_for.as_secs());
+        let until = until.min(max);
+        entry.locked_until = Some(until);
+        Some(Duration::from_secs(until - now))
+    }
+
+    /// Whether `entry` is equivalent to no entry at all.
+    fn is_stale(&self, entry: &Entry, now: u64) -> bool {
+        match entry.locked_until {
+            Some(until) => until <= now,
+            None => now.saturating_sub(entry.last_failure) >= self.config.forget_after.as_secs(),
+        }
+    }
+
+    fn make_room(&self, entries: &mut HashMap<String, Entry>, now: u64) {
+        entries.retain(|_, e| !self.is_stale(e, now));
+        if entries.len() >= self.config.max_entries {
+            self.evict_batch(entries, (self.config.max_entries / 10).max(1));
+        }
+    }
+
+    /// Evicts `count` entries: unlocked ones with the oldest last failure
+    /// first, then locks that end soonest.
+    fn evict_batch(&self, entries: &mut HashMap<String, Entry>, count: usize) {
+        let count = count.min(entries.len());
+        if count == 0 {
+            return;
+        }
+        let mut order: Vec<((bool, u64), &String)> = entries
+            .iter()
+            .map(|(k, e)| {
+                let rank = match e.locked_until {
+                    Some(until) => (true, until),
+                    None => (false, e.last_failure),
+                };
+                (rank, k)
+            })
+            .collect();
+        order.select_nth_unstable_by_key(count - 1, |(rank, _)| *rank);
+        let victims: Vec<String> = order[..count].iter().map(|(_, k)| (*k).clone()).collect();
+        for k in victims {
+            entries.remove(&k);
+        }
+    }
+}
+
+fn normalize_key(key: &str) -> String {
+    if key.len() <= MAX_KEY_LEN {
+        key.to_owned()
+    } else {
+        format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::sync::Arc;
+
+    const T0: u64 = 1_700_000_000;
+    const WINDOW: u64 = 15 * 60;
+
+    fn lockout() -> Lockout {
+        Lockout::new(LockoutConfig::default()).unwrap()
+    }
+
+    fn fail_n(l: &Lockout, user: &str, n: u32, now: u64) -> LockState {
+        let mut last = LockState::Open {
+            failures: 0,
+            remaining: 0,
+        };
+        for _ in 0..n {
+            last = l.record_failure(user, now);
+        }
+        last
+    }
+
+    #[test]
+    fn fifth_failure_locks() {
+        let l = lockout();
+        for i in 1..=4 {
+            assert_eq!(
+                l.record_failure("alice", T0 + u64::from(i)),
+                LockState::Open {
+                    failures: i,
+                    remaining: 5 - i
+                }
+            );
+            assert!(l.check("alice", T0 + u64::from(i)).is_ok());
+        }
+        assert_eq!(
+            l.record_failure("alice", T0 + 5),
+            LockState::Locked {
+                retry_after: Duration::from_secs(WINDOW),
+                just_locked: true
+            }
+        );
+        assert_eq!(
+            l.check("alice", T0 + 5),
+            Err(Locked {
+                retry_after: Duration::from_secs(WINDOW)
+            })
+        );
+    }
+
+    #[test]
+    fn locked_stays_locked_until_the_window_passes() {
+        let l = lockout();
+        fail_n(&l, "alice", 5, T0);
+        for t in [T0, T0 + 1, T0 + 60, T0 + WINDOW - 1] {
+            let err = l.check("alice", t).unwrap_err();
+            assert_eq!(err.retry_after, Duration::from_secs(T0 + WINDOW - t));
+        }
+        assert!(l.check("alice", T0 + WINDOW).is_ok());
+    }
+
+    #[test]
+    fn guessing_while_locked_does_not_extend_the_lock() {
+        // Attack: keep guessing to keep the victim locked out forever.
+        let l = lockout();
+        fail_n(&l, "alice", 5, T0);
+        for t in T0..T0 + WINDOW {
+            assert!(matches!(
+                l.record_failure("alice", t),
+                LockState::Locked {
+                    just_locked: false,
+                    ..
+                }
+            ));
+        }
+        assert!(l.check("alice", T0 + WINDOW).is_ok());
+    }
+
+    #[test]
+    fn release_after_window_starts_a_fresh_count() {
+        let l = lockout();
+        fail_n(&l, "alice", 5, T0);
+        let after = T0 + WINDOW;
+        assert!(l.check("alice", after).is_ok());
+        assert_eq!(
+            l.record_failure("alice", after),
+            LockState::Open {
+                failures: 1,
+                remaining: 4
+            }
+        );
+        assert!(matches!(
+            fail_n(&l, "alice", 4, after + 1),
+            LockState::Locked {
+                just_locked: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn success_resets_the_counter() {
+        let l = lockout();
+        fail_n(&l, "alice", 4, T0);
+        l.record_success("alice");
+        assert_eq!(
+            l.record_failure("alice", T0 + 1),
+            LockState::Open {
+                failures: 1,
+                remaining: 4
+            }
+        );
+        assert!(l.is_empty() || l.len() == 1);
+    }
+
+    #[test]
+    fn record_success_lifts_a_lock() {
+        let l = lockout();
+        fail_n(&l, "alice", 5, T0);
+        l.record_success("alice");
+        assert!(l.check("alice", T0 + 1).is_ok());
+    }
+
+    #[test]
+    fn users_are_independent() {
+        let l = lockout();
+        fail_n(&l, "alice", 5, T0);
+        fail_n(&l, "bob", 4, T0);
+        assert!(l.check("alice", T0).is_err());
+        assert!(l.check("bob", T0).is_ok());
+        assert!(l.check("carol", T0).is_ok());
+        assert!(
+            l.check("Alice", T0).is_ok(),
+            "keys are exact; callers normalise"
+        );
+    }
+
+    #[test]
+    fn quiet_streak_is_forgotten() {
+        let l = lockout();
+        fail_n(&l, "alice", 4, T0);
+        let later = T0 + 24 * 3600;
+        assert_eq!(
+            l.record_failure("alice", later),
+            LockState::Open {
+                failures: 1,
+                remaining: 4
+            }
+        );
+    }
+
+    #[test]
+    fn property_lock_iff_n_consecutive_failures() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..300 {
+            let max = rng.gen_range(1..8);
+            let lock_for = rng.gen_range(1..3600);
+            let l = Lockout::new(LockoutConfig {
+                max_failures: max,
+                lock_for: Duration::from_secs(lock_for),
+                ..LockoutConfig::default()
+            })
+            .unwrap();
+            let mut now = T0;
+            let mut streak = 0u32;
+            let mut locked_until: Option<u64> = None;
+            for _ in 0..200 {
+                now += rng.gen_range(0..lock_for / 4 + 2);
+                if locked_until.is_some_and(|u| u <= now) {
+                    locked_until = None;
+                    streak = 0;
+                }
+                assert_eq!(l.check("u", now).is_err(), locked_until.is_some());
+                if locked_until.is_some() {
+                    continue;
+                }
+                if rng.gen_bool(0.2) {
+                    l.record_success("u");
+                    streak = 0;
+                } else {
+                    streak += 1;
+                    let st = l.record_failure("u", now);
+                    if streak >= max {
+                        assert!(matches!(
+                            st,
+                            LockState::Locked {
+                                just_locked: true,
+                                ..
+                            }
+                        ));
+                        locked_until = Some(now + lock_for);
+                    } else {
+                        assert_eq!(
+                            st,
+                            LockState::Open {
+                                failures: streak,
+                                remaining: max - streak
+                            }
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn clock_stepping_back_never_lengthens_a_lock() {
+        let l = lockout();
+        fail_n(&l, "alice", 5, T0);
+        let earlier = T0 - 86_400;
+        let err = l.check("alice", earlier).unwrap_err();
+        assert_eq!(err.retry_after, Duration::from_secs(WINDOW));
+        assert!(l.check("alice", earlier + WINDOW).is_ok());
+    }
+
+    #[test]
+    fn memory_is_bounded_and_spraying_cannot_evict_a_lock() {
+        // Attack: lock the victim, then spray random usernames hoping the
+        // victim's entry is evicted and the lock lifted.
+        let l = Lockout::new(LockoutConfig {
+            max_entries: 100,
+            ..LockoutConfig::default()
+        })
+        .unwrap();
+        fail_n(&l, "victim", 5, T0);
+        let mut rng = StdRng::seed_from_u64(11);
+        for i in 0..10_000u64 {
+            let name = format!("spray-{}", rng.r#gen::<u64>());
+            l.record_failure(&name, T0 + i / 100);
+            assert!(l.len() <= 100);
+        }
+        assert!(l.check("victim", T0 + 200).is_err());
+    }
+
+    #[test]
+    fn all_locked_map_still_accepts_new_entries() {
+        let l = Lockout::new(LockoutConfig {
+            max_entries: 10,
+            max_failures: 1,
+            ..LockoutConfig::default()
+        })
+        .unwrap();
+        for i in 0..50u64 {
+            l.record_failure(&format!("u{i}"), T0 + i);
+            assert!(l.len() <= 10);
+        }
+        assert!(l.check("u49", T0 + 50).is_err());
+    }
+
+    #[test]
+    fn long_keys_are_hashed_but_still_distinct() {
+        let l = lockout();
+        let a = "a".repeat(10_000);
+        let b = format!("{}b", "a".repeat(9_999));
+        fail_n(&l, &a, 5, T0);
+        assert!(l.check(&a, T0).is_err());
+        assert!(l.check(&b, T0).is_ok());
+        let snap = l.snapshot();
+        assert!(snap.entries[0].key.len() <= MAX_KEY_LEN);
+    }
+
+    #[test]
+    fn snapshot_restore_round_trip() {
+        let l = lockout();
+        fail_n(&l, "alice", 5, T0);
+        fail_n(&l, "bob", 2, T0);
+        let snap = l.snapshot();
+        let json = serde_json::to_string(&snap).unwrap();
+        let back: LockoutSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, snap);
+
+        let restored = lockout();
+        restored.restore(back, T0 + 10).unwrap();
+        assert_eq!(
+            restored.check("alice", T0 + 10).unwrap_err().retry_after,
+            Duration::from_secs(WINDOW - 10)
+        );
+        assert_eq!(
+            restored.record_failure("bob", T0 + 10),
+            LockState::Open {
+                failures: 3,
+                remaining: 2
+            }
+        );
+        assert_eq!(snap.entries[0].key, "alice");
+    }
+
+    #[test]
+    fn restore_drops_expired_and_clamps_tampered_entries() {
+        let l = lockout();
+        let snap = LockoutSnapshot {
+            version: SNAPSHOT_VERSION,
+            entries: vec![
+                SnapshotEntry {
+                    key: "expired".into(),
+                    failures: 5,
+                    last_failure: T0 - 2 * WINDOW,
+                    locked_until: Some(T0 - WINDOW),
+                },
+                SnapshotEntry {
+                    key: "forever".into(),
+                    failures: 5,
+                    last_failure: T0,
+                    locked_until: Some(u64::MAX),
+                },
+                SnapshotEntry {
+                    key: "old-streak".into(),
+                    failures: 3,
+                    last_failure: T0 - 7 * 86_400,
+                    locked_until: None,
+                },
+                SnapshotEntry {
+                    key: "many".into(),
+                    failures: 9999,
+                    last_failure: T0,
+                    locked_until: None,
+                },
+            ],
+        };
+        l.restore(snap, T0).unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            l.check("forever", T0).unwrap_err().retry_after,
+            Duration::from_secs(WINDOW)
+        );
+        assert!(l.check("forever", T0 + WINDOW).is_ok());
+        assert!(matches!(
+            l.record_failure("many", T0),
+            LockState::Locked {
+                just_locked: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn restore_respects_capacity_and_version() {
+        let l = Lockout::new(LockoutConfig {
+            max_entries: 3,
+            ..LockoutConfig::default()
+        })
+        .unwrap();
+        let entries = (0..10)
+            .map(|i| SnapshotEntry {
+                key: format!("u{i}"),
+                failures: 1,
+                last_failure: T0 + i,
+                locked_until: None,
+            })
+            .collect();
+        l.restore(
+            LockoutSnapshot {
+                version: SNAPSHOT_VERSION,
+                entries,
+            },
+            T0 + 10,
+        )
+        .unwrap();
+        assert_eq!(l.len(), 3);
+        let keys: Vec<String> = l.snapshot().entries.into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["u7", "u8", "u9"], "newest streaks kept");
+        assert_eq!(
+            l.restore(
+                LockoutSnapshot {
+                    version: 2,
+                    entries: vec![]
+                },
+                T0
+            ),
+            Err(LockoutError::UnsupportedSnapshot(2))
+        );
+    }
+
+    #[test]
+    fn sweep_forgets_what_no_longer_matters() {
+        let l = lockout();
+        fail_n(&l, "locked", 5, T0);
+        fail_n(&l, "streak", 2, T0);
+        assert_eq!(l.sweep(T0 + WINDOW), 1);
+        assert_eq!(l.sweep(T0 + 86_400), 1);
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn concurrent_failures_lock_exactly_once() {
+        let l = Arc::new(lockout());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let l = Arc::clone(&l);
+                std::thread::spawn(move || {
+                    (0..10)
+                        .filter(|_| {
+                            matches!(
+                                l.record_failure("alice", T0),
+                                LockState::Locked {
+                                    just_locked: true,
+                                    ..
+                                }
+                            )
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let locks: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(locks, 1);
+        assert!(l.check("alice", T0).is_err());
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let ok = LockoutConfig::default();
+        assert_eq!(ok.max_failures, 5);
+        assert_eq!(ok.lock_for, Duration::from_secs(900));
+        let err = |c| Lockout::new(c).unwrap_err();
+        assert_eq!(
+            err(LockoutConfig {
+                max_failures: 0,
+                ..ok
+            }),
+            LockoutError::ZeroFailures
+        );
+        assert_eq!(
+            err(LockoutConfig {
+                lock_for: Duration::from_millis(500),
+                ..ok
+            }),
+            LockoutError::ZeroLock
+        );
+        assert_eq!(
+            err(LockoutConfig {
+                max_entries: 0,
+                ..ok
+            }),
+            LockoutError::ZeroCapacity
+        );
+    }
+
+    #[test]
+    fn locked_message_gives_only_the_wait() {
+        let e = Locked {
+            retry_after: Duration::from_secs(42),
+        };
+        assert_eq!(e.to_string(), "too many failed attempts; try again in 42 s");
+    }
+}

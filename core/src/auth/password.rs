@@ -1,0 +1,746 @@
+//! Passwords: what we accept ([`PasswordPolicy`]) and how we store them
+//! ([`PasswordHasher`]).
+//!
+//! **Policy** follows NIST SP 800-63B §5.1.1.2: at least
+//! [`MIN_PASSWORD_CHARS`] and at most [`MAX_PASSWORD_CHARS`] characters
+//! (Unicode scalar values, not bytes), not one of the 10,000 most common
+//! passwords, not the username — and *no* composition rules ("one digit, one
+//! symbol…"), which make passwords harder to remember without making them
+//! harder to guess. Each refusal names the rule that failed so the user knows
+//! what to change.
+//!
+//! **Storage** is argon2id in the PHC string format
+//! (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`), with parameters at or above
+//! OWASP's recommendation (see [`Argon2Params`]). Verification is
+//! constant-time (argon2's own output comparison), and
+//! [`PasswordHasher::verify_dummy`] lets a login for an unknown username
+//! spend the same time as one for a real account, so timing does not reveal
+//! which usernames exist.
+//!
+//! **Hashing and verifying are deliberately slow** (tens of milliseconds of
+//! CPU and ~19 MiB of memory each with the defaults). Async callers must run
+//! them on the blocking pool — `tokio::task::spawn_blocking` — never directly
+//! on a runtime worker thread.
+//!
+//! The common-password list is the top 10,000 of zxcvbn 4.4.2's `passwords`
+//! frequency list (MIT; see `COMMON-PASSWORDS-LICENSE` next to this file).
+
+use std::collections::HashSet;
+use std::fmt;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
+use rand::RngCore as _;
+use rand::rngs::OsRng;
+use secrecy::{ExposeSecret as _, SecretString};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// Fewest characters a password may have (NIST SP 800-63B asks for at
+/// least 8; 15 for single-factor. We require 12 on top of mandatory TOTP).
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// Most characters a password may have. NIST asks verifiers to accept at
+/// least 64; 256 leaves room for passphrases while bounding the work an
+/// unauthenticated request can cause.
+pub const MAX_PASSWORD_CHARS: usize = 256;
+
+/// How many entries the bundled common-password list holds.
+pub const COMMON_PASSWORDS_COUNT: usize = 10_000;
+
+/// The bundled list: one lower-case password per line, most common first.
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
+/// Why a password was refused or could not be hashed or checked.
+///
+/// The policy variants ([`PasswordError::is_policy_violation`]) are meant to
+/// be shown to the user as they are; the others are server-side faults.
+#[derive(Debug, Error)]
+pub enum PasswordError {
+    /// Fewer than [`MIN_PASSWORD_CHARS`] characters.
+    #[error("the password is too short: it has {actual} characters and needs at least {min}")]
+    TooShort {
+        /// Characters in the submitted password.
+        actual: usize,
+        /// The minimum.
+        min: usize,
+    },
+    /// More than [`MAX_PASSWORD_CHARS`] characters.
+    #[error("the password is too long: it has {actual} characters and may have at most {max}")]
+    TooLong {
+        /// Characters in the submitted password.
+        actual: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The password equals the username, ignoring case.
+    #[error("the password must not be the same as the username")]
+    SameAsUsername,
+    /// The password is on the bundled list, ignoring case.
+    #[error(
+        "the password is one of the 10,000 most common passwords, which attackers try first; \
+         choose another (a few unrelated words make a good one)"
+    )]
+    Common,
+    /// The configured argon2 parameters are not valid argon2 parameters or
+    /// are unreasonably large.
+    #[error("invalid argon2 parameters: {0}")]
+    InvalidParams(String),
+    /// The configured argon2 parameters are weaker than OWASP's minimum.
+    #[error(
+        "argon2 parameters m={memory_kib} KiB, t={iterations} are weaker than OWASP's minimum \
+         (m >= 7168 KiB and m x t >= 35840, e.g. m=19456, t=2)"
+    )]
+    WeakParams {
+        /// Configured memory cost in KiB.
+        memory_kib: u32,
+        /// Configured number of passes.
+        iterations: u32,
+    },
+    /// A stored hash could not be parsed or names an unsupported algorithm.
+    #[error("the stored password hash is malformed or uses an unsupported algorithm")]
+    MalformedHash,
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Rng,
+    /// argon2 itself failed.
+    #[error("password hashing failed: {0}")]
+    Hashing(argon2::password_hash::Error),
+}
+
+impl PasswordError {
+    /// True for the refusals a user can fix by choosing another password
+    /// (map to 400/422); false for server-side faults (map to 500).
+    #[must_use]
+    pub fn is_policy_violation(&self) -> bool {
+        matches!(
+            self,
+            Self::TooShort { .. } | Self::TooLong { .. } | Self::SameAsUsername | Self::Common
+        )
+    }
+}
+
+/// The password rules of NIST SP 800-63B. Build one at startup and share it
+/// (it holds the common-password set, ~10,000 entries).
+pub struct PasswordPolicy {
+    common: HashSet<&'static str>,
+}
+
+impl fmt::Debug for PasswordPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasswordPolicy")
+            .field("min_chars", &MIN_PASSWORD_CHARS)
+            .field("max_chars", &MAX_PASSWORD_CHARS)
+            .field("common_passwords", &self.common.len())
+            .finish()
+    }
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PasswordPolicy {
+    /// Loads the bundled common-password list.
+    #[must_use]
+    pub fn new() -> Self {
+        let common = COMMON_PASSWORDS
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect();
+        Self { common }
+    }
+
+    /// Checks a new password for `username`, naming the first rule it
+    /// breaks: length, then sameness with the username, then the common list.
+    ///
+    /// # Errors
+    /// [`PasswordError::TooShort`], [`PasswordError::TooLong`],
+    /// [`PasswordError::SameAsUsername`] or [`PasswordError::Common`].
+    pub fn check(&self, password: &str, username: &str) -> Result<(), PasswordError> {
+        let chars = password.chars().count();
+        if chars < MIN_PASSWORD_CHARS {
+            return Err(PasswordError::TooShort {
+                actual: chars,
+                min: MIN_PASSWORD_CHARS,
+            });
+        }
+        if chars > MAX_PASSWORD_CHARS {
+            return Err(PasswordError::TooLong {
+                actual: chars,
+                max: MAX_PASSWORD_CHARS,
+            });
+        }
+        let lower = Zeroizing::new(password.to_lowercase());
+        if *lower == username.to_lowercase() {
+            return Err(PasswordError::SameAsUsername);
+        }
+        if self.common.contains(lower.as_str()) {
+            return Err(PasswordError::Common);
+        }
+        Ok(())
+    }
+}
+
+/// argon2id cost parameters.
+///
+/// The default, m = 19456 KiB (19 MiB), t = 2, p = 1, is the first of
+/// OWASP's Password Storage Cheat Sheet configurations (and argon2's own
+/// default). [`PasswordHasher::new`] refuses anything weaker than OWASP's
+/// set of equivalent options (m ≥ 7168 KiB and m × t ≥ 35840).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Params {
+    /// Memory cost in KiB.
+    pub memory_kib: u32,
+    /// Number of passes over memory.
+    pub iterations: u32,
+    /// Lanes. A deployment choice rather than a strength: total work is set
+    /// by memory and passes.
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Params {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl Argon2Params {
+    /// OWASP's weakest memory option (7 MiB, with t = 5).
+    const OWASP_MIN_MEMORY_KIB: u32 = 7_168;
+    /// OWASP's options trade memory for passes at roughly constant m × t;
+    /// the smallest product among them (7168 × 5).
+    const OWASP_MIN_WORK: u64 = 35_840;
+    /// Guard against configuration typos that would exhaust memory on the
+    /// first login: 2 GiB.
+    const MAX_MEMORY_KIB: u32 = 2 * 1024 * 1024;
+
+    fn to_argon2(self) -> Result<Params, PasswordError> {
+        if self.memory_kib < Self::OWASP_MIN_MEMORY_KIB
+            || u64::from(self.memory_kib) * u64::from(self.iterations) < Self::OWASP_MIN_WORK
+        {
+            return Err(PasswordError::WeakParams {
+                memory_kib: self.memory_kib,
+                iterations: self.iterations,
+            });
+        }
+        if self.memory_kib > Self::MAX_MEMORY_KIB {
+            return Err(PasswordError::InvalidParams(format!(
+                "memory {} KiB is above the {} KiB limit",
+                self.memory_kib,
+                Self::MAX_MEMORY_KIB
+            )));
+        }
+        Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| PasswordError::InvalidParams(e.to_string()))
+    }
+}
+
+/// Hashes and verifies passwords with argon2id.
+///
+/// Every method is CPU- and memory-heavy: call it inside
+/// `tokio::task::spawn_blocking`.
+pub struct PasswordHasher {
+    params: Argon2Params,
+    argon2_params: Params,
+    /// A hash made with the current parameters, for [`Self::verify_dummy`].
+    /// `None` only if it could not be computed (see [`Default`]).
+    dummy_phc: Option<String>,
+}
+
+impl fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasswordHasher")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PasswordHasher {
+    /// OWASP's m = 19456 KiB, t = 2, p = 1. Runs argon2 once (blocking).
+    fn default() -> Self {
+        let params = Argon2Params::default();
+        match Self::new(params) {
+            Ok(hasher) => hasher,
+            // Unreachable with the default parameters; without a dummy
+            // hash, `verify_dummy` hashes instead, which costs the same.
+            Err(_) => Self {
+                params,
+                argon2_params: Params::DEFAULT,
+                dummy_phc: None,
+            },
+        }
+    }
+}
+
+impl PasswordHasher {
+    /// What the dummy hash is a hash of. It need not be secret:
+    /// [`Self::verify_dummy`] never reports success, whatever the input.
+    const DUMMY_PASSWORD: &[u8] = b"latchkey: timing-equaliser for unknown usernames";
+    const DUMMY_SALT: [u8; argon2::RECOMMENDED_SALT_LEN] = *b"latchkey-dummy!!";
+
+    /// Validates `params` and precomputes the dummy hash (one full argon2
+    /// run: blocking).
+    ///
+    /// # Errors
+    /// [`PasswordError::WeakParams`] / [`PasswordError::InvalidParams`] for
+    /// bad parameters; [`PasswordError::Hashing`] if argon2 fails.
+    pub fn new(params: Argon2Params) -> Result<Self, PasswordError> {
+        let argon2_params = params.to_argon2()?;
+        let mut hasher = Self {
+            params,
+            argon2_params,
+            dummy_phc: None,
+        };
+        let dummy = hasher
+            .argon2()
+            .hash_password_with_salt(Self::DUMMY_PASSWORD, &Self::DUMMY_SALT)
+            .map_err(PasswordError::Hashing)?;
+        hasher.dummy_phc = Some(dummy.to_string());
+        Ok(hasher)
+    }
+
+    /// The parameters new hashes are made with.
+    #[must_use]
+    pub fn params(&self) -> Argon2Params {
+        self.params
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            self.argon2_params.clone(),
+        )
+    }
+
+    /// Hashes `password` with a fresh 128-bit random salt and returns the
+    /// PHC string to store. Blocking: use `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`PasswordError::Rng`] or [`PasswordError::Hashing`].
+    pub fn hash(&self, password: &SecretString) -> Result<String, PasswordError> {
+        let mut salt = [0u8; argon2::RECOMMENDED_SALT_LEN];
+        OsRng
+            .try_fill_bytes(&mut salt)
+            .map_err(|_| PasswordError::Rng)?;
+        let hash = self
+            .argon2()
+            .hash_password_with_salt(password.expose_secret().as_bytes(), &salt)
+            .map_err(PasswordError::Hashing)?;
+        Ok(hash.to_string())
+    }
+
+    /// Checks `password` against a stored PHC string, using the parameters
+    /// recorded in it; the final comparison is constant-time. `Ok(false)`
+    /// means a wrong password. Blocking: use `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`PasswordError::MalformedHash`] if `phc` cannot be parsed or is not
+    /// an argon2 hash; [`PasswordError::Hashing`] if argon2 fails.
+    pub fn verify(&self, password: &SecretString, phc: &str) -> Result<bool, PasswordError> {
+        let parsed = PasswordHash::new(phc).map_err(|_| PasswordError::MalformedHash)?;
+        if Algorithm::new(parsed.algorithm.as_str()).is_err() {
+            return Err(PasswordError::MalformedHash);
+        }
+        match self
+            .argon2()
+            .verify_password(password.expose_secret().as_bytes(), &parsed)
+        {
+            Ok(()) => Ok(true),
+            Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
+            Err(
+                argon2::password_hash::Error::Algorithm
+                | argon2::password_hash::Error::ParamsInvalid
+                | argon2::password_hash::Error::ParamInvalid { .. }
+                | argon2::password_hash::Error::SaltInvalid
+                | argon2::password_hash::Error::Version,
+            ) => Err(PasswordError::MalformedHash),
+            Err(e) => Err(PasswordError::Hashing(e)),
+        }
+    }
+
+    /// Spends the same time as [`Self::verify`] against a real account and
+    /// always returns `false`. Call it when the username is unknown so that
+    /// the response time does not tell an attacker which usernames exist.
+    /// Blocking: use `spawn_blocking`.
+    pub fn verify_dummy(&self, password: &SecretString) -> bool {
+        match &self.dummy_phc {
+            Some(dummy) => {
+                std::hint::black_box(self.verify(password, dummy)).ok();
+            }
+            None => {
+                std::hint::black_box(self.hash(password)).ok();
+            }
+        }
+        false
+    }
+
+    /// True when `phc` should be replaced by a fresh [`Self::hash`] after a
+    /// successful login: it is not argon2id v19, it is unparseable, its
+    /// memory or passes are below the current parameters, its lane count
+    /// differs, or its output is shorter than 32 bytes. Stronger old hashes
+    /// are kept (lowering the parameters never weakens stored hashes).
+    #[must_use]
+    pub fn needs_rehash(&self, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else {
+            return true;
+        };
+        if parsed.algorithm.as_str() != Algorithm::Argon2id.as_str()
+            || parsed.version != Some(u32::from(Version::V0x13))
+        {
+            return true;
+        }
+        let Ok(stored) = Params::try_from(&parsed) else {
+            return true;
+        };
+        stored.m_cost() < self.params.memory_kib
+            || stored.t_cost() < self.params.iterations
+            || stored.p_cost() != self.params.parallelism
+            || stored.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)
+                < Params::DEFAULT_OUTPUT_LEN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    fn hasher() -> PasswordHasher {
+        PasswordHasher::new(Argon2Params::default()).unwrap()
+    }
+
+    #[test]
+    fn default_hasher_uses_owasp_params_and_has_a_dummy() {
+        let h = PasswordHasher::default();
+        assert_eq!(h.params(), Argon2Params::default());
+        assert!(h.dummy_phc.is_some());
+    }
+
+    // ----- policy -------------------------------------------------------
+
+    #[test]
+    fn bundled_list_is_an_honest_top_10k() {
+        let policy = PasswordPolicy::new();
+        assert_eq!(policy.common.len(), COMMON_PASSWORDS_COUNT);
+        assert_eq!(COMMON_PASSWORDS.lines().count(), COMMON_PASSWORDS_COUNT);
+        assert_eq!(COMMON_PASSWORDS.lines().next(), Some("123456"));
+        assert!(
+            COMMON_PASSWORDS
+                .lines()
+                .all(|l| !l.is_empty() && l == l.to_lowercase() && l.trim() == l)
+        );
+    }
+
+    #[test]
+    fn length_is_counted_in_characters_not_bytes() {
+        let policy = PasswordPolicy::new();
+        // 11 characters, 33 bytes: too short even though it has > 12 bytes.
+        let eleven = "ж".repeat(3) + "€€€€€€€€";
+        assert_eq!(eleven.chars().count(), 11);
+        assert!(matches!(
+            policy.check(&eleven, "alice"),
+            Err(PasswordError::TooShort {
+                actual: 11,
+                min: 12
+            })
+        ));
+        // 12 multi-byte characters are fine.
+        let twelve = "ж€".repeat(6);
+        assert!(policy.check(&twelve, "alice").is_ok());
+        // 256 is the maximum, 257 is refused, counted in characters.
+        assert!(policy.check(&"é".repeat(256), "alice").is_ok());
+        assert!(matches!(
+            policy.check(&"é".repeat(257), "alice"),
+            Err(PasswordError::TooLong {
+                actual: 257,
+                max: 256
+            })
+        ));
+    }
+
+    #[test]
+    fn boundaries_11_12() {
+        let policy = PasswordPolicy::new();
+        assert!(policy.check("kq8vz3mwpxt", "alice").is_err());
+        assert!(policy.check("kq8vz3mwpxtr", "alice").is_ok());
+    }
+
+    #[test]
+    fn no_composition_rules() {
+        let policy = PasswordPolicy::new();
+        // All lower-case letters, no digit, no symbol: fine.
+        assert!(
+            policy
+                .check("correct horse battery staple", "alice")
+                .is_ok()
+        );
+        assert!(policy.check("zebracloudlantern", "alice").is_ok());
+    }
+
+    #[test]
+    fn common_passwords_are_refused_case_insensitively() {
+        let policy = PasswordPolicy::new();
+        // On the list and at least 12 characters long.
+        for pw in [
+            "1qaz2wsx3edc",
+            "QWERTY123456",
+            "LeaveMeAlone",
+            "123456789123",
+        ] {
+            let err = policy.check(pw, "alice").unwrap_err();
+            assert!(matches!(err, PasswordError::Common), "{pw}: {err}");
+            assert!(err.to_string().contains("10,000 most common passwords"));
+            assert!(err.is_policy_violation());
+        }
+    }
+
+    #[test]
+    fn short_common_passwords_report_length_first() {
+        let policy = PasswordPolicy::new();
+        assert!(matches!(
+            policy.check("password", "alice"),
+            Err(PasswordError::TooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn password_equal_to_username_is_refused_case_insensitively() {
+        let policy = PasswordPolicy::new();
+        let err = policy
+            .check("Alice.Liddell.1865", "alice.liddell.1865")
+            .unwrap_err();
+        assert!(matches!(err, PasswordError::SameAsUsername));
+        assert!(err.to_string().contains("username"));
+        // Containing the username is allowed (NIST forbids equality only).
+        assert!(policy.check("alice-rides-a-bicycle", "alice").is_ok());
+    }
+
+    #[test]
+    fn messages_name_the_rule() {
+        let policy = PasswordPolicy::new();
+        let short = policy.check("abc", "alice").unwrap_err().to_string();
+        assert!(
+            short.contains("too short") && short.contains("at least 12"),
+            "{short}"
+        );
+        let long = policy
+            .check(&"a".repeat(300), "alice")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            long.contains("too long") && long.contains("at most 256"),
+            "{long}"
+        );
+    }
+
+    // ----- hashing ------------------------------------------------------
+
+    #[test]
+    fn default_params_are_owasp() {
+        let p = Argon2Params::default();
+        assert_eq!((p.memory_kib, p.iterations, p.parallelism), (19_456, 2, 1));
+    }
+
+    #[test]
+    fn weaker_than_owasp_is_refused() {
+        for (m, t) in [(19_456, 1), (4_096, 10), (7_168, 4), (1_024, 1)] {
+            let err = PasswordHasher::new(Argon2Params {
+                memory_kib: m,
+                iterations: t,
+                parallelism: 1,
+            })
+            .unwrap_err();
+            assert!(
+                matches!(err, PasswordError::WeakParams { .. }),
+                "{m},{t}: {err}"
+            );
+        }
+        // Each of OWASP's documented options is accepted by validation.
+        for (m, t) in [
+            (47_104, 1),
+            (19_456, 2),
+            (12_288, 3),
+            (9_216, 4),
+            (7_168, 5),
+        ] {
+            let p = Argon2Params {
+                memory_kib: m,
+                iterations: t,
+                parallelism: 1,
+            };
+            assert!(p.to_argon2().is_ok(), "{m},{t}");
+        }
+        let huge = Argon2Params {
+            memory_kib: u32::MAX,
+            iterations: 2,
+            parallelism: 1,
+        };
+        assert!(matches!(
+            huge.to_argon2(),
+            Err(PasswordError::InvalidParams(_))
+        ));
+        let no_lanes = Argon2Params {
+            parallelism: 0,
+            ..Argon2Params::default()
+        };
+        assert!(matches!(
+            no_lanes.to_argon2(),
+            Err(PasswordError::InvalidParams(_))
+        ));
+    }
+
+    #[test]
+    fn hash_is_argon2id_phc_with_configured_params_and_verifies() {
+        let h = hasher();
+        let pw = secret("a perfectly fine passphrase");
+        let phc = h.hash(&pw).unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        assert!(!phc.contains("passphrase"));
+        assert!(h.verify(&pw, &phc).unwrap());
+        assert!(!h.needs_rehash(&phc));
+    }
+
+    #[test]
+    fn wrong_password_is_refused() {
+        let h = hasher();
+        let phc = h.hash(&secret("a perfectly fine passphrase")).unwrap();
+        assert!(
+            !h.verify(&secret("a perfectly fine passphrasE"), &phc)
+                .unwrap()
+        );
+        assert!(!h.verify(&secret(""), &phc).unwrap());
+    }
+
+    #[test]
+    fn salts_differ_between_hashes_of_the_same_password() {
+        let h = hasher();
+        let pw = secret("a perfectly fine passphrase");
+        assert_ne!(h.hash(&pw).unwrap(), h.hash(&pw).unwrap());
+    }
+
+    #[test]
+    fn malformed_hash_is_an_error_not_a_match() {
+        let h = hasher();
+        let pw = secret("a perfectly fine passphrase");
+        for bad in [
+            "",
+            "not a hash",
+            "$argon2id$v=19$m=19456,t=2,p=1$",
+            "$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+        ] {
+            assert!(
+                matches!(h.verify(&pw, bad), Err(PasswordError::MalformedHash)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn verifies_old_hashes_and_asks_for_rehash_when_params_are_raised() {
+        let old = PasswordHasher::new(Argon2Params {
+            memory_kib: 9_216,
+            iterations: 4,
+            parallelism: 1,
+        })
+        .unwrap();
+        let pw = secret("a perfectly fine passphrase");
+        let old_phc = old.hash(&pw).unwrap();
+
+        let current = hasher();
+        // Old parameters are read from the hash, so the login still works…
+        assert!(current.verify(&pw, &old_phc).unwrap());
+        // …and the caller is told to store a new hash.
+        assert!(current.needs_rehash(&old_phc));
+        assert!(!old.needs_rehash(&old_phc));
+
+        // A stronger stored hash is not "upgraded" down.
+        let strong = PasswordHasher::new(Argon2Params {
+            memory_kib: 47_104,
+            iterations: 2,
+            parallelism: 1,
+        })
+        .unwrap();
+        let strong_phc = strong.hash(&pw).unwrap();
+        assert!(!current.needs_rehash(&strong_phc));
+        assert!(current.verify(&pw, &strong_phc).unwrap());
+    }
+
+    #[test]
+    fn needs_rehash_for_other_variants_and_garbage() {
+        let h = hasher();
+        let pw = b"a perfectly fine passphrase";
+        let salt = [7u8; 16];
+        let params = Params::new(19_456, 2, 1, None).unwrap();
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, params.clone())
+            .hash_password_with_salt(pw, &salt)
+            .unwrap()
+            .to_string();
+        assert!(argon2i.starts_with("$argon2i$"));
+        assert!(h.needs_rehash(&argon2i));
+        // It still verifies (the algorithm is taken from the hash).
+        assert!(
+            h.verify(&secret("a perfectly fine passphrase"), &argon2i)
+                .unwrap()
+        );
+        let v10 = Argon2::new(Algorithm::Argon2id, Version::V0x10, params)
+            .hash_password_with_salt(pw, &salt)
+            .unwrap()
+            .to_string();
+        assert!(h.needs_rehash(&v10));
+        assert!(h.needs_rehash("garbage"));
+    }
+
+    #[test]
+    fn dummy_verification_takes_comparable_time() {
+        // Not a precise timing test (CI machines are noisy): only that the
+        // dummy path really runs argon2 with the current parameters rather
+        // than returning at once.
+        let h = hasher();
+        let pw = secret("a perfectly fine passphrase");
+        let phc = h.hash(&pw).unwrap();
+        let wrong = secret("another passphrase here");
+
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            assert!(!h.verify_dummy(&wrong));
+        }
+        let dummy = start.elapsed();
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            assert!(!h.verify(&wrong, &phc).unwrap());
+        }
+        let real = start.elapsed();
+        assert!(
+            dummy * 3 > real && real * 3 > dummy,
+            "dummy {dummy:?} vs real {real:?}"
+        );
+        let dummy = h.dummy_phc.as_deref().unwrap();
+        assert!(dummy.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        // Even the dummy password itself does not "log in".
+        let dummy_password = secret(std::str::from_utf8(PasswordHasher::DUMMY_PASSWORD).unwrap());
+        assert!(h.verify(&dummy_password, dummy).unwrap());
+        assert!(!h.verify_dummy(&dummy_password));
+    }
+
+    #[test]
+    fn debug_output_holds_no_hash() {
+        let h = hasher();
+        let debug = format!("{h:?}");
+        assert!(!debug.contains("$argon2"), "{debug}");
+        assert!(format!("{:?}", PasswordPolicy::new()).contains("10000"));
+    }
+}

@@ -1,0 +1,882 @@
+//! What an API key may do (scopes) and what its owner may do (roles).
+//!
+//! A request authenticated by an API key is allowed only when **both** the
+//! key's scopes and its owner's role allow it ([`effective_allows`]): a
+//! key can never exceed the person who made it.
+//!
+//! # Scope grammar
+//!
+//! ```text
+//! scope    = "admin"                          ; everything the owner's role allows
+//!          | "keys:manage"                    ; list/create/revoke the owner's keys
+//!          | "proxy:"       ( "*" | provider ); call a provider through the proxy
+//!          | "connections:" ( "*" | provider ); manage OAuth connections
+//!          | "vault:read:"  ( "*" | entry )   ; read an entry's secret value
+//!          | "vault:write:" ( "*" | entry )   ; create, change, delete entries
+//! provider = [a-z0-9][a-z0-9._-]{0,63}
+//! entry    = [A-Za-z0-9][A-Za-z0-9._-]{0,127}  ; the vault's record-name rule
+//! ```
+//!
+//! Scopes are case-sensitive and written exactly as above; `*` is only a
+//! whole-name wildcard (`proxy:open*` is an error). `vault:write` without a
+//! name is accepted as a synonym of `vault:write:*` and is written back in
+//! that canonical form. Reading and writing are separate: a key that may
+//! refresh a token in `vault:write:spotify` cannot read it back unless it
+//! also holds `vault:read:spotify`.
+//!
+//! # Wildcards
+//!
+//! A granted scope allows a needed scope when it is `admin`, or when both
+//! have the same kind and the granted name is `*` or equal to the needed
+//! name. A needed `*` (e.g. listing every entry needs `vault:read:*`) is
+//! allowed only by a granted `*` (or `admin`).
+//!
+//! Scopes say nothing about *which* entries a user owns: the vault handler
+//! still checks ownership for the `…Own…` permissions below.
+
+use crate::vault::record::validate_name;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// Longest scope accepted, in bytes.
+pub const MAX_SCOPE_LEN: usize = 160;
+/// Most scopes one key may carry.
+pub const MAX_SCOPES: usize = 64;
+const MAX_PROVIDER_LEN: usize = 64;
+
+/// Why a scope or scope list was refused. Messages name the bad scope
+/// (scopes are not secret) with control characters escaped.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ScopeError {
+    #[error("empty scope")]
+    Empty,
+    #[error("scope is longer than {MAX_SCOPE_LEN} characters")]
+    TooLong,
+    #[error(
+        "unknown scope {0:?}: expected admin, keys:manage, proxy:…, connections:…, vault:read:… or vault:write:…"
+    )]
+    Unknown(String),
+    #[error("scope {0:?} needs a name or `*` after the last colon")]
+    MissingName(String),
+    #[error("scope {scope:?}: {reason}")]
+    InvalidName { scope: String, reason: String },
+    #[error("at most {MAX_SCOPES} scopes per key")]
+    TooMany,
+    #[error("a {role} may not grant scope {scope:?}")]
+    ExceedsRole { role: Role, scope: String },
+}
+
+/// A provider name: `[a-z0-9][a-z0-9._-]{0,63}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProviderName(String);
+
+impl ProviderName {
+    /// Checks `name` against the provider-name rule; the error is a reason.
+    pub fn new(name: &str) -> Result<Self, String> {
+        let mut bytes = name.bytes();
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let rest_ok = bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+        if name.len() > MAX_PROVIDER_LEN {
+            return Err(format!(
+                "a provider name has at most {MAX_PROVIDER_LEN} characters"
+            ));
+        }
+        if !first_ok || !rest_ok {
+            return Err("a provider name starts with a lower-case letter or digit and contains only lower-case letters, digits, `.`, `_` and `-`".into());
+        }
+        Ok(ProviderName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A vault entry name, following the vault's record-name rule
+/// (`[A-Za-z0-9][A-Za-z0-9._-]{0,127}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryName(String);
+
+impl EntryName {
+    /// Checks `name` against the vault's record-name rule; the error is a
+    /// reason.
+    pub fn new(name: &str) -> Result<Self, String> {
+        validate_name(name).map_err(|e| e.reason)?;
+        Ok(EntryName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which resources of a kind a scope covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target<T> {
+    /// `*`: all of them.
+    Any,
+    /// Just this one.
+    Only(T),
+}
+
+impl<T: PartialEq> Target<T> {
+    /// Whether a grant of `self` covers a need of `needed`.
+    fn covers(&self, needed: &Target<T>) -> bool {
+        match (self, needed) {
+            (Target::Any, _) => true,
+            (Target::Only(granted), Target::Only(needed)) => granted == needed,
+            (Target::Only(_), Target::Any) => false,
+        }
+    }
+}
+
+/// One scope; see the module docs for the grammar.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// `admin`: anything the owner's role allows.
+    Admin,
+    /// `keys:manage`.
+    KeysManage,
+    /// `proxy:*` or `proxy:<provider>`.
+    Proxy(Target<ProviderName>),
+    /// `connections:*` or `connections:<provider>`.
+    Connections(Target<ProviderName>),
+    /// `vault:read:*` or `vault:read:<entry>`.
+    VaultRead(Target<EntryName>),
+    /// `vault:write:*` or `vault:write:<entry>`.
+    VaultWrite(Target<EntryName>),
+}
+
+impl Scope {
+    /// `proxy:<provider>`, checking the name.
+    pub fn proxy(provider: &str) -> Result<Self, ScopeError> {
+        format!("proxy:{provider}").parse()
+    }
+
+    /// `vault:read:<entry>`, checking the name.
+    pub fn vault_read(entry: &str) -> Result<Self, ScopeError> {
+        format!("vault:read:{entry}").parse()
+    }
+
+    /// Whether holding `self` allows an action that needs `needed`.
+    pub fn allows(&self, needed: &Scope) -> bool {
+        use Scope::*;
+        match (self, needed) {
+            (Admin, _) => true,
+            (KeysManage, KeysManage) => true,
+            (Proxy(g), Proxy(n)) | (Connections(g), Connections(n)) => g.covers(n),
+            (VaultRead(g), VaultRead(n)) | (VaultWrite(g), VaultWrite(n)) => g.covers(n),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn target<T>(t: &Target<T>, name: impl Fn(&T) -> &str) -> &str {
+            match t {
+                Target::Any => "*",
+                Target::Only(n) => name(n),
+            }
+        }
+        match self {
+            Scope::Admin => f.write_str("admin"),
+            Scope::KeysManage => f.write_str("keys:manage"),
+            Scope::Proxy(t) => write!(f, "proxy:{}", target(t, ProviderName::as_str)),
+            Scope::Connections(t) => {
+                write!(f, "connections:{}", target(t, ProviderName::as_str))
+            }
+            Scope::VaultRead(t) => write!(f, "vault:read:{}", target(t, EntryName::as_str)),
+            Scope::VaultWrite(t) => write!(f, "vault:write:{}", target(t, EntryName::as_str)),
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = ScopeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(ScopeError::Empty);
+        }
+        if s.len() > MAX_SCOPE_LEN {
+            return Err(ScopeError::TooLong);
+        }
+        fn target<T>(
+            scope: &str,
+            name: &str,
+            check: fn(&str) -> Result<T, String>,
+        ) -> Result<Target<T>, ScopeError> {
+            match name {
+                "" => Err(ScopeError::MissingName(scope.to_owned())),
+                "*" => Ok(Target::Any),
+                _ => check(name)
+                    .map(Target::Only)
+                    .map_err(|reason| ScopeError::InvalidName {
+                        scope: scope.to_owned(),
+                        reason,
+                    }),
+            }
+        }
+        match s {
+            "admin" => return Ok(Scope::Admin),
+            "keys:manage" => return Ok(Scope::KeysManage),
+            "vault:write" => return Ok(Scope::VaultWrite(Target::Any)),
+            _ => {}
+        }
+        if let Some(name) = s.strip_prefix("proxy:") {
+            target(s, name, ProviderName::new).map(Scope::Proxy)
+        } else if let Some(name) = s.strip_prefix("connections:") {
+            target(s, name, ProviderName::new).map(Scope::Connections)
+        } else if let Some(name) = s.strip_prefix("vault:read:") {
+            target(s, name, EntryName::new).map(Scope::VaultRead)
+        } else if let Some(name) = s.strip_prefix("vault:write:") {
+            target(s, name, EntryName::new).map(Scope::VaultWrite)
+        } else {
+            Err(ScopeError::Unknown(s.to_owned()))
+        }
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The scopes of one key: at most [`MAX_SCOPES`], kept sorted and without
+/// duplicates. Serialized as a JSON array of scope strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<Scope>", into = "Vec<Scope>")]
+pub struct ScopeSet(BTreeSet<Scope>);
+
+impl ScopeSet {
+    /// Parses a list of scope strings; the error names the first bad one.
+    pub fn parse<I, S>(scopes: I) -> Result<Self, ScopeError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut set = BTreeSet::new();
+        for s in scopes {
+            set.insert(s.as_ref().parse::<Scope>()?);
+            if set.len() > MAX_SCOPES {
+                return Err(ScopeError::TooMany);
+            }
+        }
+        Ok(ScopeSet(set))
+    }
+
+    /// Whether any scope in the set allows `needed`.
+    pub fn allows(&self, needed: &Scope) -> bool {
+        self.0.iter().any(|granted| granted.allows(needed))
+    }
+
+    /// Whether every scope of `other` is allowed by this set: a key
+    /// creating another key may only hand out what it holds itself.
+    pub fn covers(&self, other: &ScopeSet) -> bool {
+        other.0.iter().all(|s| self.allows(s))
+    }
+
+    /// Refuses a scope list a user of `role` may not put on a new key,
+    /// naming the first offending scope.
+    pub fn check_grantable(&self, role: Role) -> Result<(), ScopeError> {
+        match self.0.iter().find(|s| !role.may_grant(s)) {
+            Some(s) => Err(ScopeError::ExceedsRole {
+                role,
+                scope: s.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Scope> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<Vec<Scope>> for ScopeSet {
+    type Error = ScopeError;
+
+    fn try_from(v: Vec<Scope>) -> Result<Self, Self::Error> {
+        let set: BTreeSet<Scope> = v.into_iter().collect();
+        if set.len() > MAX_SCOPES {
+            return Err(ScopeError::TooMany);
+        }
+        Ok(ScopeSet(set))
+    }
+}
+
+impl From<ScopeSet> for Vec<Scope> {
+    fn from(s: ScopeSet) -> Self {
+        s.0.into_iter().collect()
+    }
+}
+
+/// Space-separated, as in OAuth `scope` parameters and CLI flags.
+impl fmt::Display for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a space- or comma-separated list.
+impl FromStr for ScopeSet {
+    type Err = ScopeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ScopeSet::parse(
+            s.split(|c: char| c == ',' || c.is_ascii_whitespace())
+                .filter(|s| !s.is_empty()),
+        )
+    }
+}
+
+/// A user's role. Serialized in lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
+    Guest,
+}
+
+/// Something a role may or may not do; see [`Role::may`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Invite, change, disable and delete users; reset their MFA.
+    ManageUsers,
+    /// Read, create, change and delete every vault entry, whoever owns it.
+    ManageAllVault,
+    /// Read the secret values of entries the user owns.
+    ReadOwnVault,
+    /// Create entries (owned by their creator), change and delete own ones.
+    WriteOwnVault,
+    /// Connect and disconnect OAuth providers for oneself.
+    ManageConnections,
+    /// Send requests through the agent proxy.
+    UseProxy,
+    /// Create, list and revoke one's own API keys (never beyond one's role).
+    ManageOwnKeys,
+    /// Create API keys carrying the `admin` scope.
+    CreateAdminKeys,
+    /// Read the audit log.
+    ReadAudit,
+    /// Change server settings (providers, trusted proxies, policies).
+    ManageSettings,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 10] = [
+        Permission::ManageUsers,
+        Permission::ManageAllVault,
+        Permission::ReadOwnVault,
+        Permission::WriteOwnVault,
+        Permission::ManageConnections,
+        Permission::UseProxy,
+        Permission::ManageOwnKeys,
+        Permission::CreateAdminKeys,
+        Permission::ReadAudit,
+        Permission::ManageSettings,
+    ];
+
+    /// The permissions only an administrator holds; the `admin` scope
+    /// needs all of them.
+    pub const ADMIN_ONLY: [Permission; 5] = [
+        Permission::ManageUsers,
+        Permission::ManageAllVault,
+        Permission::CreateAdminKeys,
+        Permission::ReadAudit,
+        Permission::ManageSettings,
+    ];
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Admin, Role::User, Role::Guest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+            Role::Guest => "guest",
+        }
+    }
+
+    /// The permission table (the documentation copies it; a test checks
+    /// that this table and the code agree):
+    ///
+    /// | Permission        | admin | user | guest |
+    /// |-------------------|-------|------|-------|
+    /// | ManageUsers       | yes   | no   | no    |
+    /// | ManageAllVault    | yes   | no   | no    |
+    /// | ReadOwnVault      | yes   | yes  | no    |
+    /// | WriteOwnVault     | yes   | yes  | no    |
+    /// | ManageConnections | yes   | yes  | no    |
+    /// | UseProxy          | yes   | yes  | yes   |
+    /// | ManageOwnKeys     | yes   | yes  | yes   |
+    /// | CreateAdminKeys   | yes   | no   | no    |
+    /// | ReadAudit         | yes   | no   | no    |
+    /// | ManageSettings    | yes   | no   | no    |
+    ///
+    /// A guest uses the proxy (with keys of their own, limited to what a
+    /// guest may do) but never sees a secret value.
+    pub fn may(self, permission: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Admin => true,
+            Role::User => matches!(
+                permission,
+                ReadOwnVault | WriteOwnVault | ManageConnections | UseProxy | ManageOwnKeys
+            ),
+            Role::Guest => matches!(permission, UseProxy | ManageOwnKeys),
+        }
+    }
+
+    /// Whether this role may perform an action that needs `needed` — the
+    /// ceiling a key of this role's owner can never go above. `*` on the
+    /// vault means every entry, so it needs [`Permission::ManageAllVault`].
+    pub fn may_exercise(self, needed: &Scope) -> bool {
+        use Permission::*;
+        match needed {
+            Scope::Admin => Permission::ADMIN_ONLY.iter().all(|p| self.may(*p)),
+            Scope::KeysManage => self.may(ManageOwnKeys),
+            Scope::Proxy(_) => self.may(UseProxy),
+            Scope::Connections(_) => self.may(ManageConnections),
+            Scope::VaultRead(Target::Any) | Scope::VaultWrite(Target::Any) => {
+                self.may(ManageAllVault)
+            }
+            Scope::VaultRead(Target::Only(_)) => self.may(ReadOwnVault) || self.may(ManageAllVault),
+            Scope::VaultWrite(Target::Only(_)) => {
+                self.may(WriteOwnVault) || self.may(ManageAllVault)
+            }
+        }
+    }
+
+    /// Whether a user of this role may put `scope` on a new key: only what
+    /// the role could exercise, and `admin` only with
+    /// [`Permission::CreateAdminKeys`].
+    pub fn may_grant(self, scope: &Scope) -> bool {
+        self.may_exercise(scope)
+            && (*scope != Scope::Admin || self.may(Permission::CreateAdminKeys))
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// A role name that is not `admin`, `user` or `guest`.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("unknown role {0:?}: expected admin, user or guest")]
+pub struct UnknownRole(pub String);
+
+/// Whether a request authenticated by a key with `scopes`, owned by a user
+/// of `role`, may do something that needs `needed`: the key must allow it
+/// **and** the owner's role must. A guest's key with scope `admin` can use
+/// the proxy (a guest may) but cannot manage users (a guest may not).
+pub fn effective_allows(role: Role, scopes: &ScopeSet, needed: &Scope) -> bool {
+    role.may_exercise(needed) && scopes.allows(needed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn sc(s: &str) -> Scope {
+        s.parse().unwrap()
+    }
+
+    fn set(list: &[&str]) -> ScopeSet {
+        ScopeSet::parse(list).unwrap()
+    }
+
+    #[test]
+    fn canonical_scopes_round_trip() {
+        for s in [
+            "admin",
+            "keys:manage",
+            "proxy:*",
+            "proxy:openai",
+            "proxy:local-llama.cpp_2",
+            "connections:*",
+            "connections:spotify",
+            "vault:read:*",
+            "vault:read:OpenAI-Main.v2",
+            "vault:write:*",
+            "vault:write:spotify_token",
+        ] {
+            let parsed = sc(s);
+            assert_eq!(parsed.to_string(), s);
+            let json = serde_json::to_string(&parsed).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<Scope>(&json).unwrap(), parsed);
+        }
+    }
+
+    #[test]
+    fn vault_write_alias_is_canonicalised() {
+        assert_eq!(sc("vault:write"), Scope::VaultWrite(Target::Any));
+        assert_eq!(sc("vault:write").to_string(), "vault:write:*");
+    }
+
+    #[test]
+    fn random_valid_scopes_round_trip() {
+        const PROVIDER_FIRST: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        const PROVIDER_REST: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789._-";
+        const ENTRY_FIRST: &[u8] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        const ENTRY_REST: &[u8] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
+        fn name(rng: &mut StdRng, first: &[u8], rest: &[u8], max: usize) -> String {
+            let len = rng.gen_range(1..=max);
+            let mut s = String::new();
+            s.push(char::from(first[rng.gen_range(0..first.len())]));
+            for _ in 1..len {
+                s.push(char::from(rest[rng.gen_range(0..rest.len())]));
+            }
+            s
+        }
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..3000 {
+            let p = name(&mut rng, PROVIDER_FIRST, PROVIDER_REST, 64);
+            let e = name(&mut rng, ENTRY_FIRST, ENTRY_REST, 128);
+            for s in [
+                format!("proxy:{p}"),
+                format!("connections:{p}"),
+                format!("vault:read:{e}"),
+                format!("vault:write:{e}"),
+            ] {
+                let parsed: Scope = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+                assert_eq!(parsed.to_string(), s);
+                assert!(parsed.allows(&parsed));
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_scopes_are_refused_and_named() {
+        type Check = fn(&ScopeError) -> bool;
+        let cases: &[(&str, Check)] = &[
+            ("", |e| *e == ScopeError::Empty),
+            ("proxy:", |e| matches!(e, ScopeError::MissingName(_))),
+            ("vault:read:", |e| matches!(e, ScopeError::MissingName(_))),
+            ("vault:read:../x", |e| {
+                matches!(e, ScopeError::InvalidName { .. })
+            }),
+            ("vault:read:a/b", |e| {
+                matches!(e, ScopeError::InvalidName { .. })
+            }),
+            ("vault:read:.hidden", |e| {
+                matches!(e, ScopeError::InvalidName { .. })
+            }),
+            ("proxy:OpenAI", |e| {
+                matches!(e, ScopeError::InvalidName { .. })
+            }),
+            ("proxy:open*", |e| {
+                matches!(e, ScopeError::InvalidName { .. })
+            }),
+            ("proxy:-x", |e| matches!(e, ScopeError::InvalidName { .. })),
+            ("proxy:a b", |e| matches!(e, ScopeError::InvalidName { .. })),
+            ("proxy:ünï", |e| {
+                matches!(e, ScopeError::InvalidName { .. })
+            }),
+            ("connections:Spotify", |e| {
+                matches!(e, ScopeError::InvalidName { .. })
+            }),
+            ("ADMIN", |e| matches!(e, ScopeError::Unknown(_))),
+            ("Proxy:openai", |e| matches!(e, ScopeError::Unknown(_))),
+            ("billing:read", |e| matches!(e, ScopeError::Unknown(_))),
+            ("vault:*", |e| matches!(e, ScopeError::Unknown(_))),
+            ("vault:delete:x", |e| matches!(e, ScopeError::Unknown(_))),
+            (" admin", |e| matches!(e, ScopeError::Unknown(_))),
+            ("keys:manage:x", |e| matches!(e, ScopeError::Unknown(_))),
+        ];
+        for (input, check) in cases {
+            let err = input.parse::<Scope>().unwrap_err();
+            assert!(check(&err), "{input:?} gave {err:?}");
+            if !input.is_empty() {
+                assert!(err.to_string().contains(&format!("{input:?}")), "{err}");
+            }
+        }
+        let long_provider = format!("proxy:{}", "a".repeat(65));
+        assert!(matches!(
+            long_provider.parse::<Scope>(),
+            Err(ScopeError::InvalidName { .. })
+        ));
+        let long_entry = format!("vault:read:{}", "a".repeat(129));
+        assert!(long_entry.parse::<Scope>().is_err());
+        assert_eq!(
+            "x".repeat(MAX_SCOPE_LEN + 1).parse::<Scope>(),
+            Err(ScopeError::TooLong)
+        );
+        // Control characters are escaped in messages.
+        let err = "proxy:a\nb".parse::<Scope>().unwrap_err().to_string();
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn list_errors_name_the_bad_scope() {
+        let err = ScopeSet::parse(["proxy:openai", "vault:read:../etc"]).unwrap_err();
+        assert!(err.to_string().contains("vault:read:../etc"), "{err}");
+        let err = serde_json::from_str::<ScopeSet>(r#"["proxy:*","nope"]"#).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        let many: Vec<String> = (0..=MAX_SCOPES).map(|i| format!("proxy:p{i}")).collect();
+        assert_eq!(ScopeSet::parse(&many), Err(ScopeError::TooMany));
+        let json = serde_json::to_string(&many).unwrap();
+        assert!(serde_json::from_str::<ScopeSet>(&json).is_err());
+    }
+
+    #[test]
+    fn scope_set_text_and_json_round_trip() {
+        let s = set(&["vault:read:x", "proxy:openai", "proxy:openai", "admin"]);
+        assert_eq!(s.len(), 3);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<ScopeSet>(&json).unwrap(), s);
+        assert_eq!(s.to_string().parse::<ScopeSet>().unwrap(), s);
+        assert_eq!(
+            "proxy:openai, vault:read:x admin"
+                .parse::<ScopeSet>()
+                .unwrap(),
+            s
+        );
+        assert!("".parse::<ScopeSet>().unwrap().is_empty());
+    }
+
+    #[test]
+    fn wildcards_and_exact_names() {
+        let allows = |granted: &str, needed: &str| sc(granted).allows(&sc(needed));
+        assert!(allows("proxy:*", "proxy:openai"));
+        assert!(allows("proxy:*", "proxy:*"));
+        assert!(allows("proxy:openai", "proxy:openai"));
+        assert!(!allows("proxy:openai", "proxy:anthropic"));
+        assert!(!allows("proxy:openai", "proxy:*"));
+        assert!(!allows("proxy:openai", "proxy:openai.evil"));
+        assert!(!allows("proxy:*", "connections:openai"));
+        assert!(!allows("connections:*", "proxy:openai"));
+        assert!(allows("connections:*", "connections:spotify"));
+        assert!(allows("vault:read:*", "vault:read:x"));
+        assert!(!allows("vault:read:x", "vault:read:X"));
+        assert!(!allows("vault:read:*", "vault:write:x"));
+        assert!(!allows("vault:write:*", "vault:read:x"));
+        assert!(!allows("vault:read:x", "vault:read:*"));
+        assert!(allows("keys:manage", "keys:manage"));
+        assert!(!allows("keys:manage", "admin"));
+        assert!(!allows("proxy:*", "admin"));
+        for needed in [
+            "admin",
+            "keys:manage",
+            "proxy:x",
+            "vault:write:*",
+            "connections:*",
+        ] {
+            assert!(allows("admin", needed));
+        }
+        let s = set(&["proxy:openai", "vault:read:a"]);
+        assert!(s.allows(&sc("proxy:openai")));
+        assert!(s.allows(&sc("vault:read:a")));
+        assert!(!s.allows(&sc("vault:read:b")));
+        assert!(!ScopeSet::default().allows(&sc("proxy:openai")));
+    }
+
+    #[test]
+    fn covers_prevents_key_escalation() {
+        let parent = set(&["proxy:*", "keys:manage"]);
+        assert!(parent.covers(&set(&["proxy:openai"])));
+        assert!(parent.covers(&set(&["proxy:*", "keys:manage"])));
+        assert!(!parent.covers(&set(&["proxy:openai", "vault:read:x"])));
+        assert!(!parent.covers(&set(&["admin"])));
+        assert!(set(&["admin"]).covers(&parent));
+    }
+
+    #[test]
+    fn permission_table_matches_the_docs() {
+        let source = include_str!("scope.rs");
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        for p in Permission::ALL {
+            let row = format!(
+                "/// | {:<17} | {:<5} | {:<4} | {:<5} |",
+                format!("{p:?}"),
+                yes(Role::Admin.may(p)),
+                yes(Role::User.may(p)),
+                yes(Role::Guest.may(p)),
+            );
+            assert!(
+                source.contains(&row),
+                "docs table lacks or contradicts: {row}"
+            );
+        }
+    }
+
+    #[test]
+    fn admin_only_permissions_belong_to_admins_alone() {
+        for role in Role::ALL {
+            for p in Permission::ADMIN_ONLY {
+                assert_eq!(role.may(p), role == Role::Admin, "{role} {p:?}");
+            }
+        }
+        // Everything a user may, an admin may; everything a guest may, a
+        // user may.
+        for p in Permission::ALL {
+            assert!(!Role::User.may(p) || Role::Admin.may(p));
+            assert!(!Role::Guest.may(p) || Role::User.may(p));
+        }
+    }
+
+    #[test]
+    fn guest_key_with_admin_scope_stays_a_guest() {
+        let admin_key = set(&["admin"]);
+        let g = Role::Guest;
+        assert!(effective_allows(g, &admin_key, &sc("proxy:openai")));
+        assert!(effective_allows(g, &admin_key, &sc("keys:manage")));
+        // Attack: use the admin scope for admin-only actions.
+        assert!(!effective_allows(g, &admin_key, &Scope::Admin));
+        assert!(!effective_allows(g, &admin_key, &sc("vault:read:x")));
+        assert!(!effective_allows(g, &admin_key, &sc("vault:write:x")));
+        assert!(!effective_allows(g, &admin_key, &sc("connections:spotify")));
+        assert!(!g.may(Permission::ManageUsers));
+    }
+
+    #[test]
+    fn user_keys_are_capped_by_the_user_role() {
+        let u = Role::User;
+        let key = set(&["admin"]);
+        assert!(!effective_allows(u, &key, &Scope::Admin));
+        assert!(!effective_allows(u, &key, &sc("vault:read:*")));
+        assert!(effective_allows(u, &key, &sc("vault:read:mine")));
+        assert!(effective_allows(u, &key, &sc("connections:spotify")));
+        assert!(effective_allows(u, &key, &sc("proxy:openai")));
+    }
+
+    #[test]
+    fn admin_keys_are_capped_by_their_scopes() {
+        let a = Role::Admin;
+        let key = set(&["proxy:openai"]);
+        assert!(effective_allows(a, &key, &sc("proxy:openai")));
+        // Attack: an admin's narrow key used for something else.
+        assert!(!effective_allows(a, &key, &sc("proxy:anthropic")));
+        assert!(!effective_allows(a, &key, &Scope::Admin));
+        assert!(!effective_allows(a, &key, &sc("vault:read:openai-main")));
+        assert!(effective_allows(a, &set(&["admin"]), &Scope::Admin));
+    }
+
+    #[test]
+    fn effective_is_the_intersection_for_every_combination() {
+        let scopes = [
+            "admin",
+            "keys:manage",
+            "proxy:*",
+            "proxy:a",
+            "connections:*",
+            "connections:a",
+            "vault:read:*",
+            "vault:read:a",
+            "vault:write:*",
+            "vault:write:a",
+        ];
+        for role in Role::ALL {
+            for granted in scopes {
+                for needed in scopes {
+                    let key = set(&[granted]);
+                    let n = sc(needed);
+                    assert_eq!(
+                        effective_allows(role, &key, &n),
+                        role.may_exercise(&n) && sc(granted).allows(&n),
+                        "{role} {granted} {needed}"
+                    );
+                    if effective_allows(role, &key, &n) {
+                        assert!(role.may_exercise(&n));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grantable_scopes_follow_the_role() {
+        assert!(set(&["admin"]).check_grantable(Role::Admin).is_ok());
+        let err = set(&["proxy:*", "admin"])
+            .check_grantable(Role::User)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ScopeError::ExceedsRole {
+                role: Role::User,
+                scope: "admin".into()
+            }
+        );
+        assert!(err.to_string().contains("user"));
+        assert!(
+            set(&["proxy:*", "keys:manage", "vault:read:mine"])
+                .check_grantable(Role::User)
+                .is_ok()
+        );
+        assert!(set(&["vault:read:*"]).check_grantable(Role::User).is_err());
+        assert!(
+            set(&["proxy:openai", "keys:manage"])
+                .check_grantable(Role::Guest)
+                .is_ok()
+        );
+        assert!(set(&["vault:read:x"]).check_grantable(Role::Guest).is_err());
+        assert!(
+            set(&["connections:*"])
+                .check_grantable(Role::Guest)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn roles_round_trip_in_lower_case() {
+        for r in Role::ALL {
+            assert_eq!(r.to_string().parse::<Role>().unwrap(), r);
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<Role>(&json).unwrap(), r);
+        }
+        assert!("Admin".parse::<Role>().is_err());
+        assert!(serde_json::from_str::<Role>("\"owner\"").is_err());
+    }
+}

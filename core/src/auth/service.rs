@@ -1,0 +1,1776 @@
+//! The auth service: first-run setup, login with a second factor, sessions,
+//! access and refresh tokens, API keys, re-authentication — with lockout,
+//! rate limits and audit. HTTP lives in `crate::http::auth`; this module
+//! knows nothing of it.
+//!
+//! Everything that costs CPU on purpose (argon2) runs in the caller's
+//! blocking context: the HTTP layer calls these methods on the blocking pool.
+
+use super::AuthError;
+use super::apikey;
+use super::lockout::{LockState, Lockout, LockoutConfig};
+use super::password::{PasswordHasher, PasswordPolicy};
+use super::ratelimit::{RateLimitConfig, RateLimiter};
+use super::recovery;
+use super::scope::{Role, Scope, ScopeSet};
+use super::store::{self as db, *};
+use super::totp::{self, TotpSecret};
+use crate::audit::{self, AuditEvent, Outcome};
+use crate::config::AuthSettings;
+use crate::secrecy::{ExposeSecret, SecretString};
+use crate::store::Store;
+use crate::vault::Vault;
+use redb::{ReadableDatabase, ReadableTable};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// How long a password-verified login may take to present its second factor.
+const MFA_TICKET_SECS: i64 = 300;
+/// last_seen is written at most this often per session.
+const TOUCH_EVERY_SECS: i64 = 60;
+
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn random_token(prefix: &str) -> SecretString {
+    use rand::RngCore;
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+    SecretString::from(format!("{prefix}{}", hex::encode(&bytes[..])))
+}
+
+/// Who is making a request, and how they proved it.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub username: String,
+    pub role: Role,
+    pub via: Via,
+}
+
+#[derive(Debug, Clone)]
+pub enum Via {
+    Session {
+        hash: [u8; 32],
+        last_auth_at: i64,
+    },
+    AccessToken {
+        family_id: u128,
+    },
+    ApiKey {
+        id: String,
+        scopes: ScopeSet,
+    },
+    /// The CLI on the host, holding the data directory's admin token.
+    Host,
+}
+
+impl Principal {
+    /// The actor name written to the audit log.
+    pub fn actor(&self) -> String {
+        match &self.via {
+            Via::ApiKey { id, .. } => format!("{} (key {id})", self.username),
+            Via::Host => "host".into(),
+            _ => self.username.clone(),
+        }
+    }
+
+    /// Whether this principal may use `scope`: API keys are capped by their
+    /// scopes and by their owner's role; people by their role.
+    pub fn allows(&self, scope: &Scope) -> bool {
+        match &self.via {
+            Via::ApiKey { scopes, .. } => super::scope::effective_allows(self.role, scopes, scope),
+            Via::Host => true,
+            _ => self.role.may_exercise(scope),
+        }
+    }
+}
+
+/// What a successful password step returns.
+#[derive(Debug)]
+pub enum LoginStep {
+    MfaRequired { ticket: SecretString },
+    Done(NewSession),
+}
+
+/// A new browser session: the token goes into the cookie.
+#[derive(Debug)]
+pub struct NewSession {
+    pub token: SecretString,
+    pub user: UserView,
+    pub expires_at: i64,
+}
+
+/// A user as the API shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserView {
+    pub id: String,
+    pub username: String,
+    pub role: Role,
+    pub mfa_enabled: bool,
+    pub recovery_codes_left: usize,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+impl UserView {
+    pub fn of(id: UserId, u: &User) -> Self {
+        UserView {
+            id: id.to_string(),
+            username: u.username.clone(),
+            role: u.role,
+            mfa_enabled: u.totp.is_some(),
+            recovery_codes_left: u.recovery_hashes.len(),
+            disabled: u.disabled,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenPair {
+    pub access_token: SecretView,
+    pub refresh_token: SecretView,
+    pub expires_in: i64,
+    pub token_type: &'static str,
+}
+
+/// A secret serialized exactly once, into a response body.
+#[derive(Debug)]
+pub struct SecretView(pub SecretString);
+
+impl Serialize for SecretView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.expose_secret())
+    }
+}
+
+/// What first-run setup and TOTP (re-)enrollment hand back.
+#[derive(Debug, Serialize)]
+pub struct EnrollmentView {
+    pub otpauth_uri: SecretView,
+    pub qr_png_base64: String,
+    pub qr_svg: String,
+}
+
+struct Ticket {
+    user_id: UserId,
+    expires_at: i64,
+}
+
+#[derive(Debug, Clone)]
+struct CachedKey {
+    user_id: UserId,
+    hash: [u8; 32],
+    scopes: ScopeSet,
+    expires_at: Option<i64>,
+}
+
+/// The auth service of one data directory.
+pub struct Auth {
+    store: Arc<Store>,
+    vault: Arc<Vault>,
+    pub settings: AuthSettings,
+    hasher: PasswordHasher,
+    policy: PasswordPolicy,
+    lockout: Lockout,
+    pub limiter: RateLimiter,
+    tickets: Mutex<HashMap<[u8; 32], Ticket>>,
+    setup_token: Mutex<Option<([u8; 32], i64)>>,
+    /// Active API keys by public id: the hot path verifies keys in memory.
+    keys: RwLock<HashMap<String, CachedKey>>,
+    key_last_used: Mutex<HashMap<String, i64>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    pub fn new(
+        store: Arc<Store>,
+        vault: Arc<Vault>,
+        settings: AuthSettings,
+    ) -> Result<Arc<Auth>, AuthError> {
+        let lockout = Lockout::new(LockoutConfig {
+            max_failures: settings.lockout_threshold,
+            lock_for: settings.lockout_duration,
+            ..LockoutConfig::default()
+        })
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let limiter = RateLimiter::new(RateLimitConfig::per_minute(
+            settings.rate_limit_per_minute,
+            settings.rate_limit_burst,
+        ))
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let auth = Auth {
+            store,
+            vault,
+            hasher: PasswordHasher::default(),
+            policy: PasswordPolicy::new(),
+            lockout,
+            limiter,
+            tickets: Mutex::new(HashMap::new()),
+            setup_token: Mutex::new(None),
+            keys: RwLock::new(HashMap::new()),
+            key_last_used: Mutex::new(HashMap::new()),
+            settings,
+        };
+        auth.load_keys()?;
+        Ok(Arc::new(auth))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    fn audit(&self, e: AuditEvent) {
+        if let Err(err) = audit::append(&self.store, e) {
+            tracing::error!(error = %err, "could not write an audit entry");
+        }
+    }
+
+    fn load_keys(&self) -> Result<(), AuthError> {
+        let txn = self.store.db().begin_read()?;
+        let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
+        let mut map = HashMap::new();
+        for (k, row) in rows {
+            if row.revoked_at.is_some() {
+                continue;
+            }
+            let id = String::from_utf8_lossy(&k).into_owned();
+            let scopes =
+                ScopeSet::parse(&row.scopes).map_err(|e| AuthError::Internal(e.to_string()))?;
+            map.insert(
+                id,
+                CachedKey {
+                    user_id: row.user_id,
+                    hash: row.hash,
+                    scopes,
+                    expires_at: row.expires_at,
+                },
+            );
+        }
+        if let Ok(mut keys) = self.keys.write() {
+            *keys = map;
+        }
+        Ok(())
+    }
+
+    // ---- users -------------------------------------------------------
+
+    pub fn user_count(&self) -> Result<usize, AuthError> {
+        let txn = self.store.db().begin_read()?;
+        Ok(db::scan::<User>(&txn.open_table(USERS)?)?
+            .iter()
+            .filter(|(_, u)| u.active)
+            .count())
+    }
+
+    pub fn get_user(&self, id: UserId) -> Result<User, AuthError> {
+        let txn = self.store.db().begin_read()?;
+        db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))
+    }
+
+    pub fn find_user(&self, username: &str) -> Result<Option<(UserId, User)>, AuthError> {
+        let txn = self.store.db().begin_read()?;
+        let names = txn.open_table(USERNAMES)?;
+        let Some(id) = names.get(username_key(username).as_bytes())? else {
+            return Ok(None);
+        };
+        let id = UserId::from_key(id.value())
+            .ok_or_else(|| AuthError::Internal("bad user id".into()))?;
+        let user = db::get(&txn.open_table(USERS)?, &id.key())?;
+        Ok(user.map(|u| (id, u)))
+    }
+
+    pub fn list_users(&self) -> Result<Vec<UserView>, AuthError> {
+        let txn = self.store.db().begin_read()?;
+        let mut out: Vec<UserView> = db::scan::<User>(&txn.open_table(USERS)?)?
+            .into_iter()
+            .filter_map(|(k, u)| UserId::from_key(&k).map(|id| UserView::of(id, &u)))
+            .collect();
+        out.sort_by(|a, b| a.username.cmp(&b.username));
+        Ok(out)
+    }
+
+    fn validate_username(name: &str) -> Result<(), AuthError> {
+        let ok = (1..=64).contains(&name.chars().count())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric());
+        if ok {
+            Ok(())
+        } else {
+            Err(AuthError::Invalid {
+                field: "username",
+                reason: "1 to 64 characters: letters, digits, `.`, `_`, `-`, `@`, starting with a letter or digit".into(),
+            })
+        }
+    }
+
+    /// Creates a user row (password already checked and hashed).
+    fn insert_user(&self, user: User) -> Result<UserId, AuthError> {
+        let id = UserId::random();
+        let txn = self.store.db().begin_write()?;
+        {
+            let mut names = txn.open_table(USERNAMES)?;
+            let key = username_key(&user.username);
+            if names.get(key.as_bytes())?.is_some() {
+                return Err(AuthError::Conflict(
+                    "username_taken",
+                    format!("the username `{}` is taken", user.username),
+                ));
+            }
+            names.insert(key.as_bytes(), id.key().as_slice())?;
+        }
+        db::put(&txn, USERS, &id.key(), &user)?;
+        audit::append_in(
+            &txn,
+            AuditEvent::new("system", "user.create", Outcome::Success)
+                .target(&user.username)
+                .detail(user.role.as_str()),
+        )?;
+        txn.commit()?;
+        Ok(id)
+    }
+
+    fn update_user(
+        &self,
+        id: UserId,
+        f: impl FnOnce(&mut User) -> Result<(), AuthError>,
+    ) -> Result<User, AuthError> {
+        let txn = self.store.db().begin_write()?;
+        let mut user: User =
+            db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
+        f(&mut user)?;
+        user.updated_at = now();
+        db::put(&txn, USERS, &id.key(), &user)?;
+        txn.commit()?;
+        Ok(user)
+    }
+
+    fn new_user(
+        &self,
+        username: &str,
+        password: &SecretString,
+        role: Role,
+    ) -> Result<User, AuthError> {
+        Self::validate_username(username)?;
+        self.policy
+            .check(password.expose_secret(), username)
+            .map_err(|e| AuthError::Invalid {
+                field: "password",
+                reason: e.to_string(),
+            })?;
+        let hash = self
+            .hasher
+            .hash(password)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let t = now();
+        Ok(User {
+            username: username.to_string(),
+            role,
+            password_hash: hash,
+            totp: None,
+            totp_pending: None,
+            totp_last_step: None,
+            recovery_hashes: Vec::new(),
+            disabled: false,
+            active: true,
+            created_at: t,
+            updated_at: t,
+        })
+    }
+
+    fn totp_context(id: UserId) -> String {
+        format!("totp:{id}")
+    }
+
+    fn enrollment(
+        &self,
+        id: UserId,
+        username: &str,
+    ) -> Result<(Vec<u8>, EnrollmentView), AuthError> {
+        let secret = TotpSecret::generate();
+        let e =
+            totp::enrollment(username, &secret).map_err(|e| AuthError::Internal(e.to_string()))?;
+        let sealed = self
+            .vault
+            .seal_value(&Self::totp_context(id), &secret.to_base32())?;
+        Ok((
+            sealed,
+            EnrollmentView {
+                otpauth_uri: SecretView(e.otpauth_uri),
+                qr_png_base64: e.qr_png_base64,
+                qr_svg: e.qr_svg,
+            },
+        ))
+    }
+
+    fn check_totp(
+        &self,
+        id: UserId,
+        user: &User,
+        sealed: &[u8],
+        code: &str,
+    ) -> Result<u64, AuthError> {
+        let secret = self.vault.open_value(&Self::totp_context(id), sealed)?;
+        let secret = TotpSecret::from_base32(secret.expose_secret())
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        totp::verify(&secret, code, now().max(0) as u64, user.totp_last_step).map_err(|e| match e {
+            totp::TotpError::Replayed => AuthError::Unauthorized(
+                "code_replayed",
+                "this code was already used; wait for the next one".into(),
+            ),
+            other => AuthError::Unauthorized("invalid_code", other.to_string()),
+        })
+    }
+}
+
+// ---- first-run setup ------------------------------------------------------
+impl Auth {
+    /// While no owner exists: a fresh one-time setup token (the previous one
+    /// stops working). `None` once an owner exists.
+    pub fn issue_setup_token(&self) -> Result<Option<SecretString>, AuthError> {
+        if self.user_count()? > 0 {
+            return Ok(None);
+        }
+        let token = random_token("lks_");
+        let expires = now() + self.settings.setup_token_lifetime.as_secs() as i64;
+        if let Ok(mut t) = self.setup_token.lock() {
+            *t = Some((token_hash(token.expose_secret()), expires));
+        }
+        Ok(Some(token))
+    }
+
+    fn check_setup_token(&self, token: &str, consume: bool) -> Result<(), AuthError> {
+        let mut guard = self
+            .setup_token
+            .lock()
+            .map_err(|_| AuthError::Internal("setup lock".into()))?;
+        let ok = match *guard {
+            Some((hash, expires)) => {
+                subtle::ConstantTimeEq::ct_eq(&hash[..], &token_hash(token)[..]).into()
+                    && now() < expires
+            }
+            None => false,
+        };
+        if !ok {
+            return Err(AuthError::Forbidden("invalid_setup_token", "the setup link is invalid, used or expired; restart `latchkey serve` for a new one".into()));
+        }
+        if consume {
+            *guard = None;
+        }
+        Ok(())
+    }
+
+    /// Step 1 of web setup: creates the (inactive) owner and returns the
+    /// TOTP enrollment to confirm.
+    pub fn setup_begin(
+        &self,
+        token: &str,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<EnrollmentView, AuthError> {
+        self.check_setup_token(token, false)?;
+        if self.user_count()? > 0 {
+            return Err(AuthError::Conflict(
+                "already_set_up",
+                "an owner already exists".into(),
+            ));
+        }
+        let mut user = self.new_user(username, password, Role::Admin)?;
+        user.active = false;
+        // A retried setup replaces the earlier unconfirmed owner.
+        if let Some((old, u)) = self.find_user(username)?
+            && !u.active
+        {
+            self.delete_user_rows(old, &u.username)?;
+        }
+        let id = self.insert_user(user)?;
+        let (sealed, view) = self.enrollment(id, username)?;
+        self.update_user(id, |u| {
+            u.totp_pending = Some(sealed);
+            Ok(())
+        })?;
+        Ok(view)
+    }
+
+    /// Step 2 of web setup: a valid code activates the owner; the recovery
+    /// codes are returned once.
+    pub fn setup_confirm(
+        &self,
+        token: &str,
+        username: &str,
+        code: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(UserView, Vec<SecretString>), AuthError> {
+        self.check_setup_token(token, false)?;
+        let (id, user) = self
+            .find_user(username)?
+            .filter(|(_, u)| !u.active)
+            .ok_or(AuthError::NotFound("pending owner"))?;
+        let pending = user
+            .totp_pending
+            .clone()
+            .ok_or(AuthError::NotFound("pending enrollment"))?;
+        let step = self.check_totp(id, &user, &pending, code)?;
+        let (codes, hashes) = recovery::generate();
+        let user = self.update_user(id, |u| {
+            u.totp = u.totp_pending.take();
+            u.totp_last_step = Some(step);
+            u.recovery_hashes = hashes;
+            u.active = true;
+            Ok(())
+        })?;
+        self.check_setup_token(token, true)?;
+        self.audit(AuditEvent::new(username, "setup.complete", Outcome::Success).ip(ip));
+        Ok((UserView::of(id, &user), codes))
+    }
+
+    /// `latchkey setup` on the host: the owner is active at once (whoever
+    /// runs it controls the machine); the URI and codes go to the terminal.
+    pub fn setup_host(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<(UserView, EnrollmentView, Vec<SecretString>), AuthError> {
+        if self.user_count()? > 0 {
+            return Err(AuthError::Conflict(
+                "already_set_up",
+                "an owner already exists".into(),
+            ));
+        }
+        if let Some((old, u)) = self.find_user(username)?
+            && !u.active
+        {
+            self.delete_user_rows(old, &u.username)?;
+        }
+        let user = self.new_user(username, password, Role::Admin)?;
+        let id = self.insert_user(user)?;
+        let (sealed, view) = self.enrollment(id, username)?;
+        let (codes, hashes) = recovery::generate();
+        let user = self.update_user(id, |u| {
+            u.totp = Some(sealed);
+            u.recovery_hashes = hashes;
+            Ok(())
+        })?;
+        if let Ok(mut t) = self.setup_token.lock() {
+            *t = None;
+        }
+        self.audit(AuditEvent::new("host", "setup.complete", Outcome::Success).target(username));
+        Ok((UserView::of(id, &user), view, codes))
+    }
+
+    fn delete_user_rows(&self, id: UserId, username: &str) -> Result<(), AuthError> {
+        let txn = self.store.db().begin_write()?;
+        db::delete(&txn, USERS, &id.key())?;
+        db::delete(&txn, USERNAMES, username_key(username).as_bytes())?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+// ---- login ------------------------------------------------------------------
+impl Auth {
+    fn lock_key(username: &str) -> String {
+        username_key(username)
+    }
+
+    fn fail(&self, username: &str, action: &str, reason: &str, ip: Option<IpAddr>) {
+        let state = self
+            .lockout
+            .record_failure(&Self::lock_key(username), now().max(0) as u64);
+        self.audit(
+            AuditEvent::new(username, action, Outcome::Failure)
+                .ip(ip)
+                .detail(reason),
+        );
+        if let LockState::Locked {
+            just_locked: true, ..
+        } = state
+        {
+            self.audit(
+                AuditEvent::new(username, "lockout", Outcome::Failure)
+                    .ip(ip)
+                    .detail(format!(
+                        "after {} failures",
+                        self.settings.lockout_threshold
+                    )),
+            );
+        }
+    }
+
+    fn check_locked(&self, username: &str) -> Result<(), AuthError> {
+        self.lockout
+            .check(&Self::lock_key(username), now().max(0) as u64)
+            .map_err(|l| AuthError::Locked {
+                retry_after: l.retry_after,
+            })
+    }
+
+    /// The password step. Unknown users, wrong passwords and disabled
+    /// accounts all get the same answer after the same work.
+    pub fn login(
+        &self,
+        username: &str,
+        password: &SecretString,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<LoginStep, AuthError> {
+        let bad =
+            || AuthError::Unauthorized("invalid_credentials", "wrong username or password".into());
+        self.check_locked(username)?;
+        let Some((id, user)) = self.find_user(username)? else {
+            let _ = self.hasher.verify_dummy(password);
+            self.audit(
+                AuditEvent::new(username, "login", Outcome::Failure)
+                    .ip(ip)
+                    .detail("unknown_user"),
+            );
+            return Err(bad());
+        };
+        let ok = self
+            .hasher
+            .verify(password, &user.password_hash)
+            .unwrap_or(false);
+        if !ok || user.disabled || !user.active {
+            let reason = if !ok {
+                "wrong_password"
+            } else if user.disabled {
+                "disabled"
+            } else {
+                "setup_unfinished"
+            };
+            self.fail(username, "login", reason, ip);
+            return Err(bad());
+        }
+        if self.hasher.needs_rehash(&user.password_hash)
+            && let Ok(h) = self.hasher.hash(password)
+        {
+            let _ = self.update_user(id, |u| {
+                u.password_hash = h;
+                Ok(())
+            });
+        }
+        if user.totp.is_some() {
+            let ticket = random_token("lkt_");
+            if let Ok(mut t) = self.tickets.lock() {
+                let n = now();
+                t.retain(|_, v| v.expires_at > n);
+                t.insert(
+                    token_hash(ticket.expose_secret()),
+                    Ticket {
+                        user_id: id,
+                        expires_at: n + MFA_TICKET_SECS,
+                    },
+                );
+            }
+            self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip));
+            return Ok(LoginStep::MfaRequired { ticket });
+        }
+        self.lockout.record_success(&Self::lock_key(username));
+        self.audit(AuditEvent::new(username, "login", Outcome::Success).ip(ip));
+        Ok(LoginStep::Done(
+            self.create_session(id, &user, ip, user_agent)?,
+        ))
+    }
+
+    /// The second step: a TOTP code or a recovery code for a ticket.
+    pub fn mfa(
+        &self,
+        ticket: &str,
+        code: Option<&str>,
+        recovery_code: Option<&str>,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<NewSession, AuthError> {
+        let expired = || {
+            AuthError::Unauthorized(
+                "invalid_ticket",
+                "the login step expired or is unknown; sign in again".into(),
+            )
+        };
+        let id = {
+            let mut t = self
+                .tickets
+                .lock()
+                .map_err(|_| AuthError::Internal("tickets".into()))?;
+            let h = token_hash(ticket);
+            match t.get(&h) {
+                Some(v) if v.expires_at > now() => v.user_id,
+                _ => {
+                    t.remove(&h);
+                    return Err(expired());
+                }
+            }
+        };
+        let user = self.get_user(id)?;
+        self.check_locked(&user.username)?;
+        let sealed = user.totp.clone().ok_or_else(expired)?;
+        let result = match (code, recovery_code) {
+            (Some(c), None) => self.check_totp(id, &user, &sealed, c).map(Some),
+            (None, Some(r)) => {
+                let mut hashes = user.recovery_hashes.clone();
+                if recovery::find_and_consume(r, &mut hashes) {
+                    self.update_user(id, |u| {
+                        u.recovery_hashes = hashes;
+                        Ok(())
+                    })?;
+                    self.audit(
+                        AuditEvent::new(&user.username, "recovery_code.use", Outcome::Success)
+                            .ip(ip),
+                    );
+                    Ok(None)
+                } else {
+                    Err(AuthError::Unauthorized(
+                        "invalid_code",
+                        "that recovery code is not valid (each works once)".into(),
+                    ))
+                }
+            }
+            _ => Err(AuthError::Invalid {
+                field: "code",
+                reason: "send exactly one of `code` or `recovery_code`".into(),
+            }),
+        };
+        match result {
+            Ok(step) => {
+                if let Ok(mut t) = self.tickets.lock() {
+                    t.remove(&token_hash(ticket));
+                }
+                if let Some(step) = step {
+                    self.update_user(id, |u| {
+                        u.totp_last_step = Some(step);
+                        Ok(())
+                    })?;
+                }
+                self.lockout.record_success(&Self::lock_key(&user.username));
+                self.audit(
+                    AuditEvent::new(&user.username, "login", Outcome::Success)
+                        .ip(ip)
+                        .detail(if step.is_some() {
+                            "totp"
+                        } else {
+                            "recovery_code"
+                        }),
+                );
+                self.create_session(id, &user, ip, user_agent)
+            }
+            Err(e) => {
+                let reason = match &e {
+                    AuthError::Unauthorized(code, _) => *code,
+                    _ => "invalid",
+                };
+                self.fail(&user.username, "login.mfa", reason, ip);
+                Err(e)
+            }
+        }
+    }
+}
+
+// ---- sessions and tokens -------------------------------------------------
+impl Auth {
+    fn create_session(
+        &self,
+        id: UserId,
+        user: &User,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<NewSession, AuthError> {
+        let token = random_token("lks_");
+        let t = now();
+        let expires_at = t + self.settings.session_lifetime.as_secs() as i64;
+        let session = Session {
+            user_id: id,
+            created_at: t,
+            last_seen_at: t,
+            expires_at,
+            idle_secs: self.settings.session_idle.as_secs() as i64,
+            last_auth_at: t,
+            ip: ip.map(|i| i.to_string()),
+            user_agent: user_agent.map(|u| u.chars().take(200).collect()),
+        };
+        let txn = self.store.db().begin_write()?;
+        db::put(&txn, SESSIONS, &token_hash(token.expose_secret()), &session)?;
+        txn.commit()?;
+        Ok(NewSession {
+            token,
+            user: UserView::of(id, user),
+            expires_at,
+        })
+    }
+
+    fn principal(&self, id: UserId, via: Via) -> Result<Principal, AuthError> {
+        let user = self
+            .get_user(id)
+            .map_err(|_| AuthError::unauthenticated())?;
+        if user.disabled || !user.active {
+            return Err(AuthError::unauthenticated());
+        }
+        Ok(Principal {
+            user_id: id,
+            username: user.username,
+            role: user.role,
+            via,
+        })
+    }
+
+    /// The session behind a cookie value; expired or idle sessions are
+    /// deleted and refused.
+    pub fn authenticate_session(&self, token: &str) -> Result<Principal, AuthError> {
+        let hash = token_hash(token);
+        let txn = self.store.db().begin_read()?;
+        let s: Session =
+            db::get(&txn.open_table(SESSIONS)?, &hash)?.ok_or_else(AuthError::unauthenticated)?;
+        drop(txn);
+        let t = now();
+        if t >= s.expires_at || t >= s.last_seen_at + s.idle_secs {
+            let w = self.store.db().begin_write()?;
+            db::delete(&w, SESSIONS, &hash)?;
+            w.commit()?;
+            return Err(AuthError::unauthenticated());
+        }
+        if t - s.last_seen_at >= TOUCH_EVERY_SECS {
+            let w = self.store.db().begin_write()?;
+            let mut s2 = s.clone();
+            s2.last_seen_at = t;
+            db::put(&w, SESSIONS, &hash, &s2)?;
+            w.commit()?;
+        }
+        self.principal(
+            s.user_id,
+            Via::Session {
+                hash,
+                last_auth_at: s.last_auth_at,
+            },
+        )
+    }
+
+    /// `Authorization: Bearer …`: an access token (`lka_…`) or an API key (`lk_…`).
+    pub fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
+        let token = token.trim();
+        if token.starts_with("lka_") {
+            let hash = token_hash(token);
+            let txn = self.store.db().begin_read()?;
+            let a: AccessToken = db::get(&txn.open_table(ACCESS_TOKENS)?, &hash)?
+                .ok_or_else(AuthError::unauthenticated)?;
+            if now() >= a.expires_at {
+                return Err(AuthError::unauthenticated());
+            }
+            return self.principal(
+                a.user_id,
+                Via::AccessToken {
+                    family_id: a.family_id,
+                },
+            );
+        }
+        self.authenticate_key(token)
+    }
+
+    /// Verifies an API key from memory: checksum first (typos never reach a
+    /// lookup), then a constant-time hash comparison.
+    pub fn authenticate_key(&self, key: &str) -> Result<Principal, AuthError> {
+        let parsed = apikey::parse(key).map_err(|_| AuthError::unauthenticated())?;
+        let cached = {
+            let keys = self
+                .keys
+                .read()
+                .map_err(|_| AuthError::Internal("keys".into()))?;
+            keys.get(parsed.id.as_str()).cloned()
+        }
+        .ok_or_else(AuthError::unauthenticated)?;
+        if !apikey::verify(&parsed, &cached.hash) || cached.expires_at.is_some_and(|e| now() >= e) {
+            return Err(AuthError::unauthenticated());
+        }
+        if let Ok(mut m) = self.key_last_used.lock() {
+            m.insert(parsed.id.to_string(), now());
+        }
+        self.principal(
+            cached.user_id,
+            Via::ApiKey {
+                id: parsed.id.to_string(),
+                scopes: cached.scopes,
+            },
+        )
+    }
+
+    /// Exchanges a browser session for an access token and a refresh token.
+    pub fn issue_tokens(&self, p: &Principal) -> Result<TokenPair, AuthError> {
+        let Via::Session { hash, .. } = &p.via else {
+            return Err(AuthError::Forbidden(
+                "session_required",
+                "tokens are issued to a signed-in session".into(),
+            ));
+        };
+        let family_id: u128 = rand::random();
+        let txn = self.store.db().begin_write()?;
+        db::put(
+            &txn,
+            REFRESH_FAMILIES,
+            &family_id.to_be_bytes(),
+            &Family {
+                user_id: p.user_id,
+                session_hash: *hash,
+                created_at: now(),
+                revoked: false,
+            },
+        )?;
+        let pair = self.mint_pair(&txn, p.user_id, family_id)?;
+        txn.commit()?;
+        Ok(pair)
+    }
+
+    fn mint_pair(
+        &self,
+        txn: &redb::WriteTransaction,
+        user_id: UserId,
+        family_id: u128,
+    ) -> Result<TokenPair, AuthError> {
+        let access = random_token("lka_");
+        let refresh = random_token("lkr_");
+        let t = now();
+        let ttl = self.settings.access_token_lifetime.as_secs() as i64;
+        db::put(
+            txn,
+            ACCESS_TOKENS,
+            &token_hash(access.expose_secret()),
+            &AccessToken {
+                user_id,
+                family_id,
+                expires_at: t + ttl,
+            },
+        )?;
+        db::put(
+            txn,
+            REFRESH_TOKENS,
+            &token_hash(refresh.expose_secret()),
+            &RefreshToken {
+                family_id,
+                user_id,
+                expires_at: t + self.settings.refresh_token_lifetime.as_secs() as i64,
+                used: false,
+            },
+        )?;
+        Ok(TokenPair {
+            access_token: SecretView(access),
+            refresh_token: SecretView(refresh),
+            expires_in: ttl,
+            token_type: "Bearer",
+        })
+    }
+
+    /// Rotates a refresh token. Presenting one that was already used means
+    /// it was stolen (or replayed): the whole family is revoked.
+    pub fn refresh(&self, token: &str, ip: Option<IpAddr>) -> Result<TokenPair, AuthError> {
+        let hash = token_hash(token.trim());
+        let txn = self.store.db().begin_write()?;
+        let r: RefreshToken = db::get(&txn.open_table(REFRESH_TOKENS)?, &hash)?
+            .ok_or_else(AuthError::unauthenticated)?;
+        let fam_key = r.family_id.to_be_bytes();
+        let mut family: Family = db::get(&txn.open_table(REFRESH_FAMILIES)?, &fam_key)?
+            .ok_or_else(AuthError::unauthenticated)?;
+        let user = db::get::<User>(&txn.open_table(USERS)?, &r.user_id.key())?;
+        let username = user
+            .as_ref()
+            .map(|u| u.username.clone())
+            .unwrap_or_default();
+        if r.used || family.revoked {
+            family.revoked = true;
+            db::put(&txn, REFRESH_FAMILIES, &fam_key, &family)?;
+            Self::delete_family_tokens(&txn, r.family_id)?;
+            audit::append_in(
+                &txn,
+                AuditEvent::new(&username, "token.reuse", Outcome::Failure)
+                    .ip(ip)
+                    .detail("refresh token presented twice: family revoked"),
+            )?;
+            txn.commit()?;
+            tracing::warn!(user = %username, "refresh token reuse detected; token family revoked");
+            return Err(AuthError::Unauthorized(
+                "token_reused",
+                "this refresh token was already used; all tokens from that sign-in are revoked"
+                    .into(),
+            ));
+        }
+        if now() >= r.expires_at || user.is_none_or(|u| u.disabled) {
+            return Err(AuthError::unauthenticated());
+        }
+        let mut used = r.clone();
+        used.used = true;
+        db::put(&txn, REFRESH_TOKENS, &hash, &used)?;
+        let pair = self.mint_pair(&txn, r.user_id, r.family_id)?;
+        txn.commit()?;
+        Ok(pair)
+    }
+
+    fn delete_family_tokens(
+        txn: &redb::WriteTransaction,
+        family_id: u128,
+    ) -> Result<(), AuthError> {
+        let access: Vec<(Vec<u8>, AccessToken)> = db::scan(&txn.open_table(ACCESS_TOKENS)?)?;
+        let refresh: Vec<(Vec<u8>, RefreshToken)> = db::scan(&txn.open_table(REFRESH_TOKENS)?)?;
+        let mut a = txn.open_table(ACCESS_TOKENS)?;
+        for (k, row) in access {
+            if row.family_id == family_id {
+                a.remove(k.as_slice())?;
+            }
+        }
+        drop(a);
+        // Used refresh tokens of a revoked family stay, marked, so a late
+        // replay is still recognised as reuse.
+        let mut r = txn.open_table(REFRESH_TOKENS)?;
+        for (k, mut row) in refresh {
+            if row.family_id == family_id && !row.used {
+                row.used = true;
+                let bytes =
+                    postcard::to_allocvec(&row).map_err(|e| AuthError::Internal(e.to_string()))?;
+                r.insert(k.as_slice(), bytes.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends what authenticated this request: a session (and the tokens
+    /// issued from it) or an access token's family.
+    pub fn logout(&self, p: &Principal) -> Result<(), AuthError> {
+        let txn = self.store.db().begin_write()?;
+        match &p.via {
+            Via::Session { hash, .. } => {
+                db::delete(&txn, SESSIONS, hash)?;
+                Self::revoke_families_of_session(&txn, hash)?;
+            }
+            Via::AccessToken { family_id } => {
+                let key = family_id.to_be_bytes();
+                if let Some(mut f) = db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &key)? {
+                    f.revoked = true;
+                    db::put(&txn, REFRESH_FAMILIES, &key, &f)?;
+                }
+                Self::delete_family_tokens(&txn, *family_id)?;
+            }
+            Via::ApiKey { .. } | Via::Host => {}
+        }
+        audit::append_in(&txn, AuditEvent::new(p.actor(), "logout", Outcome::Success))?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn revoke_families_of_session(
+        txn: &redb::WriteTransaction,
+        session: &[u8; 32],
+    ) -> Result<(), AuthError> {
+        let fams: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
+        for (k, mut f) in fams {
+            if &f.session_hash == session && !f.revoked {
+                f.revoked = true;
+                db::put(txn, REFRESH_FAMILIES, &k, &f)?;
+                if let Some(id) = k.as_slice().try_into().ok().map(u128::from_be_bytes) {
+                    Self::delete_family_tokens(txn, id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Privileged actions call this: the session must have proved a factor
+    /// within `reauth_window`. Keys and access tokens never qualify for
+    /// what needs it, except the host.
+    pub fn require_recent_auth(&self, p: &Principal) -> Result<(), AuthError> {
+        match &p.via {
+            Via::Host => Ok(()),
+            Via::Session { last_auth_at, .. }
+                if now() - last_auth_at <= self.settings.reauth_window.as_secs() as i64 =>
+            {
+                Ok(())
+            }
+            _ => Err(AuthError::Forbidden(
+                "reauth_required",
+                "confirm it's you: POST /api/auth/reauth with your password or a TOTP code".into(),
+            )),
+        }
+    }
+
+    /// Re-authentication: a TOTP code (or the password when the user has
+    /// no second factor) refreshes the session's `last_auth_at`.
+    pub fn reauth(
+        &self,
+        p: &Principal,
+        password: Option<&SecretString>,
+        code: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<(), AuthError> {
+        let Via::Session { hash, .. } = &p.via else {
+            return Err(AuthError::Forbidden(
+                "session_required",
+                "re-authentication is for signed-in sessions".into(),
+            ));
+        };
+        self.check_locked(&p.username)?;
+        let user = self.get_user(p.user_id)?;
+        let ok = match (&user.totp, code, password) {
+            (Some(sealed), Some(c), _) => match self.check_totp(p.user_id, &user, sealed, c) {
+                Ok(step) => {
+                    self.update_user(p.user_id, |u| {
+                        u.totp_last_step = Some(step);
+                        Ok(())
+                    })?;
+                    true
+                }
+                Err(_) => false,
+            },
+            (None, _, Some(pw)) => self.hasher.verify(pw, &user.password_hash).unwrap_or(false),
+            _ => {
+                return Err(AuthError::Invalid {
+                    field: "code",
+                    reason: if user.totp.is_some() {
+                        "send a TOTP `code`".into()
+                    } else {
+                        "send your `password`".into()
+                    },
+                });
+            }
+        };
+        if !ok {
+            self.fail(&p.username, "reauth", "invalid", ip);
+            return Err(AuthError::Unauthorized(
+                "invalid_code",
+                "that did not match".into(),
+            ));
+        }
+        self.lockout.record_success(&Self::lock_key(&p.username));
+        let txn = self.store.db().begin_write()?;
+        if let Some(mut s) = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)? {
+            s.last_auth_at = now();
+            db::put(&txn, SESSIONS, hash, &s)?;
+        }
+        audit::append_in(
+            &txn,
+            AuditEvent::new(p.actor(), "reauth", Outcome::Success).ip(ip),
+        )?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// An API key as listed (never the key itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub scopes: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// A session as listed to its user.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    /// First 16 hex digits of the token's hash: names the session without
+    /// revealing anything usable.
+    pub id: String,
+    pub current: bool,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+// ---- API keys ----------------------------------------------------------
+impl Auth {
+    /// Creates a key for `p`'s user. Scopes beyond the owner's role are
+    /// refused; `admin` keys need a recent re-authentication.
+    pub fn create_key(
+        &self,
+        p: &Principal,
+        name: &str,
+        scopes: &[String],
+        expires_at: Option<i64>,
+    ) -> Result<(KeyView, SecretString), AuthError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(AuthError::Invalid {
+                field: "name",
+                reason: "1 to 64 characters, no control characters".into(),
+            });
+        }
+        if scopes.is_empty() {
+            return Err(AuthError::Invalid {
+                field: "scopes",
+                reason: "give at least one scope, e.g. `proxy:openai`".into(),
+            });
+        }
+        let set = ScopeSet::parse(scopes).map_err(|e| AuthError::Invalid {
+            field: "scopes",
+            reason: e.to_string(),
+        })?;
+        for s in set.iter() {
+            if !p.allows(s) {
+                return Err(AuthError::Forbidden(
+                    "scope_exceeds_role",
+                    format!("your role cannot grant `{s}`"),
+                ));
+            }
+        }
+        if set.iter().any(|s| *s == Scope::Admin) {
+            self.require_recent_auth(p)?;
+        }
+        if let Some(e) = expires_at
+            && e <= now()
+        {
+            return Err(AuthError::Invalid {
+                field: "expires_at",
+                reason: "must be in the future".into(),
+            });
+        }
+        if matches!(p.via, Via::ApiKey { .. }) && !p.allows(&Scope::Admin) {
+            return Err(AuthError::Forbidden(
+                "forbidden",
+                "an API key cannot create keys unless it has the `admin` scope".into(),
+            ));
+        }
+        let generated = apikey::generate();
+        let row = ApiKeyRow {
+            user_id: p.user_id,
+            name: name.to_string(),
+            hash: generated.hash,
+            scopes: set.iter().map(ToString::to_string).collect(),
+            created_at: now(),
+            expires_at,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        let id = generated.id.to_string();
+        let txn = self.store.db().begin_write()?;
+        db::put(&txn, API_KEYS, id.as_bytes(), &row)?;
+        audit::append_in(
+            &txn,
+            AuditEvent::new(p.actor(), "key.create", Outcome::Success)
+                .target(&id)
+                .detail(row.scopes.join(" ")),
+        )?;
+        txn.commit()?;
+        if let Ok(mut keys) = self.keys.write() {
+            keys.insert(
+                id.clone(),
+                CachedKey {
+                    user_id: p.user_id,
+                    hash: generated.hash,
+                    scopes: set,
+                    expires_at,
+                },
+            );
+        }
+        Ok((self.key_view(&id, &row, &p.username), generated.secret))
+    }
+
+    fn key_view(&self, id: &str, row: &ApiKeyRow, owner: &str) -> KeyView {
+        let pending = self
+            .key_last_used
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).copied());
+        KeyView {
+            id: id.to_string(),
+            name: row.name.clone(),
+            owner: owner.to_string(),
+            scopes: row.scopes.clone(),
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            last_used_at: pending.or(row.last_used_at),
+            revoked_at: row.revoked_at,
+        }
+    }
+
+    /// The user's own keys; admins with `all` see everyone's.
+    pub fn list_keys(&self, p: &Principal, all: bool) -> Result<Vec<KeyView>, AuthError> {
+        let all = all && p.role == Role::Admin;
+        let txn = self.store.db().begin_read()?;
+        let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
+        let users = txn.open_table(USERS)?;
+        let mut out = Vec::new();
+        for (k, row) in rows {
+            if !all && row.user_id != p.user_id {
+                continue;
+            }
+            let owner = db::get::<User>(&users, &row.user_id.key())?
+                .map(|u| u.username)
+                .unwrap_or_default();
+            out.push(self.key_view(&String::from_utf8_lossy(&k), &row, &owner));
+        }
+        out.sort_by_key(|k| std::cmp::Reverse(k.created_at));
+        Ok(out)
+    }
+
+    /// Revokes a key: effective on the very next request.
+    pub fn revoke_key(&self, p: &Principal, id: &str) -> Result<(), AuthError> {
+        let txn = self.store.db().begin_write()?;
+        let mut row: ApiKeyRow = db::get(&txn.open_table(API_KEYS)?, id.as_bytes())?
+            .ok_or(AuthError::NotFound("key"))?;
+        if row.user_id != p.user_id && p.role != Role::Admin {
+            return Err(AuthError::NotFound("key"));
+        }
+        if row.revoked_at.is_none() {
+            row.revoked_at = Some(now());
+            db::put(&txn, API_KEYS, id.as_bytes(), &row)?;
+        }
+        audit::append_in(
+            &txn,
+            AuditEvent::new(p.actor(), "key.revoke", Outcome::Success).target(id),
+        )?;
+        txn.commit()?;
+        if let Ok(mut keys) = self.keys.write() {
+            keys.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Writes batched key last-used times.
+    pub fn flush_key_usage(&self) -> Result<(), AuthError> {
+        let pending: HashMap<String, i64> = match self.key_last_used.lock() {
+            Ok(mut m) => std::mem::take(&mut *m),
+            Err(_) => return Ok(()),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let txn = self.store.db().begin_write()?;
+        for (id, t) in pending {
+            if let Some(mut row) = db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?
+            {
+                row.last_used_at = Some(t);
+                db::put(&txn, API_KEYS, id.as_bytes(), &row)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+// ---- the user's own account -----------------------------------------
+impl Auth {
+    pub fn change_password(
+        &self,
+        p: &Principal,
+        current: &SecretString,
+        new: &SecretString,
+    ) -> Result<(), AuthError> {
+        self.check_locked(&p.username)?;
+        let user = self.get_user(p.user_id)?;
+        if !matches!(p.via, Via::Host)
+            && !self
+                .hasher
+                .verify(current, &user.password_hash)
+                .unwrap_or(false)
+        {
+            self.fail(&p.username, "password.change", "wrong_password", None);
+            return Err(AuthError::Unauthorized(
+                "invalid_credentials",
+                "the current password is wrong".into(),
+            ));
+        }
+        self.policy
+            .check(new.expose_secret(), &p.username)
+            .map_err(|e| AuthError::Invalid {
+                field: "password",
+                reason: e.to_string(),
+            })?;
+        let hash = self
+            .hasher
+            .hash(new)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        self.update_user(p.user_id, |u| {
+            u.password_hash = hash;
+            Ok(())
+        })?;
+        self.audit(
+            AuditEvent::new(p.actor(), "password.change", Outcome::Success).target(&p.username),
+        );
+        Ok(())
+    }
+
+    /// Starts (re-)enrollment of a TOTP secret; the current one keeps
+    /// working until [`Auth::totp_confirm`].
+    pub fn totp_begin(&self, p: &Principal) -> Result<EnrollmentView, AuthError> {
+        self.require_recent_auth(p)?;
+        let (sealed, view) = self.enrollment(p.user_id, &p.username)?;
+        self.update_user(p.user_id, |u| {
+            u.totp_pending = Some(sealed);
+            Ok(())
+        })?;
+        Ok(view)
+    }
+
+    /// Confirms enrollment with a code from the new secret; returns new
+    /// recovery codes when the user had none.
+    pub fn totp_confirm(&self, p: &Principal, code: &str) -> Result<Vec<SecretString>, AuthError> {
+        let user = self.get_user(p.user_id)?;
+        let pending = user
+            .totp_pending
+            .clone()
+            .ok_or(AuthError::NotFound("pending enrollment"))?;
+        let mut probe = user.clone();
+        probe.totp_last_step = None;
+        let step = self.check_totp(p.user_id, &probe, &pending, code)?;
+        let (codes, hashes) = if user.recovery_hashes.is_empty() {
+            recovery::generate()
+        } else {
+            (Vec::new(), user.recovery_hashes.clone())
+        };
+        self.update_user(p.user_id, |u| {
+            u.totp = u.totp_pending.take();
+            u.totp_last_step = Some(step);
+            u.recovery_hashes = hashes;
+            Ok(())
+        })?;
+        self.audit(AuditEvent::new(p.actor(), "mfa.enroll", Outcome::Success).target(&p.username));
+        Ok(codes)
+    }
+
+    /// New recovery codes; the old set stops working.
+    pub fn regenerate_recovery(&self, p: &Principal) -> Result<Vec<SecretString>, AuthError> {
+        self.require_recent_auth(p)?;
+        let (codes, hashes) = recovery::generate();
+        self.update_user(p.user_id, |u| {
+            u.recovery_hashes = hashes;
+            Ok(())
+        })?;
+        self.audit(
+            AuditEvent::new(p.actor(), "recovery_codes.regenerate", Outcome::Success)
+                .target(&p.username),
+        );
+        Ok(codes)
+    }
+
+    pub fn list_sessions(&self, p: &Principal) -> Result<Vec<SessionView>, AuthError> {
+        let current = match &p.via {
+            Via::Session { hash, .. } => Some(*hash),
+            _ => None,
+        };
+        let txn = self.store.db().begin_read()?;
+        let rows: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
+        let mut out: Vec<SessionView> = rows
+            .into_iter()
+            .filter(|(_, s)| s.user_id == p.user_id)
+            .map(|(k, s)| SessionView {
+                id: hex::encode(&k[..8.min(k.len())]),
+                current: current.is_some_and(|c| c[..] == k[..]),
+                created_at: s.created_at,
+                last_seen_at: s.last_seen_at,
+                expires_at: s.expires_at,
+                ip: s.ip,
+                user_agent: s.user_agent,
+            })
+            .collect();
+        out.sort_by_key(|s| std::cmp::Reverse(s.last_seen_at));
+        Ok(out)
+    }
+
+    /// Revokes the user's session `id`, or with `None` every session but
+    /// the current one.
+    pub fn revoke_sessions(&self, p: &Principal, id: Option<&str>) -> Result<usize, AuthError> {
+        let current = match &p.via {
+            Via::Session { hash, .. } => Some(*hash),
+            _ => None,
+        };
+        let txn = self.store.db().begin_write()?;
+        let rows: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
+        let mut n = 0;
+        for (k, s) in rows {
+            if s.user_id != p.user_id {
+                continue;
+            }
+            let hit = match id {
+                Some(id) => hex::encode(&k[..8.min(k.len())]) == id,
+                None => current.is_none_or(|c| c[..] != k[..]),
+            };
+            if hit {
+                db::delete(&txn, SESSIONS, &k)?;
+                if let Ok(h) = <[u8; 32]>::try_from(k.as_slice()) {
+                    Self::revoke_families_of_session(&txn, &h)?;
+                }
+                n += 1;
+            }
+        }
+        if id.is_some() && n == 0 {
+            return Err(AuthError::NotFound("session"));
+        }
+        audit::append_in(
+            &txn,
+            AuditEvent::new(p.actor(), "session.revoke", Outcome::Success)
+                .detail(format!("{n} session(s)")),
+        )?;
+        txn.commit()?;
+        Ok(n)
+    }
+}
+
+// ---- users, for admins -------------------------------------------------
+impl Auth {
+    fn require_admin(p: &Principal) -> Result<(), AuthError> {
+        if p.allows(&Scope::Admin) && (p.role == Role::Admin || matches!(p.via, Via::Host)) {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden(
+                "forbidden",
+                "this needs an admin".into(),
+            ))
+        }
+    }
+
+    /// A single-use invite link token for a new user with `role`.
+    pub fn create_invite(
+        &self,
+        p: &Principal,
+        role: Role,
+        ttl: Option<Duration>,
+    ) -> Result<(SecretString, i64), AuthError> {
+        Self::require_admin(p)?;
+        if role == Role::Admin {
+            self.require_recent_auth(p)?;
+        }
+        let token = random_token("lki_");
+        let t = now();
+        let expires_at = t + ttl.unwrap_or(self.settings.invite_lifetime).as_secs() as i64;
+        let txn = self.store.db().begin_write()?;
+        db::put(
+            &txn,
+            INVITES,
+            &token_hash(token.expose_secret()),
+            &Invite {
+                role,
+                created_by: p.user_id,
+                created_at: t,
+                expires_at,
+                used_at: None,
+            },
+        )?;
+        audit::append_in(
+            &txn,
+            AuditEvent::new(p.actor(), "invite.create", Outcome::Success).detail(role.as_str()),
+        )?;
+        txn.commit()?;
+        Ok((token, expires_at))
+    }
+
+    /// Redeems an invite: creates the user. Admins must then enroll TOTP
+    /// before they can sign in (see `login`); others may later.
+    pub fn accept_invite(
+        &self,
+        token: &str,
+        username: &str,
+        password: &SecretString,
+        ip: Option<IpAddr>,
+    ) -> Result<UserView, AuthError> {
+        let hash = token_hash(token.trim());
+        let bad = || {
+            AuthError::Forbidden(
+                "invalid_invite",
+                "the invite link is invalid, used or expired; ask for a new one".into(),
+            )
+        };
+        {
+            let txn = self.store.db().begin_read()?;
+            let inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
+            if inv.used_at.is_some() || now() >= inv.expires_at {
+                self.audit(
+                    AuditEvent::new(username, "invite.accept", Outcome::Failure)
+                        .ip(ip)
+                        .detail("expired_or_used"),
+                );
+                return Err(bad());
+            }
+        }
+        let inv_role = {
+            let txn = self.store.db().begin_read()?;
+            db::get::<Invite>(&txn.open_table(INVITES)?, &hash)?
+                .ok_or_else(bad)?
+                .role
+        };
+        let user = self.new_user(username, password, inv_role)?;
+        // Consume first: two racing redemptions cannot both create users.
+        let txn = self.store.db().begin_write()?;
+        let mut inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
+        if inv.used_at.is_some() {
+            return Err(bad());
+        }
+        inv.used_at = Some(now());
+        db::put(&txn, INVITES, &hash, &inv)?;
+        txn.commit()?;
+        let id = self.insert_user(user)?;
+        self.audit(
+            AuditEvent::new(username, "invite.accept", Outcome::Success)
+                .ip(ip)
+                .detail(inv_role.as_str()),
+        );
+        Ok(UserView::of(id, &self.get_user(id)?))
+    }
+
+    fn user_by_name(&self, username: &str) -> Result<(UserId, User), AuthError> {
+        self.find_user(username)?.ok_or(AuthError::NotFound("user"))
+    }
+
+    pub fn set_role(
+        &self,
+        p: &Principal,
+        username: &str,
+        role: Role,
+    ) -> Result<UserView, AuthError> {
+        Self::require_admin(p)?;
+        self.require_recent_auth(p)?;
+        let (id, _) = self.user_by_name(username)?;
+        if id == p.user_id && role != Role::Admin {
+            self.ensure_another_admin(id)?;
+        }
+        let u = self.update_user(id, |u| {
+            u.role = role;
+            Ok(())
+        })?;
+        self.audit(
+            AuditEvent::new(p.actor(), "user.role", Outcome::Success)
+                .target(username)
+                .detail(role.as_str()),
+        );
+        Ok(UserView::of(id, &u))
+    }
+
+    fn ensure_another_admin(&self, except: UserId) -> Result<(), AuthError> {
+        let txn = self.store.db().begin_read()?;
+        let others = db::scan::<User>(&txn.open_table(USERS)?)?
+            .into_iter()
+            .filter(|(k, u)| {
+                UserId::from_key(k) != Some(except)
+                    && u.role == Role::Admin
+                    && !u.disabled
+                    && u.active
+            })
+            .count();
+        if others == 0 {
+            return Err(AuthError::Conflict(
+                "last_admin",
+                "this is the last active admin".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Disables (or re-enables) a user; disabling ends their sessions,
+    /// tokens and keys at once.
+    pub fn set_disabled(
+        &self,
+        p: &Principal,
+        username: &str,
+        disabled: bool,
+    ) -> Result<UserView, AuthError> {
+        Self::require_admin(p)?;
+        let (id, _) = self.user_by_name(username)?;
+        if disabled && id == p.user_id {
+            return Err(AuthError::Conflict(
+                "cannot_disable_self",
+                "you cannot disable your own account".into(),
+            ));
+        }
+        if disabled {
+            self.ensure_another_admin(id).or_else(|e| {
+                if self.get_user(id)?.role == Role::Admin {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
+            })?;
+        }
+        let u = self.update_user(id, |u| {
+            u.disabled = disabled;
+            Ok(())
+        })?;
+        if disabled {
+            self.end_everything_of(id)?;
+        }
+        self.audit(
+            AuditEvent::new(
+                p.actor(),
+                if disabled {
+                    "user.disable"
+                } else {
+                    "user.enable"
+                },
+                Outcome::Success,
+            )
+            .target(username),
+        );
+        Ok(UserView::of(id, &u))
+    }
+
+    fn end_everything_of(&self, id: UserId) -> Result<(), AuthError> {
+        let txn = self.store.db().begin_write()?;
+        let sessions: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
+        for (k, s) in sessions {
+            if s.user_id == id {
+                db::delete(&txn, SESSIONS, &k)?;
+            }
+        }
+        let fams: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
+        for (k, mut f) in fams {
+            if f.user_id == id && !f.revoked {
+                f.revoked = true;
+                db::put(&txn, REFRESH_FAMILIES, &k, &f)?;
+                if let Ok(b) = <[u8; 16]>::try_from(k.as_slice()) {
+                    Self::delete_family_tokens(&txn, u128::from_be_bytes(b))?;
+                }
+            }
+        }
+        txn.commit()?;
+        if let Ok(mut keys) = self.keys.write() {
+            keys.retain(|_, k| k.user_id != id);
+        }
+        Ok(())
+    }
+
+    /// Last resort for a locked-out user (`latchkey user reset-mfa` on the
+    /// host, or an admin): removes TOTP and recovery codes and ends the
+    /// user's sessions; they enroll again at next sign-in.
+    pub fn reset_mfa(&self, p: &Principal, username: &str) -> Result<UserView, AuthError> {
+        Self::require_admin(p)?;
+        self.require_recent_auth(p)?;
+        let (id, _) = self.user_by_name(username)?;
+        let u = self.update_user(id, |u| {
+            u.totp = None;
+            u.totp_pending = None;
+            u.totp_last_step = None;
+            u.recovery_hashes.clear();
+            Ok(())
+        })?;
+        self.end_everything_of(id)?;
+        self.lockout.record_success(&Self::lock_key(username));
+        self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
+        Ok(UserView::of(id, &u))
+    }
+
+    /// The host's principal: the CLI on the machine, holding the admin token.
+    pub fn host_principal(&self) -> Principal {
+        Principal {
+            user_id: UserId(0),
+            username: "host".into(),
+            role: Role::Admin,
+            via: Via::Host,
+        }
+    }
+}
