@@ -8,4 +8,7 @@ mod fixtures;
 mod integrity;
 mod key_sources;
 mod leaks;
+mod serve;
+mod serve_robustness;
+mod serve_tls;
 mod vault_cli;

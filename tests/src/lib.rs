@@ -1,5 +1,13 @@
 //! Helpers for driving the real `latchkey` binary from tests and benchmarks:
-//! a temporary data directory, a clean environment, commands with stdin.
+//! a temporary data directory, a clean environment, commands with stdin, and
+//! a running server ([`spawn_server`]) with `curl`/`openssl` to talk to it.
+
+mod server;
+
+pub use server::{
+    RawResponse, Resp, ServeOpts, Server, TlsConn, curl_cmd, first_pem_cert, openssl,
+    parse_raw_response, s_client, spawn_server, x509,
+};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -121,11 +129,25 @@ impl From<Output> for Out {
 
 /// Runs `c` with `stdin`, killing it after 60 s. Output is read while the
 /// child runs, so large outputs cannot fill a pipe and stall it.
-pub fn run_cmd(mut c: Command, stdin: &[u8]) -> Out {
+pub fn run_cmd(c: Command, stdin: &[u8]) -> Out {
+    run_cmd_for(c, stdin, Duration::from_secs(60))
+}
+
+/// [`run_cmd`] with another time limit. A program that is not installed
+/// (`curl`, `openssl`) fails the test with a pointer to the setup script.
+pub fn run_cmd_for(mut c: Command, stdin: &[u8], limit: Duration) -> Out {
     c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn latchkey");
+    let program = c.get_program().to_string_lossy().into_owned();
+    let mut child = match c.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "`{program}` is not installed; run scripts/install-deps.sh (it installs every \
+             tool the tests use)"
+        ),
+        Err(e) => panic!("cannot run {program}: {e}"),
+    };
     let pid = child.id();
     let input = stdin.to_vec();
     let mut pipe = child.stdin.take().expect("stdin pipe");
@@ -137,11 +159,11 @@ pub fn run_cmd(mut c: Command, stdin: &[u8]) -> Out {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(out) => out.expect("wait for latchkey"),
+    let out = match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for the child"),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("latchkey did not finish within 60 s");
+            panic!("{program} did not finish within {limit:?}");
         }
     };
     let _ = writer.join();
