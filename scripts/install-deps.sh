@@ -7,6 +7,7 @@ apt_packages=(
   pkg-config libdbus-1-dev          # keyring's Secret Service backend links libdbus
   dbus gnome-keyring keyutils       # real OS keychains for the keyring tests
   openssl curl                      # TLS checks against the running server
+  oathtool zbar-tools               # independent TOTP codes and QR decoding in the e2e tests
 )
 
 missing=()

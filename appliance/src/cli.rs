@@ -67,6 +67,14 @@ pub enum Command {
     Seal,
     /// Print a new random master key (for `systemd-creds encrypt`)
     Keygen,
+    /// Create the owner (first run): password, TOTP and recovery codes
+    Setup(SetupArgs),
+    /// Users: list, invite, reset a locked-out user's MFA
+    #[command(subcommand)]
+    User(UserCommand),
+    /// The audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Configuration
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -229,6 +237,54 @@ pub struct UnsealArgs {
     /// Read the passphrase from stdin instead of prompting
     #[arg(long)]
     pub passphrase_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The owner's username
+    #[arg(long)]
+    pub username: String,
+    /// Read the password from stdin (one line) instead of prompting
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Print JSON: {"username","otpauth_uri","qr_svg","recovery_codes"}
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// List users
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user's TOTP and recovery codes and end their sessions (audited)
+    ResetMfa { username: String },
+    /// Create a single-use invite link
+    Invite {
+        /// admin, user or guest
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the latest entries, oldest first
+    Tail {
+        /// How many entries
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep printing new entries as they arrive
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

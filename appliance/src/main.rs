@@ -74,6 +74,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unseal(args) => server::unseal(&ctx, args),
         Command::Seal => server::seal(&ctx),
         Command::Keygen => commands::config::keygen(),
+        Command::Setup(args) => commands::auth::setup(&ctx, args),
+        Command::User(cmd) => commands::auth::user(&ctx, cmd),
+        Command::Audit(cmd) => commands::auth::audit(&ctx, cmd),
         Command::Config(ConfigCommand::Check) => commands::config::check(&ctx),
         Command::Tls(TlsCommand::ExportCa) => {
             write!(

@@ -260,4 +260,49 @@ impl Remote {
             schema_version,
         })
     }
+
+    /// `latchkey setup` against the running server (host token only).
+    pub fn setup_host(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> anyhow::Result<serde_json::Value> {
+        let body = serde_json::json!({
+            "username": username,
+            "password": password.expose_secret(),
+        });
+        self.json(Method::POST, "/api/setup/host", Some(&body))
+    }
+
+    pub fn users(&self) -> anyhow::Result<serde_json::Value> {
+        self.json(Method::GET, "/api/users", None)
+    }
+
+    pub fn reset_mfa(&self, username: &str) -> anyhow::Result<serde_json::Value> {
+        let path = format!("/api/users/{}/reset-mfa", path_segment(username)?);
+        self.json(Method::POST, &path, None)
+    }
+
+    pub fn invite(&self, role: &str) -> anyhow::Result<serde_json::Value> {
+        let body = serde_json::json!({ "role": role });
+        self.json(Method::POST, "/api/users/invites", Some(&body))
+    }
+
+    /// `GET /api/audit` with `query` (already URL-safe: numbers only).
+    pub fn audit(&self, query: &str) -> anyhow::Result<serde_json::Value> {
+        self.json(Method::GET, &format!("/api/audit?{query}"), None)
+    }
+}
+
+/// A username as a path segment: usernames are letters, digits and
+/// `._-@`, all URL-safe in a path.
+fn path_segment(s: &str) -> anyhow::Result<&str> {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
+        Ok(s)
+    } else {
+        bail!("`{s}` is not a valid username")
+    }
 }

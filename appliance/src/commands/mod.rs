@@ -1,6 +1,7 @@
 //! One module per command family; each returns `anyhow::Result` and prints
 //! its own output. Errors are printed once, by `main`.
 
+pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod import;

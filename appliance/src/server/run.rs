@@ -11,9 +11,10 @@ use crate::cli::ServeArgs;
 use crate::context::Context;
 use crate::tls::{ServeOptions, TlsManager, serve_http_redirect, serve_https};
 use anyhow::Context as _;
+use latchkey_core::auth::Auth;
 use latchkey_core::config::MasterKeyKind;
 use latchkey_core::http::{AppState, Metrics, StaticToken, router};
-use latchkey_core::secrecy::ExposeSecret;
+use latchkey_core::secrecy::{ExposeSecret, SecretString};
 use latchkey_core::store::{self, LockOwner, Store};
 use latchkey_core::vault::{Vault, rotation};
 use std::io::Write;
@@ -25,6 +26,8 @@ use tokio::sync::watch;
 
 /// How often pending last-used times are written.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+/// How often audit entries past `auth.audit_retention` are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(86400);
 
 pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
     if !args.listen.is_empty() {
@@ -51,29 +54,52 @@ pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
     }
     let tls = TlsManager::new(super::tls_settings(&ctx)?)?;
     let token = ensure_admin_token(&ctx.data_dir)?;
+    let auth = Auth::new(
+        Arc::clone(&store),
+        Arc::clone(&vault),
+        ctx.settings.auth.clone(),
+    )?;
+    // While no owner exists: a one-time link to create one.
+    let setup_token = auth.issue_setup_token()?;
+    warn_if_clock_wrong();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("latchkey")
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(&ctx, &store, &vault, &tls, token));
+    let result = runtime.block_on(serve(&ctx, &store, &vault, &auth, &tls, token, setup_token));
     // Last writes, then the database closes when the last Arc goes.
     if let Err(e) = vault.flush_last_used() {
         tracing::warn!(error = %e, "could not write last-used times on shutdown");
     }
+    if let Err(e) = auth.flush_key_usage() {
+        tracing::warn!(error = %e, "could not write key last-used times on shutdown");
+    }
     drop(runtime);
+    drop(auth);
     drop(vault);
     drop(store);
     result
+}
+
+/// Logs (and prints) a warning when the system clock is visibly wrong:
+/// TOTP codes and every expiry depend on it.
+fn warn_if_clock_wrong() {
+    use latchkey_core::http::ops::{BUILD_UNIX, clock_problem};
+    if let Some(problem) = clock_problem(latchkey_core::auth::service::now(), BUILD_UNIX) {
+        tracing::warn!("{problem}");
+    }
 }
 
 async fn serve(
     ctx: &Context,
     store: &Arc<Store>,
     vault: &Arc<Vault>,
+    auth: &Arc<Auth>,
     tls: &Arc<TlsManager>,
-    token: latchkey_core::secrecy::SecretString,
+    token: SecretString,
+    setup_token: Option<SecretString>,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(ctx.settings.clone());
     let metrics = Arc::new(Metrics::new());
@@ -86,15 +112,17 @@ async fn serve(
         "TLS handshakes that failed or timed out.",
         Arc::clone(&opts.handshake_failures),
     );
-    let state = AppState {
-        vault: Arc::clone(vault),
-        settings: Arc::clone(&settings),
-        host: Arc::new(ApplianceHost {
+    let state = AppState::new(
+        Arc::clone(vault),
+        Arc::clone(auth),
+        Arc::clone(&settings),
+        Arc::new(ApplianceHost {
             tls: Arc::clone(tls),
         }),
         metrics,
-        admin: Arc::new(StaticToken::new(token.expose_secret())),
-    };
+        Arc::new(StaticToken::new(token.expose_secret())),
+    )
+    .map_err(anyhow::Error::msg)?;
     drop(token);
     let app = router(state);
 
@@ -127,7 +155,12 @@ async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let maintenance =
         Arc::clone(tls).spawn_maintenance(settings.tls.check_interval, stop_rx.clone());
-    let flusher = spawn_flusher(Arc::clone(vault), stop_rx.clone());
+    let flusher = spawn_flusher(Arc::clone(vault), Arc::clone(auth), stop_rx.clone());
+    let pruner = spawn_audit_pruner(
+        Arc::clone(store),
+        settings.auth.audit_retention,
+        stop_rx.clone(),
+    );
 
     let server_config = tls.server_config()?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -144,7 +177,15 @@ async fn serve(
 
     // Handlers go in before the banner: whoever reads it may signal at once.
     let signals = Signals::install()?;
-    print_banner(ctx, tls, vault, &bound, &redirect_bound);
+    print_banner(
+        ctx,
+        tls,
+        vault,
+        &bound,
+        &redirect_bound,
+        setup_token.as_ref(),
+    );
+    drop(setup_token);
     tracing::info!(addresses = ?bound, "serving HTTPS");
 
     // Serve until a signal, or until a listener fails.
@@ -170,6 +211,7 @@ async fn serve(
     }
     let _ = maintenance.await;
     let _ = flusher.await;
+    let _ = pruner.await;
     tracing::info!("stopped");
     match failure {
         Some(e) => Err(e),
@@ -272,6 +314,7 @@ fn print_banner(
     vault: &Vault,
     bound: &[SocketAddr],
     redirects: &[SocketAddr],
+    setup_token: Option<&SecretString>,
 ) {
     let mut out = String::new();
     let urls = display_urls(bound);
@@ -317,6 +360,17 @@ fn print_banner(
         format!("unsealed ({})", ctx.source().kind_name())
     };
     out.push_str(&format!("  Vault:          {vault_line}\n"));
+    if let Some(t) = setup_token {
+        // The token is in the fragment: browsers never send it, so it
+        // cannot reach a server or proxy log.
+        let port = bound.first().map_or(0, SocketAddr::port);
+        out.push_str(&format!(
+            "\nFirst run: create the owner at https://localhost:{port}/setup#token={} (expires in \
+             {}) or run: latchkey setup --username NAME --password-stdin\n",
+            t.expose_secret(),
+            human_duration(ctx.settings.auth.setup_token_lifetime),
+        ));
+    }
     out.push_str("\nStop with Ctrl-C (SIGINT) or SIGTERM.\n");
     let mut stdout = std::io::stdout().lock();
     // stdout may be a closed pipe under a supervisor; serving matters more.
@@ -324,8 +378,49 @@ fn print_banner(
     let _ = stdout.flush();
 }
 
+/// `1h`, `30m`, `45s`: the largest whole unit.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Prunes audit entries past the retention period, at start and daily.
+fn spawn_audit_pruner(
+    store: Arc<Store>,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let keep = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(PRUNE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let s = Arc::clone(&store);
+            let now = latchkey_core::auth::service::now();
+            match tokio::task::spawn_blocking(move || latchkey_core::audit::prune(&s, keep, now))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => tracing::info!(entries = n, "pruned old audit entries"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not prune the audit log"),
+                Err(e) => tracing::warn!(error = %e, "audit prune task failed"),
+            }
+        }
+    })
+}
+
 fn spawn_flusher(
     vault: Arc<Vault>,
+    auth: Arc<Auth>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -342,6 +437,12 @@ fn spawn_flusher(
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not write last-used times"),
                 Err(e) => tracing::warn!(error = %e, "last-used flush task failed"),
+            }
+            let a = Arc::clone(&auth);
+            match tokio::task::spawn_blocking(move || a.flush_key_usage()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not write key last-used times"),
+                Err(e) => tracing::warn!(error = %e, "key last-used flush task failed"),
             }
         }
     })

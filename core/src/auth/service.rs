@@ -543,6 +543,22 @@ impl Auth {
         Ok((UserView::of(id, &user), codes))
     }
 
+    /// [`Auth::setup_confirm`], then the owner's first session: setup
+    /// proved the password and a TOTP code, so the browser is signed in.
+    pub fn setup_confirm_and_sign_in(
+        &self,
+        token: &str,
+        username: &str,
+        code: &str,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<(UserView, Vec<SecretString>, NewSession), AuthError> {
+        let (view, codes) = self.setup_confirm(token, username, code, ip)?;
+        let (id, user) = self.user_by_name(username)?;
+        let session = self.create_session(id, &user, ip, user_agent)?;
+        Ok((view, codes, session))
+    }
+
     /// `latchkey setup` on the host: the owner is active at once (whoever
     /// runs it controls the machine); the URI and codes go to the terminal.
     pub fn setup_host(
@@ -638,11 +654,9 @@ impl Auth {
         self.check_locked(username)?;
         let Some((id, user)) = self.find_user(username)? else {
             let _ = self.hasher.verify_dummy(password);
-            self.audit(
-                AuditEvent::new(username, "login", Outcome::Failure)
-                    .ip(ip)
-                    .detail("unknown_user"),
-            );
+            // Counted like any other failure: an unknown name locks after
+            // the same attempts, or the 429 would reveal which names exist.
+            self.fail(username, "login", "unknown_user", ip);
             return Err(bad());
         };
         let ok = self
@@ -761,6 +775,8 @@ impl Auth {
                     })?;
                 }
                 self.lockout.record_success(&Self::lock_key(&user.username));
+                // The user as it is now (a recovery code was just spent).
+                let user = self.get_user(id)?;
                 self.audit(
                     AuditEvent::new(&user.username, "login", Outcome::Success)
                         .ip(ip)
@@ -1057,7 +1073,9 @@ impl Auth {
             }
             Via::AccessToken { family_id } => {
                 let key = family_id.to_be_bytes();
-                if let Some(mut f) = db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &key)? {
+                // Bound first: the table must be closed before `put` reopens it.
+                let family = db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &key)?;
+                if let Some(mut f) = family {
                     f.revoked = true;
                     db::put(&txn, REFRESH_FAMILIES, &key, &f)?;
                 }
@@ -1154,7 +1172,9 @@ impl Auth {
         }
         self.lockout.record_success(&Self::lock_key(&p.username));
         let txn = self.store.db().begin_write()?;
-        if let Some(mut s) = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)? {
+        // Bound first: the table must be closed before `put` reopens it.
+        let session = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)?;
+        if let Some(mut s) = session {
             s.last_auth_at = now();
             db::put(&txn, SESSIONS, hash, &s)?;
         }
@@ -1354,8 +1374,9 @@ impl Auth {
         }
         let txn = self.store.db().begin_write()?;
         for (id, t) in pending {
-            if let Some(mut row) = db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?
-            {
+            // Bound first: the table must be closed before `put` reopens it.
+            let row = db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?;
+            if let Some(mut row) = row {
                 row.last_used_at = Some(t);
                 db::put(&txn, API_KEYS, id.as_bytes(), &row)?;
             }

@@ -7,6 +7,7 @@
 //! client. Messages never contain secret values: the vault's own error
 //! texts name entries and fields, not contents.
 
+use crate::auth::AuthError;
 use crate::backup::BackupError;
 use crate::store::StoreError;
 use crate::vault::{KeyError, MasterKeyError, VaultError};
@@ -51,6 +52,18 @@ pub enum ApiError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Backup(#[from] BackupError),
+    /// Everything the auth service refuses, mapped in [`auth_status`].
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A state-changing request authenticated by the session cookie that
+    /// did not come from our own origin.
+    #[error(
+        "cross-site request refused: send it from the Latchkey page itself (Origin or Sec-Fetch-Site must be same-origin)"
+    )]
+    Csrf,
+    /// Too many auth requests from one client address.
+    #[error("too many requests from this address; retry after {} s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: std::time::Duration },
     /// Anything else that went wrong inside the server.
     #[error("internal error: {0}")]
     Internal(String),
@@ -96,8 +109,47 @@ impl ApiError {
                 BackupError::Vault(v) => vault_status(v),
                 _ => (S::INTERNAL_SERVER_ERROR, "internal"),
             },
+            ApiError::Auth(e) => auth_status(e),
+            ApiError::Csrf => (S::FORBIDDEN, "csrf"),
+            ApiError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+
+    /// `Retry-After` seconds for 429 answers.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after }
+            | ApiError::Auth(AuthError::Locked { retry_after }) => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                Some(secs.max(1))
+            }
+            _ => None,
+        }
+    }
+
+    /// 403 `forbidden`: authenticated, but this principal may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::Auth(AuthError::Forbidden("forbidden", message.into()))
+    }
+
+    /// 401 `unauthenticated`: no usable credentials.
+    pub fn unauthenticated() -> Self {
+        ApiError::Auth(AuthError::unauthenticated())
+    }
+}
+
+fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match e {
+        AuthError::Unauthorized(code, _) => (S::UNAUTHORIZED, code),
+        AuthError::Forbidden(code, _) => (S::FORBIDDEN, code),
+        AuthError::Conflict(code, _) => (S::CONFLICT, code),
+        AuthError::Invalid { .. } => (S::BAD_REQUEST, "invalid_field"),
+        AuthError::NotFound(_) => (S::NOT_FOUND, "not_found"),
+        AuthError::Locked { .. } => (S::TOO_MANY_REQUESTS, "account_locked"),
+        AuthError::Vault(v) => vault_status(v),
+        AuthError::Store(_) | AuthError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
@@ -155,6 +207,7 @@ impl IntoResponse for ApiError {
                 other => other.to_string(),
             }
         };
+        let retry_after = self.retry_after();
         let mut resp = (
             status,
             Json(ErrorBody {
@@ -168,6 +221,10 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"latchkey\""),
             );
+        }
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

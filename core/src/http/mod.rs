@@ -6,19 +6,31 @@
 //! [`router`] on its own listener.
 //!
 //! Routes:
-//! - `GET /health`, `GET /ready`, `GET /metrics`: operations, no admin token;
-//! - `/api/vault/…`, `/api/backup`, `/api/status`: the admin API, behind
-//!   `Authorization: Bearer <admin token>` (until the auth issue replaces it).
+//! - `GET /health`, `GET /ready`, `GET /metrics`: operations, no credentials;
+//! - `/api/setup…`, `/api/auth/…`, `/api/invites/accept`: first run and
+//!   signing in ([`auth`]), rate limited per client address;
+//! - `/api/keys`, `/api/account/…`, `/api/users…`, `/api/audit`: keys,
+//!   one's own account, user management, the audit log;
+//! - `/api/vault/…`, `/api/backup`, `/api/status`: the vault and operations.
+//!
+//! Every `/api` handler that needs a caller takes [`authn::Authenticated`]
+//! and makes exactly one permission check (docs/PERMISSIONS.md).
 //!
 //! Every response carries `x-request-id` and the security headers; every
 //! request gets a body-size limit, a time limit and a tracing span (see
 //! [`middleware`]). Every error has the shape of [`error::ErrorBody`].
 
+pub mod account;
+pub mod audit;
+pub mod auth;
+pub mod authn;
 pub mod error;
 pub mod extract;
+pub mod keys;
 pub mod metrics;
 pub mod middleware;
-mod ops;
+pub mod ops;
+pub mod users;
 pub mod vault;
 
 #[cfg(test)]
@@ -28,11 +40,13 @@ pub use error::ApiError;
 pub use extract::{ApiJson, StaticToken, TokenVerifier};
 pub use metrics::Metrics;
 
+use crate::auth::Auth;
 use crate::config::Settings;
 use crate::vault::{MasterKeySource, Vault};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
+use ipnet::IpNet;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -51,6 +65,15 @@ impl ReadyCheck {
             name,
             ok: true,
             detail: None,
+        }
+    }
+
+    /// Passes, with a warning shown in `detail`.
+    pub fn warn(name: &'static str, detail: impl Into<String>) -> Self {
+        ReadyCheck {
+            name,
+            ok: true,
+            detail: Some(detail.into()),
         }
     }
 
@@ -91,7 +114,12 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub host: Arc<dyn HostInfo>,
     pub metrics: Arc<Metrics>,
+    /// The host's admin token (`DATA_DIR/admin.token`): accepted from
+    /// loopback peers only, as the host principal.
     pub admin: Arc<dyn TokenVerifier>,
+    pub auth: Arc<Auth>,
+    /// `auth.trusted_proxies`, parsed once.
+    pub trusted_proxies: Arc<Vec<IpNet>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -103,6 +131,28 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// The state for `vault` and `auth` with `settings`; fails on a
+    /// `trusted_proxies` entry that is not an address or CIDR.
+    pub fn new(
+        vault: Arc<Vault>,
+        auth: Arc<Auth>,
+        settings: Arc<Settings>,
+        host: Arc<dyn HostInfo>,
+        metrics: Arc<Metrics>,
+        admin: Arc<dyn TokenVerifier>,
+    ) -> Result<AppState, String> {
+        let trusted_proxies = parse_trusted_proxies(&settings.auth.trusted_proxies)?;
+        Ok(AppState {
+            vault,
+            settings,
+            host,
+            metrics,
+            admin,
+            auth,
+            trusted_proxies: Arc::new(trusted_proxies),
+        })
+    }
+
     /// The master-key source the configuration selects for this vault's
     /// data directory.
     pub fn source(&self) -> MasterKeySource {
@@ -110,20 +160,87 @@ impl AppState {
     }
 }
 
+/// `auth.trusted_proxies`: CIDRs or single addresses.
+pub fn parse_trusted_proxies(list: &[String]) -> Result<Vec<IpNet>, String> {
+    list.iter()
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    format!(
+                        "auth.trusted_proxies: `{s}` is not an address or CIDR (e.g. 10.0.0.0/8)"
+                    )
+                })
+        })
+        .collect()
+}
+
 /// Vault entries may be called `seal`, `unseal` or `rotate-master`; the
 /// action routes of the same path must not hide them from GET and DELETE.
 fn named(name: &'static str) -> axum::routing::MethodRouter<AppState> {
+    use authn::Authenticated;
     use axum::extract::{Path, State};
-    get(move |state: State<AppState>| vault::meta(state, Path(name.to_string())))
-        .delete(move |state: State<AppState>| vault::remove(state, Path(name.to_string())))
+    get(move |state: State<AppState>, who: Authenticated| {
+        vault::meta(state, who, Path(name.to_string()))
+    })
+    .delete(move |state: State<AppState>, who: Authenticated| {
+        vault::remove(state, who, Path(name.to_string()))
+    })
 }
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
+    let limited = |r: Router<AppState>| {
+        r.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authn::rate_limit,
+        ))
+    };
+    // Public endpoints whose body carries the credential: rate limited.
+    let public = limited(
+        Router::new()
+            .route("/api/setup", get(auth::setup_status))
+            .route("/api/setup/begin", post(auth::setup_begin))
+            .route("/api/setup/confirm", post(auth::setup_confirm))
+            .route("/api/setup/host", post(auth::setup_host))
+            .route("/api/auth/login", post(auth::login))
+            .route("/api/auth/mfa", post(auth::mfa))
+            .route("/api/auth/me", get(auth::me))
+            .route("/api/auth/logout", post(auth::logout))
+            .route("/api/auth/token", post(auth::token))
+            .route("/api/auth/refresh", post(auth::refresh))
+            .route("/api/auth/reauth", post(auth::reauth))
+            .route("/api/invites/accept", post(users::accept_invite))
+            .route("/api/vault/unseal", named("unseal").post(vault::unseal)),
+    );
     let api = Router::new()
+        .route("/api/keys", get(keys::list).post(keys::create))
+        .route("/api/keys/{id}", delete(keys::revoke))
+        .route("/api/account/password", post(account::change_password))
+        .route("/api/account/totp", post(account::totp_begin))
+        .route("/api/account/totp/confirm", post(account::totp_confirm))
+        .route(
+            "/api/account/recovery-codes",
+            post(account::regenerate_recovery),
+        )
+        .route(
+            "/api/account/sessions",
+            get(account::sessions).delete(account::revoke_other_sessions),
+        )
+        .route(
+            "/api/account/sessions/{id}",
+            delete(account::revoke_session),
+        )
+        .route("/api/users", get(users::list))
+        .route("/api/users/invites", post(users::create_invite))
+        .route("/api/users/{username}/role", put(users::set_role))
+        .route("/api/users/{username}/disable", post(users::disable))
+        .route("/api/users/{username}/enable", post(users::enable))
+        .route("/api/users/{username}/reset-mfa", post(users::reset_mfa))
+        .route("/api/audit", get(audit::list))
         .route("/api/vault", get(vault::list).post(vault::put))
         .route("/api/vault/seal", named("seal").post(vault::seal))
-        .route("/api/vault/unseal", named("unseal").post(vault::unseal))
         .route(
             "/api/vault/rotate-master",
             named("rotate-master").post(vault::rotate_master),
@@ -133,15 +250,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vault/{name}", get(vault::meta).delete(vault::remove))
         .route("/api/vault/{name}/reveal", post(vault::reveal))
         .route("/api/backup", post(vault::backup))
-        .route("/api/status", get(ops::status))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            extract::require_admin,
-        ));
+        .route("/api/status", get(ops::status));
     Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .merge(public)
         .merge(api)
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -1,8 +1,10 @@
 //! Operations endpoints: liveness, readiness, metrics, status.
 
+use super::authn::Authenticated;
 use super::error::ApiError;
 use super::extract::{bearer, ct_str_eq};
 use super::{AppState, ReadyCheck};
+use crate::auth::scope::Scope;
 use crate::config::MetricsAccess;
 use crate::store::META;
 use axum::Json;
@@ -27,7 +29,11 @@ struct Readiness {
 
 /// `GET /ready`: 200 when every check passes, 503 otherwise.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let mut checks = vec![database_check(&state), vault_check(&state)];
+    let mut checks = vec![
+        database_check(&state),
+        vault_check(&state),
+        clock_check_now(),
+    ];
     checks.extend(state.host.readiness_checks());
     let all_ok = checks.iter().all(|c| c.ok);
     let status = if all_ok {
@@ -72,6 +78,44 @@ fn vault_check(state: &AppState) -> ReadyCheck {
     }
 }
 
+/// When this binary was built (unix seconds; see `build.rs`).
+pub const BUILD_UNIX: i64 = match i64::from_str_radix(env!("LATCHKEY_BUILD_UNIX"), 10) {
+    Ok(t) => t,
+    Err(_) => 0,
+};
+
+/// How far past the build time a clock may be before it looks wrong: no
+/// release stays in service for 20 years.
+const MAX_AGE_SECS: i64 = 20 * 365 * 86400;
+
+/// What is visibly wrong with the clock reading `now`, if anything: before
+/// this binary was built, or absurdly far after. TOTP codes and every
+/// expiry depend on it.
+pub fn clock_problem(now: i64, built: i64) -> Option<String> {
+    if now < built {
+        Some(format!(
+            "the system clock reads {now} (unix time), before this build ({built}); TOTP codes \
+             and expiries will be wrong — fix the time (NTP)"
+        ))
+    } else if now - built > MAX_AGE_SECS {
+        Some(format!(
+            "the system clock reads {now} (unix time), decades after this build ({built}); TOTP \
+             codes and expiries will be wrong — fix the time (NTP)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The `clock` readiness check: a warning only (still ok), since the
+/// server works, if badly.
+fn clock_check_now() -> ReadyCheck {
+    match clock_problem(crate::auth::service::now(), BUILD_UNIX) {
+        None => ReadyCheck::pass("clock"),
+        Some(detail) => ReadyCheck::warn("clock", detail),
+    }
+}
+
 /// `GET /metrics`: Prometheus text, if `metrics.access` allows this caller.
 pub async fn metrics(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let m = &state.settings.metrics;
@@ -108,7 +152,7 @@ pub async fn metrics(State(state): State<AppState>, req: Request) -> Result<Resp
         .into_response())
 }
 
-fn is_loopback(peer: &SocketAddr) -> bool {
+pub(super) fn is_loopback(peer: &SocketAddr) -> bool {
     match peer.ip() {
         std::net::IpAddr::V4(v4) => v4.is_loopback(),
         // `::ffff:127.0.0.1` from a dual-stack socket is loopback too.
@@ -118,8 +162,12 @@ fn is_loopback(peer: &SocketAddr) -> bool {
     }
 }
 
-/// `GET /api/status`.
-pub async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /api/status` (admin).
+pub async fn status(
+    State(state): State<AppState>,
+    who: Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(&Scope::Admin)?;
     let vault = state.vault.clone();
     let (initialized, stored_source) =
         tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
@@ -140,6 +188,14 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Va
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_checks() {
+        const { assert!(BUILD_UNIX > 1_600_000_000, "build time is recorded") };
+        assert!(clock_problem(BUILD_UNIX + 10, BUILD_UNIX).is_none());
+        assert!(clock_problem(BUILD_UNIX - 10, BUILD_UNIX).is_some());
+        assert!(clock_problem(BUILD_UNIX + 30 * 365 * 86400, BUILD_UNIX).is_some());
+    }
 
     #[test]
     fn loopback_peers() {

@@ -1,5 +1,7 @@
 //! Handler tests: the router driven with `oneshot`, no socket.
 
+mod auth;
+
 use super::*;
 use crate::config::{MetricsAccess, Settings};
 use crate::store::Store;
@@ -25,13 +27,21 @@ fn app_with(settings: Settings) -> TestApp {
     vault
         .open_with(&settings.master_key_source(dir.path()))
         .expect("unseal");
-    let state = AppState {
+    let auth = Auth::new(
+        Arc::clone(vault.store()),
+        Arc::clone(&vault),
+        settings.auth.clone(),
+    )
+    .expect("auth");
+    let state = AppState::new(
         vault,
-        settings: Arc::new(settings),
-        host: Arc::new(NoHostInfo),
-        metrics: Arc::new(Metrics::new()),
-        admin: Arc::new(StaticToken::new(TOKEN)),
-    };
+        auth,
+        Arc::new(settings),
+        Arc::new(NoHostInfo),
+        Arc::new(Metrics::new()),
+        Arc::new(StaticToken::new(TOKEN)),
+    )
+    .expect("state");
     TestApp { _dir: dir, state }
 }
 
@@ -48,11 +58,13 @@ impl TestApp {
     }
 }
 
+/// A request from a loopback peer carrying the host's admin token.
 fn req(method: &str, uri: &str) -> axum::http::request::Builder {
     Request::builder()
         .method(method)
         .uri(uri)
         .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))))
 }
 
 fn json_req(method: &str, uri: &str, body: serde_json::Value) -> Request<Body> {
@@ -166,7 +178,7 @@ async fn api_requires_the_admin_token() {
                     .expect("req"),
             )
             .await;
-        assert_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        assert_error(resp, StatusCode::UNAUTHORIZED, "unauthenticated").await;
         let resp = app
             .send(
                 Request::builder()
@@ -178,7 +190,7 @@ async fn api_requires_the_admin_token() {
             )
             .await;
         let headers = resp.headers().clone();
-        assert_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        assert_error(resp, StatusCode::UNAUTHORIZED, "unauthenticated").await;
         assert!(headers.contains_key(header::WWW_AUTHENTICATE));
         assert!(headers.contains_key("x-request-id"));
     }

@@ -1,13 +1,29 @@
 //! The vault over HTTP: `/api/vault/…` and `/api/backup`.
 //!
+//! Who may do what (docs/PERMISSIONS.md has the whole table): vault entries
+//! have no owner yet, so the vault is the household's, i.e. the admins'.
+//! Reading metadata or a value needs `vault:read:<name>`, changing an entry
+//! `vault:write:<name>`, both held by an admin (`ManageAllVault`) or an
+//! admin's API key carrying the scope. `user` and `guest` get 403: their
+//! `ReadOwnVault`/`WriteOwnVault` permissions cover entries they own, and
+//! none do yet. Revealing a value is privileged: a session (or access
+//! token) needs a recent re-authentication, and every reveal is audited.
+//! Seal, unseal, rotate-master, verify, init, backup and status need the
+//! `admin` scope; unsealing in passphrase mode is also open to anyone
+//! holding the passphrase (it is the credential), rate limited.
+//!
 //! Every vault call runs on the blocking pool: writes fsync, unsealing with
 //! a passphrase runs scrypt, and backups encrypt the whole database.
 //! Secrets travel only in request and response bodies (never in URLs, which
 //! end up in logs and histories), and are held as `SecretString`.
 
 use super::AppState;
+use super::authn::{Authenticated, client_ip};
 use super::error::ApiError;
 use super::extract::ApiJson;
+use crate::audit::{self, AuditEvent, Outcome};
+use crate::auth::Via;
+use crate::auth::scope::{Permission, Scope};
 use crate::backup::{self, BackupRecipient};
 use crate::config::MasterKeyKind;
 use crate::secrecy::{ExposeSecret, SecretString};
@@ -35,6 +51,29 @@ async fn run<T: Send + 'static>(
     res
 }
 
+/// The vault permission check: the household's vault is readable and
+/// writable by admins (`ManageAllVault`) and by their keys within the
+/// keys' scopes.
+fn vault_access(who: &Authenticated, needed: &Scope) -> Result<(), ApiError> {
+    if who.0.role.may(Permission::ManageAllVault) && who.0.allows(needed) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!("this needs `{needed}`")))
+    }
+}
+
+fn read_scope(name: &str) -> Result<Scope, ApiError> {
+    Scope::vault_read(name).map_err(|e| ApiError::bad_request("invalid_field", e.to_string()))
+}
+
+fn write_scope(name: &str) -> Result<Scope, ApiError> {
+    format!("vault:write:{name}")
+        .parse()
+        .map_err(|e: crate::auth::scope::ScopeError| {
+            ApiError::bad_request("invalid_field", e.to_string())
+        })
+}
+
 fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
     // The String moves into the SecretString; no second copy lingers.
     String::deserialize(d).map(SecretString::from)
@@ -45,8 +84,26 @@ fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D
 }
 
 /// `GET /api/vault`: every entry's metadata, sorted by name.
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<RecordMeta>>, ApiError> {
-    run(&state, "list", |v| Ok(v.list()?)).await.map(Json)
+/// Needs some vault read scope; a key sees the entries its scopes name.
+pub async fn list(
+    State(state): State<AppState>,
+    who: Authenticated,
+) -> Result<Json<Vec<RecordMeta>>, ApiError> {
+    let any_read = match &who.0.via {
+        Via::ApiKey { scopes, .. } => scopes
+            .iter()
+            .any(|s| matches!(s, Scope::Admin | Scope::VaultRead(_))),
+        _ => true,
+    };
+    if !any_read || !who.0.role.may(Permission::ManageAllVault) {
+        return Err(ApiError::forbidden("this needs `vault:read:…`"));
+    }
+    let all = run(&state, "list", |v| Ok(v.list()?)).await?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|m| Scope::vault_read(&m.name).is_ok_and(|s| who.0.allows(&s)))
+            .collect(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,8 +124,10 @@ pub struct PutRequest {
 /// `POST /api/vault`: store a secret (201 with its metadata).
 pub async fn put(
     State(state): State<AppState>,
+    who: Authenticated,
     ApiJson(req): ApiJson<PutRequest>,
 ) -> Result<(StatusCode, Json<RecordMeta>), ApiError> {
+    vault_access(&who, &write_scope(&req.name)?)?;
     let new = NewRecord {
         name: req.name,
         kind: req.kind,
@@ -83,8 +142,10 @@ pub async fn put(
 /// `GET /api/vault/{name}`: one entry's metadata (works while sealed).
 pub async fn meta(
     State(state): State<AppState>,
+    who: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<RecordMeta>, ApiError> {
+    vault_access(&who, &read_scope(&name)?)?;
     run(&state, "get", move |v| Ok(v.meta(&name)?))
         .await
         .map(Json)
@@ -95,12 +156,50 @@ struct Revealed<'a> {
     value: &'a str,
 }
 
-/// `POST /api/vault/{name}/reveal`: `{"value": …}`.
+/// `POST /api/vault/{name}/reveal`: `{"value": …}`. Privileged: sessions
+/// and access tokens need a recent re-authentication; audited.
 pub async fn reveal(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ext: axum::http::Extensions,
+    who: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let secret = run(&state, "reveal", move |v| Ok(v.reveal(&name)?)).await?;
+    let needed = read_scope(&name)?;
+    let ip = client_ip(&state, &headers, &ext);
+    let actor = who.0.actor();
+    let store = Arc::clone(state.vault.store());
+    let deny = |detail: &str| {
+        let e = AuditEvent::new(&actor, "vault.reveal", Outcome::Failure)
+            .target(&name)
+            .ip(Some(ip))
+            .detail(detail);
+        if let Err(err) = audit::append(&store, e) {
+            tracing::error!(error = %err, "could not write an audit entry");
+        }
+    };
+    if let Err(e) = vault_access(&who, &needed) {
+        deny("forbidden");
+        return Err(e);
+    }
+    if matches!(who.0.via, Via::Session { .. } | Via::AccessToken { .. })
+        && let Err(e) = state.auth.require_recent_auth(&who.0)
+    {
+        deny("reauth_required");
+        return Err(e.into());
+    }
+    let (n, a) = (name.clone(), actor.clone());
+    let secret = run(&state, "reveal", move |v| {
+        let secret = v.reveal(&n)?;
+        audit::append(
+            v.store(),
+            AuditEvent::new(a, "vault.reveal", Outcome::Success)
+                .target(n)
+                .ip(Some(ip)),
+        )?;
+        Ok(secret)
+    })
+    .await?;
     // Serialized straight from the secret; the response buffer is the only
     // copy, and it goes out on the wire.
     let body = serde_json::to_vec(&Revealed {
@@ -113,8 +212,10 @@ pub async fn reveal(
 /// `DELETE /api/vault/{name}`: the deleted entry's metadata.
 pub async fn remove(
     State(state): State<AppState>,
+    who: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<RecordMeta>, ApiError> {
+    vault_access(&who, &write_scope(&name)?)?;
     run(&state, "delete", move |v| Ok(v.remove(&name)?))
         .await
         .map(Json)
@@ -126,7 +227,11 @@ pub struct SealState {
 }
 
 /// `POST /api/vault/seal`: drop the data key and every cached secret.
-pub async fn seal(State(state): State<AppState>) -> Result<Json<SealState>, ApiError> {
+pub async fn seal(
+    State(state): State<AppState>,
+    who: Authenticated,
+) -> Result<Json<SealState>, ApiError> {
+    who.require(&Scope::Admin)?;
     run(&state, "seal", |v| {
         // Last-used times are not secret; keep them across the seal.
         if let Err(e) = v.flush_last_used() {
@@ -148,14 +253,21 @@ pub struct UnsealRequest {
 }
 
 /// `POST /api/vault/unseal`: with `{passphrase}` in passphrase mode; with
-/// no body (or `{}`) the configured key source is read again.
+/// no body (or `{}`) the configured key source is read again. Needs the
+/// `admin` scope, except in passphrase mode where the passphrase itself is
+/// the credential (the route is rate limited).
 pub async fn unseal(
     State(state): State<AppState>,
+    who: Option<Authenticated>,
     body: Option<ApiJson<UnsealRequest>>,
 ) -> Result<Json<SealState>, ApiError> {
     let req = body.map(|ApiJson(r)| r).unwrap_or_default();
     let source = state.source();
     let passphrase_mode = state.settings.vault.master_key == MasterKeyKind::Passphrase;
+    if !passphrase_mode {
+        who.ok_or_else(ApiError::unauthenticated)?
+            .require(&Scope::Admin)?;
+    }
     run(&state, "unseal", move |v| {
         if passphrase_mode {
             let Some(pass) = req.passphrase else {
@@ -200,8 +312,10 @@ pub const MIN_PASSPHRASE: usize = 12;
 /// or a new passphrase (`{current_passphrase, new_passphrase}`).
 pub async fn rotate_master(
     State(state): State<AppState>,
+    who: Authenticated,
     body: Option<ApiJson<RotateRequest>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(&Scope::Admin)?;
     let req = body.map(|ApiJson(r)| r).unwrap_or_default();
     let source = state.source();
     let kind = state.settings.vault.master_key.clone();
@@ -259,8 +373,10 @@ pub const MIN_BACKUP_PASSPHRASE: usize = 12;
 /// `POST /api/backup`: the encrypted backup file of a consistent snapshot.
 pub async fn backup(
     State(state): State<AppState>,
+    who: Authenticated,
     ApiJson(req): ApiJson<BackupRequest>,
 ) -> Result<Response, ApiError> {
+    who.require(&Scope::Admin)?;
     let to = match (req.recipient, req.passphrase) {
         (Some(r), None) => BackupRecipient::parse_recipient(&r)?,
         (None, Some(p)) => {
@@ -299,7 +415,11 @@ pub async fn backup(
 
 /// `POST /api/vault/verify`: decrypts every entry and checks it belongs to
 /// its record; `{"verified": n}`.
-pub async fn verify(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn verify(
+    State(state): State<AppState>,
+    who: Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(&Scope::Admin)?;
     let n = run(&state, "verify", |v| Ok(v.verify_all()?)).await?;
     Ok(Json(serde_json::json!({ "verified": n })))
 }
@@ -315,8 +435,10 @@ pub struct InitRequest {
 /// passphrase and leaves it unsealed. (The CLI asks twice before sending.)
 pub async fn init(
     State(state): State<AppState>,
+    who: Authenticated,
     ApiJson(req): ApiJson<InitRequest>,
 ) -> Result<(StatusCode, Json<SealState>), ApiError> {
+    who.require(&Scope::Admin)?;
     let source = state.source();
     if state.settings.vault.master_key != MasterKeyKind::Passphrase {
         return Err(ApiError::conflict(

@@ -1,0 +1,333 @@
+//! Who is calling: the [`Authenticated`] extractor, the CSRF check, the
+//! session cookie, client addresses and the per-IP rate limit of the auth
+//! endpoints.
+//!
+//! Credentials are looked for in this order, the first present wins:
+//! 1. `Authorization: Bearer …` — an access token (`lka_…`), an API key
+//!    (`lk_…`), or the host's admin token (`DATA_DIR/admin.token`, only
+//!    from a loopback peer; it yields [`Auth::host_principal`]);
+//! 2. `x-api-key: lk_…`;
+//! 3. the `__Host-latchkey_session` cookie — and then a request with a
+//!    method other than GET/HEAD/OPTIONS must be same-origin (`Origin`
+//!    equal to `https://<Host>`, or `Sec-Fetch-Site: same-origin`), else
+//!    403 `csrf`. Bearer credentials need no such check: browsers never
+//!    attach them on their own.
+//!
+//! Nothing here logs a credential; failures are one opaque 401.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::bearer;
+use crate::auth::ratelimit;
+use crate::auth::scope::{Permission, Scope};
+use crate::auth::{Auth, AuthError, Principal, Via};
+use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The session cookie's name. `__Host-` makes browsers insist on Secure,
+/// `Path=/` and no `Domain`, so no sibling host can set or read it.
+pub const SESSION_COOKIE: &str = "__Host-latchkey_session";
+
+/// The API key header some SDKs use instead of `Authorization`.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// An authenticated caller. Handlers take it as an argument; a request
+/// without valid credentials never reaches them (401 `unauthenticated`).
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
+impl Authenticated {
+    /// The one permission check of an endpoint: `scope` must be allowed
+    /// (for API keys: by the key's scopes **and** the owner's role; for
+    /// people: by their role). 403 `forbidden` otherwise.
+    pub fn require(&self, scope: &Scope) -> Result<(), ApiError> {
+        if self.0.allows(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("this needs `{scope}`")))
+        }
+    }
+
+    /// Requires a role permission; API keys additionally need the scope
+    /// that stands for it (`admin` for the admin-only permissions,
+    /// `keys:manage` for key management).
+    pub fn require_permission(&self, perm: Permission) -> Result<(), ApiError> {
+        let scope = match perm {
+            Permission::ManageOwnKeys => Scope::KeysManage,
+            _ if Permission::ADMIN_ONLY.contains(&perm) => Scope::Admin,
+            _ => return Err(ApiError::Internal(format!("no scope stands for {perm:?}"))),
+        };
+        if self.0.role.may(perm) && self.0.allows(&scope) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("this needs `{scope}`")))
+        }
+    }
+
+    /// Only a person signed in (session or access token) manages their own
+    /// account; keys and the host token have no account of their own.
+    pub fn require_person(&self) -> Result<(), ApiError> {
+        match self.0.via {
+            Via::Session { .. } | Via::AccessToken { .. } => Ok(()),
+            Via::ApiKey { .. } | Via::Host => Err(ApiError::forbidden(
+                "this is for a signed-in user, not an API key or the host token",
+            )),
+        }
+    }
+}
+
+/// The peer's address (set by the server's accept loop), if known.
+pub fn peer(parts_ext: &axum::http::Extensions) -> Option<SocketAddr> {
+    parts_ext
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(p)| *p)
+}
+
+/// The client's address for rate limits and the audit log: the peer, or
+/// what a trusted proxy says in `X-Forwarded-For`.
+pub fn client_ip(state: &AppState, headers: &HeaderMap, ext: &axum::http::Extensions) -> IpAddr {
+    let Some(peer) = peer(ext) else {
+        // No socket (handler tests): one shared bucket.
+        return IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    };
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = xff.join(",");
+    ratelimit::client_ip(
+        peer,
+        (!xff.is_empty()).then_some(joined.as_str()),
+        &state.trusted_proxies,
+    )
+}
+
+pub fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect())
+}
+
+/// The session cookie's value, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// `Set-Cookie` for a new session.
+pub fn set_session_cookie(token: &str, max_age_secs: u64) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}"
+    ))
+    .map_err(|_| ApiError::Internal("session token is not a valid header value".into()))
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_session_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "__Host-latchkey_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
+    )
+}
+
+/// The request's own origin: `https://` + the Host header (or the HTTP/2
+/// `:authority`).
+fn own_origin(parts: &Parts) -> Option<String> {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))?;
+    Some(format!("https://{}", host.to_ascii_lowercase()))
+}
+
+/// A cookie-authenticated request that may change state must come from our
+/// own pages.
+fn same_origin(parts: &Parts) -> bool {
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    let h = &parts.headers;
+    if h.get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("same-origin"))
+    {
+        return true;
+    }
+    match (
+        h.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        own_origin(parts),
+    ) {
+        (Some(origin), Some(own)) => origin.eq_ignore_ascii_case(&own),
+        _ => false,
+    }
+}
+
+/// Runs an [`Auth`] method on the blocking pool (argon2 and redb writes
+/// must not stall the async workers).
+pub async fn blocking<T: Send + 'static>(
+    auth: &Arc<Auth>,
+    f: impl FnOnce(&Auth) -> Result<T, AuthError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let auth = Arc::clone(auth);
+    tokio::task::spawn_blocking(move || f(&auth))
+        .await
+        .map_err(|e| ApiError::Internal(format!("auth task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
+    let auth = &state.auth;
+    if let Some(token) = bearer(&parts.headers) {
+        if token.starts_with("lk_") {
+            // API keys are verified in memory: no blocking work.
+            return auth
+                .authenticate_key(token)
+                .map(Some)
+                .map_err(ApiError::from);
+        }
+        if token.starts_with("lka_") {
+            let token = token.to_owned();
+            return blocking(auth, move |a| a.authenticate_bearer(&token))
+                .await
+                .map(Some);
+        }
+        if state.admin.verify(token)
+            && peer(&parts.extensions).is_some_and(|p| super::ops::is_loopback(&p))
+        {
+            return Ok(Some(auth.host_principal()));
+        }
+        return Err(ApiError::unauthenticated());
+    }
+    if let Some(key) = parts.headers.get(API_KEY_HEADER) {
+        let key = key.to_str().map_err(|_| ApiError::unauthenticated())?;
+        return auth
+            .authenticate_key(key.trim())
+            .map(Some)
+            .map_err(ApiError::from);
+    }
+    if let Some(cookie) = session_cookie(&parts.headers) {
+        let cookie = cookie.to_owned();
+        let p = blocking(auth, move |a| a.authenticate_session(&cookie)).await?;
+        if !same_origin(parts) {
+            return Err(ApiError::Csrf);
+        }
+        return Ok(Some(p));
+    }
+    Ok(None)
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authenticate(parts, state)
+            .await?
+            .map(Authenticated)
+            .ok_or_else(ApiError::unauthenticated)
+    }
+}
+
+/// `Option<Authenticated>`: no (or unusable) credentials → `None`; a
+/// cross-site cookie request is still refused.
+impl OptionalFromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, ApiError> {
+        match authenticate(parts, state).await {
+            Ok(p) => Ok(p.map(Authenticated)),
+            Err(ApiError::Csrf) => Err(ApiError::Csrf),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// Middleware for the auth endpoints (`/api/auth/*`, `/api/setup/*`,
+/// `/api/invites/accept`, passphrase unseal): one token from the client
+/// address's bucket per request, else 429 `rate_limited` + `Retry-After`.
+pub async fn rate_limit(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let ip = client_ip(&state, req.headers(), req.extensions());
+    state
+        .auth
+        .limiter
+        .check(ip, Instant::now())
+        .map_err(|r| ApiError::RateLimited { retry_after: r.0 })?;
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: Method, headers: &[(&str, &str)]) -> Parts {
+        let mut b = axum::http::Request::builder().method(method).uri("/api/x");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn origin_checks() {
+        let host = ("host", "vault.example:8443");
+        assert!(same_origin(&parts(Method::GET, &[host])));
+        assert!(!same_origin(&parts(Method::POST, &[host])));
+        assert!(same_origin(&parts(
+            Method::POST,
+            &[host, ("origin", "https://vault.example:8443")]
+        )));
+        assert!(!same_origin(&parts(
+            Method::POST,
+            &[host, ("origin", "http://vault.example:8443")]
+        )));
+        assert!(!same_origin(&parts(
+            Method::DELETE,
+            &[host, ("origin", "https://evil.example")]
+        )));
+        assert!(same_origin(&parts(
+            Method::POST,
+            &[host, ("sec-fetch-site", "same-origin")]
+        )));
+        assert!(!same_origin(&parts(
+            Method::POST,
+            &[host, ("sec-fetch-site", "same-site")]
+        )));
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            "a=1; __Host-latchkey_session=lks_abc ; b=2"
+                .parse()
+                .expect("hv"),
+        );
+        assert_eq!(session_cookie(&h), Some("lks_abc"));
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "latchkey_session=x".parse().expect("hv"));
+        assert_eq!(session_cookie(&h), None);
+    }
+}
