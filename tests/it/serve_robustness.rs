@@ -350,7 +350,7 @@ fn bad_input_gets_precise_errors_and_the_server_keeps_serving() {
             "/api/vault",
             Some("{}"),
             401,
-            "unauthorized",
+            "unauthenticated",
         ),
         c(
             "wrong token",
@@ -359,7 +359,7 @@ fn bad_input_gets_precise_errors_and_the_server_keeps_serving() {
             "/api/vault",
             Some("{}"),
             401,
-            "unauthorized",
+            "unauthenticated",
         ),
         c(
             "token as basic",
@@ -368,7 +368,7 @@ fn bad_input_gets_precise_errors_and_the_server_keeps_serving() {
             "/api/vault",
             None,
             401,
-            "unauthorized",
+            "unauthenticated",
         ),
         c(
             "empty bearer",
@@ -377,7 +377,7 @@ fn bad_input_gets_precise_errors_and_the_server_keeps_serving() {
             "/api/vault",
             None,
             401,
-            "unauthorized",
+            "unauthenticated",
         ),
     ];
     for Case {

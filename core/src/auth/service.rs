@@ -94,6 +94,9 @@ impl Principal {
 #[derive(Debug)]
 pub enum LoginStep {
     MfaRequired { ticket: SecretString },
+    /// An admin without a second factor (after `reset-mfa`, or invited as
+    /// admin): sign-in continues only by confirming this enrollment.
+    EnrollRequired { ticket: SecretString, enrollment: EnrollmentView },
     Done(NewSession),
 }
 
@@ -103,6 +106,8 @@ pub struct NewSession {
     pub token: SecretString,
     pub user: UserView,
     pub expires_at: i64,
+    /// Set when this sign-in completed a TOTP enrollment: shown once.
+    pub recovery_codes: Vec<SecretString>,
 }
 
 /// A user as the API shows them.
@@ -450,7 +455,7 @@ impl Auth {
         if self.user_count()? > 0 {
             return Ok(None);
         }
-        let token = random_token("lks_");
+        let token = random_token("lku_");
         let expires = now() + self.settings.setup_token_lifetime.as_secs() as i64;
         if let Ok(mut t) = self.setup_token.lock() {
             *t = Some((token_hash(token.expose_secret()), expires));
@@ -682,19 +687,19 @@ impl Auth {
                 Ok(())
             });
         }
+        if user.totp.is_none() && user.role == Role::Admin {
+            // Admins must have a second factor: enroll now, before any session.
+            let (sealed, enrollment) = self.enrollment(id, &user.username)?;
+            self.update_user(id, |u| {
+                u.totp_pending = Some(sealed);
+                Ok(())
+            })?;
+            let ticket = self.new_ticket(id);
+            self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip).detail("mfa_enrollment_required"));
+            return Ok(LoginStep::EnrollRequired { ticket, enrollment });
+        }
         if user.totp.is_some() {
-            let ticket = random_token("lkt_");
-            if let Ok(mut t) = self.tickets.lock() {
-                let n = now();
-                t.retain(|_, v| v.expires_at > n);
-                t.insert(
-                    token_hash(ticket.expose_secret()),
-                    Ticket {
-                        user_id: id,
-                        expires_at: n + MFA_TICKET_SECS,
-                    },
-                );
-            }
+            let ticket = self.new_ticket(id);
             self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip));
             return Ok(LoginStep::MfaRequired { ticket });
         }
@@ -703,6 +708,50 @@ impl Auth {
         Ok(LoginStep::Done(
             self.create_session(id, &user, ip, user_agent)?,
         ))
+    }
+
+    /// Completes the enrollment a ticket was issued with.
+    fn mfa_enroll(&self, ticket: &str, id: UserId, user: &User, code: Option<&str>, ip: Option<IpAddr>, user_agent: Option<&str>) -> Result<NewSession, AuthError> {
+        let pending = user
+            .totp_pending
+            .clone()
+            .ok_or_else(|| AuthError::Unauthorized("invalid_ticket", "sign in again".into()))?;
+        let code = code.ok_or_else(|| AuthError::Invalid { field: "code", reason: "confirm the new authenticator with a `code`".into() })?;
+        let mut probe = user.clone();
+        probe.totp_last_step = None;
+        let step = match self.check_totp(id, &probe, &pending, code) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(&user.username, "login.mfa", "invalid_code", ip);
+                return Err(e);
+            }
+        };
+        let (codes, hashes) = recovery::generate();
+        let user = self.update_user(id, |u| {
+            u.totp = u.totp_pending.take();
+            u.totp_last_step = Some(step);
+            u.recovery_hashes = hashes;
+            Ok(())
+        })?;
+        if let Ok(mut t) = self.tickets.lock() {
+            t.remove(&token_hash(ticket));
+        }
+        self.lockout.record_success(&Self::lock_key(&user.username));
+        self.audit(AuditEvent::new(&user.username, "mfa.enroll", Outcome::Success).ip(ip));
+        self.audit(AuditEvent::new(&user.username, "login", Outcome::Success).ip(ip).detail("totp_enrolled"));
+        let mut s = self.create_session(id, &user, ip, user_agent)?;
+        s.recovery_codes = codes;
+        Ok(s)
+    }
+
+    fn new_ticket(&self, id: UserId) -> SecretString {
+        let ticket = random_token("lkt_");
+        if let Ok(mut t) = self.tickets.lock() {
+            let n = now();
+            t.retain(|_, v| v.expires_at > n);
+            t.insert(token_hash(ticket.expose_secret()), Ticket { user_id: id, expires_at: n + MFA_TICKET_SECS });
+        }
+        ticket
     }
 
     /// The second step: a TOTP code or a recovery code for a ticket.
@@ -736,6 +785,9 @@ impl Auth {
         };
         let user = self.get_user(id)?;
         self.check_locked(&user.username)?;
+        if user.totp.is_none() {
+            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent);
+        }
         let sealed = user.totp.clone().ok_or_else(expired)?;
         let result = match (code, recovery_code) {
             (Some(c), None) => self.check_totp(id, &user, &sealed, c).map(Some),
@@ -826,6 +878,7 @@ impl Auth {
         db::put(&txn, SESSIONS, &token_hash(token.expose_secret()), &session)?;
         txn.commit()?;
         Ok(NewSession {
+            recovery_codes: Vec::new(),
             token,
             user: UserView::of(id, user),
             expires_at,

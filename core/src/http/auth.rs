@@ -187,6 +187,13 @@ pub async fn login(
             "ticket": SecretView(ticket),
         }))
         .into_response()),
+        LoginStep::EnrollRequired { ticket, enrollment } => Ok(Json(serde_json::json!({
+            "mfa_required": true,
+            "enroll": true,
+            "ticket": SecretView(ticket),
+            "enrollment": enrollment,
+        }))
+        .into_response()),
         LoginStep::Done(s) => {
             let body = serde_json::json!({ "mfa_required": false, "user": s.user });
             with_session(&state, StatusCode::OK, s, body)
@@ -225,7 +232,13 @@ pub async fn mfa(
         )
     })
     .await?;
-    let body = serde_json::json!({ "user": s.user });
+    let body = if s.recovery_codes.is_empty() {
+        serde_json::json!({ "user": s.user })
+    } else {
+        // This sign-in enrolled a new authenticator: the codes, once.
+        let codes: Vec<SecretView> = s.recovery_codes.iter().cloned().map(SecretView).collect();
+        serde_json::json!({ "user": s.user, "recovery_codes": codes })
+    };
     with_session(&state, StatusCode::OK, s, body)
 }
 

@@ -206,15 +206,17 @@ pub fn router(state: AppState) -> Router {
             .route("/api/setup/host", post(auth::setup_host))
             .route("/api/auth/login", post(auth::login))
             .route("/api/auth/mfa", post(auth::mfa))
-            .route("/api/auth/me", get(auth::me))
-            .route("/api/auth/logout", post(auth::logout))
             .route("/api/auth/token", post(auth::token))
             .route("/api/auth/refresh", post(auth::refresh))
             .route("/api/auth/reauth", post(auth::reauth))
             .route("/api/invites/accept", post(users::accept_invite))
             .route("/api/vault/unseal", named("unseal").post(vault::unseal)),
     );
+    // Authenticated endpoints: the credential itself gates them; `me` is
+    // what a UI polls, so it is not rate limited.
     let api = Router::new()
+        .route("/api/auth/me", get(auth::me))
+        .route("/api/auth/logout", post(auth::logout))
         .route("/api/keys", get(keys::list).post(keys::create))
         .route("/api/keys/{id}", delete(keys::revoke))
         .route("/api/account/password", post(account::change_password))
