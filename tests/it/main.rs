@@ -2,6 +2,9 @@
 //! user or a script would. One test binary for all of them keeps link times
 //! down.
 
+mod auth_attacks;
+mod auth_flow;
+mod auth_permissions;
 mod backup;
 mod crash;
 mod fixtures;

@@ -2,7 +2,13 @@
 //! a temporary data directory, a clean environment, commands with stdin, and
 //! a running server ([`spawn_server`]) with `curl`/`openssl` to talk to it.
 
+mod auth;
 mod server;
+
+pub use auth::{
+    Authenticator, Browser, Owner, PASSWORD, auth_config, create_key, invited, oathtool,
+    setup_token, totp_code, totp_code_at, totp_secret, uri_param, web_setup,
+};
 
 pub use server::{
     RawResponse, Resp, ServeOpts, Server, TlsConn, curl_cmd, first_pem_cert, openssl,

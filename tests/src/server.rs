@@ -233,6 +233,11 @@ impl Server {
         format!("https://localhost:{}", self.port)
     }
 
+    /// The test's temporary folder (request and log files go there).
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+
     /// The CA file requests are verified against.
     pub fn ca_pem(&self) -> &Path {
         &self.ca
