@@ -103,20 +103,7 @@ pub enum BackupError {
     Store(#[from] store::StoreError),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for BackupError {
-            fn from(e: $t) -> Self { BackupError::Store(e.into()) }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::DatabaseError
-);
+crate::store::from_redb_errors!(BackupError);
 
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 struct TableDump {

@@ -50,19 +50,7 @@ impl AuthError {
     }
 }
 
-macro_rules! from_store {
-    ($($t:ty),*) => {$(
-        impl From<$t> for AuthError {
-            fn from(e: $t) -> Self { AuthError::Store(e.into()) }
-        }
-    )*};
-}
-from_store!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+crate::store::from_redb_errors!(AuthError);
 
 #[cfg(test)]
 mod service_tests;

@@ -93,10 +93,15 @@ impl Principal {
 /// What a successful password step returns.
 #[derive(Debug)]
 pub enum LoginStep {
-    MfaRequired { ticket: SecretString },
+    MfaRequired {
+        ticket: SecretString,
+    },
     /// An admin without a second factor (after `reset-mfa`, or invited as
     /// admin): sign-in continues only by confirming this enrollment.
-    EnrollRequired { ticket: SecretString, enrollment: EnrollmentView },
+    EnrollRequired {
+        ticket: SecretString,
+        enrollment: EnrollmentView,
+    },
     Done(NewSession),
 }
 
@@ -695,7 +700,11 @@ impl Auth {
                 Ok(())
             })?;
             let ticket = self.new_ticket(id);
-            self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip).detail("mfa_enrollment_required"));
+            self.audit(
+                AuditEvent::new(username, "login.password", Outcome::Success)
+                    .ip(ip)
+                    .detail("mfa_enrollment_required"),
+            );
             return Ok(LoginStep::EnrollRequired { ticket, enrollment });
         }
         if user.totp.is_some() {
@@ -711,12 +720,23 @@ impl Auth {
     }
 
     /// Completes the enrollment a ticket was issued with.
-    fn mfa_enroll(&self, ticket: &str, id: UserId, user: &User, code: Option<&str>, ip: Option<IpAddr>, user_agent: Option<&str>) -> Result<NewSession, AuthError> {
+    fn mfa_enroll(
+        &self,
+        ticket: &str,
+        id: UserId,
+        user: &User,
+        code: Option<&str>,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<NewSession, AuthError> {
         let pending = user
             .totp_pending
             .clone()
             .ok_or_else(|| AuthError::Unauthorized("invalid_ticket", "sign in again".into()))?;
-        let code = code.ok_or_else(|| AuthError::Invalid { field: "code", reason: "confirm the new authenticator with a `code`".into() })?;
+        let code = code.ok_or_else(|| AuthError::Invalid {
+            field: "code",
+            reason: "confirm the new authenticator with a `code`".into(),
+        })?;
         let mut probe = user.clone();
         probe.totp_last_step = None;
         let step = match self.check_totp(id, &probe, &pending, code) {
@@ -738,7 +758,11 @@ impl Auth {
         }
         self.lockout.record_success(&Self::lock_key(&user.username));
         self.audit(AuditEvent::new(&user.username, "mfa.enroll", Outcome::Success).ip(ip));
-        self.audit(AuditEvent::new(&user.username, "login", Outcome::Success).ip(ip).detail("totp_enrolled"));
+        self.audit(
+            AuditEvent::new(&user.username, "login", Outcome::Success)
+                .ip(ip)
+                .detail("totp_enrolled"),
+        );
         let mut s = self.create_session(id, &user, ip, user_agent)?;
         s.recovery_codes = codes;
         Ok(s)
@@ -749,7 +773,13 @@ impl Auth {
         if let Ok(mut t) = self.tickets.lock() {
             let n = now();
             t.retain(|_, v| v.expires_at > n);
-            t.insert(token_hash(ticket.expose_secret()), Ticket { user_id: id, expires_at: n + MFA_TICKET_SECS });
+            t.insert(
+                token_hash(ticket.expose_secret()),
+                Ticket {
+                    user_id: id,
+                    expires_at: n + MFA_TICKET_SECS,
+                },
+            );
         }
         ticket
     }

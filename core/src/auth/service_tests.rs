@@ -350,14 +350,39 @@ fn admins_without_totp_must_enroll_before_any_session() {
     let (uri, _) = owner(&f);
     let host = f.auth.host_principal();
     f.auth.reset_mfa(&host, "owner").expect("reset");
-    let LoginStep::EnrollRequired { ticket, enrollment } = f.auth.login("owner", &pw(PASSWORD), None, None).expect("login") else {
+    let LoginStep::EnrollRequired { ticket, enrollment } = f
+        .auth
+        .login("owner", &pw(PASSWORD), None, None)
+        .expect("login")
+    else {
         panic!("an admin without TOTP must be sent to enrollment, not given a session");
     };
     let new_uri = enrollment.otpauth_uri.0.expose_secret().to_string();
     assert_ne!(new_uri, uri, "a fresh secret");
     // A code from the old authenticator does not complete it.
-    assert!(f.auth.mfa(ticket.expose_secret(), Some(&code(&uri, 0)), None, None, None).is_err());
-    let s = f.auth.mfa(ticket.expose_secret(), Some(&code(&new_uri, 0)), None, None, None).expect("enrolled");
+    assert!(
+        f.auth
+            .mfa(
+                ticket.expose_secret(),
+                Some(&code(&uri, 0)),
+                None,
+                None,
+                None
+            )
+            .is_err()
+    );
+    let s = f
+        .auth
+        .mfa(
+            ticket.expose_secret(),
+            Some(&code(&new_uri, 0)),
+            None,
+            None,
+            None,
+        )
+        .expect("enrolled");
     assert_eq!(s.recovery_codes.len(), 10, "new recovery codes, shown once");
-    f.auth.authenticate_session(s.token.expose_secret()).expect("session");
+    f.auth
+        .authenticate_session(s.token.expose_secret())
+        .expect("session");
 }

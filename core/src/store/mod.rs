@@ -50,20 +50,28 @@ pub enum StoreError {
     Db(#[from] redb::Error),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+/// `From<redb::…Error>` for an error type that can be made from a
+/// [`StoreError`], so `?` works on every redb call.
+macro_rules! from_redb_errors {
+    ($target:ty) => {
+        $crate::store::from_redb_errors!(@each $target;
+            redb::TransactionError,
+            redb::TableError,
+            redb::StorageError,
+            redb::CommitError,
+            redb::DatabaseError
+        );
+    };
+    (@each $target:ty; $($e:ty),*) => {$(
+        impl From<$e> for $target {
+            fn from(e: $e) -> Self {
+                <$target>::from($crate::store::StoreError::Db(e.into()))
+            }
         }
     )*};
 }
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::DatabaseError
-);
+pub(crate) use from_redb_errors;
+from_redb_errors!(StoreError);
 
 /// An open, migrated database plus the lock that makes it ours.
 pub struct Store {

@@ -67,19 +67,7 @@ pub enum VaultError {
     Store(#[from] StoreError),
 }
 
-macro_rules! from_store {
-    ($($t:ty),*) => {$(
-        impl From<$t> for VaultError {
-            fn from(e: $t) -> Self { VaultError::Store(e.into()) }
-        }
-    )*};
-}
-from_store!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+crate::store::from_redb_errors!(VaultError);
 
 struct Unsealed {
     data_key: DataKey,
@@ -355,6 +343,11 @@ impl Vault {
 
     /// Decrypts one secret (always from disk, authenticating the envelope).
     pub fn reveal(&self, name: &str) -> Result<SecretString, VaultError> {
+        self.decrypt(name).map(|(_, secret)| secret)
+    }
+
+    /// Reads, decrypts and authenticates `name`, and notes the use.
+    fn decrypt(&self, name: &str) -> Result<(RecordId, SecretString), VaultError> {
         let (id, r) = self.lookup(name)?;
         let secret = self.with_key(|key| {
             envelope::open(key, id, r.kind, &r.envelope).map_err(|source| VaultError::Integrity {
@@ -363,7 +356,7 @@ impl Vault {
             })
         })?;
         self.mark_used(id);
-        Ok(secret)
+        Ok((id, secret))
     }
 
     /// The hot path's read: the in-memory copy when there is one, otherwise a
@@ -377,14 +370,7 @@ impl Vault {
                 return Ok(secret.clone());
             }
         }
-        let (id, r) = self.lookup(name)?;
-        let secret = self.with_key(|key| {
-            envelope::open(key, id, r.kind, &r.envelope).map_err(|source| VaultError::Integrity {
-                name: name.to_string(),
-                source,
-            })
-        })?;
-        self.mark_used(id);
+        let (id, secret) = self.decrypt(name)?;
         if let Ok(mut s) = self.state.write()
             && let Some(u) = s.as_mut()
         {
