@@ -135,7 +135,7 @@ fn main() {
     .expect("state");
     let app = router(state);
 
-    let mut kinds = vec![
+    let mut kinds = [
         Kind {
             name: "GET /health (no auth)",
             path: "/health",
@@ -153,10 +153,7 @@ fn main() {
         Kind {
             name: "GET /api/auth/me, session cookie",
             path: "/api/auth/me",
-            header: Some((
-                header::COOKIE,
-                format!("__Host-latchkey_session={cookie}"),
-            )),
+            header: Some((header::COOKIE, format!("__Host-latchkey_session={cookie}"))),
             want: StatusCode::OK,
             samples: Vec::new(),
         },
@@ -217,7 +214,10 @@ fn main() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "Auth benchmark (in-process router, {requests} requests per type, interleaved); load average {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "{:<42} {:>9} {:>9} {:>9} {:>14}",

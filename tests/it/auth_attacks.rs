@@ -88,7 +88,11 @@ fn wrong_password_and_wrong_replayed_or_expired_totp_codes_fail() {
             r.body
         );
     }
-    assert_eq!(b.get("/api/auth/me").status, 401, "no session from failures");
+    assert_eq!(
+        b.get("/api/auth/me").status,
+        401,
+        "no session from failures"
+    );
 
     // Replay: a code accepted once is refused for another login, within
     // the same 30 s step. Start early in a step never used before, so the
@@ -135,7 +139,11 @@ fn recovery_codes_work_once_and_regeneration_invalidates_the_old_set() {
     let b2 = Browser::new(&s);
     let ticket = login_ticket(&b2, "owner");
     let r = mfa(&b2, &ticket, "recovery_code", used);
-    assert_eq!(err(&r), (401, "invalid_code".into()), "reused recovery code");
+    assert_eq!(
+        err(&r),
+        (401, "invalid_code".into()),
+        "reused recovery code"
+    );
     let r = mfa(&b2, &ticket, "recovery_code", "aaaa-bbbb-cccc");
     assert_eq!(r.status, 401);
     assert_eq!(b2.get("/api/auth/me").status, 401);
@@ -156,7 +164,9 @@ fn recovery_codes_work_once_and_regeneration_invalidates_the_old_set() {
     assert_eq!(r.status, 200, "{}", r.body);
     let audit = b2.get("/api/audit?action=recovery_code.use");
     assert!(
-        audit.json()["events"].as_array().is_some_and(|e| e.len() >= 2),
+        audit.json()["events"]
+            .as_array()
+            .is_some_and(|e| e.len() >= 2),
         "{}",
         audit.body
     );
@@ -420,7 +430,12 @@ fn cross_origin_requests_with_a_valid_cookie_are_refused() {
     // Same origin, by Origin or by Sec-Fetch-Site.
     let r = with("POST", "/api/keys", &[&own], Some(key_body));
     assert_eq!(r.status, 201, "{}", r.body);
-    let r = with("POST", "/api/auth/token", &["Sec-Fetch-Site: same-origin"], None);
+    let r = with(
+        "POST",
+        "/api/auth/token",
+        &["Sec-Fetch-Site: same-origin"],
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     // JSON bodies only: a form post (what a cross-site form can send) is
     // refused even from our own origin.
@@ -459,7 +474,11 @@ fn keys_cannot_exceed_their_scopes_or_their_owners_role() {
         ("GET", "/api/vault", None),
         ("GET", "/api/vault/alpha", None),
         ("POST", "/api/vault/alpha/reveal", None),
-        ("POST", "/api/keys", Some(r#"{"name":"more","scopes":["admin"]}"#)),
+        (
+            "POST",
+            "/api/keys",
+            Some(r#"{"name":"more","scopes":["admin"]}"#),
+        ),
         ("POST", "/api/users/invites", Some(r#"{"role":"admin"}"#)),
         ("POST", "/api/vault/seal", None),
     ] {
@@ -526,10 +545,16 @@ fn keys_cannot_exceed_their_scopes_or_their_owners_role() {
         .find(|k| k["name"] == "alpha-reader")
         .and_then(|k| k["id"].as_str().map(str::to_string))
         .expect("id");
-    assert!(!keys.body.contains(&alpha_key), "keys are listed, never shown");
+    assert!(
+        !keys.body.contains(&alpha_key),
+        "keys are listed, never shown"
+    );
     let r = admin.call("DELETE", &format!("/api/keys/{id}"), None);
     assert!(r.status == 204 || r.status == 200, "{}", r.body);
-    assert_eq!(s.bearer(&alpha_key, "GET", "/api/auth/me", None).status, 401);
+    assert_eq!(
+        s.bearer(&alpha_key, "GET", "/api/auth/me", None).status,
+        401
+    );
     // An expired key is refused.
     let r = admin.post(
         "/api/keys",
@@ -561,17 +586,32 @@ fn guests_and_users_cannot_touch_admin_endpoints() {
             ("GET", "/api/audit", None),
             ("GET", "/api/keys?all=true", None),
             ("POST", "/api/vault/seal", None),
-            ("POST", "/api/backup", Some(r#"{"passphrase":"a long backup passphrase"}"#)),
+            (
+                "POST",
+                "/api/backup",
+                Some(r#"{"passphrase":"a long backup passphrase"}"#),
+            ),
         ] {
             let r = b.call(method, path, body);
-            assert_eq!(err(&r), (403, "forbidden".into()), "{method} {path}: {}", r.body);
+            assert_eq!(
+                err(&r),
+                (403, "forbidden".into()),
+                "{method} {path}: {}",
+                r.body
+            );
         }
     }
     // Still who they were.
     assert_eq!(guest.get("/api/auth/me").json()["role"], "guest");
     assert_eq!(user.get("/api/auth/me").json()["role"], "user");
     let users = owner.browser.get("/api/users").json();
-    assert!(users.as_array().expect("users").iter().all(|u| u["disabled"] == false));
+    assert!(
+        users
+            .as_array()
+            .expect("users")
+            .iter()
+            .all(|u| u["disabled"] == false)
+    );
 }
 
 #[test]
@@ -595,7 +635,12 @@ fn lockout_after_five_failures_and_release_after_the_window() {
         assert_eq!(err(&r), (401, "invalid_credentials".into()), "attempt {i}");
     }
     let r = login(PASSWORD);
-    assert!(r.status == 429 || r.status == 423, "locked: {} {}", r.status, r.body);
+    assert!(
+        r.status == 429 || r.status == 423,
+        "locked: {} {}",
+        r.status,
+        r.body
+    );
     assert_eq!(r.error_code(), "account_locked");
     let retry: u64 = r
         .header("retry-after")
@@ -611,7 +656,12 @@ fn lockout_after_five_failures_and_release_after_the_window() {
     let b = Browser::new(&s);
     let ticket = login_ticket(&b, "owner");
     for _ in 0..5 {
-        let r = mfa(&b, &ticket, "code", &totp_code_at(&owner.totp.uri, now() - 300));
+        let r = mfa(
+            &b,
+            &ticket,
+            "code",
+            &totp_code_at(&owner.totp.uri, now() - 300),
+        );
         assert_eq!(r.status, 401, "{}", r.body);
     }
     let r = mfa(&b, &ticket, "code", &owner.totp.code());
@@ -628,7 +678,9 @@ fn lockout_after_five_failures_and_release_after_the_window() {
     assert_eq!(r.status, 200, "{}", r.body);
     let audit = b.get("/api/audit?action=lockout");
     assert!(
-        audit.json()["events"].as_array().is_some_and(|e| e.len() >= 2),
+        audit.json()["events"]
+            .as_array()
+            .is_some_and(|e| e.len() >= 2),
         "lockouts audited: {}",
         audit.body
     );
@@ -646,7 +698,9 @@ fn unknown_users_get_the_same_answer_in_comparable_time() {
     let owner = web_setup(&s, "owner");
     let ursula = invited(&s, &owner.browser, "ursula", "user");
     drop(ursula);
-    let r = owner.browser.call("POST", "/api/users/ursula/disable", None);
+    let r = owner
+        .browser
+        .call("POST", "/api/users/ursula/disable", None);
     assert_eq!(r.status, 200, "{}", r.body);
     let attempt = |user: &str, pw: &str| {
         let t = Instant::now();
@@ -711,7 +765,8 @@ fn lockout_does_not_reveal_which_usernames_exist() {
 fn auth_endpoints_are_rate_limited_per_client_ip() {
     let d = TestDir::new();
     let s = serve(&d, "rate_limit_burst = 5\nrate_limit_per_minute = 6\n");
-    let body = serde_json::json!({"username": "nobody", "password": "Tangerine-Lighthouse-Quartz-000"});
+    let body =
+        serde_json::json!({"username": "nobody", "password": "Tangerine-Lighthouse-Quartz-000"});
     let mut limited = None;
     for i in 0..20 {
         let r = s.anon("POST", "/api/auth/login", Some(&body));
@@ -738,10 +793,17 @@ fn auth_endpoints_are_rate_limited_per_client_ip() {
         &[],
         "POST",
         "/api/auth/login",
-        &["Content-Type: application/json", "X-Forwarded-For: 203.0.113.7"],
+        &[
+            "Content-Type: application/json",
+            "X-Forwarded-For: 203.0.113.7",
+        ],
         Some(body.to_string().as_bytes()),
     );
-    assert_eq!(r.status, 429, "X-Forwarded-For from an untrusted peer: {}", r.body);
+    assert_eq!(
+        r.status, 429,
+        "X-Forwarded-For from an untrusted peer: {}",
+        r.body
+    );
     // Operations endpoints are not limited.
     assert_eq!(s.get("/health").status, 200);
 }
@@ -775,12 +837,28 @@ fn attack_traffic_leaves_no_secret_in_the_logs() {
     // Failures that carry the secrets in their bodies.
     let wrong = "Wrong-Password-Canary-5521";
     secrets.add("wrong password", wrong);
-    s.anon("POST", "/api/auth/login", Some(&serde_json::json!({"username": "owner", "password": wrong})));
-    s.anon("POST", "/api/auth/login", Some(&serde_json::json!({"username": "owner", "password": PASSWORD, "extra": 1})));
+    s.anon(
+        "POST",
+        "/api/auth/login",
+        Some(&serde_json::json!({"username": "owner", "password": wrong})),
+    );
+    s.anon(
+        "POST",
+        "/api/auth/login",
+        Some(&serde_json::json!({"username": "owner", "password": PASSWORD, "extra": 1})),
+    );
     for _ in 0..2 {
-        s.anon("POST", "/api/auth/refresh", Some(&serde_json::json!({"refresh_token": rt})));
+        s.anon(
+            "POST",
+            "/api/auth/refresh",
+            Some(&serde_json::json!({"refresh_token": rt})),
+        );
     }
-    s.anon("POST", "/api/invites/accept", Some(&serde_json::json!({"token": invite, "username": "x y", "password": PASSWORD})));
+    s.anon(
+        "POST",
+        "/api/invites/accept",
+        Some(&serde_json::json!({"token": invite, "username": "x y", "password": PASSWORD})),
+    );
     s.bearer(&format!("{key}0"), "GET", "/api/auth/me", None);
     s.request("GET", "/api/auth/me", &[&format!("x-api-key: {key}")], None);
     let b = Browser::new(&s);

@@ -5,8 +5,8 @@
 //! any of it in the server's logs.
 
 use latchkey_e2e::{
-    Authenticator, Browser, PASSWORD, ServeOpts, Server, TestDir, auth_config, run_cmd, setup_token,
-    spawn_server, totp_secret, uri_param,
+    Authenticator, Browser, PASSWORD, ServeOpts, Server, TestDir, auth_config, run_cmd,
+    setup_token, spawn_server, totp_secret, uri_param,
 };
 use std::process::Command;
 
@@ -89,7 +89,11 @@ fn decode_qr_png(s: &Server, b64: &str) -> String {
     let mut c = Command::new("zbarimg");
     c.args(["--raw", "-q"]).arg(&png);
     let out = run_cmd(c, b"");
-    assert!(out.status.success(), "zbarimg found no QR code: {}", out.stderr);
+    assert!(
+        out.status.success(),
+        "zbarimg found no QR code: {}",
+        out.stderr
+    );
     out.stdout.trim_end_matches('\n').to_string()
 }
 
@@ -137,7 +141,10 @@ fn web_setup_login_mfa_tokens_refresh_reuse_and_logout() {
     let secret = totp_secret(&uri);
     secrets.add("TOTP secret", &secret);
     assert!(
-        secret.len() >= 32 && secret.bytes().all(|c| b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567=".contains(&c)),
+        secret.len() >= 32
+            && secret
+                .bytes()
+                .all(|c| b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567=".contains(&c)),
         "base32, ≥ 160 bits: {} characters",
         secret.len()
     );
@@ -170,7 +177,10 @@ fn web_setup_login_mfa_tokens_refresh_reuse_and_logout() {
         "/api/auth/login",
         &serde_json::json!({"username": "owner", "password": PASSWORD}),
     );
-    assert_eq!((r.status, r.error_code().as_str()), (401, "invalid_credentials"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (401, "invalid_credentials")
+    );
     assert_eq!(s.get("/api/setup").json()["needed"], true);
 
     let totp = Authenticator::new(&uri);
@@ -210,7 +220,11 @@ fn web_setup_login_mfa_tokens_refresh_reuse_and_logout() {
     for c in &codes {
         secrets.add("recovery code", c);
     }
-    assert_eq!(b.cookie().as_deref(), Some(first_cookie.as_str()), "curl kept the __Host- cookie");
+    assert_eq!(
+        b.cookie().as_deref(),
+        Some(first_cookie.as_str()),
+        "curl kept the __Host- cookie"
+    );
     assert_eq!(s.get("/api/setup").json()["needed"], false);
 
     // The setup link is single use.
@@ -252,7 +266,10 @@ fn web_setup_login_mfa_tokens_refresh_reuse_and_logout() {
     let r = b.call("POST", "/api/auth/logout", None);
     assert!(r.status == 204 || r.status == 200, "{}", r.body);
     let r = me_with_cookie(&s, &first_cookie);
-    assert_eq!((r.status, r.error_code().as_str()), (401, "unauthenticated"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (401, "unauthenticated")
+    );
     assert_eq!(b.get("/api/auth/me").status, 401);
 
     // Login: password, then a TOTP code from oathtool.
@@ -263,7 +280,10 @@ fn web_setup_login_mfa_tokens_refresh_reuse_and_logout() {
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     assert_eq!(v["mfa_required"], true);
-    assert!(r.header("set-cookie").is_none(), "no session before the second factor");
+    assert!(
+        r.header("set-cookie").is_none(),
+        "no session before the second factor"
+    );
     let ticket = v["ticket"].as_str().expect("ticket").to_string();
     secrets.add("MFA ticket", &ticket);
     let r = b.post(
@@ -294,7 +314,10 @@ fn web_setup_login_mfa_tokens_refresh_reuse_and_logout() {
     secrets.add("access token", &a1);
     secrets.add("refresh token", &r1);
     let ttl = t1["expires_in"].as_i64().expect("expires_in");
-    assert!((1..=900).contains(&ttl), "access tokens live ≤ 15 min: {ttl}");
+    assert!(
+        (1..=900).contains(&ttl),
+        "access tokens live ≤ 15 min: {ttl}"
+    );
     assert_eq!(t1["token_type"], "Bearer");
     let me = s.bearer(&a1, "GET", "/api/auth/me", None);
     assert_eq!(me.status, 200, "{}", me.body);
@@ -332,12 +355,15 @@ fn web_setup_login_mfa_tokens_refresh_reuse_and_logout() {
         assert_eq!(r.status, 401, "family access token still works: {}", r.body);
     }
     let r = refresh(&r2);
-    assert_eq!(r.status, 401, "the family's newest refresh token is dead too");
+    assert_eq!(
+        r.status, 401,
+        "the family's newest refresh token is dead too"
+    );
     let events = audit_actions(&b, "action=token.reuse");
     assert!(
-        events
-            .iter()
-            .any(|e| e["action"] == "token.reuse" && e["outcome"] == "failure" && e["actor"] == "owner"),
+        events.iter().any(|e| e["action"] == "token.reuse"
+            && e["outcome"] == "failure"
+            && e["actor"] == "owner"),
         "token reuse not audited: {events:?}"
     );
     // The browser session that issued the family is unaffected.
@@ -345,8 +371,14 @@ fn web_setup_login_mfa_tokens_refresh_reuse_and_logout() {
 
     // Logging out ends the session and the tokens issued from it.
     let r = b.call("POST", "/api/auth/token", None);
-    let a3 = r.json()["access_token"].as_str().expect("access").to_string();
-    let r3 = r.json()["refresh_token"].as_str().expect("refresh").to_string();
+    let a3 = r.json()["access_token"]
+        .as_str()
+        .expect("access")
+        .to_string();
+    let r3 = r.json()["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_string();
     secrets.add("access token", &a3);
     secrets.add("refresh token", &r3);
     let r = b.call("POST", "/api/auth/logout", None);
@@ -464,7 +496,10 @@ fn cli_setup_on_a_fresh_data_dir_then_login_with_oathtool() {
     secrets.add("session cookie", &b.cookie().expect("cookie"));
     assert_eq!(r.json()["user"]["role"], "admin");
     let me = b.get("/api/auth/me").json();
-    assert_eq!((&me["username"], &me["mfa_enabled"]), (&serde_json::json!("owner"), &serde_json::json!(true)));
+    assert_eq!(
+        (&me["username"], &me["mfa_enabled"]),
+        (&serde_json::json!("owner"), &serde_json::json!(true))
+    );
 
     // A recovery code signs in once instead of a TOTP code.
     let b2 = Browser::new(&s);

@@ -341,7 +341,9 @@ fn permission_table_rows_are_well_formed() {
         for w in r.expect {
             assert!(
                 ["P", "-", "401", "403"].contains(&w)
-                    || w.split(':').next().is_some_and(|s| s.parse::<u16>().is_ok()),
+                    || w.split(':')
+                        .next()
+                        .is_some_and(|s| s.parse::<u16>().is_ok()),
                 "{} {}: {w}",
                 r.method,
                 r.path

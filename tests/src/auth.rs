@@ -173,7 +173,13 @@ impl<'a> Browser<'a> {
         self.call_with(method, path, &[], json)
     }
 
-    pub fn call_with(&self, method: &str, path: &str, headers: &[&str], json: Option<&str>) -> Resp {
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        json: Option<&str>,
+    ) -> Resp {
         let jar = self.jar.to_str().expect("utf8 path");
         let flags = ["-b", jar, "-c", jar];
         let origin = self.origin.as_ref().map(|o| format!("Origin: {o}"));
@@ -276,7 +282,13 @@ impl Server {
         if body.is_some() {
             headers.push("Content-Type: application/json");
         }
-        self.early_request(&[], method, path, &headers, body.as_deref().map(str::as_bytes))
+        self.early_request(
+            &[],
+            method,
+            path,
+            &headers,
+            body.as_deref().map(str::as_bytes),
+        )
     }
 }
 
