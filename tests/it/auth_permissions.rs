@@ -115,6 +115,9 @@ fn table() -> Vec<Row> {
             ["200", "200", "200", "403:reauth_required", "403", "403", "403", "403", "401"]),
         row("POST", "/api/account/totp/confirm", "/api/account/totp/confirm", Some(r#"{"code":"000000"}"#),
             ["P", "P", "P", "P", "403", "403", "403", "403", "401"]),
+        // Admins must keep their second factor; users and guests may drop it.
+        row("DELETE", "/api/account/totp", "/api/account/totp", None,
+            ["409:mfa_required_for_role", "204", "204", "409:mfa_required_for_role", "403", "403", "403", "403", "401"]),
         row("POST", "/api/account/recovery-codes", "/api/account/recovery-codes", None,
             ["200", "200", "200", "403:reauth_required", "403", "403", "403", "403", "401"]),
         // Users and the audit log: admins; keys need `admin`; changing a

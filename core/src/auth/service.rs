@@ -1549,6 +1549,27 @@ impl Auth {
         Ok(codes)
     }
 
+    /// Turns the second factor off. Policy: admins must keep one (it guards
+    /// every secret); users and guests may remove theirs after re-auth.
+    pub fn totp_disable(&self, p: &Principal) -> Result<(), AuthError> {
+        if p.role == Role::Admin {
+            return Err(AuthError::Conflict(
+                "mfa_required_for_role",
+                "admins must keep a second factor; re-enroll instead".into(),
+            ));
+        }
+        self.require_recent_auth(p)?;
+        self.update_user(p.user_id, |u| {
+            u.totp = None;
+            u.totp_pending = None;
+            u.totp_last_step = None;
+            u.recovery_hashes.clear();
+            Ok(())
+        })?;
+        self.audit(AuditEvent::new(p.actor(), "mfa.disable", Outcome::Success).target(&p.username));
+        Ok(())
+    }
+
     /// New recovery codes; the old set stops working.
     pub fn regenerate_recovery(&self, p: &Principal) -> Result<Vec<SecretString>, AuthError> {
         self.require_recent_auth(p)?;

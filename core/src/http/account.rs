@@ -51,6 +51,17 @@ pub async fn totp_begin(
         .map(Json)
 }
 
+/// `DELETE /api/account/totp`: turns the second factor off (not for admins).
+pub async fn totp_disable(
+    State(state): State<AppState>,
+    who: Authenticated,
+) -> Result<StatusCode, ApiError> {
+    who.require_person()?;
+    let p = who.0;
+    blocking(&state.auth, move |a| a.totp_disable(&p)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TotpConfirm {

@@ -220,7 +220,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/keys", get(keys::list).post(keys::create))
         .route("/api/keys/{id}", delete(keys::revoke))
         .route("/api/account/password", post(account::change_password))
-        .route("/api/account/totp", post(account::totp_begin))
+        .route(
+            "/api/account/totp",
+            post(account::totp_begin).delete(account::totp_disable),
+        )
         .route("/api/account/totp/confirm", post(account::totp_confirm))
         .route(
             "/api/account/recovery-codes",
