@@ -365,10 +365,13 @@ fn print_banner(
         // cannot reach a server or proxy log.
         let port = bound.first().map_or(0, SocketAddr::port);
         out.push_str(&format!(
-            "\nFirst run: create the owner at https://localhost:{port}/setup#token={} (expires in \
-             {}) or run: latchkey setup --username NAME --password-stdin\n",
-            t.expose_secret(),
+            "\nFirst run: no owner yet. Create one on this machine with\n\
+             \x20   latchkey setup --username NAME --password-stdin\n\
+             or with this one-time setup link (expires in {}; until the web UI ships, \
+             its token works with POST /api/setup/begin, see docs/API.md):\n\
+             \x20   https://localhost:{port}/setup#token={}\n",
             human_duration(ctx.settings.auth.setup_token_lifetime),
+            t.expose_secret(),
         ));
     }
     out.push_str("\nStop with Ctrl-C (SIGINT) or SIGTERM.\n");
