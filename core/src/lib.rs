@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod http;
+pub mod proxy;
 pub mod store;
 pub mod vault;
 

@@ -138,6 +138,14 @@ fn table() -> Vec<Row> {
             ["404", "403", "403", "403:reauth_required", "403:reauth_required", "403", "403", "403", "401"]),
         row("GET", "/api/audit", "/api/audit?limit=5", None,
             ["200", "403", "403", "200", "200", "403", "403", "403", "401"]),
+        // Proxy usage: admins see all, others their own keys' (`keys:manage`).
+        row("GET", "/api/usage", "/api/usage", None,
+            ["200", "200", "200", "200", "200", "403", "200", "403", "401"]),
+        // The proxy takes API keys only; the scope is checked before the
+        // provider is looked up (none is configured here).
+        row("GET", "/proxy/{provider}/{*path}", "/proxy/openai/v1/models", None,
+            ["401", "401", "401", "401", "404:unknown_provider", "404:unknown_provider",
+             "403", "404:unknown_provider", "401"]),
         // The vault and operations: admins (`admin` or `vault:…` scopes).
         row("GET", "/api/status", "/api/status", None,
             ["200", "403", "403", "200", "200", "403", "403", "403", "401"]),

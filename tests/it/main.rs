@@ -11,6 +11,7 @@ mod fixtures;
 mod integrity;
 mod key_sources;
 mod leaks;
+mod proxy;
 mod serve;
 mod serve_robustness;
 mod serve_tls;

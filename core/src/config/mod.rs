@@ -273,6 +273,66 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub proxy: ProxySettings,
+    /// `[providers.<name>]`: presets and custom upstreams for `/proxy/<name>/…`.
+    pub providers: std::collections::BTreeMap<String, ProviderSettings>,
+}
+
+/// `[proxy]`: limits of the agent proxy that apply to every provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// Largest request body forwarded to an upstream, in bytes.
+    pub max_body_bytes: usize,
+    /// Requests per minute allowed to each API key (0: no limit).
+    pub key_rpm: u32,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            max_body_bytes: 16 * 1024 * 1024,
+            key_rpm: 0,
+        }
+    }
+}
+
+/// `[providers.<name>]`: everything optional; a preset's name fills in
+/// what is not given (see `crate::proxy::providers`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSettings {
+    /// The origin (and optional base path) requests are forwarded to.
+    pub upstream: Option<String>,
+    /// The vault entry holding the provider's credential.
+    pub secret: Option<String>,
+    /// Header that carries the credential (e.g. `authorization`).
+    pub auth_header: Option<String>,
+    /// The header's value with `{secret}` standing for the credential.
+    pub auth_format: Option<String>,
+    /// Query parameter that carries the credential instead of a header.
+    pub auth_query: Option<String>,
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    #[serde(with = "duration_str")]
+    pub first_byte_timeout: Duration,
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        ProviderSettings {
+            upstream: None,
+            secret: None,
+            auth_header: None,
+            auth_format: None,
+            auth_query: None,
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Settings {
@@ -327,10 +387,17 @@ impl Settings {
         settings
             .validate()
             .map_err(|(key, message)| ConfigError::Key {
-                origin,
+                origin: origin.clone(),
                 key: key.into(),
                 message,
             })?;
+        crate::proxy::providers::resolve_all(&settings.providers).map_err(|(key, message)| {
+            ConfigError::Key {
+                origin,
+                key,
+                message,
+            }
+        })?;
         Ok(settings)
     }
 
@@ -402,6 +469,9 @@ impl Settings {
                     format!("`{p}` is not an IP address or CIDR (e.g. 10.0.0.0/8)"),
                 ));
             }
+        }
+        if self.proxy.max_body_bytes == 0 {
+            return Err(("proxy.max_body_bytes", "must be greater than zero".into()));
         }
         if self.server.max_body_bytes == 0 {
             return Err(("server.max_body_bytes", "must be greater than zero".into()));

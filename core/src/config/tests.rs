@@ -164,3 +164,30 @@ fn auth_rules_name_their_keys() {
     .expect("ok");
     assert_eq!(s.auth.lockout_threshold, 3);
 }
+
+#[test]
+fn providers_and_proxy() {
+    let s = load_str(
+        "[proxy]\nkey_rpm = 60\n[providers.openai]\nsecret = \"openai-main\"\n[providers.ollama]\n",
+        &[("LATCHKEY_PROVIDERS__ANTHROPIC__SECRET", "anthropic-main")],
+    )
+    .expect("providers");
+    assert_eq!(s.proxy.key_rpm, 60);
+    assert_eq!(s.providers.len(), 3);
+    assert_eq!(
+        s.providers["anthropic"].secret.as_deref(),
+        Some("anthropic-main")
+    );
+    let err = load_str("[providers.openai]\n", &[]).expect_err("no secret");
+    assert!(
+        err.to_string().contains("`providers.openai.secret`"),
+        "{err}"
+    );
+    let err =
+        load_str("[providers.openai]\nsecret = \"x\"\ncolour = 1\n", &[]).expect_err("unknown key");
+    assert!(err.to_string().contains("providers.openai"), "{err}");
+    let err = load_str("[providers.x]\nupstream = \"ftp://x\"\n", &[]).expect_err("scheme");
+    assert!(err.to_string().contains("`providers.x.upstream`"), "{err}");
+    let err = load_str("[proxy]\nmax_body_bytes = 0\n", &[]).expect_err("zero");
+    assert!(err.to_string().contains("proxy.max_body_bytes"), "{err}");
+}

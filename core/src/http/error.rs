@@ -64,6 +64,28 @@ pub enum ApiError {
     /// Too many auth requests from one client address.
     #[error("too many requests from this address; retry after {} s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: std::time::Duration },
+    /// `/proxy/<name>/…` for a provider that is not configured.
+    #[error("no provider `{0}` is configured")]
+    UnknownProvider(String),
+    /// An API key over `proxy.key_rpm`.
+    #[error("this API key is over its limit of {rpm} requests per minute; retry after {} s", retry_after.as_secs().max(1))]
+    KeyRateLimited {
+        rpm: u32,
+        retry_after: std::time::Duration,
+    },
+    /// The provider's upstream could not be reached or broke off. The
+    /// source is logged, never shown.
+    #[error("the upstream of provider `{provider}` could not be reached")]
+    UpstreamUnreachable {
+        provider: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the upstream of provider `{provider}` did not answer within {} s", after.as_secs())]
+    UpstreamTimeout {
+        provider: String,
+        after: std::time::Duration,
+    },
     /// Anything else that went wrong inside the server.
     #[error("internal error: {0}")]
     Internal(String),
@@ -112,6 +134,10 @@ impl ApiError {
             ApiError::Auth(e) => auth_status(e),
             ApiError::Csrf => (S::FORBIDDEN, "csrf"),
             ApiError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::UnknownProvider(_) => (S::NOT_FOUND, "unknown_provider"),
+            ApiError::KeyRateLimited { .. } => (S::TOO_MANY_REQUESTS, "key_rate_limited"),
+            ApiError::UpstreamUnreachable { .. } => (S::BAD_GATEWAY, "upstream_unreachable"),
+            ApiError::UpstreamTimeout { .. } => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -120,6 +146,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after }
+            | ApiError::KeyRateLimited { retry_after, .. }
             | ApiError::Auth(AuthError::Locked { retry_after }) => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 Some(secs.max(1))
@@ -191,7 +218,16 @@ fn chain(e: &dyn std::error::Error) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() {
+        let upstream = matches!(
+            self,
+            ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamTimeout { .. }
+        );
+        let message = if upstream {
+            // Names only the provider; the cause (never a credential) is
+            // logged.
+            tracing::warn!(error = %chain(&self), "upstream failed");
+            self.to_string()
+        } else if status.is_server_error() {
             // The request's span (method, route, request id) is current here.
             tracing::error!(error = %chain(&self), "request failed");
             "internal server error; the server log has the details (look for this request's \

@@ -120,6 +120,11 @@ pub async fn request_context(
 /// refused before any byte is read; chunked bodies are cut off by
 /// `DefaultBodyLimit` when an extractor reads them.
 pub async fn limits(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // The proxy streams bodies of its own size limit, and a generation may
+    // take minutes: its per-provider timeouts apply instead.
+    if req.uri().path().starts_with("/proxy/") {
+        return next.run(req).await;
+    }
     let max = state.settings.server.max_body_bytes;
     let declared = req
         .headers()

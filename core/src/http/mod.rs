@@ -11,7 +11,11 @@
 //!   signing in ([`auth`]), rate limited per client address;
 //! - `/api/keys`, `/api/account/…`, `/api/users…`, `/api/audit`: keys,
 //!   one's own account, user management, the audit log;
-//! - `/api/vault/…`, `/api/backup`, `/api/status`: the vault and operations.
+//! - `/api/vault/…`, `/api/backup`, `/api/status`: the vault and operations;
+//! - `/api/usage`: proxy usage totals;
+//! - `/proxy/<provider>/…`: the agent proxy ([`crate::proxy`]), which
+//!   authenticates API keys itself and streams bodies (no body limit or
+//!   request time limit from [`middleware::limits`]; its own apply).
 //!
 //! Every `/api` handler that needs a caller takes [`authn::Authenticated`]
 //! and makes exactly one permission check (docs/PERMISSIONS.md).
@@ -30,6 +34,7 @@ pub mod keys;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
+pub mod usage;
 pub mod users;
 pub mod vault;
 
@@ -45,7 +50,7 @@ use crate::config::Settings;
 use crate::vault::{MasterKeySource, Vault};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::sync::Arc;
@@ -120,6 +125,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// `auth.trusted_proxies`, parsed once.
     pub trusted_proxies: Arc<Vec<IpNet>>,
+    /// The agent proxy: provider routes, rate windows, usage totals.
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -142,6 +149,7 @@ impl AppState {
         admin: Arc<dyn TokenVerifier>,
     ) -> Result<AppState, String> {
         let trusted_proxies = parse_trusted_proxies(&settings.auth.trusted_proxies)?;
+        let proxy = crate::proxy::Proxy::new(&settings)?;
         Ok(AppState {
             vault,
             settings,
@@ -150,6 +158,7 @@ impl AppState {
             admin,
             auth,
             trusted_proxies: Arc::new(trusted_proxies),
+            proxy: Arc::new(proxy),
         })
     }
 
@@ -255,13 +264,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vault/{name}", get(vault::meta).delete(vault::remove))
         .route("/api/vault/{name}/reveal", post(vault::reveal))
         .route("/api/backup", post(vault::backup))
-        .route("/api/status", get(ops::status));
+        .route("/api/status", get(ops::status))
+        .route("/api/usage", get(usage::list));
     Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .merge(public)
         .merge(api)
+        .route(
+            "/proxy/{provider}/{*path}",
+            any(crate::proxy::forward::handle),
+        )
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes))

@@ -1,0 +1,251 @@
+//! What crosses the proxy: the checked upstream path, and the headers kept
+//! in each direction.
+//!
+//! Requests lose the client's Latchkey key (`Authorization`, `x-api-key`,
+//! `x-goog-api-key`), hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and
+//! every header it lists, `Keep-Alive`, `TE`, `Trailer`,
+//! `Transfer-Encoding`, `Upgrade`, `Proxy-*`), `Host`, `Cookie`,
+//! `Forwarded`/`X-Forwarded-*`/`X-Real-IP` and any `X-Latchkey-*` the client
+//! made up. Responses lose hop-by-hop headers and `Set-Cookie` (upstream
+//! cookies would land on Latchkey's own origin).
+
+use axum::http::{HeaderMap, HeaderName, header};
+
+/// Hop-by-hop by definition, whatever `Connection` says.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-connection"
+    ) || name.as_str().starts_with("proxy-")
+}
+
+/// Headers named in `Connection` (also hop-by-hop).
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn never_forwarded(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(
+        n,
+        "authorization"
+            | "x-api-key"
+            | "x-goog-api-key"
+            | "host"
+            | "cookie"
+            | "forwarded"
+            | "x-real-ip"
+            | "expect"
+            | "content-length"
+    ) || n.starts_with("x-forwarded-")
+        || n.starts_with("x-latchkey-")
+}
+
+/// The client's headers that may go upstream. `Content-Length` is set again
+/// by the caller from the body.
+pub fn request_headers(client: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(client);
+    let mut out = HeaderMap::with_capacity(client.len());
+    for (name, value) in client {
+        if is_hop_by_hop(name) || never_forwarded(name) || listed.iter().any(|l| l == name.as_str())
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The upstream's headers that may go back to the client.
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(upstream);
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        if is_hop_by_hop(name)
+            || name == header::SET_COOKIE
+            || name == header::STRICT_TRANSPORT_SECURITY
+            || name == header::ALT_SVC
+            || listed.iter().any(|l| l == name.as_str())
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Why a path was refused (shown to the client: it is their own input).
+pub type PathError = &'static str;
+
+/// Checks the raw (still percent-encoded) path after `/proxy/<provider>/`:
+/// it must stay below the upstream's base path, so nothing that could
+/// climb out of it, change the origin or be read differently by another
+/// parser is accepted.
+pub fn check_path(raw: &str) -> Result<(), PathError> {
+    let lower = raw.to_ascii_lowercase();
+    if raw.contains("://") || lower.starts_with("http:") || lower.starts_with("https:") {
+        return Err("absolute URLs are not allowed in the path");
+    }
+    if raw.starts_with('/') || raw.contains("//") {
+        return Err("empty path segments (`//`) are not allowed");
+    }
+    if raw.contains('\\') || lower.contains("%5c") {
+        return Err("backslashes are not allowed in the path");
+    }
+    if raw.contains('@') || lower.contains("%40") {
+        return Err("`@` is not allowed in the path");
+    }
+    if lower.contains("%2f") {
+        return Err("encoded slashes are not allowed in the path");
+    }
+    if lower.contains("%2e") {
+        return Err("encoded dots are not allowed in the path");
+    }
+    if lower.contains("%00") || raw.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err("control characters are not allowed in the path");
+    }
+    if raw.contains('#') {
+        return Err("fragments are not allowed in the path");
+    }
+    if raw.split('/').any(|s| s == "." || s == "..") {
+        return Err("`.` and `..` segments are not allowed in the path");
+    }
+    if lower.contains('%') && !valid_percent_escapes(raw) {
+        return Err("malformed percent-encoding in the path");
+    }
+    Ok(())
+}
+
+fn valid_percent_escapes(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let ok =
+                b.len() > i + 2 && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
+            if !ok {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn ssrf_paths_are_refused() {
+        for ok in [
+            "v1/chat/completions",
+            "v1/models/gpt-4o",
+            "v1beta/models/gemini-pro:generateContent",
+            "",
+            "v1/files/file-abc%20x",
+            "v1/a.b/c..d",
+        ] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "../admin",
+            "v1/../../etc",
+            "v1/./x",
+            "%2e%2e/x",
+            "%2E%2e/x",
+            ".%2e/x",
+            "v1//x",
+            "/x",
+            "http://evil.example/x",
+            "https:/evil.example",
+            "x/http://evil",
+            "evil.example@x",
+            "v1%40evil",
+            "v1\\..\\x",
+            "v1%5c..%5cx",
+            "v1%2f..%2fx",
+            "v1%2F..",
+            "v1%00",
+            "v1/%zz",
+            "v1/%2",
+            "v1/a#b",
+            "v1/a b",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn client_keys_and_hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer lk_secret"),
+            ("x-api-key", "lk_secret"),
+            ("x-goog-api-key", "lk_secret"),
+            ("host", "evil.example"),
+            ("cookie", "__Host-latchkey_session=abc"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-latchkey-user", "admin"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("content-length", "12"),
+            ("anthropic-version", "2023-06-01"),
+            ("content-type", "application/json"),
+            ("openai-organization", "org"),
+        ] {
+            h.append(
+                HeaderName::from_static(k),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        let out = request_headers(&h);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            ["anthropic-version", "content-type", "openai-organization"]
+        );
+    }
+
+    #[test]
+    fn response_hop_by_hop_and_cookies_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("set-cookie", HeaderValue::from_static("a=b"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("9"));
+        let out = response_headers(&h);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "x-ratelimit-remaining"]);
+    }
+}

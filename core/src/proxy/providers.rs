@@ -1,0 +1,368 @@
+//! Providers: the presets, and turning `[providers.<name>]` into a checked
+//! [`Provider`] once at startup.
+//!
+//! A provider exists only when its section is present. A section named
+//! after a preset starts from the preset's upstream and credential style;
+//! any other name is a custom provider and needs `upstream`.
+
+use crate::auth::scope::{EntryName, ProviderName, Scope};
+use crate::config::ProviderSettings;
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{HeaderName, HeaderValue, Uri};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How the provider's credential reaches the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// Local servers that need no key.
+    None,
+    /// A header whose value is `format` with `{secret}` replaced.
+    Header { name: HeaderName, format: String },
+    /// A query parameter (any such parameter from the client is dropped).
+    Query { param: String },
+}
+
+/// One checked provider.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    /// `proxy:<name>`: what a key needs to use it.
+    pub scope: Scope,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The upstream's base path without a trailing slash (often empty).
+    pub base_path: String,
+    /// The vault entry holding the credential.
+    pub secret: Option<String>,
+    pub injection: Injection,
+    /// Sent when the client did not send them (e.g. `anthropic-version`).
+    pub default_headers: Vec<(HeaderName, HeaderValue)>,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// A preset's defaults.
+struct Preset {
+    upstream: &'static str,
+    /// `(header, format)`, or `None` for key-less local servers.
+    header: Option<(&'static str, &'static str)>,
+    default_headers: &'static [(&'static str, &'static str)],
+}
+
+const BEARER: Option<(&str, &str)> = Some(("authorization", "Bearer {secret}"));
+
+fn preset(name: &str) -> Option<Preset> {
+    let (upstream, header, default_headers): (_, _, &'static [(&str, &str)]) = match name {
+        "openai" => ("https://api.openai.com", BEARER, &[]),
+        "anthropic" => (
+            "https://api.anthropic.com",
+            Some(("x-api-key", "{secret}")),
+            &[("anthropic-version", "2023-06-01")],
+        ),
+        "gemini" => (
+            "https://generativelanguage.googleapis.com",
+            Some(("x-goog-api-key", "{secret}")),
+            &[],
+        ),
+        "mistral" => ("https://api.mistral.ai", BEARER, &[]),
+        "groq" => ("https://api.groq.com/openai", BEARER, &[]),
+        "openrouter" => ("https://openrouter.ai/api", BEARER, &[]),
+        "ollama" => ("http://127.0.0.1:11434", None, &[]),
+        "llamacpp" => ("http://127.0.0.1:8080", None, &[]),
+        "vllm" => ("http://127.0.0.1:8000", None, &[]),
+        _ => return None,
+    };
+    Some(Preset {
+        upstream,
+        header,
+        default_headers,
+    })
+}
+
+/// The names of the presets, for documentation and errors.
+pub const PRESETS: [&str; 9] = [
+    "openai",
+    "anthropic",
+    "gemini",
+    "mistral",
+    "groq",
+    "openrouter",
+    "ollama",
+    "llamacpp",
+    "vllm",
+];
+
+/// Checks every section; the error names the key, e.g.
+/// `providers.openai.upstream`.
+pub fn resolve_all(
+    providers: &BTreeMap<String, ProviderSettings>,
+) -> Result<Vec<Provider>, (String, String)> {
+    providers.iter().map(|(name, s)| resolve(name, s)).collect()
+}
+
+/// Checks one `[providers.<name>]` section.
+pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, String)> {
+    let key = |field: &str| format!("providers.{name}.{field}");
+    ProviderName::new(name).map_err(|e| (format!("providers.{name}"), e))?;
+    let scope = Scope::proxy(name).map_err(|e| (format!("providers.{name}"), e.to_string()))?;
+    let preset = preset(name);
+    let upstream = match (&s.upstream, &preset) {
+        (Some(u), _) => u.as_str(),
+        (None, Some(p)) => p.upstream,
+        (None, None) => {
+            return Err((
+                key("upstream"),
+                format!(
+                    "`{name}` is not a preset ({}), so it needs an upstream URL",
+                    PRESETS.join(", ")
+                ),
+            ));
+        }
+    };
+    let (scheme, authority, base_path) =
+        parse_upstream(upstream).map_err(|m| (key("upstream"), m))?;
+
+    if s.auth_query.is_some() && (s.auth_header.is_some() || s.auth_format.is_some()) {
+        return Err((
+            key("auth_query"),
+            "use either auth_query or auth_header/auth_format, not both".into(),
+        ));
+    }
+    let injection = if let Some(param) = &s.auth_query {
+        if param.is_empty()
+            || !param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err((
+                key("auth_query"),
+                "a query parameter name of letters, digits, `_`, `-` and `.`".into(),
+            ));
+        }
+        Injection::Query {
+            param: param.clone(),
+        }
+    } else {
+        let header = match (&s.auth_header, preset.as_ref().and_then(|p| p.header)) {
+            (Some(h), _) => Some(h.to_ascii_lowercase()),
+            (None, Some((h, _))) => Some(h.to_string()),
+            (None, None) => None,
+        };
+        match header {
+            None if s.auth_format.is_some() => {
+                return Err((key("auth_header"), "auth_format needs auth_header".into()));
+            }
+            None => Injection::None,
+            Some(h) => {
+                let name_h = HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| (key("auth_header"), format!("`{h}` is not a header name")))?;
+                if super::headers::is_hop_by_hop(&name_h) || name_h == "host" {
+                    return Err((
+                        key("auth_header"),
+                        format!("`{h}` cannot carry a credential"),
+                    ));
+                }
+                let format = match (&s.auth_format, preset.as_ref().and_then(|p| p.header)) {
+                    (Some(f), _) => f.clone(),
+                    (None, Some((ph, pf))) if ph == h => pf.to_string(),
+                    (None, _) => "{secret}".to_string(),
+                };
+                if format.matches("{secret}").count() != 1 {
+                    return Err((
+                        key("auth_format"),
+                        "must contain `{secret}` exactly once, e.g. \"Bearer {secret}\"".into(),
+                    ));
+                }
+                if HeaderValue::from_str(&format.replace("{secret}", "x")).is_err() {
+                    return Err((key("auth_format"), "not a valid header value".into()));
+                }
+                Injection::Header {
+                    name: name_h,
+                    format,
+                }
+            }
+        }
+    };
+    let secret = match (&s.secret, &injection) {
+        (Some(sec), _) => {
+            EntryName::new(sec).map_err(|e| (key("secret"), e))?;
+            if injection == Injection::None {
+                return Err((
+                    key("auth_header"),
+                    "a secret is set but nothing says how to send it: set auth_header or auth_query"
+                        .into(),
+                ));
+            }
+            Some(sec.clone())
+        }
+        (None, Injection::None) => None,
+        (None, _) => {
+            return Err((
+                key("secret"),
+                "the vault entry holding this provider's key is needed".into(),
+            ));
+        }
+    };
+    for (field, d) in [
+        ("connect_timeout", s.connect_timeout),
+        ("first_byte_timeout", s.first_byte_timeout),
+        ("idle_timeout", s.idle_timeout),
+    ] {
+        if d.is_zero() {
+            return Err((key(field), "must be greater than zero".into()));
+        }
+    }
+    let default_headers = preset
+        .map(|p| p.default_headers)
+        .unwrap_or_default()
+        .iter()
+        .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+        .collect();
+    Ok(Provider {
+        name: name.to_string(),
+        scope,
+        scheme,
+        authority,
+        base_path,
+        secret,
+        injection,
+        default_headers,
+        connect_timeout: s.connect_timeout,
+        first_byte_timeout: s.first_byte_timeout,
+        idle_timeout: s.idle_timeout,
+    })
+}
+
+/// `scheme://host[:port][/base]`: no user info, query or fragment; plain
+/// `http` only to loopback hosts.
+fn parse_upstream(u: &str) -> Result<(Scheme, Authority, String), String> {
+    let uri: Uri = u
+        .parse()
+        .map_err(|_| format!("`{u}` is not a URL like https://api.example.com"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("`{u}` needs http:// or https://"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{u}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("user info (`user@`) is not allowed in an upstream".into());
+    }
+    if uri.query().is_some() || u.contains('#') {
+        return Err("an upstream has no query or fragment".into());
+    }
+    if scheme == Scheme::HTTP {
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err("plain http is only allowed to loopback upstreams; use https".into());
+        }
+    } else if scheme != Scheme::HTTPS {
+        return Err(format!("`{u}` needs http:// or https://"));
+    }
+    let base = uri.path().trim_end_matches('/').to_string();
+    if base.contains("//") || base.split('/').any(|s| s == ".." || s == ".") {
+        return Err("the upstream path must be plain".into());
+    }
+    Ok((scheme, authority, base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(toml: &str) -> ProviderSettings {
+        toml::from_str(toml).expect("section")
+    }
+
+    #[test]
+    fn presets_fill_in() {
+        let p = resolve("openai", &section("secret = \"openai-main\"")).expect("openai");
+        assert_eq!(p.authority.as_str(), "api.openai.com");
+        assert_eq!(
+            p.injection,
+            Injection::Header {
+                name: HeaderName::from_static("authorization"),
+                format: "Bearer {secret}".into()
+            }
+        );
+        let a = resolve("anthropic", &section("secret = \"a\"")).expect("anthropic");
+        assert_eq!(a.default_headers.len(), 1);
+        let o = resolve("ollama", &section("")).expect("ollama");
+        assert_eq!(o.injection, Injection::None);
+        let r = resolve("openrouter", &section("secret = \"x\"")).expect("openrouter");
+        assert_eq!(r.base_path, "/api");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |name: &str, t: &str| resolve(name, &section(t)).expect_err("error").0;
+        assert_eq!(err("openai", ""), "providers.openai.secret");
+        assert_eq!(err("mine", "secret = \"x\""), "providers.mine.upstream");
+        assert_eq!(
+            err("openai", "secret = \"x\"\nupstream = \"http://10.0.0.1\""),
+            "providers.openai.upstream"
+        );
+        assert_eq!(
+            err(
+                "openai",
+                "secret = \"x\"\nupstream = \"https://u@evil.example\""
+            ),
+            "providers.openai.upstream"
+        );
+        assert_eq!(
+            err("mine", "upstream = \"https://x.example\"\nsecret = \"s\""),
+            "providers.mine.auth_header"
+        );
+        assert_eq!(
+            err(
+                "mine",
+                "upstream = \"https://x.example\"\nsecret = \"s\"\nauth_header = \"x-k\"\nauth_format = \"nope\""
+            ),
+            "providers.mine.auth_format"
+        );
+        assert_eq!(err("Bad", ""), "providers.Bad");
+        assert_eq!(
+            err("openai", "secret = \"x\"\nconnect_timeout = \"0s\""),
+            "providers.openai.connect_timeout"
+        );
+    }
+
+    #[test]
+    fn custom_providers() {
+        let p = resolve(
+            "mine",
+            &section(
+                "upstream = \"https://llm.example/v2/\"\nsecret = \"s\"\nauth_query = \"key\"",
+            ),
+        )
+        .expect("custom");
+        assert_eq!(p.base_path, "/v2");
+        assert_eq!(
+            p.injection,
+            Injection::Query {
+                param: "key".into()
+            }
+        );
+        let h = resolve(
+            "other",
+            &section(
+                "upstream = \"http://127.0.0.1:9\"\nsecret = \"s\"\nauth_header = \"X-Token\"\nauth_format = \"Token {secret}\"",
+            ),
+        )
+        .expect("custom header");
+        assert!(
+            matches!(h.injection, Injection::Header { ref format, .. } if format == "Token {secret}")
+        );
+    }
+}
