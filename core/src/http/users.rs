@@ -153,28 +153,35 @@ pub async fn set_role(
 
 /// `POST /api/users/{username}/disable`.
 pub async fn disable(
-    State(state): State<AppState>,
+    state: State<AppState>,
     who: Authenticated,
-    Path(username): Path<String>,
+    username: Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
-    who.require_permission(Permission::ManageUsers)?;
-    let p = who.0;
-    blocking(&state.auth, move |a| a.set_disabled(&p, &username, true))
-        .await
-        .map(Json)
+    set_disabled(state, who, username, true).await
 }
 
 /// `POST /api/users/{username}/enable`.
 pub async fn enable(
+    state: State<AppState>,
+    who: Authenticated,
+    username: Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    set_disabled(state, who, username, false).await
+}
+
+async fn set_disabled(
     State(state): State<AppState>,
     who: Authenticated,
     Path(username): Path<String>,
+    disabled: bool,
 ) -> Result<Json<UserView>, ApiError> {
     who.require_permission(Permission::ManageUsers)?;
     let p = who.0;
-    blocking(&state.auth, move |a| a.set_disabled(&p, &username, false))
-        .await
-        .map(Json)
+    blocking(&state.auth, move |a| {
+        a.set_disabled(&p, &username, disabled)
+    })
+    .await
+    .map(Json)
 }
 
 /// `POST /api/users/{username}/reset-mfa`: the last resort for a locked-out
