@@ -45,3 +45,29 @@ fn v1_fixture_opens_and_reads() {
     // And it is writable afterwards at the current version.
     d.ok(&["vault", "put", "new-after-migration"], b"v");
 }
+
+#[test]
+fn v2_fixture_keeps_its_vault_and_its_owner() {
+    let d = TestDir::new();
+    copy_fixture(2, &d);
+    assert_eq!(
+        d.ok(&["vault", "get", "openai", "--reveal"], b"").stdout,
+        "sk-fixture-openai-v1"
+    );
+    d.ok(&["vault", "verify"], b"");
+    let users: serde_json::Value =
+        serde_json::from_str(&d.ok(&["user", "list", "--json"], b"").stdout).expect("json");
+    let owner = users
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["username"] == "owner"))
+        .expect("the fixture's owner is still there");
+    assert_eq!(owner["role"], "admin");
+    assert_eq!(owner["mfa_enabled"], true);
+    // The stored password hash still verifies: the owner gets to the MFA step.
+    let s = latchkey_e2e::spawn_server(&d, &latchkey_e2e::ServeOpts::new());
+    let body = serde_json::json!({"username": "owner", "password": "fixture owner passphrase v2"});
+    let r = s.anon("POST", "/api/auth/login", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["mfa_required"], true, "{}", r.body);
+}
