@@ -381,16 +381,7 @@ impl Auth {
         role: Role,
     ) -> Result<User, AuthError> {
         Self::validate_username(username)?;
-        self.policy
-            .check(password.expose_secret(), username)
-            .map_err(|e| AuthError::Invalid {
-                field: "password",
-                reason: e.to_string(),
-            })?;
-        let hash = self
-            .hasher
-            .hash(password)
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let hash = self.checked_hash(password, username)?;
         let t = now();
         Ok(User {
             username: username.to_string(),
@@ -405,6 +396,19 @@ impl Auth {
             created_at: t,
             updated_at: t,
         })
+    }
+
+    /// Applies the password policy, then hashes (argon2id: slow on purpose).
+    fn checked_hash(&self, password: &SecretString, username: &str) -> Result<String, AuthError> {
+        self.policy
+            .check(password.expose_secret(), username)
+            .map_err(|e| AuthError::Invalid {
+                field: "password",
+                reason: e.to_string(),
+            })?;
+        self.hasher
+            .hash(password)
+            .map_err(|e| AuthError::Internal(e.to_string()))
     }
 
     fn totp_context(id: UserId) -> String {
@@ -1491,16 +1495,7 @@ impl Auth {
                 "the current password is wrong".into(),
             ));
         }
-        self.policy
-            .check(new.expose_secret(), &p.username)
-            .map_err(|e| AuthError::Invalid {
-                field: "password",
-                reason: e.to_string(),
-            })?;
-        let hash = self
-            .hasher
-            .hash(new)
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let hash = self.checked_hash(new, &p.username)?;
         self.update_user(p.user_id, |u| {
             u.password_hash = hash;
             Ok(())
