@@ -20,3 +20,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The official Python SDKs for tests/sdk/check_sdks.py (driven by the
+# `proxy_works_with_official_python_sdks` end-to-end test).
+if ! python3 -c 'import openai, anthropic' 2>/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends python3-pip
+  fi
+  # Debian's own python3 is "externally managed" (PEP 668): allow the install.
+  python3 -m pip install --quiet 'openai>=1' 'anthropic>=0.30' ||
+    python3 -m pip install --quiet --break-system-packages 'openai>=1' 'anthropic>=0.30'
+fi

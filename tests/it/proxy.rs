@@ -2,11 +2,14 @@
 //! loopback that speaks OpenAI's and Anthropic's wire formats (plain JSON
 //! and Server-Sent Events) and records every request it sees.
 
-use latchkey_e2e::{ServeOpts, Server, TestDir, auth_config, create_key, curl_cmd, web_setup};
+use latchkey_e2e::{
+    ServeOpts, Server, TestDir, auth_config, create_key, curl_cmd, run_cmd_for, web_setup,
+};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,7 +111,9 @@ fn serve_one(mut conn: TcpStream, st: &MockState) {
         return;
     };
     st.seen.lock().expect("seen").push(req.clone());
-    let stream = req.body.contains("\"stream\":true");
+    // However the client spaced its JSON (the SDKs' encoders differ).
+    let stream = serde_json::from_str::<serde_json::Value>(&req.body)
+        .is_ok_and(|v| v["stream"] == serde_json::Value::Bool(true));
     let path = req.target.split('?').next().unwrap_or_default().to_string();
     let json = |conn: &mut TcpStream, body: &str| {
         let _ = write!(
@@ -142,11 +147,17 @@ fn serve_one(mut conn: TcpStream, st: &MockState) {
             r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-test","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":21,"output_tokens":5}}"#,
         ),
         ("/v1/messages", true) => {
+            // Anthropic's full event sequence, as its SDK's stream helper
+            // expects it.
             let _ = conn.write_all(sse_head.as_bytes());
-            let _ = conn.write_all(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-stream\",\"content\":[],\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n");
+            let _ = conn.write_all(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-stream\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n");
+            let _ = conn.write_all(b"event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+            let _ = conn.flush();
             std::thread::sleep(Duration::from_millis(300));
             let _ = conn.write_all(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n");
-            let _ = conn.write_all(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":11}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+            let _ = conn.write_all(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" there\"}}\n\n");
+            let _ = conn.write_all(b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+            let _ = conn.write_all(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":11}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
         }
         ("/v1/forever", _) => {
             // Writes until the proxy hangs up (at most 20 s).
@@ -552,4 +563,118 @@ fn proxy_refuses_what_it_must() {
         .parse()
         .expect("seconds");
     assert!((1..=60).contains(&retry), "{retry}");
+}
+
+/// The official `openai` and `anthropic` Python SDKs, unchanged but for
+/// their base URL and key, complete a plain and a streamed request each
+/// through the proxy (tests/sdk/check_sdks.py), and the usage is recorded.
+#[test]
+fn proxy_works_with_official_python_sdks() {
+    let probe = Command::new("python3")
+        .args(["-c", "import openai, anthropic"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "the official Python SDKs are not installed ({}); run scripts/install-deps.sh",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("python3 is not runnable ({e}); run scripts/install-deps.sh"),
+    }
+
+    let mock = Mock::start();
+    let d = seeded();
+    let mut s = latchkey_e2e::spawn_server(&d, &ServeOpts::new().config(&config(mock.port, "")));
+    let owner = web_setup(&s, "owner");
+    let b = &owner.browser;
+    let (key_id, key) = create_key(b, "sdk-agent", &["proxy:*"]);
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/check_sdks.py");
+    let mut c = Command::new("python3");
+    c.arg(&script)
+        .env("LATCHKEY_URL", s.url())
+        .env("LATCHKEY_KEY", &key)
+        .env("LATCHKEY_CA", s.ca_pem())
+        .env("PYTHONUNBUFFERED", "1");
+    // Loopback only, whatever the environment says about proxies.
+    for v in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("NO_PROXY", "*");
+    let out = run_cmd_for(c, b"", Duration::from_secs(60));
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    println!("{text}");
+    assert!(out.status.success(), "check_sdks.py failed:\n{text}");
+    for check in [
+        "ok   openai plain",
+        "ok   openai stream",
+        "ok   anthropic plain",
+        "ok   anthropic stream",
+    ] {
+        assert!(text.contains(check), "missing `{check}`:\n{text}");
+    }
+    no_secrets("what the SDKs saw", &text);
+
+    // The upstream saw the real credentials, never the lk_ key.
+    let seen = mock.seen();
+    assert!(seen.len() >= 5, "{seen:?}");
+    for req in &seen {
+        assert!(
+            !format!("{:?}", req.headers).contains(&key),
+            "the upstream saw the lk_ key"
+        );
+        if req.target.starts_with("/v1/chat/completions") {
+            assert_eq!(
+                req.headers["authorization"],
+                format!("Bearer {OPENAI_SECRET}")
+            );
+        } else {
+            assert_eq!(req.target, "/v1/messages");
+            assert_eq!(req.headers["x-api-key"], ANTHROPIC_SECRET);
+            assert!(req.headers.contains_key("anthropic-version"));
+        }
+    }
+
+    // Usage for both providers, plain and streamed.
+    for (model, provider) in [
+        ("gpt-4o-mini", "openai"),
+        ("gpt-4o-stream", "openai"),
+        ("claude-test", "anthropic"),
+        ("claude-stream", "anthropic"),
+    ] {
+        let row = usage_row(b, model);
+        assert_eq!(row["provider"], provider, "{row}");
+        assert_eq!(row["key_id"], key_id.as_str(), "{row}");
+    }
+    let row = usage_row(b, "gpt-4o-mini");
+    assert_eq!(
+        (row["input_tokens"].as_u64(), row["output_tokens"].as_u64()),
+        (Some(12), Some(3))
+    );
+    let row = usage_row(b, "gpt-4o-stream");
+    assert_eq!(
+        (row["input_tokens"].as_u64(), row["output_tokens"].as_u64()),
+        (Some(7), Some(2))
+    );
+    let row = usage_row(b, "claude-test");
+    assert_eq!(
+        (row["input_tokens"].as_u64(), row["output_tokens"].as_u64()),
+        (Some(21), Some(5))
+    );
+    // Two streamed Anthropic requests (the stream helper and the raw events).
+    let row = usage_row(b, "claude-stream");
+    assert_eq!(
+        (row["input_tokens"].as_u64(), row["output_tokens"].as_u64()),
+        (Some(60), Some(22))
+    );
+
+    no_secrets("the server log", &format!("{}{}", s.stdout(), s.stderr()));
+    s.stop();
 }
