@@ -221,16 +221,32 @@ fn no_secrets(what: &str, text: &str) {
 }
 
 /// Waits (at most 5 s) until `GET /api/usage` has a row for `model`.
+/// The usage of `model`, summed over days (a test may run across midnight
+/// UTC, which splits its requests into two daily rows).
 fn usage_row(b: &latchkey_e2e::Browser<'_>, model: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = b.get("/api/usage");
         assert_eq!(r.status, 200, "usage: {}", r.body);
-        if let Some(row) = r.json()["usage"]
+        let rows: Vec<serde_json::Value> = r.json()["usage"]
             .as_array()
-            .and_then(|rows| rows.iter().find(|row| row["model"] == model).cloned())
-        {
-            return row;
+            .map(|rows| {
+                rows.iter()
+                    .filter(|row| row["model"] == model)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(first) = rows.first() {
+            let sum = |field: &str| {
+                rows.iter()
+                    .filter_map(|row| row[field].as_u64())
+                    .sum::<u64>()
+            };
+            let mut total = first.clone();
+            total["input_tokens"] = sum("input_tokens").into();
+            total["output_tokens"] = sum("output_tokens").into();
+            return total;
         }
         assert!(
             Instant::now() < deadline,
