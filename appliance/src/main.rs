@@ -79,11 +79,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => commands::auth::audit(&ctx, cmd),
         Command::Config(ConfigCommand::Check) => commands::config::check(&ctx),
         Command::Tls(TlsCommand::ExportCa) => {
-            write!(
-                std::io::stdout(),
-                "{}",
-                tls::export_ca_pem(&ctx.data_dir.join("tls"))?
-            )?;
+            let dir = ctx.data_dir.join("tls");
+            let pem = match tls::export_ca_pem(&dir) {
+                Ok(pem) => pem,
+                // Before the first `serve`: make the CA now (exactly as
+                // `serve` would), so devices can trust it in advance.
+                Err(tls::TlsError::CaNotFound { .. }) => {
+                    latchkey_core::store::ensure_data_dir(&ctx.data_dir)?;
+                    tls::ca::LocalCa::load_or_create(&dir)?;
+                    tls::export_ca_pem(&dir)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            write!(std::io::stdout(), "{pem}")?;
             Ok(())
         }
         Command::Tls(TlsCommand::Status { json }) => {

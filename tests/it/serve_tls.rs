@@ -411,3 +411,32 @@ fn user_certificate_is_swapped_while_running() {
     // The generated certificate was never put in service.
     assert!(!d.data().join("tls").join("server.pem").exists());
 }
+
+#[test]
+fn ca_exported_before_the_first_start_is_the_one_served() {
+    let d = TestDir::new();
+    // A user installs the CA on their devices before ever starting the server.
+    let early = d.ok(&["tls", "export-ca"], b"").stdout;
+    assert!(early.starts_with("-----BEGIN CERTIFICATE-----"), "{early}");
+    let s = spawn_server(&d, &ServeOpts::new());
+    let served_ca = std::fs::read_to_string(s.ca_pem()).expect("exported CA");
+    assert_eq!(
+        early, served_ca,
+        "serve must reuse the CA made by export-ca"
+    );
+    // And the chain the server presents verifies against that early copy.
+    let early_file = d.path().join("early-ca.pem");
+    std::fs::write(&early_file, &early).expect("write");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&early_file)
+        .arg(format!("{}/health", s.url()))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
