@@ -480,7 +480,8 @@ fn proxy_refuses_what_it_must() {
     let bearer = format!("Authorization: Bearer {openai_only}");
 
     // No key, a wrong key, a key without the scope.
-    let r = s.request(
+    let r = s.early_request(
+        &[],
         "POST",
         "/proxy/openai/v1/chat/completions",
         &[],
