@@ -15,6 +15,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 pub mod v1;
 pub mod v2;
+pub mod v3;
 
 /// The type every table has: encoded key to encoded value.
 pub type ByteTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -44,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         from: 1,
         name: "accounts: users, sessions, tokens, API keys, invites, audit",
         run: v2::migrate,
+    },
+    Migration {
+        from: 2,
+        name: "proxy usage and key limits; OAuth connections",
+        run: v3::migrate,
     },
 ];
 
