@@ -8,6 +8,7 @@ apt_packages=(
   dbus gnome-keyring keyutils       # real OS keychains for the keyring tests
   openssl curl                      # TLS checks against the running server
   oathtool zbar-tools               # independent TOTP codes and QR decoding in the e2e tests
+  nginx-light caddy                 # forward-auth snippets tested for real; nginx is the proxy benchmark's baseline
 )
 
 missing=()
