@@ -35,3 +35,12 @@ if ! python3 -c 'import openai, anthropic' 2>/dev/null; then
   python3 -m pip install --quiet 'openai>=1' 'anthropic>=0.30' ||
     python3 -m pip install --quiet --break-system-packages 'openai>=1' 'anthropic>=0.30'
 fi
+
+# The real OpenID Connect server (npm `oidc-provider`) that the connection
+# tests and `connections-bench` run on loopback: installed from the committed
+# lockfile, again whenever the lockfile is newer than the install.
+oidc_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/oidc"
+if [ ! -d "$oidc_dir/node_modules" ] || [ "$oidc_dir/package-lock.json" -nt "$oidc_dir/node_modules" ]; then
+  npm ci --prefix "$oidc_dir" --no-audit --no-fund
+  touch "$oidc_dir/node_modules"
+fi

@@ -4,10 +4,12 @@
 //! of Tauri, or of where its master key comes from beyond the
 //! [`vault::MasterKeySource`] it is handed.
 
+pub mod agent;
 pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod config;
+pub mod connections;
 pub mod http;
 pub mod proxy;
 pub mod store;

@@ -61,6 +61,9 @@ fn table() -> Vec<Row> {
         // Operations and public auth endpoints: the same for everyone.
         row("GET", "/health", "/health", None, all("200")),
         row("GET", "/ready", "/ready", None, all("200")),
+        row("GET", "/.well-known/jwks.json", "/.well-known/jwks.json", None, all("200")),
+        row("GET", "/api/verify", "/api/verify?agent=walk", None,
+            ["200", "200", "200", "200", "200", "403", "403", "403", "401"]),
         row("GET", "/api/setup", "/api/setup", None, all("200")),
         row("POST", "/api/setup/begin", "/api/setup/begin",
             Some(r#"{"token":"lks_00","username":"x","password":"Tangerine-Lighthouse-Quartz-000"}"#),
@@ -99,6 +102,8 @@ fn table() -> Vec<Row> {
         row("POST", "/api/keys", "/api/keys", Some(r#"{"name":"walk","scopes":["proxy:openai"]}"#),
             ["201", "201", "201", "201", "201", "403", "403:scope_exceeds_role", "403", "401"]),
         row("DELETE", "/api/keys/{id}", "/api/keys/0123456789abcdef", None,
+            ["404", "404", "404", "404", "404", "403", "404", "403", "401"]),
+        row("PUT", "/api/keys/{id}/limits", "/api/keys/0123456789abcdef/limits", Some(r#"{"tokens_per_day":1}"#),
             ["404", "404", "404", "404", "404", "403", "404", "403", "401"]),
         // One's own account: people only (sessions, access tokens).
         row("GET", "/api/account/sessions", "/api/account/sessions", None,

@@ -2,16 +2,20 @@
 //! user or a script would. One test binary for all of them keeps link times
 //! down.
 
+mod agent;
 mod auth_attacks;
 mod auth_flow;
 mod auth_permissions;
 mod backup;
+mod connections;
 mod crash;
 mod fixtures;
+mod forward_auth;
 mod integrity;
 mod key_sources;
 mod leaks;
 mod proxy;
+mod proxy_limits;
 mod serve;
 mod serve_robustness;
 mod serve_tls;

@@ -1,6 +1,7 @@
 //! The agent proxy through the real binary, against a mock upstream on
 //! loopback that speaks OpenAI's and Anthropic's wire formats (plain JSON
-//! and Server-Sent Events) and records every request it sees.
+//! and Server-Sent Events) and records every request it sees. The mock and
+//! helpers are shared with `proxy_limits.rs`.
 
 use latchkey_e2e::{
     ServeOpts, Server, TestDir, auth_config, create_key, curl_cmd, run_cmd_for, web_setup,
@@ -14,32 +15,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const OPENAI_SECRET: &str = "sk-REAL-openai-0123456789";
-const ANTHROPIC_SECRET: &str = "sk-ant-REAL-9876543210";
+pub(crate) const OPENAI_SECRET: &str = "sk-REAL-openai-0123456789";
+pub(crate) const ANTHROPIC_SECRET: &str = "sk-ant-REAL-9876543210";
 
 /// One request as the mock upstream saw it.
 #[derive(Debug, Clone)]
-struct Seen {
-    target: String,
-    headers: HashMap<String, String>,
-    body: String,
+pub(crate) struct Seen {
+    pub(crate) target: String,
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: String,
 }
 
 #[derive(Default)]
-struct MockState {
+pub(crate) struct MockState {
     seen: Mutex<Vec<Seen>>,
     /// Set when writing to a proxy connection failed: the proxy hung up.
     cancelled: AtomicBool,
 }
 
 /// The mock upstream: one thread per connection, `Connection: close`.
-struct Mock {
-    port: u16,
+pub(crate) struct Mock {
+    pub(crate) port: u16,
     state: Arc<MockState>,
 }
 
 impl Mock {
-    fn start() -> Mock {
+    pub(crate) fn start() -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind mock");
         let port = listener.local_addr().expect("addr").port();
         let state = Arc::new(MockState::default());
@@ -54,7 +55,7 @@ impl Mock {
         Mock { port, state }
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().expect("seen").clone()
     }
 }
@@ -159,6 +160,19 @@ fn serve_one(mut conn: TcpStream, st: &MockState) {
             let _ = conn.write_all(b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
             let _ = conn.write_all(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":11}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
         }
+        ("/v1/silent", _) => {
+            // One event, a long silence at an event boundary, then one
+            // more event split across a silence (a keep-alive must not
+            // land inside it), then the end.
+            let _ = conn.write_all(sse_head.as_bytes());
+            let _ = conn.write_all(b"data: {\"n\":1}\n\n");
+            let _ = conn.flush();
+            std::thread::sleep(Duration::from_millis(2500));
+            let _ = conn.write_all(b"data: {\"n\":");
+            let _ = conn.flush();
+            std::thread::sleep(Duration::from_millis(2500));
+            let _ = conn.write_all(b"2}\n\ndata: [DONE]\n\n");
+        }
         ("/v1/forever", _) => {
             // Writes until the proxy hangs up (at most 20 s).
             let _ = conn.write_all(sse_head.as_bytes());
@@ -182,7 +196,7 @@ fn serve_one(mut conn: TcpStream, st: &MockState) {
     }
 }
 
-fn config(mock: u16, extra: &str) -> String {
+pub(crate) fn config(mock: u16, extra: &str) -> String {
     format!(
         "{}\n[providers.openai]\nupstream = \"http://127.0.0.1:{mock}\"\nsecret = \"openai-main\"\n\n\
          [providers.anthropic]\nupstream = \"http://127.0.0.1:{mock}\"\nsecret = \"anthropic-main\"\n\n\
@@ -192,7 +206,7 @@ fn config(mock: u16, extra: &str) -> String {
     )
 }
 
-fn seeded() -> TestDir {
+pub(crate) fn seeded() -> TestDir {
     let d = TestDir::new();
     d.ok(&["vault", "put", "openai-main"], OPENAI_SECRET.as_bytes());
     d.ok(
@@ -205,7 +219,7 @@ fn seeded() -> TestDir {
 /// A POST through the proxy. Error answers (401/403/502/…) can come before
 /// the body is read; curl 7.88 over HTTP/2 then reports error 92, and
 /// `early_request` retries that one case over HTTP/1.1.
-fn post(s: &Server, path: &str, auth: &str, body: &str) -> latchkey_e2e::Resp {
+pub(crate) fn post(s: &Server, path: &str, auth: &str, body: &str) -> latchkey_e2e::Resp {
     s.early_request(
         &[],
         "POST",
@@ -215,7 +229,7 @@ fn post(s: &Server, path: &str, auth: &str, body: &str) -> latchkey_e2e::Resp {
     )
 }
 
-fn no_secrets(what: &str, text: &str) {
+pub(crate) fn no_secrets(what: &str, text: &str) {
     for secret in [OPENAI_SECRET, ANTHROPIC_SECRET] {
         assert!(
             !text.contains(secret),
@@ -225,7 +239,7 @@ fn no_secrets(what: &str, text: &str) {
 }
 
 /// (input, output) tokens of a usage row.
-fn tokens(row: &serde_json::Value) -> (u64, u64) {
+pub(crate) fn tokens(row: &serde_json::Value) -> (u64, u64) {
     (
         row["input_tokens"].as_u64().unwrap_or(u64::MAX),
         row["output_tokens"].as_u64().unwrap_or(u64::MAX),

@@ -5,6 +5,8 @@
 mod auth;
 mod server;
 
+pub mod oidc;
+
 pub use auth::{
     Authenticator, Browser, Owner, PASSWORD, auth_config, create_key, invited, oathtool,
     setup_token, totp_code, totp_code_at, totp_secret, uri_param, web_setup,

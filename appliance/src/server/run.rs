@@ -2,8 +2,8 @@
 //! SIGTERM/SIGINT, then shut down in order.
 //!
 //! Order matters on the way down: listeners stop accepting, in-flight
-//! requests get `server.shutdown_grace`, then pending last-used times are
-//! written and the store is dropped last, so redb closes cleanly and the
+//! requests get `server.shutdown_grace`, then pending proxy usage totals
+//! and last-used times are written and the store is dropped last, so redb closes cleanly and the
 //! data-dir lock is released only when nothing can write any more.
 
 use super::host::{ApplianceHost, admin_token_path, ensure_admin_token};
@@ -124,6 +124,8 @@ async fn serve(
     )
     .map_err(anyhow::Error::msg)?;
     drop(token);
+    let proxy = Arc::clone(&state.proxy);
+    let connections = Arc::clone(&state.connections);
     let app = router(state);
 
     let mut https = Vec::new();
@@ -156,6 +158,9 @@ async fn serve(
     let maintenance =
         Arc::clone(tls).spawn_maintenance(settings.tls.check_interval, stop_rx.clone());
     let flusher = spawn_flusher(Arc::clone(vault), Arc::clone(auth), stop_rx.clone());
+    let usage_flusher = Arc::clone(&proxy).spawn_usage_flusher(stop_rx.clone());
+    // OAuth connections: proactive and daily refreshes, batched audit.
+    let refresher = Arc::clone(&connections).spawn_refresher(stop_rx.clone());
     let pruner = spawn_audit_pruner(
         Arc::clone(store),
         settings.auth.audit_retention,
@@ -212,6 +217,20 @@ async fn serve(
     let _ = maintenance.await;
     let _ = flusher.await;
     let _ = pruner.await;
+    // After the last request: usage counted since the last periodic flush.
+    let _ = usage_flusher.await;
+    match tokio::task::spawn_blocking(move || proxy.flush_usage()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not write proxy usage on shutdown"),
+        Err(e) => tracing::warn!(error = %e, "proxy usage flush task failed"),
+    }
+    let _ = refresher.await;
+    // Broker audit entries and last-used times queued by the last requests.
+    match tokio::task::spawn_blocking(move || connections.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not write connection events on shutdown"),
+        Err(e) => tracing::warn!(error = %e, "connection flush task failed"),
+    }
     tracing::info!("stopped");
     match failure {
         Some(e) => Err(e),

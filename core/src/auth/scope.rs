@@ -11,9 +11,11 @@
 //!          | "keys:manage"                    ; list/create/revoke the owner's keys
 //!          | "proxy:"       ( "*" | provider ); call a provider through the proxy
 //!          | "connections:" ( "*" | provider ); manage OAuth connections
+//!          | "agent:"       ( "*" | agent )   ; reach a local agent backend
 //!          | "vault:read:"  ( "*" | entry )   ; read an entry's secret value
 //!          | "vault:write:" ( "*" | entry )   ; create, change, delete entries
 //! provider = [a-z0-9][a-z0-9._-]{0,63}
+//! agent    = [a-z0-9][a-z0-9._-]{0,63}        ; an `[agents.<name>]` section
 //! entry    = [A-Za-z0-9][A-Za-z0-9._-]{0,127}  ; the vault's record-name rule
 //! ```
 //!
@@ -56,7 +58,7 @@ pub enum ScopeError {
     #[error("scope is longer than {MAX_SCOPE_LEN} characters")]
     TooLong,
     #[error(
-        "unknown scope {0:?}: expected admin, keys:manage, proxy:…, connections:…, vault:read:… or vault:write:…"
+        "unknown scope {0:?}: expected admin, keys:manage, proxy:…, connections:…, agent:…, vault:read:… or vault:write:…"
     )]
     Unknown(String),
     #[error("scope {0:?} needs a name or `*` after the last colon")]
@@ -92,6 +94,24 @@ impl ProviderName {
             return Err("a provider name starts with a lower-case letter or digit and contains only lower-case letters, digits, `.`, `_` and `-`".into());
         }
         Ok(ProviderName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An agent backend's name (`[agents.<name>]`): the provider-name rule,
+/// `[a-z0-9][a-z0-9._-]{0,63}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentName(String);
+
+impl AgentName {
+    /// Checks `name` against the agent-name rule; the error is a reason.
+    pub fn new(name: &str) -> Result<Self, String> {
+        ProviderName::new(name)
+            .map(|p| AgentName(p.0))
+            .map_err(|e| e.replace("a provider name", "an agent name"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -148,6 +168,9 @@ pub enum Scope {
     Proxy(Target<ProviderName>),
     /// `connections:*` or `connections:<provider>`.
     Connections(Target<ProviderName>),
+    /// `agent:*` or `agent:<name>`: requests to a local agent backend
+    /// (`/agent/<name>/…`) and forward-auth checks naming it.
+    Agent(Target<AgentName>),
     /// `vault:read:*` or `vault:read:<entry>`.
     VaultRead(Target<EntryName>),
     /// `vault:write:*` or `vault:write:<entry>`.
@@ -158,6 +181,11 @@ impl Scope {
     /// `proxy:<provider>`, checking the name.
     pub fn proxy(provider: &str) -> Result<Self, ScopeError> {
         format!("proxy:{provider}").parse()
+    }
+
+    /// `agent:<name>`, checking the name.
+    pub fn agent(name: &str) -> Result<Self, ScopeError> {
+        format!("agent:{name}").parse()
     }
 
     /// `vault:read:<entry>`, checking the name.
@@ -172,6 +200,7 @@ impl Scope {
             (Admin, _) => true,
             (KeysManage, KeysManage) => true,
             (Proxy(g), Proxy(n)) | (Connections(g), Connections(n)) => g.covers(n),
+            (Agent(g), Agent(n)) => g.covers(n),
             (VaultRead(g), VaultRead(n)) | (VaultWrite(g), VaultWrite(n)) => g.covers(n),
             _ => false,
         }
@@ -193,6 +222,7 @@ impl fmt::Display for Scope {
             Scope::Connections(t) => {
                 write!(f, "connections:{}", target(t, ProviderName::as_str))
             }
+            Scope::Agent(t) => write!(f, "agent:{}", target(t, AgentName::as_str)),
             Scope::VaultRead(t) => write!(f, "vault:read:{}", target(t, EntryName::as_str)),
             Scope::VaultWrite(t) => write!(f, "vault:write:{}", target(t, EntryName::as_str)),
         }
@@ -235,6 +265,8 @@ impl FromStr for Scope {
             target(s, name, ProviderName::new).map(Scope::Proxy)
         } else if let Some(name) = s.strip_prefix("connections:") {
             target(s, name, ProviderName::new).map(Scope::Connections)
+        } else if let Some(name) = s.strip_prefix("agent:") {
+            target(s, name, AgentName::new).map(Scope::Agent)
         } else if let Some(name) = s.strip_prefix("vault:read:") {
             target(s, name, EntryName::new).map(Scope::VaultRead)
         } else if let Some(name) = s.strip_prefix("vault:write:") {
@@ -470,6 +502,9 @@ impl Role {
             Scope::KeysManage => self.may(ManageOwnKeys),
             Scope::Proxy(_) => self.may(UseProxy),
             Scope::Connections(_) => self.may(ManageConnections),
+            // Every role may reach agents in principle; each agent's
+            // `roles` setting narrows that (checked by the agent route).
+            Scope::Agent(_) => self.may(UseProxy),
             Scope::VaultRead(Target::Any) | Scope::VaultWrite(Target::Any) => {
                 self.may(ManageAllVault)
             }
@@ -544,6 +579,9 @@ mod tests {
             "proxy:local-llama.cpp_2",
             "connections:*",
             "connections:spotify",
+            "agent:*",
+            "agent:notes",
+            "agent:local-ui.v2_x",
             "vault:read:*",
             "vault:read:OpenAI-Main.v2",
             "vault:write:*",
@@ -587,6 +625,7 @@ mod tests {
             for s in [
                 format!("proxy:{p}"),
                 format!("connections:{p}"),
+                format!("agent:{p}"),
                 format!("vault:read:{e}"),
                 format!("vault:write:{e}"),
             ] {
@@ -627,6 +666,15 @@ mod tests {
             ("connections:Spotify", |e| {
                 matches!(e, ScopeError::InvalidName { .. })
             }),
+            ("agent:", |e| matches!(e, ScopeError::MissingName(_))),
+            ("agent:Notes", |e| {
+                matches!(e, ScopeError::InvalidName { .. })
+            }),
+            ("agent:no*", |e| matches!(e, ScopeError::InvalidName { .. })),
+            ("agent:../x", |e| {
+                matches!(e, ScopeError::InvalidName { .. })
+            }),
+            ("agents:notes", |e| matches!(e, ScopeError::Unknown(_))),
             ("ADMIN", |e| matches!(e, ScopeError::Unknown(_))),
             ("Proxy:openai", |e| matches!(e, ScopeError::Unknown(_))),
             ("billing:read", |e| matches!(e, ScopeError::Unknown(_))),
@@ -698,6 +746,13 @@ mod tests {
         assert!(!allows("proxy:*", "connections:openai"));
         assert!(!allows("connections:*", "proxy:openai"));
         assert!(allows("connections:*", "connections:spotify"));
+        assert!(allows("agent:*", "agent:notes"));
+        assert!(allows("agent:notes", "agent:notes"));
+        assert!(!allows("agent:notes", "agent:notes2"));
+        assert!(!allows("agent:notes", "agent:*"));
+        assert!(!allows("agent:*", "proxy:notes"));
+        assert!(!allows("proxy:*", "agent:notes"));
+        assert!(allows("admin", "agent:notes"));
         assert!(allows("vault:read:*", "vault:read:x"));
         assert!(!allows("vault:read:x", "vault:read:X"));
         assert!(!allows("vault:read:*", "vault:write:x"));
@@ -812,6 +867,8 @@ mod tests {
             "proxy:a",
             "connections:*",
             "connections:a",
+            "agent:*",
+            "agent:a",
             "vault:read:*",
             "vault:read:a",
             "vault:write:*",

@@ -97,6 +97,9 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The origin browsers reach this server at (`https://host[:port]`),
+    /// used for OAuth redirect URIs; default: the request's own origin.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -107,6 +110,7 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
+            public_url: None,
         }
     }
 }
@@ -276,6 +280,11 @@ pub struct Settings {
     pub proxy: ProxySettings,
     /// `[providers.<name>]`: presets and custom upstreams for `/proxy/<name>/…`.
     pub providers: std::collections::BTreeMap<String, ProviderSettings>,
+    /// `[agents.<name>]`: local agent backends for `/agent/<name>/…`.
+    pub agents: std::collections::BTreeMap<String, crate::agent::AgentSettings>,
+    /// `[connections.<name>]`: OAuth providers users connect accounts with
+    /// (see `crate::connections::config`).
+    pub connections: std::collections::BTreeMap<String, crate::connections::ConnectionSettings>,
 }
 
 /// `[proxy]`: limits of the agent proxy that apply to every provider.
@@ -284,8 +293,14 @@ pub struct Settings {
 pub struct ProxySettings {
     /// Largest request body forwarded to an upstream, in bytes.
     pub max_body_bytes: usize,
-    /// Requests per minute allowed to each API key (0: no limit).
+    /// Requests per minute allowed to each API key (0: no limit); a key's
+    /// own `requests_per_minute` limit replaces it.
     pub key_rpm: u32,
+    /// Seconds between writes of the proxy's usage totals to `usage_daily`.
+    pub usage_flush_secs: u64,
+    /// While an upstream event stream is silent this many seconds, send the
+    /// client `: keep-alive` (0: never); `[providers.<name>]` may override.
+    pub sse_keepalive_secs: u64,
 }
 
 impl Default for ProxySettings {
@@ -293,6 +308,8 @@ impl Default for ProxySettings {
         ProxySettings {
             max_body_bytes: 16 * 1024 * 1024,
             key_rpm: 0,
+            usage_flush_secs: 5,
+            sse_keepalive_secs: 15,
         }
     }
 }
@@ -318,6 +335,11 @@ pub struct ProviderSettings {
     pub first_byte_timeout: Duration,
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// PEM file of extra CA certificates trusted for this upstream (beside
+    /// the system's roots), for self-hosted servers.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Overrides `proxy.sse_keepalive_secs` for this provider.
+    pub sse_keepalive_secs: Option<u64>,
 }
 
 impl Default for ProviderSettings {
@@ -331,6 +353,8 @@ impl Default for ProviderSettings {
             connect_timeout: Duration::from_secs(10),
             first_byte_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(300),
+            ca_file: None,
+            sse_keepalive_secs: None,
         }
     }
 }
@@ -391,6 +415,29 @@ impl Settings {
                 key: key.into(),
                 message,
             })?;
+        crate::agent::config::resolve_all(&settings.agents).map_err(|(key, message)| {
+            ConfigError::Key {
+                origin: origin.clone(),
+                key,
+                message,
+            }
+        })?;
+        crate::connections::config::resolve_all(&settings.connections).map_err(
+            |(key, message)| ConfigError::Key {
+                origin: origin.clone(),
+                key,
+                message,
+            },
+        )?;
+        if let Some(u) = &settings.server.public_url {
+            crate::connections::config::check_public_url(u).map_err(|message| {
+                ConfigError::Key {
+                    origin: origin.clone(),
+                    key: "server.public_url".into(),
+                    message,
+                }
+            })?;
+        }
         crate::proxy::providers::resolve_all(&settings.providers).map_err(|(key, message)| {
             ConfigError::Key {
                 origin,
@@ -472,6 +519,15 @@ impl Settings {
         }
         if self.proxy.max_body_bytes == 0 {
             return Err(("proxy.max_body_bytes", "must be greater than zero".into()));
+        }
+        if !(1..=3600).contains(&self.proxy.usage_flush_secs) {
+            return Err(("proxy.usage_flush_secs", "must be 1 to 3600 seconds".into()));
+        }
+        if self.proxy.sse_keepalive_secs > 3600 {
+            return Err((
+                "proxy.sse_keepalive_secs",
+                "must be 0 (off) to 3600 seconds".into(),
+            ));
         }
         if self.server.max_body_bytes == 0 {
             return Err(("server.max_body_bytes", "must be greater than zero".into()));

@@ -73,10 +73,29 @@ pub enum ApiError {
         rpm: u32,
         retry_after: std::time::Duration,
     },
+    /// An API key whose `tokens_per_day` budget is spent for this UTC day.
+    #[error("this API key has used its budget of {budget} tokens for today (UTC); retry after {} s", retry_after.as_secs().max(1))]
+    TokenBudgetExhausted {
+        budget: u64,
+        retry_after: std::time::Duration,
+    },
+    /// Setting a key's proxy limits failed.
+    #[error(transparent)]
+    Limits(#[from] crate::proxy::limits::LimitsError),
     /// The provider's upstream could not be reached or broke off. The
     /// source is logged, never shown.
     #[error("the upstream of provider `{provider}` could not be reached")]
     UpstreamUnreachable {
+        provider: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The upstream's TLS certificate was not trusted (or the handshake
+    /// failed otherwise). The source is logged, never shown.
+    #[error(
+        "TLS with the upstream of provider `{provider}` failed: its certificate is not trusted (for a self-hosted upstream, set providers.{provider}.ca_file)"
+    )]
+    UpstreamTls {
         provider: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -86,9 +105,15 @@ pub enum ApiError {
         provider: String,
         after: std::time::Duration,
     },
+    /// Local agent backends (`/agent/<name>/…`) and their assertions.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
     /// Anything else that went wrong inside the server.
     #[error("internal error: {0}")]
     Internal(String),
+    /// OAuth connections and the broker, mapped in [`connection_status`].
+    #[error(transparent)]
+    Connection(#[from] crate::connections::ConnectionError),
 }
 
 impl From<StoreError> for ApiError {
@@ -136,9 +161,24 @@ impl ApiError {
             ApiError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::UnknownProvider(_) => (S::NOT_FOUND, "unknown_provider"),
             ApiError::KeyRateLimited { .. } => (S::TOO_MANY_REQUESTS, "key_rate_limited"),
+            ApiError::TokenBudgetExhausted { .. } => {
+                (S::TOO_MANY_REQUESTS, "token_budget_exhausted")
+            }
+            ApiError::Limits(e) => {
+                use crate::proxy::limits::LimitsError as L;
+                match e {
+                    L::Invalid { .. } => (S::BAD_REQUEST, "invalid_field"),
+                    L::NotFound => (S::NOT_FOUND, "not_found"),
+                    L::Revoked => (S::CONFLICT, "key_revoked"),
+                    L::Store(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+                }
+            }
             ApiError::UpstreamUnreachable { .. } => (S::BAD_GATEWAY, "upstream_unreachable"),
+            ApiError::UpstreamTls { .. } => (S::BAD_GATEWAY, "upstream_tls"),
             ApiError::UpstreamTimeout { .. } => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ApiError::Agent(e) => agent_status(e),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Connection(e) => connection_status(e),
         }
     }
 
@@ -147,6 +187,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after }
             | ApiError::KeyRateLimited { retry_after, .. }
+            | ApiError::TokenBudgetExhausted { retry_after, .. }
             | ApiError::Auth(AuthError::Locked { retry_after }) => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 Some(secs.max(1))
@@ -177,6 +218,45 @@ fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
         AuthError::Locked { .. } => (S::TOO_MANY_REQUESTS, "account_locked"),
         AuthError::Vault(v) => vault_status(v),
         AuthError::Store(_) | AuthError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn agent_status(e: &crate::agent::AgentError) -> (StatusCode, &'static str) {
+    use crate::agent::AgentError as A;
+    use crate::agent::assertion::SignerError;
+    use StatusCode as S;
+    match e {
+        A::Unknown(_) => (S::NOT_FOUND, "unknown_agent"),
+        A::RoleRefused { .. } => (S::FORBIDDEN, "forbidden"),
+        A::WebSocketDisabled(_) => (S::FORBIDDEN, "websocket_disabled"),
+        A::WebSocketOverH2 => (S::BAD_REQUEST, "websocket_h2_unsupported"),
+        A::Unreachable { .. } => (S::BAD_GATEWAY, "agent_unreachable"),
+        A::Timeout { .. } => (S::GATEWAY_TIMEOUT, "agent_timeout"),
+        A::Signer(SignerError::Vault(v)) => vault_status(v),
+        A::Signer(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn connection_status(e: &crate::connections::ConnectionError) -> (StatusCode, &'static str) {
+    use crate::connections::ConnectionError as C;
+    use StatusCode as S;
+    match e {
+        C::UnknownProvider(_) => (S::NOT_FOUND, "unknown_provider"),
+        C::NoConnection(_) => (S::NOT_FOUND, "no_connection"),
+        C::NeedsReconnect(_) => (S::CONFLICT, "needs_reconnect"),
+        C::ClientSecretMissing { .. } => (S::CONFLICT, "client_secret_missing"),
+        C::ProviderUnreachable { .. } => (S::BAD_GATEWAY, "provider_unreachable"),
+        C::ProviderResponse { .. } => (S::BAD_GATEWAY, "provider_error"),
+        C::Denied(_) => (S::BAD_REQUEST, "oauth_denied"),
+        C::InvalidState => (S::BAD_REQUEST, "invalid_state"),
+        C::StateMismatch => (S::BAD_REQUEST, "state_mismatch"),
+        C::IssuerMismatch => (S::BAD_REQUEST, "issuer_mismatch"),
+        C::ExchangeFailed { .. } => (S::BAD_REQUEST, "exchange_failed"),
+        C::SessionRequired => (S::FORBIDDEN, "session_required"),
+        C::TooManyPending => (S::TOO_MANY_REQUESTS, "too_many_pending"),
+        C::BadRequest(_) => (S::BAD_REQUEST, "invalid_request"),
+        C::Vault(v) => vault_status(v),
+        C::Store(_) | C::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
@@ -220,7 +300,17 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let upstream = matches!(
             self,
-            ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamTimeout { .. }
+            ApiError::UpstreamUnreachable { .. }
+                | ApiError::UpstreamTimeout { .. }
+                | ApiError::UpstreamTls { .. }
+                | ApiError::Agent(
+                    crate::agent::AgentError::Unreachable { .. }
+                        | crate::agent::AgentError::Timeout { .. }
+                )
+                | ApiError::Connection(
+                    crate::connections::ConnectionError::ProviderUnreachable { .. }
+                        | crate::connections::ConnectionError::ProviderResponse { .. }
+                )
         );
         let message = if upstream {
             // Names only the provider; the cause (never a credential) is

@@ -1,7 +1,10 @@
 //! A small Prometheus registry: request counts by route template and
 //! status, request latency histograms by route, vault operations by kind
-//! and outcome, and counters owned by the shell (e.g. TLS handshake
-//! failures). Rendered in the Prometheus text exposition format 0.0.4.
+//! and outcome, counters owned by the shell (e.g. TLS handshake
+//! failures), and the agent proxy's per-provider counters (answers by
+//! status class, upstream latency to the response head, tokens, limit
+//! refusals; atomics owned by `crate::proxy::stats`, read only here).
+//! Rendered in the Prometheus text exposition format 0.0.4.
 //!
 //! Routes are labelled by their template (`/api/vault/{name}`), never the
 //! raw path, so label cardinality stays bounded and entry names stay out of
@@ -11,11 +14,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency buckets.
-const BUCKETS: [f64; 12] = [
+pub(crate) const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
@@ -57,6 +61,7 @@ struct External {
 pub struct Metrics {
     inner: Mutex<Inner>,
     external: Mutex<Vec<External>>,
+    proxy: OnceLock<Arc<crate::proxy::Proxy>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,6 +93,12 @@ impl Metrics {
                 .or_default()
                 .observe(latency.as_secs_f64());
         }
+    }
+
+    /// Shows the proxy's per-provider counters (once; later calls are
+    /// ignored).
+    pub fn attach_proxy(&self, proxy: Arc<crate::proxy::Proxy>) {
+        let _ = self.proxy.set(proxy);
     }
 
     /// Counts one vault operation (`put`, `reveal`, …) and whether it
@@ -187,8 +198,107 @@ impl Metrics {
             writeln!(out, "# TYPE {} counter", e.name)?;
             writeln!(out, "{} {}", e.name, e.value.load(Ordering::Relaxed))?;
         }
+        drop(ext);
+        if let Some(p) = self.proxy.get() {
+            render_proxy(out, p)?;
+        }
         Ok(())
     }
+}
+
+/// The proxy's counters, providers sorted by name.
+fn render_proxy(out: &mut String, proxy: &crate::proxy::Proxy) -> std::fmt::Result {
+    use crate::proxy::stats::CLASSES;
+    let mut routes: Vec<_> = proxy.routes.iter().collect();
+    routes.sort_by(|a, b| a.0.cmp(b.0));
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    writeln!(
+        out,
+        "# HELP latchkey_proxy_requests_total Proxied requests by provider and the upstream's status class (none: no answer)."
+    )?;
+    writeln!(out, "# TYPE latchkey_proxy_requests_total counter")?;
+    for (name, r) in &routes {
+        let name = escape(name);
+        for (i, class) in CLASSES.iter().enumerate() {
+            writeln!(
+                out,
+                "latchkey_proxy_requests_total{{provider=\"{name}\",class=\"{class}\"}} {}",
+                load(&r.stats.by_class[i])
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "# HELP latchkey_proxy_upstream_latency_seconds Time from sending a request upstream to its response head."
+    )?;
+    writeln!(
+        out,
+        "# TYPE latchkey_proxy_upstream_latency_seconds histogram"
+    )?;
+    for (name, r) in &routes {
+        let name = escape(name);
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += load(&r.stats.latency[i]);
+            writeln!(
+                out,
+                "latchkey_proxy_upstream_latency_seconds_bucket{{provider=\"{name}\",le=\"{bound}\"}} {cumulative}"
+            )?;
+        }
+        cumulative += load(&r.stats.latency[BUCKETS.len()]);
+        writeln!(
+            out,
+            "latchkey_proxy_upstream_latency_seconds_bucket{{provider=\"{name}\",le=\"+Inf\"}} {cumulative}"
+        )?;
+        // Microseconds summed; shown in seconds.
+        let sum = load(&r.stats.latency_sum_us) as f64 / 1e6;
+        writeln!(
+            out,
+            "latchkey_proxy_upstream_latency_seconds_sum{{provider=\"{name}\"}} {sum}"
+        )?;
+        writeln!(
+            out,
+            "latchkey_proxy_upstream_latency_seconds_count{{provider=\"{name}\"}} {}",
+            load(&r.stats.latency_count)
+        )?;
+    }
+    writeln!(
+        out,
+        "# HELP latchkey_proxy_tokens_total Tokens read from providers' answers, by provider and direction."
+    )?;
+    writeln!(out, "# TYPE latchkey_proxy_tokens_total counter")?;
+    for (name, r) in &routes {
+        let name = escape(name);
+        for (dir, v) in [
+            ("input", &r.stats.input_tokens),
+            ("output", &r.stats.output_tokens),
+        ] {
+            writeln!(
+                out,
+                "latchkey_proxy_tokens_total{{provider=\"{name}\",direction=\"{dir}\"}} {}",
+                load(v)
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "# HELP latchkey_proxy_refusals_total Requests refused by a key's limits, by provider and reason."
+    )?;
+    writeln!(out, "# TYPE latchkey_proxy_refusals_total counter")?;
+    for (name, r) in &routes {
+        let name = escape(name);
+        for (reason, v) in [
+            ("rpm", &r.stats.refused_rpm),
+            ("token_budget", &r.stats.refused_budget),
+        ] {
+            writeln!(
+                out,
+                "latchkey_proxy_refusals_total{{provider=\"{name}\",reason=\"{reason}\"}} {}",
+                load(v)
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Label values: backslash, quote and newline escaped.

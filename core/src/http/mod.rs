@@ -13,9 +13,13 @@
 //!   one's own account, user management, the audit log;
 //! - `/api/vault/…`, `/api/backup`, `/api/status`: the vault and operations;
 //! - `/api/usage`: proxy usage totals;
+//! - `/api/connections…`: OAuth connections and the broker ([`connections`]);
 //! - `/proxy/<provider>/…`: the agent proxy ([`crate::proxy`]), which
 //!   authenticates API keys itself and streams bodies (no body limit or
 //!   request time limit from [`middleware::limits`]; its own apply).
+//! - `/agent/<name>/…`: local agent backends ([`crate::agent`]), merged
+//!   after [`middleware::limits`] so it does not apply (its own do);
+//!   `/api/verify` (forward-auth) and `/.well-known/jwks.json` ([`verify`]).
 //!
 //! Every `/api` handler that needs a caller takes [`authn::Authenticated`]
 //! and makes exactly one permission check (docs/PERMISSIONS.md).
@@ -28,6 +32,7 @@ pub mod account;
 pub mod audit;
 pub mod auth;
 pub mod authn;
+pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod keys;
@@ -37,6 +42,7 @@ pub mod ops;
 pub mod usage;
 pub mod users;
 pub mod vault;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -127,6 +133,10 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<IpNet>>,
     /// The agent proxy: provider routes, rate windows, usage totals.
     pub proxy: Arc<crate::proxy::Proxy>,
+    /// Local agent backends and the assertion signer.
+    pub agents: Arc<crate::agent::Agents>,
+    /// OAuth connections and the credential broker.
+    pub connections: Arc<crate::connections::Connections>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -149,7 +159,17 @@ impl AppState {
         admin: Arc<dyn TokenVerifier>,
     ) -> Result<AppState, String> {
         let trusted_proxies = parse_trusted_proxies(&settings.auth.trusted_proxies)?;
-        let proxy = crate::proxy::Proxy::new(&settings)?;
+        let agents = crate::agent::Agents::new(&settings, Arc::clone(&vault))?;
+        agents.signer.warm_up();
+        let proxy = Arc::new(crate::proxy::Proxy::new(
+            &settings,
+            Arc::clone(vault.store()),
+        )?);
+        metrics.attach_proxy(Arc::clone(&proxy));
+        let connections = Arc::new(crate::connections::Connections::new(
+            &settings,
+            Arc::clone(&vault),
+        )?);
         Ok(AppState {
             vault,
             settings,
@@ -158,7 +178,9 @@ impl AppState {
             admin,
             auth,
             trusted_proxies: Arc::new(trusted_proxies),
-            proxy: Arc::new(proxy),
+            proxy,
+            agents: Arc::new(agents),
+            connections,
         })
     }
 
@@ -219,6 +241,12 @@ pub fn router(state: AppState) -> Router {
             .route("/api/auth/refresh", post(auth::refresh))
             .route("/api/auth/reauth", post(auth::reauth))
             .route("/api/invites/accept", post(users::accept_invite))
+            // The OAuth callback: no session (a cross-site navigation), the
+            // state and the binding cookie are the credential.
+            .route(
+                "/api/connections/{provider}/callback",
+                get(connections::callback),
+            )
             .route("/api/vault/unseal", named("unseal").post(vault::unseal)),
     );
     // Authenticated endpoints: the credential itself gates them; `me` is
@@ -228,6 +256,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/keys", get(keys::list).post(keys::create))
         .route("/api/keys/{id}", delete(keys::revoke))
+        .route("/api/keys/{id}/limits", put(keys::set_limits))
         .route("/api/account/password", post(account::change_password))
         .route(
             "/api/account/totp",
@@ -265,11 +294,24 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vault/{name}/reveal", post(vault::reveal))
         .route("/api/backup", post(vault::backup))
         .route("/api/status", get(ops::status))
-        .route("/api/usage", get(usage::list));
+        .route("/api/usage", get(usage::list))
+        .route("/api/connections", get(connections::list))
+        .route("/api/connections/providers", get(connections::providers))
+        .route(
+            "/api/connections/{provider}",
+            delete(connections::disconnect),
+        )
+        .route(
+            "/api/connections/{provider}/start",
+            get(connections::start).post(connections::start),
+        )
+        .route("/api/connections/{provider}/token", get(connections::token))
+        .route("/api/verify", any(verify::verify));
     Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/.well-known/jwks.json", get(verify::jwks))
         .merge(public)
         .merge(api)
         .route(
@@ -286,6 +328,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::limits,
         ))
+        // Agent routes stream bodies and hold WebSockets: merged here, after
+        // `limits`, so only their own timeouts and body cap apply.
+        .merge(crate::agent::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_context,

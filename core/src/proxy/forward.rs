@@ -1,16 +1,17 @@
 //! The hot path: authenticate the key, check scope and rate, swap the
 //! credential, stream to the upstream and back.
 //!
-//! Everything here is in memory: the key lookup, the scope check, the rate
-//! window and the provider credential (`Vault::reveal_cached`). Bodies are
+//! Everything here is in memory: the key lookup, the scope check, the
+//! key's limits (rate window and token budget) and the provider credential
+//! (`Vault::reveal_cached`). Bodies are
 //! streamed both ways; when the client goes away the response body is
 //! dropped, which drops the upstream response and its connection, so the
 //! upstream request is cancelled.
 
-use super::Proxy;
 use super::headers::{check_path, request_headers, response_headers};
 use super::providers::{Injection, Provider};
 use super::usage::{UsageKey, UsageParser};
+use super::{Proxy, Route};
 use crate::auth::Via;
 use crate::auth::scope::Scope;
 use crate::http::AppState;
@@ -28,6 +29,7 @@ use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -58,18 +60,100 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
 
 /// Largest unused request body read before a refusal is sent.
 const DRAIN_LIMIT: usize = 64 * 1024;
+/// Largest rest of a request body read before a 502/504 is sent (the
+/// caller is authenticated by then), and how long that may take.
+const UPSTREAM_DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+const UPSTREAM_DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// The request body as handed to the upstream client, with a second handle
+/// that keeps it when the client drops the request: if the upstream then
+/// fails, what the client is still uploading can be read before the 502/504
+/// goes out, so an HTTP/2 client mid-upload gets the answer, not a reset.
+#[derive(Clone)]
+pub struct SharedBody(Arc<std::sync::Mutex<Option<Limited<Body>>>>);
+
+impl SharedBody {
+    fn new(body: Limited<Body>) -> Self {
+        SharedBody(Arc::new(std::sync::Mutex::new(Some(body))))
+    }
+
+    /// Reads and discards what is left, within the limits above.
+    async fn drain(&self) {
+        let rest = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(rest) = rest {
+            let limited = Limited::new(rest, UPSTREAM_DRAIN_LIMIT);
+            let _ = tokio::time::timeout(
+                UPSTREAM_DRAIN_TIME,
+                http_body_util::BodyExt::collect(limited),
+            )
+            .await;
+        }
+    }
+}
+
+impl HttpBody for SharedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Uncontended: only the upstream connection polls while the
+        // request is in flight.
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match guard.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .map_or(true, |g| g.as_ref().is_none_or(HttpBody::is_end_stream))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(HttpBody::size_hint))
+            .unwrap_or_default()
+    }
+}
 
 /// The Latchkey key from `Authorization: Bearer lk_…`, `x-api-key` or
-/// `x-goog-api-key`.
-fn client_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+/// `x-goog-api-key`, else from the query's `key=lk_…` (how Gemini's REST
+/// examples pass a key; it is never forwarded, see [`upstream_uri`]).
+fn client_key<'a>(
+    headers: &'a axum::http::HeaderMap,
+    query: Option<&str>,
+) -> Option<std::borrow::Cow<'a, str>> {
     if let Some(b) = bearer(headers) {
-        return Some(b);
+        return Some(b.into());
     }
-    ["x-api-key", "x-goog-api-key"]
+    if let Some(h) = ["x-api-key", "x-goog-api-key"]
         .iter()
         .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
+    {
+        return Some(h.trim().into());
+    }
+    let query = query?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, v)| k == QUERY_KEY && v.starts_with("lk_"))
+        .map(|(_, v)| std::borrow::Cow::Owned(v.into_owned()))
 }
+
+/// The query parameter a client may put its Latchkey key in.
+const QUERY_KEY: &str = "key";
 
 async fn forward(
     state: &AppState,
@@ -78,11 +162,13 @@ async fn forward(
 ) -> Result<Response, ApiError> {
     let proxy: &Proxy = &state.proxy;
     // 1. Who: an API key, verified in memory.
-    let key = client_key(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+    let key =
+        client_key(&parts.headers, parts.uri.query()).ok_or_else(ApiError::unauthenticated)?;
     if !key.starts_with("lk_") {
         return Err(ApiError::unauthenticated());
     }
-    let principal = state.auth.authenticate_key(key)?;
+    let principal = state.auth.authenticate_key(&key)?;
+    drop(key);
     let Via::ApiKey { id: key_id, .. } = &principal.via else {
         return Err(ApiError::unauthenticated());
     };
@@ -106,7 +192,30 @@ async fn forward(
     // 4. Where exactly: only below the configured upstream. Refused paths
     // do not count against the key's rate.
     check_path(path).map_err(|m| ApiError::bad_request("invalid_path", m))?;
-    proxy.limiter.check(key_id, std::time::Instant::now())?;
+
+    // 5. The key's limits: its token budget for today (a refusal does not
+    // use up the minute), then its rate.
+    let limits = proxy.limits.get(key_id);
+    if let Some(budget) = limits.tokens_per_day {
+        let now = crate::auth::service::now();
+        if proxy.usage.spent(key_id, &super::usage::day_of(now)) >= budget {
+            route.stats.refused_budget.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::TokenBudgetExhausted {
+                budget,
+                retry_after: Duration::from_secs(super::usage::secs_to_midnight(now)),
+            });
+        }
+    }
+    let rpm = limits
+        .requests_per_minute
+        .unwrap_or_else(|| proxy.limiter.default_rpm());
+    if let Err(e) = proxy
+        .limiter
+        .check_with(key_id, rpm, std::time::Instant::now())
+    {
+        route.stats.refused_rpm.fetch_add(1, Ordering::Relaxed);
+        return Err(e);
+    }
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -132,7 +241,7 @@ async fn forward(
     };
     let uri = upstream_uri(p, path, parts.uri.query(), secret.as_ref())?;
 
-    // 5. The upstream request: filtered headers, the real credential.
+    // 6. The upstream request: filtered headers, the real credential.
     let mut headers = request_headers(&parts.headers);
     for (n, v) in &p.default_headers {
         if !headers.contains_key(n) {
@@ -157,7 +266,8 @@ async fn forward(
     }
     drop(secret);
     let body = body.take().unwrap_or_default();
-    let mut up = hyper::Request::new(Limited::new(body, proxy.max_body));
+    let shared = SharedBody::new(Limited::new(body, proxy.max_body));
+    let mut up = hyper::Request::new(shared.clone());
     *up.method_mut() = parts.method.clone();
     *up.uri_mut() = uri;
     *up.version_mut() = Version::HTTP_11;
@@ -167,14 +277,23 @@ async fn forward(
     let sent = tokio::time::timeout(p.first_byte_timeout, route.client.request(up)).await;
     let resp = match sent {
         Err(_) => {
+            route.stats.failed();
+            shared.drain().await;
             return Err(ApiError::UpstreamTimeout {
                 provider: p.name.clone(),
                 after: p.first_byte_timeout,
             });
         }
-        Ok(Err(e)) => return Err(upstream_error(p, e, proxy.max_body)),
+        Ok(Err(e)) => {
+            route.stats.failed();
+            shared.drain().await;
+            return Err(upstream_error(p, e, proxy.max_body));
+        }
         Ok(Ok(r)) => r,
     };
+    route
+        .stats
+        .answered(resp.status().as_u16(), started.elapsed());
     tracing::debug!(
         provider = %p.name,
         status = resp.status().as_u16(),
@@ -182,29 +301,40 @@ async fn forward(
         "upstream answered"
     );
 
-    // 6. Back to the client, streamed through the usage tap.
+    // 7. Back to the client, streamed through the usage tap.
     let (rparts, rbody) = resp.into_parts();
-    let parser = UsageParser::for_content_type(
-        rparts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let content_type = rparts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let parser = UsageParser::for_content_type(content_type);
+    let sse = content_type.is_some_and(|ct| {
+        ct.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+    });
     let tap = Tap {
         proxy: Arc::clone(&state.proxy),
+        route: Arc::clone(&route),
         key: UsageKey {
             day: String::new(),
             key_id: key_id.clone(),
-            user_id: principal.user_id,
             provider: p.name.clone(),
             model: String::new(),
         },
         parser,
+        error: rparts.status.as_u16() >= 400,
     };
+    let keepalive = route.sse_keepalive.filter(|_| sse).map(|every| KeepAlive {
+        every,
+        timer: Box::pin(tokio::time::sleep(every)),
+        line_ends: 2,
+    });
     let body = TapBody {
         inner: rbody,
         idle: p.idle_timeout,
         timer: Box::pin(tokio::time::sleep(p.idle_timeout)),
+        keepalive,
         tap: Some(tap),
     };
     let mut out = Response::new(Body::new(body));
@@ -215,32 +345,45 @@ async fn forward(
 
 /// `{scheme}://{authority}{base}/{path}?{query}`, with the credential added
 /// to the query for `auth_query` providers (and any client value of that
-/// parameter dropped).
+/// parameter dropped). A client's `key=lk_…` is always dropped: the
+/// Latchkey key never reaches an upstream.
 fn upstream_uri(
     p: &Provider,
     path: &str,
     query: Option<&str>,
     secret: Option<&secrecy::SecretString>,
 ) -> Result<Uri, ApiError> {
-    let mut q: Option<String> = query.map(str::to_owned);
-    if let (Injection::Query { param }, Some(s)) = (&p.injection, secret) {
+    let injected = match (&p.injection, secret) {
+        (Injection::Query { param }, Some(s)) => Some((param.as_str(), s)),
+        _ => None,
+    };
+    let our_key = |k: &str, v: &str| k == QUERY_KEY && v.starts_with("lk_");
+    let rewrite = injected.is_some()
+        || query
+            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, v)| our_key(&k, &v)));
+    let mut q: Option<Zeroizing<String>> = query.map(|q| Zeroizing::new(q.to_owned()));
+    if rewrite {
+        // Untouched parameters keep their order; only re-encoded.
         let mut ser = form_urlencoded::Serializer::new(String::new());
         if let Some(orig) = query {
             for (k, v) in form_urlencoded::parse(orig.as_bytes()) {
-                if k != param.as_str() {
+                let dropped = injected.is_some_and(|(param, _)| k == param) || our_key(&k, &v);
+                if !dropped {
                     ser.append_pair(&k, &v);
                 }
             }
         }
-        ser.append_pair(param, s.expose_secret());
-        q = Some(ser.finish());
+        if let Some((param, s)) = injected {
+            ser.append_pair(param, s.expose_secret());
+        }
+        let out = Zeroizing::new(ser.finish());
+        q = (!out.is_empty()).then_some(out);
     }
     let mut s = Zeroizing::new(format!(
         "{}://{}{}/{}",
         p.scheme, p.authority, p.base_path, path
     ));
     if let Some(q) = q {
-        let q = Zeroizing::new(q);
         s.push('?');
         s.push_str(&q);
     }
@@ -266,6 +409,12 @@ fn upstream_error(p: &Provider, e: hyper_util::client::legacy::Error, max_body: 
         if err.is::<http_body_util::LengthLimitError>() {
             return ApiError::PayloadTooLarge { limit: max_body };
         }
+        if is_tls_error(err) {
+            return ApiError::UpstreamTls {
+                provider: p.name.clone(),
+                source: Box::new(e),
+            };
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
         {
@@ -282,25 +431,85 @@ fn upstream_error(p: &Provider, e: hyper_util::client::legacy::Error, max_body: 
     }
 }
 
+/// A rustls error, possibly inside `io::Error`s (hyper-rustls wraps
+/// tokio-rustls's `io::Error` in another), whose `source()` skips them.
+fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: &(dyn std::error::Error + 'static) = err;
+    for _ in 0..4 {
+        if cur.is::<rustls::Error>() {
+            return true;
+        }
+        match cur
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => cur = inner,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// Counts usage as the body passes and records it when the body ends or is
 /// dropped (a client that disconnects still pays for what was produced).
 struct Tap {
     proxy: Arc<Proxy>,
+    route: Arc<Route>,
     key: UsageKey,
     parser: UsageParser,
+    /// The upstream answered 400 or more.
+    error: bool,
 }
 
 impl Tap {
     fn finish(self) {
         let Tap {
             proxy,
+            route,
             mut key,
             parser,
+            error,
         } = self;
         let usage = parser.finish();
         key.model = usage.model.clone().unwrap_or_else(|| "unknown".into());
         key.day = super::usage::day_of(crate::auth::service::now());
-        proxy.usage.record(key, &usage);
+        route.stats.tokens(usage.input_tokens, usage.output_tokens);
+        proxy.usage.record(key, &usage, error);
+    }
+}
+
+/// SSE keep-alive: a comment after `every` of upstream silence, sent only
+/// between events so it can never split one.
+struct KeepAlive {
+    every: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Line ends in a row at the end of what was forwarded (`\r` ignored);
+    /// two or more: an event boundary. Starts at 2: nothing sent yet.
+    line_ends: u8,
+}
+
+impl KeepAlive {
+    const COMMENT: &'static [u8] = b": keep-alive\n\n";
+
+    /// Only the chunk's tail matters: scanned from the end.
+    fn saw(&mut self, data: &[u8]) {
+        let mut ends: u8 = 0;
+        for &b in data.iter().rev() {
+            match b {
+                b'\n' => ends = ends.saturating_add(1),
+                b'\r' => {}
+                _ => {
+                    self.line_ends = ends;
+                    return;
+                }
+            }
+        }
+        // Nothing but line ends: they continue the previous run.
+        self.line_ends = self.line_ends.saturating_add(ends);
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.line_ends >= 2
     }
 }
 
@@ -310,6 +519,7 @@ struct TapBody {
     inner: Incoming,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
+    keepalive: Option<KeepAlive>,
     tap: Option<Tap>,
 }
 
@@ -324,11 +534,19 @@ impl HttpBody for TapBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(tap)) = (frame.data_ref(), this.tap.as_mut()) {
-                    tap.parser.feed(data);
+                if let Some(data) = frame.data_ref() {
+                    if let Some(tap) = this.tap.as_mut() {
+                        tap.parser.feed(data);
+                    }
+                    if let Some(ka) = this.keepalive.as_mut() {
+                        ka.saw(data);
+                    }
                 }
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                let now = tokio::time::Instant::now();
+                this.timer.as_mut().reset(now + this.idle);
+                if let Some(ka) = this.keepalive.as_mut() {
+                    ka.timer.as_mut().reset(now + ka.every);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
@@ -338,10 +556,28 @@ impl HttpBody for TapBody {
                 }
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err("upstream idle timeout".into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err("upstream idle timeout".into())));
+                }
+                if let Some(ka) = this.keepalive.as_mut()
+                    && ka.timer.as_mut().poll(cx).is_ready()
+                {
+                    let next = tokio::time::Instant::now() + ka.every;
+                    ka.timer.as_mut().reset(next);
+                    // Inside an event: wait for its end (the next frame
+                    // resets the timer anyway).
+                    if ka.at_boundary() {
+                        // Registers the new deadline with the waker.
+                        let _ = ka.timer.as_mut().poll(cx);
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                            KeepAlive::COMMENT,
+                        )))));
+                    }
+                    let _ = ka.timer.as_mut().poll(cx);
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -359,5 +595,65 @@ impl Drop for TapBody {
         if let Some(tap) = self.tap.take() {
             tap.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keepalive() -> KeepAlive {
+        KeepAlive {
+            every: Duration::from_secs(1),
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(1))),
+            line_ends: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn keepalive_waits_for_an_event_boundary() {
+        let mut ka = keepalive();
+        assert!(ka.at_boundary(), "nothing sent yet");
+        ka.saw(b"data: {\"a\":");
+        assert!(!ka.at_boundary());
+        ka.saw(b"1}\n");
+        assert!(!ka.at_boundary(), "one line end is inside an event");
+        ka.saw(b"\n");
+        assert!(ka.at_boundary());
+        ka.saw(b"event: x\r\ndata: y\r\n\r\n");
+        assert!(ka.at_boundary(), "CRLF line ends count too");
+        ka.saw(b"data: z\r\n\r");
+        assert!(!ka.at_boundary());
+    }
+
+    #[test]
+    fn query_keys_are_found_and_never_forwarded() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(
+            client_key(&h, Some("alt=json&key=lk_abc")).as_deref(),
+            Some("lk_abc")
+        );
+        assert_eq!(client_key(&h, Some("key=AIza123")), None);
+        h.insert("x-api-key", HeaderValue::from_static("lk_header"));
+        assert_eq!(
+            client_key(&h, Some("key=lk_abc")).as_deref(),
+            Some("lk_header")
+        );
+        let p = super::super::providers::resolve(
+            "openai",
+            &crate::config::ProviderSettings {
+                upstream: Some("http://127.0.0.1:9".into()),
+                secret: Some("e".into()),
+                ..Default::default()
+            },
+        )
+        .expect("provider");
+        let uri = upstream_uri(&p, "v1/x", Some("a=1&key=lk_abc&b=2"), None).expect("uri");
+        assert_eq!(uri.to_string(), "http://127.0.0.1:9/v1/x?a=1&b=2");
+        let uri = upstream_uri(&p, "v1/x", Some("key=lk_abc"), None).expect("uri");
+        assert_eq!(uri.to_string(), "http://127.0.0.1:9/v1/x");
+        // Anything else stays byte for byte.
+        let uri = upstream_uri(&p, "v1/x", Some("key=AIza&q=a%20b"), None).expect("uri");
+        assert_eq!(uri.query(), Some("key=AIza&q=a%20b"));
     }
 }

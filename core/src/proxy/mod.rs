@@ -4,39 +4,50 @@
 //! - [`providers`]: presets and `[providers.<name>]`, checked at startup;
 //! - [`headers`]: the path check (SSRF) and the headers kept each way;
 //! - [`forward`]: the handler — the hot path, all in memory;
-//! - [`usage`]: the tap that reads token counts and the in-memory totals.
+//! - [`usage`]: the tap that reads token counts, the totals counted in
+//!   memory and written to `usage_daily` in batches;
+//! - [`limits`]: per-key requests per minute and tokens per day, cached;
+//! - [`stats`]: per-provider counters for `/metrics`.
 //!
 //! [`Proxy`] is built once from the settings and shared through
 //! `AppState`; each provider has its own pooled client (HTTP/1.1 and h2
-//! over rustls with the ring provider and the system's roots), so its
-//! connect timeout applies to it alone.
+//! over rustls with the ring provider, the system's roots and the
+//! provider's `ca_file`), so its connect timeout applies to it alone.
 
 pub mod forward;
 pub mod headers;
+pub mod limits;
 pub mod providers;
+pub mod stats;
 pub mod usage;
 
 use crate::config::Settings;
 use crate::http::ApiError;
-use axum::body::Body;
-use http_body_util::Limited;
+use crate::store::{Store, StoreError};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use limits::LimitCache;
 use providers::Provider;
+use stats::ProviderStats;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use usage::UsageBook;
 
 /// The pooled client every provider route uses.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Limited<Body>>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, forward::SharedBody>;
 
 /// One provider and its client.
 pub struct Route {
     pub provider: Provider,
     pub client: UpstreamClient,
+    pub stats: ProviderStats,
+    /// `sse_keepalive_secs` of the provider, else of `[proxy]`; `None`:
+    /// off.
+    pub sse_keepalive: Option<Duration>,
 }
 
 /// The proxy's shared state.
@@ -44,8 +55,13 @@ pub struct Proxy {
     pub routes: HashMap<String, Arc<Route>>,
     pub usage: UsageBook,
     pub limiter: KeyLimiter,
+    pub limits: LimitCache,
+    /// Where usage totals and limits are stored.
+    pub store: Arc<Store>,
     /// `proxy.max_body_bytes`.
     pub max_body: usize,
+    /// `proxy.usage_flush_secs`.
+    pub flush_every: Duration,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -57,39 +73,98 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// Builds the routes for `settings.providers`; the error names the key.
-    pub fn new(settings: &Settings) -> Result<Proxy, String> {
+    /// Builds the routes for `settings.providers` (the error names the
+    /// key) and loads the key limits and today's usage from `store`.
+    pub fn new(settings: &Settings, store: Arc<Store>) -> Result<Proxy, String> {
         let providers = providers::resolve_all(&settings.providers)
             .map_err(|(key, message)| format!("{key}: {message}"))?;
         let tls = if providers.is_empty() {
             None
         } else {
-            Some(tls_config()?)
+            Some(tls_config(&[])?)
         };
         let mut routes = HashMap::new();
         for p in providers {
             let Some(tls) = &tls else { break };
-            let client = build_client(&p, tls.clone());
+            let tls = if p.extra_roots.is_empty() {
+                tls.clone()
+            } else {
+                tls_config(&p.extra_roots)
+                    .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))?
+            };
+            let client = build_client(&p, tls);
+            let keepalive = p
+                .sse_keepalive
+                .unwrap_or(Duration::from_secs(settings.proxy.sse_keepalive_secs));
             routes.insert(
                 p.name.clone(),
                 Arc::new(Route {
                     provider: p,
                     client,
+                    stats: ProviderStats::default(),
+                    sse_keepalive: (!keepalive.is_zero()).then_some(keepalive),
                 }),
             );
         }
+        let today = usage::day_of(crate::auth::service::now());
+        let usage = UsageBook::load(&store, &today)
+            .map_err(|e| format!("reading proxy usage totals: {e}"))?;
+        let limits =
+            LimitCache::load(&store).map_err(|e| format!("reading per-key limits: {e}"))?;
         Ok(Proxy {
             routes,
-            usage: UsageBook::default(),
+            usage,
             limiter: KeyLimiter::new(settings.proxy.key_rpm),
+            limits,
+            store,
             max_body: settings.proxy.max_body_bytes,
+            flush_every: Duration::from_secs(settings.proxy.usage_flush_secs.max(1)),
+        })
+    }
+
+    /// Writes pending usage totals (blocking: call off the async threads).
+    pub fn flush_usage(&self) -> Result<usize, StoreError> {
+        self.usage.flush(&self.store)
+    }
+
+    /// Flushes usage every `proxy.usage_flush_secs` until `stop` turns true.
+    /// The shell flushes once more after its last request has finished.
+    pub fn spawn_usage_flusher(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(self.flush_every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                let p = Arc::clone(&self);
+                match tokio::task::spawn_blocking(move || p.flush_usage()).await {
+                    Ok(Ok(n)) if n > 0 => tracing::debug!(rows = n, "wrote proxy usage"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not write proxy usage"),
+                    Err(e) => tracing::warn!(error = %e, "proxy usage flush task failed"),
+                }
+            }
         })
     }
 }
 
-/// rustls with the ring provider and the system's root certificates.
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+/// rustls with the ring provider, the system's root certificates and
+/// `extra` (a provider's `ca_file`).
+fn tls_config(
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("a certificate cannot be a CA: {e}"))?;
+    }
     let found = rustls_native_certs::load_native_certs();
     for cert in found.certs {
         // A single unparsable system certificate must not stop the server.
@@ -142,10 +217,21 @@ impl KeyLimiter {
         }
     }
 
-    /// One request for `key_id` at `now`; 429 with `Retry-After` when the
-    /// key has used up this minute.
+    /// `proxy.key_rpm` (0: none).
+    pub fn default_rpm(&self) -> u32 {
+        self.rpm
+    }
+
+    /// One request for `key_id` at `now` under `proxy.key_rpm`.
     pub fn check(&self, key_id: &str, now: Instant) -> Result<(), ApiError> {
-        if self.rpm == 0 {
+        self.check_with(key_id, self.rpm, now)
+    }
+
+    /// One request for `key_id` at `now` under `rpm` (the key's own limit,
+    /// or the default; 0: none); 429 with `Retry-After` when the key has
+    /// used up this minute.
+    pub fn check_with(&self, key_id: &str, rpm: u32, now: Instant) -> Result<(), ApiError> {
+        if rpm == 0 {
             return Ok(());
         }
         let elapsed = now.saturating_duration_since(self.start);
@@ -158,10 +244,10 @@ impl KeyLimiter {
         if entry.0 != minute {
             *entry = (minute, 0);
         }
-        if entry.1 >= self.rpm {
+        if entry.1 >= rpm {
             let next = Duration::from_secs((minute + 1) * 60);
             return Err(ApiError::KeyRateLimited {
-                rpm: self.rpm,
+                rpm,
                 retry_after: next.saturating_sub(elapsed),
             });
         }
@@ -187,5 +273,9 @@ mod tests {
         assert!(l.check("b", t).is_ok());
         assert!(l.check("a", t + Duration::from_secs(61)).is_ok());
         assert!(KeyLimiter::new(0).check("a", t).is_ok());
+        // A key's own limit replaces the default, for that key only.
+        assert!(l.check_with("c", 1, t).is_ok());
+        assert!(l.check_with("c", 1, t).is_err());
+        assert!(l.check_with("d", 0, t).is_ok());
     }
 }

@@ -9,6 +9,8 @@ use crate::auth::scope::{EntryName, ProviderName, Scope};
 use crate::config::ProviderSettings;
 use axum::http::uri::{Authority, Scheme};
 use axum::http::{HeaderName, HeaderValue, Uri};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -41,6 +43,10 @@ pub struct Provider {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `sse_keepalive_secs` of this section; `None`: the `[proxy]` default.
+    pub sse_keepalive: Option<Duration>,
+    /// Extra trusted CA certificates from `ca_file` (DER).
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 /// A preset's defaults.
@@ -214,6 +220,16 @@ pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, St
             return Err((key(field), "must be greater than zero".into()));
         }
     }
+    if s.sse_keepalive_secs.is_some_and(|n| n > 3600) {
+        return Err((
+            key("sse_keepalive_secs"),
+            "must be 0 (off) to 3600 seconds".into(),
+        ));
+    }
+    let extra_roots = match &s.ca_file {
+        Some(path) => read_ca_file(path).map_err(|m| (key("ca_file"), m))?,
+        None => Vec::new(),
+    };
     let default_headers = preset
         .map(|p| p.default_headers)
         .unwrap_or_default()
@@ -232,7 +248,31 @@ pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, St
         connect_timeout: s.connect_timeout,
         first_byte_timeout: s.first_byte_timeout,
         idle_timeout: s.idle_timeout,
+        sse_keepalive: s.sse_keepalive_secs.map(Duration::from_secs),
+        extra_roots,
     })
+}
+
+/// Every certificate in a PEM file; at least one, each one usable as a
+/// trust anchor.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`{shown}` is not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "`{shown}` holds no certificate (expected -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in &certs {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("`{shown}` holds a certificate that cannot be a CA: {e}"))?;
+    }
+    Ok(certs)
 }
 
 /// `scheme://host[:port][/base]`: no user info, query or fragment; plain
@@ -335,6 +375,17 @@ mod tests {
         assert_eq!(
             err("openai", "secret = \"x\"\nconnect_timeout = \"0s\""),
             "providers.openai.connect_timeout"
+        );
+        assert_eq!(
+            err("openai", "secret = \"x\"\nsse_keepalive_secs = 3601"),
+            "providers.openai.sse_keepalive_secs"
+        );
+        assert_eq!(
+            err(
+                "openai",
+                "secret = \"x\"\nca_file = \"/nonexistent/ca.pem\""
+            ),
+            "providers.openai.ca_file"
         );
     }
 

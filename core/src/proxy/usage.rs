@@ -13,13 +13,21 @@
 //! - Gemini: `modelVersion`, `usageMetadata.promptTokenCount`,
 //!   `usageMetadata.candidatesTokenCount`.
 //!
-//! Totals live in memory only (see docs/PROXY.md: persisting them needs a
-//! schema-v3 `usage_daily` table, not built yet); they are lost on restart.
+//! Totals are counted in memory on the hot path ([`UsageBook::record`],
+//! one short lock, no I/O) and written to the schema-v3 table
+//! `usage_daily` in batches by [`UsageBook::flush`] (one write transaction
+//! every `proxy.usage_flush_secs`, and once more on graceful shutdown).
+//! Each key's tokens of the current UTC day are kept in memory too, loaded
+//! from the table at start, so token budgets survive a restart. A request
+//! counts when its response ends (or the client leaves), so one started
+//! under a budget may take the key past it; the next one is refused.
 
-use crate::auth::store::UserId;
-use serde::Serialize;
+use crate::store::{Store, StoreError};
+use latchkey_migrations::v3::USAGE_DAILY;
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 /// Largest plain JSON response body read for usage; past it the request
@@ -46,7 +54,12 @@ impl Usage {
                 .or_else(|| v.get("modelVersion"))
                 .and_then(Value::as_str)
         {
-            self.model = Some(m.chars().take(128).collect());
+            self.model = Some(
+                m.chars()
+                    .take(128)
+                    .map(|c| if c == '\0' { '?' } else { c })
+                    .collect(),
+            );
         }
         // Anthropic's `message_start` nests the message.
         if let Some(m) = v.get("message").filter(|m| m.get("usage").is_some()) {
@@ -173,26 +186,93 @@ fn sse_line(line: &[u8], usage: &mut Usage) {
     }
 }
 
-/// The totals' key.
+/// The totals' key: one row of `usage_daily` per UTC day, API key,
+/// provider and model.
+///
+/// Encoded (schema v3) as the bytes `DAY 0x00 KEY_ID 0x00 PROVIDER 0x00
+/// MODEL`: `DAY` is `YYYY-MM-DD` in ASCII, so keys sort by day first and
+/// the rows of days `from..=to` are the byte range `from ..
+/// to‖0x01`; the other parts are UTF-8 and never hold a NUL (key ids and
+/// provider names cannot; a model name's NULs are replaced by `?` when it
+/// is read from a response).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UsageKey {
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
     pub key_id: String,
-    pub user_id: UserId,
     pub provider: String,
     pub model: String,
 }
 
-#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+impl UsageKey {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.day.len() + self.key_id.len() + self.provider.len() + self.model.len() + 3,
+        );
+        for (i, part) in [&self.day, &self.key_id, &self.provider, &self.model]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                out.push(0);
+            }
+            out.extend(part.bytes().map(|b| if b == 0 { b'?' } else { b }));
+        }
+        out
+    }
+
+    /// `None` for bytes that are not four NUL-separated UTF-8 parts.
+    pub fn decode(bytes: &[u8]) -> Option<UsageKey> {
+        let mut parts = bytes.split(|&b| b == 0);
+        let mut next = || {
+            parts
+                .next()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .map(str::to_owned)
+        };
+        let key = UsageKey {
+            day: next()?,
+            key_id: next()?,
+            provider: next()?,
+            model: next()?,
+        };
+        next().is_none().then_some(key)
+    }
+}
+
+/// A row's counts. Stored in `usage_daily` as postcard, fields in this
+/// order (all varint u64).
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Totals {
     pub requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Requests the upstream answered with a status of 400 or more.
+    pub errors: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.requests = self.requests.saturating_add(o.requests);
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.errors = self.errors.saturating_add(o.errors);
+    }
+
+    fn sub(&mut self, o: &Totals) {
+        self.requests = self.requests.saturating_sub(o.requests);
+        self.input_tokens = self.input_tokens.saturating_sub(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_sub(o.output_tokens);
+        self.errors = self.errors.saturating_sub(o.errors);
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Totals::default()
+    }
 }
 
 /// One row of `GET /api/usage`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UsageRow {
     pub day: String,
     pub key_id: String,
@@ -202,10 +282,50 @@ pub struct UsageRow {
     pub totals: Totals,
 }
 
-/// Per key/provider/model/day totals, in memory.
+/// What `GET /api/usage` asks for: days `from..=to` (`YYYY-MM-DD`) and
+/// optional exact matches.
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub from: String,
+    pub to: String,
+    /// Only these keys (a non-administrator's own), if set.
+    pub keys: Option<HashSet<String>>,
+    pub key: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+}
+
+impl UsageQuery {
+    fn matches(&self, k: &UsageKey) -> bool {
+        k.day.as_str() >= self.from.as_str()
+            && k.day.as_str() <= self.to.as_str()
+            && self.keys.as_ref().is_none_or(|ks| ks.contains(&k.key_id))
+            && self.key.as_ref().is_none_or(|v| *v == k.key_id)
+            && self.provider.as_ref().is_none_or(|v| *v == k.provider)
+            && self.model.as_ref().is_none_or(|v| *v == k.model)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Counts not yet written to `usage_daily` (added to the stored row on
+    /// flush).
+    pending: HashMap<UsageKey, Totals>,
+    /// Per key: the UTC day and the tokens (input + output) spent on it,
+    /// stored and pending alike — what budgets are checked against.
+    spent: HashMap<String, (String, u64)>,
+}
+
+/// Usage totals: counted in memory on the hot path, written to
+/// `usage_daily` in batches by [`UsageBook::flush`].
 #[derive(Debug, Default)]
 pub struct UsageBook {
-    totals: Mutex<HashMap<UsageKey, Totals>>,
+    inner: Mutex<Inner>,
+    /// Held by a flush from taking its snapshot until the pending counts it
+    /// wrote are subtracted, and by a query while it opens its read
+    /// transaction and copies the pending counts: a query sees every count
+    /// exactly once.
+    gate: Mutex<()>,
 }
 
 /// The UTC day of `unix` seconds, `YYYY-MM-DD`.
@@ -215,37 +335,177 @@ pub fn day_of(unix: i64) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Seconds from `unix` to the next UTC midnight (at least 1).
+pub fn secs_to_midnight(unix: i64) -> u64 {
+    let into_day = unix.rem_euclid(86_400);
+    u64::try_from(86_400 - into_day).unwrap_or(1).max(1)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves the maps consistent, so a panic
+    // elsewhere must not stop accounting.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl UsageBook {
-    pub fn record(&self, key: UsageKey, usage: &Usage) {
-        if let Ok(mut t) = self.totals.lock() {
-            let e = t.entry(key).or_default();
-            e.requests += 1;
-            e.input_tokens += usage.input_tokens;
-            e.output_tokens += usage.output_tokens;
+    /// A book that knows what each key spent on `today` (from the store),
+    /// so budgets survive a restart.
+    pub fn load(store: &Store, today: &str) -> Result<UsageBook, StoreError> {
+        let txn = store.db().begin_read()?;
+        let table = txn.open_table(USAGE_DAILY)?;
+        let mut spent: HashMap<String, (String, u64)> = HashMap::new();
+        let end = day_end(today);
+        for item in table.range(today.as_bytes()..end.as_slice())? {
+            let (k, v) = item?;
+            let (Some(key), Ok(t)) = (
+                UsageKey::decode(k.value()),
+                postcard::from_bytes::<Totals>(v.value()),
+            ) else {
+                continue;
+            };
+            if key.day != today {
+                continue;
+            }
+            let e = spent
+                .entry(key.key_id)
+                .or_insert_with(|| (today.to_string(), 0));
+            e.1 =
+                e.1.saturating_add(t.input_tokens.saturating_add(t.output_tokens));
         }
+        Ok(UsageBook {
+            inner: Mutex::new(Inner {
+                pending: HashMap::new(),
+                spent,
+            }),
+            gate: Mutex::new(()),
+        })
     }
 
-    /// Rows (optionally only `user`'s keys), sorted by day, key, provider,
-    /// model.
-    pub fn rows(&self, user: Option<UserId>) -> Vec<UsageRow> {
-        let Ok(t) = self.totals.lock() else {
-            return Vec::new();
-        };
-        let mut keys: Vec<&UsageKey> = t
-            .keys()
-            .filter(|k| user.is_none_or(|u| k.user_id == u))
-            .collect();
-        keys.sort();
-        keys.into_iter()
-            .map(|k| UsageRow {
-                day: k.day.clone(),
-                key_id: k.key_id.clone(),
-                provider: k.provider.clone(),
-                model: k.model.clone(),
-                totals: t.get(k).copied().unwrap_or_default(),
-            })
-            .collect()
+    /// Counts one finished request.
+    pub fn record(&self, key: UsageKey, usage: &Usage, error: bool) {
+        let tokens = usage.input_tokens.saturating_add(usage.output_tokens);
+        let mut inner = lock(&self.inner);
+        let spent = inner
+            .spent
+            .entry(key.key_id.clone())
+            .or_insert_with(|| (key.day.clone(), 0));
+        if spent.0 != key.day {
+            *spent = (key.day.clone(), 0);
+        }
+        spent.1 = spent.1.saturating_add(tokens);
+        inner.pending.entry(key).or_default().add(&Totals {
+            requests: 1,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            errors: u64::from(error),
+        });
     }
+
+    /// Tokens `key_id` has spent on `day` (`YYYY-MM-DD`).
+    pub fn spent(&self, key_id: &str, day: &str) -> u64 {
+        lock(&self.inner)
+            .spent
+            .get(key_id)
+            .filter(|(d, _)| d == day)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Adds the pending counts to `usage_daily` in one write transaction;
+    /// how many rows were written. On failure nothing is lost: the counts
+    /// stay pending for the next flush.
+    pub fn flush(&self, store: &Store) -> Result<usize, StoreError> {
+        let _gate = lock(&self.gate);
+        let snapshot: Vec<(UsageKey, Totals)> = lock(&self.inner)
+            .pending
+            .iter()
+            .map(|(k, t)| (k.clone(), *t))
+            .collect();
+        if snapshot.is_empty() {
+            return Ok(0);
+        }
+        let txn = store.db().begin_write()?;
+        {
+            let mut table = txn.open_table(USAGE_DAILY)?;
+            for (k, delta) in &snapshot {
+                let enc = k.encode();
+                // A row that does not decode is replaced, not added to:
+                // better a restarted count than no accounting at all.
+                let mut row = table
+                    .get(enc.as_slice())?
+                    .and_then(|v| postcard::from_bytes::<Totals>(v.value()).ok())
+                    .unwrap_or_default();
+                row.add(delta);
+                let bytes = postcard::to_allocvec(&row).map_err(|e| {
+                    StoreError::Db(redb::Error::Corrupted(format!("usage row: {e}")))
+                })?;
+                table.insert(enc.as_slice(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        let mut inner = lock(&self.inner);
+        for (k, delta) in &snapshot {
+            if let Some(t) = inner.pending.get_mut(k) {
+                t.sub(delta);
+                if t.is_zero() {
+                    inner.pending.remove(k);
+                }
+            }
+        }
+        Ok(snapshot.len())
+    }
+
+    /// Stored and pending totals matching `q`, sorted by day, key,
+    /// provider, model.
+    pub fn query(&self, store: &Store, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let (txn, pending) = {
+            let _gate = lock(&self.gate);
+            let txn = store.db().begin_read()?;
+            let pending: Vec<(UsageKey, Totals)> = lock(&self.inner)
+                .pending
+                .iter()
+                .filter(|(k, _)| q.matches(k))
+                .map(|(k, t)| (k.clone(), *t))
+                .collect();
+            (txn, pending)
+        };
+        let mut rows: BTreeMap<UsageKey, Totals> = BTreeMap::new();
+        let table = txn.open_table(USAGE_DAILY)?;
+        let start = q.from.as_bytes().to_vec();
+        let end = day_end(&q.to);
+        for item in table.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = item?;
+            let (Some(key), Ok(t)) = (
+                UsageKey::decode(k.value()),
+                postcard::from_bytes::<Totals>(v.value()),
+            ) else {
+                continue;
+            };
+            if q.matches(&key) {
+                rows.entry(key).or_default().add(&t);
+            }
+        }
+        for (k, t) in pending {
+            rows.entry(k).or_default().add(&t);
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(k, totals)| UsageRow {
+                day: k.day,
+                key_id: k.key_id,
+                provider: k.provider,
+                model: k.model,
+                totals,
+            })
+            .collect())
+    }
+}
+
+/// The first key past day `to`: `to‖0x01` (every key of that day continues
+/// with 0x00).
+fn day_end(to: &str) -> Vec<u8> {
+    let mut end = to.as_bytes().to_vec();
+    end.push(1);
+    end
 }
 
 #[cfg(test)]
@@ -328,31 +588,115 @@ mod tests {
         assert_eq!(parse("application/json", "{not json", 3), Usage::default());
     }
 
-    #[test]
-    fn book_totals_and_filters() {
-        let book = UsageBook::default();
-        let key = |user: u128, model: &str| UsageKey {
-            day: day_of(0),
-            key_id: format!("k{user}"),
-            user_id: UserId(user),
+    fn key(day: &str, k: &str, model: &str) -> UsageKey {
+        UsageKey {
+            day: day.into(),
+            key_id: k.into(),
             provider: "openai".into(),
             model: model.into(),
-        };
-        book.record(key(1, "m"), &usage("m", 1, 2));
-        book.record(key(1, "m"), &usage("m", 3, 4));
-        book.record(key(2, "m"), &usage("m", 5, 6));
-        assert_eq!(day_of(0), "1970-01-01");
-        let all = book.rows(None);
-        assert_eq!(all.len(), 2);
-        let mine = book.rows(Some(UserId(1)));
-        assert_eq!(mine.len(), 1);
+        }
+    }
+
+    #[test]
+    fn key_encoding_round_trips_and_sorts_by_day() {
+        let k = key("2026-11-22", "lk1", "gpt-4o");
+        let enc = k.encode();
+        assert_eq!(enc, b"2026-11-22\0lk1\0openai\0gpt-4o");
+        assert_eq!(UsageKey::decode(&enc), Some(k));
+        // A NUL in a model name cannot split the key.
+        let odd = key("2026-11-22", "lk1", "a\0b");
         assert_eq!(
-            mine[0].totals,
+            UsageKey::decode(&odd.encode()).map(|k| k.model),
+            Some("a?b".into())
+        );
+        assert_eq!(UsageKey::decode(b"2026-11-22\0lk1\0openai"), None);
+        assert_eq!(UsageKey::decode(b"a\0b\0c\0d\0e"), None);
+        assert_eq!(UsageKey::decode(b"a\0b\0c\0\xff"), None);
+        // Every key of a day lies in [day, day_end(day)), before the next.
+        let day = key("2026-11-22", "zzzz", "\u{10ffff}").encode();
+        assert!(day.as_slice() >= b"2026-11-22".as_slice());
+        assert!(day < day_end("2026-11-22"));
+        assert!(day_end("2026-11-22") < key("2026-11-23", "", "").encode());
+        let totals = Totals {
+            requests: 1,
+            input_tokens: 300,
+            output_tokens: 2,
+            errors: 0,
+        };
+        assert_eq!(
+            postcard::to_allocvec(&totals).expect("encode"),
+            [1, 0xac, 0x02, 2, 0]
+        );
+    }
+
+    #[test]
+    fn midnight() {
+        assert_eq!(secs_to_midnight(0), 86_400);
+        assert_eq!(secs_to_midnight(86_399), 1);
+        assert_eq!(secs_to_midnight(86_400 + 3600), 82_800);
+    }
+
+    #[test]
+    fn book_flushes_queries_and_reloads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "test").expect("store");
+        let book = UsageBook::load(&store, "2026-11-22").expect("load");
+        book.record(key("2026-11-21", "a", "m"), &usage("m", 100, 1), false);
+        book.record(key("2026-11-22", "a", "m"), &usage("m", 1, 2), false);
+        book.record(key("2026-11-22", "a", "m"), &usage("m", 3, 4), true);
+        book.record(key("2026-11-22", "b", "m"), &usage("m", 5, 6), false);
+        assert_eq!(book.spent("a", "2026-11-22"), 10);
+        assert_eq!(book.spent("a", "2026-11-23"), 0);
+        let all = UsageQuery {
+            from: "2026-11-01".into(),
+            to: "2026-11-30".into(),
+            ..UsageQuery::default()
+        };
+        let before = book.query(&store, &all).expect("query");
+        assert_eq!(before.len(), 3);
+        assert_eq!(book.flush(&store).expect("flush"), 3);
+        assert_eq!(book.flush(&store).expect("nothing left"), 0);
+        // Stored and pending counts add up; nothing is counted twice.
+        book.record(key("2026-11-22", "a", "m"), &usage("m", 10, 10), false);
+        let rows = book.query(&store, &all).expect("query");
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].day, "2026-11-21");
+        assert_eq!(
+            rows[1].totals,
             Totals {
-                requests: 2,
-                input_tokens: 4,
-                output_tokens: 6
+                requests: 3,
+                input_tokens: 14,
+                output_tokens: 16,
+                errors: 1
             }
         );
+        // Filters: days, own keys, exact matches.
+        let q = |f: &dyn Fn(&mut UsageQuery)| {
+            let mut q = all.clone();
+            f(&mut q);
+            book.query(&store, &q).expect("query")
+        };
+        assert_eq!(q(&|q| q.from = "2026-11-22".into()).len(), 2);
+        assert_eq!(q(&|q| q.to = "2026-11-21".into()).len(), 1);
+        assert_eq!(
+            q(&|q| q.keys = Some(HashSet::from(["b".to_string()]))).len(),
+            1
+        );
+        assert_eq!(q(&|q| q.key = Some("a".into())).len(), 2);
+        assert!(q(&|q| q.provider = Some("anthropic".into())).is_empty());
+        assert!(q(&|q| q.model = Some("x".into())).is_empty());
+        // A new process sees today's spending (budgets survive restarts).
+        book.flush(&store).expect("flush");
+        let again = UsageBook::load(&store, "2026-11-22").expect("reload");
+        assert_eq!(again.spent("a", "2026-11-22"), 30);
+        assert_eq!(again.spent("b", "2026-11-22"), 11);
+        assert_eq!(
+            again.query(&store, &all).expect("query"),
+            rows_with(&book, &store, &all)
+        );
+    }
+
+    fn rows_with(book: &UsageBook, store: &Store, q: &UsageQuery) -> Vec<UsageRow> {
+        book.query(store, q).expect("query")
     }
 }

@@ -1,0 +1,476 @@
+//! `ANY /agent/{name}/{*path}`: authenticate, check scope and role, strip
+//! the caller's Latchkey credentials and made-up identity, add the real
+//! identity and its assertion, and stream to the backend and back (or
+//! splice a WebSocket).
+//!
+//! The path is checked like the provider proxy's (no `..`, encoded tricks
+//! or absolute URLs) and the final URI's origin is compared with the
+//! configured one, so only the configured backend is ever contacted.
+
+use super::identity;
+use super::websocket;
+use super::{AgentError, Route};
+use crate::auth::scope::Scope;
+use crate::http::AppState;
+use crate::http::authn::{SESSION_COOKIE, client_ip};
+use crate::http::error::ApiError;
+use crate::proxy::headers::{check_path, is_hop_by_hop};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest unused request body read before a refusal is sent (so HTTP/2
+/// clients still sending get the answer, not a reset).
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let mut body = None;
+    match forward(&state, req, &mut body).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(body) = body {
+                let limited = Limited::new(body, DRAIN_LIMIT);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    http_body_util::BodyExt::collect(limited),
+                )
+                .await;
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// Whether the request asks for a WebSocket (RFC 6455 §4.1).
+fn wants_websocket(h: &HeaderMap) -> bool {
+    let upgrade = h
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        });
+    let connection = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    upgrade && connection
+}
+
+async fn forward(
+    state: &AppState,
+    mut req: Request,
+    body_out: &mut Option<Body>,
+) -> Result<Response, ApiError> {
+    let websocket = wants_websocket(req.headers());
+    // Taken before the parts are split off; `none` unless hyper offered one.
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    *body_out = Some(body);
+
+    // 1. Who. Unauthenticated callers learn nothing about agent names.
+    let who = identity::authenticate(state, &parts, &parts.method)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+
+    // 2. Which agent, and the rest of the (still encoded) path.
+    let raw = parts.uri.path();
+    let rest = raw.strip_prefix("/agent/").unwrap_or_default();
+    let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let unknown = || AgentError::Unknown(name.chars().take(64).collect());
+    let scope = Scope::agent(name).map_err(|_| unknown())?;
+    if !who.allows(&scope) {
+        return Err(ApiError::forbidden(format!("this needs `{scope}`")));
+    }
+    let route = state.agents.routes.get(name).cloned().ok_or_else(unknown)?;
+    let agent = &route.agent;
+    if !identity::role_allowed(&who, &agent.roles) {
+        return Err(AgentError::RoleRefused {
+            agent: agent.name.clone(),
+            role: who.role,
+        }
+        .into());
+    }
+
+    // 3. Where: only below the configured backend.
+    check_path(path).map_err(|m| ApiError::bad_request("invalid_path", m))?;
+    if parts.method == Method::CONNECT {
+        return Err(AgentError::WebSocketOverH2.into());
+    }
+    if websocket {
+        if parts.version != Version::HTTP_11 {
+            return Err(AgentError::WebSocketOverH2.into());
+        }
+        if !agent.websocket {
+            return Err(AgentError::WebSocketDisabled(agent.name.clone()).into());
+        }
+    }
+    let max = state.agents.max_body;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::PayloadTooLarge { limit: max });
+    }
+    let uri = backend_uri(&route, path, parts.uri.query())?;
+
+    // 4. The backend's request: the client's headers without credentials
+    // or made-up identity, then ours.
+    let mut headers = request_headers(&parts.headers);
+    if websocket {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    for (n, v) in identity::headers(state, &who, &format!("agent:{}", agent.name))? {
+        headers.insert(n, v);
+    }
+    let ip = client_ip(state, &parts.headers, &parts.extensions);
+    let forwarded_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderValue::from_str(&ip.to_string())
+            .map_err(|_| ApiError::Internal("client address header".into()))?,
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("https"),
+    );
+    if let Some(h) = forwarded_host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), h);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-prefix"),
+        HeaderValue::from_str(&format!("/agent/{}", agent.name))
+            .map_err(|_| ApiError::Internal("prefix header".into()))?,
+    );
+
+    let body = if websocket {
+        Body::empty()
+    } else {
+        body_out.take().unwrap_or_default()
+    };
+    let mut up = hyper::Request::new(Limited::new(body, max));
+    *up.method_mut() = parts.method.clone();
+    *up.uri_mut() = uri;
+    *up.version_mut() = Version::HTTP_11;
+    *up.headers_mut() = headers;
+
+    let sent = tokio::time::timeout(agent.first_byte_timeout, route.client.request(up)).await;
+    let mut resp = match sent {
+        Err(_) => {
+            return Err(AgentError::Timeout {
+                agent: agent.name.clone(),
+                after: agent.first_byte_timeout,
+            }
+            .into());
+        }
+        Ok(Err(e)) => return Err(upstream_error(&route, e, max)),
+        Ok(Ok(r)) => r,
+    };
+
+    // 5. Back to the client.
+    if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status()) {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let mut out = Response::new(Body::empty());
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let mut h = response_headers(resp.headers());
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        *out.headers_mut() = h;
+        let idle = agent.idle_timeout;
+        let name = agent.name.clone();
+        tokio::spawn(async move { websocket::splice(client, upstream, idle, &name).await });
+        return Ok(out);
+    }
+    let (rparts, rbody) = resp.into_parts();
+    let body = IdleBody {
+        inner: rbody,
+        idle: agent.idle_timeout,
+        timer: Box::pin(tokio::time::sleep(agent.idle_timeout)),
+    };
+    let mut out = Response::new(Body::new(body));
+    *out.status_mut() = rparts.status;
+    *out.headers_mut() = response_headers(&rparts.headers);
+    Ok(out)
+}
+
+/// `{scheme}://{authority}{base}/{path}?{query}`; refused if the result's
+/// origin is not the backend's.
+fn backend_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+    let a = &route.agent;
+    let mut s = format!("{}://{}{}/{}", a.scheme, a.authority, a.base_path, path);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    let uri: Uri = s
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_path", "the path or query is not valid"))?;
+    if uri.scheme() != Some(&a.scheme) || uri.authority() != Some(&a.authority) {
+        return Err(ApiError::bad_request(
+            "invalid_path",
+            "the path would leave the agent's backend",
+        ));
+    }
+    Ok(uri)
+}
+
+/// Headers named in `Connection` (hop-by-hop too).
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The client's headers a backend may see: no hop-by-hop headers, no
+/// `Host` (hyper sets the backend's), no forwarding or identity headers
+/// the client made up (Latchkey sets its own), no `Expect`/
+/// `Content-Length` (hyper frames the body), no Latchkey session cookie,
+/// and no header carrying anything shaped like a Latchkey credential
+/// (`lk_…`, `lka_…`, `lks_…`) — other `Authorization` values and cookies
+/// belong to the backend and pass.
+pub fn request_headers(client: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(client);
+    let mut out = HeaderMap::with_capacity(client.len() + 8);
+    let mut cookies: Vec<String> = Vec::new();
+    for (name, value) in client {
+        let n = name.as_str();
+        if is_hop_by_hop(name)
+            || listed.iter().any(|l| l == n)
+            || matches!(
+                n,
+                "host" | "forwarded" | "x-real-ip" | "expect" | "content-length"
+            )
+            || n.starts_with("x-forwarded-")
+            || n.starts_with("x-latchkey-")
+        {
+            continue;
+        }
+        if name == header::COOKIE {
+            let Ok(v) = value.to_str() else { continue };
+            cookies.extend(
+                v.split(';')
+                    .map(str::trim)
+                    .filter(|pair| !pair.is_empty())
+                    .filter(|pair| {
+                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                        k.trim() != SESSION_COOKIE && !identity::looks_like_credential(v.as_bytes())
+                    })
+                    .map(str::to_owned),
+            );
+            continue;
+        }
+        if identity::looks_like_credential(value.as_bytes()) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    if !cookies.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&cookies.join("; "))
+    {
+        out.insert(header::COOKIE, v);
+    }
+    out
+}
+
+/// The backend's headers the client may see: no hop-by-hop headers, and no
+/// cookie that would replace Latchkey's own session cookie.
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(upstream);
+    let mut out = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        if is_hop_by_hop(name) || listed.iter().any(|l| l == name.as_str()) {
+            continue;
+        }
+        if name == header::SET_COOKIE {
+            let v = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+            if v.trim_start().starts_with("__host-latchkey") {
+                continue;
+            }
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// 502, 504 for a connect timeout, 413 for a body over the limit. The
+/// source goes to the log only.
+fn upstream_error(route: &Route, e: hyper_util::client::legacy::Error, max: usize) -> ApiError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return ApiError::PayloadTooLarge { limit: max };
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return AgentError::Timeout {
+                agent: route.agent.name.clone(),
+                after: route.agent.connect_timeout,
+            }
+            .into();
+        }
+        cur = err.source();
+    }
+    AgentError::Unreachable {
+        agent: route.agent.name.clone(),
+        source: Box::new(e),
+    }
+    .into()
+}
+
+/// The backend's body, frame by frame, cut off after `idle` of silence.
+struct IdleBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HttpBody for IdleBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("agent backend idle timeout".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn credentials_and_spoofed_identity_never_reach_the_backend() {
+        let h = map(&[
+            ("authorization", "Bearer lk_secret"),
+            ("x-api-key", "lk_secret"),
+            ("x-goog-api-key", "lk_other"),
+            (
+                "cookie",
+                "theme=dark; __Host-latchkey_session=lks_abc; app=1",
+            ),
+            ("cookie", "stolen=lks_zzz"),
+            ("x-latchkey-user", "root"),
+            ("X-Latchkey-Role", "admin"),
+            ("x-latchkey-assertion", "forged"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("host", "evil.example"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("content-length", "3"),
+            ("accept", "text/html"),
+            ("x-app-token", "backend-own"),
+        ]);
+        let out = request_headers(&h);
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "cookie", "x-app-token"]);
+        assert_eq!(out[header::COOKIE], "theme=dark; app=1");
+        // The backend's own Authorization passes.
+        let out = request_headers(&map(&[("authorization", "Basic dXNlcjpwdw==")]));
+        assert_eq!(out[header::AUTHORIZATION], "Basic dXNlcjpwdw==");
+        // A cookie header holding only Latchkey's session disappears.
+        let out = request_headers(&map(&[("cookie", "__Host-latchkey_session=x")]));
+        assert!(out.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn backends_cannot_set_the_session_cookie() {
+        let h = map(&[
+            (
+                "set-cookie",
+                "__Host-latchkey_session=fixated; Path=/; Secure",
+            ),
+            ("set-cookie", "app=1; Path=/agent/notes"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/html"),
+        ]);
+        let out = response_headers(&h);
+        let cookies: Vec<_> = out.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["app=1; Path=/agent/notes"]);
+        assert!(out.get("x-hop").is_none());
+        assert!(out.get(header::TRANSFER_ENCODING).is_none());
+    }
+
+    #[test]
+    fn websocket_requests_are_recognised() {
+        assert!(wants_websocket(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket")
+        ])));
+        assert!(!wants_websocket(&map(&[("upgrade", "websocket")])));
+        assert!(!wants_websocket(&map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+    }
+}

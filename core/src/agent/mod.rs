@@ -1,0 +1,169 @@
+//! Local agent backends: `/agent/<name>/…` forwards to a service configured
+//! in `[agents.<name>]` (HTTP and WebSocket), after authenticating the user
+//! by session or API key (`agent:<name>` scope), with the caller's identity
+//! in `X-Latchkey-*` headers and a signed assertion of it.
+//!
+//! - [`config`]: `[agents.<name>]`, checked at startup;
+//! - [`identity`]: who is calling (authn's rules), the identity headers;
+//! - [`assertion`]: the Ed25519 signing key (sealed in `meta`), the JWT,
+//!   the JWKS;
+//! - [`forward`]: the handler, header filtering, streaming;
+//! - [`websocket`]: splicing upgraded connections.
+//!
+//! `GET /api/verify` (forward-auth for nginx, Caddy, Traefik) lives in
+//! `crate::http::verify` and uses the same identity code.
+//!
+//! The routes skip the API's request time limit and body-size extractor
+//! limit (bodies stream; a WebSocket lives long): each agent's timeouts
+//! apply, and request bodies are capped at `server.max_body_bytes` as they
+//! stream.
+
+pub mod assertion;
+pub mod config;
+pub mod forward;
+pub mod identity;
+pub mod websocket;
+
+pub use config::{Agent, AgentSettings};
+
+use crate::auth::scope::Role;
+use crate::config::Settings;
+use crate::http::{ApiError, AppState};
+use crate::vault::Vault;
+use assertion::{Signer, SignerError};
+use axum::Router;
+use axum::body::Body;
+use axum::routing::any;
+use http_body_util::Limited;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The pooled HTTP/1.1 client of one backend (HTTP/1.1 only, so WebSocket
+/// upgrades always work).
+pub type AgentClient = Client<HttpsConnector<HttpConnector>, Limited<Body>>;
+
+/// Why an agent request was refused or failed; mapped to status and code
+/// in `crate::http::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// `/agent/<name>/…` for an agent that is not configured.
+    #[error("no agent `{0}` is configured")]
+    Unknown(String),
+    #[error("agent `{agent}` is not open to the {role} role")]
+    RoleRefused { agent: String, role: Role },
+    #[error("agent `{0}` does not accept WebSocket connections (websocket = false)")]
+    WebSocketDisabled(String),
+    #[error(
+        "WebSocket over HTTP/2 (extended CONNECT) and CONNECT are not supported; connect over HTTP/1.1"
+    )]
+    WebSocketOverH2,
+    /// The backend could not be reached or broke off. The source is logged,
+    /// never shown.
+    #[error("the backend of agent `{agent}` could not be reached")]
+    Unreachable {
+        agent: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the backend of agent `{agent}` did not answer within {} s", after.as_secs())]
+    Timeout { agent: String, after: Duration },
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+}
+
+impl From<SignerError> for ApiError {
+    fn from(e: SignerError) -> Self {
+        ApiError::Agent(AgentError::Signer(e))
+    }
+}
+
+/// One backend and its client.
+pub struct Route {
+    pub agent: Agent,
+    pub client: AgentClient,
+}
+
+/// The agents' shared state.
+pub struct Agents {
+    pub routes: HashMap<String, Arc<Route>>,
+    pub signer: Signer,
+    /// `server.max_body_bytes`: the cap on a request body streamed to a
+    /// backend.
+    pub max_body: usize,
+}
+
+impl std::fmt::Debug for Agents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agents")
+            .field("agents", &self.routes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agents {
+    /// Builds the routes of `settings.agents`; the error names the key.
+    pub fn new(settings: &Settings, vault: Arc<Vault>) -> Result<Agents, String> {
+        let agents = config::resolve_all(&settings.agents)
+            .map_err(|(key, message)| format!("{key}: {message}"))?;
+        let mut routes = HashMap::new();
+        for a in agents {
+            let client = build_client(&a).map_err(|m| format!("agents.{}: {m}", a.name))?;
+            routes.insert(a.name.clone(), Arc::new(Route { agent: a, client }));
+        }
+        Ok(Agents {
+            routes,
+            signer: Signer::new(vault),
+            max_body: settings.server.max_body_bytes,
+        })
+    }
+}
+
+fn build_client(a: &Agent) -> Result<AgentClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if a.scheme == axum::http::uri::Scheme::HTTPS {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // One unparsable system certificate must not stop the server.
+            let _ = roots.add(cert);
+        }
+        for cert in &a.extra_roots {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("ca_file: {e}"))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(a.connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(32)
+        .build(connector))
+}
+
+/// The agent routes, to be merged outside the API's time and body limits.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/agent/{name}", any(forward::handle))
+        .route("/agent/{name}/", any(forward::handle))
+        .route("/agent/{name}/{*path}", any(forward::handle))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            crate::http::middleware::panic_response,
+        ))
+}

@@ -1,0 +1,454 @@
+//! `/api/connections…`: connecting OAuth accounts and the credential
+//! broker (the logic is in [`crate::connections`]).
+//!
+//! - `GET /api/connections/providers` — configured providers;
+//! - `GET|POST /api/connections/{p}/start` — a browser session starts an
+//!   authorization: 303 to the provider (or `{"authorize_url"}` for
+//!   `Accept: application/json` and `POST`), and the binding cookie;
+//! - `GET /api/connections/{p}/callback` — the provider sends the browser
+//!   back: no session needed (the navigation is cross-site, so the
+//!   `SameSite=Strict` session cookie is not sent); the single-use state
+//!   and the `SameSite=Lax` binding cookie prove who started it;
+//! - `GET /api/connections` — the caller's connections (`?all=true`:
+//!   everyone's, for admins);
+//! - `GET /api/connections/{p}/token` — the broker;
+//! - `DELETE /api/connections/{p}` — revoke and forget.
+//!
+//! Each handler makes one permission check: `connections:<p>` (people by
+//! role — a guest may not; keys by scope and owner's role).
+
+use super::AppState;
+use super::authn::{Authenticated, client_ip};
+use super::error::ApiError;
+use super::extract::ApiQuery;
+use crate::auth::Via;
+use crate::auth::scope::{Permission, Scope};
+use crate::connections::{CallbackParams, ConnectionError, ConnectionView, Revocation};
+use crate::secrecy::ExposeSecret;
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// The cookie binding an authorization to the browser that started it.
+/// `__Host-`: Secure, `Path=/`, no `Domain`; `SameSite=Lax` so that it is
+/// sent on the provider's top-level redirect back to us.
+pub const BINDING_COOKIE: &str = "__Host-latchkey-oauth";
+
+fn connection_scope(provider: &str) -> Result<Scope, ApiError> {
+    // Provider names of unknown providers may break the name rule: they
+    // are simply unknown.
+    format!("connections:{provider}")
+        .parse::<Scope>()
+        .map_err(|_| ConnectionError::UnknownProvider(provider.to_string()).into())
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    !wants_json(headers)
+        && headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"))
+}
+
+/// `https://` + the Host the request was sent to (or the HTTP/2
+/// authority), checked to be a plain host[:port].
+fn request_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> Result<String, ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "the request has no Host"))?;
+    let authority: axum::http::uri::Authority = host
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_request", "the Host header is malformed"))?;
+    if authority.as_str().contains('@') {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the Host header is malformed",
+        ));
+    }
+    Ok(format!(
+        "https://{}",
+        authority.as_str().to_ascii_lowercase()
+    ))
+}
+
+fn binding_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == BINDING_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
+}
+
+fn clear_binding_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "__Host-latchkey-oauth=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+    )
+}
+
+#[derive(Debug, Serialize)]
+struct ProviderItem {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preset: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issuer: Option<String>,
+    scopes: Vec<String>,
+    client_secret_entry: Option<String>,
+    /// `null` for public clients (no secret configured).
+    client_secret_present: Option<bool>,
+    redirect_path: String,
+}
+
+/// `GET /api/connections/providers` → `{"providers":[…]}`: those the
+/// caller may use (`connections:<p>`).
+pub async fn providers(
+    State(state): State<AppState>,
+    who: Authenticated,
+) -> Result<Json<Value>, ApiError> {
+    if !who.0.role.may(Permission::ManageConnections) {
+        return Err(ApiError::forbidden("this needs `connections:…`"));
+    }
+    let list: Vec<ProviderItem> = state
+        .connections
+        .list_providers()
+        .into_iter()
+        .filter(|p| connection_scope(&p.name).is_ok_and(|s| who.0.allows(&s)))
+        .map(|p| ProviderItem {
+            redirect_path: format!("/api/connections/{}/callback", p.name),
+            name: p.name,
+            preset: p.preset,
+            issuer: p.issuer,
+            scopes: p.scopes,
+            client_secret_entry: p.client_secret_entry,
+            client_secret_present: p.client_secret_present,
+        })
+        .collect();
+    Ok(Json(json!({ "providers": list })))
+}
+
+/// `GET|POST /api/connections/{p}/start`: session only.
+pub async fn start(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Path(provider): Path<String>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    who.require(&connection_scope(&provider)?)?;
+    if !matches!(who.0.via, Via::Session { .. }) {
+        return Err(ConnectionError::SessionRequired.into());
+    }
+    let origin = request_origin(&headers, &uri)?;
+    let started = state
+        .connections
+        .start(who.0.user_id, &who.0.username, &provider, &origin)
+        .await?;
+    let cookie = HeaderValue::from_str(&format!(
+        "{BINDING_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+        started.binding.expose_secret(),
+        crate::connections::STATE_LIFETIME_SECS,
+    ))
+    .map_err(|_| ApiError::Internal("binding cookie is not a header value".into()))?;
+    let mut resp = if method == Method::POST || wants_json(&headers) {
+        Json(json!({ "authorize_url": started.authorize_url })).into_response()
+    } else {
+        let location = HeaderValue::from_str(&started.authorize_url)
+            .map_err(|_| ApiError::Internal("authorize URL is not a header value".into()))?;
+        let mut r = StatusCode::SEE_OTHER.into_response();
+        r.headers_mut().insert(header::LOCATION, location);
+        r
+    };
+    resp.headers_mut().append(header::SET_COOKIE, cookie);
+    Ok(resp)
+}
+
+/// The callback's query: each parameter at most once (RFC 6749 §3.1).
+fn callback_params(query: Option<&str>) -> Result<CallbackParams, ConnectionError> {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if seen.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(ConnectionError::BadRequest(format!(
+                "the callback repeats the parameter `{}`",
+                k.chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .take(32)
+                    .collect::<String>()
+            )));
+        }
+    }
+    Ok(CallbackParams {
+        code: seen.remove("code"),
+        state: seen.remove("state"),
+        error: seen.remove("error"),
+        iss: seen.remove("iss"),
+    })
+}
+
+/// `GET /api/connections/{p}/callback?code=…&state=…` (or `error=…`).
+pub async fn callback(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ext: Extensions,
+) -> Response {
+    let ip = client_ip(&state, &headers, &ext);
+    let html = wants_html(&headers);
+    let result = match callback_params(query.as_deref()) {
+        Ok(params) => {
+            state
+                .connections
+                .callback(&provider, params, binding_cookie(&headers), Some(ip))
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let mut resp = match result {
+        Ok(done) if wants_json(&headers) => Json(json!({
+            "provider": done.provider,
+            "status": "connected",
+            "scopes": done.scopes,
+        }))
+        .into_response(),
+        Ok(done) => {
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            let loc = HeaderValue::from_str(&format!("/?connected={}", done.provider))
+                .unwrap_or_else(|_| HeaderValue::from_static("/"));
+            r.headers_mut().insert(header::LOCATION, loc);
+            r
+        }
+        Err(e) if html => error_page(ApiError::from(e)),
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    // The binding is spent either way.
+    resp.headers_mut()
+        .append(header::SET_COOKIE, clear_binding_cookie());
+    resp
+}
+
+/// A minimal page for people who land on a failed callback.
+fn error_page(e: ApiError) -> Response {
+    let (status, code) = e.status_and_code();
+    let message = if status.is_server_error() {
+        // Logged with its cause; the page stays opaque like the JSON.
+        let _ = e.into_response();
+        "Something went wrong inside Latchkey; its log has the details.".to_string()
+    } else {
+        e.to_string()
+    };
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connection failed</title></head>\
+         <body><h1>The connection was not made</h1><p>{}</p><p><code>{}</code></p>\
+         <p><a href=\"/\">Back to Latchkey</a></p></body></html>",
+        escape(&message),
+        escape(code)
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ConnectionItem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    provider: String,
+    status: &'static str,
+    scopes: Vec<String>,
+    expires_at: Option<i64>,
+    connected_at: i64,
+    last_refresh_at: Option<i64>,
+    last_used_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect_by: Option<i64>,
+}
+
+fn item(c: ConnectionView, owner: Option<(String, Option<String>)>) -> ConnectionItem {
+    let (user_id, username) = match owner {
+        Some((id, name)) => (Some(id), name),
+        None => (None, None),
+    };
+    ConnectionItem {
+        user_id,
+        username,
+        provider: c.provider,
+        status: c.status.as_str(),
+        scopes: c.scopes,
+        expires_at: c.expires_at,
+        connected_at: c.connected_at,
+        last_refresh_at: c.last_refresh_at,
+        last_used_at: c.last_used_at,
+        reconnect_by: c.reconnect_by,
+    }
+}
+
+/// `GET /api/connections` → `{"connections":[…]}`: the caller's own,
+/// only providers the caller may use; `?all=true` (admins): everyone's.
+pub async fn list(
+    State(state): State<AppState>,
+    who: Authenticated,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if q.all {
+        who.require_permission(Permission::ManageUsers)?;
+        let conns = state.connections.clone();
+        let auth = state.auth.clone();
+        let (rows, users) = tokio::task::spawn_blocking(move || {
+            Ok::<_, ApiError>((conns.list(None)?, auth.list_users()?))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("list task failed: {e}")))??;
+        let names: HashMap<String, String> =
+            users.into_iter().map(|u| (u.id, u.username)).collect();
+        let out: Vec<ConnectionItem> = rows
+            .into_iter()
+            .map(|c| {
+                let id = c.user_id.to_string();
+                let name = names.get(&id).cloned();
+                item(c, Some((id, name)))
+            })
+            .collect();
+        return Ok(Json(json!({ "connections": out })));
+    }
+    if !who.0.role.may(Permission::ManageConnections) {
+        return Err(ApiError::forbidden("this needs `connections:…`"));
+    }
+    let conns = state.connections.clone();
+    let user = who.0.user_id;
+    let rows = tokio::task::spawn_blocking(move || conns.list(Some(user)))
+        .await
+        .map_err(|e| ApiError::Internal(format!("list task failed: {e}")))??;
+    let out: Vec<ConnectionItem> = rows
+        .into_iter()
+        .filter(|c| connection_scope(&c.provider).is_ok_and(|s| who.0.allows(&s)))
+        .map(|c| item(c, None))
+        .collect();
+    Ok(Json(json!({ "connections": out })))
+}
+
+/// `GET /api/connections/{p}/token` → `{"access_token","token_type",
+/// "expires_at","scopes"}` (never the refresh token).
+pub async fn token(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    ext: Extensions,
+) -> Result<Json<Value>, ApiError> {
+    who.require(&connection_scope(&provider)?)?;
+    let ip = client_ip(&state, &headers, &ext);
+    let t = state
+        .connections
+        .token(who.0.user_id, &provider, &who.0.actor(), Some(ip))
+        .await?;
+    Ok(Json(json!({
+        "access_token": t.access_token.expose_secret(),
+        "token_type": t.token_type,
+        "expires_at": t.expires_at,
+        "scopes": t.scopes,
+    })))
+}
+
+/// `DELETE /api/connections/{p}` → `{"provider","disconnected":true,
+/// "revocation":"revoked"|"unsupported"|"failed"}`.
+pub async fn disconnect(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    ext: Extensions,
+) -> Result<Json<Value>, ApiError> {
+    who.require(&connection_scope(&provider)?)?;
+    let ip = client_ip(&state, &headers, &ext);
+    let r = state
+        .connections
+        .disconnect(who.0.user_id, &provider, &who.0.actor(), Some(ip))
+        .await?;
+    let revocation = match r {
+        Revocation::Revoked => "revoked",
+        Revocation::Unsupported => "unsupported",
+        Revocation::Failed(_) => "failed",
+    };
+    Ok(Json(json!({
+        "provider": provider,
+        "disconnected": true,
+        "revocation": revocation,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_parameters_may_not_repeat() {
+        let p = callback_params(Some("code=a&state=b&iss=https%3A%2F%2Fi")).expect("ok");
+        assert_eq!(p.code.as_deref(), Some("a"));
+        assert_eq!(p.iss.as_deref(), Some("https://i"));
+        assert!(callback_params(Some("code=a&code=b&state=s")).is_err());
+        assert!(callback_params(None).expect("empty").state.is_none());
+    }
+
+    #[test]
+    fn binding_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-latchkey-oauth=abc; __Host-latchkey_session=s"),
+        );
+        assert_eq!(binding_cookie(&h), Some("abc"));
+        assert_eq!(binding_cookie(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn origin_comes_from_a_plain_host() {
+        let uri: axum::http::Uri = "/x".parse().expect("uri");
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("Nas.Home:8443"));
+        assert_eq!(
+            request_origin(&h, &uri).expect("origin"),
+            "https://nas.home:8443"
+        );
+        h.insert(header::HOST, HeaderValue::from_static("evil@nas.home"));
+        assert!(request_origin(&h, &uri).is_err());
+        h.insert(header::HOST, HeaderValue::from_static("a/b"));
+        assert!(request_origin(&h, &uri).is_err());
+    }
+}
