@@ -17,7 +17,8 @@
 //!   `connection:<user id hex>:<provider>`).
 //! - `oauth_states`: see `core/src/connections/store.rs`: key = SHA-256 of
 //!   the `state` → `PendingState` (user, provider, binding-cookie hash,
-//!   redirect URI, nonce, sealed PKCE verifier, expiry).
+//!   starting session's hash, redirect URI, nonce, sealed PKCE verifier,
+//!   expiry).
 //!
 //! - `meta` gains `b"agent_signing_key"`: the Ed25519 key that signs agent
 //!   identity assertions, as an envelope made by `Vault::seal_value` with

@@ -265,6 +265,14 @@ fn load(
     })
 }
 
+/// `/proc/loadavg`'s first three fields (other work on the machine skews
+/// every figure).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn median(v: &mut [Duration]) -> Duration {
     v.sort_unstable();
     percentile(v, 0.5)
@@ -288,6 +296,8 @@ fn bench() {
          provider and load generator",
         std::env::var("LATCHKEY_BIN").unwrap_or_default()
     );
+
+    println!("load average at start: {}", loadavg());
 
     // 1. Cached tokens.
     let p = pair(3600, "");
@@ -374,6 +384,7 @@ fn bench() {
         ms(cached_med),
         ms(refresh_med.saturating_sub(cached_med)),
     );
+    println!("load average at the end: {}", loadavg());
     let stats = p.idp.stats();
     println!(
         "provider: {} refresh requests, {} failed",

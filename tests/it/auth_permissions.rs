@@ -103,6 +103,23 @@ fn table() -> Vec<Row> {
             ["201", "201", "201", "201", "201", "403", "403:scope_exceeds_role", "403", "401"]),
         row("DELETE", "/api/keys/{id}", "/api/keys/0123456789abcdef", None,
             ["404", "404", "404", "404", "404", "403", "404", "403", "401"]),
+        // OAuth connections: `connections:<p>` under ManageConnections (not guests);
+        // flows start in a browser session only; the callback is public.
+        row("GET", "/api/connections/providers", "/api/connections/providers", None,
+            ["200", "200", "403", "200", "200", "200", "200", "403", "401"]),
+        row("GET", "/api/connections", "/api/connections", None,
+            ["200", "200", "403", "200", "200", "200", "200", "403", "401"]),
+        row("GET", "/api/connections/{provider}/start", "/api/connections/walk/start", None,
+            ["404:unknown_provider", "404:unknown_provider", "403", "403:session_required",
+             "403:session_required", "403", "403", "403", "401"]),
+        row("GET", "/api/connections/{provider}/callback", "/api/connections/walk/callback?state=x&code=y", None,
+            all("404:unknown_provider")),
+        row("GET", "/api/connections/{provider}/token", "/api/connections/walk/token", None,
+            ["404:unknown_provider", "404:unknown_provider", "403", "404:unknown_provider",
+             "404:unknown_provider", "403", "403", "403", "401"]),
+        row("DELETE", "/api/connections/{provider}", "/api/connections/walk", None,
+            ["404:unknown_provider", "404:unknown_provider", "403", "404:unknown_provider",
+             "404:unknown_provider", "403", "403", "403", "401"]),
         row("PUT", "/api/keys/{id}/limits", "/api/keys/0123456789abcdef/limits", Some(r#"{"tokens_per_day":1}"#),
             ["404", "404", "404", "404", "404", "403", "404", "403", "401"]),
         // One's own account: people only (sessions, access tokens).

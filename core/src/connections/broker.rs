@@ -54,6 +54,7 @@ impl Connections {
                 }
             }
         };
+        slot.served.store(true, Ordering::Relaxed);
         self.note_use(user, provider, t);
         let event = AuditEvent::new(actor, "connection.token", Outcome::Success)
             .target(provider)
@@ -191,6 +192,7 @@ impl Connections {
                     refresh_after: refresh_after(expires_at, t, margin),
                     scopes,
                 });
+                slot.served.store(false, Ordering::Relaxed);
                 slot.set(Some(Arc::clone(&cached)));
                 Ok(cached)
             }

@@ -330,6 +330,14 @@ pub fn resolve(name: &str, s: &ConnectionSettings) -> Result<Provider, (String, 
         extra.retain(|(ek, _)| ek != k);
         extra.push((k.clone(), v.clone()));
     }
+    // OpenID Connect Core §11: a provider ignores `offline_access` (and
+    // issues no refresh token) unless the request has `prompt=consent`.
+    if preset.is_none()
+        && scopes.iter().any(|s| s == "offline_access")
+        && !extra.iter().any(|(k, _)| k == "prompt")
+    {
+        extra.push(("prompt".into(), "consent".into()));
+    }
     let refresh_token_lifetime = s
         .refresh_token_lifetime
         .as_deref()
@@ -460,6 +468,21 @@ mod tests {
         assert_eq!(p.refresh_margin, Duration::from_secs(60));
         assert_eq!(p.scope.to_string(), "connections:testidp");
         assert_eq!(p.client_auth, None);
+        assert_eq!(p.extra_auth_params, [("prompt".into(), "consent".into())]);
+        // An explicit prompt wins.
+        let s = section(
+            r#"
+            issuer = "https://idp.example"
+            client_id = "c"
+            scopes = ["openid", "offline_access"]
+            extra_auth_params = { prompt = "login consent" }
+            "#,
+        );
+        let p = resolve("x", &s).expect("resolves");
+        assert_eq!(
+            p.extra_auth_params,
+            [("prompt".into(), "login consent".into())]
+        );
     }
 
     #[test]

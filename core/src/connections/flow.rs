@@ -48,6 +48,10 @@ impl std::fmt::Debug for CallbackParams {
     }
 }
 
+/// Whether the browser session (by its hash) that started a flow still
+/// exists for that user. Runs on the blocking pool.
+pub type SessionCheck = Box<dyn FnOnce(UserId, [u8; 32]) -> bool + Send + 'static>;
+
 /// A completed connection.
 #[derive(Debug, Clone)]
 pub struct Connected {
@@ -97,6 +101,7 @@ impl Connections {
         actor: &str,
         provider: &str,
         origin: &str,
+        session_hash: [u8; 32],
     ) -> Result<Started, ConnectionError> {
         let rt = self.provider(provider)?;
         let p = &rt.provider;
@@ -154,6 +159,7 @@ impl Connections {
             actor: actor.to_string(),
             provider: p.name.clone(),
             binding_hash: digest(&binding),
+            session_hash,
             redirect_uri,
             nonce,
             verifier_sealed,
@@ -179,11 +185,14 @@ impl Connections {
         provider: &str,
         params: CallbackParams,
         binding: Option<&str>,
+        session_alive: SessionCheck,
         ip: Option<std::net::IpAddr>,
     ) -> Result<Connected, ConnectionError> {
         let rt = self.provider(provider)?;
         let mut actor = "anonymous".to_string();
-        let result = self.complete(rt, &params, binding, ip, &mut actor).await;
+        let result = self
+            .complete(rt, &params, binding, session_alive, ip, &mut actor)
+            .await;
         if let Err(e) = &result {
             let event = AuditEvent::new(actor, "connection.connect", Outcome::Failure)
                 .target(provider)
@@ -202,6 +211,7 @@ impl Connections {
         rt: &ProviderRuntime,
         params: &CallbackParams,
         binding: Option<&str>,
+        session_alive: SessionCheck,
         ip: Option<std::net::IpAddr>,
         actor: &mut String,
     ) -> Result<Connected, ConnectionError> {
@@ -223,6 +233,15 @@ impl Connections {
         let bound = binding.is_some_and(|b| same_digest(&digest(b), &pending.binding_hash));
         if !bound {
             return Err(ConnectionError::StateMismatch);
+        }
+        // The state is bound to the session that started the flow: signing
+        // out (or being disabled) in the meantime cancels it.
+        let (owner, session) = (UserId(pending.user_id), pending.session_hash);
+        let alive = tokio::task::spawn_blocking(move || session_alive(owner, session))
+            .await
+            .unwrap_or(false);
+        if !alive {
+            return Err(ConnectionError::SessionEnded);
         }
         if let Some(code) = denied {
             return Err(ConnectionError::Denied(code));
@@ -303,6 +322,8 @@ impl Connections {
         let (st, name) = (Arc::clone(self.vault.store()), p.name.clone());
         blocking(move || store::put(&st, user, &name, &row, Some(event))).await?;
         let margin = i64::try_from(p.refresh_margin.as_secs()).unwrap_or(i64::MAX);
+        slot.served
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         slot.set(Some(Arc::new(Cached {
             access_token: fresh.access_token.clone(),
             token_type: fresh.token_type.clone(),

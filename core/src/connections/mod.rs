@@ -33,7 +33,7 @@ pub mod refresher;
 pub mod store;
 
 pub use config::{ConnectionSettings, Provider};
-pub use flow::{CallbackParams, Connected, STATE_LIFETIME_SECS, Started};
+pub use flow::{CallbackParams, Connected, STATE_LIFETIME_SECS, SessionCheck, Started};
 
 use crate::audit::AuditEvent;
 use crate::auth::store::UserId;
@@ -106,6 +106,11 @@ pub enum ConnectionError {
     SessionRequired,
     #[error("too many unfinished connection attempts; finish one or wait 10 minutes")]
     TooManyPending,
+    #[error(
+        "the session that started this connection has ended (signed out or expired); sign in and \
+         start again"
+    )]
+    SessionEnded,
     #[error("{0}")]
     BadRequest(String),
     #[error(transparent)]
@@ -124,6 +129,7 @@ impl ConnectionError {
             ConnectionError::ExchangeFailed { code, .. } => format!("exchange_failed:{code}"),
             ConnectionError::InvalidState => "invalid_state".into(),
             ConnectionError::StateMismatch => "state_mismatch".into(),
+            ConnectionError::SessionEnded => "session_ended".into(),
             ConnectionError::IssuerMismatch => "issuer_mismatch".into(),
             ConnectionError::ProviderUnreachable { .. } => "provider_unreachable".into(),
             ConnectionError::ProviderResponse { .. } => "provider_response".into(),
@@ -277,6 +283,10 @@ impl Cached {
 struct Slot {
     refresh: tokio::sync::Mutex<()>,
     cached: RwLock<Option<Arc<Cached>>>,
+    /// Whether the token from the last refresh has been handed out: the
+    /// background refresher renews such connections ("in use") ahead of
+    /// time. Reset by every refresh.
+    served: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -417,6 +427,15 @@ impl Connections {
             // A poisoned map still works as "no cache".
             Err(_) => Arc::new(Slot::default()),
         }
+    }
+
+    /// Whether the connection's current token has been served since its
+    /// last refresh (in memory; `None` without a slot, e.g. after a
+    /// restart).
+    fn served_since_refresh(&self, user: UserId, provider: &str) -> Option<bool> {
+        let slots = self.slots.read().ok()?;
+        let slot = slots.get(&(user, provider.to_string()))?;
+        Some(slot.served.load(Ordering::Relaxed))
     }
 
     fn forget(&self, user: UserId, provider: &str) {

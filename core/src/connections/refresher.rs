@@ -125,13 +125,18 @@ impl Connections {
                 continue;
             }
             let last_refresh = row.last_refresh_at.unwrap_or(row.connected_at);
-            let used = pending
-                .get(&(user, provider.clone()))
-                .copied()
-                .max(row.last_used_at);
-            // Strictly after: a use in the same second as the refresh is most
-            // likely the one that caused it (times are in seconds).
-            let in_use = used.is_some_and(|u| u > last_refresh);
+            // In use: the token of the last refresh was handed out (known
+            // in memory), or — after a restart — a use is recorded after
+            // the last refresh (whole seconds, so strictly after: a use in
+            // the same second most likely caused that refresh).
+            let in_use = match self.served_since_refresh(user, &provider) {
+                Some(served) => served,
+                None => pending
+                    .get(&(user, provider.clone()))
+                    .copied()
+                    .max(row.last_used_at)
+                    .is_some_and(|u| u > last_refresh),
+            };
             // Tokens without an expiry (e.g. GitHub OAuth apps) have
             // nothing to renew.
             let due = if row.expires_at.is_none() {

@@ -23,7 +23,8 @@
 //!   never stored;
 //! - value: [`PendingState`], postcard-encoded, fields in this order:
 //!   `user_id` (u128), `actor` (the username, for the audit log), `provider`, `binding_hash` (SHA-256 of the
-//!   `__Host-latchkey-oauth` cookie), `redirect_uri`, `nonce`,
+//!   `__Host-latchkey-oauth` cookie), `session_hash` (the starting
+//!   session's hash, as the `sessions` table keys it), `redirect_uri`, `nonce`,
 //!   `verifier_sealed` (the PKCE verifier, `Vault::seal_value` with
 //!   context `oauth_state:<hex of the key>`), `created_at`, `expires_at`.
 //!   Taken out (deleted) by the first callback that names it, whatever the
@@ -93,6 +94,7 @@ pub struct PendingState {
     pub actor: String,
     pub provider: String,
     pub binding_hash: [u8; 32],
+    pub session_hash: [u8; 32],
     pub redirect_uri: String,
     pub nonce: Option<String>,
     pub verifier_sealed: Vec<u8>,
@@ -448,6 +450,7 @@ mod tests {
             actor: "alice".into(),
             provider: "p".into(),
             binding_hash: [9; 32],
+            session_hash: [8; 32],
             redirect_uri: "https://h/api/connections/p/callback".into(),
             nonce: Some("n".into()),
             verifier_sealed: vec![4],
@@ -514,6 +517,7 @@ mod tests {
             actor: "alice".into(),
             provider: "p1".into(),
             binding_hash: [0; 32],
+            session_hash: [0; 32],
             redirect_uri: "r".into(),
             nonce: None,
             verifier_sealed: vec![],

@@ -225,6 +225,12 @@ async fn env() -> Env {
 const ALICE: UserId = UserId(0xa11ce);
 const BOB: UserId = UserId(0xb0b);
 const ORIGIN: &str = "https://latchkey.test:8443";
+const SESSION: [u8; 32] = [7; 32];
+
+/// The session check of a callback: the starting session is alive.
+fn alive() -> SessionCheck {
+    Box::new(|user, hash| hash == SESSION && (user == ALICE || user == BOB))
+}
 
 fn query(url: &str) -> HashMap<String, String> {
     let u = url::Url::parse(url).expect("authorize url");
@@ -236,7 +242,7 @@ fn query(url: &str) -> HashMap<String, String> {
 async fn authorize(e: &Env, user: UserId) -> (CallbackParams, String, HashMap<String, String>) {
     let started = e
         .conns
-        .start(user, "alice", "idp", ORIGIN)
+        .start(user, "alice", "idp", ORIGIN, SESSION)
         .await
         .expect("start");
     let q = query(&started.authorize_url);
@@ -257,7 +263,7 @@ async fn authorize(e: &Env, user: UserId) -> (CallbackParams, String, HashMap<St
 async fn connect(e: &Env, user: UserId) {
     let (params, binding, _) = authorize(e, user).await;
     e.conns
-        .callback("idp", params, Some(&binding), None)
+        .callback("idp", params, Some(&binding), alive(), None)
         .await
         .expect("callback");
 }
@@ -313,7 +319,10 @@ async fn forged_replayed_and_unbound_states_are_refused_and_store_nothing() {
         code: params.code.clone(),
         ..Default::default()
     };
-    let r = e.conns.callback("idp", forged, Some(&binding), None).await;
+    let r = e
+        .conns
+        .callback("idp", forged, Some(&binding), alive(), None)
+        .await;
     assert!(matches!(r, Err(ConnectionError::InvalidState)), "{r:?}");
     // Right state, another browser's (or no) binding cookie: refused, and
     // the state is spent.
@@ -322,13 +331,19 @@ async fn forged_replayed_and_unbound_states_are_refused_and_store_nothing() {
         code: params.code.clone(),
         ..Default::default()
     };
-    let r = e.conns.callback("idp", again(), Some("other"), None).await;
+    let r = e
+        .conns
+        .callback("idp", again(), Some("other"), alive(), None)
+        .await;
     assert!(matches!(r, Err(ConnectionError::StateMismatch)), "{r:?}");
-    let r = e.conns.callback("idp", again(), Some(&binding), None).await;
+    let r = e
+        .conns
+        .callback("idp", again(), Some(&binding), alive(), None)
+        .await;
     assert!(matches!(r, Err(ConnectionError::InvalidState)), "{r:?}");
     // No binding at all.
     let (p2, _, _) = authorize(&e, ALICE).await;
-    let r = e.conns.callback("idp", p2, None, None).await;
+    let r = e.conns.callback("idp", p2, None, alive(), None).await;
     assert!(matches!(r, Err(ConnectionError::StateMismatch)), "{r:?}");
     assert!(e.conns.list(None).expect("list").is_empty());
     let failures: Vec<_> = audit_actions(&e)
@@ -347,7 +362,10 @@ async fn denial_and_code_injection_store_nothing() {
         error: Some("access_denied".into()),
         ..Default::default()
     };
-    let r = e.conns.callback("idp", denied, Some(&binding), None).await;
+    let r = e
+        .conns
+        .callback("idp", denied, Some(&binding), alive(), None)
+        .await;
     assert!(
         matches!(&r, Err(ConnectionError::Denied(c)) if c == "access_denied"),
         "{r:?}"
@@ -363,19 +381,27 @@ async fn denial_and_code_injection_store_nothing() {
     };
     let r = e
         .conns
-        .callback("idp", injected, Some(&victim_binding), None)
+        .callback("idp", injected, Some(&victim_binding), alive(), None)
         .await;
     assert!(
         matches!(&r, Err(ConnectionError::ExchangeFailed { code, .. }) if code == "invalid_grant"),
         "{r:?}"
     );
+    // The session that started the flow has ended (signed out): refused.
+    let (p, b, _) = authorize(&e, ALICE).await;
+    let ended: SessionCheck = Box::new(|_, _| false);
+    let r = e.conns.callback("idp", p, Some(&b), ended, None).await;
+    assert!(matches!(r, Err(ConnectionError::SessionEnded)), "{r:?}");
     // An `iss` naming someone else (mix-up) is refused.
     let (p, b, _) = authorize(&e, ALICE).await;
     let mixed = CallbackParams {
         iss: Some("https://evil.example".into()),
         ..p
     };
-    let r = e.conns.callback("idp", mixed, Some(&b), None).await;
+    let r = e
+        .conns
+        .callback("idp", mixed, Some(&b), alive(), None)
+        .await;
     assert!(matches!(r, Err(ConnectionError::IssuerMismatch)), "{r:?}");
     assert!(e.conns.list(None).expect("list").is_empty());
 }
@@ -600,7 +626,7 @@ async fn sealed_vault_serves_no_cached_token_and_secrets_stay_out_of_the_vault_l
 async fn a_missing_client_secret_is_reported_before_the_flow() {
     let e = env().await;
     e.vault.remove("idp-secret").expect("remove");
-    let r = e.conns.start(ALICE, "alice", "idp", ORIGIN).await;
+    let r = e.conns.start(ALICE, "alice", "idp", ORIGIN, SESSION).await;
     assert!(
         matches!(r, Err(ConnectionError::ClientSecretMissing { .. })),
         "{r:?}"
@@ -610,7 +636,7 @@ async fn a_missing_client_secret_is_reported_before_the_flow() {
         Some(false)
     );
     assert!(matches!(
-        e.conns.start(ALICE, "alice", "nope", ORIGIN).await,
+        e.conns.start(ALICE, "alice", "nope", ORIGIN, SESSION).await,
         Err(ConnectionError::UnknownProvider(_))
     ));
 }
@@ -639,9 +665,8 @@ async fn the_background_scan_refreshes_connections_in_use_only() {
     // Never used: idle, left alone (until the daily refresh).
     e.conns.scan().await;
     assert_eq!(lock(&e.idp).refreshes, 0);
-    // Used since its last refresh (times are whole seconds): refreshed
-    // ahead of its refresh point.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Its token handed out since the last refresh: refreshed ahead of its
+    // refresh point.
     e.conns
         .token(ALICE, "idp", "alice", None)
         .await
@@ -651,6 +676,13 @@ async fn the_background_scan_refreshes_connections_in_use_only() {
     // Not used since: no second refresh.
     e.conns.scan().await;
     assert_eq!(lock(&e.idp).refreshes, 1);
+    // Used again (same second as the refresh): in use again.
+    e.conns
+        .token(ALICE, "idp", "alice", None)
+        .await
+        .expect("token");
+    e.conns.scan().await;
+    assert_eq!(lock(&e.idp).refreshes, 2);
     // A connection marked "needs reconnect" is never retried by the scan.
     store::update(
         e.vault.store(),
@@ -662,5 +694,5 @@ async fn the_background_scan_refreshes_connections_in_use_only() {
     .expect("mark");
     e.conns.token(ALICE, "idp", "alice", None).await.ok();
     e.conns.scan().await;
-    assert_eq!(lock(&e.idp).refreshes, 1);
+    assert_eq!(lock(&e.idp).refreshes, 2);
 }

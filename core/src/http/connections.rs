@@ -21,9 +21,12 @@ use super::AppState;
 use super::authn::{Authenticated, client_ip};
 use super::error::ApiError;
 use super::extract::ApiQuery;
-use crate::auth::Via;
-use crate::auth::scope::{Permission, Scope};
-use crate::connections::{CallbackParams, ConnectionError, ConnectionView, Revocation};
+use crate::auth::scope::{Permission, Role, Scope};
+use crate::auth::store::UserId;
+use crate::auth::{Principal, Via};
+use crate::connections::{
+    CallbackParams, ConnectionError, ConnectionView, Revocation, SessionCheck,
+};
 use crate::secrecy::ExposeSecret;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
@@ -154,13 +157,13 @@ pub async fn start(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     who.require(&connection_scope(&provider)?)?;
-    if !matches!(who.0.via, Via::Session { .. }) {
+    let Via::Session { hash, .. } = who.0.via else {
         return Err(ConnectionError::SessionRequired.into());
-    }
+    };
     let origin = request_origin(&headers, &uri)?;
     let started = state
         .connections
-        .start(who.0.user_id, &who.0.username, &provider, &origin)
+        .start(who.0.user_id, &who.0.username, &provider, &origin, hash)
         .await?;
     let cookie = HeaderValue::from_str(&format!(
         "{BINDING_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
@@ -213,11 +216,13 @@ pub async fn callback(
 ) -> Response {
     let ip = client_ip(&state, &headers, &ext);
     let html = wants_html(&headers);
+    let auth = std::sync::Arc::clone(&state.auth);
+    let alive: SessionCheck = Box::new(move |user, hash| session_alive(&auth, user, hash));
     let result = match callback_params(query.as_deref()) {
         Ok(params) => {
             state
                 .connections
-                .callback(&provider, params, binding_cookie(&headers), Some(ip))
+                .callback(&provider, params, binding_cookie(&headers), alive, Some(ip))
                 .await
         }
         Err(e) => Err(e),
@@ -243,6 +248,24 @@ pub async fn callback(
     resp.headers_mut()
         .append(header::SET_COOKIE, clear_binding_cookie());
     resp
+}
+
+/// Whether `user` still has the session with this hash (not signed out,
+/// revoked or expired). Blocking (reads the sessions table).
+fn session_alive(auth: &crate::auth::Auth, user: UserId, hash: [u8; 32]) -> bool {
+    let probe = Principal {
+        user_id: user,
+        username: String::new(),
+        role: Role::Guest,
+        via: Via::Session {
+            hash,
+            last_auth_at: 0,
+        },
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    auth.list_sessions(&probe)
+        .map(|sessions| sessions.iter().any(|s| s.current && s.expires_at > now))
+        .unwrap_or(false)
 }
 
 /// A minimal page for people who land on a failed callback.

@@ -254,6 +254,7 @@ fn connection_status(e: &crate::connections::ConnectionError) -> (StatusCode, &'
         C::ExchangeFailed { .. } => (S::BAD_REQUEST, "exchange_failed"),
         C::SessionRequired => (S::FORBIDDEN, "session_required"),
         C::TooManyPending => (S::TOO_MANY_REQUESTS, "too_many_pending"),
+        C::SessionEnded => (S::BAD_REQUEST, "session_ended"),
         C::BadRequest(_) => (S::BAD_REQUEST, "invalid_request"),
         C::Vault(v) => vault_status(v),
         C::Store(_) | C::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
