@@ -29,7 +29,9 @@
 //! (rustls + ring, HTTP/1.1 by ALPN, keep-alive, trusting `DATA_DIR/tls/ca.pem`,
 //! TLS 1.3 suites in Latchkey's server order). The proxy under test runs on
 //! CPU 1 (`taskset -c 1`); this process — load generator and mock upstream,
-//! each a single-threaded tokio runtime — on CPU 0.
+//! each a single-threaded tokio runtime — on CPU 0. Run as root, the bench
+//! and everything it starts get nice −10 and so does its session's
+//! autogroup, so other work on a shared machine disturbs the figures less.
 //!
 //! Load: open loop at fixed rates (default 1,000 and 5,000 req/s over 32
 //! connections, each sending on its own fixed schedule). Latency runs from
