@@ -24,6 +24,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -194,6 +195,11 @@ pub struct Auth {
     /// Active API keys by public id: the hot path verifies keys in memory.
     keys: RwLock<HashMap<String, CachedKey>>,
     key_last_used: Mutex<HashMap<String, i64>>,
+    /// Username and role of active, enabled users, so an API-key request
+    /// needs no database read. Emptied after every committed change to
+    /// `users`; `people_gen` stops a fill that raced such a change.
+    people: RwLock<HashMap<UserId, (String, Role)>>,
+    people_gen: AtomicU64,
 }
 
 impl std::fmt::Debug for Auth {
@@ -230,6 +236,8 @@ impl Auth {
             setup_token: Mutex::new(None),
             keys: RwLock::new(HashMap::new()),
             key_last_used: Mutex::new(HashMap::new()),
+            people: RwLock::new(HashMap::new()),
+            people_gen: AtomicU64::new(0),
             settings,
         };
         auth.load_keys()?;
@@ -356,6 +364,7 @@ impl Auth {
                 .detail(user.role.as_str()),
         )?;
         txn.commit()?;
+        self.forget_people();
         Ok(id)
     }
 
@@ -371,6 +380,7 @@ impl Auth {
         user.updated_at = now();
         db::put(&txn, USERS, &id.key(), &user)?;
         txn.commit()?;
+        self.forget_people();
         Ok(user)
     }
 
@@ -612,6 +622,7 @@ impl Auth {
         db::delete(&txn, USERS, &id.key())?;
         db::delete(&txn, USERNAMES, username_key(username).as_bytes())?;
         txn.commit()?;
+        self.forget_people();
         Ok(())
     }
 }
@@ -920,18 +931,42 @@ impl Auth {
     }
 
     fn principal(&self, id: UserId, via: Via) -> Result<Principal, AuthError> {
-        let user = self
-            .get_user(id)
-            .map_err(|_| AuthError::unauthenticated())?;
-        if user.disabled || !user.active {
-            return Err(AuthError::unauthenticated());
-        }
+        let known = self.people.read().ok().and_then(|p| p.get(&id).cloned());
+        let (username, role) = match known {
+            Some(known) => known,
+            None => {
+                let generation = self.people_gen.load(Ordering::Acquire);
+                let user = self
+                    .get_user(id)
+                    .map_err(|_| AuthError::unauthenticated())?;
+                if user.disabled || !user.active {
+                    return Err(AuthError::unauthenticated());
+                }
+                let known = (user.username, user.role);
+                if let Ok(mut p) = self.people.write()
+                    && self.people_gen.load(Ordering::Acquire) == generation
+                {
+                    p.insert(id, known.clone());
+                }
+                known
+            }
+        };
         Ok(Principal {
             user_id: id,
-            username: user.username,
-            role: user.role,
+            username,
+            role,
             via,
         })
+    }
+
+    /// After a committed change to `users`: the next request reads the row.
+    fn forget_people(&self) {
+        // Bumped under the lock, so a fill that read the old row before
+        // the commit either sees the new generation or is cleared here.
+        if let Ok(mut p) = self.people.write() {
+            self.people_gen.fetch_add(1, Ordering::AcqRel);
+            p.clear();
+        }
     }
 
     /// The session behind a cookie value; expired or idle sessions are
@@ -1002,7 +1037,13 @@ impl Auth {
             return Err(AuthError::unauthenticated());
         }
         if let Ok(mut m) = self.key_last_used.lock() {
-            m.insert(parsed.id.to_string(), now());
+            let t = now();
+            match m.get_mut(parsed.id.as_str()) {
+                Some(last) => *last = t,
+                None => {
+                    m.insert(parsed.id.to_string(), t);
+                }
+            }
         }
         self.principal(
             cached.user_id,

@@ -386,3 +386,52 @@ fn admins_without_totp_must_enroll_before_any_session() {
         .authenticate_session(s.token.expose_secret())
         .expect("session");
 }
+
+#[test]
+fn a_keys_owner_is_rechecked_after_every_change_to_users() {
+    // API keys resolve their owner from memory; disabling the owner or
+    // changing the role must still take effect on the very next request.
+    let f = fixture();
+    let host = f.auth.host_principal();
+    owner(&f);
+    let (token, _) = f
+        .auth
+        .create_invite(&host, super::scope::Role::User, None)
+        .expect("invite");
+    let pass = pw("alice's long passphrase");
+    f.auth
+        .accept_invite(token.expose_secret(), "alice", &pass, None)
+        .expect("accept");
+    let LoginStep::Done(s) = f.auth.login("alice", &pass, None, None).expect("login") else {
+        panic!("a user without TOTP signs in with the password");
+    };
+    let alice = f
+        .auth
+        .authenticate_session(s.token.expose_secret())
+        .expect("session");
+    let (_, key) = f
+        .auth
+        .create_key(&alice, "agent", &["proxy:openai".into()], None)
+        .expect("key");
+    let by_key = || f.auth.authenticate_bearer(key.expose_secret());
+    assert_eq!(by_key().expect("key works").role, super::scope::Role::User);
+    // Warm, then change the role: the next request sees it.
+    assert!(by_key().is_ok());
+    f.auth
+        .set_role(&host, "alice", super::scope::Role::Guest)
+        .expect("role");
+    assert_eq!(
+        by_key().expect("still valid").role,
+        super::scope::Role::Guest
+    );
+    f.auth.set_disabled(&host, "alice", true).expect("disable");
+    assert!(
+        by_key().is_err(),
+        "a disabled user's key is refused at once"
+    );
+    f.auth.set_disabled(&host, "alice", false).expect("enable");
+    assert!(
+        by_key().is_err(),
+        "disabling revoked the keys: enabling does not bring them back"
+    );
+}
