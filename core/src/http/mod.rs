@@ -39,6 +39,7 @@ pub mod keys;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
+pub mod ui;
 pub mod usage;
 pub mod users;
 pub mod vault;
@@ -137,6 +138,8 @@ pub struct AppState {
     pub agents: Arc<crate::agent::Agents>,
     /// OAuth connections and the credential broker.
     pub connections: Arc<crate::connections::Connections>,
+    /// The web UI's embedded files.
+    pub ui: Arc<latchkey_ui::Assets>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -181,6 +184,7 @@ impl AppState {
             proxy,
             agents: Arc::new(agents),
             connections,
+            ui: Arc::new(latchkey_ui::Assets::load()),
         })
     }
 
@@ -318,7 +322,10 @@ pub fn router(state: AppState) -> Router {
             "/proxy/{provider}/{*path}",
             any(crate::proxy::forward::handle),
         )
-        .fallback(|| async { ApiError::RouteNotFound })
+        .route("/assets/{*path}", get(ui::asset))
+        // Browser navigations to any other page get the UI, which routes
+        // on the client; everything else gets the API's JSON 404.
+        .fallback(ui::page_or_not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
