@@ -384,11 +384,11 @@ fn print_banner(
         // cannot reach a server or proxy log.
         let port = bound.first().map_or(0, SocketAddr::port);
         out.push_str(&format!(
-            "\nFirst run: no owner yet. Create one on this machine with\n\
-             \x20   latchkey setup --username NAME --password-stdin\n\
-             or with this one-time setup link (expires in {}; until the web UI ships, \
-             its token works with POST /api/setup/begin, see docs/API.md):\n\
-             \x20   https://localhost:{port}/setup#token={}\n",
+            "\nFirst run: no owner yet. Open this one-time setup link in a browser \
+             (expires in {}):\n\
+             \x20   https://localhost:{port}/setup#token={}\n\
+             or create the owner on this machine with\n\
+             \x20   latchkey setup --username NAME --password-stdin\n",
             human_duration(ctx.settings.auth.setup_token_lifetime),
             t.expose_secret(),
         ));
