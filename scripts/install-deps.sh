@@ -9,6 +9,7 @@ apt_packages=(
   openssl curl                      # TLS checks against the running server
   oathtool zbar-tools               # independent TOTP codes and QR decoding in the e2e tests
   nginx-light caddy                 # forward-auth snippets tested for real; nginx is the proxy benchmark's baseline
+  chromium                          # the web UI's browser tests (tests/ui, driven by playwright-core)
 )
 
 missing=()
@@ -43,4 +44,13 @@ oidc_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/oidc"
 if [ ! -d "$oidc_dir/node_modules" ] || [ "$oidc_dir/package-lock.json" -nt "$oidc_dir/node_modules" ]; then
   npm ci --prefix "$oidc_dir" --no-audit --no-fund
   touch "$oidc_dir/node_modules"
+fi
+
+# The web UI's browser tests (tests/ui): playwright-core drives Debian's
+# chromium (no browser download), axe-core checks accessibility. Installed
+# from the committed lockfile, again whenever the lockfile is newer.
+ui_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/ui"
+if [ ! -d "$ui_dir/node_modules" ] || [ "$ui_dir/package-lock.json" -nt "$ui_dir/node_modules" ]; then
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$ui_dir" --no-audit --no-fund
+  touch "$ui_dir/node_modules"
 fi

@@ -62,6 +62,8 @@ fn table() -> Vec<Row> {
         row("GET", "/health", "/health", None, all("200")),
         row("GET", "/ready", "/ready", None, all("200")),
         row("GET", "/.well-known/jwks.json", "/.well-known/jwks.json", None, all("200")),
+        // The web UI's files: public (the pages hold no data; the API does).
+        row("GET", "/assets/{*path}", "/assets/app.js", None, all("200")),
         row("GET", "/api/verify", "/api/verify?agent=walk", None,
             ["200", "200", "200", "200", "200", "403", "403", "403", "401"]),
         row("GET", "/api/setup", "/api/setup", None, all("200")),
@@ -119,6 +121,12 @@ fn table() -> Vec<Row> {
              "404:unknown_provider", "403", "403", "403", "401"]),
         row("DELETE", "/api/connections/{provider}", "/api/connections/walk", None,
             ["404:unknown_provider", "404:unknown_provider", "403", "404:unknown_provider",
+             "404:unknown_provider", "403", "403", "403", "401"]),
+        // Setting a provider's client: ManageSettings (`admin` for keys) and,
+        // for people, a recent re-authentication (access tokens cannot have one).
+        row("PUT", "/api/connections/{provider}/client", "/api/connections/walk/client",
+            Some(r#"{"client_id":"walk"}"#),
+            ["404:unknown_provider", "403", "403", "403:reauth_required",
              "404:unknown_provider", "403", "403", "403", "401"]),
         row("PUT", "/api/keys/{id}/limits", "/api/keys/0123456789abcdef/limits", Some(r#"{"tokens_per_day":1}"#),
             ["404", "404", "404", "404", "404", "403", "404", "403", "401"]),

@@ -14,7 +14,7 @@ use latchkey_e2e::oidc::{
     connection_config, free_port, query_params, with_param,
 };
 use latchkey_e2e::{
-    Browser, Resp, ServeOpts, Server, TestDir, auth_config, contains_bytes, create_key,
+    Browser, PASSWORD, Resp, ServeOpts, Server, TestDir, auth_config, contains_bytes, create_key,
     files_under, invited, spawn_server, web_setup,
 };
 use std::sync::{Arc, Barrier};
@@ -754,4 +754,189 @@ fn broker_needs_the_scope_and_never_serves_another_users_connection() {
     assert!(r.status == 403 || r.status == 404, "{}", r.body);
     assert_eq!(listed(b).expect("still there")["status"], "connected");
     assert_eq!(idp.introspect(&owner_token)["active"], true);
+}
+
+/// The provider `PROVIDER` as `b` sees it in `GET /api/connections/providers`.
+fn provider_as(b: &Browser<'_>) -> serde_json::Value {
+    let r = b.get("/api/connections/providers");
+    assert_eq!(r.status, 200, "providers: {}", r.body);
+    r.json()["providers"]
+        .as_array()
+        .expect("providers array")
+        .iter()
+        .find(|p| p["name"] == PROVIDER)
+        .cloned()
+        .expect("the provider is listed")
+}
+
+#[test]
+fn an_admin_sets_the_client_over_the_api_and_the_flow_uses_it() {
+    // The section names neither a client id nor a secret entry: an
+    // administrator sets both from the UI (`PUT …/client`).
+    let d = TestDir::new();
+    let port = free_port();
+    let idp = Idp::start(&callback_urls(port, PROVIDER), TTL, d.path());
+    let config = format!(
+        "{}\n[connections.{PROVIDER}]\nissuer = \"{}\"\nscopes = [\"openid\", \"offline_access\"]\n",
+        auth_config(""),
+        idp.issuer
+    );
+    let opts = ServeOpts {
+        listen: format!("127.0.0.1:{port}"),
+        ..ServeOpts::new().config(&config)
+    };
+    let mut s = spawn_server(&d, &opts);
+    let secret = idp.client_secret.clone();
+    let path = format!("/api/connections/{PROVIDER}/client");
+    let mut answers = String::new();
+    let totp = {
+        let owner = web_setup(&s, "owner");
+        let b = &owner.browser;
+        let user = invited(&s, b, "bob", "user");
+
+        let p = provider_as(b);
+        assert_eq!(p["client_id_source"], "missing", "{p}");
+        assert!(p["client_id"].is_null(), "{p}");
+        assert!(p["client_secret_present"].is_null(), "{p}");
+        let redirect = p["redirect_uri"].as_str().expect("redirect_uri");
+        assert!(
+            callback_urls(port, PROVIDER).iter().any(|u| u == redirect),
+            "{redirect}"
+        );
+        // Only administrators see the client id.
+        assert!(provider_as(&user).get("client_id").is_none());
+        // Until a client id exists, connecting says so.
+        let r = b.call_with(
+            "GET",
+            &format!("/api/connections/{PROVIDER}/start"),
+            &[JSON],
+            None,
+        );
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert_eq!(r.error_code(), "client_id_missing");
+
+        let body =
+            serde_json::json!({ "client_id": "latchkey", "client_secret": secret }).to_string();
+        // A user may not set it; nothing changes.
+        let r = user.call("PUT", &path, Some(&body));
+        assert_eq!(r.status, 403, "{}", r.body);
+        answers.push_str(&r.body);
+        assert_eq!(provider_as(b)["client_id_source"], "missing");
+        // Bad input is refused without echoing anything.
+        let r = b.call("PUT", &path, Some("{}"));
+        assert_eq!(r.status, 400, "{}", r.body);
+        let r = b.call(
+            "PUT",
+            &path,
+            Some(
+                &serde_json::json!({ "client_id": "a\u{7}b", "client_secret": secret }).to_string(),
+            ),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        answers.push_str(&r.body);
+        let r = b.call("PUT", "/api/connections/nope/client", Some(&body));
+        assert_eq!(r.error_code(), "unknown_provider", "{}", r.body);
+        answers.push_str(&r.body);
+
+        // The administrator sets it: the secret goes into the vault, the id
+        // overrides the (missing) configured one.
+        let r = b.call("PUT", &path, Some(&body));
+        assert_eq!(r.status, 200, "{}", r.body);
+        answers.push_str(&r.body);
+        let p = &r.json()["provider"];
+        assert_eq!(p["client_id"], "latchkey", "{p}");
+        assert_eq!(p["client_id_source"], "ui", "{p}");
+        assert_eq!(p["client_secret_present"], true, "{p}");
+        assert_eq!(
+            p["client_secret_entry"],
+            format!("{PROVIDER}-client-secret"),
+            "{p}"
+        );
+        let r = b.get("/api/vault");
+        assert!(
+            r.body.contains(&format!("{PROVIDER}-client-secret")),
+            "{}",
+            r.body
+        );
+        answers.push_str(&r.body);
+
+        // The flow now uses that client (the provider refuses any other id or
+        // secret at the token endpoint).
+        let mut ob = OAuthBrowser::new(b, "alice");
+        let auth = ob.start_ok(&s, &idp, PROVIDER);
+        assert_eq!(
+            query_params(&auth).get("client_id").map(String::as_str),
+            Some("latchkey")
+        );
+        let cb = ob.authorize(&idp, &auth, Decision::Approve);
+        let r = ob.callback(&s, &cb, &["Accept: text/html"]);
+        assert_eq!(r.status, 303, "callback: {} {:?}", r.body, r.headers);
+        assert_eq!(
+            r.header("location"),
+            Some(format!("/?connected={PROVIDER}").as_str())
+        );
+        assert_eq!(idp.count("code_success"), 1, "{}", idp.stats());
+        assert_eq!(listed(b).expect("connected")["status"], "connected");
+
+        // A failed callback in a browser lands on the Connections screen,
+        // which explains the code; API clients still get JSON.
+        let mut ob = OAuthBrowser::new(b, "alice");
+        let auth = ob.start_ok(&s, &idp, PROVIDER);
+        let cb = ob.authorize(&idp, &auth, Decision::Approve);
+        let r = ob.callback(
+            &s,
+            &with_param(&cb, "state", Some("nope")),
+            &["Accept: text/html,application/xhtml+xml"],
+        );
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(
+            r.header("location"),
+            Some(format!("/connections?error=invalid_state&provider={PROVIDER}").as_str())
+        );
+
+        // Audited, naming what changed and never the value.
+        let events = connection_events(b);
+        let client: Vec<_> = events
+            .iter()
+            .filter(|e| e["action"] == "connection.client")
+            .collect();
+        assert_eq!(client.len(), 1, "{events:?}");
+        assert_eq!(client[0]["detail"], "client_secret,client_id", "{events:?}");
+        assert_eq!(client[0]["target"], PROVIDER);
+        answers.push_str(&b.get("/api/audit?limit=500").body);
+        owner.totp
+    };
+
+    // The settings survive a restart.
+    s.stop();
+    drop(s);
+    let s = spawn_server(&d, &opts);
+    let b = Browser::new(&s);
+    let r = b.login("owner", PASSWORD, Some(&totp));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = provider_as(&b);
+    assert_eq!(p["client_id"], "latchkey", "{p}");
+    assert_eq!(p["client_id_source"], "ui", "{p}");
+    assert_eq!(p["client_secret_present"], true, "{p}");
+    answers.push_str(&b.get("/api/connections/providers").body);
+    let mut ob = OAuthBrowser::new(&b, "alice");
+    let r = ob.connect(&s, &idp, PROVIDER);
+    assert_eq!(r.status, 303, "reconnect after restart: {}", r.body);
+
+    assert!(
+        !answers.contains(&secret),
+        "an answer echoed the client secret"
+    );
+    assert!(
+        !s.stderr().contains(&secret),
+        "the client secret is in the log"
+    );
+    for f in files_under(&d.data()) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !contains_bytes(&bytes, secret.as_bytes()),
+            "{} holds the client secret in plain text",
+            f.display()
+        );
+    }
 }

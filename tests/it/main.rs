@@ -19,4 +19,5 @@ mod proxy_limits;
 mod serve;
 mod serve_robustness;
 mod serve_tls;
+mod ui;
 mod vault_cli;

@@ -6,6 +6,7 @@ mod auth;
 mod server;
 
 pub mod oidc;
+pub mod ui;
 
 pub use auth::{
     Authenticator, Browser, Owner, PASSWORD, auth_config, create_key, invited, oathtool,

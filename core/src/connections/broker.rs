@@ -81,7 +81,8 @@ impl Connections {
         slot: &Slot,
         due: Due,
     ) -> Result<Arc<Cached>, ConnectionError> {
-        let p = &rt.provider;
+        let current = rt.provider();
+        let p = current.as_ref();
         let name = p.name.clone();
         let st = Arc::clone(self.vault.store());
         let row = blocking(move || store::get(&st, user, &name)).await?;

@@ -7,7 +7,8 @@
 //! scopes and client-authentication method; any other name is a generic
 //! provider and needs either `issuer` (OpenID Connect discovery, fetched on
 //! first use) or both `authorization_endpoint` and `token_endpoint`.
-//! Every section needs `client_id`. Plain `http://` is accepted only for
+//! `client_id` may be left out and set by an administrator over the API
+//! (`PUT /api/connections/{p}/client`, kept in the `meta` table). Plain `http://` is accepted only for
 //! loopback hosts (a local test server).
 
 use crate::auth::scope::{EntryName, ProviderName, Scope, Target};
@@ -253,16 +254,10 @@ pub fn resolve(name: &str, s: &ConnectionSettings) -> Result<Provider, (String, 
         })?),
         None => preset(name),
     };
-    let client_id = s
-        .client_id
-        .clone()
-        .filter(|c| !c.trim().is_empty())
-        .ok_or_else(|| {
-            (
-                key("client_id"),
-                "the OAuth client id registered with the provider is needed".into(),
-            )
-        })?;
+    // Optional: an administrator may set it from the UI instead
+    // (`PUT /api/connections/{p}/client`); until then connecting answers
+    // `client_id_missing`. An empty string is "not set".
+    let client_id = s.client_id.as_deref().unwrap_or("").trim().to_string();
     if client_id.chars().any(char::is_control) || client_id.len() > 512 {
         return Err((key("client_id"), "not a plausible client id".into()));
     }
@@ -543,11 +538,21 @@ mod tests {
     }
 
     #[test]
+    fn a_preset_section_may_leave_the_client_id_to_the_ui() {
+        let p = resolve("spotify", &section("")).expect("resolves");
+        assert_eq!(p.client_id, "");
+        assert_eq!(p.client_secret_entry, None);
+        let p = resolve("spotify", &section(r#"client_id = "  abc ""#)).expect("resolves");
+        assert_eq!(p.client_id, "abc");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases: &[(&str, &str, &str)] = &[
             (
                 "x",
-                r#"issuer = "https://a.example""#,
+                r#"issuer = "https://a.example"
+                   client_id = "a\u0007b""#,
                 "connections.x.client_id",
             ),
             ("x", r#"client_id = "c""#, "connections.x.issuer"),

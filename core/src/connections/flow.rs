@@ -104,7 +104,11 @@ impl Connections {
         session_hash: [u8; 32],
     ) -> Result<Started, ConnectionError> {
         let rt = self.provider(provider)?;
-        let p = &rt.provider;
+        let current = rt.provider();
+        let p = current.as_ref();
+        if p.client_id.is_empty() {
+            return Err(ConnectionError::ClientIdMissing(p.name.clone()));
+        }
         if let Some(entry) = &p.client_secret_entry {
             match self.vault.meta(entry) {
                 Ok(_) => {}
@@ -121,8 +125,7 @@ impl Connections {
             return Err(VaultError::Sealed.into());
         }
         let ep = rt.endpoints().await?;
-        let base = self.public_url.as_deref().unwrap_or(origin);
-        let redirect_uri = format!("{base}/api/connections/{}/callback", p.name);
+        let redirect_uri = self.redirect_uri(&p.name, origin);
         let client = oauth_client(p, &ep, None, Some(&redirect_uri)).map_err(|reason| {
             ConnectionError::ProviderResponse {
                 provider: p.name.clone(),
@@ -215,7 +218,8 @@ impl Connections {
         ip: Option<std::net::IpAddr>,
         actor: &mut String,
     ) -> Result<Connected, ConnectionError> {
-        let p = &rt.provider;
+        let current = rt.provider();
+        let p = current.as_ref();
         let denied = params.error.as_deref().map(safe_code);
         let Some(state) = params.state.as_deref() else {
             return Err(denied.map_or(ConnectionError::InvalidState, ConnectionError::Denied));
@@ -360,7 +364,8 @@ pub(super) async fn refresh(
     rt: &ProviderRuntime,
     refresh_token: &str,
 ) -> Result<FreshToken, ConnectionError> {
-    let p = &rt.provider;
+    let current = rt.provider();
+    let p = current.as_ref();
     let ep = rt.endpoints().await?;
     let secret = c.client_secret(p)?;
     let client = oauth_client(p, &ep, secret.as_ref(), None).map_err(|reason| {
@@ -391,7 +396,8 @@ pub(super) async fn revoke(
     rt: &ProviderRuntime,
     secrets: &TokenSecrets,
 ) -> Revocation {
-    let p = &rt.provider;
+    let current = rt.provider();
+    let p = current.as_ref();
     let ep = match rt.endpoints().await {
         Ok(ep) => ep,
         Err(e) => return Revocation::Failed(e.to_string()),
@@ -506,7 +512,8 @@ fn token_error(
 /// Checks a token response: a bearer token (unless the preset says
 /// otherwise), plausible values, scopes split the provider's way.
 fn check_response(rt: &ProviderRuntime, r: &TokenResponse) -> Result<FreshToken, ConnectionError> {
-    let p = &rt.provider;
+    let current = rt.provider();
+    let p = current.as_ref();
     let bad = |reason: &str| ConnectionError::ProviderResponse {
         provider: p.name.clone(),
         reason: reason.to_string(),

@@ -67,6 +67,11 @@ pub enum ConnectionError {
          `{entry}`"
     )]
     ClientSecretMissing { provider: String, entry: String },
+    #[error(
+        "provider `{0}` has no client id yet: an administrator sets it on the Connections \
+         screen (or as `client_id` in latchkey.toml)"
+    )]
+    ClientIdMissing(String),
     /// Network failure, timeout or discovery failure. The source is
     /// logged, never shown.
     #[error("provider `{provider}` could not be reached")]
@@ -181,6 +186,59 @@ pub struct ProviderView {
     pub client_secret_entry: Option<String>,
     /// `None`: the provider needs no secret (public client).
     pub client_secret_present: Option<bool>,
+    /// The client id in use (`None`: not set anywhere yet).
+    pub client_id: Option<String>,
+    /// Where the client id comes from: `config` (latchkey.toml), `ui` (set
+    /// by an administrator over the API) or `missing`.
+    pub client_id_source: &'static str,
+}
+
+/// An administrator's client settings for a provider, kept in the `meta`
+/// table under [`client_meta_key`]; they override latchkey.toml.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ClientOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    /// The vault entry of a secret set over the API for a provider whose
+    /// section names none ([`default_secret_entry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_secret_entry: Option<String>,
+}
+
+/// The `meta` key of a provider's [`ClientOverride`].
+fn client_meta_key(provider: &str) -> Vec<u8> {
+    format!("connection_client:{provider}").into_bytes()
+}
+
+/// The vault entry a client secret set over the API goes to when the
+/// provider's section names none.
+pub fn default_secret_entry(provider: &str) -> String {
+    format!("{provider}-client-secret")
+}
+
+impl ClientOverride {
+    fn apply(&self, configured: &Provider) -> Provider {
+        let mut p = configured.clone();
+        if let Some(id) = &self.client_id {
+            p.client_id = id.clone();
+        }
+        if p.client_secret_entry.is_none() {
+            p.client_secret_entry = self.client_secret_entry.clone();
+        }
+        p
+    }
+}
+
+/// A client id as an administrator may set it (the same rule as
+/// `client_id` in latchkey.toml).
+fn check_client_id(id: &str) -> Result<String, ConnectionError> {
+    let id = id.trim();
+    if id.is_empty() || id.len() > 512 || id.chars().any(char::is_control) {
+        return Err(ConnectionError::BadRequest(
+            "`client_id` must be 1–512 characters without control characters".into(),
+        ));
+    }
+    Ok(id.to_string())
 }
 
 /// What `DELETE` did at the provider.
@@ -226,7 +284,11 @@ impl Drop for TokenSecrets {
 
 /// A provider and what is learnt about it at run time.
 pub struct ProviderRuntime {
-    pub provider: Provider,
+    /// As latchkey.toml says.
+    configured: Provider,
+    /// What the flows use: `configured` with the administrator's client
+    /// settings applied (replaced whole when they change).
+    current: RwLock<Arc<Provider>>,
     pub http: HttpClient,
     /// Discovered (or configured) endpoints, fetched on first use; a failed
     /// discovery is not cached, so the next use tries again.
@@ -234,16 +296,33 @@ pub struct ProviderRuntime {
 }
 
 impl ProviderRuntime {
+    /// The provider as the flows use it now.
+    pub fn provider(&self) -> Arc<Provider> {
+        let guard = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(&guard)
+    }
+
+    fn set_current(&self, p: Provider) {
+        let mut guard = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = Arc::new(p);
+    }
+
     async fn endpoints(&self) -> Result<Arc<Endpoints>, ConnectionError> {
         let mut guard = self.endpoints.lock().await;
         if let Some(ep) = guard.as_ref() {
             return Ok(Arc::clone(ep));
         }
         let ep = Arc::new(
-            client::endpoints(&self.provider, &self.http)
+            client::endpoints(&self.configured, &self.http)
                 .await
                 .map_err(|reason| ConnectionError::ProviderUnreachable {
-                    provider: self.provider.name.clone(),
+                    provider: self.configured.name.clone(),
                     source: reason.into(),
                 })?,
         );
@@ -354,10 +433,13 @@ impl Connections {
         for p in providers {
             let http = HttpClient::new(&p.extra_roots)
                 .map_err(|e| format!("connections.{}: {e}", p.name))?;
+            let overrides = load_override(vault.store(), &p.name)
+                .map_err(|e| format!("connections.{}: {e}", p.name))?;
             map.insert(
                 p.name.clone(),
                 Arc::new(ProviderRuntime {
-                    provider: p,
+                    current: RwLock::new(Arc::new(overrides.apply(&p))),
+                    configured: p,
                     http,
                     endpoints: tokio::sync::Mutex::new(None),
                 }),
@@ -391,23 +473,103 @@ impl Connections {
     /// Every configured provider, and whether its client secret is in the
     /// vault (metadata only: works while sealed).
     pub fn list_providers(&self) -> Vec<ProviderView> {
-        self.providers
-            .values()
-            .map(|rt| {
-                let p = &rt.provider;
-                ProviderView {
-                    name: p.name.clone(),
-                    preset: p.preset,
-                    issuer: p.issuer.clone(),
-                    scopes: p.scopes.clone(),
-                    client_secret_entry: p.client_secret_entry.clone(),
-                    client_secret_present: p
-                        .client_secret_entry
-                        .as_deref()
-                        .map(|e| self.vault.meta(e).is_ok()),
+        self.providers.values().map(|rt| self.view(rt)).collect()
+    }
+
+    fn view(&self, rt: &ProviderRuntime) -> ProviderView {
+        let p = rt.provider();
+        let client_id_source = if p.client_id.is_empty() {
+            "missing"
+        } else if p.client_id == rt.configured.client_id {
+            "config"
+        } else {
+            "ui"
+        };
+        ProviderView {
+            name: p.name.clone(),
+            preset: p.preset,
+            issuer: p.issuer.clone(),
+            scopes: p.scopes.clone(),
+            client_secret_entry: p.client_secret_entry.clone(),
+            client_secret_present: p
+                .client_secret_entry
+                .as_deref()
+                .map(|e| self.vault.meta(e).is_ok()),
+            client_id: (!p.client_id.is_empty()).then(|| p.client_id.clone()),
+            client_id_source,
+        }
+    }
+
+    /// The redirect URI of `provider` for a request to `origin` (or
+    /// `server.public_url` when set): what to register at the provider.
+    pub fn redirect_uri(&self, provider: &str, origin: &str) -> String {
+        let base = self.public_url.as_deref().unwrap_or(origin);
+        format!("{base}/api/connections/{provider}/callback")
+    }
+
+    /// An administrator sets a provider's client id and/or client secret
+    /// (blocking: writes the vault and the database). The secret goes into
+    /// the provider's vault entry (its `client_secret_entry`, else
+    /// [`default_secret_entry`]); a client id other than latchkey.toml's
+    /// overrides it and is kept in the `meta` table (setting the
+    /// configured one again removes the override). Audited as
+    /// `connection.client` naming what changed, never a value. The
+    /// secret's entry is written first: a sealed vault changes nothing.
+    pub fn set_client(
+        &self,
+        provider: &str,
+        client_id: Option<&str>,
+        client_secret: Option<&SecretString>,
+        actor: &str,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<ProviderView, ConnectionError> {
+        let rt = self.provider(provider)?;
+        if client_id.is_none() && client_secret.is_none() {
+            return Err(ConnectionError::BadRequest(
+                "send `client_id`, `client_secret` or both".into(),
+            ));
+        }
+        let client_id = client_id.map(check_client_id).transpose()?;
+        if let Some(s) = client_secret {
+            let v = s.expose_secret();
+            if v.is_empty() || v.len() > 4096 || v.chars().any(char::is_control) {
+                return Err(ConnectionError::BadRequest(
+                    "`client_secret` must be 1–4096 characters without control characters".into(),
+                ));
+            }
+        }
+        let store = self.vault.store();
+        let mut ov = load_override(store, provider)?;
+        let mut changed = Vec::new();
+        if let Some(secret) = client_secret {
+            let entry = match &rt.configured.client_secret_entry {
+                Some(e) => e.clone(),
+                None => {
+                    let e = default_secret_entry(provider);
+                    ov.client_secret_entry = Some(e.clone());
+                    e
                 }
-            })
-            .collect()
+            };
+            let record = crate::vault::NewRecord {
+                name: entry,
+                kind: crate::vault::Kind::Generic,
+                provider: Some(provider.to_string()),
+                labels: [("purpose".to_string(), "oauth-client-secret".to_string())].into(),
+            };
+            self.vault.put(&record, secret, true)?;
+            changed.push("client_secret");
+        }
+        if let Some(id) = client_id {
+            ov.client_id = (id != rt.configured.client_id).then_some(id);
+            changed.push("client_id");
+        }
+        let event = AuditEvent::new(actor, "connection.client", crate::audit::Outcome::Success)
+            .target(provider)
+            .ip(ip)
+            .detail(changed.join(","));
+        save_override(store, provider, &ov, event)?;
+        rt.set_current(ov.apply(&rt.configured));
+        Ok(self.view(rt))
     }
 
     /// Refresh requests sent so far.
@@ -522,6 +684,42 @@ impl Connections {
             })
             .collect())
     }
+}
+
+/// A provider's [`ClientOverride`] (the default when none is stored).
+fn load_override(
+    store: &crate::store::Store,
+    provider: &str,
+) -> Result<ClientOverride, StoreError> {
+    Ok(store
+        .meta_get(&client_meta_key(provider))?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default())
+}
+
+/// Stores (or, when empty, removes) a provider's [`ClientOverride`] and
+/// its audit entry in one transaction.
+fn save_override(
+    store: &crate::store::Store,
+    provider: &str,
+    ov: &ClientOverride,
+    event: AuditEvent,
+) -> Result<(), StoreError> {
+    let key = client_meta_key(provider);
+    let txn = store.db().begin_write()?;
+    {
+        let mut meta = txn.open_table(crate::store::META)?;
+        if *ov == ClientOverride::default() {
+            meta.remove(key.as_slice())?;
+        } else {
+            // Two optional strings always serialize.
+            let value = serde_json::to_vec(ov).unwrap_or_default();
+            meta.insert(key.as_slice(), value.as_slice())?;
+        }
+    }
+    crate::audit::append_in(&txn, event)?;
+    txn.commit()?;
+    Ok(())
 }
 
 /// Runs store work on the blocking pool.

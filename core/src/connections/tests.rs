@@ -30,6 +30,9 @@ struct Idp {
     refresh_delay: Duration,
     /// Refresh answers with HTTP 500 (a transient failure).
     broken: bool,
+    /// The client (id, secret) the token endpoint accepts; default
+    /// `latchkey` and [`SECRET`].
+    client: Option<(String, String)>,
 }
 
 type Shared = Arc<Mutex<Idp>>;
@@ -63,9 +66,13 @@ fn check_grant(
 ) -> Result<Duration, Box<axum::response::Response>> {
     use axum::response::IntoResponse;
     use sha2::Digest;
+    let (id, secret) = lock(idp)
+        .client
+        .clone()
+        .unwrap_or_else(|| ("latchkey".into(), SECRET.into()));
     let expected = format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("latchkey:{SECRET}"))
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
     );
     let err = |code: &str| {
         (
@@ -639,6 +646,142 @@ async fn a_missing_client_secret_is_reported_before_the_flow() {
         e.conns.start(ALICE, "alice", "nope", ORIGIN, SESSION).await,
         Err(ConnectionError::UnknownProvider(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_sets_the_client_and_the_flows_use_it() {
+    let e = env().await;
+    let view = &e.conns.list_providers()[0];
+    assert_eq!(view.client_id.as_deref(), Some("latchkey"));
+    assert_eq!(view.client_id_source, "config");
+    // The provider now knows another client: the configured one fails.
+    lock(&e.idp).client = Some(("ui-client".into(), "ui-secret".into()));
+    let (params, binding, _) = authorize(&e, ALICE).await;
+    let r = e
+        .conns
+        .callback("idp", params, Some(&binding), alive(), None)
+        .await;
+    assert!(
+        matches!(r, Err(ConnectionError::ExchangeFailed { .. })),
+        "{r:?}"
+    );
+
+    // Nothing at all, a bad id, or a sealed vault change nothing.
+    assert!(matches!(
+        e.conns.set_client("idp", None, None, "alice", None),
+        Err(ConnectionError::BadRequest(_))
+    ));
+    assert!(matches!(
+        e.conns.set_client("idp", Some(" "), None, "alice", None),
+        Err(ConnectionError::BadRequest(_))
+    ));
+    assert!(matches!(
+        e.conns.set_client("nope", Some("x"), None, "alice", None),
+        Err(ConnectionError::UnknownProvider(_))
+    ));
+    e.vault.seal();
+    let secret = SecretString::from("ui-secret");
+    let r = e
+        .conns
+        .set_client("idp", Some("ui-client"), Some(&secret), "alice", None);
+    assert!(
+        matches!(r, Err(ConnectionError::Vault(VaultError::Sealed))),
+        "{r:?}"
+    );
+    assert_eq!(e.conns.list_providers()[0].client_id_source, "config");
+    e.vault
+        .open_with(&MasterKeySource::KeyFile {
+            path: e._dir.path().join("master.key"),
+        })
+        .expect("unseal");
+
+    let view = e
+        .conns
+        .set_client("idp", Some(" ui-client "), Some(&secret), "alice", None)
+        .expect("set");
+    assert_eq!(view.client_id.as_deref(), Some("ui-client"));
+    assert_eq!(view.client_id_source, "ui");
+    assert_eq!(view.client_secret_present, Some(true));
+    // The secret went into the provider's configured entry.
+    assert_eq!(
+        e.vault
+            .reveal("idp-secret")
+            .expect("reveal")
+            .expose_secret(),
+        "ui-secret"
+    );
+    let (_, _, q) = authorize(&e, ALICE).await;
+    assert_eq!(q["client_id"], "ui-client");
+    connect(&e, ALICE).await;
+    assert_eq!(
+        e.conns
+            .token(ALICE, "idp", "alice", None)
+            .await
+            .expect("token")
+            .access_token
+            .expose_secret(),
+        "at-1"
+    );
+    let audit = audit_actions(&e);
+    assert!(
+        audit.contains(&(
+            "connection.client".into(),
+            Outcome::Success,
+            Some("client_secret,client_id".into())
+        )),
+        "{audit:?}"
+    );
+
+    // Kept across a restart (a new service over the same database).
+    let again = Connections::new(&e.settings, Arc::clone(&e.vault)).expect("connections");
+    let view = &again.list_providers()[0];
+    assert_eq!(view.client_id.as_deref(), Some("ui-client"));
+    assert_eq!(view.client_id_source, "ui");
+    // Setting the configured id again removes the override.
+    let view = again
+        .set_client("idp", Some("latchkey"), None, "alice", None)
+        .expect("set back");
+    assert_eq!(view.client_id_source, "config");
+    assert!(
+        e.vault
+            .store()
+            .meta_get(&client_meta_key("idp"))
+            .expect("meta")
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_client_gets_a_secret_entry_of_its_own() {
+    let e = env().await;
+    let mut settings = e.settings.clone();
+    if let Some(c) = settings.connections.get_mut("idp") {
+        c.client_secret_entry = None;
+        c.client_id = None;
+    }
+    let conns = Connections::new(&settings, Arc::clone(&e.vault)).expect("connections");
+    let view = &conns.list_providers()[0];
+    assert_eq!(view.client_id, None);
+    assert_eq!(view.client_id_source, "missing");
+    assert_eq!(view.client_secret_present, None);
+    assert!(matches!(
+        conns.start(ALICE, "alice", "idp", ORIGIN, SESSION).await,
+        Err(ConnectionError::ClientIdMissing(_))
+    ));
+    let view = conns
+        .set_client("idp", None, Some(&SecretString::from("s2")), "alice", None)
+        .expect("set");
+    assert_eq!(
+        view.client_secret_entry.as_deref(),
+        Some("idp-client-secret")
+    );
+    assert_eq!(view.client_secret_present, Some(true));
+    assert_eq!(view.client_id_source, "missing");
+    let again = Connections::new(&settings, Arc::clone(&e.vault)).expect("connections");
+    assert_eq!(
+        again.list_providers()[0].client_secret_entry.as_deref(),
+        Some("idp-client-secret")
+    );
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //! - `GET /api/connections` — the caller's connections (`?all=true`:
 //!   everyone's, for admins);
 //! - `GET /api/connections/{p}/token` — the broker;
-//! - `DELETE /api/connections/{p}` — revoke and forget.
+//! - `DELETE /api/connections/{p}` — revoke and forget;
+//! - `PUT /api/connections/{p}/client` — an administrator sets the
+//!   provider's client id and/or secret (`ManageSettings`, recent re-auth).
 //!
 //! Each handler makes one permission check: `connections:<p>` (people by
 //! role — a guest may not; keys by scope and owner's role).
@@ -20,7 +22,7 @@
 use super::AppState;
 use super::authn::{Authenticated, client_ip};
 use super::error::ApiError;
-use super::extract::ApiQuery;
+use super::extract::{ApiJson, ApiQuery};
 use crate::auth::scope::{Permission, Role, Scope};
 use crate::auth::store::UserId;
 use crate::auth::{Principal, Via};
@@ -118,6 +120,37 @@ struct ProviderItem {
     /// `null` for public clients (no secret configured).
     client_secret_present: Option<bool>,
     redirect_path: String,
+    /// The full URI to register at the provider.
+    redirect_uri: String,
+    /// Administrators only: the client id in use (`null`: none yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<Option<String>>,
+    /// `config`, `ui` or `missing`.
+    client_id_source: &'static str,
+}
+
+fn is_admin(who: &Authenticated) -> bool {
+    who.0.role.may(Permission::ManageSettings) && who.0.allows(&Scope::Admin)
+}
+
+fn provider_item(
+    state: &AppState,
+    p: crate::connections::ProviderView,
+    origin: &str,
+    admin: bool,
+) -> ProviderItem {
+    ProviderItem {
+        redirect_path: format!("/api/connections/{}/callback", p.name),
+        redirect_uri: state.connections.redirect_uri(&p.name, origin),
+        name: p.name,
+        preset: p.preset,
+        issuer: p.issuer,
+        scopes: p.scopes,
+        client_secret_entry: p.client_secret_entry,
+        client_secret_present: p.client_secret_present,
+        client_id: admin.then_some(p.client_id),
+        client_id_source: p.client_id_source,
+    }
 }
 
 /// `GET /api/connections/providers` → `{"providers":[…]}`: those the
@@ -125,26 +158,77 @@ struct ProviderItem {
 pub async fn providers(
     State(state): State<AppState>,
     who: Authenticated,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     if !who.0.role.may(Permission::ManageConnections) {
         return Err(ApiError::forbidden("this needs `connections:…`"));
     }
+    let origin = request_origin(&headers, &uri)?;
+    let admin = is_admin(&who);
     let list: Vec<ProviderItem> = state
         .connections
         .list_providers()
         .into_iter()
         .filter(|p| connection_scope(&p.name).is_ok_and(|s| who.0.allows(&s)))
-        .map(|p| ProviderItem {
-            redirect_path: format!("/api/connections/{}/callback", p.name),
-            name: p.name,
-            preset: p.preset,
-            issuer: p.issuer,
-            scopes: p.scopes,
-            client_secret_entry: p.client_secret_entry,
-            client_secret_present: p.client_secret_present,
-        })
+        .map(|p| provider_item(&state, p, &origin, admin))
         .collect();
     Ok(Json(json!({ "providers": list })))
+}
+
+/// `PUT /api/connections/{p}/client` `{"client_id"?, "client_secret"?}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRequest {
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default, deserialize_with = "opt_secret")]
+    client_secret: Option<crate::secrecy::SecretString>,
+}
+
+fn opt_secret<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::secrecy::SecretString>, D::Error> {
+    Option::<String>::deserialize(d).map(|o| o.map(crate::secrecy::SecretString::from))
+}
+
+/// `PUT /api/connections/{p}/client` → the provider as listed (with
+/// `client_secret_present`, never the secret). Administrators
+/// (`ManageSettings`; keys need `admin`); a session needs a recent
+/// re-authentication. Audited as `connection.client`.
+pub async fn set_client(
+    State(state): State<AppState>,
+    who: Authenticated,
+    Path(provider): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    ext: Extensions,
+    ApiJson(req): ApiJson<ClientRequest>,
+) -> Result<Json<Value>, ApiError> {
+    who.require_permission(Permission::ManageSettings)?;
+    if matches!(who.0.via, Via::Session { .. } | Via::AccessToken { .. }) {
+        state.auth.require_recent_auth(&who.0)?;
+    }
+    state.connections.provider(&provider)?;
+    let origin = request_origin(&headers, &uri)?;
+    let ip = client_ip(&state, &headers, &ext);
+    let conns = state.connections.clone();
+    let actor = who.0.actor();
+    let name = provider.clone();
+    let view = tokio::task::spawn_blocking(move || {
+        conns.set_client(
+            &name,
+            req.client_id.as_deref(),
+            req.client_secret.as_ref(),
+            &actor,
+            Some(ip),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("client task failed: {e}")))??;
+    Ok(Json(json!({
+        "provider": provider_item(&state, view, &origin, true)
+    })))
 }
 
 /// `GET|POST /api/connections/{p}/start`: session only.
@@ -241,7 +325,7 @@ pub async fn callback(
             r.headers_mut().insert(header::LOCATION, loc);
             r
         }
-        Err(e) if html => error_page(ApiError::from(e)),
+        Err(e) if html => error_redirect(&provider, ApiError::from(e)),
         Err(e) => ApiError::from(e).into_response(),
     };
     // The binding is spent either way.
@@ -268,35 +352,25 @@ fn session_alive(auth: &crate::auth::Auth, user: UserId, hash: [u8; 32]) -> bool
         .unwrap_or(false)
 }
 
-/// A minimal page for people who land on a failed callback.
-fn error_page(e: ApiError) -> Response {
+/// A browser that lands on a failed callback goes to the Connections
+/// screen, which explains the error code (`/connections?error=<code>&
+/// provider=<p>`); API clients get the JSON error. Nothing but a fixed
+/// error code and the provider's name (encoded) goes into the URL.
+fn error_redirect(provider: &str, e: ApiError) -> Response {
     let (status, code) = e.status_and_code();
-    let message = if status.is_server_error() {
-        // Logged with its cause; the page stays opaque like the JSON.
+    if status.is_server_error() {
+        // Logged with its cause; the browser only learns the code.
         let _ = e.into_response();
-        "Something went wrong inside Latchkey; its log has the details.".to_string()
-    } else {
-        e.to_string()
-    };
-    let escape = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
-    let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connection failed</title></head>\
-         <body><h1>The connection was not made</h1><p>{}</p><p><code>{}</code></p>\
-         <p><a href=\"/\">Back to Latchkey</a></p></body></html>",
-        escape(&message),
-        escape(code)
+    }
+    let name: String = form_urlencoded::byte_serialize(provider.as_bytes()).collect();
+    let location = format!("/connections?error={code}&provider={name}");
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    r.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location)
+            .unwrap_or_else(|_| HeaderValue::from_static("/connections")),
     );
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    r
 }
 
 #[derive(Debug, Default, Deserialize)]

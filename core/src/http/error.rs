@@ -245,6 +245,7 @@ fn connection_status(e: &crate::connections::ConnectionError) -> (StatusCode, &'
         C::NoConnection(_) => (S::NOT_FOUND, "no_connection"),
         C::NeedsReconnect(_) => (S::CONFLICT, "needs_reconnect"),
         C::ClientSecretMissing { .. } => (S::CONFLICT, "client_secret_missing"),
+        C::ClientIdMissing(_) => (S::CONFLICT, "client_id_missing"),
         C::ProviderUnreachable { .. } => (S::BAD_GATEWAY, "provider_unreachable"),
         C::ProviderResponse { .. } => (S::BAD_GATEWAY, "provider_error"),
         C::Denied(_) => (S::BAD_REQUEST, "oauth_denied"),

@@ -219,9 +219,14 @@ fn named(name: &'static str) -> axum::routing::MethodRouter<AppState> {
     get(move |state: State<AppState>, who: Authenticated| {
         vault::meta(state, who, Path(name.to_string()))
     })
-    .delete(move |state: State<AppState>, who: Authenticated| {
-        vault::remove(state, who, Path(name.to_string()))
-    })
+    .delete(
+        move |state: State<AppState>,
+              headers: axum::http::HeaderMap,
+              ext: axum::http::Extensions,
+              who: Authenticated| {
+            vault::remove(state, headers, ext, who, Path(name.to_string()))
+        },
+    )
 }
 
 /// The whole HTTP surface.
@@ -310,6 +315,10 @@ pub fn router(state: AppState) -> Router {
             get(connections::start).post(connections::start),
         )
         .route("/api/connections/{provider}/token", get(connections::token))
+        .route(
+            "/api/connections/{provider}/client",
+            put(connections::set_client),
+        )
         .route("/api/verify", any(verify::verify));
     Router::new()
         .route("/health", get(ops::health))

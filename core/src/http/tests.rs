@@ -241,6 +241,58 @@ async fn vault_round_trip() {
 }
 
 #[tokio::test]
+async fn vault_writes_and_deletes_are_audited_without_the_value() {
+    let app = app();
+    for (body, status) in [
+        (put_body("openai", "sk-audit-canary-1"), StatusCode::CREATED),
+        (
+            serde_json::json!({"name": "openai", "kind": "api_key", "secret": "sk-audit-canary-2", "replace": true}),
+            StatusCode::CREATED,
+        ),
+        // Refused writes change nothing and record nothing.
+        (
+            put_body("openai", "sk-audit-canary-3"),
+            StatusCode::CONFLICT,
+        ),
+    ] {
+        let resp = app.send(json_req("POST", "/api/vault", body)).await;
+        assert_eq!(resp.status(), status);
+    }
+    let resp = app.send(empty("DELETE", "/api/vault/openai")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let events = crate::audit::query(
+        app.state.vault.store(),
+        &crate::audit::AuditQuery::default(),
+    )
+    .expect("audit");
+    let seen: Vec<(String, String, Option<String>)> = events
+        .iter()
+        .filter(|e| e.action.starts_with("vault."))
+        .map(|e| {
+            (
+                e.action.clone(),
+                e.target.clone().unwrap_or_default(),
+                e.detail.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "vault.delete".into(),
+                "openai".into(),
+                Some("deleted".into())
+            ),
+            ("vault.put".into(), "openai".into(), Some("replaced".into())),
+            ("vault.put".into(), "openai".into(), Some("created".into())),
+        ]
+    );
+    let all = format!("{events:?}");
+    assert!(!all.contains("sk-audit-canary"), "{all}");
+}
+
+#[tokio::test]
 async fn entries_named_like_actions_stay_reachable() {
     let app = app();
     let resp = app

@@ -50,10 +50,12 @@ pub async fn page_or_not_found(
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("text/html"));
     let page_path = !NOT_PAGES.iter().any(|p| uri.path().starts_with(p));
-    if (method == Method::GET || method == Method::HEAD) && wants_html && page_path {
-        if let Some(index) = state.ui.get(INDEX) {
-            return send(index, &headers);
-        }
+    if (method == Method::GET || method == Method::HEAD)
+        && wants_html
+        && page_path
+        && let Some(index) = state.ui.get(INDEX)
+    {
+        return send(index, &headers);
     }
     ApiError::RouteNotFound.into_response()
 }

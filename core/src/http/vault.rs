@@ -131,9 +131,12 @@ pub struct PutRequest {
     pub replace: bool,
 }
 
-/// `POST /api/vault`: store a secret (201 with its metadata).
+/// `POST /api/vault`: store a secret (201 with its metadata); audited as
+/// `vault.put` (detail `created` or `replaced`, never the value).
 pub async fn put(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ext: axum::http::Extensions,
     who: Authenticated,
     ApiJson(req): ApiJson<PutRequest>,
 ) -> Result<(StatusCode, Json<RecordMeta>), ApiError> {
@@ -145,8 +148,43 @@ pub async fn put(
         labels: req.labels,
     };
     let (secret, replace) = (req.secret, req.replace);
-    let meta = run(&state, "put", move |v| Ok(v.put(&new, &secret, replace)?)).await?;
+    let (meta, existed) = run(&state, "put", move |v| {
+        let existed = v.meta(&new.name).is_ok();
+        Ok((v.put(&new, &secret, replace)?, existed))
+    })
+    .await?;
+    let detail = if existed { "replaced" } else { "created" };
+    audit_change(
+        &state,
+        &who,
+        &headers,
+        &ext,
+        "vault.put",
+        &meta.name,
+        detail,
+    );
     Ok((StatusCode::CREATED, Json(meta)))
+}
+
+/// Records a vault change right after its own transaction committed (the
+/// vault's write API owns that transaction); a failure to record is logged,
+/// the change stands.
+fn audit_change(
+    state: &AppState,
+    who: &Authenticated,
+    headers: &axum::http::HeaderMap,
+    ext: &axum::http::Extensions,
+    action: &str,
+    name: &str,
+    detail: &str,
+) {
+    let e = AuditEvent::new(who.0.actor(), action, Outcome::Success)
+        .target(name)
+        .ip(Some(client_ip(state, headers, ext)))
+        .detail(detail);
+    if let Err(err) = audit::append(state.vault.store(), e) {
+        tracing::error!(error = %err, "could not write an audit entry");
+    }
 }
 
 /// `GET /api/vault/{name}`: one entry's metadata (works while sealed).
@@ -222,13 +260,23 @@ pub async fn reveal(
 /// `DELETE /api/vault/{name}`: the deleted entry's metadata.
 pub async fn remove(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ext: axum::http::Extensions,
     who: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<RecordMeta>, ApiError> {
     vault_access(&who, &write_scope(&name)?)?;
-    run(&state, "delete", move |v| Ok(v.remove(&name)?))
-        .await
-        .map(Json)
+    let meta = run(&state, "delete", move |v| Ok(v.remove(&name)?)).await?;
+    audit_change(
+        &state,
+        &who,
+        &headers,
+        &ext,
+        "vault.delete",
+        &meta.name,
+        "deleted",
+    );
+    Ok(Json(meta))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
