@@ -237,6 +237,8 @@ run(async () => {
       await open(pageB, '/login', 'Sign in');
       await signInTotp(pageB, false);
       await nav(page, 'Account');
+      // One recovery code was spent signing in above; the screen says so.
+      await page.getByText('Recovery codes left: 9 of 10.').waitFor();
       const sessions = page.getByRole('table', { name: 'Sessions' });
       await sessions.waitFor();
       await sessions.getByText('This session').first().waitFor();

@@ -520,11 +520,20 @@ impl Auth {
         }
         let mut user = self.new_user(username, password, Role::Admin)?;
         user.active = false;
-        // A retried setup replaces the earlier unconfirmed owner.
-        if let Some((old, u)) = self.find_user(username)?
-            && !u.active
-        {
-            self.delete_user_rows(old, &u.username)?;
+        // A retried setup (the wizard's "Back", or a reload) replaces every
+        // earlier unconfirmed owner, whatever name it chose: while nobody is
+        // active, inactive rows can only be such leftovers, and one left
+        // behind would hold its username forever.
+        let leftovers: Vec<(UserId, String)> = {
+            let txn = self.store.db().begin_read()?;
+            db::scan::<User>(&txn.open_table(USERS)?)?
+                .into_iter()
+                .filter(|(_, u)| !u.active)
+                .filter_map(|(k, u)| UserId::from_key(&k).map(|id| (id, u.username)))
+                .collect()
+        };
+        for (old, name) in leftovers {
+            self.delete_user_rows(old, &name)?;
         }
         let id = self.insert_user(user)?;
         let (sealed, view) = self.enrollment(id, username)?;

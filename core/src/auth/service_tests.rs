@@ -435,3 +435,42 @@ fn a_keys_owner_is_rechecked_after_every_change_to_users() {
         "disabling revoked the keys: enabling does not bring them back"
     );
 }
+
+#[test]
+fn a_setup_restarted_under_another_name_leaves_no_unconfirmed_owner_behind() {
+    let f = fixture();
+    let token = f
+        .auth
+        .issue_setup_token()
+        .expect("token")
+        .expect("no owner yet");
+    let token = token.expose_secret();
+    f.auth
+        .setup_begin(token, "first-try", &pw(PASSWORD))
+        .expect("begin");
+    // The wizard's "Back", then another name.
+    let enrollment = f
+        .auth
+        .setup_begin(token, "owner", &pw(PASSWORD))
+        .expect("begin again");
+    let (user, _codes) = f
+        .auth
+        .setup_confirm(
+            token,
+            "owner",
+            &code(enrollment.otpauth_uri.0.expose_secret(), 0),
+            None,
+        )
+        .expect("confirm");
+    assert_eq!(user.username, "owner");
+    let names: Vec<String> = f
+        .auth
+        .list_users()
+        .expect("users")
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, vec!["owner".to_string()], "the first try is gone");
+    // And its name is free again.
+    assert!(f.auth.find_user("first-try").expect("lookup").is_none());
+}

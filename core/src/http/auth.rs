@@ -248,6 +248,8 @@ pub struct Me {
     pub username: String,
     pub role: crate::auth::scope::Role,
     pub mfa_enabled: bool,
+    /// Unused recovery codes (0 for the host principal).
+    pub recovery_codes_left: usize,
     pub via: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
@@ -267,20 +269,19 @@ pub async fn me(
         ),
         Via::Host => ("host", None),
     };
-    let mfa_enabled = if matches!(p.via, Via::Host) {
-        false
+    let (mfa_enabled, recovery_codes_left) = if matches!(p.via, Via::Host) {
+        (false, 0)
     } else {
         let id = p.user_id;
-        blocking(&state.auth, move |a| a.get_user(id))
-            .await?
-            .totp
-            .is_some()
+        let user = blocking(&state.auth, move |a| a.get_user(id)).await?;
+        (user.totp.is_some(), user.recovery_hashes.len())
     };
     Ok(Json(Me {
         id: p.user_id.to_string(),
         username: p.username,
         role: p.role,
         mfa_enabled,
+        recovery_codes_left,
         via,
         scopes,
     }))

@@ -218,6 +218,14 @@ function mfaSection(card, ctx, state) {
       h('span', { class: `badge ${on ? 'ok' : 'warn'}` }, on ? 'On' : 'Off'),
       h('span', {}, on ? 'Signing in needs a code from your authenticator app.' : 'Signing in needs only your password.'),
     ),
+    on && typeof me.recovery_codes_left === 'number'
+      ? h(
+          'p',
+          { class: me.recovery_codes_left <= 3 ? 'msg warn' : '' },
+          `Recovery codes left: ${me.recovery_codes_left} of 10.`,
+          me.recovery_codes_left <= 3 ? ' Make new ones before you run out.' : '',
+        )
+      : null,
     on
       ? h('p', { class: 'muted' }, 'Lost your phone or replacing it? Set up the new one here. The current authenticator keeps working until the new one is confirmed.')
       : h('p', { class: 'muted' }, 'Add an authenticator app so a stolen password alone cannot open your account.'),
