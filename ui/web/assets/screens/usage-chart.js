@@ -16,12 +16,13 @@ function svg(tag, attrs = {}, ...children) {
 
 const compact = new Intl.NumberFormat(undefined, { notation: 'compact', maximumFractionDigits: 1 });
 
-/** 0..max → about four round steps. */
+/** 0..max → about four round steps; whole numbers only (requests and
+ * tokens are counts, so a "0.3 requests" line would be noise). */
 function ticks(max) {
   if (max <= 0) return [0, 1];
   const raw = max / 4;
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
+  const step = Math.max(1, [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw);
   const out = [];
   for (let v = 0; v <= max + step * 0.001; v += step) out.push(v);
   if (out[out.length - 1] < max) out.push(out[out.length - 1] + step);
