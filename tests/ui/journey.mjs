@@ -316,6 +316,33 @@ run(async () => {
       await ctxC.close();
     });
 
+    // A household member (role user, no TOTP yet) sees only their own
+    // screens; the admin screens are neither linked nor shown.
+    await step('screens-as-a-user', checks, async () => {
+      const ctxU = await newContext(browser, checks);
+      const pageU = await ctxU.newPage();
+      await open(pageU, '/login', 'Sign in');
+      await pageU.getByLabel('Username', { exact: true }).fill('casey');
+      await pageU.getByLabel('Password', { exact: true }).fill(PASSWORD);
+      await pageU.getByRole('button', { name: 'Sign in', exact: true }).click();
+      await screen(pageU, 'Home');
+      const mainNav = pageU.getByRole('navigation', { name: 'Main' });
+      for (const hidden of ['Vault', 'Audit log', 'Users']) {
+        if ((await mainNav.getByRole('link', { name: hidden, exact: true }).count()) !== 0) {
+          throw new Error(`a user's navigation links to ${hidden}`);
+        }
+      }
+      for (const name of ['Home', 'Connections', 'API keys', 'Usage', 'Account']) {
+        await nav(pageU, name);
+        await pageU.waitForLoadState('networkidle').catch(() => {});
+        await shoot(pageU, `user-${slug(name)}`, layout);
+        a11y.push(...(await axe(pageU, `user-${slug(name)}`)));
+      }
+      await pageU.goto(`${BASE()}/vault`, { waitUntil: 'domcontentloaded' });
+      await screen(pageU, 'Not allowed');
+      await ctxU.close();
+    });
+
     await step('accessibility-and-layout', checks, async () => {
       for (const l of layout) log(`ui-layout: ${l}`);
       for (const v of a11y) log(`ui-a11y: SERIOUS ${v}`);
