@@ -106,11 +106,14 @@ struct Opts {
     chunks: usize,
     chunk_delay: Duration,
     latchkey_log: Option<String>,
+    /// Extra TOML appended to the server's latchkey.toml (experiments,
+    /// e.g. `[proxy] usage_flush_secs = 3600`).
+    latchkey_toml: String,
 }
 
 const USAGE: &str = "usage: proxy-bench [--quick] [--soak SECS] [--secs N] [--warmup N] \
 [--rates 1000,5000] [--connections N] [--sat-connections N] [--stream-requests N] \
-[--chunks N] [--chunk-delay-ms N] [--latchkey-log LEVEL]";
+[--chunks N] [--chunk-delay-ms N] [--latchkey-log LEVEL] [--latchkey-toml TOML]";
 
 fn parse_opts() -> Opts {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -126,6 +129,7 @@ fn parse_opts() -> Opts {
         chunks: 5,
         chunk_delay: Duration::from_millis(5),
         latchkey_log: None,
+        latchkey_toml: String::new(),
     };
     if args.iter().any(|a| a == "--quick") {
         o.quick = true;
@@ -161,6 +165,11 @@ fn parse_opts() -> Opts {
             "--chunks" => o.chunks = num(value("a count")).max(1) as usize,
             "--chunk-delay-ms" => o.chunk_delay = Duration::from_millis(num(value("ms"))),
             "--latchkey-log" => o.latchkey_log = Some(value("a level")),
+            "--latchkey-toml" => {
+                o.latchkey_toml.push('\n');
+                o.latchkey_toml.push_str(&value("TOML"));
+                o.latchkey_toml.push('\n');
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -1366,7 +1375,8 @@ fn main() {
         data.join("latchkey.toml"),
         format!(
             "[auth]\nrate_limit_burst = 100000\nrate_limit_per_minute = 100000\n\n\
-             [providers.openai]\nupstream = \"http://{mock}\"\nsecret = \"{VAULT_ENTRY}\"\n"
+             [providers.openai]\nupstream = \"http://{mock}\"\nsecret = \"{VAULT_ENTRY}\"\n{}",
+            opts.latchkey_toml
         ),
     )
     .expect("write latchkey.toml");
