@@ -45,6 +45,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with(|_| String::new())
+    }
+
+    /// With `extra` configuration, made from the running provider.
+    fn with(extra: impl Fn(&Idp) -> String) -> Setup {
         let d = TestDir::new();
         let port = free_port();
         let idp = Idp::start(&callback_urls(port, PROVIDER), TTL, d.path());
@@ -53,9 +58,10 @@ impl Setup {
             idp.client_secret.as_bytes(),
         );
         let config = format!(
-            "{}\n{}",
+            "{}\n{}\n{}",
             auth_config(""),
-            connection_config(&idp, &format!("refresh_margin_secs = {MARGIN}"))
+            connection_config(&idp, &format!("refresh_margin_secs = {MARGIN}")),
+            extra(&idp)
         );
         let opts = ServeOpts {
             listen: format!("127.0.0.1:{port}"),
@@ -938,5 +944,80 @@ fn an_admin_sets_the_client_over_the_api_and_the_flow_uses_it() {
             "{} holds the client secret in plain text",
             f.display()
         );
+    }
+}
+
+/// The agent proxy in front of the provider's own API (here its UserInfo
+/// endpoint `/me`), with the calling key's owner's connection token
+/// injected: the agent holds only a `proxy:` key and never a token.
+#[test]
+fn the_proxy_injects_the_key_owners_connection_token_and_never_shows_it() {
+    let setup = Setup::with(|idp| {
+        format!(
+            "[providers.idp-api]\nupstream = \"{}\"\nconnection = \"{PROVIDER}\"\n\
+             auth_header = \"authorization\"\nauth_format = \"Bearer {{secret}}\"\n",
+            idp.issuer
+        )
+    });
+    let idp = &setup.idp;
+    let s = setup.serve();
+    let owner = web_setup(&s, "owner");
+    let b = &owner.browser;
+    let mut ob = OAuthBrowser::new(b, "alice");
+    let r = ob.connect(&s, idp, PROVIDER);
+    assert_eq!(r.status, 303, "connect: {}", r.body);
+
+    let (key_id, key) = create_key(b, "agent", &["proxy:idp-api"]);
+    let r = s.bearer(&key, "GET", "/proxy/idp-api/me", None);
+    assert_eq!(r.status, 200, "through the proxy: {}", r.body);
+    let me = r.json();
+    assert_eq!(me["sub"], "alice", "the provider saw alice's token: {me}");
+
+    // The agent never saw the token: not in the answer, and its key
+    // cannot fetch it from the broker either.
+    let (_, broker_key) = create_key(b, "broker", &[&format!("connections:{PROVIDER}")]);
+    let token = token_of(&broker(&s, &broker_key));
+    assert!(
+        !r.body.contains(&token),
+        "the proxied answer leaks the token"
+    );
+    assert_eq!(
+        broker(&s, &key).status,
+        403,
+        "a proxy key reaches the broker"
+    );
+    // Without a key, or with a key for another provider: refused before
+    // any token is fetched.
+    let (_, other) = create_key(b, "other", &["proxy:openai"]);
+    assert_eq!(
+        s.bearer(&other, "GET", "/proxy/idp-api/me", None).status,
+        403
+    );
+    assert_eq!(s.get("/proxy/idp-api/me").status, 401);
+
+    // Another user's key uses that user's own connection — here none.
+    let ursula = invited(&s, b, "ursula", "user");
+    let (_, theirs) = create_key(&ursula, "theirs", &["proxy:idp-api"]);
+    let r = s.bearer(&theirs, "GET", "/proxy/idp-api/me", None);
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.error_code(), "no_connection");
+    assert!(!r.body.contains(&token));
+
+    // Each use is an audited issuance by the key (written in batches).
+    let by_key = format!("owner (key {key_id})");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = connection_events(b);
+        if events
+            .iter()
+            .any(|e| e["action"] == "connection.token" && e["actor"] == by_key.as_str())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection.token by {by_key}: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
     }
 }

@@ -323,6 +323,9 @@ pub struct ProviderSettings {
     pub upstream: Option<String>,
     /// The vault entry holding the provider's credential.
     pub secret: Option<String>,
+    /// Instead of `secret`: the `[connections.<name>]` whose access token
+    /// (the calling key's owner's connection) is the credential.
+    pub connection: Option<String>,
     /// Header that carries the credential (e.g. `authorization`).
     pub auth_header: Option<String>,
     /// The header's value with `{secret}` standing for the credential.
@@ -347,6 +350,7 @@ impl Default for ProviderSettings {
         ProviderSettings {
             upstream: None,
             secret: None,
+            connection: None,
             auth_header: None,
             auth_format: None,
             auth_query: None,
@@ -438,13 +442,28 @@ impl Settings {
                 }
             })?;
         }
-        crate::proxy::providers::resolve_all(&settings.providers).map_err(|(key, message)| {
-            ConfigError::Key {
-                origin,
+        let providers = crate::proxy::providers::resolve_all(&settings.providers).map_err(
+            |(key, message)| ConfigError::Key {
+                origin: origin.clone(),
                 key,
                 message,
+            },
+        )?;
+        for p in &providers {
+            if let Some(c) = &p.connection
+                && !settings.connections.contains_key(c)
+            {
+                return Err(ConfigError::Key {
+                    origin,
+                    key: format!("providers.{}.connection", p.name),
+                    message: format!(
+                        "there is no [connections.{c}] section: the proxy injects the access token \
+                         of a user's `{c}` connection (docs/CONNECTIONS.md), or set `secret` to \
+                         use a vault entry instead"
+                    ),
+                });
             }
-        })?;
+        }
         Ok(settings)
     }
 

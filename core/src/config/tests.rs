@@ -191,3 +191,19 @@ fn providers_and_proxy() {
     let err = load_str("[proxy]\nmax_body_bytes = 0\n", &[]).expect_err("zero");
     assert!(err.to_string().contains("proxy.max_body_bytes"), "{err}");
 }
+
+#[test]
+fn a_provider_backed_by_a_connection_needs_that_connection_section() {
+    let err = load_str("[providers.spotify]\n", &[]).expect_err("no connection section");
+    assert!(
+        err.to_string().contains("`providers.spotify.connection`")
+            && err.to_string().contains("[connections.spotify]"),
+        "{err}"
+    );
+    let s = load_str(
+        "[connections.spotify]\nclient_id = \"abc\"\n[providers.spotify]\n",
+        &[],
+    )
+    .expect("spotify API through the user's connection");
+    assert!(s.providers.contains_key("spotify"));
+}

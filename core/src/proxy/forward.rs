@@ -226,8 +226,20 @@ async fn forward(
             limit: proxy.max_body,
         });
     }
-    let secret = match &p.secret {
-        Some(name) => Some(state.vault.reveal_cached(name).map_err(|e| match e {
+    let secret = match (&p.secret, &p.connection) {
+        // The key owner's own connection: a fresh access token from the
+        // broker (cached in memory, refreshed single-flight when due; the
+        // issuance is audited in its batch). A key never reaches another
+        // user's connection: it acts for its owner only.
+        (None, Some(conn)) => {
+            let ip = crate::http::authn::client_ip(state, &parts.headers, &parts.extensions);
+            let issued = state
+                .connections
+                .token(principal.user_id, conn, &principal.actor(), Some(ip))
+                .await?;
+            Some(issued.access_token)
+        }
+        (Some(name), _) => Some(state.vault.reveal_cached(name).map_err(|e| match e {
             VaultError::NotFound(_) => ApiError::conflict(
                 "provider_credential_missing",
                 format!(
@@ -237,7 +249,7 @@ async fn forward(
             ),
             other => ApiError::Vault(other),
         })?),
-        None => None,
+        (None, None) => None,
     };
     let uri = upstream_uri(p, path, parts.uri.query(), secret.as_ref())?;
 

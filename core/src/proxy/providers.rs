@@ -37,6 +37,9 @@ pub struct Provider {
     pub base_path: String,
     /// The vault entry holding the credential.
     pub secret: Option<String>,
+    /// Or: the connection (`[connections.<name>]`) whose access token, of
+    /// the calling key's owner, is the credential.
+    pub connection: Option<String>,
     pub injection: Injection,
     /// Sent when the client did not send them (e.g. `anthropic-version`).
     pub default_headers: Vec<(HeaderName, HeaderValue)>,
@@ -78,6 +81,22 @@ fn preset(name: &str) -> Option<Preset> {
         "ollama" => ("http://127.0.0.1:11434", None, &[]),
         "llamacpp" => ("http://127.0.0.1:8080", None, &[]),
         "vllm" => ("http://127.0.0.1:8000", None, &[]),
+        // The APIs behind the connection presets: the credential is the
+        // user's connection of the same name (`connection` defaults to it).
+        "spotify" => ("https://api.spotify.com", BEARER, &[]),
+        "google" => ("https://www.googleapis.com", BEARER, &[]),
+        "github" => (
+            "https://api.github.com",
+            BEARER,
+            &[("x-github-api-version", "2022-11-28")],
+        ),
+        "microsoft" => ("https://graph.microsoft.com", BEARER, &[]),
+        "slack" => ("https://slack.com/api", BEARER, &[]),
+        "notion" => (
+            "https://api.notion.com",
+            BEARER,
+            &[("notion-version", "2022-06-28")],
+        ),
         _ => return None,
     };
     Some(Preset {
@@ -88,7 +107,7 @@ fn preset(name: &str) -> Option<Preset> {
 }
 
 /// The names of the presets, for documentation and errors.
-pub const PRESETS: [&str; 9] = [
+pub const PRESETS: [&str; 15] = [
     "openai",
     "anthropic",
     "gemini",
@@ -98,6 +117,22 @@ pub const PRESETS: [&str; 9] = [
     "ollama",
     "llamacpp",
     "vllm",
+    "spotify",
+    "google",
+    "github",
+    "microsoft",
+    "slack",
+    "notion",
+];
+
+/// Presets whose credential is a user's connection, not a vault entry.
+const CONNECTION_PRESETS: [&str; 6] = [
+    "spotify",
+    "google",
+    "github",
+    "microsoft",
+    "slack",
+    "notion",
 ];
 
 /// Checks every section; the error names the key, e.g.
@@ -191,7 +226,30 @@ pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, St
             }
         }
     };
+    if s.secret.is_some() && s.connection.is_some() {
+        return Err((
+            key("connection"),
+            "use either secret (a vault entry) or connection (a user's OAuth connection), not both"
+                .into(),
+        ));
+    }
+    // Connection presets use their connection unless a vault secret is set.
+    let connection = match &s.connection {
+        Some(c) => Some(c.clone()),
+        None if s.secret.is_none() && CONNECTION_PRESETS.contains(&name) => Some(name.to_string()),
+        None => None,
+    };
+    if let Some(c) = &connection {
+        ProviderName::new(c).map_err(|e| (key("connection"), e))?;
+        if injection == Injection::None {
+            return Err((
+                key("auth_header"),
+                "a connection is set but nothing says how to send its token: set auth_header (e.g. authorization with auth_format = \"Bearer {secret}\")".into(),
+            ));
+        }
+    }
     let secret = match (&s.secret, &injection) {
+        _ if connection.is_some() => None,
         (Some(sec), _) => {
             EntryName::new(sec).map_err(|e| (key("secret"), e))?;
             if injection == Injection::None {
@@ -243,6 +301,7 @@ pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, St
         authority,
         base_path,
         secret,
+        connection,
         injection,
         default_headers,
         connect_timeout: s.connect_timeout,
@@ -342,6 +401,52 @@ mod tests {
         assert_eq!(o.injection, Injection::None);
         let r = resolve("openrouter", &section("secret = \"x\"")).expect("openrouter");
         assert_eq!(r.base_path, "/api");
+    }
+
+    #[test]
+    fn connection_presets_use_the_users_connection_of_the_same_name() {
+        let p = resolve("spotify", &section("")).expect("spotify");
+        assert_eq!(p.connection.as_deref(), Some("spotify"));
+        assert_eq!(p.secret, None);
+        assert_eq!(p.authority.as_str(), "api.spotify.com");
+        assert_eq!(
+            p.injection,
+            Injection::Header {
+                name: HeaderName::from_static("authorization"),
+                format: "Bearer {secret}".into()
+            }
+        );
+        // A vault secret instead turns the connection off.
+        let p = resolve("github", &section("secret = \"gh-pat\"")).expect("github");
+        assert_eq!((p.secret.as_deref(), p.connection), (Some("gh-pat"), None));
+        assert_eq!(p.default_headers[0].0, "x-github-api-version");
+        // Any provider may name a connection, e.g. a generic OIDC one.
+        let p = resolve(
+            "idp-api",
+            &section("upstream = \"http://127.0.0.1:9400\"\nconnection = \"testidp\"\nauth_header = \"authorization\"\nauth_format = \"Bearer {secret}\""),
+        )
+        .expect("custom");
+        assert_eq!(p.connection.as_deref(), Some("testidp"));
+    }
+
+    #[test]
+    fn a_connection_needs_a_way_to_send_its_token_and_excludes_a_secret() {
+        let err = |name: &str, t: &str| resolve(name, &section(t)).expect_err("error").0;
+        assert_eq!(
+            err("spotify", "secret = \"x\"\nconnection = \"spotify\""),
+            "providers.spotify.connection"
+        );
+        assert_eq!(
+            err(
+                "mine",
+                "upstream = \"https://x.example\"\nconnection = \"testidp\""
+            ),
+            "providers.mine.auth_header"
+        );
+        assert_eq!(
+            err("spotify", "connection = \"not a name\""),
+            "providers.spotify.connection"
+        );
     }
 
     #[test]
