@@ -602,3 +602,33 @@ fn kill_9_during_acknowledged_api_writes_loses_none() {
     d.ok(&["vault", "verify"], b"");
     assert!(acked_all.len() >= ROUNDS * 2, "{} writes", acked_all.len());
 }
+
+/// A request refused before its body is read (here 401: no credentials)
+/// still gets its answer over HTTP/2 while the client is uploading: the
+/// server reads a small unread body before answering, instead of ending
+/// the stream under the client (which Debian 12's curl reports as error
+/// 92 and no response at all). Repeated, because the race is timing-bound.
+#[test]
+fn early_refusals_reach_http2_clients_that_are_still_uploading() {
+    let d = TestDir::new();
+    let s = spawn_server(&d, &ServeOpts::new());
+    let body = format!(
+        "{{\"name\":\"x\",\"kind\":\"generic\",\"secret\":\"{}\"}}",
+        "a".repeat(48 * 1024)
+    );
+    for i in 0..30 {
+        let r = s.request_with(
+            &["--http2"],
+            "POST",
+            "/api/vault",
+            &["Content-Type: application/json"],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 401, "attempt {i}: {}", r.body);
+        assert!(
+            r.body.contains("unauthenticated"),
+            "attempt {i}: {}",
+            r.body
+        );
+    }
+}

@@ -242,12 +242,14 @@ impl<'a> Browser<'a> {
 
 impl Server {
     /// [`Server::request_with`] for requests the server may answer before
-    /// reading their body (401, 403 `csrf`, 429): hyper then ends the
-    /// HTTP/2 stream with `RST_STREAM(NO_ERROR)` after the complete
-    /// response, as RFC 9113 §8.1 allows, and Debian 12's curl 7.88
-    /// wrongly reports error 92 instead of the response (fixed in later
-    /// curl; browsers keep the response). Such a request, and only such a
-    /// one, is repeated once over HTTP/1.1.
+    /// reading their body (401, 403 `csrf`, 429). The server reads up to
+    /// 64 KiB of such an unread body before answering (the `limits`
+    /// middleware; `early_refusals_reach_http2_clients_that_are_still_uploading`
+    /// checks it); past that, hyper ends the HTTP/2 stream with
+    /// `RST_STREAM(NO_ERROR)` after the complete response, as RFC 9113 §8.1
+    /// allows, and Debian 12's curl 7.88 wrongly reports error 92 instead
+    /// of the response. Such a request, and only such a one, is repeated
+    /// once over HTTP/1.1.
     pub fn early_request(
         &self,
         curl_flags: &[&str],

@@ -136,8 +136,25 @@ pub async fn limits(State(state): State<AppState>, mut req: Request, next: Next)
     }
     req.extensions_mut().insert(BodyLimit(max));
     let limit = state.settings.server.request_timeout;
+    let (parts, body) = req.into_parts();
+    let unread = UnreadBody::new(body);
+    let req = Request::from_parts(
+        parts,
+        axum::body::Body::new(TakenBody {
+            slot: unread.clone(),
+            body: None,
+        }),
+    );
     match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
+        Ok(resp) => {
+            // Answered without reading the body (401, 403, 429 …): read a
+            // small rest first, so an HTTP/2 client still sending it gets
+            // this answer rather than a stream reset after it.
+            if resp.status().is_client_error() || resp.status().is_server_error() {
+                unread.drain().await;
+            }
+            resp
+        }
         Err(_) => {
             let mut resp = ApiError::Timeout(limit.as_secs()).into_response();
             // The client may still be sending; don't reuse the connection.
@@ -151,4 +168,77 @@ pub async fn limits(State(state): State<AppState>, mut req: Request, next: Next)
 /// A panic in a handler becomes an opaque 500 in our shape.
 pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal("a request handler panicked".into()).into_response()
+}
+
+/// Largest unread request body read before an early refusal is sent, and
+/// how long that may take.
+const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A request body that stays with the middleware until a handler first
+/// polls it: if none does (the request was refused by an extractor), the
+/// middleware can still read what the client is sending.
+#[derive(Clone)]
+struct UnreadBody(std::sync::Arc<std::sync::Mutex<Option<axum::body::Body>>>);
+
+impl UnreadBody {
+    fn new(body: axum::body::Body) -> Self {
+        UnreadBody(std::sync::Arc::new(std::sync::Mutex::new(Some(body))))
+    }
+
+    fn take(&self) -> Option<axum::body::Body> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Reads and discards the body if no handler took it, within limits.
+    async fn drain(&self) {
+        if let Some(body) = self.take() {
+            let limited = http_body_util::Limited::new(body, DRAIN_LIMIT);
+            let _ =
+                tokio::time::timeout(DRAIN_TIME, http_body_util::BodyExt::collect(limited)).await;
+        }
+    }
+}
+
+/// The handler's side: the first poll takes the body out of the shared
+/// slot, so the middleware never reads a body a handler has started on.
+struct TakenBody {
+    slot: UnreadBody,
+    body: Option<axum::body::Body>,
+}
+
+impl http_body::Body for TakenBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.body.is_none() {
+            let taken = self.slot.take();
+            self.body = taken;
+        }
+        match self.body.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.body {
+            Some(body) => body.size_hint(),
+            None => self
+                .slot
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map(http_body::Body::size_hint)
+                .unwrap_or_default(),
+        }
+    }
 }
