@@ -402,6 +402,14 @@ fn passphrase_mode_starts_sealed_until_unsealed() {
     let s = d.serve();
     assert!(s.stdout().contains("sealed"), "{}", s.stdout());
 
+    // What the signed-out pages read to offer the unseal form.
+    let setup = s.get("/api/setup").json();
+    assert_eq!(
+        (&setup["sealed"], &setup["unseal_with_passphrase"]),
+        (&serde_json::json!(true), &serde_json::json!(true)),
+        "{setup}"
+    );
+
     let r = s.get("/ready");
     assert_eq!(r.status, 503, "{}", r.body);
     let vault = r.json()["checks"]
@@ -435,6 +443,7 @@ fn passphrase_mode_starts_sealed_until_unsealed() {
 
     d.ok(&["unseal", "--passphrase-stdin"], pass);
     assert_eq!(s.get("/ready").status, 200);
+    assert_eq!(s.get("/api/setup").json()["sealed"], false);
     d.ok(&["vault", "put", "k"], b"value-after-unseal");
     assert_eq!(
         d.ok(&["vault", "get", "k", "--reveal"], b"").stdout,

@@ -268,3 +268,43 @@ fn ui_connect_provider_in_browser() {
     );
     s.stop();
 }
+
+/// Passphrase mode in the browser: the server starts sealed, and the setup
+/// and sign-in pages unseal it themselves (nobody could sign in otherwise),
+/// as does Home after "Seal now" (tests/ui/unseal.mjs).
+#[test]
+fn ui_passphrase_vault_is_unsealed_from_the_pages() {
+    let d = TestDir::new();
+    let passphrase = format!("ui-passphrase-{}", latchkey_e2e::oidc::random_hex(8));
+    let config = format!(
+        "{}\n[vault]\nmaster_key = \"passphrase\"\n",
+        auth_config("")
+    );
+    d.write_config(&config);
+    d.ok(
+        &["vault", "init", "--passphrase-stdin"],
+        format!("{passphrase}\n").as_bytes(),
+    );
+    let s = spawn_server(&d, &ServeOpts::new().config(&config));
+    assert_eq!(s.get("/ready").status, 503, "passphrase mode starts sealed");
+    let token = setup_token(&s);
+    let admin = s.admin_token();
+    let out = run_script(
+        &s,
+        "unseal.mjs",
+        &artifacts_dir("unseal"),
+        &[
+            ("LK_SETUP_TOKEN", &token),
+            ("LK_PASSPHRASE", &passphrase),
+            ("LK_ADMIN_TOKEN", &admin),
+        ],
+        LIMIT,
+    );
+    script_ok(&out, "the passphrase-mode pages", &s);
+    // Unsealed at the end, and the passphrase never reached the log.
+    assert_eq!(s.get("/ready").status, 200);
+    assert!(
+        !s.stderr().contains(&passphrase) && !s.stdout().contains(&passphrase),
+        "the passphrase is in the server's output"
+    );
+}

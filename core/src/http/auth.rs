@@ -50,12 +50,25 @@ fn with_session(
 #[derive(Debug, Serialize)]
 pub struct SetupNeeded {
     pub needed: bool,
+    /// The vault is sealed (as `/ready` also says): nobody can finish
+    /// setup or sign in until it is unsealed.
+    pub sealed: bool,
+    /// A sealed vault opens with its passphrase over
+    /// `POST /api/vault/unseal` (no session needed); otherwise on the host.
+    pub unseal_with_passphrase: bool,
 }
 
-/// `GET /api/setup`: whether the owner still has to be created.
+/// `GET /api/setup`: what a signed-out page needs to know first: whether
+/// the owner still has to be created, and whether the vault must be
+/// unsealed before anyone can sign in.
 pub async fn setup_status(State(state): State<AppState>) -> Result<Json<SetupNeeded>, ApiError> {
     let n = blocking(&state.auth, |a| a.user_count()).await?;
-    Ok(Json(SetupNeeded { needed: n == 0 }))
+    Ok(Json(SetupNeeded {
+        needed: n == 0,
+        sealed: state.vault.is_sealed(),
+        unseal_with_passphrase: state.settings.vault.master_key
+            == crate::config::MasterKeyKind::Passphrase,
+    }))
 }
 
 #[derive(Deserialize)]

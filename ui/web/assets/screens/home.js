@@ -93,13 +93,12 @@ export async function render(main, ctx) {
   async function drawVault() {
     replace(vaultBody, loading());
     if (!ctx.isAdmin) {
-      // /ready is public and says whether the vault is sealed.
+      // GET /api/setup is public and says whether the vault is sealed
+      // (a 200 either way, unlike /ready's 503).
       let sealed = null;
       try {
-        const r = await fetch('/ready', { headers: { Accept: 'application/json' }, cache: 'no-store' });
-        const data = await r.json();
-        const check = (data.checks || []).find((c) => c.name === 'vault');
-        sealed = check ? !check.ok : null;
+        const data = await api('GET', '/api/setup');
+        sealed = typeof data.sealed === 'boolean' ? data.sealed : null;
       } catch {
         sealed = null;
       }

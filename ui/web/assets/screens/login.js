@@ -5,6 +5,7 @@
 
 import { api } from '../lib/api.js';
 import { h, field, message, replace } from '../lib/dom.js';
+import { sealedCard } from '../lib/unseal.js';
 import { brand, publicPage, safeNext, secondFactor, wireForm } from './auth-common.js';
 
 export const title = 'Sign in';
@@ -17,7 +18,9 @@ export async function render(main, ctx) {
   }
   publicPage(main);
   const box = h('div', { class: 'card' });
-  replace(main, brand(), h('h1', {}, 'Sign in'), box);
+  // Sealed (passphrase mode after a restart): unseal first, here.
+  const sealed = await sealedCard(async () => {});
+  replace(main, brand(), h('h1', {}, 'Sign in'), sealed, box);
   passwordStep(box, ctx, next, { username: '', notice: '' });
 }
 

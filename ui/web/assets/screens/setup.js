@@ -3,6 +3,7 @@
 // the address bar at once, and kept in memory only. Three steps: owner
 // account, authenticator app, recovery codes.
 
+import { sealedCard } from '../lib/unseal.js';
 import { api } from '../lib/api.js';
 import { h, message, replace } from '../lib/dom.js';
 import {
@@ -51,6 +52,13 @@ export async function render(main, ctx) {
   }
   if (!setupToken) {
     replace(box, noToken());
+    return;
+  }
+  // The owner's authenticator secret is sealed with the vault's key: a
+  // sealed vault (passphrase mode) is unsealed before setup can go on.
+  const sealed = await sealedCard(async () => accountStep(box, ctx, ''));
+  if (sealed) {
+    box.before(sealed);
     return;
   }
   accountStep(box, ctx, '');

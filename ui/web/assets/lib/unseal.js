@@ -1,0 +1,96 @@
+// A sealed vault seen from a signed-out page. In passphrase mode nobody can
+// sign in (or finish setup) while the vault is sealed — the TOTP secrets
+// are sealed too — so the sign-in and setup pages offer the unseal form
+// themselves; `POST /api/vault/unseal` takes the passphrase without a
+// session (the passphrase is the credential, rate limited). Other master
+// key sources are unsealed on the server (`latchkey unseal`).
+
+import { api } from './api.js';
+import { h, field, message, onSubmit } from './dom.js';
+import { explain } from './errors.js';
+
+/**
+ * The signed-out view of the vault (`GET /api/setup`): `{ sealed,
+ * passphrase }`; unknown (an error) counts as not sealed, so the page
+ * still works and the server's own errors explain the rest.
+ */
+export async function vaultState() {
+  try {
+    const s = await api('GET', '/api/setup');
+    return { sealed: Boolean(s && s.sealed), passphrase: Boolean(s && s.unseal_with_passphrase) };
+  } catch {
+    return { sealed: false, passphrase: false };
+  }
+}
+
+function why(err) {
+  switch (err.code) {
+    case 'wrong_master_key':
+      return 'That passphrase does not open the vault.';
+    case 'unauthenticated':
+    case 'forbidden':
+      return 'This Latchkey does not use a passphrase: unseal it on the server with `latchkey unseal`.';
+    case 'vault_not_initialized':
+      return 'The vault has no passphrase yet: run `latchkey vault init` on the server first.';
+    default:
+      return explain(err);
+  }
+}
+
+/**
+ * A card with the unseal form when the vault is sealed, else null.
+ * `onUnsealed()` runs after a successful unseal (e.g. to re-render).
+ */
+export async function sealedCard(onUnsealed) {
+  const state = await vaultState();
+  if (!state.sealed) return null;
+  if (!state.passphrase) {
+    return h(
+      'div',
+      { class: 'card sealed' },
+      h('h2', {}, 'The vault is sealed'),
+      h(
+        'p',
+        {},
+        'Latchkey keeps every secret, sign-in codes included, locked until the vault is unsealed. ',
+        'An administrator unseals it on the server with ',
+        h('code', {}, 'latchkey unseal'),
+        '; then reload this page.',
+      ),
+    );
+  }
+  const pass = field({
+    label: 'Vault passphrase',
+    name: 'vault-passphrase',
+    type: 'password',
+    autocomplete: 'off',
+    required: true,
+  });
+  const form = h(
+    'form',
+    {},
+    h('h2', {}, 'The vault is sealed'),
+    h(
+      'p',
+      {},
+      'Latchkey keeps every secret, sign-in codes included, locked until the vault is unsealed. ',
+      'Enter the vault passphrase (or run ',
+      h('code', {}, 'latchkey unseal'),
+      ' on the server).',
+    ),
+    pass,
+    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Unseal')),
+  );
+  const card = h('div', { class: 'card sealed' }, form);
+  onSubmit(
+    form,
+    async () => {
+      await api('POST', '/api/vault/unseal', { passphrase: pass.control.value });
+      pass.control.value = '';
+      card.replaceChildren(message('ok', 'The vault is unsealed.'));
+      await onUnsealed();
+    },
+    why,
+  );
+  return card;
+}
