@@ -193,8 +193,8 @@ fn ui_journey_screens_a11y_perf() {
     };
     assert_eq!(
         logins("totp"),
-        2,
-        "TOTP sign-ins: this browser and the second one: {events:?}"
+        3,
+        "TOTP sign-ins: this browser, the second one, the keyboard-only one: {events:?}"
     );
     assert_eq!(
         logins("recovery_code"),

@@ -318,6 +318,47 @@ run(async () => {
 
     // A household member (role user, no TOTP yet) sees only their own
     // screens; the admin screens are neither linked nor shown.
+    // The keyboard alone: sign in (Tab between fields, Enter submits) and
+    // move to a screen through the navigation, no pointer at all.
+    await step('keyboard-only-sign-in', checks, async () => {
+      const ctxK = await newContext(browser, checks);
+      const pageK = await ctxK.newPage();
+      await open(pageK, '/login', 'Sign in');
+      const focused = () => pageK.evaluate(() => {
+        const el = document.activeElement;
+        const label = el && el.id ? document.querySelector(`label[for="${el.id}"]`) : null;
+        return label ? label.textContent.trim() : el ? el.tagName : '';
+      });
+      if ((await focused()) !== 'Username') {
+        // Not focused on arrival: reach it with Tab from the top.
+        for (let i = 0; i < 6 && (await focused()) !== 'Username'; i += 1) await pageK.keyboard.press('Tab');
+      }
+      if ((await focused()) !== 'Username') throw new Error('Tab never reaches the Username field');
+      await pageK.keyboard.type(USERNAME);
+      await pageK.keyboard.press('Tab');
+      if ((await focused()) !== 'Password') throw new Error(`Tab from Username lands on ${await focused()}`);
+      await pageK.keyboard.type(PASSWORD);
+      await pageK.keyboard.press('Enter');
+      const code = pageK.getByLabel('Code from your authenticator app', { exact: true });
+      await code.waitFor({ state: 'visible' });
+      if ((await focused()) !== 'Code from your authenticator app') {
+        throw new Error(`after the password, focus is on ${await focused()}, not the code field`);
+      }
+      await pageK.keyboard.type(await totp.code());
+      await pageK.keyboard.press('Enter');
+      await screen(pageK, 'Home');
+      // Tab to the "Usage" link and follow it with Enter.
+      let onLink = false;
+      for (let i = 0; i < 20 && !onLink; i += 1) {
+        await pageK.keyboard.press('Tab');
+        onLink = await pageK.evaluate(() => document.activeElement && document.activeElement.textContent.trim() === 'Usage');
+      }
+      if (!onLink) throw new Error('Tab never reaches the Usage link');
+      await pageK.keyboard.press('Enter');
+      await screen(pageK, 'Usage');
+      await ctxK.close();
+    });
+
     await step('screens-as-a-user', checks, async () => {
       const ctxU = await newContext(browser, checks);
       const pageU = await ctxU.newPage();
