@@ -4,12 +4,6 @@
 //! Errors end here: printed once as `latchkey: <message>` on stderr, exit
 //! status 1 (clap's usage errors exit 2).
 
-/// mimalloc instead of glibc's allocator: the proxy's hot path allocates
-/// per request (headers, bodies, futures), and malloc/free were ~15 % of
-/// its CPU in the profile recorded in docs/PERFORMANCE.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod cli;
 mod commands;
 mod context;
