@@ -313,6 +313,12 @@ run(async () => {
       if (hash.includes(inviteToken)) throw new Error('the invite token stays in the URL fragment');
       await shoot(pageC, 'join', layout);
       a11y.push(...(await axe(pageC, 'join')));
+      // Accepting the invite signs the new guest in.
+      await pageC.getByLabel('Username', { exact: true }).fill('gus');
+      await pageC.getByLabel('Password', { exact: true }).fill(PASSWORD);
+      await pageC.getByLabel('Repeat password', { exact: true }).fill(PASSWORD);
+      await pageC.getByRole('button', { name: 'Join', exact: true }).click();
+      await screen(pageC, 'Home');
       await ctxC.close();
     });
 

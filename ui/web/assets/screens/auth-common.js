@@ -181,6 +181,24 @@ export function newPasswordFields({ label = 'Password', repeatLabel = 'Repeat pa
   return { nodes: [pw, repeat], password: pw.control, repeat: repeat.control, check, clear };
 }
 
+/**
+ * The checked values of a new-account form (a `usernameField` and
+ * `newPasswordFields`): `{ username, password }`, or throws the sentence to
+ * show, marking and focusing the username when it is empty.
+ */
+export function readNewAccount(user, pw) {
+  const username = user.control.value.trim();
+  if (!username) {
+    user.control.setAttribute('aria-invalid', 'true');
+    user.control.focus();
+    throw new Error('Choose a username.');
+  }
+  user.control.removeAttribute('aria-invalid');
+  const bad = pw.check();
+  if (bad) throw new Error(bad);
+  return { username, password: pw.password.value };
+}
+
 /** The "Username" field for a new account. */
 export function usernameField(attrs = {}) {
   return field({

@@ -10,6 +10,7 @@ import {
   brand,
   newPasswordFields,
   publicPage,
+  readNewAccount,
   secondFactor,
   sentence,
   takeFragment,
@@ -60,16 +61,7 @@ function joinForm(box, ctx) {
     h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Join')),
   );
   wireForm(form, async () => {
-    const username = user.control.value.trim();
-    if (!username) {
-      user.control.setAttribute('aria-invalid', 'true');
-      user.control.focus();
-      throw new Error('Choose a username.');
-    }
-    user.control.removeAttribute('aria-invalid');
-    const bad = pw.check();
-    if (bad) throw new Error(bad);
-    const password = pw.password.value;
+    const { username, password } = readNewAccount(user, pw);
     await api('POST', '/api/invites/accept', { token: inviteToken, username, password });
     inviteToken = '';
     pw.clear();

@@ -13,6 +13,7 @@ import {
   newPasswordFields,
   publicPage,
   readCode,
+  readNewAccount,
   recoveryCodesBlock,
   steps,
   takeFragment,
@@ -108,19 +109,11 @@ function accountStep(box, ctx, username) {
     h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Continue')),
   );
   wireForm(form, async () => {
-    const name = user.control.value.trim();
-    if (!name) {
-      user.control.setAttribute('aria-invalid', 'true');
-      user.control.focus();
-      throw new Error('Choose a username.');
-    }
-    user.control.removeAttribute('aria-invalid');
-    const bad = pw.check();
-    if (bad) throw new Error(bad);
+    const { username: name, password } = readNewAccount(user, pw);
     const enrollment = await api('POST', '/api/setup/begin', {
       token: setupToken,
       username: name,
-      password: pw.password.value,
+      password,
     });
     pw.clear();
     totpStep(box, ctx, name, enrollment);
