@@ -13,7 +13,7 @@ use crate::tls::{ServeOptions, TlsManager, serve_http_redirect, serve_https};
 use anyhow::Context as _;
 use latchkey_core::auth::Auth;
 use latchkey_core::config::MasterKeyKind;
-use latchkey_core::http::{AppState, Metrics, StaticToken, router};
+use latchkey_core::http::{AppState, Front, Metrics, StaticToken};
 use latchkey_core::secrecy::{ExposeSecret, SecretString};
 use latchkey_core::store::{self, LockOwner, Store};
 use latchkey_core::vault::{Vault, rotation};
@@ -126,7 +126,7 @@ async fn serve(
     drop(token);
     let proxy = Arc::clone(&state.proxy);
     let connections = Arc::clone(&state.connections);
-    let app = router(state);
+    let app = Front::new(state);
 
     let mut https = Vec::new();
     for addr in &settings.server.listen {

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -32,13 +31,13 @@ use hyper::header::{HOST, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use latchkey_core::http::Front;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 /// Tuning and counters for [`serve_https`].
 #[derive(Debug, Clone)]
@@ -71,7 +70,7 @@ impl Default for ServeOptions {
 pub async fn serve_https(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    app: Router,
+    app: Front,
     shutdown: impl Future<Output = ()>,
     opts: ServeOptions,
 ) -> io::Result<()> {
@@ -259,7 +258,7 @@ async fn serve_tls_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    app: Router,
+    app: Front,
     watcher: ShutdownSignal,
     opts: ServeOptions,
 ) {
@@ -280,7 +279,8 @@ async fn serve_tls_connection(
     let io = TokioIo::new(FirstReadDeadline::new(tls, opts.header_read_timeout));
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(req)
+        let answer = app.call(req);
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     let res = until_shutdown(conn, watcher, |c: Pin<&mut _>| c.graceful_shutdown()).await;
@@ -473,9 +473,9 @@ mod tests {
         }
     }
 
-    fn app(entered: Arc<tokio::sync::Notify>) -> Router {
+    fn app(entered: Arc<tokio::sync::Notify>) -> axum::Router {
         let entered2 = Arc::clone(&entered);
-        Router::new()
+        axum::Router::new()
             .route(
                 "/",
                 get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
@@ -516,7 +516,7 @@ mod tests {
         let task = tokio::spawn(serve_https(
             listener,
             config,
-            app(Arc::clone(&entered)),
+            Front::router_only(app(Arc::clone(&entered))),
             async move {
                 let _ = rx.await;
             },

@@ -45,7 +45,9 @@ impl Histogram {
 
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
+    /// Route → (method, status) → count. Keyed by route first so that a
+    /// request already seen costs lookups only, no allocation.
+    requests: BTreeMap<String, Vec<(String, u16, u64)>>,
     latency: BTreeMap<String, Histogram>,
     vault_ops: BTreeMap<(&'static str, &'static str), u64>,
 }
@@ -85,13 +87,27 @@ impl Metrics {
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, latency: Duration) {
         if let Ok(mut m) = self.inner.lock() {
-            *m.requests
-                .entry((method.to_string(), route.to_string(), status))
-                .or_default() += 1;
-            m.latency
-                .entry(route.to_string())
-                .or_default()
-                .observe(latency.as_secs_f64());
+            let inner = &mut *m;
+            if !inner.requests.contains_key(route) {
+                inner.requests.insert(route.to_string(), Vec::new());
+            }
+            if let Some(counts) = inner.requests.get_mut(route) {
+                match counts
+                    .iter_mut()
+                    .find(|(m, s, _)| m == method && *s == status)
+                {
+                    Some((_, _, n)) => *n += 1,
+                    None => counts.push((method.to_string(), status, 1)),
+                }
+            }
+            if !inner.latency.contains_key(route) {
+                inner
+                    .latency
+                    .insert(route.to_string(), Histogram::default());
+            }
+            if let Some(h) = inner.latency.get_mut(route) {
+                h.observe(latency.as_secs_f64());
+            }
         }
     }
 
@@ -129,7 +145,17 @@ impl Metrics {
             "# HELP latchkey_http_requests_total HTTP requests by method, route template and status."
         )?;
         writeln!(out, "# TYPE latchkey_http_requests_total counter")?;
-        for ((method, route, status), n) in &m.requests {
+        let mut requests: Vec<(&str, &str, u16, u64)> = m
+            .requests
+            .iter()
+            .flat_map(|(route, counts)| {
+                counts
+                    .iter()
+                    .map(move |(method, status, n)| (method.as_str(), route.as_str(), *status, *n))
+            })
+            .collect();
+        requests.sort_unstable();
+        for (method, route, status, n) in requests {
             writeln!(
                 out,
                 "latchkey_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",

@@ -40,8 +40,8 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
 
 /// A client-supplied id is kept when it is short and plain (so it cannot
 /// smuggle anything into logs); otherwise a new one is made.
-fn request_id(req: &Request) -> String {
-    req.headers()
+pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
@@ -61,7 +61,7 @@ pub async fn request_context(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let id = request_id(&req);
+    let id = request_id(req.headers());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -98,8 +98,14 @@ pub async fn request_context(
         .metrics
         .observe_request(&method, &route, status.as_u16(), latency);
 
-    let headers = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    finish_headers(resp.headers_mut(), &id);
+    resp
+}
+
+/// The request id, the security headers and, unless the handler chose
+/// otherwise, `Cache-Control: no-store`, on every response.
+pub(crate) fn finish_headers(headers: &mut axum::http::HeaderMap, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
         headers.insert(REQUEST_ID, v);
     }
     for (name, value) in SECURITY_HEADERS {
@@ -109,11 +115,10 @@ pub async fn request_context(
         );
     }
     // Everything served so far is dynamic and some of it secret; a page
-    // that wants caching (the UI's assets, later) sets its own header.
+    // that wants caching (the UI's assets) sets its own header.
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    resp
 }
 
 /// Body-size and time limits. A declared `Content-Length` over the limit is

@@ -35,6 +35,7 @@ pub mod authn;
 pub mod connections;
 pub mod error;
 pub mod extract;
+pub mod front;
 pub mod keys;
 pub mod metrics;
 pub mod middleware;
@@ -50,6 +51,7 @@ mod tests;
 
 pub use error::ApiError;
 pub use extract::{ApiJson, StaticToken, TokenVerifier};
+pub use front::Front;
 pub use metrics::Metrics;
 
 use crate::auth::Auth;

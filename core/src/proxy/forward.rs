@@ -36,11 +36,17 @@ use zeroize::Zeroizing;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `ANY /proxy/{provider}/{*path}`.
+/// `ANY /proxy/{provider}/{*path}` in the router.
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    respond(&state, req).await
+}
+
+/// Answers a proxied request (the router's route and the short path of
+/// [`crate::http::Front`] both end here).
+pub async fn respond(state: &AppState, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    match forward(&state, parts, &mut body).await {
+    match forward(state, parts, &mut body).await {
         Ok(resp) => resp,
         Err(e) => {
             // Refused before the body was used: read a small one first, so
