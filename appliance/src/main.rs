@@ -65,7 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let ctx = context::Context::load(&cli.global)?;
     let serving = matches!(cli.command, Command::Serve(_));
-    logging::init(&ctx, serving);
+    let _log = logging::init(&ctx, serving);
     match cli.command {
         Command::Serve(args) => server::run(ctx, args),
         Command::Vault(cmd) => commands::vault::run(&ctx, cmd),
