@@ -1,9 +1,11 @@
 //! Structured logs with `tracing`: human-readable on a terminal, JSON
 //! otherwise (or as configured). Logs go to stderr; stdout is for command
 //! output that scripts read. The server batches routine lines
-//! ([`buffered`]); one-shot commands write each line at once.
+//! ([`buffered`]); one-shot commands write each line at once. JSON lines
+//! are written by [`json`], the shape of `tracing-subscriber`'s format.
 
 mod buffered;
+mod json;
 
 use crate::cli::LogFormatArg;
 use crate::context::Context;
@@ -46,7 +48,7 @@ pub fn init(ctx: &Context, serving: bool) -> Option<FlushGuard> {
         .with_env_filter(filter)
         .with_writer(writer);
     let _ = if json {
-        builder.json().with_current_span(false).try_init()
+        builder.json().event_format(json::JsonLines).try_init()
     } else {
         builder
             .with_ansi(std::io::stderr().is_terminal())

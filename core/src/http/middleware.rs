@@ -24,17 +24,30 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-const SECURITY_HEADERS: [(&str, &str); 5] = [
+/// Built at compile time: `from_static` checks its argument, which at run
+/// time would be done again for every response.
+const SECURITY_HEADERS: [(HeaderName, HeaderValue); 5] = [
     (
-        "strict-transport-security",
-        "max-age=63072000; includeSubDomains",
+        HeaderName::from_static("strict-transport-security"),
+        HeaderValue::from_static("max-age=63072000; includeSubDomains"),
     ),
-    ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
-    ("x-frame-options", "DENY"),
     (
-        "content-security-policy",
-        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    ),
+    (
+        HeaderName::from_static("referrer-policy"),
+        HeaderValue::from_static("no-referrer"),
+    ),
+    (
+        HeaderName::from_static("x-frame-options"),
+        HeaderValue::from_static("DENY"),
+    ),
+    (
+        HeaderName::from_static("content-security-policy"),
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
     ),
 ];
 
@@ -109,10 +122,7 @@ pub(crate) fn finish_headers(headers: &mut axum::http::HeaderMap, id: &str) {
         headers.insert(REQUEST_ID, v);
     }
     for (name, value) in SECURITY_HEADERS {
-        headers.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
+        headers.insert(name, value);
     }
     // Everything served so far is dynamic and some of it secret; a page
     // that wants caching (the UI's assets) sets its own header.

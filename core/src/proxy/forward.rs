@@ -239,10 +239,16 @@ async fn forward(
         // user's connection: it acts for its owner only.
         (None, Some(conn)) => {
             let ip = crate::http::authn::client_ip(state, &parts.headers, &parts.extensions);
-            let issued = state
-                .connections
-                .token(principal.user_id, conn, &principal.actor(), Some(ip))
-                .await?;
+            // Boxed: the broker's future (a refresh is an HTTP exchange)
+            // is ~2 KiB, and inline it would be copied with every
+            // request's future, not only this rare path's.
+            let issued = Box::pin(state.connections.token(
+                principal.user_id,
+                conn,
+                &principal.actor(),
+                Some(ip),
+            ))
+            .await?;
             Some(issued.access_token)
         }
         (Some(name), _) => Some(state.vault.reveal_cached(name).map_err(|e| match e {

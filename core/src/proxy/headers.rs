@@ -72,7 +72,8 @@ pub fn request_headers(client: &HeaderMap) -> HeaderMap {
 /// The upstream's headers that may go back to the client.
 pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len());
+    // Room for the request id and security headers added on the way out.
+    let mut out = HeaderMap::with_capacity(upstream.len() + 8);
     for (name, value) in upstream {
         if is_hop_by_hop(name)
             || name == header::SET_COOKIE

@@ -37,8 +37,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use usage::UsageBook;
 
-/// The pooled client every provider route uses.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, forward::SharedBody>;
+/// A provider route's pooled client: plain HTTP for `http` upstreams (the
+/// local servers: no TLS wrapper around every pooled connection and
+/// checkout), rustls for `https` ones.
+pub enum UpstreamClient {
+    Http(Client<HttpConnector, forward::SharedBody>),
+    Https(Client<HttpsConnector<HttpConnector>, forward::SharedBody>),
+}
+
+impl UpstreamClient {
+    /// Sends `req` on a pooled (or new) connection.
+    pub fn request(
+        &self,
+        req: hyper::Request<forward::SharedBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            UpstreamClient::Http(c) => c.request(req),
+            UpstreamClient::Https(c) => c.request(req),
+        }
+    }
+}
 
 /// One provider and its client.
 pub struct Route {
@@ -185,19 +203,23 @@ fn tls_config(
 
 fn build_client(p: &Provider, tls: rustls::ClientConfig) -> UpstreamClient {
     let mut http = HttpConnector::new();
-    http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(p.connect_timeout));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64);
+    if p.scheme == hyper::http::uri::Scheme::HTTP {
+        return UpstreamClient::Http(builder.build(http));
+    }
+    http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
+        .https_only()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .build(connector)
+    UpstreamClient::Https(builder.build(connector))
 }
 
 /// `proxy.key_rpm`: a fixed one-minute window per key, in memory.

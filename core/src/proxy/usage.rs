@@ -45,14 +45,36 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Takes what `v` says; later values replace earlier ones (streamed
+    /// Takes what `f` says; later values replace earlier ones (streamed
     /// counts are cumulative).
-    fn apply(&mut self, v: &Value) {
+    fn apply(&mut self, f: UsageFields) {
+        self.apply_parts(
+            f.model.as_ref().or(f.model_version.as_ref()),
+            f.message.as_ref(),
+            f.usage.as_ref(),
+            f.usage_metadata.as_ref(),
+        );
+    }
+
+    /// [`Usage::apply`] for a message nested in a parsed tree.
+    fn apply_value(&mut self, v: &Value) {
+        self.apply_parts(
+            v.get("model").or_else(|| v.get("modelVersion")),
+            v.get("message"),
+            v.get("usage"),
+            v.get("usageMetadata"),
+        );
+    }
+
+    fn apply_parts(
+        &mut self,
+        model: Option<&Value>,
+        message: Option<&Value>,
+        usage: Option<&Value>,
+        usage_metadata: Option<&Value>,
+    ) {
         if self.model.is_none()
-            && let Some(m) = v
-                .get("model")
-                .or_else(|| v.get("modelVersion"))
-                .and_then(Value::as_str)
+            && let Some(m) = model.and_then(Value::as_str)
         {
             self.model = Some(
                 m.chars()
@@ -62,11 +84,11 @@ impl Usage {
             );
         }
         // Anthropic's `message_start` nests the message.
-        if let Some(m) = v.get("message").filter(|m| m.get("usage").is_some()) {
-            self.apply(m);
+        if let Some(m) = message.filter(|m| m.get("usage").is_some()) {
+            self.apply_value(m);
         }
         let num = |o: &Value, k: &str| o.get(k).and_then(Value::as_u64);
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+        if let Some(u) = usage.filter(|u| u.is_object()) {
             if let Some(n) = num(u, "prompt_tokens").or_else(|| num(u, "input_tokens")) {
                 self.input_tokens = n;
             }
@@ -74,7 +96,7 @@ impl Usage {
                 self.output_tokens = n;
             }
         }
-        if let Some(u) = v.get("usageMetadata") {
+        if let Some(u) = usage_metadata {
             if let Some(n) = num(u, "promptTokenCount") {
                 self.input_tokens = n;
             }
@@ -157,8 +179,8 @@ impl UsageParser {
                 buf,
                 overflow: false,
             } => {
-                if let Some(v) = usage_fields(buf) {
-                    self.usage.apply(&v);
+                if let Some(f) = usage_fields(buf) {
+                    self.usage.apply(f);
                 }
             }
             Mode::Sse { line } if !line.is_empty() => {
@@ -181,8 +203,8 @@ fn sse_line(line: &[u8], usage: &mut Usage) {
     if data.first() != Some(&b'{') {
         return;
     }
-    if let Some(v) = usage_fields(data) {
-        usage.apply(&v);
+    if let Some(f) = usage_fields(data) {
+        usage.apply(f);
     }
 }
 
@@ -202,24 +224,11 @@ struct UsageFields {
 /// generated text (`choices`, `content`, `candidates`) is skipped by the
 /// parser instead of being built into a tree, which was most of the tap's
 /// cost per response (profile in docs/PERFORMANCE.md).
-fn usage_fields(json: &[u8]) -> Option<Value> {
+fn usage_fields(json: &[u8]) -> Option<UsageFields> {
     if json.trim_ascii_start().first() != Some(&b'{') {
         return None;
     }
-    let f: UsageFields = serde_json::from_slice(json).ok()?;
-    let mut m = serde_json::Map::new();
-    for (k, v) in [
-        ("model", f.model),
-        ("modelVersion", f.model_version),
-        ("usage", f.usage),
-        ("usageMetadata", f.usage_metadata),
-        ("message", f.message),
-    ] {
-        if let Some(v) = v {
-            m.insert(k.to_string(), v);
-        }
-    }
-    Some(Value::Object(m))
+    serde_json::from_slice(json).ok()
 }
 
 /// The totals' key: one row of `usage_daily` per UTC day, API key,
