@@ -201,7 +201,8 @@ pub(crate) fn config(mock: u16, extra: &str) -> String {
         "{}\n[providers.openai]\nupstream = \"http://127.0.0.1:{mock}\"\nsecret = \"openai-main\"\n\n\
          [providers.anthropic]\nupstream = \"http://127.0.0.1:{mock}\"\nsecret = \"anthropic-main\"\n\n\
          [providers.down]\nupstream = \"http://127.0.0.1:1\"\nsecret = \"openai-main\"\nauth_header = \"authorization\"\nauth_format = \"Bearer {{secret}}\"\n\n\
-         [providers.slow]\nupstream = \"http://127.0.0.1:{mock}\"\nsecret = \"openai-main\"\nauth_header = \"x-token\"\nfirst_byte_timeout = \"1s\"\n{extra}",
+         [providers.slow]\nupstream = \"http://127.0.0.1:{mock}\"\nsecret = \"openai-main\"\nauth_header = \"x-token\"\nfirst_byte_timeout = \"1s\"\n\n\
+         [providers.idle]\nupstream = \"http://127.0.0.1:{mock}\"\nsecret = \"openai-main\"\nauth_header = \"x-token\"\nidle_timeout = \"1s\"\nsse_keepalive_secs = 0\n{extra}",
         auth_config("")
     )
 }
@@ -298,6 +299,7 @@ fn proxy_swaps_credentials_streams_and_counts_usage() {
             "proxy:anthropic",
             "proxy:down",
             "proxy:slow",
+            "proxy:idle",
         ],
     );
     let bearer = format!("Authorization: Bearer {key}");
@@ -458,6 +460,29 @@ fn proxy_swaps_credentials_streams_and_counts_usage() {
     assert_eq!(r.status, 504, "{}", r.body);
     assert_eq!(r.error_code(), "upstream_timeout");
     no_secrets("a 504", &r.body);
+
+    // An upstream that goes quiet mid-answer for longer than the
+    // provider's idle timeout (1 s): what came is passed on, then the
+    // stream is cut, rather than waiting 2.5 s for the next event.
+    let started = Instant::now();
+    let r = s.request_with(
+        &["--http1.1", "--max-time", "10"],
+        "GET",
+        "/proxy/idle/v1/silent",
+        &[&bearer],
+        None,
+    );
+    let took = started.elapsed();
+    assert!(
+        r.body.contains("{\"n\":1}"),
+        "the first event arrives: {}",
+        r.body
+    );
+    assert!(!r.body.contains("[DONE]"), "the stream was cut: {}", r.body);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2400),
+        "cut after the idle timeout, not at the upstream's next write: {took:?}"
+    );
 
     // A client that goes away cancels the upstream request.
     // (curl gives up after 1 s; its exit status is of no interest.)

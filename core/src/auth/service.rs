@@ -64,7 +64,7 @@ pub enum Via {
     },
     ApiKey {
         id: String,
-        scopes: ScopeSet,
+        scopes: Arc<ScopeSet>,
     },
     /// The CLI on the host, holding the data directory's admin token.
     Host,
@@ -177,7 +177,9 @@ struct Ticket {
 struct CachedKey {
     user_id: UserId,
     hash: [u8; 32],
-    scopes: ScopeSet,
+    /// Shared with every principal the key authenticates (one pointer
+    /// copy per proxied request, not a tree).
+    scopes: Arc<ScopeSet>,
     expires_at: Option<i64>,
 }
 
@@ -274,7 +276,7 @@ impl Auth {
                 CachedKey {
                     user_id: row.user_id,
                     hash: row.hash,
-                    scopes,
+                    scopes: Arc::new(scopes),
                     expires_at: row.expires_at,
                 },
             );
@@ -1431,7 +1433,7 @@ impl Auth {
                 CachedKey {
                     user_id: p.user_id,
                     hash: generated.hash,
-                    scopes: set,
+                    scopes: Arc::new(set),
                     expires_at,
                 },
             );

@@ -272,6 +272,13 @@ async fn forward(
             headers.insert(n.clone(), v.clone());
         }
     }
+    // Plain-HTTP upstreams speak HTTP/1.1 only: `Host` from a value made
+    // once (the client would format it anew for every request). Over
+    // HTTPS the client adds it only if ALPN chose HTTP/1.1 (HTTP/2 has
+    // `:authority`).
+    if p.scheme == axum::http::uri::Scheme::HTTP {
+        headers.insert(header::HOST, p.host.clone());
+    }
     // Compressed answers could not be read for usage.
     headers.insert(
         header::ACCEPT_ENCODING,
@@ -357,7 +364,7 @@ async fn forward(
     let body = TapBody {
         inner: rbody,
         idle: p.idle_timeout,
-        timer: Box::pin(tokio::time::sleep(p.idle_timeout)),
+        timer: None,
         keepalive,
         tap: Some(tap),
     };
@@ -542,7 +549,10 @@ impl KeepAlive {
 struct TapBody {
     inner: Incoming,
     idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The idle deadline, made the first time the upstream keeps us
+    /// waiting: a body that arrives with its head (most non-streamed
+    /// answers) never touches the timer wheel.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     keepalive: Option<KeepAlive>,
     tap: Option<Tap>,
 }
@@ -566,10 +576,14 @@ impl HttpBody for TapBody {
                         ka.saw(data);
                     }
                 }
-                let now = tokio::time::Instant::now();
-                this.timer.as_mut().reset(now + this.idle);
-                if let Some(ka) = this.keepalive.as_mut() {
-                    ka.timer.as_mut().reset(now + ka.every);
+                if this.timer.is_some() || this.keepalive.is_some() {
+                    let now = tokio::time::Instant::now();
+                    if let Some(timer) = this.timer.as_mut() {
+                        timer.as_mut().reset(now + this.idle);
+                    }
+                    if let Some(ka) = this.keepalive.as_mut() {
+                        ka.timer.as_mut().reset(now + ka.every);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -581,7 +595,11 @@ impl HttpBody for TapBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.timer.as_mut().poll(cx).is_ready() {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err("upstream idle timeout".into())));
                 }
                 if let Some(ka) = this.keepalive.as_mut()

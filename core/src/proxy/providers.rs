@@ -33,6 +33,8 @@ pub struct Provider {
     pub scope: Scope,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `Host` for upstream requests (the authority), made once.
+    pub host: HeaderValue,
     /// The upstream's base path without a trailing slash (often empty).
     pub base_path: String,
     /// The vault entry holding the credential.
@@ -294,10 +296,17 @@ pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, St
         .iter()
         .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
         .collect();
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+        (
+            format!("providers.{name}.upstream"),
+            "not a valid host".to_string(),
+        )
+    })?;
     Ok(Provider {
         name: name.to_string(),
         scope,
         scheme,
+        host,
         authority,
         base_path,
         secret,

@@ -430,14 +430,20 @@ impl UsageBook {
     pub fn record(&self, key: UsageKey, usage: &Usage, error: bool) {
         let tokens = usage.input_tokens.saturating_add(usage.output_tokens);
         let mut inner = lock(&self.inner);
-        let spent = inner
-            .spent
-            .entry(key.key_id.clone())
-            .or_insert_with(|| (key.day.clone(), 0));
-        if spent.0 != key.day {
-            *spent = (key.day.clone(), 0);
+        // Looked up before inserting: a key seen before costs no clone.
+        match inner.spent.get_mut(&key.key_id) {
+            Some(spent) => {
+                if spent.0 != key.day {
+                    *spent = (key.day.clone(), 0);
+                }
+                spent.1 = spent.1.saturating_add(tokens);
+            }
+            None => {
+                inner
+                    .spent
+                    .insert(key.key_id.clone(), (key.day.clone(), tokens));
+            }
         }
-        spent.1 = spent.1.saturating_add(tokens);
         inner.pending.entry(key).or_default().add(&Totals {
             requests: 1,
             input_tokens: usage.input_tokens,
