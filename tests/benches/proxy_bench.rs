@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release -p latchkey -p latchkey-e2e --bin latchkey --bin proxy-bench
-//! target/release/proxy-bench            # full run (~5 min)
+//! target/release/proxy-bench            # full run, 3 interleaved rounds (~9 min)
 //! target/release/proxy-bench --quick    # ~30 s smoke run
 //! target/release/proxy-bench --soak 600 # 10 min at 1,000 req/s through Latchkey, RSS sampled
 //! ```
@@ -32,6 +32,14 @@
 //! each a single-threaded tokio runtime — on CPU 0. Run as root, the bench
 //! and everything it starts get nice −10 and so does its session's
 //! autogroup, so other work on a shared machine disturbs the figures less.
+//!
+//! Rounds (`--rounds N`, default 3; `--quick`: 1): the whole comparison is
+//! repeated, the targets interleaved (direct, nginx, latchkey, direct, …),
+//! each line 5 s warm-up + 10 s measured. Every round is printed; each
+//! verdict uses the round with the median Latchkey figure (saturation: the
+//! median latchkey/nginx ratio), because this virtual machine's own speed
+//! drifts by 20–30 % over minutes and a single pass can land on either
+//! side of a target by luck.
 //!
 //! Load: open loop at fixed rates (default 1,000 and 5,000 req/s over 32
 //! connections, each sending on its own fixed schedule). Latency runs from

@@ -10,7 +10,7 @@
 //! (so no field can break out of its string or forge a line) into one
 //! `Vec`, and span fields, already JSON, are copied as they are.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
@@ -25,6 +25,49 @@ pub struct JsonLines;
 fn string(buf: &mut Vec<u8>, s: &str) {
     // Writing to a Vec cannot fail, and a str always serializes.
     let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// Writes what is formatted into it as the inside of a JSON string: the
+/// characters RFC 8259 requires escaped (`"`, `\`, U+0000..U+001F) are,
+/// everything else is copied. Lets `Debug`/`Display` values go straight
+/// into the line without a `String` each.
+struct Escaped<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let esc: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..=0x1f => b"",
+                _ => continue,
+            };
+            self.0.extend_from_slice(&s.as_bytes()[start..i]);
+            if esc.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                self.0.extend_from_slice(b"\\u00");
+                self.0.push(HEX[usize::from(b >> 4)]);
+                self.0.push(HEX[usize::from(b & 0xf)]);
+            } else {
+                self.0.extend_from_slice(esc);
+            }
+            start = i + 1;
+        }
+        self.0.extend_from_slice(&s.as_bytes()[start..]);
+        Ok(())
+    }
+}
+
+/// `value`'s `Debug` text as a JSON string.
+fn debug_string(buf: &mut Vec<u8>, value: &dyn fmt::Debug) {
+    buf.push(b'"');
+    // Escaped never fails; a failing Debug impl leaves what it wrote.
+    let _ = write!(Escaped(buf), "{value:?}");
+    buf.push(b'"');
 }
 
 /// Writes `"name":value` pairs, comma separated.
@@ -80,12 +123,14 @@ impl Visit for Fields<'_> {
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.key(field);
-        string(self.buf, &value.to_string());
+        self.buf.push(b'"');
+        let _ = write!(Escaped(self.buf), "{value}");
+        self.buf.push(b'"');
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.key(field);
-        string(self.buf, &format!("{value:?}"));
+        debug_string(self.buf, value);
     }
 }
 
@@ -238,11 +283,14 @@ mod tests {
     #[test]
     fn hostile_values_stay_inside_their_string() {
         let evil = "x\"}\n{\"level\":\"ERROR\",\"fields\":{\"message\":\"forged\"}}\u{0007}\\";
+        let every_control: String = (0u8..0x20).map(char::from).collect();
         let got = lines(|| {
-            tracing::info!(user = evil, "{}", evil);
+            tracing::info!(user = evil, shown = %evil, controls = %every_control, "{}", evil);
         });
         assert_eq!(got.len(), 1, "one event, one line");
         assert_eq!(got[0]["fields"]["user"], evil);
+        assert_eq!(got[0]["fields"]["shown"], evil);
+        assert_eq!(got[0]["fields"]["controls"], every_control.as_str());
         assert_eq!(got[0]["fields"]["message"], evil);
         assert_eq!(got[0]["level"], "INFO");
     }
