@@ -79,7 +79,7 @@ const UPSTREAM_DRAIN_TIME: Duration = Duration::from_secs(2);
 pub struct SharedBody(Arc<std::sync::Mutex<Option<Limited<Body>>>>);
 
 impl SharedBody {
-    fn new(body: Limited<Body>) -> Self {
+    pub(crate) fn new(body: Limited<Body>) -> Self {
         SharedBody(Arc::new(std::sync::Mutex::new(Some(body))))
     }
 
@@ -434,8 +434,17 @@ fn upstream_uri(
 /// 502, or 504 for a connect timeout; 413 when the client's body ran over
 /// the limit. The source (which never holds the credential: hyper's errors
 /// name no URL or header) goes to the log only.
-fn upstream_error(p: &Provider, e: hyper_util::client::legacy::Error, max_body: usize) -> ApiError {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+fn upstream_error(p: &Provider, e: super::UpstreamError, max_body: usize) -> ApiError {
+    if matches!(
+        e.downcast_ref::<super::pool::PoolError>(),
+        Some(super::pool::PoolError::ConnectTimeout)
+    ) {
+        return ApiError::UpstreamTimeout {
+            provider: p.name.clone(),
+            after: p.connect_timeout,
+        };
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(err) = cur {
         if err.is::<http_body_util::LengthLimitError>() {
             return ApiError::PayloadTooLarge { limit: max_body };
@@ -443,7 +452,7 @@ fn upstream_error(p: &Provider, e: hyper_util::client::legacy::Error, max_body: 
         if is_tls_error(err) {
             return ApiError::UpstreamTls {
                 provider: p.name.clone(),
-                source: Box::new(e),
+                source: e,
             };
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>()
@@ -458,7 +467,7 @@ fn upstream_error(p: &Provider, e: hyper_util::client::legacy::Error, max_body: 
     }
     ApiError::UpstreamUnreachable {
         provider: p.name.clone(),
-        source: Box::new(e),
+        source: e,
     }
 }
 

@@ -7,16 +7,19 @@
 //! - [`usage`]: the tap that reads token counts, the totals counted in
 //!   memory and written to `usage_daily` in batches;
 //! - [`limits`]: per-key requests per minute and tokens per day, cached;
+//! - [`pool`]: keep-alive connections to plain-HTTP upstreams;
 //! - [`stats`]: per-provider counters for `/metrics`.
 //!
 //! [`Proxy`] is built once from the settings and shared through
-//! `AppState`; each provider has its own pooled client (HTTP/1.1 and h2
-//! over rustls with the ring provider, the system's roots and the
-//! provider's `ca_file`), so its connect timeout applies to it alone.
+//! `AppState`; each provider has its own pooled client ([`pool`] for
+//! plain-HTTP upstreams; HTTP/1.1 and h2 over rustls with the ring
+//! provider, the system's roots and the provider's `ca_file` for HTTPS
+//! ones), so its connect timeout applies to it alone.
 
 pub mod forward;
 pub mod headers;
 pub mod limits;
+pub mod pool;
 pub mod providers;
 pub mod stats;
 pub mod usage;
@@ -37,23 +40,36 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use usage::UsageBook;
 
-/// A provider route's pooled client: plain HTTP for `http` upstreams (the
-/// local servers: no TLS wrapper around every pooled connection and
-/// checkout), rustls for `https` ones.
+/// A provider route's pooled client: [`pool::HttpPool`] for `http`
+/// upstreams (the local servers), hyper-util's client over rustls (HTTP/1.1
+/// and HTTP/2 by ALPN) for `https` ones.
 pub enum UpstreamClient {
-    Http(Client<HttpConnector, forward::SharedBody>),
-    Https(Client<HttpsConnector<HttpConnector>, forward::SharedBody>),
+    Http(pool::HttpPool),
+    Https(Box<Client<HttpsConnector<HttpConnector>, forward::SharedBody>>),
 }
 
+/// What an upstream exchange failed with (classified by
+/// `forward::upstream_error`).
+pub type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
+
 impl UpstreamClient {
-    /// Sends `req` on a pooled (or new) connection.
-    pub fn request(
+    /// Sends `req` (absolute URI) on a pooled (or new) connection.
+    pub async fn request(
         &self,
-        req: hyper::Request<forward::SharedBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
+        mut req: hyper::Request<forward::SharedBody>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError> {
         match self {
-            UpstreamClient::Http(c) => c.request(req),
-            UpstreamClient::Https(c) => c.request(req),
+            UpstreamClient::Http(pool) => {
+                // A connection to the origin takes the origin form.
+                let origin = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+                *req.uri_mut() = origin.into();
+                pool.send(req).await.map_err(Into::into)
+            }
+            UpstreamClient::Https(c) => c.request(req).await.map_err(Into::into),
         }
     }
 }
@@ -202,16 +218,16 @@ fn tls_config(
 }
 
 fn build_client(p: &Provider, tls: rustls::ClientConfig) -> UpstreamClient {
+    if p.scheme == hyper::http::uri::Scheme::HTTP {
+        let authority = match p.authority.port_u16() {
+            Some(_) => p.authority.to_string(),
+            None => format!("{}:80", p.authority),
+        };
+        return UpstreamClient::Http(pool::HttpPool::new(authority, p.connect_timeout));
+    }
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(p.connect_timeout));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64);
-    if p.scheme == hyper::http::uri::Scheme::HTTP {
-        return UpstreamClient::Http(builder.build(http));
-    }
     http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -219,7 +235,11 @@ fn build_client(p: &Provider, tls: rustls::ClientConfig) -> UpstreamClient {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    UpstreamClient::Https(builder.build(connector))
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(connector);
+    UpstreamClient::Https(Box::new(client))
 }
 
 /// `proxy.key_rpm`: a fixed one-minute window per key, in memory.
