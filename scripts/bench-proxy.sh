@@ -2,7 +2,7 @@
 # The agent proxy benchmark (docs/PERFORMANCE.md, "Agent proxy"): builds the
 # release `latchkey` and `proxy-bench`, then runs the bench with the given
 # arguments, e.g.
-#   scripts/bench-proxy.sh              # full run, ~5 minutes
+#   scripts/bench-proxy.sh              # full run: 3 interleaved rounds, ~9 minutes
 #   scripts/bench-proxy.sh --quick      # ~30 s smoke run
 #   scripts/bench-proxy.sh --soak 600   # 10 minutes at 1,000 req/s, RSS sampled
 # Needs 2 CPUs, taskset and nginx (scripts/install-deps.sh installs nginx).
