@@ -27,24 +27,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::http::middleware::{DRAIN_LIMIT, DRAIN_TIME, drain};
 
-/// Largest unused request body read before a refusal is sent (so HTTP/2
-/// clients still sending get the answer, not a reset).
-const DRAIN_LIMIT: usize = 64 * 1024;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let mut body = None;
     match forward(&state, req, &mut body).await {
         Ok(resp) => resp,
         Err(e) => {
+            // Refused before the body was used (so HTTP/2 clients still
+            // sending get the answer, not a reset).
             if let Some(body) = body {
-                let limited = Limited::new(body, DRAIN_LIMIT);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    http_body_util::BodyExt::collect(limited),
-                )
-                .await;
+                drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
             }
             e.into_response()
         }

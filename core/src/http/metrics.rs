@@ -45,8 +45,7 @@ impl Histogram {
 
 #[derive(Default)]
 struct Inner {
-    /// Route → (method, status) → count. Keyed by route first so that a
-    /// request already seen costs lookups only, no allocation.
+    /// Route → (method, status, count).
     requests: BTreeMap<String, Vec<(String, u16, u64)>>,
     latency: BTreeMap<String, Histogram>,
     vault_ops: BTreeMap<(&'static str, &'static str), u64>,
@@ -87,26 +86,31 @@ impl Metrics {
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, latency: Duration) {
         if let Ok(mut m) = self.inner.lock() {
+            // Looked up by `&str` first: a route seen before costs no
+            // allocation.
             let inner = &mut *m;
-            if !inner.requests.contains_key(route) {
-                inner.requests.insert(route.to_string(), Vec::new());
-            }
-            if let Some(counts) = inner.requests.get_mut(route) {
-                match counts
+            match inner.requests.get_mut(route) {
+                Some(counts) => match counts
                     .iter_mut()
                     .find(|(m, s, _)| m == method && *s == status)
                 {
                     Some((_, _, n)) => *n += 1,
                     None => counts.push((method.to_string(), status, 1)),
+                },
+                None => {
+                    inner
+                        .requests
+                        .insert(route.to_string(), vec![(method.to_string(), status, 1)]);
                 }
             }
-            if !inner.latency.contains_key(route) {
-                inner
-                    .latency
-                    .insert(route.to_string(), Histogram::default());
-            }
-            if let Some(h) = inner.latency.get_mut(route) {
-                h.observe(latency.as_secs_f64());
+            let secs = latency.as_secs_f64();
+            match inner.latency.get_mut(route) {
+                Some(h) => h.observe(secs),
+                None => {
+                    let mut h = Histogram::default();
+                    h.observe(secs);
+                    inner.latency.insert(route.to_string(), h);
+                }
             }
         }
     }

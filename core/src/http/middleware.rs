@@ -187,8 +187,21 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// Largest unread request body read before an early refusal is sent, and
 /// how long that may take.
-const DRAIN_LIMIT: usize = 64 * 1024;
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const DRAIN_LIMIT: usize = 64 * 1024;
+pub(crate) const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and discards up to `limit` bytes of `body` for at most `within`:
+/// what a client is still sending when it is answered early (a refusal,
+/// an upstream error), so an HTTP/2 client gets the answer rather than a
+/// stream reset after it.
+pub(crate) async fn drain<B>(body: B, limit: usize, within: std::time::Duration)
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limited = http_body_util::Limited::new(body, limit);
+    let _ = tokio::time::timeout(within, http_body_util::BodyExt::collect(limited)).await;
+}
 
 /// A request body that stays with the middleware until a handler first
 /// polls it: if none does (the request was refused by an extractor), the
@@ -211,9 +224,7 @@ impl UnreadBody {
     /// Reads and discards the body if no handler took it, within limits.
     async fn drain(&self) {
         if let Some(body) = self.take() {
-            let limited = http_body_util::Limited::new(body, DRAIN_LIMIT);
-            let _ =
-                tokio::time::timeout(DRAIN_TIME, http_body_util::BodyExt::collect(limited)).await;
+            drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
         }
     }
 }

@@ -34,6 +34,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
+use crate::http::middleware::{DRAIN_LIMIT, DRAIN_TIME, drain};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `ANY /proxy/{provider}/{*path}` in the router.
@@ -52,20 +54,13 @@ pub async fn respond(state: &AppState, req: Request) -> Response {
             // Refused before the body was used: read a small one first, so
             // HTTP/2 clients still sending it get the answer, not a reset.
             if let Some(body) = body {
-                let limited = Limited::new(body, DRAIN_LIMIT);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    http_body_util::BodyExt::collect(limited),
-                )
-                .await;
+                drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
             }
             e.into_response()
         }
     }
 }
 
-/// Largest unused request body read before a refusal is sent.
-const DRAIN_LIMIT: usize = 64 * 1024;
 /// Largest rest of a request body read before a 502/504 is sent (the
 /// caller is authenticated by then), and how long that may take.
 const UPSTREAM_DRAIN_LIMIT: usize = 16 * 1024 * 1024;
@@ -91,12 +86,7 @@ impl SharedBody {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(rest) = rest {
-            let limited = Limited::new(rest, UPSTREAM_DRAIN_LIMIT);
-            let _ = tokio::time::timeout(
-                UPSTREAM_DRAIN_TIME,
-                http_body_util::BodyExt::collect(limited),
-            )
-            .await;
+            drain(rest, UPSTREAM_DRAIN_LIMIT, UPSTREAM_DRAIN_TIME).await;
         }
     }
 }
