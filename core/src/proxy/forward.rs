@@ -425,15 +425,6 @@ fn upstream_uri(
 /// the limit. The source (which never holds the credential: hyper's errors
 /// name no URL or header) goes to the log only.
 fn upstream_error(p: &Provider, e: super::UpstreamError, max_body: usize) -> ApiError {
-    if matches!(
-        e.downcast_ref::<super::pool::PoolError>(),
-        Some(super::pool::PoolError::ConnectTimeout)
-    ) {
-        return ApiError::UpstreamTimeout {
-            provider: p.name.clone(),
-            after: p.connect_timeout,
-        };
-    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(err) = cur {
         if err.is::<http_body_util::LengthLimitError>() {
@@ -665,6 +656,32 @@ mod tests {
         assert!(ka.at_boundary(), "CRLF line ends count too");
         ka.saw(b"data: z\r\n\r");
         assert!(!ka.at_boundary());
+    }
+
+    #[test]
+    fn pool_connect_failures_map_to_504_and_502() {
+        let p = super::super::providers::resolve(
+            "openai",
+            &crate::config::ProviderSettings {
+                upstream: Some("http://127.0.0.1:9".into()),
+                secret: Some("e".into()),
+                ..Default::default()
+            },
+        )
+        .expect("provider");
+        let io = |kind| -> super::super::UpstreamError {
+            Box::new(super::super::pool::PoolError::Connect(std::io::Error::new(
+                kind, "x",
+            )))
+        };
+        assert!(matches!(
+            upstream_error(&p, io(std::io::ErrorKind::TimedOut), 1),
+            ApiError::UpstreamTimeout { .. }
+        ));
+        assert!(matches!(
+            upstream_error(&p, io(std::io::ErrorKind::ConnectionRefused), 1),
+            ApiError::UpstreamUnreachable { .. }
+        ));
     }
 
     #[test]

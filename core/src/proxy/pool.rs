@@ -34,8 +34,8 @@ const IDLE_FOR: Duration = Duration::from_secs(90);
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("connecting to the upstream timed out")]
-    ConnectTimeout,
+    /// Refused, unreachable, or timed out (`ErrorKind::TimedOut`, which
+    /// the proxy answers with 504 like hyper-util's connect timeouts).
     #[error("connecting to the upstream: {0}")]
     Connect(#[source] std::io::Error),
     #[error("upstream exchange: {0}")]
@@ -123,7 +123,12 @@ impl HttpPool {
             TcpStream::connect(self.authority.as_str()),
         )
         .await
-        .map_err(|_| PoolError::ConnectTimeout)?
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })
         .map_err(PoolError::Connect)?;
         let _ = tcp.set_nodelay(true);
         let (tx, conn) = http1::handshake(TokioIo::new(tcp))
