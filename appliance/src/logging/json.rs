@@ -11,15 +11,79 @@
 //! `Vec`, and span fields, already JSON, are copied as they are.
 
 use std::fmt::{self, Write as _};
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// The event formatter (use with `JsonFields` for span fields).
-pub struct JsonLines;
+#[derive(Default)]
+pub struct JsonLines {
+    /// The Unix second of the last line and its `YYYY-MM-DDTHH:MM:SS`:
+    /// the calendar arithmetic and a dozen formatted numbers were a
+    /// quarter of a line's cost, and at any rate worth logging the second
+    /// changes far less often than the line.
+    second: Mutex<Option<(u64, [u8; 19])>>,
+}
+
+impl JsonLines {
+    /// `now` as RFC 3339 UTC with microseconds, quoted (the shape of
+    /// `tracing-subscriber`'s timestamps): `"2026-12-04T21:48:09.311864Z"`.
+    fn timestamp(&self, buf: &mut Vec<u8>, now: SystemTime) {
+        // A clock before 1970 is shown as 1970 (as tracing-subscriber
+        // cannot show it either).
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        let prefix = {
+            let mut cached = self.second.lock().unwrap_or_else(PoisonError::into_inner);
+            match *cached {
+                Some((s, p)) if s == secs => p,
+                _ => {
+                    let p = calendar_second(secs);
+                    *cached = Some((secs, p));
+                    p
+                }
+            }
+        };
+        buf.push(b'"');
+        buf.extend_from_slice(&prefix);
+        buf.push(b'.');
+        let micros = since.subsec_micros();
+        for div in [100_000, 10_000, 1_000, 100, 10, 1] {
+            // A digit: below 10, so the cast cannot truncate.
+            buf.push(b'0' + (micros / div % 10) as u8);
+        }
+        buf.extend_from_slice(b"Z\"");
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix second.
+fn calendar_second(secs: u64) -> [u8; 19] {
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let mut text = String::with_capacity(19);
+    // Into a String: cannot fail.
+    let _ = write!(
+        text,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year().clamp(0, 9999),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let mut out = [b'0'; 19];
+    if text.len() == out.len() {
+        out.copy_from_slice(text.as_bytes());
+    }
+    out
+}
 
 /// `s` as a JSON string, quotes included.
 fn string(buf: &mut Vec<u8>, s: &str) {
@@ -146,10 +210,8 @@ where
     ) -> fmt::Result {
         let meta = event.metadata();
         let mut buf = Vec::with_capacity(256);
-        let mut timestamp = String::with_capacity(32);
-        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
         buf.extend_from_slice(b"{\"timestamp\":");
-        string(&mut buf, &timestamp);
+        self.timestamp(&mut buf, SystemTime::now());
         buf.extend_from_slice(b",\"level\":\"");
         buf.extend_from_slice(meta.level().as_str().as_bytes());
         buf.extend_from_slice(b"\",\"fields\":{");
@@ -221,7 +283,7 @@ mod tests {
         let out = Capture::default();
         let subscriber = tracing_subscriber::fmt()
             .json()
-            .event_format(JsonLines)
+            .event_format(JsonLines::default())
             .with_writer(out.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, f);
@@ -229,6 +291,65 @@ mod tests {
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()
+    }
+
+    #[test]
+    fn timestamps_follow_the_clock_across_seconds() {
+        use std::time::Duration;
+        let f = JsonLines::default();
+        let at = |secs: u64, micros: u32| {
+            let mut buf = Vec::new();
+            f.timestamp(
+                &mut buf,
+                UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros.into()),
+            );
+            String::from_utf8(buf).expect("utf-8")
+        };
+        assert_eq!(at(0, 0), "\"1970-01-01T00:00:00.000000Z\"");
+        assert_eq!(
+            at(1_767_225_600, 123_456),
+            "\"2026-01-01T00:00:00.123456Z\""
+        );
+        // The same second again (from the cache), then the next one, then
+        // a clock stepped back: each right.
+        assert_eq!(at(1_767_225_600, 7), "\"2026-01-01T00:00:00.000007Z\"");
+        assert_eq!(
+            at(1_767_225_601, 999_999),
+            "\"2026-01-01T00:00:01.999999Z\""
+        );
+        assert_eq!(
+            at(1_709_164_799, 500_000),
+            "\"2024-02-28T23:59:59.500000Z\""
+        );
+        assert_eq!(at(1_709_164_800, 0), "\"2024-02-29T00:00:00.000000Z\"");
+        // Before 1970: shown as the epoch, not a panic.
+        let mut buf = Vec::new();
+        f.timestamp(&mut buf, UNIX_EPOCH - Duration::from_secs(5));
+        assert_eq!(buf, b"\"1970-01-01T00:00:00.000000Z\"");
+    }
+
+    #[test]
+    fn timestamps_match_tracing_subscribers_format() {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let theirs = || {
+            let mut t = String::new();
+            tracing_subscriber::fmt::time::SystemTime
+                .format_time(&mut Writer::new(&mut t))
+                .expect("format");
+            t
+        };
+        let before = theirs();
+        let mut ours = Vec::new();
+        JsonLines::default().timestamp(&mut ours, SystemTime::now());
+        let after = theirs();
+        let ours = String::from_utf8(ours).expect("utf-8");
+        assert_eq!(ours.len(), before.len() + 2, "{ours} vs {before}");
+        // The same second as one of the two taken around it.
+        let second = &ours[1..20];
+        assert!(
+            second == &before[..19] || second == &after[..19],
+            "{ours} vs {before} / {after}"
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub fn init(ctx: &Context, serving: bool) -> Option<FlushGuard> {
         .with_env_filter(filter)
         .with_writer(writer);
     let _ = if json {
-        builder.json().event_format(json::JsonLines).try_init()
+        builder
+            .json()
+            .event_format(json::JsonLines::default())
+            .try_init()
     } else {
         builder
             .with_ansi(std::io::stderr().is_terminal())

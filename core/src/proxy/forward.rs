@@ -20,6 +20,7 @@ use crate::http::extract::bearer;
 use crate::vault::VaultError;
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderValue, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -400,17 +401,25 @@ fn upstream_uri(
         let out = Zeroizing::new(ser.finish());
         q = (!out.is_empty()).then_some(out);
     }
-    let mut s = Zeroizing::new(format!(
-        "{}://{}{}/{}",
-        p.scheme, p.authority, p.base_path, path
+    // Built from its parts: the scheme and authority are the configured
+    // ones by construction, and only the path and query (checked by
+    // `check_path`, validated here) come from the client.
+    let mut s = Zeroizing::new(String::with_capacity(
+        p.base_path.len() + 1 + path.len() + q.as_ref().map_or(0, |q| q.len() + 1),
     ));
+    s.push_str(&p.base_path);
+    s.push('/');
+    s.push_str(path);
     if let Some(q) = q {
         s.push('?');
         s.push_str(&q);
     }
-    let uri: Uri = s
-        .parse()
-        .map_err(|_| ApiError::bad_request("invalid_path", "the path or query is not valid"))?;
+    let invalid = || ApiError::bad_request("invalid_path", "the path or query is not valid");
+    let mut parts = axum::http::uri::Parts::default();
+    parts.scheme = Some(p.scheme.clone());
+    parts.authority = Some(p.authority.clone());
+    parts.path_and_query = Some(PathAndQuery::try_from(s.as_str()).map_err(|_| invalid())?);
+    let uri = Uri::from_parts(parts).map_err(|_| invalid())?;
     // Belt and braces: whatever the path, the origin is the configured one.
     if uri.scheme() != Some(&p.scheme) || uri.authority() != Some(&p.authority) {
         return Err(ApiError::bad_request(

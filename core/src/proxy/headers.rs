@@ -96,56 +96,97 @@ pub type PathError = &'static str;
 /// climb out of it, change the origin or be read differently by another
 /// parser is accepted.
 pub fn check_path(raw: &str) -> Result<(), PathError> {
-    let lower = raw.to_ascii_lowercase();
-    if raw.contains("://") || lower.starts_with("http:") || lower.starts_with("https:") {
+    let b = raw.as_bytes();
+    let starts = |p: &[u8]| b.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+    if raw.contains("://") || starts(b"http:") || starts(b"https:") {
         return Err("absolute URLs are not allowed in the path");
     }
     if raw.starts_with('/') || raw.contains("//") {
         return Err("empty path segments (`//`) are not allowed");
     }
-    if raw.contains('\\') || lower.contains("%5c") {
-        return Err("backslashes are not allowed in the path");
+    // One pass for what may appear neither literally nor percent-encoded
+    // (this runs for every proxied request); the first kind found in the
+    // order below is the one reported.
+    let mut found = Found::default();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => match (b.get(i + 1).and_then(hex), b.get(i + 2).and_then(hex)) {
+                (Some(hi), Some(lo)) => {
+                    found.byte((hi << 4) | lo, true);
+                    i += 3;
+                    continue;
+                }
+                _ => found.malformed = true,
+            },
+            c => found.byte(c, false),
+        }
+        i += 1;
     }
-    if raw.contains('@') || lower.contains("%40") {
-        return Err("`@` is not allowed in the path");
-    }
-    if lower.contains("%2f") {
-        return Err("encoded slashes are not allowed in the path");
-    }
-    if lower.contains("%2e") {
-        return Err("encoded dots are not allowed in the path");
-    }
-    if lower.contains("%00") || raw.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err("control characters are not allowed in the path");
-    }
-    if raw.contains('#') {
-        return Err("fragments are not allowed in the path");
+    let refused = [
+        (found.backslash, "backslashes are not allowed in the path"),
+        (found.at, "`@` is not allowed in the path"),
+        (
+            found.encoded_slash,
+            "encoded slashes are not allowed in the path",
+        ),
+        (
+            found.encoded_dot,
+            "encoded dots are not allowed in the path",
+        ),
+        (
+            found.control,
+            "control characters are not allowed in the path",
+        ),
+        (found.fragment, "fragments are not allowed in the path"),
+    ];
+    if let Some(&(_, why)) = refused.iter().find(|(hit, _)| *hit) {
+        return Err(why);
     }
     if raw.split('/').any(|s| s == "." || s == "..") {
         return Err("`.` and `..` segments are not allowed in the path");
     }
-    if lower.contains('%') && !valid_percent_escapes(raw) {
+    if found.malformed {
         return Err("malformed percent-encoding in the path");
     }
     Ok(())
 }
 
-fn valid_percent_escapes(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let ok =
-                b.len() > i + 2 && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
-            if !ok {
-                return false;
-            }
-            i += 3;
-        } else {
-            i += 1;
+/// What [`check_path`] saw in a path.
+#[derive(Default)]
+struct Found {
+    backslash: bool,
+    at: bool,
+    encoded_slash: bool,
+    encoded_dot: bool,
+    control: bool,
+    fragment: bool,
+    malformed: bool,
+}
+
+impl Found {
+    /// Notes byte `c` of the path; `encoded`: it was written as `%XX`.
+    fn byte(&mut self, c: u8, encoded: bool) {
+        match c {
+            b'\\' => self.backslash = true,
+            b'@' => self.at = true,
+            b'/' if encoded => self.encoded_slash = true,
+            b'.' if encoded => self.encoded_dot = true,
+            // NUL in any form; other control bytes, space and `#` only
+            // literally (encoded, they are data: `%20`, `%0A`, `%23`).
+            0 => self.control = true,
+            b'#' if !encoded => self.fragment = true,
+            b' ' if !encoded => self.control = true,
+            c if c.is_ascii_control() && !encoded => self.control = true,
+            _ => {}
         }
     }
-    true
+}
+
+/// The value of one hex digit.
+fn hex(c: &u8) -> Option<u8> {
+    // A hex digit's value is below 16: fits in u8.
+    (*c as char).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
@@ -188,9 +229,34 @@ mod tests {
             "v1/%2",
             "v1/a#b",
             "v1/a b",
+            "v1/a\tb",
+            "v1/a\x7fb",
+            "HTTPS:evil",
+            "%%2e%2e/x",
         ] {
             assert!(check_path(bad).is_err(), "{bad} must be refused");
         }
+        // Encoded bytes that are data, not structure, pass; the reason
+        // given is the first kind found.
+        for ok in ["v1/a%23b", "v1/a%0Ab", "v1/%25", "v1/%C3%A9t%C3%A9"] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check_path("v1%5c%2f%2e%00"),
+            Err("backslashes are not allowed in the path")
+        );
+        assert_eq!(
+            check_path("v1/%2E%2E/%zz"),
+            Err("encoded dots are not allowed in the path")
+        );
+        assert_eq!(
+            check_path("v1/%zz/.."),
+            Err("`.` and `..` segments are not allowed in the path")
+        );
+        assert_eq!(
+            check_path("v1/%zz"),
+            Err("malformed percent-encoding in the path")
+        );
     }
 
     #[test]

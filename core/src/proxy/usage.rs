@@ -26,7 +26,7 @@ use crate::store::{Store, StoreError};
 use latchkey_migrations::v3::USAGE_DAILY;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -46,35 +46,23 @@ pub struct Usage {
 
 impl Usage {
     /// Takes what `f` says; later values replace earlier ones (streamed
-    /// counts are cumulative).
-    fn apply(&mut self, f: UsageFields) {
-        self.apply_parts(
-            f.model.as_ref().or(f.model_version.as_ref()),
-            f.message.as_ref(),
-            f.usage.as_ref(),
-            f.usage_metadata.as_ref(),
-        );
+    /// counts are cumulative). Anthropic's `message_start` nests the
+    /// message (one level; deeper nesting is not a format we read).
+    fn apply(&mut self, f: &UsageFields<'_>) {
+        if let Some(m) = f.message.and_then(parse_object::<UsageFields<'_>>)
+            && m.usage.is_some()
+        {
+            self.apply_own(&m);
+        }
+        self.apply_own(f);
     }
 
-    /// [`Usage::apply`] for a message nested in a parsed tree.
-    fn apply_value(&mut self, v: &Value) {
-        self.apply_parts(
-            v.get("model").or_else(|| v.get("modelVersion")),
-            v.get("message"),
-            v.get("usage"),
-            v.get("usageMetadata"),
-        );
-    }
-
-    fn apply_parts(
-        &mut self,
-        model: Option<&Value>,
-        message: Option<&Value>,
-        usage: Option<&Value>,
-        usage_metadata: Option<&Value>,
-    ) {
+    fn apply_own(&mut self, f: &UsageFields<'_>) {
         if self.model.is_none()
-            && let Some(m) = model.and_then(Value::as_str)
+            && let Some(m) = f
+                .model
+                .or(f.model_version)
+                .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
         {
             self.model = Some(
                 m.chars()
@@ -83,28 +71,41 @@ impl Usage {
                     .collect(),
             );
         }
-        // Anthropic's `message_start` nests the message.
-        if let Some(m) = message.filter(|m| m.get("usage").is_some()) {
-            self.apply_value(m);
-        }
-        let num = |o: &Value, k: &str| o.get(k).and_then(Value::as_u64);
-        if let Some(u) = usage.filter(|u| u.is_object()) {
-            if let Some(n) = num(u, "prompt_tokens").or_else(|| num(u, "input_tokens")) {
+        let counts = [f.usage, f.usage_metadata]
+            .into_iter()
+            .flatten()
+            .filter_map(parse_object::<TokenCounts<'_>>);
+        for c in counts {
+            if let Some(n) = count(c.prompt_tokens)
+                .or_else(|| count(c.input_tokens))
+                .or_else(|| count(c.prompt_token_count))
+            {
                 self.input_tokens = n;
             }
-            if let Some(n) = num(u, "completion_tokens").or_else(|| num(u, "output_tokens")) {
-                self.output_tokens = n;
-            }
-        }
-        if let Some(u) = usage_metadata {
-            if let Some(n) = num(u, "promptTokenCount") {
-                self.input_tokens = n;
-            }
-            if let Some(n) = num(u, "candidatesTokenCount") {
+            if let Some(n) = count(c.completion_tokens)
+                .or_else(|| count(c.output_tokens))
+                .or_else(|| count(c.candidates_token_count))
+            {
                 self.output_tokens = n;
             }
         }
     }
+}
+
+/// `raw` parsed as `T` if it is a JSON object (an array would otherwise
+/// fill a struct's fields by position).
+fn parse_object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Option<T> {
+    let text = raw.get();
+    if !text.starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
+/// A token count: a JSON integer from 0 to `u64::MAX` (anything else, a
+/// float or a string included, is not a count).
+fn count(raw: Option<&RawValue>) -> Option<u64> {
+    raw?.get().parse().ok()
 }
 
 enum Mode {
@@ -179,9 +180,7 @@ impl UsageParser {
                 buf,
                 overflow: false,
             } => {
-                if let Some(f) = usage_fields(buf) {
-                    self.usage.apply(f);
-                }
+                usage_of(buf, &mut self.usage);
             }
             Mode::Sse { line } if !line.is_empty() => {
                 let line = std::mem::take(line);
@@ -203,32 +202,56 @@ fn sse_line(line: &[u8], usage: &mut Usage) {
     if data.first() != Some(&b'{') {
         return;
     }
-    if let Some(f) = usage_fields(data) {
-        usage.apply(f);
-    }
+    usage_of(data, usage);
 }
 
-/// The top-level fields [`Usage::apply`] reads, and nothing else.
-#[derive(serde::Deserialize)]
-struct UsageFields {
-    model: Option<Value>,
-    #[serde(rename = "modelVersion")]
-    model_version: Option<Value>,
-    usage: Option<Value>,
-    #[serde(rename = "usageMetadata")]
-    usage_metadata: Option<Value>,
-    message: Option<Value>,
+/// The top-level fields [`Usage::apply`] reads, and nothing else: each
+/// is kept as the raw JSON text it was (borrowed, not allocated) and read
+/// only if needed; everything else — the generated text in `choices`,
+/// `content`, `candidates` — is skipped by the parser. Building trees of
+/// `Value`s here was ~7 % of a proxied request's instructions
+/// (docs/PERFORMANCE.md).
+#[derive(Deserialize)]
+struct UsageFields<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, rename = "modelVersion")]
+    model_version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, rename = "usageMetadata")]
+    usage_metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
 }
 
-/// Parses a JSON object keeping only the fields usage is read from: the
-/// generated text (`choices`, `content`, `candidates`) is skipped by the
-/// parser instead of being built into a tree, which was most of the tap's
-/// cost per response (profile in docs/PERFORMANCE.md).
-fn usage_fields(json: &[u8]) -> Option<UsageFields> {
+/// The counts inside `usage` (OpenAI and compatibles, Anthropic) or
+/// `usageMetadata` (Gemini).
+#[derive(Deserialize)]
+struct TokenCounts<'a> {
+    #[serde(borrow)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    output_tokens: Option<&'a RawValue>,
+    #[serde(borrow, rename = "promptTokenCount")]
+    prompt_token_count: Option<&'a RawValue>,
+    #[serde(borrow, rename = "candidatesTokenCount")]
+    candidates_token_count: Option<&'a RawValue>,
+}
+
+/// Takes the usage fields of one JSON object into `usage` (nothing if
+/// `json` is not an object).
+fn usage_of(json: &[u8], usage: &mut Usage) {
     if json.trim_ascii_start().first() != Some(&b'{') {
-        return None;
+        return;
     }
-    serde_json::from_slice(json).ok()
+    if let Ok(f) = serde_json::from_slice::<UsageFields<'_>>(json) {
+        usage.apply(&f);
+    }
 }
 
 /// The totals' key: one row of `usage_daily` per UTC day, API key,
@@ -626,6 +649,46 @@ mod tests {
                 usage("claude-haiku-4-5", 25, 15)
             );
         }
+    }
+
+    #[test]
+    fn odd_values_are_skipped_and_the_rest_still_counts() {
+        let json = |body: &str| parse("application/json", body, 5);
+        // A model that is not a string: no model, the counts still count.
+        assert_eq!(
+            json(r#"{"model":7,"usage":{"prompt_tokens":3,"completion_tokens":4}}"#),
+            Usage {
+                model: None,
+                input_tokens: 3,
+                output_tokens: 4
+            }
+        );
+        // Escapes in the model name are decoded, NULs replaced.
+        assert_eq!(
+            json(r#"{"model":"a\u0000b\"c","usage":{"input_tokens":1,"output_tokens":2}}"#),
+            usage("a?b\"c", 1, 2)
+        );
+        // Counts that are not non-negative integers are not counts.
+        for bad in ["1.5", "-1", "\"12\"", "1e3", "null", "18446744073709551616"] {
+            let body = format!(
+                r#"{{"model":"m","usage":{{"prompt_tokens":{bad},"completion_tokens":2}}}}"#
+            );
+            assert_eq!(json(&body), usage("m", 0, 2), "{bad}");
+        }
+        // `usage` as an array or a number is not read by position.
+        assert_eq!(json(r#"{"model":"m","usage":[5,6]}"#), usage("m", 0, 0));
+        assert_eq!(json(r#"{"model":"m","usage":5}"#), usage("m", 0, 0));
+        // Not JSON, or not an object: nothing, and no panic.
+        assert_eq!(json(r#"[{"usage":{"prompt_tokens":1}}]"#), Usage::default());
+        assert_eq!(json(r#"{"usage":{"prompt_tokens":1}"#), Usage::default());
+        // The message of Anthropic's `message_start` is read one level
+        // deep; a message nested in it is not.
+        assert_eq!(
+            json(
+                r#"{"message":{"model":"c","usage":{"input_tokens":9},"message":{"usage":{"input_tokens":99}}}}"#
+            ),
+            usage("c", 9, 0)
+        );
     }
 
     #[test]
