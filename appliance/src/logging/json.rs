@@ -146,7 +146,18 @@ impl Fields<'_> {
             self.buf.push(b',');
         }
         self.first = false;
-        string(self.buf, field.name());
+        let name = field.name();
+        // Field names are almost always identifiers: no escaping to do.
+        if name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(name.as_bytes());
+            self.buf.push(b'"');
+        } else {
+            string(self.buf, name);
+        }
         self.buf.push(b':');
     }
 
@@ -414,6 +425,11 @@ mod tests {
         assert_eq!(got[0]["fields"]["controls"], every_control.as_str());
         assert_eq!(got[0]["fields"]["message"], evil);
         assert_eq!(got[0]["level"], "INFO");
+        // Field names that are not identifiers are escaped too.
+        let got = lines(|| tracing::info!("a\"b\nc" = 1, "guid:x-id" = 2, "m"));
+        assert_eq!(got.len(), 1, "one event, one line");
+        assert_eq!(got[0]["fields"]["a\"b\nc"], 1);
+        assert_eq!(got[0]["fields"]["guid:x-id"], 2);
     }
 
     #[test]

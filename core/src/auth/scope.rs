@@ -178,9 +178,17 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// `proxy:<provider>`, checking the name.
+    /// `proxy:<provider>`, checking the name. Built directly when the
+    /// name is valid (every proxied request needs this scope); the same
+    /// result, error included, as parsing `proxy:<provider>`.
     pub fn proxy(provider: &str) -> Result<Self, ScopeError> {
-        format!("proxy:{provider}").parse()
+        match provider {
+            "*" => Ok(Scope::Proxy(Target::Any)),
+            _ => match ProviderName::new(provider) {
+                Ok(name) => Ok(Scope::Proxy(Target::Only(name))),
+                Err(_) => format!("proxy:{provider}").parse(),
+            },
+        }
     }
 
     /// `agent:<name>`, checking the name.
@@ -935,5 +943,28 @@ mod tests {
         }
         assert!("Admin".parse::<Role>().is_err());
         assert!(serde_json::from_str::<Role>("\"owner\"").is_err());
+    }
+    #[test]
+    fn proxy_scopes_built_directly_match_parsed_ones() {
+        let long = "a".repeat(65);
+        for name in [
+            "openai",
+            "*",
+            "",
+            "Open",
+            "a.b_c-d",
+            "-x",
+            "x y",
+            "a:b",
+            "proxy:x",
+            long.as_str(),
+            "é",
+        ] {
+            assert_eq!(
+                Scope::proxy(name),
+                format!("proxy:{name}").parse::<Scope>(),
+                "{name:?}"
+            );
+        }
     }
 }

@@ -103,9 +103,23 @@ async fn proxy(state: Arc<AppState>, req: Request<Body>) -> Response {
     // below logs per request at info, and a span's fields would be
     // formatted again for every event).
     if resp.status().is_server_error() {
-        tracing::warn!(%method, route = PROXY_ROUTE, request_id = %id, status, latency_ms, "request finished");
+        tracing::warn!(
+            method = method.as_str(),
+            route = PROXY_ROUTE,
+            request_id = id.as_str(),
+            status,
+            latency_ms,
+            "request finished"
+        );
     } else {
-        tracing::info!(%method, route = PROXY_ROUTE, request_id = %id, status, latency_ms, "request finished");
+        tracing::info!(
+            method = method.as_str(),
+            route = PROXY_ROUTE,
+            request_id = id.as_str(),
+            status,
+            latency_ms,
+            "request finished"
+        );
     }
     state
         .metrics

@@ -276,7 +276,15 @@ async fn forward(
         HeaderValue::from_static("identity"),
     );
     if let (Injection::Header { name, format }, Some(s)) = (&p.injection, &secret) {
-        let value = Zeroizing::new(format.replace("{secret}", s.expose_secret()));
+        // `{secret}` is in the format exactly once (checked at start).
+        let (before, after) = format.split_once("{secret}").unwrap_or((format, ""));
+        let secret = s.expose_secret();
+        let mut value = Zeroizing::new(String::with_capacity(
+            before.len() + secret.len() + after.len(),
+        ));
+        value.push_str(before);
+        value.push_str(secret);
+        value.push_str(after);
         let mut v = HeaderValue::from_str(&value).map_err(|_| {
             ApiError::Internal(format!(
                 "the credential of provider `{}` is not a valid header value",
