@@ -22,11 +22,11 @@
 //! counts when its response ends (or the client leaves), so one started
 //! under a budget may take the key past it; the next one is refused.
 
+use super::json_scan;
 use crate::store::{Store, StoreError};
 use latchkey_migrations::v3::USAGE_DAILY;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -49,7 +49,7 @@ impl Usage {
     /// counts are cumulative). Anthropic's `message_start` nests the
     /// message (one level; deeper nesting is not a format we read).
     fn apply(&mut self, f: &UsageFields<'_>) {
-        if let Some(m) = f.message.and_then(parse_object::<UsageFields<'_>>)
+        if let Some(m) = f.message.and_then(UsageFields::of)
             && m.usage.is_some()
         {
             self.apply_own(&m);
@@ -59,10 +59,7 @@ impl Usage {
 
     fn apply_own(&mut self, f: &UsageFields<'_>) {
         if self.model.is_none()
-            && let Some(m) = f
-                .model
-                .or(f.model_version)
-                .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
+            && let Some(m) = f.model.or(f.model_version).and_then(json_scan::string)
         {
             self.model = Some(
                 m.chars()
@@ -71,41 +68,19 @@ impl Usage {
                     .collect(),
             );
         }
-        let counts = [f.usage, f.usage_metadata]
+        for c in [f.usage, f.usage_metadata]
             .into_iter()
             .flatten()
-            .filter_map(parse_object::<TokenCounts<'_>>);
-        for c in counts {
-            if let Some(n) = count(c.prompt_tokens)
-                .or_else(|| count(c.input_tokens))
-                .or_else(|| count(c.prompt_token_count))
-            {
+            .filter_map(TokenCounts::of)
+        {
+            if let Some(n) = c.input {
                 self.input_tokens = n;
             }
-            if let Some(n) = count(c.completion_tokens)
-                .or_else(|| count(c.output_tokens))
-                .or_else(|| count(c.candidates_token_count))
-            {
+            if let Some(n) = c.output {
                 self.output_tokens = n;
             }
         }
     }
-}
-
-/// `raw` parsed as `T` if it is a JSON object (an array would otherwise
-/// fill a struct's fields by position).
-fn parse_object<'a, T: Deserialize<'a>>(raw: &'a RawValue) -> Option<T> {
-    let text = raw.get();
-    if !text.starts_with('{') {
-        return None;
-    }
-    serde_json::from_str(text).ok()
-}
-
-/// A token count: a JSON integer from 0 to `u64::MAX` (anything else, a
-/// float or a string included, is not a count).
-fn count(raw: Option<&RawValue>) -> Option<u64> {
-    raw?.get().parse().ok()
 }
 
 enum Mode {
@@ -205,51 +180,77 @@ fn sse_line(line: &[u8], usage: &mut Usage) {
     usage_of(data, usage);
 }
 
-/// The top-level fields [`Usage::apply`] reads, and nothing else: each
-/// is kept as the raw JSON text it was (borrowed, not allocated) and read
-/// only if needed; everything else — the generated text in `choices`,
-/// `content`, `candidates` — is skipped by the parser. Building trees of
-/// `Value`s here was ~7 % of a proxied request's instructions
-/// (docs/PERFORMANCE.md).
-#[derive(Deserialize)]
+/// The top-level fields [`Usage::apply`] reads, each as the exact JSON
+/// text of its value (`null` counts as absent); everything else — the
+/// generated text in `choices`, `content`, `candidates` — is skipped by
+/// [`json_scan`] without being parsed.
+#[derive(Default)]
 struct UsageFields<'a> {
-    #[serde(borrow)]
-    model: Option<&'a RawValue>,
-    #[serde(borrow, rename = "modelVersion")]
-    model_version: Option<&'a RawValue>,
-    #[serde(borrow)]
-    usage: Option<&'a RawValue>,
-    #[serde(borrow, rename = "usageMetadata")]
-    usage_metadata: Option<&'a RawValue>,
-    #[serde(borrow)]
-    message: Option<&'a RawValue>,
+    model: Option<&'a [u8]>,
+    model_version: Option<&'a [u8]>,
+    usage: Option<&'a [u8]>,
+    usage_metadata: Option<&'a [u8]>,
+    message: Option<&'a [u8]>,
 }
 
-/// The counts inside `usage` (OpenAI and compatibles, Anthropic) or
-/// `usageMetadata` (Gemini).
-#[derive(Deserialize)]
-struct TokenCounts<'a> {
-    #[serde(borrow)]
-    prompt_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
-    completion_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
-    input_tokens: Option<&'a RawValue>,
-    #[serde(borrow)]
-    output_tokens: Option<&'a RawValue>,
-    #[serde(borrow, rename = "promptTokenCount")]
-    prompt_token_count: Option<&'a RawValue>,
-    #[serde(borrow, rename = "candidatesTokenCount")]
-    candidates_token_count: Option<&'a RawValue>,
+impl<'a> UsageFields<'a> {
+    /// The fields of the object `json`; `None` if it is not one.
+    fn of(json: &'a [u8]) -> Option<Self> {
+        let mut f = UsageFields::default();
+        let object = json_scan::members(json, |key, value| {
+            let slot = match key {
+                b"model" => &mut f.model,
+                b"modelVersion" => &mut f.model_version,
+                b"usage" => &mut f.usage,
+                b"usageMetadata" => &mut f.usage_metadata,
+                b"message" => &mut f.message,
+                _ => return,
+            };
+            *slot = (value != b"null").then_some(value);
+        });
+        object.then_some(f)
+    }
+}
+
+/// The counts inside `usage` (OpenAI and compatibles: `prompt_tokens`,
+/// `completion_tokens`; Anthropic: `input_tokens`, `output_tokens`) or
+/// `usageMetadata` (Gemini: `promptTokenCount`, `candidatesTokenCount`).
+/// A value that is not a plain non-negative integer is not a count.
+struct TokenCounts {
+    input: Option<u64>,
+    output: Option<u64>,
+}
+
+impl TokenCounts {
+    /// The counts in the object `json`; `None` if it is not one.
+    fn of(json: &[u8]) -> Option<Self> {
+        // [prompt_tokens, input_tokens, promptTokenCount] and the same for
+        // output: the first present one counts.
+        let mut input = [None; 3];
+        let mut output = [None; 3];
+        let object = json_scan::members(json, |key, value| {
+            let slot = match key {
+                b"prompt_tokens" => &mut input[0],
+                b"input_tokens" => &mut input[1],
+                b"promptTokenCount" => &mut input[2],
+                b"completion_tokens" => &mut output[0],
+                b"output_tokens" => &mut output[1],
+                b"candidatesTokenCount" => &mut output[2],
+                _ => return,
+            };
+            *slot = json_scan::count(value);
+        });
+        object.then(|| TokenCounts {
+            input: input.into_iter().flatten().next(),
+            output: output.into_iter().flatten().next(),
+        })
+    }
 }
 
 /// Takes the usage fields of one JSON object into `usage` (nothing if
 /// `json` is not an object).
 fn usage_of(json: &[u8], usage: &mut Usage) {
-    if json.trim_ascii_start().first() != Some(&b'{') {
-        return;
-    }
-    if let Ok(f) = serde_json::from_slice::<UsageFields<'_>>(json) {
+    if let Some(f) = UsageFields::of(json) {
         usage.apply(&f);
     }
 }
@@ -688,6 +689,196 @@ mod tests {
                 r#"{"message":{"model":"c","usage":{"input_tokens":9},"message":{"usage":{"input_tokens":99}}}}"#
             ),
             usage("c", 9, 0)
+        );
+    }
+
+    /// What [`usage_of`] must find, read the slow way: a whole
+    /// `serde_json::Value` tree (the implementation before the scanner).
+    fn reference(json: &str) -> Usage {
+        use serde_json::{Map, Value};
+        fn present<'v>(o: &'v Map<String, Value>, k: &str) -> Option<&'v Value> {
+            o.get(k).filter(|v| !v.is_null())
+        }
+        fn own(u: &mut Usage, o: &Map<String, Value>) {
+            if u.model.is_none()
+                && let Some(m) = present(o, "model")
+                    .or_else(|| present(o, "modelVersion"))
+                    .and_then(Value::as_str)
+            {
+                u.model = Some(
+                    m.chars()
+                        .take(128)
+                        .map(|c| if c == '\0' { '?' } else { c })
+                        .collect(),
+                );
+            }
+            for c in ["usage", "usageMetadata"]
+                .into_iter()
+                .filter_map(|k| present(o, k)?.as_object())
+            {
+                let first = |ks: [&str; 3]| ks.into_iter().find_map(|k| c.get(k)?.as_u64());
+                if let Some(n) = first(["prompt_tokens", "input_tokens", "promptTokenCount"]) {
+                    u.input_tokens = n;
+                }
+                if let Some(n) =
+                    first(["completion_tokens", "output_tokens", "candidatesTokenCount"])
+                {
+                    u.output_tokens = n;
+                }
+            }
+        }
+        let mut u = Usage::default();
+        if let Ok(Value::Object(top)) = serde_json::from_str::<Value>(json) {
+            if let Some(m) = present(&top, "message").and_then(Value::as_object)
+                && present(m, "usage").is_some()
+            {
+                own(&mut u, m);
+            }
+            own(&mut u, &top);
+        }
+        u
+    }
+
+    /// Random JSON made of the names usage is read from, look-alikes in
+    /// strings, and every kind of value.
+    fn random_value(rng: &mut u64, depth: u32) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        fn next(rng: &mut u64, n: u64) -> u64 {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng % n
+        }
+        const KEYS: [&str; 16] = [
+            "model",
+            "modelVersion",
+            "usage",
+            "usageMetadata",
+            "message",
+            "prompt_tokens",
+            "completion_tokens",
+            "input_tokens",
+            "output_tokens",
+            "promptTokenCount",
+            "candidatesTokenCount",
+            "choices",
+            "content",
+            "x\"}y",
+            "\\",
+            "{\"usage\":1}",
+        ];
+        const TEXTS: [&str; 8] = [
+            "gpt-4o",
+            "\",\"usage\":{\"prompt_tokens\":999}}",
+            "}]",
+            "\\",
+            "é\u{0}\n\t",
+            "\u{1}\u{1f}",
+            "[{",
+            "\"",
+        ];
+        let kind = if depth >= 4 {
+            next(rng, 6)
+        } else {
+            next(rng, 9)
+        };
+        match kind {
+            0 => Value::Null,
+            1 => json!(next(rng, 2) == 0),
+            2 => json!(next(rng, 1_000_000)),
+            3 => json!(u64::MAX - next(rng, 2)),
+            4 => json!(next(rng, 1000) as f64 / 7.0),
+            5 => json!(TEXTS[next(rng, 8) as usize]),
+            6 => json!(-(next(rng, 100) as i64) - 1),
+            7 => Value::Array(
+                (0..next(rng, 4))
+                    .map(|_| random_value(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => {
+                let mut m = Map::new();
+                for _ in 0..next(rng, 7) {
+                    let k = KEYS[next(rng, 16) as usize].to_string();
+                    m.insert(k, random_value(rng, depth + 1));
+                }
+                Value::Object(m)
+            }
+        }
+    }
+
+    #[test]
+    fn the_scanner_agrees_with_a_full_parse() {
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut with_usage = 0;
+        for i in 0..20_000 {
+            let mut v = random_value(&mut rng, 0);
+            if !v.is_object() {
+                v = serde_json::json!({ "usage": v, "model": "m" });
+            }
+            // Mostly well-formed counts where usage is read from, so the
+            // comparison is about reading them, not only about skipping.
+            if let Some(top) = v.as_object_mut() {
+                let counts = |rng: &mut u64| {
+                    let mut m = serde_json::Map::new();
+                    for k in [
+                        "prompt_tokens",
+                        "completion_tokens",
+                        "input_tokens",
+                        "output_tokens",
+                        "promptTokenCount",
+                        "candidatesTokenCount",
+                        "total_tokens",
+                    ] {
+                        match random_value(rng, 3) {
+                            serde_json::Value::Null => {}
+                            serde_json::Value::Bool(true) => {
+                                m.insert(k.into(), serde_json::json!(*rng % 5000));
+                            }
+                            other if (*rng).is_multiple_of(3) => {
+                                m.insert(k.into(), other);
+                            }
+                            _ => {
+                                m.insert(k.into(), serde_json::json!(*rng % 100_000));
+                            }
+                        }
+                    }
+                    serde_json::Value::Object(m)
+                };
+                for (k, every) in [("usage", 2), ("usageMetadata", 4)] {
+                    if rng.is_multiple_of(every) {
+                        top.insert(k.into(), counts(&mut rng));
+                    }
+                }
+                if rng % 4 == 1 {
+                    let mut message = serde_json::Map::new();
+                    message.insert("usage".into(), counts(&mut rng));
+                    message.insert("model".into(), random_value(&mut rng, 3));
+                    top.insert("message".into(), serde_json::Value::Object(message));
+                }
+            }
+            let text = if i % 2 == 0 {
+                serde_json::to_string(&v)
+            } else {
+                serde_json::to_string_pretty(&v)
+            }
+            .expect("serialize");
+            let mut got = Usage::default();
+            usage_of(text.as_bytes(), &mut got);
+            assert_eq!(got, reference(&text), "{text}");
+            if got.input_tokens > 0 || got.output_tokens > 0 {
+                with_usage += 1;
+            }
+            // Every proper prefix of an object is broken: nothing counts.
+            let cut = text.len() * (i % 7 + 1) / 8;
+            if let Some(prefix) = text.get(..cut) {
+                let mut none = Usage::default();
+                usage_of(prefix.as_bytes(), &mut none);
+                assert_eq!(none, Usage::default(), "{prefix}");
+            }
+        }
+        assert!(
+            with_usage > 500,
+            "the generator exercises counts ({with_usage})"
         );
     }
 
