@@ -108,6 +108,12 @@ impl<'a> Cursor<'a> {
         self.eat(b'"')?;
         let start = self.i;
         loop {
+            // Tight scan to the next byte that matters.
+            let rest = self.b.get(self.i..)?;
+            let at = rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            self.i += at;
             match self.next()? {
                 b'"' => return Some(&self.b[start..self.i - 1]),
                 // Whatever follows a backslash is part of the escape
@@ -115,8 +121,7 @@ impl<'a> Cursor<'a> {
                 b'\\' => {
                     self.next()?;
                 }
-                c if c < 0x20 => return None,
-                _ => {}
+                _ => return None,
             }
         }
     }
@@ -154,6 +159,12 @@ impl<'a> Cursor<'a> {
         let mut kinds: u128 = 0;
         let mut depth: u32 = 0;
         loop {
+            let rest = self.b.get(self.i..)?;
+            let at = rest.iter().position(|&c| {
+                matches!(c, b'"' | b'{' | b'}' | b'[' | b']')
+                    || (c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r'))
+            })?;
+            self.i += at;
             match self.peek()? {
                 b'"' => {
                     self.string()?;
@@ -177,8 +188,7 @@ impl<'a> Cursor<'a> {
                         return Some(());
                     }
                 }
-                c if c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r') => return None,
-                _ => {}
+                _ => return None,
             }
             self.i += 1;
         }
