@@ -11,8 +11,10 @@
 //! a model name by `serde_json` when it holds escapes).
 //!
 //! It checks structure — quotes, brackets, colons, commas, nesting depth,
-//! control characters in strings — but not the spelling of scalars: `tru`
-//! passes as a skipped value where a full parser would refuse the body.
+//! control characters outside strings — but not the spelling of scalars
+//! (`tru` passes as a skipped value) nor what is inside a string (a raw
+//! control character there passes) where a full parser would refuse the
+//! body.
 //! A response that broken has no usage worth trusting either way, and the
 //! upstream decides what it reports as usage regardless.
 
@@ -108,20 +110,17 @@ impl<'a> Cursor<'a> {
         self.eat(b'"')?;
         let start = self.i;
         loop {
-            // Tight scan to the next byte that matters.
-            let rest = self.b.get(self.i..)?;
-            let at = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            // Most of a response's bytes are inside strings (the generated
+            // text): jump to the next quote or backslash (memchr, SIMD).
+            let at = memchr::memchr2(b'"', b'\\', self.b.get(self.i..)?)?;
             self.i += at;
             match self.next()? {
                 b'"' => return Some(&self.b[start..self.i - 1]),
                 // Whatever follows a backslash is part of the escape
                 // (`\"` included), never the end of the string.
-                b'\\' => {
+                _ => {
                     self.next()?;
                 }
-                _ => return None,
             }
         }
     }
@@ -267,7 +266,6 @@ mod tests {
             "{\"a\":[1,2}",
             "{\"a\":{\"b\":1]}",
             "{\"a\":\"unterminated}",
-            "{\"a\":\"tab\tinside\"}",
             "{\"a\":\"x\\",
             "{a:1}",
             "{\"a\":1:2}",
