@@ -178,27 +178,20 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// `proxy:<provider>`, checking the name. Built directly when the
-    /// name is valid (every proxied request needs this scope); the same
-    /// result, error included, as parsing `proxy:<provider>`.
+    /// `proxy:<provider>`, checking the name (what parsing
+    /// `proxy:<provider>` gives, without building that text).
     pub fn proxy(provider: &str) -> Result<Self, ScopeError> {
-        match provider {
-            "*" => Ok(Scope::Proxy(Target::Any)),
-            _ => match ProviderName::new(provider) {
-                Ok(name) => Ok(Scope::Proxy(Target::Only(name))),
-                Err(_) => format!("proxy:{provider}").parse(),
-            },
-        }
+        named("proxy:", provider, ProviderName::new).map(Scope::Proxy)
     }
 
     /// `agent:<name>`, checking the name.
     pub fn agent(name: &str) -> Result<Self, ScopeError> {
-        format!("agent:{name}").parse()
+        named("agent:", name, AgentName::new).map(Scope::Agent)
     }
 
     /// `vault:read:<entry>`, checking the name.
     pub fn vault_read(entry: &str) -> Result<Self, ScopeError> {
-        format!("vault:read:{entry}").parse()
+        named("vault:read:", entry, EntryName::new).map(Scope::VaultRead)
     }
 
     /// Whether holding `self` allows an action that needs `needed`.
@@ -237,6 +230,38 @@ impl fmt::Display for Scope {
     }
 }
 
+/// `<prefix><name>` as a scope's target, with the checks parsing that
+/// text applies (its length first).
+fn named<T>(
+    prefix: &str,
+    name: &str,
+    check: fn(&str) -> Result<T, String>,
+) -> Result<Target<T>, ScopeError> {
+    if prefix.len() + name.len() > MAX_SCOPE_LEN {
+        return Err(ScopeError::TooLong);
+    }
+    target(prefix, name, check)
+}
+
+/// The target `name` of a scope starting `prefix`: `*` or a checked name.
+/// The scope's text is built only for an error.
+fn target<T>(
+    prefix: &str,
+    name: &str,
+    check: fn(&str) -> Result<T, String>,
+) -> Result<Target<T>, ScopeError> {
+    match name {
+        "" => Err(ScopeError::MissingName(prefix.to_owned())),
+        "*" => Ok(Target::Any),
+        _ => check(name)
+            .map(Target::Only)
+            .map_err(|reason| ScopeError::InvalidName {
+                scope: format!("{prefix}{name}"),
+                reason,
+            }),
+    }
+}
+
 impl FromStr for Scope {
     type Err = ScopeError;
 
@@ -247,22 +272,6 @@ impl FromStr for Scope {
         if s.len() > MAX_SCOPE_LEN {
             return Err(ScopeError::TooLong);
         }
-        fn target<T>(
-            scope: &str,
-            name: &str,
-            check: fn(&str) -> Result<T, String>,
-        ) -> Result<Target<T>, ScopeError> {
-            match name {
-                "" => Err(ScopeError::MissingName(scope.to_owned())),
-                "*" => Ok(Target::Any),
-                _ => check(name)
-                    .map(Target::Only)
-                    .map_err(|reason| ScopeError::InvalidName {
-                        scope: scope.to_owned(),
-                        reason,
-                    }),
-            }
-        }
         match s {
             "admin" => return Ok(Scope::Admin),
             "keys:manage" => return Ok(Scope::KeysManage),
@@ -270,15 +279,15 @@ impl FromStr for Scope {
             _ => {}
         }
         if let Some(name) = s.strip_prefix("proxy:") {
-            target(s, name, ProviderName::new).map(Scope::Proxy)
+            target("proxy:", name, ProviderName::new).map(Scope::Proxy)
         } else if let Some(name) = s.strip_prefix("connections:") {
-            target(s, name, ProviderName::new).map(Scope::Connections)
+            target("connections:", name, ProviderName::new).map(Scope::Connections)
         } else if let Some(name) = s.strip_prefix("agent:") {
-            target(s, name, AgentName::new).map(Scope::Agent)
+            target("agent:", name, AgentName::new).map(Scope::Agent)
         } else if let Some(name) = s.strip_prefix("vault:read:") {
-            target(s, name, EntryName::new).map(Scope::VaultRead)
+            target("vault:read:", name, EntryName::new).map(Scope::VaultRead)
         } else if let Some(name) = s.strip_prefix("vault:write:") {
-            target(s, name, EntryName::new).map(Scope::VaultWrite)
+            target("vault:write:", name, EntryName::new).map(Scope::VaultWrite)
         } else {
             Err(ScopeError::Unknown(s.to_owned()))
         }
@@ -945,8 +954,9 @@ mod tests {
         assert!(serde_json::from_str::<Role>("\"owner\"").is_err());
     }
     #[test]
-    fn proxy_scopes_built_directly_match_parsed_ones() {
+    fn scopes_built_directly_match_parsed_ones() {
         let long = "a".repeat(65);
+        let longer = "a".repeat(200);
         for name in [
             "openai",
             "*",
@@ -958,8 +968,19 @@ mod tests {
             "a:b",
             "proxy:x",
             long.as_str(),
+            longer.as_str(),
             "é",
         ] {
+            assert_eq!(
+                Scope::agent(name),
+                format!("agent:{name}").parse::<Scope>(),
+                "{name:?}"
+            );
+            assert_eq!(
+                Scope::vault_read(name),
+                format!("vault:read:{name}").parse::<Scope>(),
+                "{name:?}"
+            );
             assert_eq!(
                 Scope::proxy(name),
                 format!("proxy:{name}").parse::<Scope>(),

@@ -102,24 +102,24 @@ async fn proxy(state: Arc<AppState>, req: Request<Body>) -> Response {
     // One event with the request's facts as fields (no span: nothing
     // below logs per request at info, and a span's fields would be
     // formatted again for every event).
+    // The level must be known where the event is declared: one macro,
+    // two call sites.
+    macro_rules! finished {
+        ($level:ident) => {
+            tracing::$level!(
+                method = method.as_str(),
+                route = PROXY_ROUTE,
+                request_id = id.as_str(),
+                status,
+                latency_ms,
+                "request finished"
+            )
+        };
+    }
     if resp.status().is_server_error() {
-        tracing::warn!(
-            method = method.as_str(),
-            route = PROXY_ROUTE,
-            request_id = id.as_str(),
-            status,
-            latency_ms,
-            "request finished"
-        );
+        finished!(warn);
     } else {
-        tracing::info!(
-            method = method.as_str(),
-            route = PROXY_ROUTE,
-            request_id = id.as_str(),
-            status,
-            latency_ms,
-            "request finished"
-        );
+        finished!(info);
     }
     state
         .metrics

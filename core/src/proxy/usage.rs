@@ -739,6 +739,27 @@ mod tests {
         u
     }
 
+    /// Names the generator uses for keys: those usage is read from
+    /// (`[5..11]` are the counts), others, and look-alikes.
+    const KEYS: [&str; 16] = [
+        "model",
+        "modelVersion",
+        "usage",
+        "usageMetadata",
+        "message",
+        "prompt_tokens",
+        "completion_tokens",
+        "input_tokens",
+        "output_tokens",
+        "promptTokenCount",
+        "candidatesTokenCount",
+        "choices",
+        "content",
+        "x\"}y",
+        "\\",
+        "{\"usage\":1}",
+    ];
+
     /// Random JSON made of the names usage is read from, look-alikes in
     /// strings, and every kind of value.
     fn random_value(rng: &mut u64, depth: u32) -> serde_json::Value {
@@ -749,24 +770,6 @@ mod tests {
             *rng ^= *rng << 17;
             *rng % n
         }
-        const KEYS: [&str; 16] = [
-            "model",
-            "modelVersion",
-            "usage",
-            "usageMetadata",
-            "message",
-            "prompt_tokens",
-            "completion_tokens",
-            "input_tokens",
-            "output_tokens",
-            "promptTokenCount",
-            "candidatesTokenCount",
-            "choices",
-            "content",
-            "x\"}y",
-            "\\",
-            "{\"usage\":1}",
-        ];
         const TEXTS: [&str; 8] = [
             "gpt-4o",
             "\",\"usage\":{\"prompt_tokens\":999}}",
@@ -820,15 +823,7 @@ mod tests {
             if let Some(top) = v.as_object_mut() {
                 let counts = |rng: &mut u64| {
                     let mut m = serde_json::Map::new();
-                    for k in [
-                        "prompt_tokens",
-                        "completion_tokens",
-                        "input_tokens",
-                        "output_tokens",
-                        "promptTokenCount",
-                        "candidatesTokenCount",
-                        "total_tokens",
-                    ] {
+                    for k in KEYS[5..11].iter().copied().chain(["total_tokens"]) {
                         match random_value(rng, 3) {
                             serde_json::Value::Null => {}
                             serde_json::Value::Bool(true) => {
