@@ -111,7 +111,7 @@ fn table() -> Vec<Row> {
             ["200", "200", "403", "200", "200", "200", "200", "403", "401"]),
         row("GET", "/api/connections", "/api/connections", None,
             ["200", "200", "403", "200", "200", "200", "200", "403", "401"]),
-        row("GET", "/api/connections/{provider}/start", "/api/connections/walk/start", None,
+        row("POST", "/api/connections/{provider}/start", "/api/connections/walk/start", None,
             ["404:unknown_provider", "404:unknown_provider", "403", "403:session_required",
              "403:session_required", "403", "403", "403", "401"]),
         row("GET", "/api/connections/{provider}/callback", "/api/connections/walk/callback?state=x&code=y", None,

@@ -466,7 +466,8 @@ fn callback_refuses_forged_replayed_foreign_and_unbound_state() {
     let mut ob = OAuthBrowser::new(b, "alice");
     let auth = ob.start_ok(&s, idp, PROVIDER);
     let cb = ob.authorize(idp, &auth, Decision::Approve);
-    // Failed callbacks may clear the cookie; the genuine one gets it back.
+    // Callbacks that do not end this browser's flow leave its cookie
+    // alone (checked below); putting it back is then a no-op.
     let binding = ob
         .latchkey
         .get(BINDING_COOKIE)
@@ -484,7 +485,11 @@ fn callback_refuses_forged_replayed_foreign_and_unbound_state() {
     assert_eq!(r.status, 400, "no state: {}", r.body);
     nothing_stored(b);
     assert_eq!(idp.count("code_requests"), 0, "a code was exchanged");
-    ob.latchkey.set(BINDING_COOKIE, &binding);
+    assert_eq!(
+        ob.latchkey.get(BINDING_COOKIE),
+        Some(binding.as_str()),
+        "a stray callback cleared the binding cookie of a flow in progress"
+    );
 
     // Replayed state: the genuine callback works once, then never again
     // (even with the old binding cookie put back).
@@ -513,15 +518,18 @@ fn callback_refuses_forged_replayed_foreign_and_unbound_state() {
     assert_eq!(r.error_code(), "state_mismatch");
     nothing_stored(b);
     nothing_stored(&user);
-    // The state is spent even though the check failed: mallory cannot use it.
-    let r = mb.callback(&s, &cb, &[JSON]);
-    assert_eq!(r.status, 400, "spent state reused: {}", r.body);
-    nothing_stored(&user);
+    // The foreign callback did not end the owner's own flow: its binding
+    // cookie is still there. (It no longer spends mallory's state either:
+    // a callback without a state's binding changes nothing — issue #19
+    // item 16; the code was issued for mallory's PKCE challenge, and only
+    // a browser holding mallory's binding could deliver it.)
+    assert!(ob.latchkey.get(BINDING_COOKIE).is_some(), "{:?}", r.headers);
     let codes = idp.count("code_requests");
     assert_eq!(codes, 1, "a foreign state led to a code exchange");
 
     // No binding cookie (another browser, or cookies blocked): refused,
-    // and the state is spent.
+    // and the flow is left alone — the browser that started it still
+    // completes it, once.
     let mut ob = OAuthBrowser::new(b, "alice");
     let auth = ob.start_ok(&s, idp, PROVIDER);
     let cb = ob.authorize(idp, &auth, Decision::Approve);
@@ -534,10 +542,17 @@ fn callback_refuses_forged_replayed_foreign_and_unbound_state() {
     let r = ob.callback(&s, &cb, &[JSON]);
     assert_eq!(r.status, 400, "no binding cookie: {}", r.body);
     assert_eq!(r.error_code(), "state_mismatch");
+    assert_eq!(idp.count("code_requests"), codes, "{}", idp.stats());
     ob.latchkey.set(BINDING_COOKIE, &binding);
     let r = ob.callback(&s, &cb, &[JSON]);
-    assert_eq!(r.status, 400, "state reused after a failure: {}", r.body);
+    assert_eq!(r.status, 200, "the flow's own browser after a stray hit: {}", r.body);
+    let r = ob.callback(&s, &cb, &[JSON]);
+    assert_eq!(r.status, 400, "state reused: {}", r.body);
     assert_eq!(r.error_code(), "invalid_state");
+    let r = b.call("DELETE", &format!("/api/connections/{PROVIDER}"), None);
+    assert!(r.status == 200 || r.status == 204, "{}", r.body);
+    nothing_stored(b);
+    let codes = codes + 1;
     // A wrong binding cookie value is no better.
     let mut ob = OAuthBrowser::new(b, "alice");
     let auth = ob.start_ok(&s, idp, PROVIDER);
@@ -708,7 +723,7 @@ fn broker_needs_the_scope_and_never_serves_another_users_connection() {
     // Keys may not start flows.
     let r = s.bearer(
         &good,
-        "GET",
+        "POST",
         &format!("/api/connections/{PROVIDER}/start"),
         None,
     );
@@ -813,7 +828,7 @@ fn an_admin_sets_the_client_over_the_api_and_the_flow_uses_it() {
         assert!(provider_as(&user).get("client_id").is_none());
         // Until a client id exists, connecting says so.
         let r = b.call_with(
-            "GET",
+            "POST",
             &format!("/api/connections/{PROVIDER}/start"),
             &[JSON],
             None,

@@ -539,12 +539,13 @@ impl OAuthBrowser {
 
     /// A same-site request to Latchkey (all cookies sent).
     pub fn latchkey_get(&mut self, s: &Server, path: &str, headers: &[&str]) -> Resp {
-        self.latchkey_request(s, path, headers, &[])
+        self.latchkey_request(s, "GET", path, headers, &[])
     }
 
     fn latchkey_request(
         &mut self,
         s: &Server,
+        method: &str,
         path: &str,
         headers: &[&str],
         except: &[&str],
@@ -554,24 +555,34 @@ impl OAuthBrowser {
         if let Some(c) = &cookie {
             h.push(c);
         }
-        let r = s.request("GET", path, &h, None);
+        let r = s.request(method, path, &h, None);
         self.latchkey.update(&r);
         r
     }
 
-    /// `GET /api/connections/<provider>/start` as a top-level navigation
-    /// from Latchkey's own page. Returns the response (303 with the
-    /// authorization URL in `Location` when it worked).
+    /// `POST /api/connections/<provider>/start` from Latchkey's own page
+    /// (same-origin `fetch`: `Origin` is Latchkey's). Returns the response
+    /// (200 `{"authorize_url"}` when it worked).
     pub fn start(&mut self, s: &Server, provider: &str) -> Resp {
-        self.latchkey_get(s, &format!("/api/connections/{provider}/start"), &[])
+        let origin = format!("Origin: https://localhost:{}", s.port);
+        self.latchkey_request(
+            s,
+            "POST",
+            &format!("/api/connections/{provider}/start"),
+            &[&origin],
+            &[],
+        )
     }
 
-    /// [`OAuthBrowser::start`], asserting a 303 to the provider; returns the
-    /// authorization URL.
+    /// [`OAuthBrowser::start`], asserting a 200 with the provider's URL;
+    /// returns the authorization URL.
     pub fn start_ok(&mut self, s: &Server, idp: &Idp, provider: &str) -> String {
         let r = self.start(s, provider);
-        assert_eq!(r.status, 303, "start: {} {:?}", r.body, r.headers);
-        let loc = r.header("location").expect("Location").to_string();
+        assert_eq!(r.status, 200, "start: {} {:?}", r.body, r.headers);
+        let loc = r.json()["authorize_url"]
+            .as_str()
+            .expect("authorize_url")
+            .to_string();
         assert!(
             loc.starts_with(&format!("{}/", idp.issuer)),
             "start redirects to {loc}, not to the provider"
@@ -649,7 +660,7 @@ impl OAuthBrowser {
     /// are extra request headers (e.g. `Accept: application/json`).
     pub fn callback(&mut self, s: &Server, callback_url: &str, headers: &[&str]) -> Resp {
         let path = latchkey_path(s, callback_url);
-        self.latchkey_request(s, &path, headers, &[SESSION_COOKIE])
+        self.latchkey_request(s, "GET", &path, headers, &[SESSION_COOKIE])
     }
 
     /// The whole flow, approving; returns Latchkey's answer to the callback.

@@ -60,11 +60,15 @@ run(async () => {
       }
       if (!target && n === 1) target = controls.first();
       if (!target) {
-        // Screen not ready: drive the flow through the API's start URL in
-        // the browser, and say so.
+        // Screen not ready: drive the flow through the API's start (a
+        // same-origin POST, as the screen does) in the browser, and say so.
         viaScreen = false;
-        log(`ui-step:   no "Connect" control for ${provider} on the Connections screen; using /api/connections/${provider}/start`);
-        await page.goto(`${BASE()}/api/connections/${provider}/start`);
+        log(`ui-step:   no "Connect" control for ${provider} on the Connections screen; using POST /api/connections/${provider}/start`);
+        const authorize = await page.evaluate(async (p) => {
+          const r = await fetch(`/api/connections/${encodeURIComponent(p)}/start`, { method: 'POST' });
+          return (await r.json()).authorize_url;
+        }, provider);
+        await page.goto(authorize);
       } else {
         await target.click();
       }

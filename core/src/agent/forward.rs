@@ -14,7 +14,9 @@ use crate::auth::scope::Scope;
 use crate::http::AppState;
 use crate::http::authn::{SESSION_COOKIE, client_ip};
 use crate::http::error::ApiError;
-use crate::proxy::headers::{check_path, is_hop_by_hop};
+use crate::proxy::headers::{
+    canonical_name, check_path, is_hop_by_hop, is_reserved_request_header,
+};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
@@ -24,6 +26,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -75,6 +78,9 @@ async fn forward(
     let websocket = wants_websocket(req.headers());
     // Taken before the parts are split off; `none` unless hyper offered one.
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    // Before the credential is checked: a revocation from now on reaches
+    // the WebSocket.
+    let revoked = websocket.then(|| state.auth.revocations.subscribe());
     let (parts, body) = req.into_parts();
     *body_out = Some(body);
 
@@ -196,7 +202,11 @@ async fn forward(
         *out.headers_mut() = h;
         let idle = agent.idle_timeout;
         let name = agent.name.clone();
-        tokio::spawn(async move { websocket::splice(client, upstream, idle, &name).await });
+        let guard = websocket::Guard {
+            revoked: revoked.unwrap_or_else(|| state.auth.revocations.subscribe()),
+            still_valid: recheck(state.clone(), &parts, Arc::clone(&route), scope),
+        };
+        tokio::spawn(async move { websocket::splice(client, upstream, idle, &name, guard).await });
         return Ok(out);
     }
     let (rparts, rbody) = resp.into_parts();
@@ -209,6 +219,69 @@ async fn forward(
     *out.status_mut() = rparts.status;
     *out.headers_mut() = response_headers(&rparts.headers);
     Ok(out)
+}
+
+/// The re-check of a WebSocket's credential: the same authentication,
+/// scope and role checks as at the upgrade, on a copy of only the headers
+/// they read (marked sensitive).
+fn recheck(
+    state: AppState,
+    parts: &axum::http::request::Parts,
+    route: Arc<Route>,
+    scope: Scope,
+) -> Box<dyn FnMut() -> futures_util::future::BoxFuture<'static, bool> + Send> {
+    let mut kept = HeaderMap::new();
+    for name in [
+        header::AUTHORIZATION,
+        HeaderName::from_static(crate::http::authn::API_KEY_HEADER),
+        header::COOKIE,
+        header::HOST,
+        header::ORIGIN,
+        header::UPGRADE,
+        HeaderName::from_static("sec-fetch-site"),
+    ] {
+        for v in parts.headers.get_all(&name) {
+            let mut v = v.clone();
+            v.set_sensitive(true);
+            kept.append(name.clone(), v);
+        }
+    }
+    let kept = Arc::new(kept);
+    let (method, uri) = (parts.method.clone(), parts.uri.clone());
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .copied();
+    Box::new(move || {
+        let (state, kept, route, scope) = (
+            state.clone(),
+            Arc::clone(&kept),
+            Arc::clone(&route),
+            scope.clone(),
+        );
+        let (method, uri) = (method.clone(), uri.clone());
+        Box::pin(async move {
+            let Ok(req) = axum::http::Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .version(Version::HTTP_11)
+                .body(())
+            else {
+                return false;
+            };
+            let (mut p, ()) = req.into_parts();
+            p.headers = (*kept).clone();
+            if let Some(peer) = peer {
+                p.extensions.insert(peer);
+            }
+            match identity::authenticate(&state, &p, &method).await {
+                Ok(Some(who)) => {
+                    who.allows(&scope) && identity::role_allowed(&who, &route.agent.roles)
+                }
+                _ => false,
+            }
+        })
+    })
 }
 
 /// `{scheme}://{authority}{base}/{path}?{query}`; refused if the result's
@@ -232,21 +305,22 @@ fn backend_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Ap
     Ok(uri)
 }
 
-/// Headers named in `Connection` (hop-by-hop too).
+/// Headers named in `Connection` (hop-by-hop too), canonical.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .map(|s| canonical_name(s.trim()).into_owned())
         .filter(|s| !s.is_empty())
         .collect()
 }
 
 /// The client's headers a backend may see: no hop-by-hop headers, no
 /// `Host` (hyper sets the backend's), no forwarding or identity headers
-/// the client made up (Latchkey sets its own), no `Expect`/
+/// the client made up (Latchkey sets its own) in any spelling
+/// ([`canonical_name`]: case, `_` or `.` for `-`), no `Expect`/
 /// `Content-Length` (hyper frames the body), no Latchkey session cookie,
 /// and no header carrying anything shaped like a Latchkey credential
 /// (`lk_…`, `lka_…`, `lks_…`) — other `Authorization` values and cookies
@@ -256,19 +330,13 @@ pub fn request_headers(client: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(client.len() + 8);
     let mut cookies: Vec<String> = Vec::new();
     for (name, value) in client {
-        let n = name.as_str();
-        if is_hop_by_hop(name)
-            || listed.iter().any(|l| l == n)
-            || matches!(
-                n,
-                "host" | "forwarded" | "x-real-ip" | "expect" | "content-length"
-            )
-            || n.starts_with("x-forwarded-")
-            || n.starts_with("x-latchkey-")
-        {
+        // Canonical: `X_Latchkey_User` is `HTTP_X_LATCHKEY_USER` to a
+        // CGI/WSGI backend, the same as the header we set.
+        let n = canonical_name(name.as_str());
+        if is_reserved_request_header(&n) || listed.iter().any(|l| *l == n) {
             continue;
         }
-        if name == header::COOKIE {
+        if n == "cookie" {
             let Ok(v) = value.to_str() else { continue };
             cookies.extend(
                 v.split(';')
@@ -301,7 +369,7 @@ pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(upstream);
     let mut out = HeaderMap::with_capacity(upstream.len());
     for (name, value) in upstream {
-        if is_hop_by_hop(name) || listed.iter().any(|l| l == name.as_str()) {
+        if is_hop_by_hop(name) || listed.iter().any(|l| *l == canonical_name(name.as_str())) {
             continue;
         }
         if name == header::SET_COOKIE {

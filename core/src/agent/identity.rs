@@ -9,7 +9,9 @@
 //! or `x-api-key` that is not a Latchkey credential belongs to the backend
 //! and is not a reason to refuse, so only the Latchkey credential is handed
 //! to the extractor. The host's admin token is refused here: it stands for
-//! the machine, not a person a backend could know.
+//! the machine, not a person a backend could know. A WebSocket upgrade
+//! (any `Upgrade`) authenticated by the cookie must carry our exact
+//! `Origin` (authn's rule for upgrades).
 
 use super::assertion::Claims;
 use crate::auth::scope::Role;
@@ -81,7 +83,8 @@ pub async fn authenticate(
             return Ok(None);
         }
     }
-    for name in [header::HOST, header::ORIGIN] {
+    // `Upgrade` too: a cookie-authenticated WebSocket must be same-origin.
+    for name in [header::HOST, header::ORIGIN, header::UPGRADE] {
         copy(h, &mut shown, &name);
     }
     copy(h, &mut shown, &HeaderName::from_static("sec-fetch-site"));

@@ -3,9 +3,18 @@
 //! byte for byte until either side closes or nothing has moved for the
 //! agent's `idle_timeout`.
 //!
+//! A WebSocket lives as long as its credential, not longer: whenever
+//! [`crate::auth::revocation`] says a credential may have ended (logout,
+//! revoked session or key, disabled account, changed role or password),
+//! and every [`RECHECK_EVERY`] for expiries, the connection's credential
+//! is authenticated again ([`Guard`]); if it no longer opens this agent,
+//! the client gets a close frame (1008, "credential revoked") when the
+//! stream is between frames, and both connections are dropped.
+//!
 //! Only HTTP/1.1 upgrades are supported; WebSocket over HTTP/2 (RFC 8441
 //! extended CONNECT) is refused by the route with a clear error.
 
+use futures_util::future::BoxFuture;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::io;
@@ -14,11 +23,43 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// How often an open WebSocket's credential is checked even without a
+/// revocation (sessions, tokens and keys expire).
+pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// The close frame sent when the credential ends: 1008 (policy
+/// violation), RFC 6455 §7.4.1, unmasked (server to client).
+const REVOKED_CLOSE: &[u8] = b"\x88\x14\x03\xf0credential revoked";
+
+/// What keeps a WebSocket honest: the revocation epoch to watch, and the
+/// re-check of the credential that opened it.
+pub struct Guard {
+    /// Subscribed before the credential was first checked, so a
+    /// revocation in between is not missed.
+    pub revoked: watch::Receiver<u64>,
+    /// `true` while the credential still opens this agent.
+    pub still_valid: Box<dyn FnMut() -> BoxFuture<'static, bool> + Send>,
+}
+
+/// Why the splice ended.
+enum End {
+    Closed,
+    Idle,
+    Revoked,
+}
+
 /// Splices the client's and the backend's upgraded connections.
-pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, agent: &str) {
+pub async fn splice(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    agent: &str,
+    mut guard: Guard,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -32,32 +73,121 @@ pub async fn splice(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, agen
         inner: TokioIo::new(client),
         start,
         last: Arc::clone(&last),
+        frames: FrameCursor::default(),
     };
     let mut upstream = TokioIo::new(upstream);
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(copy);
-    loop {
-        let since = Duration::from_millis(last.load(Ordering::Relaxed));
-        let deadline = start + since + idle;
-        tokio::select! {
-            r = &mut copy => {
-                if let Err(e) = r {
-                    tracing::debug!(agent, error = %e, "websocket closed");
+    let mut watching = true;
+    let mut recheck = tokio::time::interval_at(start + RECHECK_EVERY, RECHECK_EVERY);
+    let end = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        loop {
+            let since = Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = start + since + idle;
+            let check = tokio::select! {
+                r = &mut copy => {
+                    if let Err(e) = r {
+                        tracing::debug!(agent, error = %e, "websocket closed");
+                    }
+                    break End::Closed;
                 }
-                return;
+                () = tokio::time::sleep_until(deadline) => {
+                    let quiet = start.elapsed().saturating_sub(
+                        Duration::from_millis(last.load(Ordering::Relaxed)),
+                    );
+                    if quiet >= idle {
+                        break End::Idle;
+                    }
+                    false
+                }
+                changed = guard.revoked.changed(), if watching => {
+                    // The sender lives as long as `Auth`; gone means the
+                    // server is stopping, and the timer still runs.
+                    watching = changed.is_ok();
+                    watching
+                }
+                _ = recheck.tick() => true,
+            };
+            if check && !(guard.still_valid)().await {
+                break End::Revoked;
             }
-            () = tokio::time::sleep_until(deadline) => {
-                let quiet = start.elapsed().saturating_sub(
-                    Duration::from_millis(last.load(Ordering::Relaxed)),
-                );
-                if quiet >= idle {
-                    tracing::debug!(agent, "websocket idle timeout");
-                    // Dropping both ends closes both connections.
-                    return;
-                }
+        }
+    };
+    match end {
+        End::Closed => {}
+        End::Idle => tracing::debug!(agent, "websocket idle timeout"),
+        End::Revoked => {
+            tracing::info!(agent, "websocket closed: its credential was revoked");
+            // A close frame only between frames (else it would corrupt the
+            // one being relayed); either way both connections are dropped.
+            if client.frames.at_boundary() {
+                let close = async {
+                    client.inner.write_all(REVOKED_CLOSE).await?;
+                    client.inner.shutdown().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
             }
         }
     }
+    // Dropping both ends closes both connections.
+}
+
+/// Where the backend-to-client byte stream is in its WebSocket framing
+/// (RFC 6455 §5.2), so a frame of our own is inserted only between two.
+#[derive(Debug, Default)]
+struct FrameCursor {
+    header: [u8; 14],
+    have: usize,
+    payload_left: u64,
+}
+
+impl FrameCursor {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.payload_left > 0 {
+                let take = usize::try_from(self.payload_left)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.payload_left -= take as u64;
+                data = &data[take..];
+                continue;
+            }
+            self.header[self.have] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            if let Some((len, payload)) = frame_header(&self.header[..self.have]) {
+                // `have` grows one byte at a time, so it equals `len` here.
+                debug_assert_eq!(len, self.have);
+                self.have = 0;
+                self.payload_left = payload;
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.payload_left == 0
+    }
+}
+
+/// The length of a complete frame header and its payload length, once
+/// `h` holds the whole header.
+fn frame_header(h: &[u8]) -> Option<(usize, u64)> {
+    let (&b1, _) = h.get(1).zip(h.first())?;
+    let ext = match b1 & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let len = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
+    if h.len() < len {
+        return None;
+    }
+    let payload = match b1 & 0x7f {
+        126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+        127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+        n => u64::from(n),
+    };
+    Some((len, payload))
 }
 
 /// An I/O wrapper that notes when bytes last moved either way.
@@ -65,6 +195,8 @@ struct Activity<T> {
     inner: T,
     start: Instant,
     last: Arc<AtomicU64>,
+    /// Framing of what was written to `inner` (backend to client).
+    frames: FrameCursor,
 }
 
 impl<T> Activity<T> {
@@ -96,7 +228,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.frames.feed(&buf[..n.min(buf.len())]);
             self.touch();
         }
         r
@@ -108,5 +243,42 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_boundaries_are_tracked_across_writes() {
+        let mut c = FrameCursor::default();
+        assert!(c.at_boundary());
+        // A short text frame, then a 300-byte one (16-bit length), split
+        // at awkward places.
+        let mut stream = vec![0x81, 0x03, b'a', b'b', b'c'];
+        stream.extend_from_slice(&[0x82, 126, 0x01, 0x2c]);
+        stream.extend(std::iter::repeat_n(7u8, 300));
+        for cut in [1, 2, 5, 6, 8, 9, 100] {
+            let mut c = FrameCursor::default();
+            c.feed(&stream[..cut]);
+            assert!(!c.at_boundary() || cut == 5, "cut {cut}");
+            c.feed(&stream[cut..]);
+            assert!(c.at_boundary(), "cut {cut}");
+        }
+        // 64-bit length and a masked header.
+        let mut c = FrameCursor::default();
+        c.feed(&[0x82, 127, 0, 0, 0, 0, 0, 0, 0, 2, 1]);
+        assert!(!c.at_boundary());
+        c.feed(&[2, 0x81, 0x81, 1, 2, 3, 4]);
+        assert!(!c.at_boundary());
+        c.feed(&[9]);
+        assert!(c.at_boundary());
+        // Our close frame is a well-formed frame with code 1008.
+        let mut c = FrameCursor::default();
+        c.feed(REVOKED_CLOSE);
+        assert!(c.at_boundary());
+        assert_eq!(usize::from(REVOKED_CLOSE[1]), REVOKED_CLOSE.len() - 2);
+        assert_eq!(u16::from_be_bytes([REVOKED_CLOSE[2], REVOKED_CLOSE[3]]), 1008);
     }
 }

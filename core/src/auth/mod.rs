@@ -4,13 +4,16 @@
 //! - [`service::Auth`] is the one entry point the HTTP layer and the CLI use;
 //! - [`store`] holds the rows (schema v2);
 //! - [`password`], [`totp`], [`recovery`], [`apikey`], [`scope`],
-//!   [`lockout`] and [`ratelimit`] are the pure building blocks.
+//!   [`lockout`] and [`ratelimit`] are the pure building blocks;
+//! - [`revocation`] tells long-lived connections to re-check their
+//!   credential.
 
 pub mod apikey;
 pub mod lockout;
 pub mod password;
 pub mod ratelimit;
 pub mod recovery;
+pub mod revocation;
 pub mod scope;
 pub mod service;
 pub mod store;

@@ -202,6 +202,8 @@ pub struct Auth {
     /// `users`; `people_gen` stops a fill that raced such a change.
     people: RwLock<HashMap<UserId, (String, Role)>>,
     people_gen: AtomicU64,
+    /// Bumped after every change that ends or narrows a credential.
+    pub revocations: super::revocation::Revocations,
 }
 
 impl std::fmt::Debug for Auth {
@@ -240,6 +242,7 @@ impl Auth {
             key_last_used: Mutex::new(HashMap::new()),
             people: RwLock::new(HashMap::new()),
             people_gen: AtomicU64::new(0),
+            revocations: super::revocation::Revocations::new(),
             settings,
         };
         auth.load_keys()?;
@@ -1224,6 +1227,7 @@ impl Auth {
         }
         audit::append_in(&txn, AuditEvent::new(p.actor(), "logout", Outcome::Success))?;
         txn.commit()?;
+        self.revocations.bump();
         Ok(())
     }
 
@@ -1499,6 +1503,7 @@ impl Auth {
         if let Ok(mut keys) = self.keys.write() {
             keys.remove(id);
         }
+        self.revocations.bump();
         Ok(())
     }
 
@@ -1555,6 +1560,7 @@ impl Auth {
         self.audit(
             AuditEvent::new(p.actor(), "password.change", Outcome::Success).target(&p.username),
         );
+        self.revocations.bump();
         Ok(())
     }
 
@@ -1691,6 +1697,7 @@ impl Auth {
                 .detail(format!("{n} session(s)")),
         )?;
         txn.commit()?;
+        self.revocations.bump();
         Ok(n)
     }
 }
@@ -1821,6 +1828,7 @@ impl Auth {
                 .target(username)
                 .detail(role.as_str()),
         );
+        self.revocations.bump();
         Ok(UserView::of(id, &u))
     }
 
@@ -1888,6 +1896,7 @@ impl Auth {
             )
             .target(username),
         );
+        self.revocations.bump();
         Ok(UserView::of(id, &u))
     }
 
@@ -1933,6 +1942,7 @@ impl Auth {
         self.end_everything_of(id)?;
         self.lockout.record_success(&Self::lock_key(username));
         self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
+        self.revocations.bump();
         Ok(UserView::of(id, &u))
     }
 

@@ -6,7 +6,7 @@ use super::client::{TokenResponse, oauth_client};
 use super::store::{self, PendingState, Status, StoredConnection};
 use super::{
     Cached, ConnectionError, Connections, ProviderRuntime, Revocation, TokenSecrets, blocking,
-    digest, now, random_hex, refresh_after, same_digest,
+    digest, now, random_hex, refresh_after,
 };
 use crate::audit::{AuditEvent, Outcome};
 use crate::auth::store::UserId;
@@ -51,6 +51,15 @@ impl std::fmt::Debug for CallbackParams {
 /// Whether the browser session (by its hash) that started a flow still
 /// exists for that user. Runs on the blocking pool.
 pub type SessionCheck = Box<dyn FnOnce(UserId, [u8; 32]) -> bool + Send + 'static>;
+
+/// What a callback did: its result, and whether it ended the flow that
+/// the browser's binding cookie belongs to (only then is the cookie
+/// cleared: a stray callback must not break a flow in progress).
+#[derive(Debug)]
+pub struct CallbackOutcome {
+    pub result: Result<Connected, ConnectionError>,
+    pub flow_ended: bool,
+}
 
 /// A completed connection.
 #[derive(Debug, Clone)]
@@ -179,10 +188,8 @@ impl Connections {
         })
     }
 
-    /// Completes an authorization. The state is consumed first (single
-    /// use even when anything after fails); then the browser binding, the
-    /// provider's answer and the code exchange are checked. Nothing is
-    /// stored unless every check passes. Failures are audited.
+    /// Completes an authorization: [`Connections::callback_flow`] without
+    /// saying whether the flow ended.
     pub async fn callback(
         &self,
         provider: &str,
@@ -191,10 +198,48 @@ impl Connections {
         session_alive: SessionCheck,
         ip: Option<std::net::IpAddr>,
     ) -> Result<Connected, ConnectionError> {
-        let rt = self.provider(provider)?;
+        self.callback_flow(provider, params, binding, session_alive, ip)
+            .await
+            .result
+    }
+
+    /// Completes an authorization. The state is taken only together with
+    /// the browser's binding (checked and deleted in one write
+    /// transaction: single use, even when anything after fails, and of
+    /// concurrent callbacks exactly one gets it); a callback without the
+    /// binding leaves the flow untouched, so a page that guessed or saw
+    /// the state cannot end it. Then the provider's answer and the code
+    /// exchange are checked. Nothing is stored unless every check passes.
+    /// Failures are audited.
+    pub async fn callback_flow(
+        &self,
+        provider: &str,
+        params: CallbackParams,
+        binding: Option<&str>,
+        session_alive: SessionCheck,
+        ip: Option<std::net::IpAddr>,
+    ) -> CallbackOutcome {
+        let rt = match self.provider(provider) {
+            Ok(rt) => rt,
+            Err(e) => {
+                return CallbackOutcome {
+                    result: Err(e),
+                    flow_ended: false,
+                };
+            }
+        };
         let mut actor = "anonymous".to_string();
+        let mut flow_ended = false;
         let result = self
-            .complete(rt, &params, binding, session_alive, ip, &mut actor)
+            .complete(
+                rt,
+                &params,
+                binding,
+                session_alive,
+                ip,
+                &mut actor,
+                &mut flow_ended,
+            )
             .await;
         if let Err(e) = &result {
             let event = AuditEvent::new(actor, "connection.connect", Outcome::Failure)
@@ -206,9 +251,10 @@ impl Connections {
                 tracing::warn!(error = %e, "could not audit a failed connection");
             }
         }
-        result
+        CallbackOutcome { result, flow_ended }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn complete(
         &self,
         rt: &ProviderRuntime,
@@ -217,6 +263,7 @@ impl Connections {
         session_alive: SessionCheck,
         ip: Option<std::net::IpAddr>,
         actor: &mut String,
+        flow_ended: &mut bool,
     ) -> Result<Connected, ConnectionError> {
         let current = rt.provider();
         let p = current.as_ref();
@@ -225,18 +272,21 @@ impl Connections {
             return Err(denied.map_or(ConnectionError::InvalidState, ConnectionError::Denied));
         };
         let hash = digest(state);
+        let bound_by = binding.map(digest);
         let st = Arc::clone(self.vault.store());
-        let pending = blocking(move || store::take_state(&st, &hash)).await?;
-        let Some(pending) = pending else {
-            return Err(denied.map_or(ConnectionError::InvalidState, ConnectionError::Denied));
+        let taken =
+            blocking(move || store::take_bound_state(&st, &hash, bound_by.as_ref())).await?;
+        let pending = match taken {
+            store::Taken::Missing => {
+                return Err(denied.map_or(ConnectionError::InvalidState, ConnectionError::Denied));
+            }
+            store::Taken::NotBound => return Err(ConnectionError::StateMismatch),
+            store::Taken::Taken(p) => p,
         };
+        *flow_ended = true;
         *actor = pending.actor.clone();
         if pending.provider != p.name || pending.expires_at <= now() {
             return Err(ConnectionError::InvalidState);
-        }
-        let bound = binding.is_some_and(|b| same_digest(&digest(b), &pending.binding_hash));
-        if !bound {
-            return Err(ConnectionError::StateMismatch);
         }
         // The state is bound to the session that started the flow: signing
         // out (or being disabled) in the meantime cancels it.

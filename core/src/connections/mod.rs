@@ -33,7 +33,9 @@ pub mod refresher;
 pub mod store;
 
 pub use config::{ConnectionSettings, Provider};
-pub use flow::{CallbackParams, Connected, STATE_LIFETIME_SECS, SessionCheck, Started};
+pub use flow::{
+    CallbackOutcome, CallbackParams, Connected, STATE_LIFETIME_SECS, SessionCheck, Started,
+};
 
 use crate::audit::AuditEvent;
 use crate::auth::store::UserId;

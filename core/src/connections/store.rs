@@ -27,9 +27,11 @@
 //!   session's hash, as the `sessions` table keys it), `redirect_uri`, `nonce`,
 //!   `verifier_sealed` (the PKCE verifier, `Vault::seal_value` with
 //!   context `oauth_state:<hex of the key>`), `created_at`, `expires_at`.
-//!   Taken out (deleted) by the first callback that names it, whatever the
-//!   outcome; expired rows are purged when new ones are written and by the
-//!   background task.
+//!   Taken out (deleted) by the first callback that names it **and**
+//!   carries its binding cookie, whatever the outcome after that — checked
+//!   and deleted in one write transaction ([`take_bound_state`]); a
+//!   callback without the binding changes nothing. Expired rows are purged
+//!   when new ones are written and by the background task.
 
 use crate::audit::{self, AuditEvent};
 use crate::auth::store::UserId;
@@ -221,16 +223,50 @@ pub fn purge_states(store: &Store, now: i64) -> Result<usize, StoreError> {
     Ok(n)
 }
 
-/// Removes and returns the pending state with this hash: single use, so a
-/// replayed or concurrent second callback finds nothing.
-pub fn take_state(store: &Store, hash: &[u8; 32]) -> Result<Option<PendingState>, StoreError> {
+/// What [`take_bound_state`] found.
+#[derive(Debug, PartialEq)]
+pub enum Taken {
+    /// No pending state has this hash (never issued, used, or purged).
+    Missing,
+    /// The state exists but the browser's binding is not its own: left
+    /// untouched, so whoever sent it cannot end someone else's flow.
+    NotBound,
+    /// The state, now deleted: this flow is over, whatever comes next.
+    Taken(PendingState),
+}
+
+/// Takes out the pending state `hash` if `binding_hash` (the digest of
+/// the browser's binding cookie) is its own. The check and the delete are
+/// one write transaction, and redb runs one write transaction at a time,
+/// so of concurrent callbacks naming one state exactly one gets it.
+pub fn take_bound_state(
+    store: &Store,
+    hash: &[u8; 32],
+    binding_hash: Option<&[u8; 32]>,
+) -> Result<Taken, StoreError> {
     let txn = store.db().begin_write()?;
     let found = {
         let mut t = txn.open_table(OAUTH_STATES)?;
-        let removed = t.remove(hash.as_slice())?.map(|v| v.value().to_vec());
-        removed.map(|b| decode_state(&b)).transpose()?
+        let row = t
+            .get(hash.as_slice())?
+            .map(|v| decode_state(v.value()))
+            .transpose()?;
+        match row {
+            None => Taken::Missing,
+            Some(row) if !binding_hash.is_some_and(|b| super::same_digest(b, &row.binding_hash)) => {
+                Taken::NotBound
+            }
+            Some(row) => {
+                t.remove(hash.as_slice())?;
+                Taken::Taken(row)
+            }
+        }
     };
-    txn.commit()?;
+    if matches!(found, Taken::Taken(_)) {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
     Ok(found)
 }
 
@@ -525,8 +561,23 @@ mod tests {
             expires_at: 20,
         };
         put_state(&store, &h, &s, 10).expect("put state");
-        assert_eq!(take_state(&store, &h).expect("take"), Some(s.clone()));
-        assert_eq!(take_state(&store, &h).expect("take again"), None);
+        // Another browser's binding (or none) leaves the state alone.
+        assert_eq!(
+            take_bound_state(&store, &h, Some(&[1; 32])).expect("take"),
+            Taken::NotBound
+        );
+        assert_eq!(
+            take_bound_state(&store, &h, None).expect("take"),
+            Taken::NotBound
+        );
+        assert_eq!(
+            take_bound_state(&store, &h, Some(&[0; 32])).expect("take"),
+            Taken::Taken(s.clone())
+        );
+        assert_eq!(
+            take_bound_state(&store, &h, Some(&[0; 32])).expect("take again"),
+            Taken::Missing
+        );
         // Expired rows go when the next one is written.
         put_state(&store, &h, &s, 10).expect("put state");
         put_state(
@@ -539,7 +590,10 @@ mod tests {
             30,
         )
         .expect("put");
-        assert_eq!(take_state(&store, &h).expect("take"), None);
+        assert_eq!(
+            take_bound_state(&store, &h, Some(&[0; 32])).expect("take"),
+            Taken::Missing
+        );
         assert_eq!(purge_states(&store, 1000).expect("purge"), 1);
         // A user cannot pile up unfinished authorizations.
         for i in 0..MAX_PENDING_PER_USER {
@@ -555,7 +609,10 @@ mod tests {
             ..s.clone()
         };
         assert!(!put_state(&store, &[99; 32], &row, 1000).expect("put"));
-        assert_eq!(take_state(&store, &[99; 32]).expect("take"), None);
+        assert_eq!(
+            take_bound_state(&store, &[99; 32], Some(&[0; 32])).expect("take"),
+            Taken::Missing
+        );
         let other = PendingState {
             user_id: 2,
             expires_at: 5000,

@@ -332,32 +332,41 @@ async fn forged_replayed_and_unbound_states_are_refused_and_store_nothing() {
         .await;
     assert!(matches!(r, Err(ConnectionError::InvalidState)), "{r:?}");
     // Right state, another browser's (or no) binding cookie: refused, and
-    // the state is spent.
+    // the state is left alone (whoever sent it cannot end the flow).
     let again = || CallbackParams {
         state: params.state.clone(),
         code: params.code.clone(),
         ..Default::default()
     };
-    let r = e
+    let o = e
         .conns
-        .callback("idp", again(), Some("other"), alive(), None)
+        .callback_flow("idp", again(), Some("other"), alive(), None)
         .await;
-    assert!(matches!(r, Err(ConnectionError::StateMismatch)), "{r:?}");
-    let r = e
-        .conns
-        .callback("idp", again(), Some(&binding), alive(), None)
-        .await;
-    assert!(matches!(r, Err(ConnectionError::InvalidState)), "{r:?}");
+    assert!(matches!(o.result, Err(ConnectionError::StateMismatch)), "{o:?}");
+    assert!(!o.flow_ended);
     // No binding at all.
     let (p2, _, _) = authorize(&e, ALICE).await;
-    let r = e.conns.callback("idp", p2, None, alive(), None).await;
-    assert!(matches!(r, Err(ConnectionError::StateMismatch)), "{r:?}");
+    let o = e.conns.callback_flow("idp", p2, None, alive(), None).await;
+    assert!(matches!(o.result, Err(ConnectionError::StateMismatch)), "{o:?}");
+    assert!(!o.flow_ended);
     assert!(e.conns.list(None).expect("list").is_empty());
     let failures: Vec<_> = audit_actions(&e)
         .into_iter()
         .filter(|(a, o, _)| a == "connection.connect" && *o == Outcome::Failure)
         .collect();
-    assert_eq!(failures.len(), 4, "{failures:?}");
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    // The browser that started the flow still completes it, once.
+    let o = e
+        .conns
+        .callback_flow("idp", again(), Some(&binding), alive(), None)
+        .await;
+    assert!(o.result.is_ok() && o.flow_ended, "{o:?}");
+    let r = e
+        .conns
+        .callback("idp", again(), Some(&binding), alive(), None)
+        .await;
+    assert!(matches!(r, Err(ConnectionError::InvalidState)), "{r:?}");
+    assert_eq!(e.conns.list(None).expect("list").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,13 +5,16 @@
 //! Credentials are looked for in this order, the first present wins:
 //! 1. `Authorization: Bearer …` — an access token (`lka_…`), an API key
 //!    (`lk_…`), or the host's admin token (`DATA_DIR/admin.token`, only
-//!    from a loopback peer; it yields [`Auth::host_principal`]);
+//!    from the host itself — see [`from_host`]; it yields
+//!    [`Auth::host_principal`]);
 //! 2. `x-api-key: lk_…`;
 //! 3. the `__Host-latchkey_session` cookie — and then a request with a
 //!    method other than GET/HEAD/OPTIONS must be same-origin (`Origin`
 //!    equal to `https://<Host>`, or `Sec-Fetch-Site: same-origin`), else
-//!    403 `csrf`. Bearer credentials need no such check: browsers never
-//!    attach them on their own.
+//!    403 `csrf`; a request with `Upgrade` (a WebSocket), whatever its
+//!    method, needs `Origin` equal to `https://<Host>` exactly. Bearer
+//!    credentials need no such check: browsers never attach them on their
+//!    own.
 //!
 //! Nothing here logs a credential; failures are one opaque 401.
 
@@ -89,6 +92,50 @@ pub fn peer(parts_ext: &axum::http::Extensions) -> Option<SocketAddr> {
         .map(|ConnectInfo(p)| *p)
 }
 
+/// Headers only a relay (reverse proxy, load balancer, CDN, tunnel) adds
+/// to say whom it acts for. Compared by their canonical spelling
+/// ([`crate::proxy::headers::canonical_name`]), so `X_Forwarded_For`
+/// counts too.
+const RELAY_HEADERS: [&str; 10] = [
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-proxyuser-ip",
+];
+
+/// Whether the request was relayed: it carries any forwarding header
+/// (`Forwarded`, `Via`, `X-Forwarded-*`, `X-Real-IP`, … in any spelling),
+/// or its peer is one of `auth.trusted_proxies` (a proxy may forward
+/// without saying so).
+pub fn relayed(state: &AppState, headers: &HeaderMap, ext: &axum::http::Extensions) -> bool {
+    let by_header = headers.keys().any(|name| {
+        let n = crate::proxy::headers::canonical_name(name.as_str());
+        n.starts_with("x-forwarded-") || RELAY_HEADERS.contains(&n.as_ref())
+    });
+    by_header
+        || peer(ext).is_some_and(|p| {
+            let ip = p.ip().to_canonical();
+            state.trusted_proxies.iter().any(|net| net.contains(&ip))
+        })
+}
+
+/// Whether the request comes from the host itself, with the authority
+/// that gives (the admin token, `/metrics` in `loopback` mode): a
+/// loopback peer **and** not relayed. A reverse proxy on the same host
+/// connects from loopback on behalf of anyone on the network, so a
+/// relayed request never has host authority, whatever its peer address.
+/// This is the one place that decides "local"; no handler looks at the
+/// peer address for that itself.
+pub fn from_host(state: &AppState, headers: &HeaderMap, ext: &axum::http::Extensions) -> bool {
+    peer(ext).is_some_and(|p| super::ops::is_loopback(&p)) && !relayed(state, headers, ext)
+}
+
 /// The client's address for rate limits and the audit log: the peer, or
 /// what a trusted proxy says in `X-Forwarded-For`.
 pub fn client_ip(state: &AppState, headers: &HeaderMap, ext: &axum::http::Extensions) -> IpAddr {
@@ -156,9 +203,37 @@ fn own_origin(parts: &Parts) -> Option<String> {
     Some(format!("https://{}", host.to_ascii_lowercase()))
 }
 
+/// Whether the request asks to switch protocols (`Upgrade`, e.g. a
+/// WebSocket handshake). Such a GET is not "safe": the connection it opens
+/// reads and writes as the user for as long as it lives.
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+}
+
+/// Whether `Origin` is exactly our own origin (scheme, host and port).
+fn origin_is_own(parts: &Parts) -> bool {
+    match (
+        parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok()),
+        own_origin(parts),
+    ) {
+        (Some(origin), Some(own)) => origin.eq_ignore_ascii_case(&own),
+        _ => false,
+    }
+}
+
 /// A cookie-authenticated request that may change state must come from our
-/// own pages.
+/// own pages. An upgrade (WebSocket) must name our exact origin in
+/// `Origin`, whatever its method: browsers let any page open a WebSocket
+/// to any host with the cookies attached, `SameSite` does not stop a page
+/// on another port of the same host, and `Sec-Fetch-Site` is not sent by
+/// every client. A missing `Origin` is refused too.
 fn same_origin(parts: &Parts) -> bool {
+    if wants_upgrade(&parts.headers) {
+        return origin_is_own(parts);
+    }
     if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return true;
     }
@@ -169,13 +244,7 @@ fn same_origin(parts: &Parts) -> bool {
     {
         return true;
     }
-    match (
-        h.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        own_origin(parts),
-    ) {
-        (Some(origin), Some(own)) => origin.eq_ignore_ascii_case(&own),
-        _ => false,
-    }
+    origin_is_own(parts)
 }
 
 /// Runs an [`Auth`] method on the blocking pool (argon2 and redb writes
@@ -207,9 +276,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Principa
                 .await
                 .map(Some);
         }
-        if state.admin.verify(token)
-            && peer(&parts.extensions).is_some_and(|p| super::ops::is_loopback(&p))
-        {
+        if state.admin.verify(token) && from_host(state, &parts.headers, &parts.extensions) {
             return Ok(Some(auth.host_principal()));
         }
         return Err(ApiError::unauthenticated());
@@ -314,6 +381,21 @@ mod tests {
             Method::POST,
             &[host, ("sec-fetch-site", "same-site")]
         )));
+        // WebSocket upgrades: exact Origin, GET or not.
+        let ws = [("upgrade", "websocket"), ("connection", "Upgrade")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut all = vec![host];
+            all.extend_from_slice(&ws);
+            all.extend_from_slice(extra);
+            same_origin(&parts(Method::GET, &all))
+        };
+        assert!(with(&[("origin", "https://vault.example:8443")]));
+        assert!(!with(&[]), "no Origin");
+        assert!(!with(&[("origin", "https://vault.example:3000")]), "other port");
+        assert!(!with(&[("origin", "http://vault.example:8443")]), "other scheme");
+        assert!(!with(&[("origin", "https://vault.example")]), "no port");
+        assert!(!with(&[("origin", "null")]));
+        assert!(!with(&[("sec-fetch-site", "same-origin")]), "Origin required");
     }
 
     #[test]

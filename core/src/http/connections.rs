@@ -2,13 +2,18 @@
 //! broker (the logic is in [`crate::connections`]).
 //!
 //! - `GET /api/connections/providers` — configured providers;
-//! - `GET|POST /api/connections/{p}/start` — a browser session starts an
-//!   authorization: 303 to the provider (or `{"authorize_url"}` for
-//!   `Accept: application/json` and `POST`), and the binding cookie;
+//! - `POST /api/connections/{p}/start` — a browser session starts an
+//!   authorization: `{"authorize_url"}` and the binding cookie. POST only,
+//!   so the CSRF rule applies: it changes state (a pending flow, the
+//!   binding cookie that replaces any earlier one), and a same-site page
+//!   could otherwise start flows in the user's name with a plain link;
 //! - `GET /api/connections/{p}/callback` — the provider sends the browser
 //!   back: no session needed (the navigation is cross-site, so the
 //!   `SameSite=Strict` session cookie is not sent); the single-use state
-//!   and the `SameSite=Lax` binding cookie prove who started it;
+//!   and the `SameSite=Lax` binding cookie prove who started it. A
+//!   callback without the state's own binding changes nothing (state kept,
+//!   cookie kept); the cookie is cleared only by the callback that ends
+//!   its flow;
 //! - `GET /api/connections` — the caller's connections (`?all=true`:
 //!   everyone's, for admins);
 //! - `GET /api/connections/{p}/token` — the broker;
@@ -32,7 +37,7 @@ use crate::connections::{
 use crate::secrecy::ExposeSecret;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -231,12 +236,12 @@ pub async fn set_client(
     })))
 }
 
-/// `GET|POST /api/connections/{p}/start`: session only.
+/// `POST /api/connections/{p}/start`: session only (and, being a POST
+/// with the cookie, same-origin).
 pub async fn start(
     State(state): State<AppState>,
     who: Authenticated,
     Path(provider): Path<String>,
-    method: Method,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -255,15 +260,7 @@ pub async fn start(
         crate::connections::STATE_LIFETIME_SECS,
     ))
     .map_err(|_| ApiError::Internal("binding cookie is not a header value".into()))?;
-    let mut resp = if method == Method::POST || wants_json(&headers) {
-        Json(json!({ "authorize_url": started.authorize_url })).into_response()
-    } else {
-        let location = HeaderValue::from_str(&started.authorize_url)
-            .map_err(|_| ApiError::Internal("authorize URL is not a header value".into()))?;
-        let mut r = StatusCode::SEE_OTHER.into_response();
-        r.headers_mut().insert(header::LOCATION, location);
-        r
-    };
+    let mut resp = Json(json!({ "authorize_url": started.authorize_url })).into_response();
     resp.headers_mut().append(header::SET_COOKIE, cookie);
     Ok(resp)
 }
@@ -302,14 +299,15 @@ pub async fn callback(
     let html = wants_html(&headers);
     let auth = std::sync::Arc::clone(&state.auth);
     let alive: SessionCheck = Box::new(move |user, hash| session_alive(&auth, user, hash));
-    let result = match callback_params(query.as_deref()) {
+    let (result, flow_ended) = match callback_params(query.as_deref()) {
         Ok(params) => {
-            state
+            let o = state
                 .connections
-                .callback(&provider, params, binding_cookie(&headers), alive, Some(ip))
-                .await
+                .callback_flow(&provider, params, binding_cookie(&headers), alive, Some(ip))
+                .await;
+            (o.result, o.flow_ended)
         }
-        Err(e) => Err(e),
+        Err(e) => (Err(e), false),
     };
     let mut resp = match result {
         Ok(done) if wants_json(&headers) => Json(json!({
@@ -328,9 +326,13 @@ pub async fn callback(
         Err(e) if html => error_redirect(&provider, ApiError::from(e)),
         Err(e) => ApiError::from(e).into_response(),
     };
-    // The binding is spent either way.
-    resp.headers_mut()
-        .append(header::SET_COOKIE, clear_binding_cookie());
+    // Only the callback that ended this browser's flow spends its binding:
+    // a stray hit (a same-site page, a forged state) leaves a flow in
+    // progress alone.
+    if flow_ended {
+        resp.headers_mut()
+            .append(header::SET_COOKIE, clear_binding_cookie());
+    }
     resp
 }
 

@@ -107,7 +107,7 @@ async fn proxy(state: Arc<AppState>, req: Request<Body>) -> Response {
     macro_rules! finished {
         ($level:ident) => {
             tracing::$level!(
-                method = method.as_str(),
+                method = super::metrics::method_label(&method),
                 route = PROXY_ROUTE,
                 request_id = id.as_str(),
                 status,
@@ -123,7 +123,7 @@ async fn proxy(state: Arc<AppState>, req: Request<Body>) -> Response {
     }
     state
         .metrics
-        .observe_request(method.as_str(), PROXY_ROUTE, status, latency);
+        .observe_request(&method, PROXY_ROUTE, status, latency);
     middleware::finish_headers(resp.headers_mut(), &id);
     resp
 }

@@ -6,9 +6,13 @@
 //! refusals; atomics owned by `crate::proxy::stats`, read only here).
 //! Rendered in the Prometheus text exposition format 0.0.4.
 //!
-//! Routes are labelled by their template (`/api/vault/{name}`), never the
-//! raw path, so label cardinality stays bounded and entry names stay out of
-//! the metrics.
+//! Every label comes from a bounded set, never from the raw request: routes
+//! are labelled by their template (`/api/vault/{name}`, or `unmatched`),
+//! never the raw path, so entry names stay out of the metrics; methods are
+//! the nine of RFC 9110/5789 or `OTHER` ([`method_label`]) — a client may
+//! send any token as a method, and each distinct one would otherwise be a
+//! new series kept forever; statuses are numbers; providers are the
+//! configured names.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,6 +21,31 @@ use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use axum::http::Method;
+
+/// The label of a request method: one of the standard methods, else
+/// `OTHER`. Used for metrics and log lines alike, so a made-up method
+/// (any token up to the header size limit) is never kept or echoed.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// Most routes counted separately; later ones are counted as `other`.
+/// Routes are the router's templates (a few dozen), so this only guards
+/// against a future caller passing something unbounded.
+const MAX_ROUTES: usize = 512;
 
 /// Upper bounds (seconds) of the latency buckets.
 pub(crate) const BUCKETS: [f64; 12] = [
@@ -46,7 +75,7 @@ impl Histogram {
 #[derive(Default)]
 struct Inner {
     /// Route → (method, status, count).
-    requests: BTreeMap<String, Vec<(String, u16, u64)>>,
+    requests: BTreeMap<String, Vec<(&'static str, u16, u64)>>,
     latency: BTreeMap<String, Histogram>,
     vault_ops: BTreeMap<(&'static str, &'static str), u64>,
 }
@@ -84,23 +113,32 @@ impl Metrics {
         }
     }
 
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, latency: Duration) {
+    /// Counts one request. `route` must be a route template (or a fixed
+    /// word such as `unmatched`), never anything the client wrote.
+    pub fn observe_request(&self, method: &Method, route: &str, status: u16, latency: Duration) {
+        let method = method_label(method);
         if let Ok(mut m) = self.inner.lock() {
             // Looked up by `&str` first: a route seen before costs no
             // allocation.
             let inner = &mut *m;
+            let route = if inner.requests.contains_key(route) || inner.requests.len() < MAX_ROUTES
+            {
+                route
+            } else {
+                "other"
+            };
             match inner.requests.get_mut(route) {
                 Some(counts) => match counts
                     .iter_mut()
-                    .find(|(m, s, _)| m == method && *s == status)
+                    .find(|(m, s, _)| *m == method && *s == status)
                 {
                     Some((_, _, n)) => *n += 1,
-                    None => counts.push((method.to_string(), status, 1)),
+                    None => counts.push((method, status, 1)),
                 },
                 None => {
                     inner
                         .requests
-                        .insert(route.to_string(), vec![(method.to_string(), status, 1)]);
+                        .insert(route.to_string(), vec![(method, status, 1)]);
                 }
             }
             let secs = latency.as_secs_f64();
@@ -155,7 +193,7 @@ impl Metrics {
             .flat_map(|(route, counts)| {
                 counts
                     .iter()
-                    .map(move |(method, status, n)| (method.as_str(), route.as_str(), *status, *n))
+                    .map(move |(method, status, n)| (*method, route.as_str(), *status, *n))
             })
             .collect();
         requests.sort_unstable();
@@ -345,8 +383,8 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::new();
-        m.observe_request("GET", "/health", 200, Duration::from_millis(2));
-        m.observe_request("GET", "/health", 200, Duration::from_secs(20));
+        m.observe_request(&Method::GET, "/health", 200, Duration::from_millis(2));
+        m.observe_request(&Method::GET, "/health", 200, Duration::from_secs(20));
         m.vault_op("reveal", false);
         let failures = Arc::new(AtomicU64::new(3));
         m.register_counter(
@@ -372,5 +410,26 @@ mod tests {
         );
         assert!(text.contains("latchkey_vault_sealed 1"));
         assert!(text.contains("latchkey_tls_handshake_failures_total 3"));
+    }
+
+    #[test]
+    fn labels_from_the_network_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..200 {
+            let made_up = Method::from_bytes(format!("X{i}{}", "A".repeat(1000)).as_bytes())
+                .expect("token");
+            m.observe_request(&made_up, "unmatched", 405, Duration::from_millis(1));
+        }
+        for i in 0..(MAX_ROUTES + 10) {
+            m.observe_request(&Method::GET, &format!("/r{i}"), 200, Duration::ZERO);
+        }
+        let text = m.render(false);
+        assert!(text.contains(
+            "latchkey_http_requests_total{method=\"OTHER\",route=\"unmatched\",status=\"405\"} 200"
+        ));
+        assert!(!text.contains("AAAA"), "a made-up method is never a label");
+        assert!(text.contains("route=\"other\""));
+        assert!(text.len() < 400_000, "{}", text.len());
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
     }
 }

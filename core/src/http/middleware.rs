@@ -90,11 +90,13 @@ pub async fn request_context(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().as_str().to_string();
+    let method = req.method().clone();
+    // Made-up methods are logged and counted as `OTHER` (bounded).
+    let method_label = super::metrics::method_label(&method);
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!(
         "request",
-        method = %method,
+        method = method_label,
         route = %route,
         request_id = %id,
         status = tracing::field::Empty,

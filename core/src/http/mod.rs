@@ -314,7 +314,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/connections/{provider}/start",
-            get(connections::start).post(connections::start),
+            post(connections::start),
         )
         .route("/api/connections/{provider}/token", get(connections::token))
         .route(

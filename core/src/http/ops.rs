@@ -8,7 +8,7 @@ use crate::auth::scope::Scope;
 use crate::config::MetricsAccess;
 use crate::store::META;
 use axum::Json;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use redb::ReadableDatabase;
@@ -123,11 +123,8 @@ pub async fn metrics(State(state): State<AppState>, req: Request) -> Result<Resp
         // As if the endpoint did not exist.
         MetricsAccess::Off => return Err(ApiError::RouteNotFound),
         MetricsAccess::Loopback => {
-            let loopback = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|ConnectInfo(peer)| is_loopback(peer));
-            if !loopback {
+            // A loopback peer that relays for someone else does not count.
+            if !super::authn::from_host(&state, req.headers(), req.extensions()) {
                 return Err(ApiError::Forbidden);
             }
         }
@@ -152,6 +149,9 @@ pub async fn metrics(State(state): State<AppState>, req: Request) -> Result<Resp
         .into_response())
 }
 
+/// Whether the socket peer is loopback. Only [`super::authn::from_host`]
+/// may use this: a loopback peer alone is not the host (a reverse proxy on
+/// the host is loopback too).
 pub(super) fn is_loopback(peer: &SocketAddr) -> bool {
     match peer.ip() {
         std::net::IpAddr::V4(v4) => v4.is_loopback(),

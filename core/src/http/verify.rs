@@ -6,8 +6,11 @@
 //!   only) and `X-Latchkey-Assertion` when the caller has a valid session
 //!   or API key (and, with `agent`, the `agent:<name>` scope and a role the
 //!   agent admits); 401 JSON without credentials (never a redirect); 403
-//!   when the credential lacks the scope or role. The CSRF rule judges the
-//!   original method (`X-Forwarded-Method`, which the proxies send).
+//!   when the credential lacks the scope or role; 400 `reserved_header`
+//!   when the request carries an `X-Latchkey-*` header in another spelling
+//!   (`X_Latchkey_User`), which the proxy would not replace. The CSRF rule
+//!   judges the original method (`X-Forwarded-Method`, which the proxies
+//!   send).
 //! - `GET /.well-known/jwks.json`: the public key assertions are signed
 //!   with, no credentials, cacheable.
 
@@ -16,6 +19,7 @@ use super::error::ApiError;
 use crate::agent::AgentError;
 use crate::agent::identity;
 use crate::auth::scope::Scope;
+use crate::proxy::headers::canonical_name;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, header};
@@ -38,6 +42,21 @@ pub async fn verify(State(state): State<AppState>, req: Request) -> Result<Respo
         .get("x-forwarded-method")
         .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
         .unwrap_or_else(|| parts.method.clone());
+    // The proxy replaces the client's `X-Latchkey-*` headers by name, in
+    // the hyphenated spelling; an `X_Latchkey_User` would pass next to
+    // ours and reach a CGI/WSGI app as the same header. Refused.
+    if let Some(name) = parts.headers.keys().find(|n| {
+        let c = canonical_name(n.as_str());
+        c.starts_with("x-latchkey-") && c != n.as_str()
+    }) {
+        return Err(ApiError::bad_request(
+            "reserved_header",
+            format!(
+                "the request carries `{}`, another spelling of a Latchkey identity header",
+                name.as_str().chars().take(64).collect::<String>()
+            ),
+        ));
+    }
     let who = identity::authenticate(&state, &parts, &method)
         .await?
         .ok_or_else(ApiError::unauthenticated)?;

@@ -6,15 +6,23 @@
 //! every header it lists, `Keep-Alive`, `TE`, `Trailer`,
 //! `Transfer-Encoding`, `Upgrade`, `Proxy-*`), `Host`, `Cookie`,
 //! `Forwarded`/`X-Forwarded-*`/`X-Real-IP` and any `X-Latchkey-*` the client
-//! made up. Responses lose hop-by-hop headers and `Set-Cookie` (upstream
+//! made up — each compared in [`canonical_name`] form, so `X_Api_Key` or
+//! `X_Latchkey_User` (which a CGI/WSGI upstream reads as the hyphenated
+//! header) is dropped too. Responses lose hop-by-hop headers and `Set-Cookie` (upstream
 //! cookies would land on Latchkey's own origin).
 
 use axum::http::{HeaderMap, HeaderName, header};
+use std::borrow::Cow;
 
 /// Hop-by-hop by definition, whatever `Connection` says.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_canonical(name.as_str())
+}
+
+/// [`is_hop_by_hop`] for a name already in [`canonical_name`] form.
+fn hop_by_hop_canonical(n: &str) -> bool {
     matches!(
-        name.as_str(),
+        n,
         "connection"
             | "keep-alive"
             | "te"
@@ -22,36 +30,82 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "proxy-connection"
-    ) || name.as_str().starts_with("proxy-")
+    ) || n.starts_with("proxy-")
 }
 
-/// Headers named in `Connection` (also hop-by-hop).
+/// A header name as a backend may read it: lower case, every byte that is
+/// not a letter or digit turned into `-`. CGI, WSGI, Rack and PHP hand
+/// headers to applications as `HTTP_X_LATCHKEY_USER`, turning `-` into `_`
+/// (some servers every other separator too), so `X_Latchkey_User`,
+/// `x.latchkey.user` and `X-Latchkey-User` are one header to them — and
+/// both spellings sent together arrive joined (`"owner,bob"`). Every
+/// comparison with a reserved name goes through this. Borrowed (no
+/// allocation) for the usual already-canonical names.
+pub fn canonical_name(name: &str) -> Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    if name.bytes().all(plain) {
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(
+        name.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b.to_ascii_lowercase())
+                } else {
+                    '-'
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Names (canonical) a client never chooses for a backend or upstream:
+/// Latchkey sets them itself (`Host`, the forwarding family, framing), or
+/// they would be read as something else. `Proxy` is httpoxy: CGI turns it
+/// into `HTTP_PROXY`, which HTTP libraries take as their outbound proxy.
+const SET_BY_LATCHKEY: [&str; 9] = [
+    "host",
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "expect",
+    "content-length",
+    "proxy",
+];
+
+/// Whether a client's request header with this (canonical) name is
+/// reserved: set by Latchkey, hop-by-hop, or an identity header
+/// (`X-Latchkey-*`, including the signed assertion) a backend trusts.
+/// Shared by `/proxy` and `/agent` forwarding; compared in canonical form,
+/// so no spelling (`_` for `-`, case) gets one through.
+pub fn is_reserved_request_header(canonical: &str) -> bool {
+    hop_by_hop_canonical(canonical)
+        || SET_BY_LATCHKEY.contains(&canonical)
+        || canonical.starts_with("x-forwarded-")
+        || canonical.starts_with("x-latchkey-")
+}
+
+/// Headers named in `Connection` (also hop-by-hop), canonical.
 fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .map(|s| canonical_name(s.trim()).into_owned())
         .filter(|s| !s.is_empty())
         .collect()
 }
 
-fn never_forwarded(name: &HeaderName) -> bool {
-    let n = name.as_str();
+/// The credential headers a client may put its Latchkey key in (and the
+/// cookie, never an upstream's business), canonical.
+fn never_forwarded(canonical: &str) -> bool {
     matches!(
-        n,
-        "authorization"
-            | "x-api-key"
-            | "x-goog-api-key"
-            | "host"
-            | "cookie"
-            | "forwarded"
-            | "x-real-ip"
-            | "expect"
-            | "content-length"
-    ) || n.starts_with("x-forwarded-")
-        || n.starts_with("x-latchkey-")
+        canonical,
+        "authorization" | "x-api-key" | "x-goog-api-key" | "cookie"
+    ) || is_reserved_request_header(canonical)
 }
 
 /// The client's headers that may go upstream. `Content-Length` is set again
@@ -60,8 +114,8 @@ pub fn request_headers(client: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(client);
     let mut out = HeaderMap::with_capacity(client.len());
     for (name, value) in client {
-        if is_hop_by_hop(name) || never_forwarded(name) || listed.iter().any(|l| l == name.as_str())
-        {
+        let n = canonical_name(name.as_str());
+        if never_forwarded(&n) || listed.iter().any(|l| *l == n) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -314,5 +368,36 @@ mod tests {
         let out = response_headers(&h);
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-type", "x-ratelimit-remaining"]);
+    }
+
+    #[test]
+    fn reserved_headers_are_dropped_in_every_spelling() {
+        assert_eq!(canonical_name("x-latchkey-user"), "x-latchkey-user");
+        assert_eq!(canonical_name("X_Latchkey_User"), "x-latchkey-user");
+        assert_eq!(canonical_name("x.latchkey~user"), "x-latchkey-user");
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x_api_key", "lk_secret"),
+            ("X_Goog_Api_Key", "lk_secret"),
+            ("x_latchkey_user", "admin"),
+            ("x.latchkey.role", "admin"),
+            ("X_Latchkey_Assertion", "forged"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x_real_ip", "1.2.3.4"),
+            ("proxy", "http://evil.example:8080"),
+            ("transfer_encoding", "chunked"),
+            ("content_length", "5"),
+            ("connection", "x_hop"),
+            ("x-hop", "1"),
+            ("x_request_id", "kept"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        let out = request_headers(&h);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x_request_id"]);
     }
 }
