@@ -545,7 +545,11 @@ fn callback_refuses_forged_replayed_foreign_and_unbound_state() {
     assert_eq!(idp.count("code_requests"), codes, "{}", idp.stats());
     ob.latchkey.set(BINDING_COOKIE, &binding);
     let r = ob.callback(&s, &cb, &[JSON]);
-    assert_eq!(r.status, 200, "the flow's own browser after a stray hit: {}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "the flow's own browser after a stray hit: {}",
+        r.body
+    );
     let r = ob.callback(&s, &cb, &[JSON]);
     assert_eq!(r.status, 400, "state reused: {}", r.body);
     assert_eq!(r.error_code(), "invalid_state");

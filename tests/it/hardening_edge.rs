@@ -11,8 +11,7 @@ use latchkey_e2e::oidc::{
     connection_config, free_port, with_param,
 };
 use latchkey_e2e::{
-    Browser, ServeOpts, Server, TestDir, auth_config, create_key, invited, spawn_server,
-    web_setup,
+    Browser, ServeOpts, Server, TestDir, auth_config, create_key, invited, spawn_server, web_setup,
 };
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -110,10 +109,7 @@ fn agent_config(backend: u16, extra: &str) -> String {
 }
 
 fn cookie_of(b: &Browser<'_>) -> String {
-    format!(
-        "__Host-latchkey_session={}",
-        b.cookie().expect("signed in")
-    )
+    format!("__Host-latchkey_session={}", b.cookie().expect("signed in"))
 }
 
 /// A TLS connection to the server trusting only its CA, HTTP/1.1.
@@ -140,7 +136,8 @@ async fn tls_to(s: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpSt
         .expect("tls handshake")
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket handshake to `path` with `headers`; `Err(status)` when
 /// refused.
@@ -259,11 +256,7 @@ fn cookie_websocket_upgrades_must_be_same_origin() {
                 .unwrap_or_else(|st| st);
             assert_eq!(status, 403, "cookie upgrade with Origin {origin:?}");
         }
-        assert_eq!(
-            backend.count(),
-            0,
-            "a refused upgrade reached the backend"
-        );
+        assert_eq!(backend.count(), 0, "a refused upgrade reached the backend");
         // Our own page: works.
         let mut ws = ws_live(&s, &[("cookie", cookie.clone()), ("origin", own.clone())]).await;
         let _ = ws.close(None).await;
@@ -342,11 +335,9 @@ fn open_websockets_end_with_their_credential() {
 
         // A role the agent does not admit (agents default to admin and
         // user): bob's session socket ends.
-        let r = owner.browser.call(
-            "PUT",
-            "/api/users/bob/role",
-            Some(r#"{"role":"guest"}"#),
-        );
+        let r = owner
+            .browser
+            .call("PUT", "/api/users/bob/role", Some(r#"{"role":"guest"}"#));
         assert_eq!(r.status, 200, "role: {}", r.body);
         let (_, took) = closed_within(&mut by_role, limit).await;
         assert!(took < Duration::from_millis(1500), "{took:?}");
@@ -361,9 +352,21 @@ fn open_websockets_end_with_their_credential() {
         still_echoes(&mut bystander).await;
         let _ = bystander.close(None).await;
         // And the ended credentials cannot open a new one.
-        assert!(ws_open(&s, "/agent/notes/ws", &bearer(&dave_key)).await.is_err());
-        assert!(ws_open(&s, "/agent/notes/ws", &bearer(&erin_key)).await.is_err());
-        assert!(ws_open(&s, "/agent/notes/ws", &session(&bob)).await.is_err());
+        assert!(
+            ws_open(&s, "/agent/notes/ws", &bearer(&dave_key))
+                .await
+                .is_err()
+        );
+        assert!(
+            ws_open(&s, "/agent/notes/ws", &bearer(&erin_key))
+                .await
+                .is_err()
+        );
+        assert!(
+            ws_open(&s, "/agent/notes/ws", &session(&bob))
+                .await
+                .is_err()
+        );
     });
 }
 
@@ -496,14 +499,22 @@ fn connect_start_is_a_same_origin_post_and_stray_callbacks_change_nothing() {
     let mut ob = OAuthBrowser::new(b, "alice");
     let auth = ob.start_ok(&s, &idp, PROVIDER);
     let cb = ob.authorize(&idp, &auth, Decision::Approve);
-    let binding = ob.latchkey.get(BINDING_COOKIE).expect("binding").to_string();
+    let binding = ob
+        .latchkey
+        .get(BINDING_COOKIE)
+        .expect("binding")
+        .to_string();
     // Stray hits on the callback from a same-site page, with this
     // browser's cookies: a made-up state, no state, an error — none of
     // them clears the binding or spends anything.
     for stray in [
         with_param(&cb, "state", Some("made-up")),
         with_param(&cb, "state", None),
-        with_param(&with_param(&cb, "state", Some("x")), "error", Some("access_denied")),
+        with_param(
+            &with_param(&cb, "state", Some("x")),
+            "error",
+            Some("access_denied"),
+        ),
     ] {
         let r = ob.callback(&s, &stray, &[JSON]);
         assert_eq!(r.status, 400, "{}", r.body);

@@ -252,8 +252,7 @@ mod tests {
 
     #[test]
     fn frame_boundaries_are_tracked_across_writes() {
-        let mut c = FrameCursor::default();
-        assert!(c.at_boundary());
+        assert!(FrameCursor::default().at_boundary());
         // A short text frame, then a 300-byte one (16-bit length), split
         // at awkward places.
         let mut stream = vec![0x81, 0x03, b'a', b'b', b'c'];
@@ -279,6 +278,9 @@ mod tests {
         c.feed(REVOKED_CLOSE);
         assert!(c.at_boundary());
         assert_eq!(usize::from(REVOKED_CLOSE[1]), REVOKED_CLOSE.len() - 2);
-        assert_eq!(u16::from_be_bytes([REVOKED_CLOSE[2], REVOKED_CLOSE[3]]), 1008);
+        assert_eq!(
+            u16::from_be_bytes([REVOKED_CLOSE[2], REVOKED_CLOSE[3]]),
+            1008
+        );
     }
 }

@@ -281,7 +281,7 @@ impl Connections {
                 return Err(denied.map_or(ConnectionError::InvalidState, ConnectionError::Denied));
             }
             store::Taken::NotBound => return Err(ConnectionError::StateMismatch),
-            store::Taken::Taken(p) => p,
+            store::Taken::Taken(p) => *p,
         };
         *flow_ended = true;
         *actor = pending.actor.clone();

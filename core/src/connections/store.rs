@@ -232,7 +232,7 @@ pub enum Taken {
     /// untouched, so whoever sent it cannot end someone else's flow.
     NotBound,
     /// The state, now deleted: this flow is over, whatever comes next.
-    Taken(PendingState),
+    Taken(Box<PendingState>),
 }
 
 /// Takes out the pending state `hash` if `binding_hash` (the digest of
@@ -253,12 +253,14 @@ pub fn take_bound_state(
             .transpose()?;
         match row {
             None => Taken::Missing,
-            Some(row) if !binding_hash.is_some_and(|b| super::same_digest(b, &row.binding_hash)) => {
+            Some(row)
+                if !binding_hash.is_some_and(|b| super::same_digest(b, &row.binding_hash)) =>
+            {
                 Taken::NotBound
             }
             Some(row) => {
                 t.remove(hash.as_slice())?;
-                Taken::Taken(row)
+                Taken::Taken(Box::new(row))
             }
         }
     };
@@ -572,7 +574,7 @@ mod tests {
         );
         assert_eq!(
             take_bound_state(&store, &h, Some(&[0; 32])).expect("take"),
-            Taken::Taken(s.clone())
+            Taken::Taken(Box::new(s.clone()))
         );
         assert_eq!(
             take_bound_state(&store, &h, Some(&[0; 32])).expect("take again"),

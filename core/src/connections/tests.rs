@@ -342,12 +342,18 @@ async fn forged_replayed_and_unbound_states_are_refused_and_store_nothing() {
         .conns
         .callback_flow("idp", again(), Some("other"), alive(), None)
         .await;
-    assert!(matches!(o.result, Err(ConnectionError::StateMismatch)), "{o:?}");
+    assert!(
+        matches!(o.result, Err(ConnectionError::StateMismatch)),
+        "{o:?}"
+    );
     assert!(!o.flow_ended);
     // No binding at all.
     let (p2, _, _) = authorize(&e, ALICE).await;
     let o = e.conns.callback_flow("idp", p2, None, alive(), None).await;
-    assert!(matches!(o.result, Err(ConnectionError::StateMismatch)), "{o:?}");
+    assert!(
+        matches!(o.result, Err(ConnectionError::StateMismatch)),
+        "{o:?}"
+    );
     assert!(!o.flow_ended);
     assert!(e.conns.list(None).expect("list").is_empty());
     let failures: Vec<_> = audit_actions(&e)

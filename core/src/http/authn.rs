@@ -391,11 +391,20 @@ mod tests {
         };
         assert!(with(&[("origin", "https://vault.example:8443")]));
         assert!(!with(&[]), "no Origin");
-        assert!(!with(&[("origin", "https://vault.example:3000")]), "other port");
-        assert!(!with(&[("origin", "http://vault.example:8443")]), "other scheme");
+        assert!(
+            !with(&[("origin", "https://vault.example:3000")]),
+            "other port"
+        );
+        assert!(
+            !with(&[("origin", "http://vault.example:8443")]),
+            "other scheme"
+        );
         assert!(!with(&[("origin", "https://vault.example")]), "no port");
         assert!(!with(&[("origin", "null")]));
-        assert!(!with(&[("sec-fetch-site", "same-origin")]), "Origin required");
+        assert!(
+            !with(&[("sec-fetch-site", "same-origin")]),
+            "Origin required"
+        );
     }
 
     #[test]
