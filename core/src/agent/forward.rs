@@ -12,7 +12,7 @@ use super::websocket;
 use super::{AgentError, Route};
 use crate::auth::scope::Scope;
 use crate::http::AppState;
-use crate::http::authn::{SESSION_COOKIE, client_ip};
+use crate::http::authn::client_ip;
 use crate::http::error::ApiError;
 use crate::proxy::headers::{
     canonical_name, check_path, is_hop_by_hop, is_reserved_request_header,
@@ -321,8 +321,9 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 /// `Host` (hyper sets the backend's), no forwarding or identity headers
 /// the client made up (Latchkey sets its own) in any spelling
 /// ([`canonical_name`]: case, `_` or `.` for `-`), no `Expect`/
-/// `Content-Length` (hyper frames the body), no Latchkey session cookie,
-/// and no header carrying anything shaped like a Latchkey credential
+/// `Content-Length` (hyper frames the body), no Latchkey cookie (session,
+/// OAuth binding), and no header carrying anything shaped like a Latchkey
+/// credential
 /// (`lk_…`, `lka_…`, `lks_…`) — other `Authorization` values and cookies
 /// belong to the backend and pass.
 pub fn request_headers(client: &HeaderMap) -> HeaderMap {
@@ -344,7 +345,7 @@ pub fn request_headers(client: &HeaderMap) -> HeaderMap {
                     .filter(|pair| !pair.is_empty())
                     .filter(|pair| {
                         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                        k.trim() != SESSION_COOKIE && !identity::looks_like_credential(v.as_bytes())
+                        !is_latchkey_cookie(k) && !identity::looks_like_credential(v.as_bytes())
                     })
                     .map(str::to_owned),
             );
@@ -361,6 +362,12 @@ pub fn request_headers(client: &HeaderMap) -> HeaderMap {
         out.insert(header::COOKIE, v);
     }
     out
+}
+
+/// Latchkey's own cookies (`__Host-latchkey_session`, the OAuth binding
+/// `__Host-latchkey-oauth`, …) in any spelling: never a backend's.
+fn is_latchkey_cookie(name: &str) -> bool {
+    canonical_name(name.trim()).starts_with("--host-latchkey")
 }
 
 /// The backend's headers the client may see: no hop-by-hop headers, and no
@@ -473,6 +480,10 @@ mod tests {
             (
                 "cookie",
                 "theme=dark; __Host-latchkey_session=lks_abc; app=1",
+            ),
+            (
+                "cookie",
+                "__Host-latchkey-oauth=0123abcd; __HOST_latchkey_x=1",
             ),
             ("cookie", "stolen=lks_zzz"),
             ("x-latchkey-user", "root"),
