@@ -592,3 +592,53 @@ fn concurrent_callbacks_with_one_state_connect_exactly_once() {
         assert!(connected(b));
     }
 }
+
+#[test]
+fn reserved_headers_in_any_spelling_never_reach_a_provider() {
+    use crate::proxy::{Mock, config, seeded};
+    let mock = Mock::start();
+    let d = seeded();
+    let s = spawn_server(&d, &ServeOpts::new().config(&config(mock.port, "")));
+    let owner = web_setup(&s, "owner");
+    let (_, key) = create_key(&owner.browser, "agent", &["proxy:openai"]);
+    let bearer = format!("Authorization: Bearer {key}");
+    // The key again under another spelling of a credential header, and
+    // made-up identity and forwarding headers.
+    let also = format!("X_Api_Key: {key}");
+    let r = s.request_with(
+        &["--http1.1"],
+        "POST",
+        "/proxy/openai/v1/chat/completions",
+        &[
+            &bearer,
+            &also,
+            "Content-Type: application/json",
+            "X_Latchkey_User: admin",
+            "X_Forwarded_For: 6.6.6.6",
+            "x.forwarded.host: evil.example",
+            "Proxy: http://evil.example:3128",
+            "X_Goog_Api_Key: lk_other",
+            "X_Request_Tag: kept",
+        ],
+        Some(br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = mock.seen();
+    let req = seen.last().expect("upstream saw the request");
+    for (name, value) in &req.headers {
+        let c = name.to_ascii_lowercase().replace(['_', '.'], "-");
+        assert!(
+            !(c.starts_with("x-latchkey-")
+                || c.starts_with("x-forwarded-")
+                || c == "proxy"
+                || c == "x-api-key"
+                || c == "x-goog-api-key"),
+            "`{name}: {value}` reached the provider"
+        );
+        assert!(!value.contains("lk_"), "`{name}` carried a Latchkey key");
+    }
+    assert_eq!(
+        req.headers.get("x_request_tag").map(String::as_str),
+        Some("kept")
+    );
+}
