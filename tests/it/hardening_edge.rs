@@ -642,3 +642,98 @@ fn reserved_headers_in_any_spelling_never_reach_a_provider() {
         Some("kept")
     );
 }
+
+/// A backend that answers every request with an endless event stream (a
+/// chunk every 100 ms) until the connection goes away.
+fn endless_backend() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                            Transfer-Encoding: chunked\r\n\r\n";
+                if conn.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                while conn.write_all(b"9\r\ndata: x\n\n\r\n").is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    port
+}
+
+/// `curl -N` reading `/agent/events/` with `cookie`, in the background.
+fn stream(s: &Server, cookie: &str) -> std::process::Child {
+    let mut c = latchkey_e2e::curl_cmd();
+    c.arg("--cacert")
+        .arg(s.ca_pem())
+        .arg("--resolve")
+        .arg(format!("localhost:{}:127.0.0.1", s.port))
+        .args([
+            "-sS",
+            "-N",
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("Cookie: {cookie}"),
+        ])
+        .arg(format!("{}/agent/events/", s.url()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c.spawn().expect("curl")
+}
+
+#[test]
+fn streamed_answers_end_with_their_credential() {
+    let port = endless_backend();
+    let d = TestDir::new();
+    let cfg = format!(
+        "{}\n[agents.events]\nupstream = \"http://127.0.0.1:{port}\"\n",
+        auth_config("")
+    );
+    let s = spawn_server(&d, &ServeOpts::new().config(&cfg));
+    let owner = web_setup(&s, "ada");
+    let carol = invited(&s, &owner.browser, "carol", "user");
+    let dave = invited(&s, &owner.browser, "dave", "user");
+    let mut ended = stream(&s, &cookie_of(&carol));
+    let mut bystander = stream(&s, &cookie_of(&dave));
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        ended.try_wait().expect("wait").is_none(),
+        "stream ended early"
+    );
+    assert!(bystander.try_wait().expect("wait").is_none());
+    let r = carol.call("POST", "/api/auth/logout", None);
+    assert!(r.status == 204 || r.status == 200, "logout: {}", r.body);
+    let signed_out = Instant::now();
+    while ended.try_wait().expect("wait").is_none() {
+        assert!(
+            signed_out.elapsed() < Duration::from_secs(3),
+            "the stream outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        signed_out.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        signed_out.elapsed()
+    );
+    // Another user's stream is untouched.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        bystander.try_wait().expect("wait").is_none(),
+        "an unrelated stream was cut"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}

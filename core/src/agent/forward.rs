@@ -1,13 +1,15 @@
 //! `ANY /agent/{name}/{*path}`: authenticate, check scope and role, strip
 //! the caller's Latchkey credentials and made-up identity, add the real
 //! identity and its assertion, and stream to the backend and back (or
-//! splice a WebSocket).
+//! splice a WebSocket) — for no longer than the credential lasts
+//! ([`super::lifetime`]).
 //!
 //! The path is checked like the provider proxy's (no `..`, encoded tricks
 //! or absolute URLs) and the final URI's origin is compared with the
 //! configured one, so only the configured backend is ever contacted.
 
 use super::identity;
+use super::lifetime::{Guard, Revoked, until_revoked};
 use super::websocket;
 use super::{AgentError, Route};
 use crate::auth::scope::Scope;
@@ -25,6 +27,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Limited;
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -79,8 +82,8 @@ async fn forward(
     // Taken before the parts are split off; `none` unless hyper offered one.
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     // Before the credential is checked: a revocation from now on reaches
-    // the WebSocket.
-    let revoked = websocket.then(|| state.auth.revocations.subscribe());
+    // the connection (WebSocket or streamed answer).
+    let epoch = state.auth.revocations.subscribe();
     let (parts, body) = req.into_parts();
     *body_out = Some(body);
 
@@ -202,11 +205,13 @@ async fn forward(
         *out.headers_mut() = h;
         let idle = agent.idle_timeout;
         let name = agent.name.clone();
-        let guard = websocket::Guard {
-            revoked: revoked.unwrap_or_else(|| state.auth.revocations.subscribe()),
+        let revoked = until_revoked(Guard {
+            revoked: epoch,
             still_valid: recheck(state.clone(), &parts, Arc::clone(&route), scope),
-        };
-        tokio::spawn(async move { websocket::splice(client, upstream, idle, &name, guard).await });
+        });
+        tokio::spawn(
+            async move { websocket::splice(client, upstream, idle, &name, revoked).await },
+        );
         return Ok(out);
     }
     let (rparts, rbody) = resp.into_parts();
@@ -214,6 +219,10 @@ async fn forward(
         inner: rbody,
         idle: agent.idle_timeout,
         timer: Box::pin(tokio::time::sleep(agent.idle_timeout)),
+        revoked: until_revoked(Guard {
+            revoked: epoch,
+            still_valid: recheck(state.clone(), &parts, Arc::clone(&route), scope),
+        }),
     };
     let mut out = Response::new(Body::new(body));
     *out.status_mut() = rparts.status;
@@ -416,11 +425,13 @@ fn upstream_error(route: &Route, e: hyper_util::client::legacy::Error, max: usiz
     .into()
 }
 
-/// The backend's body, frame by frame, cut off after `idle` of silence.
+/// The backend's body, frame by frame, cut off after `idle` of silence or
+/// when the caller's credential ends.
 struct IdleBody {
     inner: Incoming,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
+    revoked: Revoked,
 }
 
 impl HttpBody for IdleBody {
@@ -432,6 +443,9 @@ impl HttpBody for IdleBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if Pin::new(&mut this.revoked).poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("the caller's credential was revoked".into())));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let deadline = tokio::time::Instant::now() + this.idle;

@@ -8,7 +8,9 @@
 //! - [`assertion`]: the Ed25519 signing key (sealed in `meta`), the JWT,
 //!   the JWKS;
 //! - [`forward`]: the handler, header filtering, streaming;
-//! - [`websocket`]: splicing upgraded connections.
+//! - [`websocket`]: splicing upgraded connections;
+//! - [`lifetime`]: ending WebSockets and streamed answers when the
+//!   caller's credential ends.
 //!
 //! `GET /api/verify` (forward-auth for nginx, Caddy, Traefik) lives in
 //! `crate::http::verify` and uses the same identity code.
@@ -22,6 +24,7 @@ pub mod assertion;
 pub mod config;
 pub mod forward;
 pub mod identity;
+pub mod lifetime;
 pub mod websocket;
 
 pub use config::{Agent, AgentSettings};

@@ -3,18 +3,15 @@
 //! byte for byte until either side closes or nothing has moved for the
 //! agent's `idle_timeout`.
 //!
-//! A WebSocket lives as long as its credential, not longer: whenever
-//! [`crate::auth::revocation`] says a credential may have ended (logout,
-//! revoked session or key, disabled account, changed role or password),
-//! and every [`RECHECK_EVERY`] for expiries, the connection's credential
-//! is authenticated again ([`Guard`]); if it no longer opens this agent,
+//! A WebSocket lives as long as its credential, not longer
+//! ([`super::lifetime`]): once the credential no longer opens this agent,
 //! the client gets a close frame (1008, "credential revoked") when the
 //! stream is between frames, and both connections are dropped.
 //!
 //! Only HTTP/1.1 upgrades are supported; WebSocket over HTTP/2 (RFC 8441
 //! extended CONNECT) is refused by the route with a clear error.
 
-use futures_util::future::BoxFuture;
+use super::lifetime::Revoked;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::io;
@@ -24,26 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::Instant;
-
-/// How often an open WebSocket's credential is checked even without a
-/// revocation (sessions, tokens and keys expire).
-pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// The close frame sent when the credential ends: 1008 (policy
 /// violation), RFC 6455 §7.4.1, unmasked (server to client).
 const REVOKED_CLOSE: &[u8] = b"\x88\x14\x03\xf0credential revoked";
-
-/// What keeps a WebSocket honest: the revocation epoch to watch, and the
-/// re-check of the credential that opened it.
-pub struct Guard {
-    /// Subscribed before the credential was first checked, so a
-    /// revocation in between is not missed.
-    pub revoked: watch::Receiver<u64>,
-    /// `true` while the credential still opens this agent.
-    pub still_valid: Box<dyn FnMut() -> BoxFuture<'static, bool> + Send>,
-}
 
 /// Why the splice ended.
 enum End {
@@ -58,7 +40,7 @@ pub async fn splice(
     upstream: OnUpgrade,
     idle: Duration,
     agent: &str,
-    mut guard: Guard,
+    mut revoked: Revoked,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -76,15 +58,13 @@ pub async fn splice(
         frames: FrameCursor::default(),
     };
     let mut upstream = TokioIo::new(upstream);
-    let mut watching = true;
-    let mut recheck = tokio::time::interval_at(start + RECHECK_EVERY, RECHECK_EVERY);
     let end = {
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
         loop {
             let since = Duration::from_millis(last.load(Ordering::Relaxed));
             let deadline = start + since + idle;
-            let check = tokio::select! {
+            tokio::select! {
                 r = &mut copy => {
                     if let Err(e) = r {
                         tracing::debug!(agent, error = %e, "websocket closed");
@@ -98,18 +78,8 @@ pub async fn splice(
                     if quiet >= idle {
                         break End::Idle;
                     }
-                    false
                 }
-                changed = guard.revoked.changed(), if watching => {
-                    // The sender lives as long as `Auth`; gone means the
-                    // server is stopping, and the timer still runs.
-                    watching = changed.is_ok();
-                    watching
-                }
-                _ = recheck.tick() => true,
-            };
-            if check && !(guard.still_valid)().await {
-                break End::Revoked;
+                () = &mut revoked => break End::Revoked,
             }
         }
     };
