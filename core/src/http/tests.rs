@@ -537,12 +537,18 @@ async fn backup_over_http_opens() {
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-latchkey-vault-records"], "1");
+    let signed_by = resp.headers()["x-latchkey-backup-key"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(signed_by.starts_with("SHA256:"), "{signed_by}");
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .expect("body");
     let opened = crate::backup::open(&bytes, &crate::backup::BackupIdentity::Identity(identity))
         .expect("open");
     assert_eq!(opened.summary.vault_records, 1);
+    assert_eq!(opened.summary.signed_by.as_deref(), Some(signed_by.as_str()));
 
     let resp = app
         .send(json_req(

@@ -174,30 +174,89 @@ fn read_private_key_file(path: &Path) -> Result<MasterKey, MasterKeyError> {
     })
 }
 
-/// Writes `bytes` to `path` with mode 0600, atomically (temp file + rename),
-/// durably (fsync of file and directory).
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), MasterKeyError> {
+/// A temporary file beside `path`, unique to this process and call, so two
+/// writers never share (and clobber) one.
+fn temp_beside(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Writes `bytes` to a new 0600 temporary file beside `path`, durably.
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, MasterKeyError> {
+    let tmp = temp_beside(path);
     let write_err = |source| MasterKeyError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(write_err)?;
-    f.write_all(bytes).map_err(write_err)?;
-    f.sync_all().map_err(write_err)?;
-    fs::rename(&tmp, path).map_err(write_err)?;
-    if let Some(dir) = path.parent() {
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(write_err(e))
+        }
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<(), MasterKeyError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(write_err)?;
+            .map_err(|source| MasterKeyError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
     Ok(())
+}
+
+/// Writes `bytes` to `path` with mode 0600, atomically (temp file + rename),
+/// durably (fsync of file and directory).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), MasterKeyError> {
+    let tmp = write_temp(path, bytes)?;
+    if let Err(source) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(MasterKeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    sync_parent(path)
+}
+
+/// Creates `path` (mode 0600) holding `bytes` only if it does not exist
+/// yet, atomically: the complete file appears under its name in one step
+/// (a hard link of a finished temporary file), and of two creators racing
+/// exactly one wins. `false` when the file already existed (it is left
+/// alone; read it instead).
+pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<bool, MasterKeyError> {
+    let tmp = write_temp(path, bytes)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            sync_parent(path)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(MasterKeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +283,29 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("chmod 600"), "{msg}");
         assert!(msg.contains("644"), "{msg}");
+    }
+
+    #[test]
+    fn create_private_file_has_one_winner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin.token");
+        let wins: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let path = &path;
+                    s.spawn(move || create_private_file(path, &[b'a' + i; 40]).expect("create"))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("join")).collect()
+        });
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+        let body = fs::read(&path).expect("read");
+        assert_eq!(body.len(), 40);
+        assert!(body.iter().all(|b| *b == body[0]), "a whole file, one writer's");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Only the token is left: no temporary files.
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
     }
 
     #[test]
