@@ -11,6 +11,7 @@ mod connections;
 mod crash;
 mod fixtures;
 mod forward_auth;
+mod hardening_vault_proxy;
 mod integrity;
 mod key_sources;
 mod leaks;
