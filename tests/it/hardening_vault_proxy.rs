@@ -102,7 +102,10 @@ fn passphrase_server() -> (TestDir, Server) {
     let d = TestDir::new();
     std::fs::create_dir_all(d.data()).expect("mkdir");
     // Rate limits per address off, so what holds is the gate itself.
-    let config = format!("[vault]\nmaster_key = \"passphrase\"\n\n{}", auth_config(""));
+    let config = format!(
+        "[vault]\nmaster_key = \"passphrase\"\n\n{}",
+        auth_config("")
+    );
     std::fs::write(d.data().join("latchkey.toml"), &config).expect("config");
     d.ok(
         &["vault", "init", "--passphrase-stdin"],
@@ -181,7 +184,10 @@ fn passphrase_unseal_is_one_at_a_time_audited_and_bounded() {
     let backoff = results.iter().filter(|(st, _)| *st == 429).count();
     assert_eq!(wrong + busy + backoff, 16, "{results:?}");
     assert!(wrong >= 1, "no attempt ran: {results:?}");
-    assert!(busy >= 1, "concurrent attempts were not refused: {results:?}");
+    assert!(
+        busy >= 1,
+        "concurrent attempts were not refused: {results:?}"
+    );
     // One 256 MiB derivation at most, plus the server itself.
     assert!(
         peak < base + 600 * 1024 && peak < 1024 * 1024,
@@ -227,14 +233,23 @@ fn passphrase_unseal_is_one_at_a_time_audited_and_bounded() {
     // Every derivation's outcome is in the audit log, with the address.
     let audit = s.api("GET", "/api/audit?action=vault.unseal&limit=500", None);
     assert_eq!(audit.status, 200, "{}", audit.body);
-    let events = audit.json()["events"].as_array().cloned().unwrap_or_default();
+    let events = audit.json()["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let failures = events
         .iter()
         .filter(|e| e["outcome"] == "failure" && e["detail"] == "wrong_passphrase")
         .count();
-    assert!(failures >= wrong, "{failures} audited, {wrong} wrong: {}", audit.body);
     assert!(
-        events.iter().any(|e| e["outcome"] == "success" && e["actor"] == "host"),
+        failures >= wrong,
+        "{failures} audited, {wrong} wrong: {}",
+        audit.body
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["outcome"] == "success" && e["actor"] == "host"),
         "{}",
         audit.body
     );
@@ -357,7 +372,11 @@ fn usage_rows_stay_bounded_when_the_upstream_echoes_models() {
             assert_eq!(total as usize, N, "{}", r.body);
             break rows;
         }
-        assert!(Instant::now() < deadline, "usage never reached {N}: {}", r.body);
+        assert!(
+            Instant::now() < deadline,
+            "usage never reached {N}: {}",
+            r.body
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let days: std::collections::HashSet<_> = rows.iter().map(|r| r["day"].clone()).collect();
@@ -377,7 +396,10 @@ fn usage_rows_stay_bounded_when_the_upstream_echoes_models() {
             "a model name was stored as is: {m:?}"
         );
     }
-    let other = rows.iter().find(|r| r["model"] == "(other)").expect("(other) row");
+    let other = rows
+        .iter()
+        .find(|r| r["model"] == "(other)")
+        .expect("(other) row");
     assert!(other["requests"].as_u64().unwrap_or(0) >= (N - 64) as u64 / 2);
     // A real, repeated model keeps its own row.
     let gpt: u64 = rows
@@ -460,7 +482,10 @@ fn traversal_variants_never_reach_the_upstream() {
         "/v1/files/file%20abc/content",
         "/v1/models/llama3%3A8b",
     ] {
-        assert!(targets.iter().any(|t| t == want), "{want} not in {targets:?}");
+        assert!(
+            targets.iter().any(|t| t == want),
+            "{want} not in {targets:?}"
+        );
     }
 }
 
@@ -550,7 +575,11 @@ fn forged_and_tampered_backups_are_refused_genuine_ones_restore() {
     let err = victim.fails(&["restore", f, "--identity", id, "--force"], b"");
     assert!(err.contains("not by the expected one"), "{err}");
     assert!(err.contains(&forged_fp), "{err}");
-    assert_eq!(std::fs::read(&db).expect("db"), before, "refused restore changed the database");
+    assert_eq!(
+        std::fs::read(&db).expect("db"),
+        before,
+        "refused restore changed the database"
+    );
     // Naming the victim's key does not help the forgery.
     let err = victim.fails(
         &["restore", f, "--identity", id, "--force", "--trust", &fp],
@@ -563,7 +592,10 @@ fn forged_and_tampered_backups_are_refused_genuine_ones_restore() {
     assert!(err.contains("--trust"), "{err}");
     let err = fresh.fails(&["restore", f, "--identity", id, "--trust", &fp], b"");
     assert!(err.contains("not by the expected one"), "{err}");
-    assert!(!fresh.data().exists(), "a refused restore created the data directory");
+    assert!(
+        !fresh.data().exists(),
+        "a refused restore created the data directory"
+    );
 
     // The forgery with its signature stripped: an unsigned file.
     let bytes = std::fs::read(&forged).expect("read");
@@ -588,10 +620,21 @@ fn forged_and_tampered_backups_are_refused_genuine_ones_restore() {
         let p = victim.path().join(format!("tampered-{pos}"));
         std::fs::write(&p, &bad).expect("write");
         let out = victim.run(
-            &["restore", p.to_str().expect("utf8"), "--identity", id, "--force"],
+            &[
+                "restore",
+                p.to_str().expect("utf8"),
+                "--identity",
+                id,
+                "--force",
+            ],
             b"",
         );
-        assert_eq!(out.status.code(), Some(1), "tampered at {pos} accepted: {}", out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "tampered at {pos} accepted: {}",
+            out.stderr
+        );
         assert_eq!(std::fs::read(&db).expect("db"), before);
     }
     let g = genuine.to_str().expect("utf8");
@@ -599,9 +642,15 @@ fn forged_and_tampered_backups_are_refused_genuine_ones_restore() {
     // Genuine into its own installation: accepted without more ado.
     victim.ok(&["vault", "put", "added-later"], b"x");
     let out = victim.ok(&["restore", g, "--identity", id, "--force"], b"");
-    assert!(out.stderr.contains("this installation's backup key"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("this installation's backup key"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
-        victim.ok(&["vault", "get", "openai", "--reveal"], b"").stdout,
+        victim
+            .ok(&["vault", "get", "openai", "--reveal"], b"")
+            .stdout,
         "sk-genuine-1"
     );
     // Genuine into a new directory: only with --trust and its fingerprint.
@@ -610,11 +659,16 @@ fn forged_and_tampered_backups_are_refused_genuine_ones_restore() {
     let out = fresh.ok(&["restore", g, "--identity", id, "--trust", &fp], b"");
     assert!(out.stderr.contains(&fp), "{}", out.stderr);
     assert_eq!(
-        fresh.ok(&["vault", "get", "openai", "--reveal"], b"").stdout,
+        fresh
+            .ok(&["vault", "get", "openai", "--reveal"], b"")
+            .stdout,
         "sk-genuine-1"
     );
     let list = users(&fresh);
-    assert!(list.contains("owner") && !list.contains("mallory"), "{list}");
+    assert!(
+        list.contains("owner") && !list.contains("mallory"),
+        "{list}"
+    );
     // The restored installation signs with the same key: it is the same one.
     let next = fresh.path().join("after.backup");
     assert_eq!(backup_to(&fresh, &next, &recipient), fp);

@@ -332,7 +332,9 @@ mod tests {
             let dir = tmp.path().join("tls");
             let fps: Vec<String> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..8)
-                    .map(|_| s.spawn(|| LocalCa::load_or_create(&dir).map(|c| c.fingerprint_sha256())))
+                    .map(|_| {
+                        s.spawn(|| LocalCa::load_or_create(&dir).map(|c| c.fingerprint_sha256()))
+                    })
                     .collect();
                 handles
                     .into_iter()

@@ -142,9 +142,7 @@ fn open_key(vault: &Vault, sealed: &[u8]) -> Result<Ed25519KeyPair, BackupError>
 
 /// The fingerprint of the installation's backup key as stored in `meta`
 /// (readable while sealed), if it has one yet.
-pub fn installation_fingerprint(
-    meta_public: Option<&[u8]>,
-) -> Option<Fingerprint> {
+pub fn installation_fingerprint(meta_public: Option<&[u8]>) -> Option<Fingerprint> {
     meta_public
         .filter(|p| p.len() == PUBLIC_LEN)
         .map(Fingerprint::of)
@@ -160,9 +158,8 @@ fn signed_message(ciphertext: &[u8]) -> Vec<u8> {
 /// Wraps an age file in the signed container.
 pub fn seal_container(key: &Ed25519KeyPair, ciphertext: &[u8]) -> Vec<u8> {
     let sig = key.sign(&signed_message(ciphertext));
-    let mut out = Vec::with_capacity(
-        CONTAINER_MAGIC.len() + PUBLIC_LEN + SIGNATURE_LEN + ciphertext.len(),
-    );
+    let mut out =
+        Vec::with_capacity(CONTAINER_MAGIC.len() + PUBLIC_LEN + SIGNATURE_LEN + ciphertext.len());
     out.extend_from_slice(CONTAINER_MAGIC);
     out.extend_from_slice(key.public_key().as_ref());
     out.extend_from_slice(sig.as_ref());
@@ -190,7 +187,9 @@ pub fn unwrap(bytes: &[u8]) -> Result<Unwrapped<'_>, BackupError> {
         });
     };
     if rest.len() < PUBLIC_LEN + SIGNATURE_LEN {
-        return Err(BackupError::Damaged("the signature block is cut short".into()));
+        return Err(BackupError::Damaged(
+            "the signature block is cut short".into(),
+        ));
     }
     let (public, rest) = rest.split_at(PUBLIC_LEN);
     let (sig, ciphertext) = rest.split_at(SIGNATURE_LEN);
@@ -301,7 +300,10 @@ mod tests {
             Err(BackupError::Damaged(_))
         ));
         // Not a container: unsigned.
-        assert_eq!(unwrap(b"age-encryption.org/v1").expect("plain").signer, None);
+        assert_eq!(
+            unwrap(b"age-encryption.org/v1").expect("plain").signer,
+            None
+        );
     }
 
     #[test]
@@ -311,7 +313,10 @@ mod tests {
         assert!(text.starts_with("SHA256:") && text.len() == 50, "{text}");
         assert_eq!(Fingerprint::parse(&text).expect("parse"), fp);
         assert_eq!(Fingerprint::parse(&text[7..]).expect("bare"), fp);
-        assert_eq!(Fingerprint::parse(&format!(" {text}= \n")).expect("sloppy"), fp);
+        assert_eq!(
+            Fingerprint::parse(&format!(" {text}= \n")).expect("sloppy"),
+            fp
+        );
         assert!(Fingerprint::parse("SHA256:abc").is_err());
         assert!(Fingerprint::parse("").is_err());
     }
@@ -334,20 +339,41 @@ mod tests {
             Origin::ThisInstallation(a)
         );
         // A forger's key: refused into this installation or a new one.
-        assert!(matches!(none.check(Some(b), Some(a), false), Err(BackupError::Untrusted { .. })));
-        assert!(matches!(none.check(Some(b), None, false), Err(BackupError::Untrusted { .. })));
+        assert!(matches!(
+            none.check(Some(b), Some(a), false),
+            Err(BackupError::Untrusted { .. })
+        ));
+        assert!(matches!(
+            none.check(Some(b), None, false),
+            Err(BackupError::Untrusted { .. })
+        ));
         // Named with --trust.
-        assert_eq!(trust_a.check(Some(a), None, false).expect("trusted"), Origin::Trusted(a));
-        assert!(trust_a.check(Some(b), Some(b), true).is_err(), "--trust is binding");
+        assert_eq!(
+            trust_a.check(Some(a), None, false).expect("trusted"),
+            Origin::Trusted(a)
+        );
+        assert!(
+            trust_a.check(Some(b), Some(b), true).is_err(),
+            "--trust is binding"
+        );
         // The passphrase is proof of its own.
         assert_eq!(
             none.check(Some(b), None, true).expect("passphrase"),
             Origin::Passphrase(Some(b))
         );
-        assert_eq!(none.check(None, None, true).expect("old passphrase"), Origin::Passphrase(None));
+        assert_eq!(
+            none.check(None, None, true).expect("old passphrase"),
+            Origin::Passphrase(None)
+        );
         // Unsigned recipient backups only with the override.
-        assert!(matches!(none.check(None, Some(a), false), Err(BackupError::Unsigned)));
-        assert!(matches!(trust_a.check(None, None, false), Err(BackupError::Unsigned)));
+        assert!(matches!(
+            none.check(None, Some(a), false),
+            Err(BackupError::Unsigned)
+        ));
+        assert!(matches!(
+            trust_a.check(None, None, false),
+            Err(BackupError::Unsigned)
+        ));
         assert_eq!(
             unsigned_ok.check(None, None, false).expect("override"),
             Origin::UnsignedAllowed

@@ -548,7 +548,10 @@ async fn backup_over_http_opens() {
     let opened = crate::backup::open(&bytes, &crate::backup::BackupIdentity::Identity(identity))
         .expect("open");
     assert_eq!(opened.summary.vault_records, 1);
-    assert_eq!(opened.summary.signed_by.as_deref(), Some(signed_by.as_str()));
+    assert_eq!(
+        opened.summary.signed_by.as_deref(),
+        Some(signed_by.as_str())
+    );
 
     let resp = app
         .send(json_req(

@@ -345,7 +345,9 @@ pub async fn unseal(
     }
     let ip = client_ip(&state, &headers, &ext);
     let privileged = who.as_ref().is_some_and(|w| w.0.allows(&Scope::Admin));
-    let actor = who.as_ref().map_or_else(|| "anonymous".to_owned(), |w| w.0.actor());
+    let actor = who
+        .as_ref()
+        .map_or_else(|| "anonymous".to_owned(), |w| w.0.actor());
     run(&state, "unseal", move |v| {
         let Some(pass) = req.passphrase else {
             return Err(ApiError::bad_request(

@@ -63,8 +63,7 @@ pub const MAX_MODEL_LEN: usize = 128;
 pub fn valid_model(m: &str) -> bool {
     !m.is_empty()
         && m.len() <= MAX_MODEL_LEN
-        && m
-            .bytes()
+        && m.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._:/@+".contains(&b))
 }
 
@@ -1090,7 +1089,14 @@ mod tests {
             book.record(key(day, "a", &m), &usage(&m, 1, 1), false);
         }
         // Names that are not model names never become rows of their own.
-        for odd in ["a b", "x\n\u{1b}[31m", "(other)x", "é", &"m".repeat(129), ""] {
+        for odd in [
+            "a b",
+            "x\n\u{1b}[31m",
+            "(other)x",
+            "é",
+            &"m".repeat(129),
+            "",
+        ] {
             let mut k = key(day, "a", odd);
             k.provider = "anthropic".into();
             book.record(k, &usage(odd, 1, 1), false);
@@ -1107,7 +1113,10 @@ mod tests {
             .iter()
             .find(|r| r.model == OTHER_MODEL)
             .expect("other row");
-        assert_eq!(other.totals.requests, 500 - MAX_MODELS_PER_PROVIDER_DAY as u64);
+        assert_eq!(
+            other.totals.requests,
+            500 - MAX_MODELS_PER_PROVIDER_DAY as u64
+        );
         // Nothing is lost: every request and token is still counted.
         assert_eq!(openai.iter().map(|r| r.totals.requests).sum::<u64>(), 500);
         assert_eq!(book.spent("a", day), 1000 + 12);
@@ -1124,14 +1133,26 @@ mod tests {
         let rows = again.query(&store, &all).expect("query");
         assert_eq!(rows.iter().filter(|r| r.provider == "openai").count(), 65);
         assert!(!rows.iter().any(|r| r.model == "new-one"));
-        again.record(key("2026-11-23", "a", "new-one"), &usage("new-one", 1, 1), false);
+        again.record(
+            key("2026-11-23", "a", "new-one"),
+            &usage("new-one", 1, 1),
+            false,
+        );
         let next = UsageQuery {
             from: "2026-11-23".into(),
             to: "2026-11-23".into(),
             ..UsageQuery::default()
         };
-        assert_eq!(again.query(&store, &next).expect("query")[0].model, "new-one");
-        for ok in ["gpt-4o-2024-08-06", "models/gemini-2.0-flash", "llama3:8b", "a@b+c"] {
+        assert_eq!(
+            again.query(&store, &next).expect("query")[0].model,
+            "new-one"
+        );
+        for ok in [
+            "gpt-4o-2024-08-06",
+            "models/gemini-2.0-flash",
+            "llama3:8b",
+            "a@b+c",
+        ] {
             assert!(valid_model(ok), "{ok}");
         }
     }

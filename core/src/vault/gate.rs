@@ -134,8 +134,8 @@ mod tests {
         let g = UnsealGate::default();
         let now = Instant::now();
         let a = g.enter(now, false).expect("first");
-        assert_eq!(g.enter(now, false).unwrap_err(), GateRefused::Busy);
-        assert_eq!(g.enter(now, true).unwrap_err(), GateRefused::Busy);
+        assert_eq!(g.enter(now, false).expect_err("busy"), GateRefused::Busy);
+        assert_eq!(g.enter(now, true).expect_err("busy"), GateRefused::Busy);
         drop(a);
         g.enter(now, false).expect("open again");
     }

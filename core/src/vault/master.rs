@@ -301,7 +301,10 @@ mod tests {
         assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
         let body = fs::read(&path).expect("read");
         assert_eq!(body.len(), 40);
-        assert!(body.iter().all(|b| *b == body[0]), "a whole file, one writer's");
+        assert!(
+            body.iter().all(|b| *b == body[0]),
+            "a whole file, one writer's"
+        );
         let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // Only the token is left: no temporary files.
