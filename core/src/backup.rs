@@ -393,15 +393,8 @@ pub fn restore(
     )?;
     let master = match passphrase {
         Some(m) => m,
-        None => match source.load() {
-            Ok(m) => m,
-            Err(crate::vault::MasterKeyError::KeyFileMissing { .. }) if source.can_generate() => {
-                let m = MasterKey::generate();
-                source.store_new(&m).map_err(VaultError::from)?;
-                m
-            }
-            Err(e) => return Err(VaultError::from(e).into()),
-        },
+        None if source.can_generate() => source.load_or_create().map_err(VaultError::from)?,
+        None => source.load().map_err(VaultError::from)?,
     };
     let wrapped = master.wrap(&backup.data_key).map_err(VaultError::from)?;
 

@@ -145,6 +145,38 @@ impl MasterKeySource {
         }
     }
 
+    /// The master key for a new vault: one this source already holds is
+    /// used, never replaced (it may belong to another installation sharing
+    /// the key file or keychain entry, or be ours from a first run that
+    /// crashed before the database write); otherwise a new one is made and
+    /// stored — a key file only if it is still absent, so of two creators
+    /// racing the loser uses the winner's key.
+    pub fn load_or_create(&self) -> Result<MasterKey, MasterKeyError> {
+        match self.load() {
+            Err(MasterKeyError::KeyFileMissing { .. })
+            | Err(MasterKeyError::Keychain(keychain::KeychainError::NotFound { .. })) => {}
+            other => return other,
+        }
+        let key = MasterKey::generate();
+        match self {
+            MasterKeySource::KeyFile { path } => {
+                let Some(text) = key.expose_identity_string() else {
+                    return Err(MasterKeyError::NeedsPassphrase("keyfile"));
+                };
+                let line = zeroize::Zeroizing::new(format!("{}\n", text.expose_secret()));
+                if create_private_file(path, line.as_bytes())? {
+                    Ok(key)
+                } else {
+                    read_private_key_file(path)
+                }
+            }
+            _ => {
+                self.store_new(&key)?;
+                Ok(key)
+            }
+        }
+    }
+
     /// Whether a key can be created for this source on first run.
     pub fn can_generate(&self) -> bool {
         matches!(
@@ -283,6 +315,34 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("chmod 600"), "{msg}");
         assert!(msg.contains("644"), "{msg}");
+    }
+
+    /// A new vault never replaces a key the source already holds (another
+    /// installation's, sharing the key file).
+    #[test]
+    fn first_run_uses_an_existing_key_and_never_replaces_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let src = MasterKeySource::KeyFile { path: path.clone() };
+        let first = src.load_or_create().expect("create");
+        let bytes = fs::read(&path).expect("read");
+        let again = src.load_or_create().expect("reuse");
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            bytes,
+            "the key file was replaced"
+        );
+        let wrapped = first
+            .wrap(&crate::vault::DataKey::generate())
+            .expect("wrap");
+        again.unwrap(&wrapped).expect("the same key");
+        // A key file it cannot use is an error, not a reason to replace it.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(
+            src.load_or_create(),
+            Err(MasterKeyError::LoosePermissions { .. })
+        ));
+        assert_eq!(fs::read(&path).expect("read"), bytes);
     }
 
     #[test]

@@ -158,10 +158,10 @@ impl Vault {
     /// through [`Vault::unseal`] with a passphrase instead.
     pub fn open_with(&self, source: &MasterKeySource) -> Result<Unlock, VaultError> {
         if !self.is_initialized()? && source.can_generate() {
-            let mk = MasterKey::generate();
-            // Key first, then the database: a crash in between leaves an
-            // unused key file, never a data key nobody can unwrap.
-            source.store_new(&mk)?;
+            // Key first, then the database: a crash in between leaves a
+            // key the next first run uses, never a data key nobody can
+            // unwrap. A key the source already holds is never replaced.
+            let mk = source.load_or_create()?;
             self.initialize(&mk, source.kind_name())?;
             return Ok(Unlock::Initialized);
         }
