@@ -420,12 +420,17 @@ fn usage_rows_stay_bounded_when_the_upstream_echoes_models() {
 fn traversal_variants_never_reach_the_upstream() {
     let mock = Mock::start();
     let d = super::proxy::seeded();
+    // The same mock is also an `/agent/…` backend: the same check guards it.
+    let agent = format!(
+        "\n[agents.notes]\nupstream = \"http://127.0.0.1:{}/base\"\n",
+        mock.port
+    );
     let s = spawn_server(
         &d,
-        &ServeOpts::new().config(&super::proxy::config(mock.port, "")),
+        &ServeOpts::new().config(&super::proxy::config(mock.port, &agent)),
     );
     let owner = web_setup(&s, "owner");
-    let (_, key) = create_key(&owner.browser, "agent", &["proxy:openai"]);
+    let (_, key) = create_key(&owner.browser, "agent", &["proxy:openai", "agent:notes"]);
     let auth = format!("Authorization: Bearer {key}");
     let attacks = [
         "v1/..;/admin",
@@ -449,15 +454,17 @@ fn traversal_variants_never_reach_the_upstream() {
         "v1/..%5cadmin",
     ];
     for a in attacks {
-        let r = s.request_with(
-            &["--path-as-is"],
-            "POST",
-            &format!("/proxy/openai/{a}"),
-            &[&auth, "Content-Type: application/json"],
-            Some(b"{}"),
-        );
-        assert_eq!(r.status, 400, "{a}: {} {}", r.status, r.body);
-        assert_eq!(r.error_code(), "invalid_path", "{a}: {}", r.body);
+        for prefix in ["/proxy/openai", "/agent/notes"] {
+            let r = s.request_with(
+                &["--path-as-is"],
+                "POST",
+                &format!("{prefix}/{a}"),
+                &[&auth, "Content-Type: application/json"],
+                Some(b"{}"),
+            );
+            assert_eq!(r.status, 400, "{prefix}/{a}: {} {}", r.status, r.body);
+            assert_eq!(r.error_code(), "invalid_path", "{prefix}/{a}: {}", r.body);
+        }
     }
     let seen = mock.seen();
     assert!(
@@ -475,7 +482,13 @@ fn traversal_variants_never_reach_the_upstream() {
         let r = post(&s, &format!("/proxy/openai/{ok}"), &auth, "{}");
         assert!(r.status != 400, "{ok}: {} {}", r.status, r.body);
     }
+    let r = s.request("GET", "/agent/notes/v1/items/a:b", &[&auth], None);
+    assert!(r.status != 400, "agent: {} {}", r.status, r.body);
     let targets: Vec<String> = mock.seen().into_iter().map(|s| s.target).collect();
+    assert!(
+        targets.iter().any(|t| t == "/base/v1/items/a:b"),
+        "agent path not in {targets:?}"
+    );
     for want in [
         "/v1/chat/completions",
         "/v1beta/models/gemini-pro:generateContent",
