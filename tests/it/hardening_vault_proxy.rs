@@ -205,6 +205,11 @@ fn passphrase_unseal_is_one_at_a_time_audited_and_bounded() {
     let limited = unseal(&s, "wrong passphrase, again", None);
     assert_eq!(limited.status, 429, "{}", limited.body);
     assert_eq!(limited.error_code(), "rate_limited");
+    assert!(
+        limited.body.contains("wrong vault passphrases"),
+        "{}",
+        limited.body
+    );
     let wait: u64 = limited
         .header("retry-after")
         .and_then(|v| v.parse().ok())

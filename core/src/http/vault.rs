@@ -418,7 +418,7 @@ fn enter_gate(v: &Vault, privileged: bool) -> Result<crate::vault::gate::Attempt
                 "unseal_in_progress",
                 "another passphrase check is running; try again in a moment",
             ),
-            GateRefused::Backoff { retry_after } => ApiError::RateLimited { retry_after },
+            GateRefused::Backoff { retry_after } => ApiError::UnsealBackoff { retry_after },
         })
 }
 
