@@ -124,6 +124,11 @@ pub enum BackupError {
          --allow-unsigned"
     )]
     Unsigned,
+    #[error(
+        "another passphrase operation is running (each uses 256 MiB, so one runs at a time); \
+         try again in a moment"
+    )]
+    PassphraseBusy,
     #[error("not a backup key fingerprint (expected SHA256:… as `latchkey backup` prints it)")]
     BadFingerprint,
     #[error("the backup signing key: {0}")]
@@ -228,6 +233,17 @@ pub fn create(
     let plain = Zeroizing::new(
         postcard::to_allocvec(&payload).map_err(|e| BackupError::Damaged(e.to_string()))?,
     );
+    // A passphrase means scrypt (256 MiB): one such derivation at a time
+    // in the process, shared with unsealing (`crate::vault::gate`).
+    let _one = match to {
+        BackupRecipient::Passphrase(_) => Some(
+            vault
+                .gate()
+                .enter(std::time::Instant::now(), true)
+                .map_err(|_| BackupError::PassphraseBusy)?,
+        ),
+        BackupRecipient::Recipient(_) => None,
+    };
     let out = match to {
         BackupRecipient::Recipient(r) => age::encrypt(r, &plain),
         BackupRecipient::Passphrase(p) => {

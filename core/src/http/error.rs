@@ -157,6 +157,7 @@ impl ApiError {
             ApiError::Vault(e) => vault_status(e),
             ApiError::Backup(e) => match e {
                 BackupError::BadRecipient => (S::BAD_REQUEST, "invalid_recipient"),
+                BackupError::PassphraseBusy => (S::CONFLICT, "unseal_in_progress"),
                 BackupError::Vault(v) => vault_status(v),
                 _ => (S::INTERNAL_SERVER_ERROR, "internal"),
             },

@@ -553,6 +553,24 @@ async fn backup_over_http_opens() {
         Some(signed_by.as_str())
     );
 
+    // A passphrase backup is one more 256 MiB derivation: while another
+    // one runs it is refused at once, not run beside it.
+    {
+        let _running = app
+            .state
+            .vault
+            .gate()
+            .enter(std::time::Instant::now(), true)
+            .expect("gate");
+        let resp = app
+            .send(json_req(
+                "POST",
+                "/api/backup",
+                serde_json::json!({"passphrase": "a long backup passphrase"}),
+            ))
+            .await;
+        assert_error(resp, StatusCode::CONFLICT, "unseal_in_progress").await;
+    }
     let resp = app
         .send(json_req(
             "POST",

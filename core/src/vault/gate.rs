@@ -19,8 +19,8 @@
 //!   stranger's guesses cannot lock the owner out of their own vault — but
 //!   not the one-at-a-time rule.
 //!
-//! Other passphrase derivations (init, rotate-master) take the same gate,
-//! so they share the one-derivation bound.
+//! Other passphrase derivations (init, rotate-master, backups with a
+//! passphrase) take the same gate, so they share the one-derivation bound.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
