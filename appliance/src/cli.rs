@@ -230,6 +230,16 @@ pub struct RestoreArgs {
     /// Replace an existing vault in the data directory
     #[arg(long)]
     pub force: bool,
+    /// Believe a backup signed by this backup key (SHA256:…, as `latchkey
+    /// backup` printed it on the installation it came from); needed to
+    /// restore a recipient backup into a new data directory
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub trust: Option<String>,
+    /// Accept a recipient backup that carries no signature (made before
+    /// backups were signed). Anyone holding the age recipient could have
+    /// made such a file: use only for a backup you know is yours
+    #[arg(long)]
+    pub allow_unsigned: bool,
 }
 
 #[derive(Debug, Args)]

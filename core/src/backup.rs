@@ -11,6 +11,12 @@
 //! A restore decrypts and checks everything (format, schema version, every
 //! record's envelope) before it touches the data directory, then writes a new
 //! database file beside the old one and renames it into place.
+//!
+//! Every backup is signed by the installation's backup key ([`signing`]),
+//! and a restore believes only backups whose origin it can tell:
+//! [`signing::Trust::check`] has the rule.
+
+pub mod signing;
 
 use crate::store::{self, DB_FILE, DataDirLock, META, Store, VAULT_RECORDS};
 use crate::vault::{
@@ -20,6 +26,7 @@ use crate::vault::{
 use age::secrecy::{ExposeSecret, SecretString};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
+use signing::{Fingerprint, Origin, Trust};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -97,6 +104,35 @@ pub enum BackupError {
     NotEmpty(PathBuf),
     #[error("backup verification failed: {0}; nothing was changed")]
     Verify(String),
+    #[error(
+        "the backup's signature does not verify: the file was altered or damaged; \
+         nothing was changed"
+    )]
+    BadSignature,
+    #[error(
+        "the backup is signed by backup key {signer}, not by the expected one ({expected}); \
+         nothing was changed. Anyone holding the public age recipient can make a backup, \
+         so only a signature shows where it came from: compare {signer} with the fingerprint \
+         `latchkey backup` showed on the installation you backed up, and only if they are \
+         the same, run the restore again with --trust {signer}"
+    )]
+    Untrusted { signer: String, expected: String },
+    #[error(
+        "the backup is not signed (made before Latchkey signed its backups, or its signature \
+         was removed): anyone holding the public age recipient could have made it. Nothing \
+         was changed. Only if you are certain where it came from, run the restore again with \
+         --allow-unsigned"
+    )]
+    Unsigned,
+    #[error(
+        "another passphrase operation is running (each uses 256 MiB, so one runs at a time); \
+         try again in a moment"
+    )]
+    PassphraseBusy,
+    #[error("not a backup key fingerprint (expected SHA256:… as `latchkey backup` prints it)")]
+    BadFingerprint,
+    #[error("the backup signing key: {0}")]
+    Signing(&'static str),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -129,6 +165,8 @@ pub struct BackupSummary {
     pub created_at: time::OffsetDateTime,
     pub tables: usize,
     pub vault_records: usize,
+    /// The fingerprint of the key that signed it (`None`: unsigned).
+    pub signed_by: Option<String>,
 }
 
 fn byte_table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
@@ -142,6 +180,13 @@ pub fn create(
 ) -> Result<(Vec<u8>, BackupSummary), BackupError> {
     let store = vault.store();
     let data_key = vault.with_data_key(|k| Ok(k.expose_identity_string()))?;
+    // Made (on the first backup) before the snapshot, so the backup holds
+    // the key and a restored installation goes on signing with it.
+    let signer = signing::signing_key(vault)?;
+    let signed_by = {
+        use ring::signature::KeyPair;
+        Fingerprint::of(signer.public_key().as_ref())
+    };
     let txn = store.db().begin_read()?;
     let mut tables = Vec::new();
     for handle in txn.list_tables()? {
@@ -175,6 +220,7 @@ pub fn create(
         created_at,
         tables: tables.len(),
         vault_records,
+        signed_by: Some(signed_by.to_string()),
     };
     let payload = Payload {
         magic: MAGIC.into(),
@@ -187,6 +233,17 @@ pub fn create(
     let plain = Zeroizing::new(
         postcard::to_allocvec(&payload).map_err(|e| BackupError::Damaged(e.to_string()))?,
     );
+    // A passphrase means scrypt (256 MiB): one such derivation at a time
+    // in the process, shared with unsealing (`crate::vault::gate`).
+    let _one = match to {
+        BackupRecipient::Passphrase(_) => Some(
+            vault
+                .gate()
+                .enter(std::time::Instant::now(), true)
+                .map_err(|_| BackupError::PassphraseBusy)?,
+        ),
+        BackupRecipient::Recipient(_) => None,
+    };
     let out = match to {
         BackupRecipient::Recipient(r) => age::encrypt(r, &plain),
         BackupRecipient::Passphrase(p) => {
@@ -196,7 +253,7 @@ pub fn create(
         }
     }
     .map_err(|e| BackupError::Decrypt(e.to_string()))?;
-    Ok((out, summary))
+    Ok((signing::seal_container(&signer, &out), summary))
 }
 
 /// A backup that decrypted and whose every record verified.
@@ -204,10 +261,18 @@ pub struct VerifiedBackup {
     payload: Payload,
     data_key: DataKey,
     pub summary: BackupSummary,
+    /// Who signed it (checked against the container's key already).
+    pub signer: Option<Fingerprint>,
+    /// Opened with a passphrase (which proves its maker knew it).
+    pub by_passphrase: bool,
 }
 
-/// Decrypts and verifies a backup without touching any data directory.
+/// Decrypts and verifies a backup without touching any data directory. A
+/// signed backup whose signature does not verify is refused here; whether
+/// its signer is believed is the restore's decision ([`restore`]).
 pub fn open(bytes: &[u8], identity: &BackupIdentity) -> Result<VerifiedBackup, BackupError> {
+    let unwrapped = signing::unwrap(bytes)?;
+    let (signer, bytes) = (unwrapped.signer, unwrapped.ciphertext);
     let plain = match identity {
         BackupIdentity::Identity(i) => age::decrypt(i, bytes),
         BackupIdentity::Passphrase(p) => {
@@ -246,11 +311,14 @@ pub fn open(bytes: &[u8], identity: &BackupIdentity) -> Result<VerifiedBackup, B
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         tables: payload.tables.len(),
         vault_records: records,
+        signed_by: signer.map(|s| s.to_string()),
     };
     Ok(VerifiedBackup {
         payload,
         data_key,
         summary,
+        signer,
+        by_passphrase: matches!(identity, BackupIdentity::Passphrase(_)),
     })
 }
 
@@ -296,32 +364,53 @@ fn holds_vault(db_path: &Path) -> bool {
     has_key || has_records
 }
 
+/// The backup key fingerprint of the installation in `db_path`, if it has
+/// one (read-only; the public half is stored in the clear).
+fn installation_key(db_path: &Path) -> Option<Fingerprint> {
+    if !db_path.exists() {
+        return None;
+    }
+    let db = Database::builder().open_read_only(db_path).ok()?;
+    let txn = db.begin_read().ok()?;
+    let meta = txn.open_table(META).ok()?;
+    let public = meta.get(signing::META_BACKUP_PUBLIC_KEY).ok()??;
+    signing::installation_fingerprint(Some(public.value()))
+}
+
 /// Writes a verified backup into `dir`, re-wrapping its data key with the
 /// master key of `source` (`passphrase` gives it for passphrase sources).
+/// The backup's origin is checked first ([`Trust::check`], against the
+/// backup key of the installation in `dir`, if any): a backup the rule
+/// does not believe changes nothing.
 pub fn restore(
     backup: &VerifiedBackup,
     dir: &Path,
     source: &MasterKeySource,
     passphrase: Option<MasterKey>,
     force: bool,
-) -> Result<BackupSummary, BackupError> {
+    trust: &Trust,
+) -> Result<(BackupSummary, Origin), BackupError> {
+    let db_path = dir.join(DB_FILE);
+    // Into a directory that does not exist yet, checked before it is
+    // created: a refused backup leaves no trace. Otherwise under the lock
+    // below (a running server holds the database; it is told so first).
+    if !dir.exists() {
+        trust.check(backup.signer, None, backup.by_passphrase)?;
+    }
     store::ensure_data_dir(dir)?;
     let _lock = DataDirLock::acquire(dir, "restore").map_err(store::StoreError::from)?;
-    let db_path = dir.join(DB_FILE);
     if !force && holds_vault(&db_path) {
         return Err(BackupError::NotEmpty(dir.to_path_buf()));
     }
+    let origin = trust.check(
+        backup.signer,
+        installation_key(&db_path),
+        backup.by_passphrase,
+    )?;
     let master = match passphrase {
         Some(m) => m,
-        None => match source.load() {
-            Ok(m) => m,
-            Err(crate::vault::MasterKeyError::KeyFileMissing { .. }) if source.can_generate() => {
-                let m = MasterKey::generate();
-                source.store_new(&m).map_err(VaultError::from)?;
-                m
-            }
-            Err(e) => return Err(VaultError::from(e).into()),
-        },
+        None if source.can_generate() => source.load_or_create().map_err(VaultError::from)?,
+        None => source.load().map_err(VaultError::from)?,
     };
     let wrapped = master.wrap(&backup.data_key).map_err(VaultError::from)?;
 
@@ -357,7 +446,7 @@ pub fn restore(
         .and_then(|d| d.sync_all())
         .map_err(io)?;
     let _ = std::fs::remove_file(db_path.with_extension("redb.pre-repair"));
-    Ok(backup.summary.clone())
+    Ok((backup.summary.clone(), origin))
 }
 
 /// Opens the restored directory and checks every record, as a final proof.

@@ -73,10 +73,32 @@ fn recipient_backup_and_identity_restore() {
         .to_string();
     let file = d.path().join("b.age");
     let f = file.to_str().expect("utf8");
-    d.ok(&["backup", "--out", f, "--recipient", &recipient], b"");
+    let made = d.ok(&["backup", "--out", f, "--recipient", &recipient], b"");
+    // The installation's backup key, as `backup` shows it.
+    let fp = made
+        .stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap_or_else(|| panic!("no backup key fingerprint in: {}", made.stderr))
+        .to_string();
     let target = TestDir::new();
-    target.ok(
+    // Anyone can encrypt to the recipient: into a new data directory a
+    // recipient backup is restored only when its signer is named.
+    let err = target.fails(
         &["restore", f, "--identity", idfile.to_str().expect("utf8")],
+        b"",
+    );
+    assert!(err.contains(&format!("--trust {fp}")), "{err}");
+    assert!(!target.data().exists(), "a refused restore creates nothing");
+    target.ok(
+        &[
+            "restore",
+            f,
+            "--identity",
+            idfile.to_str().expect("utf8"),
+            "--trust",
+            &fp,
+        ],
         b"",
     );
     assert_eq!(

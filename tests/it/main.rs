@@ -12,6 +12,7 @@ mod crash;
 mod fixtures;
 mod forward_auth;
 mod hardening_edge;
+mod hardening_vault_proxy;
 mod integrity;
 mod key_sources;
 mod leaks;

@@ -8,6 +8,7 @@ use crate::context::Context;
 use crate::prompt;
 use crate::remote::Remote;
 use anyhow::{Context as _, bail};
+use latchkey_core::backup::signing::{self, Fingerprint, Origin, Trust};
 use latchkey_core::backup::{self, BackupIdentity, BackupRecipient};
 use latchkey_core::config::MasterKeyKind;
 use latchkey_core::secrecy::ExposeSecret;
@@ -58,6 +59,16 @@ pub fn backup(ctx: &Context, a: BackupArgs) -> anyhow::Result<()> {
         "Wrote {} ({records} vault entries, schema v{schema}).",
         a.out.display(),
     );
+    // Read back from the file itself (whoever made it: this process or the
+    // server), so what is shown is what a restore will check.
+    match signing::unwrap(&bytes)?.signer {
+        Some(fp) => eprintln!(
+            "Signed with this installation's backup key {fp}\n\
+             Keep this fingerprint apart from the backup: restoring it into a new data \
+             directory asks for it (--trust)."
+        ),
+        None => bail!("the server returned an unsigned backup; is it an older Latchkey?"),
+    }
     Ok(())
 }
 
@@ -69,6 +80,10 @@ pub fn restore(ctx: &Context, a: RestoreArgs) -> anyhow::Result<()> {
         }
         (None, false) => bail!("give --identity KEYFILE or --passphrase-stdin"),
     };
+    let trust = Trust {
+        fingerprint: a.trust.as_deref().map(Fingerprint::parse).transpose()?,
+        allow_unsigned: a.allow_unsigned,
+    };
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     // Everything is decrypted and checked before the data directory is touched.
     let verified = backup::open(&bytes, &identity)?;
@@ -78,13 +93,28 @@ pub fn restore(ctx: &Context, a: RestoreArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let summary = backup::restore(
+    let (summary, origin) = backup::restore(
         &verified,
         &ctx.data_dir,
         &source,
         vault_pass.clone().map(MasterKey::Passphrase),
         a.force,
+        &trust,
     )?;
+    match origin {
+        Origin::ThisInstallation(fp) => {
+            eprintln!("The backup is signed by this installation's backup key {fp}.")
+        }
+        Origin::Trusted(fp) => eprintln!("The backup is signed by the trusted backup key {fp}."),
+        Origin::Passphrase(_) => {
+            eprintln!("The backup opened with its passphrase, which vouches for its origin.")
+        }
+        Origin::UnsignedAllowed => eprintln!(
+            "WARNING: restored an UNSIGNED backup (--allow-unsigned). Anyone holding its age \
+             recipient could have made it: check the users (`latchkey user list`) and the \
+             vault before relying on it, and make a new, signed backup."
+        ),
+    }
     let master = vault_pass.map(MasterKey::Passphrase);
     let checked = backup::verify_restored(&ctx.data_dir, &source, master.as_ref())?;
     eprintln!(

@@ -5,7 +5,7 @@ use crate::tls::TlsManager;
 use anyhow::{Context as _, bail};
 use latchkey_core::http::{HostInfo, ReadyCheck};
 use latchkey_core::secrecy::SecretString;
-use latchkey_core::vault::master::write_private_file;
+use latchkey_core::vault::master::create_private_file;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,13 +19,15 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
 
 /// Reads `DATA_DIR/admin.token`, creating it (32 random bytes, hex, mode
 /// 0600) if missing. A token file other users can read is refused: anyone
-/// holding it controls the vault.
+/// holding it controls the vault. Created only if absent, in one step
+/// (never replacing a token another process made meanwhile), so a reader
+/// never sees a partial token and every process ends up with the same one.
 pub fn ensure_admin_token(data_dir: &Path) -> anyhow::Result<SecretString> {
     let path = admin_token_path(data_dir);
     if !path.exists() {
         let bytes: [u8; 32] = rand::random();
         let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(bytes)));
-        write_private_file(&path, text.as_bytes())?;
+        create_private_file(&path, text.as_bytes())?;
     }
     read_admin_token(&path)
 }

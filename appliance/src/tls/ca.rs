@@ -55,8 +55,13 @@ impl LocalCa {
     /// certificate was never trusted by anyone and is replaced). If `ca.pem`
     /// exists without `ca.key`, that is an error: silently replacing a
     /// trusted CA would break every device that trusts it.
+    ///
+    /// The check and the creation happen under the directory's lock
+    /// ([`files::lock_dir`]): of two processes starting at once, one
+    /// creates the CA and the other loads that one.
     pub fn load_or_create(dir: &Path) -> Result<Self> {
         files::ensure_private_dir(dir)?;
+        let _lock = files::lock_dir(dir)?;
         let cert_path = dir.join(CA_CERT_FILE);
         if files::exists(&cert_path)? {
             return Self::load(dir);
@@ -154,7 +159,8 @@ impl LocalCa {
                 source,
             })?;
         // Key first: a crash in between leaves a key without a certificate,
-        // which the next start replaces.
+        // which the next start replaces. The caller holds the directory
+        // lock, so no other process writes either file meanwhile.
         files::write_atomic(&key_path, key.serialize_pem().as_bytes(), KEY_FILE_MODE)?;
         files::write_atomic(&cert_path, cert.pem().as_bytes(), CERT_FILE_MODE)?;
         tracing::info!(
@@ -315,6 +321,31 @@ mod tests {
         fs::copy(b.path().join(CA_KEY_FILE), a.path().join(CA_KEY_FILE)).expect("copy");
         let err = LocalCa::load(a.path()).expect_err("mismatch");
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+    }
+
+    /// Issue #19 item 6: many creators at once end with one CA whose key
+    /// matches, and every one of them holds that CA.
+    #[test]
+    fn concurrent_first_runs_agree_on_one_ca() {
+        for _ in 0..5 {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dir = tmp.path().join("tls");
+            let fps: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| LocalCa::load_or_create(&dir).map(|c| c.fingerprint_sha256()))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("join").expect("ca"))
+                    .collect()
+            });
+            let on_disk = LocalCa::load(&dir).expect("pair on disk matches");
+            for fp in fps {
+                assert_eq!(fp, on_disk.fingerprint_sha256());
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! File handling for the TLS directory: the private (0700) directory itself,
-//! atomic writes with fixed permissions, the private-key permission check,
-//! and PEM decoding with errors that name the file.
+//! the lock that makes creating key material single-writer, atomic writes
+//! with fixed permissions, the private-key permission check, and PEM
+//! decoding with errors that name the file.
 //!
 //! Unix only (the appliance runs on Linux).
 
@@ -23,6 +24,9 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const SERVER_CERT_FILE: &str = "server.pem";
 /// Generated server private key file name.
 pub const SERVER_KEY_FILE: &str = "server.key";
+
+/// Lock file of the TLS directory (see [`lock_dir`]).
+pub const LOCK_FILE: &str = ".lock";
 
 /// Mode of private key files.
 pub const KEY_FILE_MODE: u32 = 0o600;
@@ -70,6 +74,38 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
             source,
         }),
     }
+}
+
+/// An exclusive hold on the TLS directory's key material; released when
+/// dropped (or when the process ends, however it ends).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// Waits for the exclusive lock on `dir`'s key material (`flock` on
+/// `<dir>/.lock`). Everything that checks for a key pair and creates it
+/// when missing (the CA, the server certificate) holds it from the check
+/// to the last write, so two processes (`serve` starting while
+/// `tls export-ca` runs) can never both create one and leave a key beside
+/// another pair's certificate. Readers of a single file need no lock: each
+/// file is replaced atomically.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(KEY_FILE_MODE)
+        .open(&path)
+        .map_err(|source| TlsError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    file.lock()
+        .map_err(|source| TlsError::Write { path, source })?;
+    Ok(DirLock { _file: file })
 }
 
 /// Writes `contents` to `path` atomically (temporary file in the same

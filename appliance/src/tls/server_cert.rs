@@ -212,6 +212,8 @@ pub fn load_or_issue(
     provider: &Arc<CryptoProvider>,
     policy: IssuePolicy<'_>,
 ) -> Result<(ServerCert, Option<ReissueReason>)> {
+    // Check and reissue as one step against any other writer of the pair.
+    let _lock = files::lock_dir(dir)?;
     match check_existing(dir, ca, provider, policy)? {
         Ok(existing) => Ok((existing, None)),
         Err(reason) => {

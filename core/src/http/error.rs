@@ -64,6 +64,10 @@ pub enum ApiError {
     /// Too many auth requests from one client address.
     #[error("too many requests from this address; retry after {} s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: std::time::Duration },
+    /// Unsealing with a passphrase paused for everyone but administrators
+    /// after repeated wrong passphrases (`crate::vault::gate`).
+    #[error("too many wrong vault passphrases lately; retry after {} s", retry_after.as_secs().max(1))]
+    UnsealBackoff { retry_after: std::time::Duration },
     /// `/proxy/<name>/…` for a provider that is not configured.
     #[error("no provider `{0}` is configured")]
     UnknownProvider(String),
@@ -153,12 +157,15 @@ impl ApiError {
             ApiError::Vault(e) => vault_status(e),
             ApiError::Backup(e) => match e {
                 BackupError::BadRecipient => (S::BAD_REQUEST, "invalid_recipient"),
+                BackupError::PassphraseBusy => (S::CONFLICT, "unseal_in_progress"),
                 BackupError::Vault(v) => vault_status(v),
                 _ => (S::INTERNAL_SERVER_ERROR, "internal"),
             },
             ApiError::Auth(e) => auth_status(e),
             ApiError::Csrf => (S::FORBIDDEN, "csrf"),
-            ApiError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::RateLimited { .. } | ApiError::UnsealBackoff { .. } => {
+                (S::TOO_MANY_REQUESTS, "rate_limited")
+            }
             ApiError::UnknownProvider(_) => (S::NOT_FOUND, "unknown_provider"),
             ApiError::KeyRateLimited { .. } => (S::TOO_MANY_REQUESTS, "key_rate_limited"),
             ApiError::TokenBudgetExhausted { .. } => {
@@ -186,6 +193,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after }
+            | ApiError::UnsealBackoff { retry_after }
             | ApiError::KeyRateLimited { retry_after, .. }
             | ApiError::TokenBudgetExhausted { retry_after, .. }
             | ApiError::Auth(AuthError::Locked { retry_after }) => {

@@ -537,13 +537,40 @@ async fn backup_over_http_opens() {
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-latchkey-vault-records"], "1");
+    let signed_by = resp.headers()["x-latchkey-backup-key"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(signed_by.starts_with("SHA256:"), "{signed_by}");
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .expect("body");
     let opened = crate::backup::open(&bytes, &crate::backup::BackupIdentity::Identity(identity))
         .expect("open");
     assert_eq!(opened.summary.vault_records, 1);
+    assert_eq!(
+        opened.summary.signed_by.as_deref(),
+        Some(signed_by.as_str())
+    );
 
+    // A passphrase backup is one more 256 MiB derivation: while another
+    // one runs it is refused at once, not run beside it.
+    {
+        let _running = app
+            .state
+            .vault
+            .gate()
+            .enter(std::time::Instant::now(), true)
+            .expect("gate");
+        let resp = app
+            .send(json_req(
+                "POST",
+                "/api/backup",
+                serde_json::json!({"passphrase": "a long backup passphrase"}),
+            ))
+            .await;
+        assert_error(resp, StatusCode::CONFLICT, "unseal_in_progress").await;
+    }
     let resp = app
         .send(json_req(
             "POST",

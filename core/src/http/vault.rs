@@ -313,9 +313,19 @@ pub struct UnsealRequest {
 /// `POST /api/vault/unseal`: with `{passphrase}` in passphrase mode; with
 /// no body (or `{}`) the configured key source is read again. Needs the
 /// `admin` scope, except in passphrase mode where the passphrase itself is
-/// the credential (the route is rate limited).
+/// the credential (the route is rate limited per address).
+///
+/// In passphrase mode nothing costly runs for a request that cannot
+/// succeed: an unsealed vault answers 409 `already_unsealed` without a
+/// key derivation, a second concurrent attempt gets 409
+/// `unseal_in_progress` at once, and after repeated wrong passphrases
+/// anonymous attempts get 429 until the global backoff has passed
+/// ([`crate::vault::gate`]). Every derivation's outcome is audited
+/// (`vault.unseal`, with the client address).
 pub async fn unseal(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ext: axum::http::Extensions,
     who: Option<Authenticated>,
     body: Option<ApiJson<UnsealRequest>>,
 ) -> Result<Json<SealState>, ApiError> {
@@ -325,32 +335,91 @@ pub async fn unseal(
     if !passphrase_mode {
         who.ok_or_else(ApiError::unauthenticated)?
             .require(&Scope::Admin)?;
-    }
-    run(&state, "unseal", move |v| {
-        if passphrase_mode {
-            let Some(pass) = req.passphrase else {
-                return Err(ApiError::bad_request(
-                    "passphrase_required",
-                    "this vault is unsealed with its passphrase: send {\"passphrase\": …}",
-                ));
-            };
-            // Unsealing an uninitialized vault would silently make this
-            // (unconfirmed) passphrase the vault's passphrase.
-            if !v.is_initialized()? {
-                return Err(ApiError::conflict(
-                    "vault_not_initialized",
-                    "the vault has no passphrase yet: run `latchkey vault init` first",
-                ));
-            }
-            v.unseal(&MasterKey::Passphrase(pass), source.kind_name())?;
-        } else {
+        run(&state, "unseal", move |v| {
             rotation::open_recovering(v, &source)?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!("vault unsealed over the API");
+        return Ok(Json(SealState { sealed: false }));
+    }
+    let ip = client_ip(&state, &headers, &ext);
+    let privileged = who.as_ref().is_some_and(|w| w.0.allows(&Scope::Admin));
+    let actor = who
+        .as_ref()
+        .map_or_else(|| "anonymous".to_owned(), |w| w.0.actor());
+    run(&state, "unseal", move |v| {
+        let Some(pass) = req.passphrase else {
+            return Err(ApiError::bad_request(
+                "passphrase_required",
+                "this vault is unsealed with its passphrase: send {\"passphrase\": …}",
+            ));
+        };
+        if !v.is_sealed() {
+            return Err(already_unsealed());
         }
-        Ok(())
+        // Unsealing an uninitialized vault would silently make this
+        // (unconfirmed) passphrase the vault's passphrase.
+        if !v.is_initialized()? {
+            return Err(ApiError::conflict(
+                "vault_not_initialized",
+                "the vault has no passphrase yet: run `latchkey vault init` first",
+            ));
+        }
+        let attempt = enter_gate(v, privileged)?;
+        // Checked again inside the gate: an attempt that finished while
+        // this one waited for the pool may have unsealed it.
+        if !v.is_sealed() {
+            return Err(already_unsealed());
+        }
+        let audit = |outcome: Outcome, detail: &str| {
+            let e = AuditEvent::new(actor.as_str(), "vault.unseal", outcome)
+                .ip(Some(ip))
+                .detail(detail);
+            if let Err(err) = audit::append(v.store(), e) {
+                tracing::error!(error = %err, "could not write an audit entry");
+            }
+        };
+        match v.unseal(&MasterKey::Passphrase(pass), source.kind_name()) {
+            Ok(_) => {
+                attempt.succeeded();
+                audit(Outcome::Success, "passphrase");
+                Ok(())
+            }
+            Err(e @ crate::vault::VaultError::Key(crate::vault::KeyError::WrongMasterKey(_))) => {
+                attempt.failed(std::time::Instant::now());
+                audit(Outcome::Failure, "wrong_passphrase");
+                tracing::warn!(%ip, "wrong vault passphrase");
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     })
     .await?;
     tracing::info!("vault unsealed over the API");
     Ok(Json(SealState { sealed: false }))
+}
+
+fn already_unsealed() -> ApiError {
+    ApiError::conflict(
+        "already_unsealed",
+        "the vault is already unsealed; nothing was checked",
+    )
+}
+
+/// Admits one passphrase derivation (see [`crate::vault::gate`]), or says
+/// why not without doing any work.
+fn enter_gate(v: &Vault, privileged: bool) -> Result<crate::vault::gate::Attempt<'_>, ApiError> {
+    use crate::vault::gate::GateRefused;
+    v.gate()
+        .enter(std::time::Instant::now(), privileged)
+        .map_err(|r| match r {
+            GateRefused::Busy => ApiError::conflict(
+                "unseal_in_progress",
+                "another passphrase check is running; try again in a moment",
+            ),
+            GateRefused::Backoff { retry_after } => ApiError::UnsealBackoff { retry_after },
+        })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,6 +464,9 @@ pub async fn rotate_master(
                     format!("the new passphrase must be at least {MIN_PASSPHRASE} characters"),
                 ));
             }
+            // One derivation at a time, whoever asks (admins skip only
+            // the backoff).
+            let _attempt = enter_gate(v, true)?;
             // Proves the caller knows the current passphrase (and leaves
             // the vault unsealed with the same data key).
             v.unseal(&MasterKey::Passphrase(current), source.kind_name())?;
@@ -424,6 +496,8 @@ pub struct BackupRequest {
 /// Response headers carrying the backup's summary (the body is the file).
 pub const BACKUP_RECORDS: HeaderName = HeaderName::from_static("x-latchkey-vault-records");
 pub const BACKUP_SCHEMA: HeaderName = HeaderName::from_static("x-latchkey-schema-version");
+/// The fingerprint of the installation's backup key that signed the file.
+pub const BACKUP_KEY: HeaderName = HeaderName::from_static("x-latchkey-backup-key");
 
 /// Shortest backup passphrase accepted (same rule as the CLI's).
 pub const MIN_BACKUP_PASSPHRASE: usize = 12;
@@ -465,6 +539,7 @@ pub async fn backup(
             ),
             (BACKUP_RECORDS, summary.vault_records.to_string()),
             (BACKUP_SCHEMA, summary.schema_version.to_string()),
+            (BACKUP_KEY, summary.signed_by.unwrap_or_default()),
         ],
         bytes,
     )
@@ -517,6 +592,7 @@ pub async fn init(
         ));
     }
     run(&state, "init", move |v| {
+        let _attempt = enter_gate(v, true)?;
         if v.is_initialized()? {
             return Err(ApiError::conflict(
                 "vault_already_initialized",

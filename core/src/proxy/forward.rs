@@ -509,7 +509,10 @@ impl Tap {
             error,
         } = self;
         let usage = parser.finish();
-        key.model = usage.model.clone().unwrap_or_else(|| "unknown".into());
+        key.model = usage
+            .model
+            .clone()
+            .unwrap_or_else(|| super::usage::UNKNOWN_MODEL.into());
         key.day = super::usage::day_of(crate::auth::service::now());
         route.stats.tokens(usage.input_tokens, usage.output_tokens);
         proxy.usage.record(key, &usage, error);

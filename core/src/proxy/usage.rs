@@ -21,6 +21,14 @@
 //! from the table at start, so token budgets survive a restart. A request
 //! counts when its response ends (or the client leaves), so one started
 //! under a budget may take the key past it; the next one is refused.
+//!
+//! The model name comes from the upstream (which may echo the client's
+//! request), so it is never trusted as a key as is: a name that is not a
+//! plausible model name ([`valid_model`]) and every name past the first
+//! [`MAX_MODELS_PER_PROVIDER_DAY`] of a provider on one UTC day count under
+//! [`OTHER_MODEL`]. Rows per day are thus bounded by keys × providers ×
+//! (cap + 2), in memory and in `usage_daily`. The other maps are keyed by
+//! API key ids and configured provider names only.
 
 use super::json_scan;
 use crate::store::{Store, StoreError};
@@ -35,6 +43,29 @@ use std::sync::Mutex;
 const MAX_JSON: usize = 4 * 1024 * 1024;
 /// Longest SSE line kept while waiting for its end.
 const MAX_LINE: usize = 1024 * 1024;
+
+/// Most distinct model names counted per provider and UTC day (across all
+/// keys); later names count under [`OTHER_MODEL`].
+pub const MAX_MODELS_PER_PROVIDER_DAY: usize = 64;
+/// Where names past the cap, and names that are not model names, count.
+/// Its parentheses cannot occur in a valid model name, so no upstream can
+/// claim it.
+pub const OTHER_MODEL: &str = "(other)";
+/// What a response that named no model counts under.
+pub const UNKNOWN_MODEL: &str = "unknown";
+/// Longest model name counted as itself.
+pub const MAX_MODEL_LEN: usize = 128;
+
+/// Whether `m` looks like a model name: 1 to [`MAX_MODEL_LEN`] bytes of
+/// ASCII letters, digits and `-._:/@+` (`gpt-4o-2024-08-06`,
+/// `models/gemini-2.0-flash`, `meta-llama/Llama-3-70b`, `llama3:8b`,
+/// `anthropic/claude-3.5-sonnet:beta`).
+pub fn valid_model(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= MAX_MODEL_LEN
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:/@+".contains(&b))
+}
 
 /// What one response said about its cost.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -383,6 +414,41 @@ struct Inner {
     /// Per key: the UTC day and the tokens (input + output) spent on it,
     /// stored and pending alike — what budgets are checked against.
     spent: HashMap<String, (String, u64)>,
+    /// Per provider: the UTC day and the model names counted as themselves
+    /// on it (at most [`MAX_MODELS_PER_PROVIDER_DAY`]).
+    models: HashMap<String, (String, HashSet<String>)>,
+}
+
+impl Inner {
+    /// The model name `key` counts under: itself while its provider has
+    /// room for it today, else [`OTHER_MODEL`].
+    fn bounded_model(&mut self, day: &str, provider: &str, model: String) -> String {
+        if model == UNKNOWN_MODEL || model == OTHER_MODEL {
+            return model;
+        }
+        if !valid_model(&model) {
+            return OTHER_MODEL.to_owned();
+        }
+        // Looked up before inserting: a provider seen before costs no clone.
+        let seen = match self.models.get_mut(provider) {
+            Some(e) => e,
+            None => self
+                .models
+                .entry(provider.to_owned())
+                .or_insert_with(|| (day.to_owned(), HashSet::new())),
+        };
+        if seen.0 != day {
+            *seen = (day.to_owned(), HashSet::new());
+        }
+        if seen.1.contains(&model) {
+            return model;
+        }
+        if seen.1.len() >= MAX_MODELS_PER_PROVIDER_DAY {
+            return OTHER_MODEL.to_owned();
+        }
+        seen.1.insert(model.clone());
+        model
+    }
 }
 
 /// Usage totals: counted in memory on the hot path, written to
@@ -423,6 +489,7 @@ impl UsageBook {
         let txn = store.db().begin_read()?;
         let table = txn.open_table(USAGE_DAILY)?;
         let mut spent: HashMap<String, (String, u64)> = HashMap::new();
+        let mut models: HashMap<String, (String, HashSet<String>)> = HashMap::new();
         let end = day_end(today);
         for item in table.range(today.as_bytes()..end.as_slice())? {
             let (k, v) = item?;
@@ -435,6 +502,16 @@ impl UsageBook {
             if key.day != today {
                 continue;
             }
+            // Today's names count against today's cap after a restart too.
+            let seen = models
+                .entry(key.provider.clone())
+                .or_insert_with(|| (today.to_string(), HashSet::new()));
+            if valid_model(&key.model)
+                && key.model != UNKNOWN_MODEL
+                && seen.1.len() < MAX_MODELS_PER_PROVIDER_DAY
+            {
+                seen.1.insert(key.model.clone());
+            }
             let e = spent
                 .entry(key.key_id)
                 .or_insert_with(|| (today.to_string(), 0));
@@ -445,15 +522,18 @@ impl UsageBook {
             inner: Mutex::new(Inner {
                 pending: HashMap::new(),
                 spent,
+                models,
             }),
             gate: Mutex::new(()),
         })
     }
 
-    /// Counts one finished request.
-    pub fn record(&self, key: UsageKey, usage: &Usage, error: bool) {
+    /// Counts one finished request (under [`OTHER_MODEL`] when its model
+    /// name is not one or its provider's cap for the day is reached).
+    pub fn record(&self, mut key: UsageKey, usage: &Usage, error: bool) {
         let tokens = usage.input_tokens.saturating_add(usage.output_tokens);
         let mut inner = lock(&self.inner);
+        key.model = inner.bounded_model(&key.day, &key.provider, std::mem::take(&mut key.model));
         // Looked up before inserting: a key seen before costs no clone.
         match inner.spent.get_mut(&key.key_id) {
             Some(spent) => {
@@ -994,6 +1074,87 @@ mod tests {
             again.query(&store, &all).expect("query"),
             rows_with(&book, &store, &all)
         );
+    }
+
+    /// Issue #19 item 11: an upstream that echoes whatever model the client
+    /// asked for must not make a row per request.
+    #[test]
+    fn model_names_from_upstreams_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "test").expect("store");
+        let day = "2026-11-22";
+        let book = UsageBook::load(&store, day).expect("load");
+        for i in 0..500 {
+            let m = format!("echo-{i}");
+            book.record(key(day, "a", &m), &usage(&m, 1, 1), false);
+        }
+        // Names that are not model names never become rows of their own.
+        for odd in [
+            "a b",
+            "x\n\u{1b}[31m",
+            "(other)x",
+            "é",
+            &"m".repeat(129),
+            "",
+        ] {
+            let mut k = key(day, "a", odd);
+            k.provider = "anthropic".into();
+            book.record(k, &usage(odd, 1, 1), false);
+        }
+        let all = UsageQuery {
+            from: day.into(),
+            to: day.into(),
+            ..UsageQuery::default()
+        };
+        let rows = book.query(&store, &all).expect("query");
+        let openai: Vec<_> = rows.iter().filter(|r| r.provider == "openai").collect();
+        assert_eq!(openai.len(), MAX_MODELS_PER_PROVIDER_DAY + 1);
+        let other = openai
+            .iter()
+            .find(|r| r.model == OTHER_MODEL)
+            .expect("other row");
+        assert_eq!(
+            other.totals.requests,
+            500 - MAX_MODELS_PER_PROVIDER_DAY as u64
+        );
+        // Nothing is lost: every request and token is still counted.
+        assert_eq!(openai.iter().map(|r| r.totals.requests).sum::<u64>(), 500);
+        assert_eq!(book.spent("a", day), 1000 + 12);
+        let anthropic: Vec<_> = rows.iter().filter(|r| r.provider == "anthropic").collect();
+        assert_eq!(anthropic.len(), 1, "{anthropic:?}");
+        assert_eq!(anthropic[0].model, OTHER_MODEL);
+
+        // Known names keep counting as themselves; the cap holds after a
+        // restart (today's names are reloaded) and resets the next day.
+        book.flush(&store).expect("flush");
+        let again = UsageBook::load(&store, day).expect("reload");
+        again.record(key(day, "a", "echo-3"), &usage("echo-3", 1, 1), false);
+        again.record(key(day, "a", "new-one"), &usage("new-one", 1, 1), false);
+        let rows = again.query(&store, &all).expect("query");
+        assert_eq!(rows.iter().filter(|r| r.provider == "openai").count(), 65);
+        assert!(!rows.iter().any(|r| r.model == "new-one"));
+        again.record(
+            key("2026-11-23", "a", "new-one"),
+            &usage("new-one", 1, 1),
+            false,
+        );
+        let next = UsageQuery {
+            from: "2026-11-23".into(),
+            to: "2026-11-23".into(),
+            ..UsageQuery::default()
+        };
+        assert_eq!(
+            again.query(&store, &next).expect("query")[0].model,
+            "new-one"
+        );
+        for ok in [
+            "gpt-4o-2024-08-06",
+            "models/gemini-2.0-flash",
+            "llama3:8b",
+            "a@b+c",
+        ] {
+            assert!(valid_model(ok), "{ok}");
+        }
     }
 
     fn rows_with(book: &UsageBook, store: &Store, q: &UsageQuery) -> Vec<UsageRow> {

@@ -145,6 +145,38 @@ impl MasterKeySource {
         }
     }
 
+    /// The master key for a new vault: one this source already holds is
+    /// used, never replaced (it may belong to another installation sharing
+    /// the key file or keychain entry, or be ours from a first run that
+    /// crashed before the database write); otherwise a new one is made and
+    /// stored — a key file only if it is still absent, so of two creators
+    /// racing the loser uses the winner's key.
+    pub fn load_or_create(&self) -> Result<MasterKey, MasterKeyError> {
+        match self.load() {
+            Err(MasterKeyError::KeyFileMissing { .. })
+            | Err(MasterKeyError::Keychain(keychain::KeychainError::NotFound { .. })) => {}
+            other => return other,
+        }
+        let key = MasterKey::generate();
+        match self {
+            MasterKeySource::KeyFile { path } => {
+                let Some(text) = key.expose_identity_string() else {
+                    return Err(MasterKeyError::NeedsPassphrase("keyfile"));
+                };
+                let line = zeroize::Zeroizing::new(format!("{}\n", text.expose_secret()));
+                if create_private_file(path, line.as_bytes())? {
+                    Ok(key)
+                } else {
+                    read_private_key_file(path)
+                }
+            }
+            _ => {
+                self.store_new(&key)?;
+                Ok(key)
+            }
+        }
+    }
+
     /// Whether a key can be created for this source on first run.
     pub fn can_generate(&self) -> bool {
         matches!(
@@ -174,30 +206,89 @@ fn read_private_key_file(path: &Path) -> Result<MasterKey, MasterKeyError> {
     })
 }
 
-/// Writes `bytes` to `path` with mode 0600, atomically (temp file + rename),
-/// durably (fsync of file and directory).
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), MasterKeyError> {
+/// A temporary file beside `path`, unique to this process and call, so two
+/// writers never share (and clobber) one.
+fn temp_beside(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Writes `bytes` to a new 0600 temporary file beside `path`, durably.
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, MasterKeyError> {
+    let tmp = temp_beside(path);
     let write_err = |source| MasterKeyError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(write_err)?;
-    f.write_all(bytes).map_err(write_err)?;
-    f.sync_all().map_err(write_err)?;
-    fs::rename(&tmp, path).map_err(write_err)?;
-    if let Some(dir) = path.parent() {
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(write_err(e))
+        }
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<(), MasterKeyError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(write_err)?;
+            .map_err(|source| MasterKeyError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
     Ok(())
+}
+
+/// Writes `bytes` to `path` with mode 0600, atomically (temp file + rename),
+/// durably (fsync of file and directory).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), MasterKeyError> {
+    let tmp = write_temp(path, bytes)?;
+    if let Err(source) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(MasterKeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    sync_parent(path)
+}
+
+/// Creates `path` (mode 0600) holding `bytes` only if it does not exist
+/// yet, atomically: the complete file appears under its name in one step
+/// (a hard link of a finished temporary file), and of two creators racing
+/// exactly one wins. `false` when the file already existed (it is left
+/// alone; read it instead).
+pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<bool, MasterKeyError> {
+    let tmp = write_temp(path, bytes)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            sync_parent(path)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(MasterKeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +315,60 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("chmod 600"), "{msg}");
         assert!(msg.contains("644"), "{msg}");
+    }
+
+    /// A new vault never replaces a key the source already holds (another
+    /// installation's, sharing the key file).
+    #[test]
+    fn first_run_uses_an_existing_key_and_never_replaces_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let src = MasterKeySource::KeyFile { path: path.clone() };
+        let first = src.load_or_create().expect("create");
+        let bytes = fs::read(&path).expect("read");
+        let again = src.load_or_create().expect("reuse");
+        assert_eq!(
+            fs::read(&path).expect("read"),
+            bytes,
+            "the key file was replaced"
+        );
+        let wrapped = first
+            .wrap(&crate::vault::DataKey::generate())
+            .expect("wrap");
+        again.unwrap(&wrapped).expect("the same key");
+        // A key file it cannot use is an error, not a reason to replace it.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(
+            src.load_or_create(),
+            Err(MasterKeyError::LoosePermissions { .. })
+        ));
+        assert_eq!(fs::read(&path).expect("read"), bytes);
+    }
+
+    #[test]
+    fn create_private_file_has_one_winner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin.token");
+        let wins: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let path = &path;
+                    s.spawn(move || create_private_file(path, &[b'a' + i; 40]).expect("create"))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("join")).collect()
+        });
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+        let body = fs::read(&path).expect("read");
+        assert_eq!(body.len(), 40);
+        assert!(
+            body.iter().all(|b| *b == body[0]),
+            "a whole file, one writer's"
+        );
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Only the token is left: no temporary files.
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! durable when they return (redb commits with fsync).
 
 mod envelope;
+pub mod gate;
 pub mod keychain;
 pub mod keys;
 pub mod master;
@@ -82,6 +83,8 @@ pub struct Vault {
     state: RwLock<Option<Unsealed>>,
     /// last-used times not yet written, so reads do no disk I/O.
     pending_last_used: Mutex<HashMap<RecordId, i64>>,
+    /// One passphrase derivation at a time (see [`gate`]).
+    gate: gate::UnsealGate,
 }
 
 impl std::fmt::Debug for Vault {
@@ -120,7 +123,13 @@ impl Vault {
             store,
             state: RwLock::new(None),
             pending_last_used: Mutex::new(HashMap::new()),
+            gate: gate::UnsealGate::default(),
         }
+    }
+
+    /// The gate every passphrase key derivation goes through.
+    pub fn gate(&self) -> &gate::UnsealGate {
+        &self.gate
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -149,10 +158,10 @@ impl Vault {
     /// through [`Vault::unseal`] with a passphrase instead.
     pub fn open_with(&self, source: &MasterKeySource) -> Result<Unlock, VaultError> {
         if !self.is_initialized()? && source.can_generate() {
-            let mk = MasterKey::generate();
-            // Key first, then the database: a crash in between leaves an
-            // unused key file, never a data key nobody can unwrap.
-            source.store_new(&mk)?;
+            // Key first, then the database: a crash in between leaves a
+            // key the next first run uses, never a data key nobody can
+            // unwrap. A key the source already holds is never replaced.
+            let mk = source.load_or_create()?;
             self.initialize(&mk, source.kind_name())?;
             return Ok(Unlock::Initialized);
         }

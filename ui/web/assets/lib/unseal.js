@@ -7,7 +7,7 @@
 
 import { api } from './api.js';
 import { h, field, message, onSubmit } from './dom.js';
-import { explain } from './errors.js';
+import { explain, retryText } from './errors.js';
 
 /**
  * The signed-out view of the vault (`GET /api/setup`): `{ sealed,
@@ -32,6 +32,13 @@ function why(err) {
       return 'This Latchkey does not use a passphrase: unseal it on the server with `latchkey unseal`.';
     case 'vault_not_initialized':
       return 'The vault has no passphrase yet: run `latchkey vault init` on the server first.';
+    case 'already_unsealed':
+      return 'The vault is already unsealed: reload the page.';
+    case 'unseal_in_progress':
+      return 'Another unseal attempt is being checked right now. Try again in a moment.';
+    case 'rate_limited':
+      // Per address, or the global pause after repeated wrong passphrases.
+      return `Too many unseal attempts. Try again ${retryText(err.retryAfter)}.`;
     default:
       return explain(err);
   }
