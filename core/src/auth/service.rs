@@ -1245,10 +1245,8 @@ impl Auth {
         };
         // Refreshing is the session's activity too: a client living on
         // tokens keeps its sign-in from going idle, never past its end.
-        if t - session.last_seen_at >= TOUCH_EVERY_SECS {
-            session.last_seen_at = t;
-            db::put(&txn, SESSIONS, &family.session_hash, &session)?;
-        }
+        session.last_seen_at = t;
+        db::put(&txn, SESSIONS, &family.session_hash, &session)?;
         let mut used = r.clone();
         used.used = true;
         db::put(&txn, REFRESH_TOKENS, &hash, &used)?;
