@@ -268,11 +268,15 @@ fn password_change_ends_every_other_sign_in() {
     assert_eq!(r.status, 401);
     there.login("ursula", NEW_PASSWORD, None);
 
-    // New recovery codes: the old ones may have made a sign-in.
+    // New recovery codes: the old ones may have made a sign-in, which
+    // ends with its tokens; this sign-in stays whole, tokens included.
+    let (their_access, _) = token_pair(&there);
     let r = here.call("POST", "/api/account/recovery-codes", None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(there.get("/api/auth/me").status, 401, "after new recovery codes");
+    assert_eq!(me_with(&s, &their_access), 401);
     assert_eq!(here.get("/api/auth/me").status, 200);
+    assert_eq!(me_with(&s, &fresh), 200);
 }
 
 /// Item 4: refresh families renew themselves only while their session

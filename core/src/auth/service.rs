@@ -1676,10 +1676,10 @@ impl Auth {
         let hash = self.checked_hash(new, &p.username)?;
         // Whoever knew the old password may hold a sign-in made with it:
         // every other session and every token ends with the change.
-        let keep = current_session(p);
+        let keep = Keep::session_of(p);
         let (_, ended) = self.change_user(p.user_id, |txn, u| {
             u.password_hash = hash;
-            Self::revoke_user_credentials(txn, p.user_id, keep.as_ref())
+            Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
         self.audit(
             AuditEvent::new(p.actor(), "password.change", Outcome::Success)
@@ -1746,13 +1746,13 @@ impl Auth {
             ));
         }
         self.require_recent_auth(p)?;
-        let keep = current_session(p);
+        let keep = Keep::sign_in_of(p);
         self.change_user(p.user_id, |txn, u| {
             u.totp = None;
             u.totp_pending = None;
             u.totp_last_step = None;
             u.recovery_hashes.clear();
-            Self::revoke_user_credentials(txn, p.user_id, keep.as_ref())
+            Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
         self.audit(AuditEvent::new(p.actor(), "mfa.disable", Outcome::Success).target(&p.username));
         Ok(())
@@ -1763,10 +1763,10 @@ impl Auth {
     pub fn regenerate_recovery(&self, p: &Principal) -> Result<Vec<SecretString>, AuthError> {
         self.require_recent_auth(p)?;
         let (codes, hashes) = recovery::generate();
-        let keep = current_session(p);
+        let keep = Keep::sign_in_of(p);
         self.change_user(p.user_id, |txn, u| {
             u.recovery_hashes = hashes;
-            Self::revoke_user_credentials(txn, p.user_id, keep.as_ref())
+            Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
         self.audit(
             AuditEvent::new(p.actor(), "recovery_codes.regenerate", Outcome::Success)
@@ -1847,11 +1847,37 @@ impl Auth {
 // lie dormant or widen. Each runs inside the transaction of the account
 // change, so both commit or neither.
 
-/// The session that authenticated `p`, kept when the rest end.
-fn current_session(p: &Principal) -> Option<[u8; 32]> {
-    match &p.via {
-        Via::Session { hash, .. } => Some(*hash),
-        _ => None,
+/// What of the caller's own sign-in an account event leaves standing.
+#[derive(Debug, Clone, Copy)]
+enum Keep {
+    Nothing,
+    /// This session; its token families end with the rest.
+    Session([u8; 32]),
+    /// This session and the token families issued from it.
+    SignIn([u8; 32]),
+    /// The sign-in this token family came from: its session and families.
+    SignInOfFamily(u128),
+}
+
+impl Keep {
+    /// A password change: the session that made it stays, every token
+    /// ends (programs holding one sign in again).
+    fn session_of(p: &Principal) -> Keep {
+        match &p.via {
+            Via::Session { hash, .. } => Keep::Session(*hash),
+            _ => Keep::Nothing,
+        }
+    }
+
+    /// A second-factor change: the threat is another sign-in made with
+    /// the old factor, so the caller's own sign-in stays whole — its
+    /// session, or the token family it is using.
+    fn sign_in_of(p: &Principal) -> Keep {
+        match &p.via {
+            Via::Session { hash, .. } => Keep::SignIn(*hash),
+            Via::AccessToken { family_id } => Keep::SignInOfFamily(*family_id),
+            Via::ApiKey { .. } | Via::Host => Keep::Nothing,
+        }
     }
 }
 
@@ -1874,28 +1900,47 @@ impl Auth {
         Ok((user, out))
     }
 
-    /// Ends every sign-in of `user` except the session `keep`: its
-    /// sessions, all its refresh families (marked revoked, so a late
-    /// replay is still recognised as reuse) and their unused refresh
-    /// tokens, and all its access tokens (families of the kept session
-    /// included: a program holding one signs in again). How many sessions
-    /// ended.
+    /// Ends every sign-in of `user` but what `keep` names: its sessions,
+    /// its refresh families (marked revoked, so a late replay is still
+    /// recognised as reuse) with their unused refresh tokens, and its
+    /// access tokens. How many sessions ended.
     fn revoke_user_credentials(
         txn: &redb::WriteTransaction,
         user: UserId,
-        keep: Option<&[u8; 32]>,
+        keep: Keep,
     ) -> Result<usize, AuthError> {
+        let families: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
+        // The session that stays, and whether its families stay with it.
+        let (kept_session, with_families) = match keep {
+            Keep::Nothing => (None, false),
+            Keep::Session(h) => (Some(h), false),
+            Keep::SignIn(h) => (Some(h), true),
+            Keep::SignInOfFamily(id) => (
+                families
+                    .iter()
+                    .find(|(k, f)| f.user_id == user && k[..] == id.to_be_bytes()[..])
+                    .map(|(_, f)| f.session_hash),
+                true,
+            ),
+        };
         let sessions: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
         let mut ended = 0;
         for (k, s) in sessions {
-            if s.user_id == user && keep.is_none_or(|h| h[..] != k[..]) {
+            if s.user_id == user && kept_session.is_none_or(|h| h[..] != k[..]) {
                 db::delete(txn, SESSIONS, &k)?;
                 ended += 1;
             }
         }
-        let families: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
+        let mut kept_families = std::collections::HashSet::new();
         for (k, mut f) in families {
-            if f.user_id == user && !f.revoked {
+            if f.user_id != user {
+                continue;
+            }
+            if with_families && kept_session == Some(f.session_hash) {
+                if let Ok(b) = <[u8; 16]>::try_from(k.as_slice()) {
+                    kept_families.insert(u128::from_be_bytes(b));
+                }
+            } else if !f.revoked {
                 f.revoked = true;
                 db::put(txn, REFRESH_FAMILIES, &k, &f)?;
             }
@@ -1904,14 +1949,14 @@ impl Auth {
         {
             let mut table = txn.open_table(ACCESS_TOKENS)?;
             for (k, a) in access {
-                if a.user_id == user {
+                if a.user_id == user && !kept_families.contains(&a.family_id) {
                     table.remove(k.as_slice())?;
                 }
             }
         }
         let refresh: Vec<(Vec<u8>, RefreshToken)> = db::scan(&txn.open_table(REFRESH_TOKENS)?)?;
         for (k, mut r) in refresh {
-            if r.user_id == user && !r.used {
+            if r.user_id == user && !r.used && !kept_families.contains(&r.family_id) {
                 r.used = true;
                 db::put(txn, REFRESH_TOKENS, &k, &r)?;
             }
@@ -1956,12 +2001,11 @@ impl Auth {
         }
     }
 
-    /// Ends every sign-in of `p`'s user but the current session, in a
+    /// Ends every sign-in of `p`'s user but the caller's own, in a
     /// transaction of its own.
     fn end_other_sign_ins(&self, p: &Principal) -> Result<usize, AuthError> {
-        let keep = current_session(p);
         let txn = self.store.db().begin_write()?;
-        let n = Self::revoke_user_credentials(&txn, p.user_id, keep.as_ref())?;
+        let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
         txn.commit()?;
         Ok(n)
     }
@@ -2091,7 +2135,7 @@ impl Auth {
                 // Sign-ins made under a lesser role's rules (a password
                 // alone) do not carry an admin's rights: the user signs in
                 // again, with the second factor admins must have.
-                Self::revoke_user_credentials(txn, id, None)?;
+                Self::revoke_user_credentials(txn, id, Keep::Nothing)?;
             }
             Self::revoke_user_keys(txn, id, |scopes| {
                 !scopes.iter().all(|s| s.survives_role_change(old, role))
@@ -2154,7 +2198,7 @@ impl Auth {
         let (u, revoked) = self.change_user(id, |txn, u| {
             u.disabled = disabled;
             if disabled {
-                Self::revoke_user_credentials(txn, id, None)?;
+                Self::revoke_user_credentials(txn, id, Keep::Nothing)?;
             }
             // Disabling ends the keys for good (re-enabling gives back the
             // sign-in, not the keys); enabling finds none left unless the
@@ -2192,7 +2236,7 @@ impl Auth {
             u.totp_pending = None;
             u.totp_last_step = None;
             u.recovery_hashes.clear();
-            Self::revoke_user_credentials(txn, id, None)
+            Self::revoke_user_credentials(txn, id, Keep::Nothing)
         })?;
         self.lockout.record_success(&Self::lock_key(username));
         self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
