@@ -31,7 +31,11 @@ fn opts(auth_extra: &str) -> ServeOpts {
 
 /// The audit entries (newest first) with `action`.
 fn audit(s: &Server, action: &str) -> Vec<serde_json::Value> {
-    let r = s.api("GET", &format!("/api/audit?action={action}&limit=100"), None);
+    let r = s.api(
+        "GET",
+        &format!("/api/audit?action={action}&limit=100"),
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["events"].as_array().expect("events").clone()
 }
@@ -60,7 +64,10 @@ fn me_with(s: &Server, bearer: &str) -> u16 {
 }
 
 fn reauth(b: &Browser<'_>, totp: &Authenticator) {
-    let r = b.post("/api/auth/reauth", &serde_json::json!({ "code": totp.code() }));
+    let r = b.post(
+        "/api/auth/reauth",
+        &serde_json::json!({ "code": totp.code() }),
+    );
     assert_eq!(r.status, 204, "reauth: {}", r.body);
 }
 
@@ -101,9 +108,24 @@ fn step_up_guards_every_path_to_a_secret() {
     ];
     for scopes in sensitive {
         let r = b.post("/api/keys", &key_body(scopes));
-        assert_eq!(err(&r), (403, "reauth_required".into()), "session {scopes:?}: {}", r.body);
-        let r = s.bearer(&access, "POST", "/api/keys", Some(&key_body(scopes).to_string()));
-        assert_eq!(err(&r), (403, "reauth_required".into()), "token {scopes:?}: {}", r.body);
+        assert_eq!(
+            err(&r),
+            (403, "reauth_required".into()),
+            "session {scopes:?}: {}",
+            r.body
+        );
+        let r = s.bearer(
+            &access,
+            "POST",
+            "/api/keys",
+            Some(&key_body(scopes).to_string()),
+        );
+        assert_eq!(
+            err(&r),
+            (403, "reauth_required".into()),
+            "token {scopes:?}: {}",
+            r.body
+        );
     }
     // A key never stands in for a person when minting, not even `admin`.
     let r = s.bearer(
@@ -140,13 +162,20 @@ fn step_up_guards_every_path_to_a_secret() {
     assert_eq!(refused("connection.token"), 1);
 
     // What reaches no secret needs no step-up.
-    let r = b.post("/api/keys", &key_body(&["proxy:*", "agent:*", "keys:manage"]));
+    let r = b.post(
+        "/api/keys",
+        &key_body(&["proxy:*", "agent:*", "keys:manage"]),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
 
     // The legitimate path: a fresh factor, then the same requests work.
     reauth(b, &owner.totp);
     let (_, reader) = create_key(b, "reader", &["vault:read:canary"]);
-    let r = b.call("POST", "/api/backup", Some(r#"{"passphrase":"a long backup passphrase"}"#));
+    let r = b.call(
+        "POST",
+        "/api/backup",
+        Some(r#"{"passphrase":"a long backup passphrase"}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     // A key used within its scopes is the grant (it was minted under the
     // rule): no re-authentication for agents.
@@ -172,7 +201,10 @@ fn step_up_guards_every_path_to_a_secret() {
     let actors: Vec<&str> = taken.iter().filter_map(|e| e["actor"].as_str()).collect();
     assert!(actors.contains(&"owner"), "{actors:?}");
     assert!(actors.contains(&"host"), "{actors:?}");
-    assert!(actors.iter().any(|a| a.starts_with("owner (key ")), "{actors:?}");
+    assert!(
+        actors.iter().any(|a| a.starts_with("owner (key ")),
+        "{actors:?}"
+    );
     let all = s.api("GET", "/api/audit?limit=500", None).body;
     assert!(!all.contains("attacker chosen passphrase"));
 
@@ -197,7 +229,12 @@ fn keys_manage_never_reaches_another_users_keys() {
     let (_, manager) = create_key(admin, "manager", &["keys:manage"]);
 
     let limits = r#"{"tokens_per_day":1}"#;
-    let r = s.bearer(&manager, "PUT", &format!("/api/keys/{victim_id}/limits"), Some(limits));
+    let r = s.bearer(
+        &manager,
+        "PUT",
+        &format!("/api/keys/{victim_id}/limits"),
+        Some(limits),
+    );
     assert_eq!(err(&r), (404, "not_found".into()), "{}", r.body);
     let r = s.bearer(&manager, "DELETE", &format!("/api/keys/{victim_id}"), None);
     assert_eq!(err(&r), (404, "not_found".into()), "{}", r.body);
@@ -207,20 +244,34 @@ fn keys_manage_never_reaches_another_users_keys() {
     assert_eq!(me_with(&s, &victim), 200);
     let r = s.bearer(&victim, "GET", "/api/keys", None);
     let listed = r.json();
-    assert_eq!(listed[0]["limits"]["tokens_per_day"], serde_json::Value::Null, "{listed}");
+    assert_eq!(
+        listed[0]["limits"]["tokens_per_day"],
+        serde_json::Value::Null,
+        "{listed}"
+    );
     // Nor does the user's own `keys:manage` reach the owner's keys.
     let r = s.bearer(&victim, "DELETE", &format!("/api/keys/{own_id}"), None);
     assert_eq!(err(&r), (404, "not_found".into()));
 
     // The manager still manages its owner's own keys.
-    let r = s.bearer(&manager, "PUT", &format!("/api/keys/{own_id}/limits"), Some(limits));
+    let r = s.bearer(
+        &manager,
+        "PUT",
+        &format!("/api/keys/{own_id}/limits"),
+        Some(limits),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let r = s.bearer(&manager, "DELETE", &format!("/api/keys/{own_id}"), None);
     assert_eq!(r.status, 204, "{}", r.body);
     // The `admin` scope (an admin's session, an admin's `admin` key)
     // reaches everyone's.
     let (_, admin_key) = create_key(admin, "ops", &["admin"]);
-    let r = s.bearer(&admin_key, "PUT", &format!("/api/keys/{victim_id}/limits"), Some(limits));
+    let r = s.bearer(
+        &admin_key,
+        "PUT",
+        &format!("/api/keys/{victim_id}/limits"),
+        Some(limits),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let r = admin.call("DELETE", &format!("/api/keys/{victim_id}"), None);
     assert_eq!(r.status, 204, "{}", r.body);
@@ -251,7 +302,11 @@ fn password_change_ends_every_other_sign_in() {
 
     assert_eq!(there.get("/api/auth/me").status, 401, "the other session");
     assert_eq!(me_with(&s, &their_access), 401, "its access token");
-    assert_eq!(err(&refresh(&s, &their_refresh)).0, 401, "its refresh token");
+    assert_eq!(
+        err(&refresh(&s, &their_refresh)).0,
+        401,
+        "its refresh token"
+    );
     assert_eq!(me_with(&s, &my_access), 401, "tokens of this session too");
     assert_eq!(err(&refresh(&s, &my_refresh)).0, 401);
     // The session that changed it stays, and can take new tokens.
@@ -273,7 +328,11 @@ fn password_change_ends_every_other_sign_in() {
     let (their_access, _) = token_pair(&there);
     let r = here.call("POST", "/api/account/recovery-codes", None);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(there.get("/api/auth/me").status, 401, "after new recovery codes");
+    assert_eq!(
+        there.get("/api/auth/me").status,
+        401,
+        "after new recovery codes"
+    );
     assert_eq!(me_with(&s, &their_access), 401);
     assert_eq!(here.get("/api/auth/me").status, 200);
     assert_eq!(me_with(&s, &fresh), 200);
@@ -303,7 +362,11 @@ fn refresh_families_end_with_their_session_and_at_their_absolute_lifetime() {
     assert_eq!(me_with(&s, &access), 200);
     std::thread::sleep(Duration::from_secs(6));
     let r = refresh(&s, &refresh_token);
-    assert_eq!(err(&r), (401, "unauthenticated".into()), "past the family's end");
+    assert_eq!(
+        err(&r),
+        (401, "unauthenticated".into()),
+        "past the family's end"
+    );
     assert_eq!(me_with(&s, &access), 401, "its access token ended too");
     // The session itself is unaffected and may start a new family.
     let (fresh_access, _) = token_pair(&user);
@@ -352,7 +415,9 @@ fn disabling_a_user_ends_their_keys_for_good() {
         let user = invited(&s, &owner.browser, "ursula", "user");
         let (_, key) = create_key(&user, "agent", &["proxy:*", "keys:manage"]);
         let (access, refresh_token) = token_pair(&user);
-        let r = owner.browser.call("POST", "/api/users/ursula/disable", None);
+        let r = owner
+            .browser
+            .call("POST", "/api/users/ursula/disable", None);
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(user.get("/api/auth/me").status, 401, "session");
         (key, access, refresh_token)
@@ -379,7 +444,11 @@ fn disabling_a_user_ends_their_keys_for_good() {
     s.stop();
     drop(s);
     let s = spawn_server(&d, &o);
-    assert_eq!(me_with(&s, &key), 401, "key after re-enabling and a restart");
+    assert_eq!(
+        me_with(&s, &key),
+        401,
+        "key after re-enabling and a restart"
+    );
     // Re-enabling gives back the sign-in.
     let b = Browser::new(&s);
     b.login("ursula", PASSWORD, None);
@@ -407,7 +476,11 @@ fn role_changes_end_what_the_new_role_would_not_have_granted() {
     let (_, reader) = create_key(&user, "reader", &["vault:read:canary"]);
     let (_, proxy_key) = create_key(&user, "agent", &["proxy:*"]);
     let (user_access, _) = token_pair(&user);
-    assert_eq!(s.bearer(&reader, "POST", "/api/vault/canary/reveal", None).status, 403);
+    assert_eq!(
+        s.bearer(&reader, "POST", "/api/vault/canary/reveal", None)
+            .status,
+        403
+    );
 
     let r = admin.call("PUT", "/api/users/ursula/role", Some(r#"{"role":"admin"}"#));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -416,7 +489,11 @@ fn role_changes_end_what_the_new_role_would_not_have_granted() {
     assert_eq!(user.get("/api/auth/me").status, 401);
     assert_eq!(me_with(&s, &user_access), 401);
     // The widened key ended; the others keep working.
-    assert_eq!(s.bearer(&reader, "POST", "/api/vault/canary/reveal", None).status, 401);
+    assert_eq!(
+        s.bearer(&reader, "POST", "/api/vault/canary/reveal", None)
+            .status,
+        401
+    );
     assert_eq!(me_with(&s, &proxy_key), 200);
     // Signing in again means enrolling the second factor admins must have.
     let b = Browser::new(&s);
@@ -448,7 +525,11 @@ fn role_changes_end_what_the_new_role_would_not_have_granted() {
     let r = admin.call("PUT", "/api/users/ursula/role", Some(r#"{"role":"admin"}"#));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(me_with(&s, &admin_key), 401);
-    assert_eq!(s.bearer(&reader, "POST", "/api/vault/canary/reveal", None).status, 401);
+    assert_eq!(
+        s.bearer(&reader, "POST", "/api/vault/canary/reveal", None)
+            .status,
+        401
+    );
 }
 
 /// Item 19: the host's admin token used to answer `201` with a key that
@@ -463,8 +544,17 @@ fn the_host_token_cannot_mint_a_key_that_belongs_to_nobody() {
     for scopes in [r#"["proxy:*"]"#, r#"["admin"]"#, r#"["keys:manage"]"#] {
         let body = format!(r#"{{"name":"from-host","scopes":{scopes}}}"#);
         let r = s.api("POST", "/api/keys", Some(&body));
-        assert_eq!(err(&r), (403, "host_cannot_own_keys".into()), "{scopes}: {}", r.body);
-        assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("sign in")));
+        assert_eq!(
+            err(&r),
+            (403, "host_cannot_own_keys".into()),
+            "{scopes}: {}",
+            r.body
+        );
+        assert!(
+            r.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("sign in"))
+        );
     }
     let listed = s.api("GET", "/api/keys?all=true", None).json();
     let names: Vec<&str> = listed
@@ -475,7 +565,11 @@ fn the_host_token_cannot_mint_a_key_that_belongs_to_nobody() {
         .collect();
     assert_eq!(names, ["agent"], "no key was made");
     // The host still acts on everyone's keys.
-    let r = s.api("PUT", &format!("/api/keys/{user_key_id}/limits"), Some(r#"{"requests_per_minute":5}"#));
+    let r = s.api(
+        "PUT",
+        &format!("/api/keys/{user_key_id}/limits"),
+        Some(r#"{"requests_per_minute":5}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let r = s.api("DELETE", &format!("/api/keys/{user_key_id}"), None);
     assert_eq!(r.status, 204, "{}", r.body);

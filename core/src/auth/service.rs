@@ -1061,7 +1061,10 @@ impl Auth {
             // An access token lives no longer than what it came from: its
             // family (not revoked, within its absolute lifetime) and that
             // family's session (not ended, expired or idle).
-            let family = db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &a.family_id.to_be_bytes())?;
+            let family = db::get::<Family>(
+                &txn.open_table(REFRESH_FAMILIES)?,
+                &a.family_id.to_be_bytes(),
+            )?;
             let alive = match family {
                 Some(f) if !f.revoked && t < self.family_end(&f) => {
                     let session = db::get::<Session>(&txn.open_table(SESSIONS)?, &f.session_hash)?;
@@ -1142,8 +1145,8 @@ impl Auth {
     /// `auth.refresh_absolute_lifetime` after the sign-in it came from was
     /// exchanged (the family's `created_at`).
     fn family_end(&self, f: &Family) -> i64 {
-        let lifetime = i64::try_from(self.settings.refresh_absolute_lifetime.as_secs())
-            .unwrap_or(i64::MAX);
+        let lifetime =
+            i64::try_from(self.settings.refresh_absolute_lifetime.as_secs()).unwrap_or(i64::MAX);
         f.created_at.saturating_add(lifetime)
     }
 
@@ -2145,7 +2148,11 @@ impl Auth {
         self.audit(
             AuditEvent::new(p.actor(), "user.role", Outcome::Success)
                 .target(username)
-                .detail(format!("{} ({} key(s) revoked)", role.as_str(), revoked.len())),
+                .detail(format!(
+                    "{} ({} key(s) revoked)",
+                    role.as_str(),
+                    revoked.len()
+                )),
         );
         Ok(UserView::of(id, &u))
     }
