@@ -575,3 +575,105 @@ fn the_host_token_cannot_mint_a_key_that_belongs_to_nobody() {
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(me_with(&s, &user_key), 401);
 }
+
+/// Item 4, raced: sign-ins and keys in flight while an admin disables the
+/// account. Whatever the requests got, nothing made during the disable
+/// works once the account is enabled again (before, a key committed after
+/// the revocation, or a session whose password step ran before it, came
+/// back with `/enable`).
+#[test]
+fn sign_ins_and_keys_racing_a_disable_do_not_survive_it() {
+    let d = TestDir::new();
+    let s = spawn_server(&d, &opts(""));
+    let owner = web_setup(&s, "owner");
+    drop(invited(&s, &owner.browser, "ursula", "user"));
+    let login = serde_json::json!({"username": "ursula", "password": PASSWORD});
+    let mut keys_made = Vec::new();
+    let mut sessions_made = Vec::new();
+    for round in 0..4 {
+        let signed_in: Vec<Browser<'_>> = (0..4)
+            .map(|_| {
+                let b = Browser::new(&s);
+                b.login("ursula", PASSWORD, None);
+                b
+            })
+            .collect();
+        std::thread::scope(|sc| {
+            // Each signed-in browser mints keys until it is refused; sign-ins
+            // start one after another: the disable lands among them.
+            let minting: Vec<_> = signed_in
+                .iter()
+                .map(|b| {
+                    sc.spawn(move || {
+                        let mut made = Vec::new();
+                        for _ in 0..40 {
+                            let r = b.post("/api/keys", &key_body(&["proxy:*"]));
+                            assert!(
+                                r.status == 201 || r.status == 401,
+                                "{} {}",
+                                r.status,
+                                r.body
+                            );
+                            if r.status != 201 {
+                                break;
+                            }
+                            made.push(r.json()["key"].as_str().expect("key").to_string());
+                        }
+                        made
+                    })
+                })
+                .collect();
+            let logins: Vec<_> = (0..6u64)
+                .map(|i| {
+                    let login = &login;
+                    let s = &s;
+                    sc.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(40 * i));
+                        let b = Browser::new(s);
+                        let r = b.post("/api/auth/login", login);
+                        assert!(
+                            r.status == 200 || r.status == 401,
+                            "{} {}",
+                            r.status,
+                            r.body
+                        );
+                        b.cookie()
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(60 + 40 * round));
+            let r = owner
+                .browser
+                .call("POST", "/api/users/ursula/disable", None);
+            assert_eq!(r.status, 200, "{}", r.body);
+            for m in minting {
+                keys_made.extend(m.join().expect("mint"));
+            }
+            for l in logins {
+                sessions_made.extend(l.join().expect("login"));
+            }
+        });
+        for b in &signed_in {
+            assert_eq!(b.get("/api/auth/me").status, 401, "round {round}");
+        }
+        let r = owner.browser.call("POST", "/api/users/ursula/enable", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    eprintln!(
+        "raced a disable: {} key(s) and {} session(s) were handed out",
+        keys_made.len(),
+        sessions_made.len()
+    );
+    for key in &keys_made {
+        assert_eq!(me_with(&s, key), 401, "a key minted during a disable");
+    }
+    for cookie in &sessions_made {
+        let header = format!("Cookie: __Host-latchkey_session={cookie}");
+        let r = s.request("GET", "/api/auth/me", &[&header], None);
+        assert_eq!(r.status, 401, "a session made during a disable");
+    }
+    // The account itself is fine.
+    let b = Browser::new(&s);
+    b.login("ursula", PASSWORD, None);
+    assert_eq!(b.get("/api/auth/me").status, 200);
+}

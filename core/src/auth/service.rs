@@ -969,6 +969,13 @@ impl Auth {
             user_agent: user_agent.map(|u| u.chars().take(200).collect()),
         };
         let txn = self.store.db().begin_write()?;
+        // The account as it is now: a sign-in whose password step ran
+        // before the account was disabled or promoted (which end every
+        // sign-in) must not slip in after.
+        let now_row = db::get::<User>(&txn.open_table(USERS)?, &id.key())?;
+        if !now_row.is_some_and(|u| u.active && !u.disabled && u.role == user.role) {
+            return Err(AuthError::unauthenticated());
+        }
         db::put(&txn, SESSIONS, &token_hash(token.expose_secret()), &session)?;
         txn.commit()?;
         Ok(NewSession {
@@ -1548,6 +1555,20 @@ impl Auth {
         };
         let id = generated.id.to_string();
         let txn = self.store.db().begin_write()?;
+        // The owner as they are now, in the transaction that writes the
+        // key: one disabled, or whose role changed, since this request was
+        // authenticated would get a key outliving that change.
+        let owner = db::get::<User>(&txn.open_table(USERS)?, &p.user_id.key())?;
+        match owner {
+            Some(u) if u.active && !u.disabled && u.role == p.role => {}
+            Some(u) if u.active && !u.disabled => {
+                return Err(AuthError::Conflict(
+                    "account_changed",
+                    "your role changed while the key was being made; try again".into(),
+                ));
+            }
+            _ => return Err(AuthError::unauthenticated()),
+        }
         db::put(&txn, API_KEYS, id.as_bytes(), &row)?;
         audit::append_in(
             &txn,
@@ -1566,6 +1587,18 @@ impl Auth {
                     expires_at,
                 },
             );
+        }
+        // A revocation that committed after our commit but before the
+        // insert (disabling the owner, a role change) has already emptied
+        // the cache of what it revoked: look again, now that the key is in.
+        let revoked = {
+            let txn = self.store.db().begin_read()?;
+            db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?
+                .is_none_or(|r| r.revoked_at.is_some())
+        };
+        if revoked {
+            self.forget_keys(std::slice::from_ref(&id));
+            return Err(AuthError::unauthenticated());
         }
         Ok((self.key_view(&id, &row, &p.username), generated.secret))
     }
@@ -1684,6 +1717,7 @@ impl Auth {
             u.password_hash = hash;
             Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
+        self.sign_ins_ended(p.user_id);
         self.audit(
             AuditEvent::new(p.actor(), "password.change", Outcome::Success)
                 .target(&p.username)
@@ -1757,6 +1791,7 @@ impl Auth {
             u.recovery_hashes.clear();
             Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
+        self.sign_ins_ended(p.user_id);
         self.audit(AuditEvent::new(p.actor(), "mfa.disable", Outcome::Success).target(&p.username));
         Ok(())
     }
@@ -1771,6 +1806,7 @@ impl Auth {
             u.recovery_hashes = hashes;
             Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
+        self.sign_ins_ended(p.user_id);
         self.audit(
             AuditEvent::new(p.actor(), "recovery_codes.regenerate", Outcome::Success)
                 .target(&p.username),
@@ -1992,6 +2028,17 @@ impl Auth {
         Ok(revoked)
     }
 
+    /// After a commit that ended sign-ins of `user`: their pending second
+    /// steps (MFA tickets, in memory) end too, so a password step taken
+    /// before a password change, a disable or a promotion cannot be
+    /// finished after it. Anything else holding a sign-in open (a
+    /// WebSocket) hooks in here.
+    fn sign_ins_ended(&self, user: UserId) {
+        if let Ok(mut t) = self.tickets.lock() {
+            t.retain(|_, v| v.user_id != user);
+        }
+    }
+
     /// Drops revoked keys from the in-memory cache (after their commit).
     fn forget_keys(&self, ids: &[String]) {
         if ids.is_empty() {
@@ -2010,6 +2057,7 @@ impl Auth {
         let txn = self.store.db().begin_write()?;
         let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
         txn.commit()?;
+        self.sign_ins_ended(p.user_id);
         Ok(n)
     }
 }
@@ -2145,6 +2193,7 @@ impl Auth {
             })
         })?;
         self.forget_keys(&revoked);
+        self.sign_ins_ended(id);
         self.audit(
             AuditEvent::new(p.actor(), "user.role", Outcome::Success)
                 .target(username)
@@ -2214,6 +2263,9 @@ impl Auth {
             Self::revoke_user_keys(txn, id, |_| true)
         })?;
         self.forget_keys(&revoked);
+        if disabled {
+            self.sign_ins_ended(id);
+        }
         self.audit(
             AuditEvent::new(
                 p.actor(),
@@ -2245,6 +2297,7 @@ impl Auth {
             u.recovery_hashes.clear();
             Self::revoke_user_credentials(txn, id, Keep::Nothing)
         })?;
+        self.sign_ins_ended(id);
         self.lockout.record_success(&Self::lock_key(username));
         self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
         Ok(UserView::of(id, &u))
