@@ -677,3 +677,32 @@ fn sign_ins_and_keys_racing_a_disable_do_not_survive_it() {
     b.login("ursula", PASSWORD, None);
     assert_eq!(b.get("/api/auth/me").status, 200);
 }
+
+/// Item 4: someone who knew the old password and has passed the password
+/// step holds an MFA ticket; a password change ends it (and with it the
+/// sign-in the old password started), while the new password signs in.
+#[test]
+fn a_password_step_taken_before_a_password_change_cannot_finish_after_it() {
+    let d = TestDir::new();
+    let s = spawn_server(&d, &opts(""));
+    let owner = web_setup(&s, "owner");
+    let thief = Browser::new(&s);
+    let r = thief.post(
+        "/api/auth/login",
+        &serde_json::json!({"username": "owner", "password": PASSWORD}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ticket = r.json()["ticket"].as_str().expect("ticket").to_string();
+    let r = owner.browser.post(
+        "/api/account/password",
+        &serde_json::json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = thief.post(
+        "/api/auth/mfa",
+        &serde_json::json!({"ticket": ticket, "code": owner.totp.code()}),
+    );
+    assert_eq!(err(&r), (401, "invalid_ticket".into()), "{}", r.body);
+    assert_eq!(thief.get("/api/auth/me").status, 401);
+    Browser::new(&s).login("owner", NEW_PASSWORD, Some(&owner.totp));
+}

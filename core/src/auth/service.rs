@@ -1717,7 +1717,7 @@ impl Auth {
             u.password_hash = hash;
             Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
-        self.sign_ins_ended(p.user_id);
+        self.sign_ins_ended(p.user_id, Tickets::End);
         self.audit(
             AuditEvent::new(p.actor(), "password.change", Outcome::Success)
                 .target(&p.username)
@@ -1791,7 +1791,7 @@ impl Auth {
             u.recovery_hashes.clear();
             Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
-        self.sign_ins_ended(p.user_id);
+        self.sign_ins_ended(p.user_id, Tickets::Keep);
         self.audit(AuditEvent::new(p.actor(), "mfa.disable", Outcome::Success).target(&p.username));
         Ok(())
     }
@@ -1806,7 +1806,7 @@ impl Auth {
             u.recovery_hashes = hashes;
             Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
-        self.sign_ins_ended(p.user_id);
+        self.sign_ins_ended(p.user_id, Tickets::Keep);
         self.audit(
             AuditEvent::new(p.actor(), "recovery_codes.regenerate", Outcome::Success)
                 .target(&p.username),
@@ -1885,6 +1885,16 @@ impl Auth {
 // sign-in and every key; a role change ends the keys whose scopes would
 // lie dormant or widen. Each runs inside the transaction of the account
 // change, so both commit or neither.
+
+/// Whether an account event ends the user's pending second steps: yes
+/// when their password step no longer proves anything (password changed,
+/// account disabled, promoted or reset); no after a second-factor change,
+/// which a pending step still has to pass with the new factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tickets {
+    End,
+    Keep,
+}
 
 /// What of the caller's own sign-in an account event leaves standing.
 #[derive(Debug, Clone, Copy)]
@@ -2028,13 +2038,15 @@ impl Auth {
         Ok(revoked)
     }
 
-    /// After a commit that ended sign-ins of `user`: their pending second
-    /// steps (MFA tickets, in memory) end too, so a password step taken
-    /// before a password change, a disable or a promotion cannot be
-    /// finished after it. Anything else holding a sign-in open (a
-    /// WebSocket) hooks in here.
-    fn sign_ins_ended(&self, user: UserId) {
-        if let Ok(mut t) = self.tickets.lock() {
+    /// After a commit that ended sign-ins of `user`. With
+    /// [`Tickets::End`] their pending second steps (MFA tickets, in
+    /// memory) end too, so a password step taken before a password
+    /// change, a disable or a promotion cannot be finished after it.
+    /// Anything else holding a sign-in open (a WebSocket) hooks in here.
+    fn sign_ins_ended(&self, user: UserId, tickets: Tickets) {
+        if tickets == Tickets::End
+            && let Ok(mut t) = self.tickets.lock()
+        {
             t.retain(|_, v| v.user_id != user);
         }
     }
@@ -2057,7 +2069,7 @@ impl Auth {
         let txn = self.store.db().begin_write()?;
         let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
         txn.commit()?;
-        self.sign_ins_ended(p.user_id);
+        self.sign_ins_ended(p.user_id, Tickets::Keep);
         Ok(n)
     }
 }
@@ -2193,7 +2205,7 @@ impl Auth {
             })
         })?;
         self.forget_keys(&revoked);
-        self.sign_ins_ended(id);
+        self.sign_ins_ended(id, Tickets::End);
         self.audit(
             AuditEvent::new(p.actor(), "user.role", Outcome::Success)
                 .target(username)
@@ -2264,7 +2276,7 @@ impl Auth {
         })?;
         self.forget_keys(&revoked);
         if disabled {
-            self.sign_ins_ended(id);
+            self.sign_ins_ended(id, Tickets::End);
         }
         self.audit(
             AuditEvent::new(
@@ -2297,7 +2309,7 @@ impl Auth {
             u.recovery_hashes.clear();
             Self::revoke_user_credentials(txn, id, Keep::Nothing)
         })?;
-        self.sign_ins_ended(id);
+        self.sign_ins_ended(id, Tickets::End);
         self.lockout.record_success(&Self::lock_key(username));
         self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
         Ok(UserView::of(id, &u))
