@@ -116,8 +116,10 @@ fn table() -> Vec<Row> {
              "403:session_required", "403", "403", "403", "401"]),
         row("GET", "/api/connections/{provider}/callback", "/api/connections/walk/callback?state=x&code=y", None,
             all("404:unknown_provider")),
+        // A connection's token is a secret: the step-up rule (an access
+        // token never has a recent re-authentication; keys are the grant).
         row("GET", "/api/connections/{provider}/token", "/api/connections/walk/token", None,
-            ["404:unknown_provider", "404:unknown_provider", "403", "404:unknown_provider",
+            ["404:unknown_provider", "404:unknown_provider", "403", "403:reauth_required",
              "404:unknown_provider", "403", "403", "403", "401"]),
         row("DELETE", "/api/connections/{provider}", "/api/connections/walk", None,
             ["404:unknown_provider", "404:unknown_provider", "403", "404:unknown_provider",
@@ -200,8 +202,9 @@ fn table() -> Vec<Row> {
             ["-", "403", "403", "-", "-", "403", "403", "403", "401"]),
         row("POST", "/api/vault/rotate-master", "/api/vault/rotate-master", None,
             ["-", "403", "403", "-", "-", "403", "403", "403", "401"]),
+        // A backup holds every secret: the step-up rule, as for a reveal.
         row("POST", "/api/backup", "/api/backup", Some(r#"{"passphrase":"a long backup passphrase"}"#),
-            ["200", "403", "403", "200", "200", "403", "403", "403", "401"]),
+            ["200", "403", "403", "403:reauth_required", "200", "403", "403", "403", "401"]),
         row("POST", "/api/auth/logout", "/api/auth/logout", None,
             ["-", "-", "-", "-", "204", "204", "204", "204", "401"]),
     ]

@@ -13,6 +13,7 @@ mod fixtures;
 mod forward_auth;
 mod hardening_edge;
 mod hardening_vault_proxy;
+mod hardening_privilege;
 mod integrity;
 mod key_sources;
 mod leaks;

@@ -194,6 +194,52 @@ impl Scope {
         named("vault:read:", entry, EntryName::new).map(Scope::VaultRead)
     }
 
+    /// Whether a credential holding this scope can obtain a secret's
+    /// plaintext, or a credential that can — the class the step-up rule
+    /// guards (`Auth::step_up`): putting such a scope on a new key needs
+    /// the same fresh re-authentication as revealing a secret.
+    ///
+    /// - `admin`: everything, backups of the whole vault included;
+    /// - `vault:read:…`: secret values;
+    /// - `vault:write:…`: replacing the credential a provider injects with
+    ///   one for an account the writer controls hands them every agent's
+    ///   traffic (and deleting secrets is as grave);
+    /// - `connections:…`: the OAuth access tokens of the owner's
+    ///   connections (`GET /api/connections/{p}/token`).
+    ///
+    /// `proxy:…` and `agent:…` use credentials without ever seeing them;
+    /// `keys:manage` lists and revokes keys but cannot mint any (only an
+    /// `admin` key may, and never one of these).
+    pub fn needs_step_up(&self) -> bool {
+        match self {
+            Scope::Admin | Scope::VaultRead(_) | Scope::VaultWrite(_) | Scope::Connections(_) => {
+                true
+            }
+            Scope::KeysManage | Scope::Proxy(_) | Scope::Agent(_) => false,
+        }
+    }
+
+    /// Whether a key holding this scope may live on when its owner's role
+    /// changes from `old` to `new`. Not when `new` may not grant it (it
+    /// would lie dormant, capped by the role, and come back with a later
+    /// promotion), nor when it means more under `new` than under `old`:
+    /// `admin` stands for whatever the role may, and a named
+    /// `vault:…:<entry>` scope covers only a user's own entries but every
+    /// entry of the household for an admin.
+    pub fn survives_role_change(&self, old: Role, new: Role) -> bool {
+        if old == new {
+            return true;
+        }
+        let widens = match self {
+            Scope::Admin => true,
+            Scope::VaultRead(Target::Only(_)) | Scope::VaultWrite(Target::Only(_)) => {
+                old.may(Permission::ManageAllVault) != new.may(Permission::ManageAllVault)
+            }
+            _ => false,
+        };
+        !widens && new.may_grant(self)
+    }
+
     /// Whether holding `self` allows an action that needs `needed`.
     pub fn allows(&self, needed: &Scope) -> bool {
         use Scope::*;
@@ -940,6 +986,52 @@ mod tests {
                 .check_grantable(Role::Guest)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_step_up_class_is_every_scope_that_reaches_a_secret() {
+        for s in [
+            "admin",
+            "vault:read:*",
+            "vault:read:a",
+            "vault:write:*",
+            "vault:write:a",
+            "connections:*",
+            "connections:a",
+        ] {
+            assert!(sc(s).needs_step_up(), "{s}");
+        }
+        for s in ["keys:manage", "proxy:*", "proxy:a", "agent:*", "agent:a"] {
+            assert!(!sc(s).needs_step_up(), "{s}");
+        }
+    }
+
+    #[test]
+    fn keys_do_not_outlive_the_role_they_were_made_under() {
+        use Role::*;
+        let keeps = |s: &str, old, new| sc(s).survives_role_change(old, new);
+        // Unchanged roles change nothing.
+        for r in Role::ALL {
+            assert!(keeps("admin", r, r));
+            assert!(keeps("vault:read:a", r, r));
+        }
+        // Demotion: what the new role cannot grant ends.
+        assert!(!keeps("admin", Admin, User));
+        assert!(!keeps("vault:read:*", Admin, User));
+        assert!(!keeps("vault:write:*", Admin, Guest));
+        assert!(!keeps("connections:a", User, Guest));
+        assert!(keeps("proxy:*", Admin, Guest));
+        assert!(keeps("keys:manage", User, Guest));
+        assert!(keeps("agent:a", Admin, User));
+        // A named vault scope means "own entry" for a user and "the
+        // household's entry" for an admin: it ends either way.
+        assert!(!keeps("vault:read:a", User, Admin));
+        assert!(!keeps("vault:read:a", Admin, User));
+        assert!(!keeps("vault:write:a", User, Admin));
+        // Promotion widens nothing else.
+        assert!(keeps("connections:a", User, Admin));
+        assert!(keeps("proxy:a", Guest, Admin));
+        assert!(keeps("keys:manage", Guest, User));
     }
 
     #[test]

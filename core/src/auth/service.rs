@@ -37,6 +37,12 @@ pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Whether a session row is still good at `t`: before its absolute end
+/// and not idle.
+fn session_live(s: &Session, t: i64) -> bool {
+    t < s.expires_at && t < s.last_seen_at.saturating_add(s.idle_secs)
+}
+
 fn random_token(prefix: &str) -> SecretString {
     use rand::RngCore;
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
@@ -89,6 +95,29 @@ impl Principal {
             _ => self.role.may_exercise(scope),
         }
     }
+
+    /// Whether this principal may act on other users' things (their keys
+    /// and key limits, everyone's lists): only with the `admin` scope —
+    /// an admin's session or access token, an admin's key that carries
+    /// `admin`, or the host. The owner's role alone never suffices: an
+    /// admin's `keys:manage` key manages the admin's own keys only.
+    pub fn acts_for_everyone(&self) -> bool {
+        self.allows(&Scope::Admin)
+    }
+}
+
+/// Whether an API key may stand in for a fresh re-authentication under
+/// the step-up rule ([`Auth::step_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStepUp {
+    /// Using a key whose scopes cover the action — a reveal with
+    /// `vault:read:<name>`, a backup with `admin`, a connection's token
+    /// with `connections:<p>`: the key is itself the grant, and minting a
+    /// key with such a scope needed a step-up.
+    UseGrant,
+    /// Minting or widening a credential: a key never stands in for a
+    /// person.
+    Refuse,
 }
 
 /// What a successful password step returns.
@@ -266,9 +295,18 @@ impl Auth {
     fn load_keys(&self) -> Result<(), AuthError> {
         let txn = self.store.db().begin_read()?;
         let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
+        let users = txn.open_table(USERS)?;
         let mut map = HashMap::new();
         for (k, row) in rows {
             if row.revoked_at.is_some() {
+                continue;
+            }
+            // Keys of accounts that cannot sign in (disabled, unfinished,
+            // gone — or the host's owner-less keys of older versions) are
+            // never loaded: disabling revokes keys, and this holds for
+            // rows written before it did.
+            let owner = db::get::<User>(&users, &row.user_id.key())?;
+            if !owner.is_some_and(|u| u.active && !u.disabled) {
                 continue;
             }
             let id = String::from_utf8_lossy(&k).into_owned();
@@ -934,6 +972,13 @@ impl Auth {
             user_agent: user_agent.map(|u| u.chars().take(200).collect()),
         };
         let txn = self.store.db().begin_write()?;
+        // The account as it is now: a sign-in whose password step ran
+        // before the account was disabled or promoted (which end every
+        // sign-in) must not slip in after.
+        let now_row = db::get::<User>(&txn.open_table(USERS)?, &id.key())?;
+        if !now_row.is_some_and(|u| u.active && !u.disabled && u.role == user.role) {
+            return Err(AuthError::unauthenticated());
+        }
         db::put(&txn, SESSIONS, &token_hash(token.expose_secret()), &session)?;
         txn.commit()?;
         Ok(NewSession {
@@ -1022,7 +1067,22 @@ impl Auth {
             let txn = self.store.db().begin_read()?;
             let a: AccessToken = db::get(&txn.open_table(ACCESS_TOKENS)?, &hash)?
                 .ok_or_else(AuthError::unauthenticated)?;
-            if now() >= a.expires_at {
+            let t = now();
+            // An access token lives no longer than what it came from: its
+            // family (not revoked, within its absolute lifetime) and that
+            // family's session (not ended, expired or idle).
+            let family = db::get::<Family>(
+                &txn.open_table(REFRESH_FAMILIES)?,
+                &a.family_id.to_be_bytes(),
+            )?;
+            let alive = match family {
+                Some(f) if !f.revoked && t < self.family_end(&f) => {
+                    let session = db::get::<Session>(&txn.open_table(SESSIONS)?, &f.session_hash)?;
+                    session.is_some_and(|s| session_live(&s, t))
+                }
+                _ => false,
+            };
+            if t >= a.expires_at || !alive {
                 return Err(AuthError::unauthenticated());
             }
             return self.principal(
@@ -1077,33 +1137,42 @@ impl Auth {
             ));
         };
         let family_id: u128 = rand::random();
+        let family = Family {
+            user_id: p.user_id,
+            session_hash: *hash,
+            created_at: now(),
+            revoked: false,
+        };
+        let end = self.family_end(&family);
         let txn = self.store.db().begin_write()?;
-        db::put(
-            &txn,
-            REFRESH_FAMILIES,
-            &family_id.to_be_bytes(),
-            &Family {
-                user_id: p.user_id,
-                session_hash: *hash,
-                created_at: now(),
-                revoked: false,
-            },
-        )?;
-        let pair = self.mint_pair(&txn, p.user_id, family_id)?;
+        db::put(&txn, REFRESH_FAMILIES, &family_id.to_be_bytes(), &family)?;
+        let pair = self.mint_pair(&txn, p.user_id, family_id, end)?;
         txn.commit()?;
         Ok(pair)
     }
 
+    /// When a refresh family ends whatever its tokens say:
+    /// `auth.refresh_absolute_lifetime` after the sign-in it came from was
+    /// exchanged (the family's `created_at`).
+    fn family_end(&self, f: &Family) -> i64 {
+        let lifetime =
+            i64::try_from(self.settings.refresh_absolute_lifetime.as_secs()).unwrap_or(i64::MAX);
+        f.created_at.saturating_add(lifetime)
+    }
+
+    /// A new access/refresh pair of `family_id`, neither outliving the
+    /// family's absolute end `family_end`.
     fn mint_pair(
         &self,
         txn: &redb::WriteTransaction,
         user_id: UserId,
         family_id: u128,
+        family_end: i64,
     ) -> Result<TokenPair, AuthError> {
         let access = random_token("lka_");
         let refresh = random_token("lkr_");
         let t = now();
-        let ttl = self.settings.access_token_lifetime.as_secs() as i64;
+        let ttl = (self.settings.access_token_lifetime.as_secs() as i64).min(family_end - t);
         db::put(
             txn,
             ACCESS_TOKENS,
@@ -1121,7 +1190,8 @@ impl Auth {
             &RefreshToken {
                 family_id,
                 user_id,
-                expires_at: t + self.settings.refresh_token_lifetime.as_secs() as i64,
+                expires_at: (t + self.settings.refresh_token_lifetime.as_secs() as i64)
+                    .min(family_end),
                 used: false,
             },
         )?;
@@ -1166,13 +1236,34 @@ impl Auth {
                     .into(),
             ));
         }
-        if now() >= r.expires_at || user.is_none_or(|u| u.disabled) {
+        // A family renews itself only while everything it stands on
+        // holds: the token's own expiry, the family's absolute lifetime,
+        // its session (not signed out, revoked, expired or idle) and an
+        // enabled account. Otherwise the family ends here, access tokens
+        // included.
+        let t = now();
+        let session = db::get::<Session>(&txn.open_table(SESSIONS)?, &family.session_hash)?
+            .filter(|s| session_live(s, t));
+        let end = self.family_end(&family);
+        let usable = t < r.expires_at
+            && t < end
+            && session.is_some()
+            && user.is_some_and(|u| u.active && !u.disabled);
+        let Some(mut session) = session.filter(|_| usable) else {
+            family.revoked = true;
+            db::put(&txn, REFRESH_FAMILIES, &fam_key, &family)?;
+            Self::delete_family_tokens(&txn, r.family_id)?;
+            txn.commit()?;
             return Err(AuthError::unauthenticated());
-        }
+        };
+        // Refreshing is the session's activity too: a client living on
+        // tokens keeps its sign-in from going idle, never past its end.
+        session.last_seen_at = t;
+        db::put(&txn, SESSIONS, &family.session_hash, &session)?;
         let mut used = r.clone();
         used.used = true;
         db::put(&txn, REFRESH_TOKENS, &hash, &used)?;
-        let pair = self.mint_pair(&txn, r.user_id, r.family_id)?;
+        let pair = self.mint_pair(&txn, r.user_id, r.family_id, end.min(session.expires_at))?;
         txn.commit()?;
         Ok(pair)
     }
@@ -1264,6 +1355,43 @@ impl Auth {
                 "confirm it's you: POST /api/auth/reauth with your password or a TOTP code".into(),
             )),
         }
+    }
+
+    /// The step-up rule for secrets (docs/security, "Step-up"): every path
+    /// that yields a secret's plaintext, or mints a credential that can,
+    /// calls this after its permission check — reveal, backup, a
+    /// connection's token, a key with a [`Scope::needs_step_up`] scope, a
+    /// provider's client secret. Refusals are audited as `action` (detail
+    /// `reauth_required`); the caller audits the success.
+    ///
+    /// - the host token passes: it stands for someone at the machine, who
+    ///   holds the data directory and its master key anyway;
+    /// - a session passes when it proved a factor within `reauth_window`;
+    /// - an access token never does: it is a session lent to a program for
+    ///   15 minutes, no proof that a person is present;
+    /// - an API key passes only under [`KeyStepUp::UseGrant`].
+    pub fn step_up(
+        &self,
+        p: &Principal,
+        keys: KeyStepUp,
+        action: &str,
+        target: Option<&str>,
+        ip: Option<IpAddr>,
+    ) -> Result<(), AuthError> {
+        let res = match (&p.via, keys) {
+            (Via::ApiKey { .. }, KeyStepUp::UseGrant) => Ok(()),
+            _ => self.require_recent_auth(p),
+        };
+        if res.is_err() {
+            let mut e = AuditEvent::new(p.actor(), action, Outcome::Failure)
+                .ip(ip)
+                .detail("reauth_required");
+            if let Some(t) = target {
+                e = e.target(t);
+            }
+            self.audit(e);
+        }
+        res
     }
 
     /// Re-authentication: a TOTP code (or the password when the user has
@@ -1360,7 +1488,9 @@ pub struct SessionView {
 // ---- API keys ----------------------------------------------------------
 impl Auth {
     /// Creates a key for `p`'s user. Scopes beyond the owner's role are
-    /// refused; `admin` keys need a recent re-authentication.
+    /// refused; a key with a scope that reaches secrets
+    /// ([`Scope::needs_step_up`]) needs the step-up of a person. The host
+    /// stands for no user and cannot own keys.
     pub fn create_key(
         &self,
         p: &Principal,
@@ -1368,6 +1498,12 @@ impl Auth {
         scopes: &[String],
         expires_at: Option<i64>,
     ) -> Result<(KeyView, SecretString), AuthError> {
+        if matches!(p.via, Via::Host) {
+            return Err(AuthError::Forbidden(
+                "host_cannot_own_keys",
+                "the host's admin token stands for no user, so a key made with it would belong to nobody: sign in as the user who should own the key (or use an `admin` key of theirs)".into(),
+            ));
+        }
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
             return Err(AuthError::Invalid {
@@ -1393,8 +1529,8 @@ impl Auth {
                 ));
             }
         }
-        if set.iter().any(|s| *s == Scope::Admin) {
-            self.require_recent_auth(p)?;
+        if set.iter().any(Scope::needs_step_up) {
+            self.step_up(p, KeyStepUp::Refuse, "key.create", None, None)?;
         }
         if let Some(e) = expires_at
             && e <= now()
@@ -1423,6 +1559,20 @@ impl Auth {
         };
         let id = generated.id.to_string();
         let txn = self.store.db().begin_write()?;
+        // The owner as they are now, in the transaction that writes the
+        // key: one disabled, or whose role changed, since this request was
+        // authenticated would get a key outliving that change.
+        let owner = db::get::<User>(&txn.open_table(USERS)?, &p.user_id.key())?;
+        match owner {
+            Some(u) if u.active && !u.disabled && u.role == p.role => {}
+            Some(u) if u.active && !u.disabled => {
+                return Err(AuthError::Conflict(
+                    "account_changed",
+                    "your role changed while the key was being made; try again".into(),
+                ));
+            }
+            _ => return Err(AuthError::unauthenticated()),
+        }
         db::put(&txn, API_KEYS, id.as_bytes(), &row)?;
         audit::append_in(
             &txn,
@@ -1441,6 +1591,18 @@ impl Auth {
                     expires_at,
                 },
             );
+        }
+        // A revocation that committed after our commit but before the
+        // insert (disabling the owner, a role change) has already emptied
+        // the cache of what it revoked: look again, now that the key is in.
+        let revoked = {
+            let txn = self.store.db().begin_read()?;
+            db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?
+                .is_none_or(|r| r.revoked_at.is_some())
+        };
+        if revoked {
+            self.forget_keys(std::slice::from_ref(&id));
+            return Err(AuthError::unauthenticated());
         }
         Ok((self.key_view(&id, &row, &p.username), generated.secret))
     }
@@ -1465,7 +1627,7 @@ impl Auth {
 
     /// The user's own keys; admins with `all` see everyone's.
     pub fn list_keys(&self, p: &Principal, all: bool) -> Result<Vec<KeyView>, AuthError> {
-        let all = all && p.role == Role::Admin;
+        let all = all && p.acts_for_everyone();
         let txn = self.store.db().begin_read()?;
         let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
         let users = txn.open_table(USERS)?;
@@ -1488,7 +1650,7 @@ impl Auth {
         let txn = self.store.db().begin_write()?;
         let mut row: ApiKeyRow = db::get(&txn.open_table(API_KEYS)?, id.as_bytes())?
             .ok_or(AuthError::NotFound("key"))?;
-        if row.user_id != p.user_id && p.role != Role::Admin {
+        if row.user_id != p.user_id && !p.acts_for_everyone() {
             return Err(AuthError::NotFound("key"));
         }
         if row.revoked_at.is_none() {
@@ -1553,12 +1715,18 @@ impl Auth {
             ));
         }
         let hash = self.checked_hash(new, &p.username)?;
-        self.update_user(p.user_id, |u| {
+        // Whoever knew the old password may hold a sign-in made with it:
+        // every other session and every token ends with the change.
+        let keep = Keep::session_of(p);
+        let (_, ended) = self.change_user(p.user_id, |txn, u| {
             u.password_hash = hash;
-            Ok(())
+            Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
+        self.sign_ins_ended(p.user_id, Tickets::End);
         self.audit(
-            AuditEvent::new(p.actor(), "password.change", Outcome::Success).target(&p.username),
+            AuditEvent::new(p.actor(), "password.change", Outcome::Success)
+                .target(&p.username)
+                .detail(format!("{ended} other session(s) and all tokens ended")),
         );
         self.revocations.bump();
         Ok(())
@@ -1573,6 +1741,11 @@ impl Auth {
             u.totp_pending = Some(sealed);
             Ok(())
         })?;
+        // The answer carries a new TOTP secret: audited like any secret
+        // handed out.
+        self.audit(
+            AuditEvent::new(p.actor(), "mfa.enroll_begin", Outcome::Success).target(&p.username),
+        );
         Ok(view)
     }
 
@@ -1599,6 +1772,10 @@ impl Auth {
             Ok(())
         })?;
         self.audit(AuditEvent::new(p.actor(), "mfa.enroll", Outcome::Success).target(&p.username));
+        if user.totp.is_some() {
+            // A replaced authenticator may be in someone else's hands.
+            self.end_other_sign_ins(p)?;
+        }
         Ok(codes)
     }
 
@@ -1612,25 +1789,30 @@ impl Auth {
             ));
         }
         self.require_recent_auth(p)?;
-        self.update_user(p.user_id, |u| {
+        let keep = Keep::sign_in_of(p);
+        self.change_user(p.user_id, |txn, u| {
             u.totp = None;
             u.totp_pending = None;
             u.totp_last_step = None;
             u.recovery_hashes.clear();
-            Ok(())
+            Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
+        self.sign_ins_ended(p.user_id, Tickets::Keep);
         self.audit(AuditEvent::new(p.actor(), "mfa.disable", Outcome::Success).target(&p.username));
         Ok(())
     }
 
-    /// New recovery codes; the old set stops working.
+    /// New recovery codes; the old set stops working, and so does every
+    /// sign-in but this one (an old code may have made one).
     pub fn regenerate_recovery(&self, p: &Principal) -> Result<Vec<SecretString>, AuthError> {
         self.require_recent_auth(p)?;
         let (codes, hashes) = recovery::generate();
-        self.update_user(p.user_id, |u| {
+        let keep = Keep::sign_in_of(p);
+        self.change_user(p.user_id, |txn, u| {
             u.recovery_hashes = hashes;
-            Ok(())
+            Self::revoke_user_credentials(txn, p.user_id, keep)
         })?;
+        self.sign_ins_ended(p.user_id, Tickets::Keep);
         self.audit(
             AuditEvent::new(p.actor(), "recovery_codes.regenerate", Outcome::Success)
                 .target(&p.username),
@@ -1702,10 +1884,210 @@ impl Auth {
     }
 }
 
+// ---- what account events end ----------------------------------------------
+//
+// The one place account events end credentials (docs/security, "What ends
+// a credential"): a password or second-factor change ends every other
+// sign-in; promotion to admin ends every sign-in; disabling ends every
+// sign-in and every key; a role change ends the keys whose scopes would
+// lie dormant or widen. Each runs inside the transaction of the account
+// change, so both commit or neither.
+
+/// Whether an account event ends the user's pending second steps: yes
+/// when their password step no longer proves anything (password changed,
+/// account disabled, promoted or reset); no after a second-factor change,
+/// which a pending step still has to pass with the new factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tickets {
+    End,
+    Keep,
+}
+
+/// What of the caller's own sign-in an account event leaves standing.
+#[derive(Debug, Clone, Copy)]
+enum Keep {
+    Nothing,
+    /// This session; its token families end with the rest.
+    Session([u8; 32]),
+    /// This session and the token families issued from it.
+    SignIn([u8; 32]),
+    /// The sign-in this token family came from: its session and families.
+    SignInOfFamily(u128),
+}
+
+impl Keep {
+    /// A password change: the session that made it stays, every token
+    /// ends (programs holding one sign in again).
+    fn session_of(p: &Principal) -> Keep {
+        match &p.via {
+            Via::Session { hash, .. } => Keep::Session(*hash),
+            _ => Keep::Nothing,
+        }
+    }
+
+    /// A second-factor change: the threat is another sign-in made with
+    /// the old factor, so the caller's own sign-in stays whole — its
+    /// session, or the token family it is using.
+    fn sign_in_of(p: &Principal) -> Keep {
+        match &p.via {
+            Via::Session { hash, .. } => Keep::SignIn(*hash),
+            Via::AccessToken { family_id } => Keep::SignInOfFamily(*family_id),
+            Via::ApiKey { .. } | Via::Host => Keep::Nothing,
+        }
+    }
+}
+
+impl Auth {
+    /// Runs `f` on user `id`'s row and commits the row with whatever `f`
+    /// wrote in the same transaction.
+    fn change_user<R>(
+        &self,
+        id: UserId,
+        f: impl FnOnce(&redb::WriteTransaction, &mut User) -> Result<R, AuthError>,
+    ) -> Result<(User, R), AuthError> {
+        let txn = self.store.db().begin_write()?;
+        let mut user: User =
+            db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
+        let out = f(&txn, &mut user)?;
+        user.updated_at = now();
+        db::put(&txn, USERS, &id.key(), &user)?;
+        txn.commit()?;
+        self.forget_people();
+        Ok((user, out))
+    }
+
+    /// Ends every sign-in of `user` but what `keep` names: its sessions,
+    /// its refresh families (marked revoked, so a late replay is still
+    /// recognised as reuse) with their unused refresh tokens, and its
+    /// access tokens. How many sessions ended.
+    fn revoke_user_credentials(
+        txn: &redb::WriteTransaction,
+        user: UserId,
+        keep: Keep,
+    ) -> Result<usize, AuthError> {
+        let families: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
+        // The session that stays, and whether its families stay with it.
+        let (kept_session, with_families) = match keep {
+            Keep::Nothing => (None, false),
+            Keep::Session(h) => (Some(h), false),
+            Keep::SignIn(h) => (Some(h), true),
+            Keep::SignInOfFamily(id) => (
+                families
+                    .iter()
+                    .find(|(k, f)| f.user_id == user && k[..] == id.to_be_bytes()[..])
+                    .map(|(_, f)| f.session_hash),
+                true,
+            ),
+        };
+        let sessions: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
+        let mut ended = 0;
+        for (k, s) in sessions {
+            if s.user_id == user && kept_session.is_none_or(|h| h[..] != k[..]) {
+                db::delete(txn, SESSIONS, &k)?;
+                ended += 1;
+            }
+        }
+        let mut kept_families = std::collections::HashSet::new();
+        for (k, mut f) in families {
+            if f.user_id != user {
+                continue;
+            }
+            if with_families && kept_session == Some(f.session_hash) {
+                if let Ok(b) = <[u8; 16]>::try_from(k.as_slice()) {
+                    kept_families.insert(u128::from_be_bytes(b));
+                }
+            } else if !f.revoked {
+                f.revoked = true;
+                db::put(txn, REFRESH_FAMILIES, &k, &f)?;
+            }
+        }
+        let access: Vec<(Vec<u8>, AccessToken)> = db::scan(&txn.open_table(ACCESS_TOKENS)?)?;
+        {
+            let mut table = txn.open_table(ACCESS_TOKENS)?;
+            for (k, a) in access {
+                if a.user_id == user && !kept_families.contains(&a.family_id) {
+                    table.remove(k.as_slice())?;
+                }
+            }
+        }
+        let refresh: Vec<(Vec<u8>, RefreshToken)> = db::scan(&txn.open_table(REFRESH_TOKENS)?)?;
+        for (k, mut r) in refresh {
+            if r.user_id == user && !r.used && !kept_families.contains(&r.family_id) {
+                r.used = true;
+                db::put(txn, REFRESH_TOKENS, &k, &r)?;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Revokes the unrevoked keys of `user` whose scopes `ends` picks;
+    /// their ids, to drop from the cache after the commit
+    /// ([`Auth::forget_keys`]).
+    fn revoke_user_keys(
+        txn: &redb::WriteTransaction,
+        user: UserId,
+        ends: impl Fn(&ScopeSet) -> bool,
+    ) -> Result<Vec<String>, AuthError> {
+        let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
+        let t = now();
+        let mut revoked = Vec::new();
+        for (k, mut row) in rows {
+            if row.user_id != user || row.revoked_at.is_some() {
+                continue;
+            }
+            // A row whose scopes no longer parse ends too.
+            if ScopeSet::parse(&row.scopes).map_or(true, |s| ends(&s)) {
+                row.revoked_at = Some(t);
+                db::put(txn, API_KEYS, &k, &row)?;
+                revoked.push(String::from_utf8_lossy(&k).into_owned());
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// After a commit that ended sign-ins of `user`. With
+    /// [`Tickets::End`] their pending second steps (MFA tickets, in
+    /// memory) end too, so a password step taken before a password
+    /// change, a disable or a promotion cannot be finished after it.
+    /// Open WebSockets and streams re-check their credential on the
+    /// revocation epoch bumped here.
+    fn sign_ins_ended(&self, user: UserId, tickets: Tickets) {
+        self.revocations.bump();
+        if tickets == Tickets::End
+            && let Ok(mut t) = self.tickets.lock()
+        {
+            t.retain(|_, v| v.user_id != user);
+        }
+    }
+
+    /// Drops revoked keys from the in-memory cache (after their commit).
+    fn forget_keys(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.revocations.bump();
+        if let Ok(mut keys) = self.keys.write() {
+            for id in ids {
+                keys.remove(id);
+            }
+        }
+    }
+
+    /// Ends every sign-in of `p`'s user but the caller's own, in a
+    /// transaction of its own.
+    fn end_other_sign_ins(&self, p: &Principal) -> Result<usize, AuthError> {
+        let txn = self.store.db().begin_write()?;
+        let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
+        txn.commit()?;
+        self.sign_ins_ended(p.user_id, Tickets::Keep);
+        Ok(n)
+    }
+}
+
 // ---- users, for admins -------------------------------------------------
 impl Auth {
     fn require_admin(p: &Principal) -> Result<(), AuthError> {
-        if p.allows(&Scope::Admin) && (p.role == Role::Admin || matches!(p.via, Via::Host)) {
+        if p.acts_for_everyone() {
             Ok(())
         } else {
             Err(AuthError::Forbidden(
@@ -1819,14 +2201,29 @@ impl Auth {
         if id == p.user_id && role != Role::Admin {
             self.ensure_another_admin(id)?;
         }
-        let u = self.update_user(id, |u| {
+        let (u, revoked) = self.change_user(id, |txn, u| {
+            let old = u.role;
             u.role = role;
-            Ok(())
+            if role == Role::Admin && old != Role::Admin {
+                // Sign-ins made under a lesser role's rules (a password
+                // alone) do not carry an admin's rights: the user signs in
+                // again, with the second factor admins must have.
+                Self::revoke_user_credentials(txn, id, Keep::Nothing)?;
+            }
+            Self::revoke_user_keys(txn, id, |scopes| {
+                !scopes.iter().all(|s| s.survives_role_change(old, role))
+            })
         })?;
+        self.forget_keys(&revoked);
+        self.sign_ins_ended(id, Tickets::End);
         self.audit(
             AuditEvent::new(p.actor(), "user.role", Outcome::Success)
                 .target(username)
-                .detail(role.as_str()),
+                .detail(format!(
+                    "{} ({} key(s) revoked)",
+                    role.as_str(),
+                    revoked.len()
+                )),
         );
         self.revocations.bump();
         Ok(UserView::of(id, &u))
@@ -1877,12 +2274,20 @@ impl Auth {
                 }
             })?;
         }
-        let u = self.update_user(id, |u| {
+        let (u, revoked) = self.change_user(id, |txn, u| {
             u.disabled = disabled;
-            Ok(())
+            if disabled {
+                Self::revoke_user_credentials(txn, id, Keep::Nothing)?;
+            }
+            // Disabling ends the keys for good (re-enabling gives back the
+            // sign-in, not the keys); enabling finds none left unless the
+            // account was disabled by an older version, whose keys end now
+            // rather than come back after some restart.
+            Self::revoke_user_keys(txn, id, |_| true)
         })?;
+        self.forget_keys(&revoked);
         if disabled {
-            self.end_everything_of(id)?;
+            self.sign_ins_ended(id, Tickets::End);
         }
         self.audit(
             AuditEvent::new(
@@ -1900,46 +2305,23 @@ impl Auth {
         Ok(UserView::of(id, &u))
     }
 
-    fn end_everything_of(&self, id: UserId) -> Result<(), AuthError> {
-        let txn = self.store.db().begin_write()?;
-        let sessions: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
-        for (k, s) in sessions {
-            if s.user_id == id {
-                db::delete(&txn, SESSIONS, &k)?;
-            }
-        }
-        let fams: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
-        for (k, mut f) in fams {
-            if f.user_id == id && !f.revoked {
-                f.revoked = true;
-                db::put(&txn, REFRESH_FAMILIES, &k, &f)?;
-                if let Ok(b) = <[u8; 16]>::try_from(k.as_slice()) {
-                    Self::delete_family_tokens(&txn, u128::from_be_bytes(b))?;
-                }
-            }
-        }
-        txn.commit()?;
-        if let Ok(mut keys) = self.keys.write() {
-            keys.retain(|_, k| k.user_id != id);
-        }
-        Ok(())
-    }
-
     /// Last resort for a locked-out user (`latchkey user reset-mfa` on the
     /// host, or an admin): removes TOTP and recovery codes and ends the
-    /// user's sessions; they enroll again at next sign-in.
+    /// user's sessions and tokens; they enroll again at next sign-in. Their
+    /// API keys stay (they do not depend on the second factor; disable the
+    /// user to end those too).
     pub fn reset_mfa(&self, p: &Principal, username: &str) -> Result<UserView, AuthError> {
         Self::require_admin(p)?;
         self.require_recent_auth(p)?;
         let (id, _) = self.user_by_name(username)?;
-        let u = self.update_user(id, |u| {
+        let (u, _) = self.change_user(id, |txn, u| {
             u.totp = None;
             u.totp_pending = None;
             u.totp_last_step = None;
             u.recovery_hashes.clear();
-            Ok(())
+            Self::revoke_user_credentials(txn, id, Keep::Nothing)
         })?;
-        self.end_everything_of(id)?;
+        self.sign_ins_ended(id, Tickets::End);
         self.lockout.record_success(&Self::lock_key(username));
         self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
         self.revocations.bump();

@@ -222,6 +222,10 @@ pub struct AuthSettings {
     /// Lifetime of refresh tokens (each use rotates it).
     #[serde(with = "duration_str")]
     pub refresh_token_lifetime: Duration,
+    /// A refresh family (the tokens of one `POST /api/auth/token`) ends
+    /// this long after it was issued, however often it is rotated.
+    #[serde(with = "duration_str")]
+    pub refresh_absolute_lifetime: Duration,
     /// Consecutive failures (password, TOTP, recovery code) that lock an account.
     pub lockout_threshold: u32,
     /// How long a locked account stays locked.
@@ -254,6 +258,7 @@ impl Default for AuthSettings {
             session_idle: Duration::from_secs(7 * 86400),
             access_token_lifetime: Duration::from_secs(15 * 60),
             refresh_token_lifetime: Duration::from_secs(30 * 86400),
+            refresh_absolute_lifetime: Duration::from_secs(30 * 86400),
             lockout_threshold: 5,
             lockout_duration: Duration::from_secs(15 * 60),
             rate_limit_burst: 20,
@@ -511,6 +516,12 @@ impl Settings {
             return Err((
                 "auth.access_token_lifetime",
                 "must be between 1s and 15m".into(),
+            ));
+        }
+        if a.refresh_absolute_lifetime.is_zero() {
+            return Err((
+                "auth.refresh_absolute_lifetime",
+                "must be greater than zero".into(),
             ));
         }
         if a.session_idle > a.session_lifetime {

@@ -19,7 +19,8 @@
 //! - `GET /api/connections/{p}/token` — the broker;
 //! - `DELETE /api/connections/{p}` — revoke and forget;
 //! - `PUT /api/connections/{p}/client` — an administrator sets the
-//!   provider's client id and/or secret (`ManageSettings`, recent re-auth).
+//!   provider's client id and/or secret (`ManageSettings`, the step-up
+//!   rule).
 //!
 //! Each handler makes one permission check: `connections:<p>` (people by
 //! role — a guest may not; keys by scope and owner's role).
@@ -29,6 +30,7 @@ use super::authn::{Authenticated, client_ip};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use crate::auth::scope::{Permission, Role, Scope};
+use crate::auth::service::KeyStepUp;
 use crate::auth::store::UserId;
 use crate::auth::{Principal, Via};
 use crate::connections::{
@@ -211,12 +213,16 @@ pub async fn set_client(
     ApiJson(req): ApiJson<ClientRequest>,
 ) -> Result<Json<Value>, ApiError> {
     who.require_permission(Permission::ManageSettings)?;
-    if matches!(who.0.via, Via::Session { .. } | Via::AccessToken { .. }) {
-        state.auth.require_recent_auth(&who.0)?;
-    }
+    let ip = client_ip(&state, &headers, &ext);
+    state.auth.step_up(
+        &who.0,
+        KeyStepUp::UseGrant,
+        "connection.client",
+        Some(&provider),
+        Some(ip),
+    )?;
     state.connections.provider(&provider)?;
     let origin = request_origin(&headers, &uri)?;
-    let ip = client_ip(&state, &headers, &ext);
     let conns = state.connections.clone();
     let actor = who.0.actor();
     let name = provider.clone();
@@ -473,6 +479,15 @@ pub async fn token(
 ) -> Result<Json<Value>, ApiError> {
     who.require(&connection_scope(&provider)?)?;
     let ip = client_ip(&state, &headers, &ext);
+    // A connection's access token is a secret like a vault entry's: the
+    // step-up rule applies (keys with `connections:<p>` are the grant).
+    state.auth.step_up(
+        &who.0,
+        KeyStepUp::UseGrant,
+        "connection.token",
+        Some(&provider),
+        Some(ip),
+    )?;
     let t = state
         .connections
         .token(who.0.user_id, &provider, &who.0.actor(), Some(ip))

@@ -6,8 +6,10 @@
 //! `vault:write:<name>`, both held by an admin (`ManageAllVault`) or an
 //! admin's API key carrying the scope. `user` and `guest` get 403: their
 //! `ReadOwnVault`/`WriteOwnVault` permissions cover entries they own, and
-//! none do yet. Revealing a value is privileged: a session (or access
-//! token) needs a recent re-authentication, and every reveal is audited.
+//! none do yet. Revealing a value and taking a backup are privileged: the
+//! step-up rule (`Auth::step_up`) applies — a session needs a recent
+//! re-authentication, an access token never has one, a key needs the
+//! scope — and every reveal and backup is audited.
 //! Seal, unseal, rotate-master, verify, init, backup and status need the
 //! `admin` scope; unsealing in passphrase mode is also open to anyone
 //! holding the passphrase (it is the credential), rate limited.
@@ -24,6 +26,7 @@ use super::extract::ApiJson;
 use crate::audit::{self, AuditEvent, Outcome};
 use crate::auth::Via;
 use crate::auth::scope::{Permission, Scope};
+use crate::auth::service::KeyStepUp;
 use crate::backup::{self, BackupRecipient};
 use crate::config::MasterKeyKind;
 use crate::secrecy::{ExposeSecret, SecretString};
@@ -230,12 +233,17 @@ pub async fn reveal(
         deny("forbidden");
         return Err(e);
     }
-    if matches!(who.0.via, Via::Session { .. } | Via::AccessToken { .. })
-        && let Err(e) = state.auth.require_recent_auth(&who.0)
-    {
-        deny("reauth_required");
-        return Err(e.into());
-    }
+    // The step-up rule audits its own refusal.
+    state
+        .auth
+        .step_up(
+            &who.0,
+            KeyStepUp::UseGrant,
+            "vault.reveal",
+            Some(&name),
+            Some(ip),
+        )
+        .map_err(ApiError::from)?;
     let (n, a) = (name.clone(), actor.clone());
     let secret = run(&state, "reveal", move |v| {
         let secret = v.reveal(&n)?;
@@ -503,12 +511,21 @@ pub const BACKUP_KEY: HeaderName = HeaderName::from_static("x-latchkey-backup-ke
 pub const MIN_BACKUP_PASSPHRASE: usize = 12;
 
 /// `POST /api/backup`: the encrypted backup file of a consistent snapshot.
+/// It holds every secret, under a key the caller chooses: the step-up rule
+/// applies as for a reveal, and every backup is audited (`backup.create`).
 pub async fn backup(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ext: axum::http::Extensions,
     who: Authenticated,
     ApiJson(req): ApiJson<BackupRequest>,
 ) -> Result<Response, ApiError> {
     who.require(&Scope::Admin)?;
+    let ip = client_ip(&state, &headers, &ext);
+    state
+        .auth
+        .step_up(&who.0, KeyStepUp::UseGrant, "backup.create", None, Some(ip))
+        .map_err(ApiError::from)?;
     let to = match (req.recipient, req.passphrase) {
         (Some(r), None) => BackupRecipient::parse_recipient(&r)?,
         (None, Some(p)) => {
@@ -529,7 +546,23 @@ pub async fn backup(
             ));
         }
     };
-    let (bytes, summary) = run(&state, "backup", move |v| Ok(backup::create(v, &to)?)).await?;
+    let kind = match &to {
+        BackupRecipient::Passphrase(_) => "to a passphrase".to_string(),
+        BackupRecipient::Recipient(r) => format!("to recipient {r}"),
+    };
+    let actor = who.0.actor();
+    let (bytes, summary) = run(&state, "backup", move |v| {
+        let made = backup::create(v, &to)?;
+        // Recorded before the file leaves: no backup goes unaudited.
+        audit::append(
+            v.store(),
+            AuditEvent::new(actor, "backup.create", Outcome::Success)
+                .ip(Some(ip))
+                .detail(format!("{kind}, {} vault record(s)", made.1.vault_records)),
+        )?;
+        Ok(made)
+    })
+    .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),

@@ -16,7 +16,6 @@
 //! in one transaction and updates the cache after the commit.
 
 use crate::audit::{self, AuditEvent, Outcome};
-use crate::auth::scope::Role;
 use crate::auth::service::Principal;
 use crate::auth::store::{self as db, ApiKeyRow};
 use crate::store::{Store, StoreError};
@@ -131,8 +130,8 @@ impl LimitCache {
     }
 }
 
-/// Sets `key_id`'s limits: the key's owner or an administrator (the rule
-/// of revoking), an unrevoked key, valid limits. Row and audit entry in one
+/// Sets `key_id`'s limits: the key's owner or a caller with the `admin`
+/// scope (the rule of revoking), an unrevoked key, valid limits. Row and audit entry in one
 /// transaction; the cache follows the commit.
 pub fn set(
     store: &Store,
@@ -145,7 +144,9 @@ pub fn set(
     let txn = store.db().begin_write()?;
     let row: ApiKeyRow =
         db::get(&txn.open_table(API_KEYS)?, key_id.as_bytes())?.ok_or(LimitsError::NotFound)?;
-    if row.user_id != p.user_id && p.role != Role::Admin {
+    // Others' keys only with the `admin` scope, never by the owner's role
+    // alone (an admin's `keys:manage` key manages the admin's own keys).
+    if row.user_id != p.user_id && !p.acts_for_everyone() {
         return Err(LimitsError::NotFound);
     }
     if row.revoked_at.is_some() {

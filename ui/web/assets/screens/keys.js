@@ -201,7 +201,7 @@ export async function render(main, ctx) {
         const created = await withReauth(
           ctx.me,
           () => api('POST', '/api/keys', body),
-          'A key with the admin scope can do everything you can: confirm it is you.',
+          'A key that reaches secrets (admin, vault or connections scopes) needs a fresh confirmation that it is you.',
         );
         if (!created) return; // re-auth cancelled
         formSlot.replaceChildren();
