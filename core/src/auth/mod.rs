@@ -2,11 +2,13 @@
 //! recovery codes, sessions, tokens, API keys, lockout and rate limits.
 //!
 //! - [`service::Auth`] is the one entry point the HTTP layer and the CLI use;
-//! - [`store`] holds the rows (schema v2);
+//! - [`store`] holds the rows (schema v2); [`index`] writes sessions and
+//!   tokens with their index (schema v4);
 //! - [`password`], [`totp`], [`recovery`], [`apikey`], [`scope`],
 //!   [`lockout`] and [`ratelimit`] are the pure building blocks.
 
 pub mod apikey;
+pub mod index;
 pub mod lockout;
 pub mod password;
 pub mod ratelimit;

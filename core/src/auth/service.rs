@@ -8,9 +8,9 @@
 
 use super::AuthError;
 use super::apikey;
-use super::lockout::{LockState, Lockout, LockoutConfig};
+use super::lockout::{self, AccountThrottle, LockState, Lockout, LockoutConfig};
 use super::password::{PasswordHasher, PasswordPolicy};
-use super::ratelimit::{RateLimitConfig, RateLimiter};
+use super::ratelimit::{self, RateLimitConfig, RateLimiter};
 use super::recovery;
 use super::scope::{Role, Scope, ScopeSet};
 use super::store::{self as db, *};
@@ -36,6 +36,19 @@ const TOUCH_EVERY_SECS: i64 = 60;
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
+
+/// `t + d` in unix seconds, saturating: a lifetime from the configuration
+/// or a request can never wrap into the past.
+pub fn expiry(t: i64, d: Duration) -> i64 {
+    t.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The longest an invite may stay valid (`expires_in_secs`).
+pub const MAX_INVITE_LIFETIME: Duration = Duration::from_secs(30 * 86400);
+
+/// The account-wide ceiling on failures, as a multiple of the per-source
+/// threshold (see [`AccountThrottle`]).
+const ACCOUNT_BURST_FACTOR: u32 = 10;
 
 fn random_token(prefix: &str) -> SecretString {
     use rand::RngCore;
@@ -190,7 +203,10 @@ pub struct Auth {
     pub settings: AuthSettings,
     hasher: PasswordHasher,
     policy: PasswordPolicy,
+    /// Failed attempts per (account, source): locks that source only.
     lockout: Lockout,
+    /// Failed attempts per account from all sources: slows, never locks.
+    throttle: AccountThrottle,
     pub limiter: RateLimiter,
     tickets: Mutex<HashMap<[u8; 32], Ticket>>,
     setup_token: Mutex<Option<([u8; 32], i64)>>,
@@ -222,6 +238,13 @@ impl Auth {
             ..LockoutConfig::default()
         })
         .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let throttle = AccountThrottle::new(
+            settings
+                .lockout_threshold
+                .saturating_mul(ACCOUNT_BURST_FACTOR),
+            settings.lockout_duration / settings.lockout_threshold.max(1),
+            LockoutConfig::default().max_entries,
+        );
         let limiter = RateLimiter::new(RateLimitConfig::per_minute(
             settings.rate_limit_per_minute,
             settings.rate_limit_burst,
@@ -233,6 +256,7 @@ impl Auth {
             hasher: PasswordHasher::default(),
             policy: PasswordPolicy::new(),
             lockout,
+            throttle,
             limiter,
             tickets: Mutex::new(HashMap::new()),
             setup_token: Mutex::new(None),
@@ -347,27 +371,35 @@ impl Auth {
     fn insert_user(&self, user: User) -> Result<UserId, AuthError> {
         let id = UserId::random();
         let txn = self.store.db().begin_write()?;
+        Self::insert_user_in(&txn, id, &user)?;
+        txn.commit()?;
+        self.forget_people();
+        Ok(id)
+    }
+
+    /// Inserts `user` as `id` in `txn`, refusing a taken username; the
+    /// caller commits (and then calls `forget_people`).
+    fn insert_user_in(
+        txn: &redb::WriteTransaction,
+        id: UserId,
+        user: &User,
+    ) -> Result<(), AuthError> {
         {
             let mut names = txn.open_table(USERNAMES)?;
             let key = username_key(&user.username);
             if names.get(key.as_bytes())?.is_some() {
-                return Err(AuthError::Conflict(
-                    "username_taken",
-                    format!("the username `{}` is taken", user.username),
-                ));
+                return Err(Self::username_taken(&user.username));
             }
             names.insert(key.as_bytes(), id.key().as_slice())?;
         }
-        db::put(&txn, USERS, &id.key(), &user)?;
+        db::put(txn, USERS, &id.key(), user)?;
         audit::append_in(
-            &txn,
+            txn,
             AuditEvent::new("system", "user.create", Outcome::Success)
                 .target(&user.username)
                 .detail(user.role.as_str()),
         )?;
-        txn.commit()?;
-        self.forget_people();
-        Ok(id)
+        Ok(())
     }
 
     fn update_user(
@@ -477,15 +509,21 @@ impl Auth {
             return Ok(None);
         }
         let token = random_token("lku_");
-        let expires = now() + self.settings.setup_token_lifetime.as_secs() as i64;
+        let expires = expiry(now(), self.settings.setup_token_lifetime);
         if let Ok(mut t) = self.setup_token.lock() {
             *t = Some((token_hash(token.expose_secret()), expires));
         }
         Ok(Some(token))
     }
 
-    fn check_setup_token(&self, token: &str, consume: bool) -> Result<(), AuthError> {
-        let mut guard = self
+    /// Holds the setup token for one whole setup step, after checking
+    /// `token` against it: setup steps run one at a time, so checking the
+    /// token, changing the owner and consuming the token are one step.
+    fn setup_guard(
+        &self,
+        token: &str,
+    ) -> Result<std::sync::MutexGuard<'_, Option<([u8; 32], i64)>>, AuthError> {
+        let guard = self
             .setup_token
             .lock()
             .map_err(|_| AuthError::Internal("setup lock".into()))?;
@@ -499,10 +537,7 @@ impl Auth {
         if !ok {
             return Err(AuthError::Forbidden("invalid_setup_token", "the setup link is invalid, used or expired; restart `latchkey serve` for a new one".into()));
         }
-        if consume {
-            *guard = None;
-        }
-        Ok(())
+        Ok(guard)
     }
 
     /// Step 1 of web setup: creates the (inactive) owner and returns the
@@ -513,7 +548,7 @@ impl Auth {
         username: &str,
         password: &SecretString,
     ) -> Result<EnrollmentView, AuthError> {
-        self.check_setup_token(token, false)?;
+        let _setup = self.setup_guard(token)?;
         if self.user_count()? > 0 {
             return Err(AuthError::Conflict(
                 "already_set_up",
@@ -555,7 +590,7 @@ impl Auth {
         code: &str,
         ip: Option<IpAddr>,
     ) -> Result<(UserView, Vec<SecretString>), AuthError> {
-        self.check_setup_token(token, false)?;
+        let mut setup = self.setup_guard(token)?;
         let (id, user) = self
             .find_user(username)?
             .filter(|(_, u)| !u.active)
@@ -566,14 +601,33 @@ impl Auth {
             .ok_or(AuthError::NotFound("pending enrollment"))?;
         let step = self.check_totp(id, &user, &pending, code)?;
         let (codes, hashes) = recovery::generate();
-        let user = self.update_user(id, |u| {
-            u.totp = u.totp_pending.take();
-            u.totp_last_step = Some(step);
-            u.recovery_hashes = hashes;
-            u.active = true;
-            Ok(())
-        })?;
-        self.check_setup_token(token, true)?;
+        // One write decides: nobody is active yet, and this is still the
+        // enrollment the code was checked against.
+        let txn = self.store.db().begin_write()?;
+        let active = db::scan::<User>(&txn.open_table(USERS)?)?
+            .iter()
+            .any(|(_, u)| u.active);
+        if active {
+            return Err(AuthError::Conflict(
+                "already_set_up",
+                "an owner already exists".into(),
+            ));
+        }
+        let mut user: User =
+            db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
+        if user.active || user.totp_pending.as_deref() != Some(pending.as_slice()) {
+            return Err(AuthError::NotFound("pending owner"));
+        }
+        user.totp = user.totp_pending.take();
+        user.totp_last_step = Some(step);
+        user.recovery_hashes = hashes;
+        user.active = true;
+        user.updated_at = now();
+        db::put(&txn, USERS, &id.key(), &user)?;
+        txn.commit()?;
+        self.forget_people();
+        *setup = None;
+        drop(setup);
         self.audit(AuditEvent::new(username, "setup.complete", Outcome::Success).ip(ip));
         Ok((UserView::of(id, &user), codes))
     }
@@ -644,10 +698,22 @@ impl Auth {
         username_key(username)
     }
 
+    /// Where an attempt came from, for the per-source lock: the client's
+    /// address (an IPv6 /64 as one, like the rate limit), or `-` when
+    /// there is none (the CLI on the host, or a caller that passes none).
+    fn source(ip: Option<IpAddr>) -> String {
+        ip.map_or_else(|| "-".into(), |ip| ratelimit::bucket_key(ip).to_string())
+    }
+
+    /// Counts a failed credential against the (account, source) lock and
+    /// the account-wide throttle, and audits it.
     fn fail(&self, username: &str, action: &str, reason: &str, ip: Option<IpAddr>) {
+        let t = now().max(0) as u64;
+        let account = Self::lock_key(username);
         let state = self
             .lockout
-            .record_failure(&Self::lock_key(username), now().max(0) as u64);
+            .record_failure(&lockout::source_key(&account, &Self::source(ip)), t);
+        let throttled = self.throttle.record_failure(&account, t);
         self.audit(
             AuditEvent::new(username, action, Outcome::Failure)
                 .ip(ip)
@@ -661,19 +727,46 @@ impl Auth {
                 AuditEvent::new(username, "lockout", Outcome::Failure)
                     .ip(ip)
                     .detail(format!(
-                        "after {} failures",
+                        "after {} failures from this source",
                         self.settings.lockout_threshold
                     )),
             );
         }
+        if throttled {
+            self.audit(
+                AuditEvent::new(username, "lockout.throttle", Outcome::Failure)
+                    .ip(ip)
+                    .detail("account-wide failure ceiling reached: attempts slowed"),
+            );
+        }
     }
 
+    /// [`Auth::check_locked_from`] for a caller without a client address.
     fn check_locked(&self, username: &str) -> Result<(), AuthError> {
+        self.check_locked_from(username, None)
+    }
+
+    /// Refuses, before any credential is verified, an attempt from a
+    /// locked source or on a throttled account.
+    fn check_locked_from(&self, username: &str, ip: Option<IpAddr>) -> Result<(), AuthError> {
+        let t = now().max(0) as u64;
+        let account = Self::lock_key(username);
+        let locked = |l: lockout::Locked| AuthError::Locked {
+            retry_after: l.retry_after,
+        };
         self.lockout
-            .check(&Self::lock_key(username), now().max(0) as u64)
-            .map_err(|l| AuthError::Locked {
-                retry_after: l.retry_after,
-            })
+            .check(&lockout::source_key(&account, &Self::source(ip)), t)
+            .map_err(locked)?;
+        self.throttle.check(&account, t).map_err(locked)
+    }
+
+    /// A success from `ip`: that source's failures are forgotten. The
+    /// account-wide throttle drains by itself (see [`AccountThrottle`]).
+    fn clear_failures(&self, username: &str, ip: Option<IpAddr>) {
+        self.lockout.record_success(&lockout::source_key(
+            &Self::lock_key(username),
+            &Self::source(ip),
+        ));
     }
 
     /// The password step. Unknown users, wrong passwords and disabled
@@ -687,7 +780,7 @@ impl Auth {
     ) -> Result<LoginStep, AuthError> {
         let bad =
             || AuthError::Unauthorized("invalid_credentials", "wrong username or password".into());
-        self.check_locked(username)?;
+        self.check_locked_from(username, ip)?;
         let Some((id, user)) = self.find_user(username)? else {
             let _ = self.hasher.verify_dummy(password);
             // Counted like any other failure: an unknown name locks after
@@ -738,7 +831,7 @@ impl Auth {
             self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip));
             return Ok(LoginStep::MfaRequired { ticket });
         }
-        self.lockout.record_success(&Self::lock_key(username));
+        self.clear_failures(username, ip);
         self.audit(AuditEvent::new(username, "login", Outcome::Success).ip(ip));
         Ok(LoginStep::Done(
             self.create_session(id, &user, ip, user_agent)?,
@@ -755,10 +848,8 @@ impl Auth {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<NewSession, AuthError> {
-        let pending = user
-            .totp_pending
-            .clone()
-            .ok_or_else(|| AuthError::Unauthorized("invalid_ticket", "sign in again".into()))?;
+        let again = || AuthError::Unauthorized("invalid_ticket", "sign in again".into());
+        let pending = user.totp_pending.clone().ok_or_else(again)?;
         let code = code.ok_or_else(|| AuthError::Invalid {
             field: "code",
             reason: "confirm the new authenticator with a `code`".into(),
@@ -772,17 +863,20 @@ impl Auth {
                 return Err(e);
             }
         };
+        self.take_ticket(ticket, id)?;
         let (codes, hashes) = recovery::generate();
+        // Checked again inside the write: a concurrent confirmation of the
+        // same enrollment finds it gone and gets no second session.
         let user = self.update_user(id, |u| {
+            if u.totp.is_some() || u.totp_pending.as_deref() != Some(pending.as_slice()) {
+                return Err(again());
+            }
             u.totp = u.totp_pending.take();
             u.totp_last_step = Some(step);
             u.recovery_hashes = hashes;
             Ok(())
         })?;
-        if let Ok(mut t) = self.tickets.lock() {
-            t.remove(&token_hash(ticket));
-        }
-        self.lockout.record_success(&Self::lock_key(&user.username));
+        self.clear_failures(&user.username, ip);
         self.audit(AuditEvent::new(&user.username, "mfa.enroll", Outcome::Success).ip(ip));
         self.audit(
             AuditEvent::new(&user.username, "login", Outcome::Success)
@@ -810,7 +904,94 @@ impl Auth {
         ticket
     }
 
+    /// The user a live ticket was issued to (the ticket stays).
+    fn ticket_user(&self, ticket: &str) -> Result<UserId, AuthError> {
+        let mut t = self
+            .tickets
+            .lock()
+            .map_err(|_| AuthError::Internal("tickets".into()))?;
+        let h = token_hash(ticket);
+        match t.get(&h) {
+            Some(v) if v.expires_at > now() => Ok(v.user_id),
+            _ => {
+                t.remove(&h);
+                Err(Self::ticket_expired())
+            }
+        }
+    }
+
+    /// Consumes a ticket once its code has been verified: of concurrent
+    /// requests on one ticket, exactly one gets past this.
+    fn take_ticket(&self, ticket: &str, id: UserId) -> Result<(), AuthError> {
+        let mut t = self
+            .tickets
+            .lock()
+            .map_err(|_| AuthError::Internal("tickets".into()))?;
+        match t.remove(&token_hash(ticket)) {
+            Some(v) if v.expires_at > now() && v.user_id == id => Ok(()),
+            _ => Err(Self::ticket_expired()),
+        }
+    }
+
+    fn ticket_expired() -> AuthError {
+        AuthError::Unauthorized(
+            "invalid_ticket",
+            "the login step expired or is unknown; sign in again".into(),
+        )
+    }
+
+    fn code_replayed() -> AuthError {
+        AuthError::Unauthorized(
+            "code_replayed",
+            "this code was already used; wait for the next one".into(),
+        )
+    }
+
+    /// Records TOTP `step` of the confirmed secret `sealed` as used, in the
+    /// same write transaction that reads the stored last step: of
+    /// concurrent requests with one code, exactly one passes.
+    fn consume_totp_step(&self, id: UserId, sealed: &[u8], step: u64) -> Result<User, AuthError> {
+        self.update_user(id, |u| {
+            if u.totp.as_deref() != Some(sealed) {
+                return Err(AuthError::Unauthorized(
+                    "invalid_code",
+                    "the second factor changed; try again".into(),
+                ));
+            }
+            if u.totp_last_step.is_some_and(|last| step <= last) {
+                return Err(Self::code_replayed());
+            }
+            u.totp_last_step = Some(step);
+            Ok(())
+        })
+    }
+
+    /// Removes recovery code `code` from the stored set, reading the set
+    /// inside the write transaction: two different codes at once both
+    /// leave, one code twice is accepted once.
+    fn consume_recovery_code(&self, id: UserId, code: &str) -> Result<User, AuthError> {
+        self.update_user(id, |u| {
+            if recovery::find_and_consume(code, &mut u.recovery_hashes) {
+                Ok(())
+            } else {
+                Err(Self::invalid_recovery_code())
+            }
+        })
+    }
+
+    fn invalid_recovery_code() -> AuthError {
+        AuthError::Unauthorized(
+            "invalid_code",
+            "that recovery code is not valid (each works once)".into(),
+        )
+    }
+
     /// The second step: a TOTP code or a recovery code for a ticket.
+    ///
+    /// Cheap checks and the code's verification come first, so a wrong
+    /// code leaves the ticket usable; then the ticket is taken and the
+    /// code consumed, each atomically, so concurrent requests with one
+    /// ticket or one code yield one session.
     pub fn mfa(
         &self,
         ticket: &str,
@@ -819,51 +1000,30 @@ impl Auth {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<NewSession, AuthError> {
-        let expired = || {
-            AuthError::Unauthorized(
-                "invalid_ticket",
-                "the login step expired or is unknown; sign in again".into(),
-            )
-        };
-        let id = {
-            let mut t = self
-                .tickets
-                .lock()
-                .map_err(|_| AuthError::Internal("tickets".into()))?;
-            let h = token_hash(ticket);
-            match t.get(&h) {
-                Some(v) if v.expires_at > now() => v.user_id,
-                _ => {
-                    t.remove(&h);
-                    return Err(expired());
-                }
-            }
-        };
+        let id = self.ticket_user(ticket)?;
         let user = self.get_user(id)?;
-        self.check_locked(&user.username)?;
+        self.check_locked_from(&user.username, ip)?;
         if user.totp.is_none() {
             return self.mfa_enroll(ticket, id, &user, code, ip, user_agent);
         }
-        let sealed = user.totp.clone().ok_or_else(expired)?;
+        let sealed = user.totp.clone().ok_or_else(Self::ticket_expired)?;
         let result = match (code, recovery_code) {
-            (Some(c), None) => self.check_totp(id, &user, &sealed, c).map(Some),
+            (Some(c), None) => self
+                .check_totp(id, &user, &sealed, c)
+                .and_then(|step| {
+                    self.take_ticket(ticket, id)?;
+                    self.consume_totp_step(id, &sealed, step)
+                })
+                .map(|u| (u, "totp")),
             (None, Some(r)) => {
-                let mut hashes = user.recovery_hashes.clone();
-                if recovery::find_and_consume(r, &mut hashes) {
-                    self.update_user(id, |u| {
-                        u.recovery_hashes = hashes;
-                        Ok(())
-                    })?;
-                    self.audit(
-                        AuditEvent::new(&user.username, "recovery_code.use", Outcome::Success)
-                            .ip(ip),
-                    );
-                    Ok(None)
+                // A dry run first, so a wrong code does not burn the ticket.
+                let mut probe = user.recovery_hashes.clone();
+                if recovery::find_and_consume(r, &mut probe) {
+                    self.take_ticket(ticket, id)
+                        .and_then(|()| self.consume_recovery_code(id, r))
+                        .map(|u| (u, "recovery_code"))
                 } else {
-                    Err(AuthError::Unauthorized(
-                        "invalid_code",
-                        "that recovery code is not valid (each works once)".into(),
-                    ))
+                    Err(Self::invalid_recovery_code())
                 }
             }
             _ => Err(AuthError::Invalid {
@@ -872,33 +1032,25 @@ impl Auth {
             }),
         };
         match result {
-            Ok(step) => {
-                if let Ok(mut t) = self.tickets.lock() {
-                    t.remove(&token_hash(ticket));
+            Ok((user, how)) => {
+                if how == "recovery_code" {
+                    self.audit(
+                        AuditEvent::new(&user.username, "recovery_code.use", Outcome::Success)
+                            .ip(ip),
+                    );
                 }
-                if let Some(step) = step {
-                    self.update_user(id, |u| {
-                        u.totp_last_step = Some(step);
-                        Ok(())
-                    })?;
-                }
-                self.lockout.record_success(&Self::lock_key(&user.username));
-                // The user as it is now (a recovery code was just spent).
-                let user = self.get_user(id)?;
+                self.clear_failures(&user.username, ip);
                 self.audit(
                     AuditEvent::new(&user.username, "login", Outcome::Success)
                         .ip(ip)
-                        .detail(if step.is_some() {
-                            "totp"
-                        } else {
-                            "recovery_code"
-                        }),
+                        .detail(how),
                 );
                 self.create_session(id, &user, ip, user_agent)
             }
             Err(e) => {
                 let reason = match &e {
                     AuthError::Unauthorized(code, _) => *code,
+                    AuthError::Invalid { .. } => return Err(e),
                     _ => "invalid",
                 };
                 self.fail(&user.username, "login.mfa", reason, ip);
@@ -919,16 +1071,17 @@ impl Auth {
     ) -> Result<NewSession, AuthError> {
         let token = random_token("lks_");
         let t = now();
-        let expires_at = t + self.settings.session_lifetime.as_secs() as i64;
+        let expires_at = expiry(t, self.settings.session_lifetime);
         let session = Session {
             user_id: id,
             created_at: t,
             last_seen_at: t,
             expires_at,
-            idle_secs: self.settings.session_idle.as_secs() as i64,
+            idle_secs: i64::try_from(self.settings.session_idle.as_secs()).unwrap_or(i64::MAX),
             last_auth_at: t,
             ip: ip.map(|i| i.to_string()),
-            user_agent: user_agent.map(|u| u.chars().take(200).collect()),
+            // From the network: capped and cleaned like an audit field.
+            user_agent: user_agent.map(|u| audit::clean(u, 200)),
         };
         let txn = self.store.db().begin_write()?;
         db::put(&txn, SESSIONS, &token_hash(token.expose_secret()), &session)?;
@@ -1277,18 +1430,16 @@ impl Auth {
                 "re-authentication is for signed-in sessions".into(),
             ));
         };
-        self.check_locked(&p.username)?;
+        self.check_locked_from(&p.username, ip)?;
         let user = self.get_user(p.user_id)?;
         let ok = match (&user.totp, code, password) {
-            (Some(sealed), Some(c), _) => match self.check_totp(p.user_id, &user, sealed, c) {
-                Ok(step) => {
-                    self.update_user(p.user_id, |u| {
-                        u.totp_last_step = Some(step);
-                        Ok(())
-                    })?;
-                    true
-                }
-                Err(_) => false,
+            (Some(sealed), Some(c), _) => match self
+                .check_totp(p.user_id, &user, sealed, c)
+                .and_then(|step| self.consume_totp_step(p.user_id, sealed, step))
+            {
+                Ok(_) => true,
+                Err(AuthError::Unauthorized(..)) => false,
+                Err(e) => return Err(e),
             },
             (None, _, Some(pw)) => self.hasher.verify(pw, &user.password_hash).unwrap_or(false),
             _ => {
@@ -1309,7 +1460,7 @@ impl Auth {
                 "that did not match".into(),
             ));
         }
-        self.lockout.record_success(&Self::lock_key(&p.username));
+        self.clear_failures(&p.username, ip);
         let txn = self.store.db().begin_write()?;
         // Bound first: the table must be closed before `put` reopens it.
         let session = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)?;
@@ -1581,15 +1732,20 @@ impl Auth {
         let mut probe = user.clone();
         probe.totp_last_step = None;
         let step = self.check_totp(p.user_id, &probe, &pending, code)?;
-        let (codes, hashes) = if user.recovery_hashes.is_empty() {
-            recovery::generate()
-        } else {
-            (Vec::new(), user.recovery_hashes.clone())
-        };
+        let mut codes = Vec::new();
+        // Decided on the row as it is inside the write: a concurrent
+        // confirmation of the same enrollment finds nothing pending.
         self.update_user(p.user_id, |u| {
+            if u.totp_pending.as_deref() != Some(pending.as_slice()) {
+                return Err(AuthError::NotFound("pending enrollment"));
+            }
+            if u.recovery_hashes.is_empty() {
+                let (c, hashes) = recovery::generate();
+                codes = c;
+                u.recovery_hashes = hashes;
+            }
             u.totp = u.totp_pending.take();
             u.totp_last_step = Some(step);
-            u.recovery_hashes = hashes;
             Ok(())
         })?;
         self.audit(AuditEvent::new(p.actor(), "mfa.enroll", Outcome::Success).target(&p.username));
@@ -1719,9 +1875,19 @@ impl Auth {
         if role == Role::Admin {
             self.require_recent_auth(p)?;
         }
+        let ttl = ttl.unwrap_or(self.settings.invite_lifetime);
+        if ttl.is_zero() || ttl > MAX_INVITE_LIFETIME {
+            return Err(AuthError::Invalid {
+                field: "expires_in_secs",
+                reason: format!(
+                    "must be 1 to {} seconds (30 days)",
+                    MAX_INVITE_LIFETIME.as_secs()
+                ),
+            });
+        }
         let token = random_token("lki_");
         let t = now();
-        let expires_at = t + ttl.unwrap_or(self.settings.invite_lifetime).as_secs() as i64;
+        let expires_at = expiry(t, ttl);
         let txn = self.store.db().begin_write()?;
         db::put(
             &txn,
@@ -1745,6 +1911,12 @@ impl Auth {
 
     /// Redeems an invite: creates the user. Admins must then enroll TOTP
     /// before they can sign in (see `login`); others may later.
+    ///
+    /// Everything that can be refused (the invite, the username, the
+    /// password) is checked before the invite is touched, and the invite
+    /// is consumed in the same write transaction that creates the user: a
+    /// refused request leaves the invite usable, and of concurrent
+    /// redemptions exactly one creates a user.
     pub fn accept_invite(
         &self,
         token: &str,
@@ -1759,10 +1931,11 @@ impl Auth {
                 "the invite link is invalid, used or expired; ask for a new one".into(),
             )
         };
-        {
+        let usable = |inv: &Invite| inv.used_at.is_none() && now() < inv.expires_at;
+        let inv_role = {
             let txn = self.store.db().begin_read()?;
             let inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
-            if inv.used_at.is_some() || now() >= inv.expires_at {
+            if !usable(&inv) {
                 self.audit(
                     AuditEvent::new(username, "invite.accept", Outcome::Failure)
                         .ip(ip)
@@ -1770,30 +1943,39 @@ impl Auth {
                 );
                 return Err(bad());
             }
-        }
-        let inv_role = {
-            let txn = self.store.db().begin_read()?;
-            db::get::<Invite>(&txn.open_table(INVITES)?, &hash)?
-                .ok_or_else(bad)?
-                .role
+            inv.role
         };
+        Self::validate_username(username)?;
+        if self.find_user(username)?.is_some() {
+            return Err(Self::username_taken(username));
+        }
+        // Password policy and argon2 (slow): outside the write transaction.
         let user = self.new_user(username, password, inv_role)?;
-        // Consume first: two racing redemptions cannot both create users.
+        let id = UserId::random();
         let txn = self.store.db().begin_write()?;
         let mut inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
-        if inv.used_at.is_some() {
+        if !usable(&inv) {
             return Err(bad());
         }
+        Self::insert_user_in(&txn, id, &user)?;
         inv.used_at = Some(now());
         db::put(&txn, INVITES, &hash, &inv)?;
-        txn.commit()?;
-        let id = self.insert_user(user)?;
-        self.audit(
+        audit::append_in(
+            &txn,
             AuditEvent::new(username, "invite.accept", Outcome::Success)
                 .ip(ip)
                 .detail(inv_role.as_str()),
-        );
-        Ok(UserView::of(id, &self.get_user(id)?))
+        )?;
+        txn.commit()?;
+        self.forget_people();
+        Ok(UserView::of(id, &user))
+    }
+
+    fn username_taken(username: &str) -> AuthError {
+        AuthError::Conflict(
+            "username_taken",
+            format!("the username `{username}` is taken"),
+        )
     }
 
     fn user_by_name(&self, username: &str) -> Result<(UserId, User), AuthError> {
@@ -1931,7 +2113,8 @@ impl Auth {
             Ok(())
         })?;
         self.end_everything_of(id)?;
-        self.lockout.record_success(&Self::lock_key(username));
+        self.lockout
+            .forget_prefix(&lockout::account_prefix(&Self::lock_key(username)));
         self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
         Ok(UserView::of(id, &u))
     }
