@@ -55,4 +55,6 @@ impl AuthError {
 crate::store::from_redb_errors!(AuthError);
 
 #[cfg(test)]
+mod hardening_tests;
+#[cfg(test)]
 mod service_tests;

@@ -8,6 +8,7 @@
 
 use super::AuthError;
 use super::apikey;
+use super::index;
 use super::lockout::{self, AccountThrottle, LockState, Lockout, LockoutConfig};
 use super::password::{PasswordHasher, PasswordPolicy};
 use super::ratelimit::{self, RateLimitConfig, RateLimiter};
@@ -1084,7 +1085,7 @@ impl Auth {
             user_agent: user_agent.map(|u| audit::clean(u, 200)),
         };
         let txn = self.store.db().begin_write()?;
-        db::put(&txn, SESSIONS, &token_hash(token.expose_secret()), &session)?;
+        index::put_session(&txn, &token_hash(token.expose_secret()), &session)?;
         txn.commit()?;
         Ok(NewSession {
             recovery_codes: Vec::new(),
@@ -1142,15 +1143,20 @@ impl Auth {
             db::get(&txn.open_table(SESSIONS)?, &hash)?.ok_or_else(AuthError::unauthenticated)?;
         drop(txn);
         let t = now();
-        if t >= s.expires_at || t >= s.last_seen_at + s.idle_secs {
+        if t >= s.expires_at || t >= s.last_seen_at.saturating_add(s.idle_secs) {
             let w = self.store.db().begin_write()?;
-            db::delete(&w, SESSIONS, &hash)?;
+            index::delete_session(&w, &hash)?;
             w.commit()?;
             return Err(AuthError::unauthenticated());
         }
         if t - s.last_seen_at >= TOUCH_EVERY_SECS {
             let w = self.store.db().begin_write()?;
-            let mut s2 = s.clone();
+            // Read again inside the write: a logout that committed since the
+            // read above must not be undone by writing the old row back.
+            let current = db::get::<Session>(&w.open_table(SESSIONS)?, &hash)?;
+            let Some(mut s2) = current else {
+                return Err(AuthError::unauthenticated());
+            };
             s2.last_seen_at = t;
             db::put(&w, SESSIONS, &hash, &s2)?;
             w.commit()?;
@@ -1228,10 +1234,9 @@ impl Auth {
         };
         let family_id: u128 = rand::random();
         let txn = self.store.db().begin_write()?;
-        db::put(
+        index::put_family(
             &txn,
-            REFRESH_FAMILIES,
-            &family_id.to_be_bytes(),
+            family_id,
             &Family {
                 user_id: p.user_id,
                 session_hash: *hash,
@@ -1254,9 +1259,8 @@ impl Auth {
         let refresh = random_token("lkr_");
         let t = now();
         let ttl = self.settings.access_token_lifetime.as_secs() as i64;
-        db::put(
+        index::put_access(
             txn,
-            ACCESS_TOKENS,
             &token_hash(access.expose_secret()),
             &AccessToken {
                 user_id,
@@ -1264,9 +1268,8 @@ impl Auth {
                 expires_at: t + ttl,
             },
         )?;
-        db::put(
+        index::put_refresh(
             txn,
-            REFRESH_TOKENS,
             &token_hash(refresh.expose_secret()),
             &RefreshToken {
                 family_id,
@@ -1327,28 +1330,25 @@ impl Auth {
         Ok(pair)
     }
 
+    /// Deletes a family's access tokens and marks its refresh tokens used,
+    /// through the index (no table scan).
     fn delete_family_tokens(
         txn: &redb::WriteTransaction,
         family_id: u128,
     ) -> Result<(), AuthError> {
-        let access: Vec<(Vec<u8>, AccessToken)> = db::scan(&txn.open_table(ACCESS_TOKENS)?)?;
-        let refresh: Vec<(Vec<u8>, RefreshToken)> = db::scan(&txn.open_table(REFRESH_TOKENS)?)?;
-        let mut a = txn.open_table(ACCESS_TOKENS)?;
-        for (k, row) in access {
-            if row.family_id == family_id {
-                a.remove(k.as_slice())?;
-            }
+        let (access, refresh) = index::tokens_of_family(txn, family_id)?;
+        for h in access {
+            index::delete_access(txn, family_id, &h)?;
         }
-        drop(a);
         // Used refresh tokens of a revoked family stay, marked, so a late
         // replay is still recognised as reuse.
-        let mut r = txn.open_table(REFRESH_TOKENS)?;
-        for (k, mut row) in refresh {
-            if row.family_id == family_id && !row.used {
+        for h in refresh {
+            let row = db::get::<RefreshToken>(&txn.open_table(REFRESH_TOKENS)?, &h)?;
+            if let Some(mut row) = row
+                && !row.used
+            {
                 row.used = true;
-                let bytes =
-                    postcard::to_allocvec(&row).map_err(|e| AuthError::Internal(e.to_string()))?;
-                r.insert(k.as_slice(), bytes.as_slice())?;
+                index::put_refresh(txn, &h, &row)?;
             }
         }
         Ok(())
@@ -1360,7 +1360,7 @@ impl Auth {
         let txn = self.store.db().begin_write()?;
         match &p.via {
             Via::Session { hash, .. } => {
-                db::delete(&txn, SESSIONS, hash)?;
+                index::delete_session(&txn, hash)?;
                 Self::revoke_families_of_session(&txn, hash)?;
             }
             Via::AccessToken { family_id } => {
@@ -1384,15 +1384,22 @@ impl Auth {
         txn: &redb::WriteTransaction,
         session: &[u8; 32],
     ) -> Result<(), AuthError> {
-        let fams: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
-        for (k, mut f) in fams {
-            if &f.session_hash == session && !f.revoked {
-                f.revoked = true;
-                db::put(txn, REFRESH_FAMILIES, &k, &f)?;
-                if let Some(id) = k.as_slice().try_into().ok().map(u128::from_be_bytes) {
-                    Self::delete_family_tokens(txn, id)?;
-                }
-            }
+        for id in index::families_of_session(txn, session)? {
+            Self::revoke_family(txn, id)?;
+        }
+        Ok(())
+    }
+
+    /// Marks family `id` revoked and ends its tokens.
+    fn revoke_family(txn: &redb::WriteTransaction, id: u128) -> Result<(), AuthError> {
+        let key = id.to_be_bytes();
+        let family = db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &key)?;
+        if let Some(mut f) = family
+            && !f.revoked
+        {
+            f.revoked = true;
+            db::put(txn, REFRESH_FAMILIES, &key, &f)?;
+            Self::delete_family_tokens(txn, id)?;
         }
         Ok(())
     }
@@ -1474,6 +1481,148 @@ impl Auth {
         )?;
         txn.commit()?;
         Ok(())
+    }
+}
+
+/// What [`Auth::prune_expired`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub sessions: usize,
+    pub access_tokens: usize,
+    pub refresh_tokens: usize,
+    pub families: usize,
+    pub invites: usize,
+}
+
+impl Pruned {
+    pub fn total(&self) -> usize {
+        self.sessions + self.access_tokens + self.refresh_tokens + self.families + self.invites
+    }
+}
+
+/// Rows deleted per write transaction while pruning: keeps each one short,
+/// so sign-ins never wait long behind the pruner.
+const PRUNE_BATCH: usize = 500;
+
+// ---- pruning ----------------------------------------------------------------
+impl Auth {
+    /// Deletes what can no longer be used, as of `t`: expired or idle
+    /// sessions, expired access and refresh tokens, families with no token
+    /// left, expired invites; and forgets expired MFA tickets, a stale
+    /// setup token, drained lockout, throttle and rate-limit entries. Run
+    /// periodically by the server (`latchkey serve`); each write
+    /// transaction deletes at most [`PRUNE_BATCH`] rows and re-checks every
+    /// row inside it.
+    pub fn prune_expired(&self, t: i64) -> Result<Pruned, AuthError> {
+        let mut out = Pruned::default();
+        let session_dead = |s: &Session| t >= s.expires_at || t >= s.last_seen_at.saturating_add(s.idle_secs);
+        out.sessions = self.prune_table(SESSIONS, |b| {
+            postcard::from_bytes::<Session>(b).is_ok_and(|s| session_dead(&s))
+        }, |txn, k| {
+            let Ok(h) = <[u8; 32]>::try_from(k) else { return Ok(false) };
+            let row = db::get::<Session>(&txn.open_table(SESSIONS)?, &h)?;
+            if row.as_ref().is_some_and(|s| session_dead(s)) {
+                index::delete_session(txn, &h)?;
+                Self::revoke_families_of_session(txn, &h)?;
+                return Ok(true);
+            }
+            Ok(false)
+        })?;
+        out.access_tokens = self.prune_table(ACCESS_TOKENS, |b| {
+            postcard::from_bytes::<AccessToken>(b).is_ok_and(|a| t >= a.expires_at)
+        }, |txn, k| {
+            let Ok(h) = <[u8; 32]>::try_from(k) else { return Ok(false) };
+            let row = db::get::<AccessToken>(&txn.open_table(ACCESS_TOKENS)?, &h)?;
+            match row {
+                Some(a) if t >= a.expires_at => {
+                    index::delete_access(txn, a.family_id, &h)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })?;
+        out.refresh_tokens = self.prune_table(REFRESH_TOKENS, |b| {
+            postcard::from_bytes::<RefreshToken>(b).is_ok_and(|r| t >= r.expires_at)
+        }, |txn, k| {
+            let Ok(h) = <[u8; 32]>::try_from(k) else { return Ok(false) };
+            let row = db::get::<RefreshToken>(&txn.open_table(REFRESH_TOKENS)?, &h)?;
+            match row {
+                Some(r) if t >= r.expires_at => {
+                    index::delete_refresh(txn, r.family_id, &h)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })?;
+        // A family without a token can never be used again.
+        out.families = self.prune_table(REFRESH_FAMILIES, |_| true, |txn, k| {
+            let Ok(b) = <[u8; 16]>::try_from(k) else { return Ok(false) };
+            let id = u128::from_be_bytes(b);
+            let (access, refresh) = index::tokens_of_family(txn, id)?;
+            if access.is_empty() && refresh.is_empty() {
+                index::delete_family(txn, id)?;
+                return Ok(true);
+            }
+            Ok(false)
+        })?;
+        out.invites = self.prune_table(INVITES, |b| {
+            postcard::from_bytes::<Invite>(b).is_ok_and(|i| t >= i.expires_at)
+        }, |txn, k| {
+            let row = db::get::<Invite>(&txn.open_table(INVITES)?, k)?;
+            if row.is_some_and(|i| t >= i.expires_at) {
+                db::delete(txn, INVITES, k)?;
+                return Ok(true);
+            }
+            Ok(false)
+        })?;
+        if let Ok(mut tickets) = self.tickets.lock() {
+            tickets.retain(|_, v| v.expires_at > t);
+        }
+        if let Ok(mut token) = self.setup_token.lock()
+            && token.is_some_and(|(_, exp)| t >= exp)
+        {
+            *token = None;
+        }
+        let tu = t.max(0) as u64;
+        self.lockout.sweep(tu);
+        self.throttle.sweep(tu);
+        self.limiter.sweep(std::time::Instant::now());
+        Ok(out)
+    }
+
+    /// Finds the keys of `table` whose value `candidate` accepts (in a
+    /// read transaction, so nothing waits on the scan), then runs `remove`
+    /// on each inside write transactions of [`PRUNE_BATCH`] keys; `remove`
+    /// re-reads the row and says whether it deleted it.
+    fn prune_table(
+        &self,
+        table: latchkey_migrations::ByteTable,
+        candidate: impl Fn(&[u8]) -> bool,
+        remove: impl Fn(&redb::WriteTransaction, &[u8]) -> Result<bool, AuthError>,
+    ) -> Result<usize, AuthError> {
+        let keys: Vec<Vec<u8>> = {
+            let txn = self.store.db().begin_read()?;
+            let t = txn.open_table(table)?;
+            let mut keys = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                if candidate(v.value()) {
+                    keys.push(k.value().to_vec());
+                }
+            }
+            keys
+        };
+        let mut removed = 0;
+        for chunk in keys.chunks(PRUNE_BATCH) {
+            let txn = self.store.db().begin_write()?;
+            for k in chunk {
+                if remove(&txn, k)? {
+                    removed += 1;
+                }
+            }
+            txn.commit()?;
+        }
+        Ok(removed)
     }
 }
 
@@ -1794,10 +1943,17 @@ impl Auth {
             _ => None,
         };
         let txn = self.store.db().begin_read()?;
-        let rows: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
+        let sessions = txn.open_table(SESSIONS)?;
+        let mut rows = Vec::new();
+        for h in index::sessions_of_read(&txn, p.user_id)? {
+            if let Some(s) = db::get::<Session>(&sessions, &h)?
+                && s.user_id == p.user_id
+            {
+                rows.push((h, s));
+            }
+        }
         let mut out: Vec<SessionView> = rows
             .into_iter()
-            .filter(|(_, s)| s.user_id == p.user_id)
             .map(|(k, s)| SessionView {
                 id: hex::encode(&k[..8.min(k.len())]),
                 current: current.is_some_and(|c| c[..] == k[..]),
@@ -1820,21 +1976,14 @@ impl Auth {
             _ => None,
         };
         let txn = self.store.db().begin_write()?;
-        let rows: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
         let mut n = 0;
-        for (k, s) in rows {
-            if s.user_id != p.user_id {
-                continue;
-            }
+        for k in index::sessions_of(&txn, p.user_id)? {
             let hit = match id {
-                Some(id) => hex::encode(&k[..8.min(k.len())]) == id,
-                None => current.is_none_or(|c| c[..] != k[..]),
+                Some(id) => hex::encode(&k[..8]) == id,
+                None => current.is_none_or(|c| c != k),
             };
-            if hit {
-                db::delete(&txn, SESSIONS, &k)?;
-                if let Ok(h) = <[u8; 32]>::try_from(k.as_slice()) {
-                    Self::revoke_families_of_session(&txn, &h)?;
-                }
+            if hit && index::delete_session(&txn, &k)?.is_some() {
+                Self::revoke_families_of_session(&txn, &k)?;
                 n += 1;
             }
         }
@@ -2075,21 +2224,11 @@ impl Auth {
 
     fn end_everything_of(&self, id: UserId) -> Result<(), AuthError> {
         let txn = self.store.db().begin_write()?;
-        let sessions: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
-        for (k, s) in sessions {
-            if s.user_id == id {
-                db::delete(&txn, SESSIONS, &k)?;
-            }
+        for k in index::sessions_of(&txn, id)? {
+            index::delete_session(&txn, &k)?;
         }
-        let fams: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
-        for (k, mut f) in fams {
-            if f.user_id == id && !f.revoked {
-                f.revoked = true;
-                db::put(&txn, REFRESH_FAMILIES, &k, &f)?;
-                if let Ok(b) = <[u8; 16]>::try_from(k.as_slice()) {
-                    Self::delete_family_tokens(&txn, u128::from_be_bytes(b))?;
-                }
-            }
+        for family in index::families_of_user(&txn, id)? {
+            Self::revoke_family(&txn, family)?;
         }
         txn.commit()?;
         if let Ok(mut keys) = self.keys.write() {
