@@ -11,6 +11,7 @@ mod connections;
 mod crash;
 mod fixtures;
 mod forward_auth;
+mod hardening_races;
 mod integrity;
 mod key_sources;
 mod leaks;
