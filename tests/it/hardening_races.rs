@@ -35,7 +35,16 @@ fn at_once<T: Send>(n: usize, op: impl Fn(usize) -> T + Sync) -> Vec<T> {
 }
 
 fn statuses(rs: &[Resp]) -> Vec<(u16, String)> {
-    rs.iter().map(|r| (r.status, r.error_code())).collect()
+    rs.iter()
+        .map(|r| {
+            let code = if r.status < 300 {
+                String::new()
+            } else {
+                r.error_code()
+            };
+            (r.status, code)
+        })
+        .collect()
 }
 
 fn successes(rs: &[Resp]) -> usize {
@@ -83,13 +92,13 @@ fn one_totp_code_on_three_tickets_at_once_gives_one_session() {
 }
 
 #[test]
-fn one_recovery_code_on_three_tickets_at_once_gives_one_session() {
+fn one_recovery_code_on_six_tickets_at_once_gives_one_session() {
     let d = TestDir::new();
     let s = serve(&d, "lockout_threshold = 50\n");
     let owner = web_setup(&s, "owner");
     let code = owner.recovery_codes[0].clone();
-    let tickets: Vec<_> = (0..3).map(|_| ticket(&s, "owner")).collect();
-    let rs = at_once(3, |i| {
+    let tickets: Vec<_> = (0..6).map(|_| ticket(&s, "owner")).collect();
+    let rs = at_once(6, |i| {
         mfa(&tickets[i].0, &tickets[i].1, "recovery_code", &code)
     });
     assert_eq!(successes(&rs), 1, "{:?}", statuses(&rs));
@@ -190,9 +199,9 @@ fn setup_confirmed_twice_at_once_activates_one_owner() {
     assert_eq!(r.status, 200, "{}", r.body);
     let uri = r.json()["otpauth_uri"].as_str().expect("uri").to_string();
     let code = latchkey_e2e::Authenticator::new(&uri).code();
-    let browsers: Vec<Browser<'_>> = (0..3).map(|_| Browser::new(&s)).collect();
+    let browsers: Vec<Browser<'_>> = (0..6).map(|_| Browser::new(&s)).collect();
     let body = serde_json::json!({"token": token, "username": "owner", "code": code});
-    let rs = at_once(3, |i| browsers[i].post("/api/setup/confirm", &body));
+    let rs = at_once(6, |i| browsers[i].post("/api/setup/confirm", &body));
     assert_eq!(successes(&rs), 1, "{:?}", statuses(&rs));
     let with_codes = rs
         .iter()
