@@ -254,7 +254,11 @@ mod tests {
         )
         .expect("append");
         let e = &query(&store, &AuditQuery::default()).expect("q")[0];
-        for field in [&e.actor, e.target.as_ref().expect("t"), e.detail.as_ref().expect("d")] {
+        for field in [
+            &e.actor,
+            e.target.as_ref().expect("t"),
+            e.detail.as_ref().expect("d"),
+        ] {
             assert!(!field.chars().any(acts_on_display), "{field:?}");
             assert!(field.chars().count() <= MAX_DETAIL_CHARS, "{}", field.len());
         }

@@ -105,8 +105,14 @@ fn v3_fixture_migrates_to_the_session_index_and_signs_in() {
     b.login("carol", latchkey_e2e::PASSWORD, None);
     let pair = b.post("/api/auth/token", &serde_json::json!({}));
     assert_eq!(pair.status, 200, "{}", pair.body);
-    let access = pair.json()["access_token"].as_str().expect("at").to_string();
+    let access = pair.json()["access_token"]
+        .as_str()
+        .expect("at")
+        .to_string();
     assert_eq!(s.bearer(&access, "GET", "/api/auth/me", None).status, 200);
-    assert_eq!(b.post("/api/auth/logout", &serde_json::json!({})).status, 204);
+    assert_eq!(
+        b.post("/api/auth/logout", &serde_json::json!({})).status,
+        204
+    );
     assert_eq!(s.bearer(&access, "GET", "/api/auth/me", None).status, 401);
 }

@@ -172,7 +172,9 @@ fn one_refresh_token_presented_at_once_rotates_once() {
     let d = TestDir::new();
     let s = serve(&d, "lockout_threshold = 50\n");
     let owner = web_setup(&s, "owner");
-    let r = owner.browser.post("/api/auth/token", &serde_json::json!({}));
+    let r = owner
+        .browser
+        .post("/api/auth/token", &serde_json::json!({}));
     assert_eq!(r.status, 200, "{}", r.body);
     let refresh = r.json()["refresh_token"]
         .as_str()
@@ -264,7 +266,10 @@ fn invite_lifetimes_out_of_range_are_refused_naming_the_field() {
         serde_json::json!(i64::MAX - 5),
         serde_json::json!(u64::MAX),
     ] {
-        let r = invite(&owner.browser, serde_json::json!({ "expires_in_secs": secs }));
+        let r = invite(
+            &owner.browser,
+            serde_json::json!({ "expires_in_secs": secs }),
+        );
         assert_eq!(
             (r.status, r.error_code()),
             (400, "invalid_field".into()),
@@ -320,7 +325,9 @@ fn failed_sign_in_names_are_stored_capped_and_clean_and_audit_tail_escapes() {
     assert!(!out.stdout.chars().any(|c| c != '\n' && acts_on_terminal(c)));
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert!(
-        !lines.iter().any(|l| l.trim_start().starts_with("1  2026-01-01")),
+        !lines
+            .iter()
+            .any(|l| l.trim_start().starts_with("1  2026-01-01")),
         "a forged line: {}",
         out.stdout
     );

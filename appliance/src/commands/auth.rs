@@ -84,7 +84,11 @@ pub fn setup(ctx: &Context, a: SetupArgs) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    writeln!(out, "Created the owner `{}` (admin).\n", safe(&result.username))?;
+    writeln!(
+        out,
+        "Created the owner `{}` (admin).\n",
+        safe(&result.username)
+    )?;
     writeln!(
         out,
         "Add this account to your authenticator app (scan the code or enter the URI):\n  {}\n",

@@ -7,7 +7,9 @@
 use super::AuthError;
 use super::scope::Role;
 use super::service::*;
-use super::store::{self as db, ACCESS_TOKENS, INVITES, REFRESH_FAMILIES, REFRESH_TOKENS, SESSIONS};
+use super::store::{
+    self as db, ACCESS_TOKENS, INVITES, REFRESH_FAMILIES, REFRESH_TOKENS, SESSIONS,
+};
 use crate::config::AuthSettings;
 use crate::secrecy::{ExposeSecret, SecretString};
 use crate::store::Store;
@@ -55,11 +57,16 @@ fn code(uri: &str, steps: i64) -> String {
         .with_secret(bytes.as_ref())
         .build()
         .expect("totp");
-    totp.generate((now() + steps * 30).max(0) as u64).to_string()
+    totp.generate((now() + steps * 30).max(0) as u64)
+        .to_string()
 }
 
 fn ticket(f: &Fixture, ip: Option<IpAddr>) -> SecretString {
-    match f.auth.login("owner", &pw(PASSWORD), ip, None).expect("login") {
+    match f
+        .auth
+        .login("owner", &pw(PASSWORD), ip, None)
+        .expect("login")
+    {
         LoginStep::MfaRequired { ticket } => ticket,
         other => panic!("MFA must be required: {other:?}"),
     }
@@ -133,12 +140,21 @@ fn recovery_codes_at_once_one_code_once_and_no_lost_update() {
             .is_ok()
     });
     assert!(ok.iter().all(|o| *o), "{ok:?}");
-    assert_eq!(f.auth.list_users().expect("users")[0].recovery_codes_left, 5);
+    assert_eq!(
+        f.auth.list_users().expect("users")[0].recovery_codes_left,
+        5
+    );
     for used in &codes[..5] {
         let t = ticket(&f, None);
         assert!(
             f.auth
-                .mfa(t.expose_secret(), None, Some(used.expose_secret()), None, None)
+                .mfa(
+                    t.expose_secret(),
+                    None,
+                    Some(used.expose_secret()),
+                    None,
+                    None
+                )
                 .is_err(),
             "a used code works again"
         );
@@ -194,7 +210,12 @@ fn a_refused_invite_acceptance_leaves_the_invite_usable() {
         assert_eq!(got, want, "{err}");
     }
     f.auth
-        .accept_invite(token.expose_secret(), "alice", &pw("alice's long passphrase"), None)
+        .accept_invite(
+            token.expose_secret(),
+            "alice",
+            &pw("alice's long passphrase"),
+            None,
+        )
         .expect("the invite still works");
 }
 
@@ -225,13 +246,24 @@ fn concurrent_acceptances_of_one_invite_create_one_user() {
 fn invite_lifetimes_are_capped_and_never_overflow() {
     let f = fixture();
     let host = f.auth.host_principal();
-    for secs in [0, MAX_INVITE_LIFETIME.as_secs() + 1, i64::MAX as u64, u64::MAX] {
+    for secs in [
+        0,
+        MAX_INVITE_LIFETIME.as_secs() + 1,
+        i64::MAX as u64,
+        u64::MAX,
+    ] {
         let err = f
             .auth
             .create_invite(&host, Role::User, Some(Duration::from_secs(secs)))
             .expect_err("out of range");
         assert!(
-            matches!(err, AuthError::Invalid { field: "expires_in_secs", .. }),
+            matches!(
+                err,
+                AuthError::Invalid {
+                    field: "expires_in_secs",
+                    ..
+                }
+            ),
             "{secs}: {err}"
         );
     }
@@ -240,7 +272,10 @@ fn invite_lifetimes_are_capped_and_never_overflow() {
         .create_invite(&host, Role::User, Some(MAX_INVITE_LIFETIME))
         .expect("the maximum is allowed");
     assert!(at > now() && at <= now() + MAX_INVITE_LIFETIME.as_secs() as i64);
-    assert_eq!(expiry(i64::MAX - 1, Duration::from_secs(u64::MAX)), i64::MAX);
+    assert_eq!(
+        expiry(i64::MAX - 1, Duration::from_secs(u64::MAX)),
+        i64::MAX
+    );
 }
 
 #[test]
@@ -250,7 +285,9 @@ fn failures_lock_their_source_not_the_account() {
     let attacker: IpAddr = "203.0.113.7".parse().expect("ip");
     let owner: IpAddr = "198.51.100.2".parse().expect("ip");
     for _ in 0..8 {
-        let _ = f.auth.login("owner", &pw("not the password"), Some(attacker), None);
+        let _ = f
+            .auth
+            .login("owner", &pw("not the password"), Some(attacker), None);
     }
     let err = f
         .auth
@@ -268,7 +305,9 @@ fn an_account_wide_ceiling_slows_guessing_from_many_sources() {
     for n in 0..10u8 {
         let ip: IpAddr = format!("203.0.113.{n}").parse().expect("ip");
         for _ in 0..5 {
-            let _ = f.auth.login("owner", &pw("not the password"), Some(ip), None);
+            let _ = f
+                .auth
+                .login("owner", &pw("not the password"), Some(ip), None);
         }
     }
     let fresh: IpAddr = "198.51.100.9".parse().expect("ip");
@@ -317,7 +356,14 @@ fn pruning_removes_what_expired_through_the_index() {
             invites: 1
         }
     );
-    for table in [SESSIONS, ACCESS_TOKENS, REFRESH_TOKENS, REFRESH_FAMILIES, INVITES, AUTH_INDEX] {
+    for table in [
+        SESSIONS,
+        ACCESS_TOKENS,
+        REFRESH_TOKENS,
+        REFRESH_FAMILIES,
+        INVITES,
+        AUTH_INDEX,
+    ] {
         assert_eq!(rows(&f, table), 0, "{}", redb::TableHandle::name(&table));
     }
 }
@@ -338,13 +384,21 @@ fn logout_ends_the_sessions_tokens_through_the_index() {
         .expect("principal");
     let pair = f.auth.issue_tokens(&p).expect("tokens");
     f.auth.logout(&p).expect("logout");
-    assert!(f.auth.authenticate_session(s.token.expose_secret()).is_err());
+    assert!(
+        f.auth
+            .authenticate_session(s.token.expose_secret())
+            .is_err()
+    );
     assert!(
         f.auth
             .authenticate_bearer(pair.access_token.0.expose_secret())
             .is_err()
     );
-    assert!(f.auth.refresh(pair.refresh_token.0.expose_secret(), None).is_err());
+    assert!(
+        f.auth
+            .refresh(pair.refresh_token.0.expose_secret(), None)
+            .is_err()
+    );
     let txn = f.auth.store().db().begin_read().expect("read");
     let fam: Vec<(Vec<u8>, super::store::Family)> =
         db::scan(&txn.open_table(REFRESH_FAMILIES).expect("t")).expect("scan");

@@ -10,8 +10,8 @@
 //! why rows are never written around these functions.
 
 use super::store::{
-    self as db, ACCESS_TOKENS, AccessToken, Family, REFRESH_FAMILIES, REFRESH_TOKENS,
-    RefreshToken, SESSIONS, Session, UserId,
+    self as db, ACCESS_TOKENS, AccessToken, Family, REFRESH_FAMILIES, REFRESH_TOKENS, RefreshToken,
+    SESSIONS, Session, UserId,
 };
 use crate::store::StoreError;
 use latchkey_migrations::v4::{
@@ -160,16 +160,20 @@ pub fn put_refresh(
     )
 }
 
-/// A family's `(access token hashes, refresh token hashes)`.
-pub fn tokens_of_family(
-    txn: &WriteTransaction,
-    family: u128,
-) -> Result<(Vec<[u8; 32]>, Vec<[u8; 32]>), StoreError> {
+/// The hashes of a family's tokens.
+#[derive(Debug, Default)]
+pub struct FamilyTokens {
+    pub access: Vec<[u8; 32]>,
+    pub refresh: Vec<[u8; 32]>,
+}
+
+/// A family's tokens, from the index.
+pub fn tokens_of_family(txn: &WriteTransaction, family: u128) -> Result<FamilyTokens, StoreError> {
     let fam = family.to_be_bytes();
-    Ok((
-        suffixes(txn, &key(ACCESS_OF_FAMILY, &[&fam]))?,
-        suffixes(txn, &key(REFRESH_OF_FAMILY, &[&fam]))?,
-    ))
+    Ok(FamilyTokens {
+        access: suffixes(txn, &key(ACCESS_OF_FAMILY, &[&fam]))?,
+        refresh: suffixes(txn, &key(REFRESH_OF_FAMILY, &[&fam]))?,
+    })
 }
 
 /// Deletes an access token and its index entry.

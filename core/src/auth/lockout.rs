@@ -921,10 +921,16 @@ mod tests {
         for _ in 0..20 {
             l.record_failure(&attacker, 1000);
         }
-        assert!(l.check(&attacker, 1000).is_err(), "the attacker's source is locked");
+        assert!(
+            l.check(&attacker, 1000).is_err(),
+            "the attacker's source is locked"
+        );
         assert!(l.check(&owner, 1000).is_ok(), "the owner's source is not");
         l.forget_prefix(&account_prefix("owner"));
-        assert!(l.check(&attacker, 1000).is_ok(), "an admin lifts every source");
+        assert!(
+            l.check(&attacker, 1000).is_ok(),
+            "an admin lifts every source"
+        );
     }
 
     #[test]

@@ -182,6 +182,9 @@ pub struct EnrollmentView {
     pub qr_svg: String,
 }
 
+/// The first-run setup token's hash and expiry.
+type SetupToken = ([u8; 32], i64);
+
 struct Ticket {
     user_id: UserId,
     expires_at: i64,
@@ -210,7 +213,7 @@ pub struct Auth {
     throttle: AccountThrottle,
     pub limiter: RateLimiter,
     tickets: Mutex<HashMap<[u8; 32], Ticket>>,
-    setup_token: Mutex<Option<([u8; 32], i64)>>,
+    setup_token: Mutex<Option<SetupToken>>,
     /// Active API keys by public id: the hot path verifies keys in memory.
     keys: RwLock<HashMap<String, CachedKey>>,
     key_last_used: Mutex<HashMap<String, i64>>,
@@ -523,7 +526,7 @@ impl Auth {
     fn setup_guard(
         &self,
         token: &str,
-    ) -> Result<std::sync::MutexGuard<'_, Option<([u8; 32], i64)>>, AuthError> {
+    ) -> Result<std::sync::MutexGuard<'_, Option<SetupToken>>, AuthError> {
         let guard = self
             .setup_token
             .lock()
@@ -1336,13 +1339,13 @@ impl Auth {
         txn: &redb::WriteTransaction,
         family_id: u128,
     ) -> Result<(), AuthError> {
-        let (access, refresh) = index::tokens_of_family(txn, family_id)?;
-        for h in access {
+        let tokens = index::tokens_of_family(txn, family_id)?;
+        for h in tokens.access {
             index::delete_access(txn, family_id, &h)?;
         }
         // Used refresh tokens of a revoked family stay, marked, so a late
         // replay is still recognised as reuse.
-        for h in refresh {
+        for h in tokens.refresh {
             let row = db::get::<RefreshToken>(&txn.open_table(REFRESH_TOKENS)?, &h)?;
             if let Some(mut row) = row
                 && !row.used
@@ -1515,66 +1518,87 @@ impl Auth {
     /// row inside it.
     pub fn prune_expired(&self, t: i64) -> Result<Pruned, AuthError> {
         let mut out = Pruned::default();
-        let session_dead = |s: &Session| t >= s.expires_at || t >= s.last_seen_at.saturating_add(s.idle_secs);
-        out.sessions = self.prune_table(SESSIONS, |b| {
-            postcard::from_bytes::<Session>(b).is_ok_and(|s| session_dead(&s))
-        }, |txn, k| {
-            let Ok(h) = <[u8; 32]>::try_from(k) else { return Ok(false) };
-            let row = db::get::<Session>(&txn.open_table(SESSIONS)?, &h)?;
-            if row.as_ref().is_some_and(|s| session_dead(s)) {
-                index::delete_session(txn, &h)?;
-                Self::revoke_families_of_session(txn, &h)?;
-                return Ok(true);
-            }
-            Ok(false)
-        })?;
-        out.access_tokens = self.prune_table(ACCESS_TOKENS, |b| {
-            postcard::from_bytes::<AccessToken>(b).is_ok_and(|a| t >= a.expires_at)
-        }, |txn, k| {
-            let Ok(h) = <[u8; 32]>::try_from(k) else { return Ok(false) };
-            let row = db::get::<AccessToken>(&txn.open_table(ACCESS_TOKENS)?, &h)?;
-            match row {
-                Some(a) if t >= a.expires_at => {
-                    index::delete_access(txn, a.family_id, &h)?;
-                    Ok(true)
+        let session_dead =
+            |s: &Session| t >= s.expires_at || t >= s.last_seen_at.saturating_add(s.idle_secs);
+        out.sessions = self.prune_table(
+            SESSIONS,
+            |b| postcard::from_bytes::<Session>(b).is_ok_and(|s| session_dead(&s)),
+            |txn, k| {
+                let Ok(h) = <[u8; 32]>::try_from(k) else {
+                    return Ok(false);
+                };
+                let row = db::get::<Session>(&txn.open_table(SESSIONS)?, &h)?;
+                if row.as_ref().is_some_and(&session_dead) {
+                    index::delete_session(txn, &h)?;
+                    Self::revoke_families_of_session(txn, &h)?;
+                    return Ok(true);
                 }
-                _ => Ok(false),
-            }
-        })?;
-        out.refresh_tokens = self.prune_table(REFRESH_TOKENS, |b| {
-            postcard::from_bytes::<RefreshToken>(b).is_ok_and(|r| t >= r.expires_at)
-        }, |txn, k| {
-            let Ok(h) = <[u8; 32]>::try_from(k) else { return Ok(false) };
-            let row = db::get::<RefreshToken>(&txn.open_table(REFRESH_TOKENS)?, &h)?;
-            match row {
-                Some(r) if t >= r.expires_at => {
-                    index::delete_refresh(txn, r.family_id, &h)?;
-                    Ok(true)
+                Ok(false)
+            },
+        )?;
+        out.access_tokens = self.prune_table(
+            ACCESS_TOKENS,
+            |b| postcard::from_bytes::<AccessToken>(b).is_ok_and(|a| t >= a.expires_at),
+            |txn, k| {
+                let Ok(h) = <[u8; 32]>::try_from(k) else {
+                    return Ok(false);
+                };
+                let row = db::get::<AccessToken>(&txn.open_table(ACCESS_TOKENS)?, &h)?;
+                match row {
+                    Some(a) if t >= a.expires_at => {
+                        index::delete_access(txn, a.family_id, &h)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
                 }
-                _ => Ok(false),
-            }
-        })?;
+            },
+        )?;
+        out.refresh_tokens = self.prune_table(
+            REFRESH_TOKENS,
+            |b| postcard::from_bytes::<RefreshToken>(b).is_ok_and(|r| t >= r.expires_at),
+            |txn, k| {
+                let Ok(h) = <[u8; 32]>::try_from(k) else {
+                    return Ok(false);
+                };
+                let row = db::get::<RefreshToken>(&txn.open_table(REFRESH_TOKENS)?, &h)?;
+                match row {
+                    Some(r) if t >= r.expires_at => {
+                        index::delete_refresh(txn, r.family_id, &h)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            },
+        )?;
         // A family without a token can never be used again.
-        out.families = self.prune_table(REFRESH_FAMILIES, |_| true, |txn, k| {
-            let Ok(b) = <[u8; 16]>::try_from(k) else { return Ok(false) };
-            let id = u128::from_be_bytes(b);
-            let (access, refresh) = index::tokens_of_family(txn, id)?;
-            if access.is_empty() && refresh.is_empty() {
-                index::delete_family(txn, id)?;
-                return Ok(true);
-            }
-            Ok(false)
-        })?;
-        out.invites = self.prune_table(INVITES, |b| {
-            postcard::from_bytes::<Invite>(b).is_ok_and(|i| t >= i.expires_at)
-        }, |txn, k| {
-            let row = db::get::<Invite>(&txn.open_table(INVITES)?, k)?;
-            if row.is_some_and(|i| t >= i.expires_at) {
-                db::delete(txn, INVITES, k)?;
-                return Ok(true);
-            }
-            Ok(false)
-        })?;
+        out.families = self.prune_table(
+            REFRESH_FAMILIES,
+            |_| true,
+            |txn, k| {
+                let Ok(b) = <[u8; 16]>::try_from(k) else {
+                    return Ok(false);
+                };
+                let id = u128::from_be_bytes(b);
+                let tokens = index::tokens_of_family(txn, id)?;
+                if tokens.access.is_empty() && tokens.refresh.is_empty() {
+                    index::delete_family(txn, id)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+        )?;
+        out.invites = self.prune_table(
+            INVITES,
+            |b| postcard::from_bytes::<Invite>(b).is_ok_and(|i| t >= i.expires_at),
+            |txn, k| {
+                let row = db::get::<Invite>(&txn.open_table(INVITES)?, k)?;
+                if row.is_some_and(|i| t >= i.expires_at) {
+                    db::delete(txn, INVITES, k)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+        )?;
         if let Ok(mut tickets) = self.tickets.lock() {
             tickets.retain(|_, v| v.expires_at > t);
         }

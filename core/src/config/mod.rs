@@ -528,12 +528,28 @@ impl Settings {
         // Every lifetime is added to "now" somewhere: bounded here, no sum
         // can overflow or wrap into the past.
         for (name, d, max) in [
-            ("auth.session_lifetime", a.session_lifetime, MAX_AUTH_DURATION),
+            (
+                "auth.session_lifetime",
+                a.session_lifetime,
+                MAX_AUTH_DURATION,
+            ),
             ("auth.session_idle", a.session_idle, MAX_AUTH_DURATION),
-            ("auth.refresh_token_lifetime", a.refresh_token_lifetime, MAX_AUTH_DURATION),
-            ("auth.lockout_duration", a.lockout_duration, MAX_AUTH_DURATION),
+            (
+                "auth.refresh_token_lifetime",
+                a.refresh_token_lifetime,
+                MAX_AUTH_DURATION,
+            ),
+            (
+                "auth.lockout_duration",
+                a.lockout_duration,
+                MAX_AUTH_DURATION,
+            ),
             ("auth.reauth_window", a.reauth_window, MAX_AUTH_DURATION),
-            ("auth.setup_token_lifetime", a.setup_token_lifetime, MAX_AUTH_DURATION),
+            (
+                "auth.setup_token_lifetime",
+                a.setup_token_lifetime,
+                MAX_AUTH_DURATION,
+            ),
             ("auth.audit_retention", a.audit_retention, MAX_AUTH_DURATION),
             (
                 "auth.invite_lifetime",
