@@ -377,3 +377,36 @@ fn an_attacker_locks_only_their_own_source_out() {
         .collect();
     assert!(ips.contains(&"203.0.113.77"), "{audit}");
 }
+
+#[test]
+fn one_enrollment_confirmed_twice_at_once_enrolls_once_and_keeps_the_factor() {
+    let d = TestDir::new();
+    let s = serve(&d, "lockout_threshold = 50\n");
+    let owner = web_setup(&s, "owner");
+    let other = Browser::new(&s);
+    other.login("owner", PASSWORD, Some(&owner.totp));
+    let r = owner.browser.post(
+        "/api/auth/reauth",
+        &serde_json::json!({"code": owner.totp.code()}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = owner
+        .browser
+        .post("/api/account/totp", &serde_json::json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new = latchkey_e2e::Authenticator::new(r.json()["otpauth_uri"].as_str().expect("uri"));
+    let code = new.code();
+    let browsers = [&owner.browser, &other];
+    let rs = at_once(2, |i| {
+        browsers[i].post(
+            "/api/account/totp/confirm",
+            &serde_json::json!({"code": code}),
+        )
+    });
+    assert_eq!(successes(&rs), 1, "{:?}", statuses(&rs));
+    // The second factor is still on, and it is the new one.
+    let me = owner.browser.get("/api/auth/me").json();
+    assert_eq!(me["mfa_enabled"], true, "{me}");
+    let b = Browser::new(&s);
+    b.login("owner", PASSWORD, Some(&new));
+}
