@@ -410,3 +410,65 @@ fn one_enrollment_confirmed_twice_at_once_enrolls_once_and_keeps_the_factor() {
     let b = Browser::new(&s);
     b.login("owner", PASSWORD, Some(&new));
 }
+
+#[test]
+fn a_known_device_signs_in_while_guessing_from_many_addresses_is_slowed() {
+    let d = TestDir::new();
+    let s = serve(&d, "trusted_proxies = [\"127.0.0.1\"]\n");
+    let owner = web_setup(&s, "owner");
+    // Setup signed this browser in: it holds the known-device cookie.
+    let jar = std::fs::read_to_string(
+        s.work_dir()
+            .read_dir()
+            .expect("work dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                std::fs::read_to_string(p).is_ok_and(|t| t.contains("__Host-latchkey_device"))
+            })
+            .expect("a jar with the device cookie"),
+    )
+    .expect("jar");
+    assert!(jar.contains("__Host-latchkey_device"));
+    // Ten addresses, five failures each: the account-wide ceiling.
+    let attacker = Browser::new(&s);
+    for n in 0..10 {
+        for _ in 0..5 {
+            let r = login_from(&attacker, &format!("203.0.113.{n}"), "Tangerine-Quartz-000");
+            assert_eq!(r.status, 401, "{}", r.body);
+        }
+    }
+    // A new address is slowed (one attempt per interval), not served now…
+    let fresh = Browser::new(&s);
+    let r = login_from(&fresh, "198.51.100.30", PASSWORD);
+    assert_eq!((r.status, r.error_code()), (429, "account_locked".into()));
+    let wait: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("secs");
+    assert!((1..=180).contains(&wait), "slowed, not locked: {wait}");
+    // …a forged device cookie changes nothing…
+    let r = fresh.call_with(
+        "POST",
+        "/api/auth/login",
+        &[
+            "X-Forwarded-For: 198.51.100.30",
+            "Cookie: __Host-latchkey_device=v1.00000000000000000000000000000000.1.00",
+        ],
+        Some(&serde_json::json!({"username": "owner", "password": PASSWORD}).to_string()),
+    );
+    assert_eq!(r.status, 429, "{}", r.body);
+    // …while the owner's known browser signs in, even from a locked address.
+    let r = login_from(&owner.browser, "203.0.113.0", PASSWORD);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = r.json()["ticket"].as_str().expect("ticket").to_string();
+    let body = serde_json::json!({"ticket": t, "code": owner.totp.code()}).to_string();
+    let r = owner.browser.call_with(
+        "POST",
+        "/api/auth/mfa",
+        &["X-Forwarded-For: 203.0.113.0"],
+        Some(&body),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}

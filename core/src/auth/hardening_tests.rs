@@ -404,3 +404,58 @@ fn logout_ends_the_sessions_tokens_through_the_index() {
         db::scan(&txn.open_table(REFRESH_FAMILIES).expect("t")).expect("scan");
     assert!(fam.iter().all(|(_, f)| f.revoked));
 }
+
+#[test]
+fn a_known_device_of_the_account_is_not_slowed_by_failures_from_elsewhere() {
+    let f = fixture();
+    f.auth.setup_host("owner", &pw(PASSWORD)).expect("setup");
+    let host = f.auth.host_principal();
+    let (token, _) = f
+        .auth
+        .create_invite(&host, Role::User, None)
+        .expect("invite");
+    let bob = f
+        .auth
+        .accept_invite(
+            token.expose_secret(),
+            "bob",
+            &pw("bob's long passphrase"),
+            None,
+        )
+        .expect("bob");
+    let owner_id = f.auth.find_user("owner").expect("find").expect("owner").0;
+    let device = f.auth.device_cookie(&owner_id.to_string());
+    let bobs_device = f.auth.device_cookie(&bob.id);
+    for n in 0..10u8 {
+        let ip: IpAddr = format!("203.0.113.{n}").parse().expect("ip");
+        for _ in 0..5 {
+            let _ = f
+                .auth
+                .login("owner", &pw("not the password"), Some(ip), None);
+        }
+    }
+    let ip: IpAddr = "203.0.113.0".parse().expect("ip");
+    let login = |device: Option<&str>| {
+        f.auth
+            .login_with_device("owner", &pw(PASSWORD), Some(ip), None, device)
+    };
+    // Another account's device, a tampered cookie, no cookie: slowed or locked.
+    let mut tampered = device.clone();
+    tampered.replace_range(3..4, if &device[3..4] == "0" { "1" } else { "0" });
+    for d in [
+        None,
+        Some(bobs_device.as_str()),
+        Some(tampered.as_str()),
+        Some("v1.x.1.00"),
+    ] {
+        assert!(
+            matches!(login(d), Err(AuthError::Locked { .. })),
+            "{d:?} must not pass"
+        );
+    }
+    // The owner's own device, even from a locked address: the password step.
+    assert!(matches!(
+        login(Some(&device)),
+        Ok(LoginStep::MfaRequired { .. })
+    ));
+}

@@ -51,6 +51,20 @@ pub const MAX_INVITE_LIFETIME: Duration = Duration::from_secs(30 * 86400);
 /// threshold (see [`AccountThrottle`]).
 const ACCOUNT_BURST_FACTOR: u32 = 10;
 
+/// How long a known-device cookie is honoured after the sign-in that set it.
+pub const DEVICE_LIFETIME: Duration = Duration::from_secs(90 * 86400);
+
+/// Where a sign-in attempt comes from, for lockout: a client address, or
+/// a device that completed a sign-in to this very account before (see
+/// [`Auth::device_cookie`]). A known device has its own lock and is not
+/// slowed by the account-wide throttle, so guessing from elsewhere never
+/// keeps the owner's own browser out.
+#[derive(Debug, Clone)]
+struct Source {
+    key: String,
+    known_device: bool,
+}
+
 fn random_token(prefix: &str) -> SecretString {
     use rand::RngCore;
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
@@ -188,6 +202,9 @@ type SetupToken = ([u8; 32], i64);
 struct Ticket {
     user_id: UserId,
     expires_at: i64,
+    /// Where the password step came from: the second step counts its
+    /// failures there too.
+    source: Source,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +231,9 @@ pub struct Auth {
     pub limiter: RateLimiter,
     tickets: Mutex<HashMap<[u8; 32], Ticket>>,
     setup_token: Mutex<Option<SetupToken>>,
+    /// Signs known-device cookies; random per process, so a restart
+    /// forgets every device (they fall back to the per-address lock).
+    device_key: ring::hmac::Key,
     /// Active API keys by public id: the hot path verifies keys in memory.
     keys: RwLock<HashMap<String, CachedKey>>,
     key_last_used: Mutex<HashMap<String, i64>>,
@@ -264,6 +284,7 @@ impl Auth {
             limiter,
             tickets: Mutex::new(HashMap::new()),
             setup_token: Mutex::new(None),
+            device_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()),
             keys: RwLock::new(HashMap::new()),
             key_last_used: Mutex::new(HashMap::new()),
             people: RwLock::new(HashMap::new()),
@@ -702,22 +723,78 @@ impl Auth {
         username_key(username)
     }
 
-    /// Where an attempt came from, for the per-source lock: the client's
-    /// address (an IPv6 /64 as one, like the rate limit), or `-` when
-    /// there is none (the CLI on the host, or a caller that passes none).
-    fn source(ip: Option<IpAddr>) -> String {
-        ip.map_or_else(|| "-".into(), |ip| ratelimit::bucket_key(ip).to_string())
+    /// An attempt from a client address (an IPv6 /64 as one, like the
+    /// rate limit), or `-` when there is none (the CLI on the host, or a
+    /// caller that passes none).
+    fn ip_source(ip: Option<IpAddr>) -> Source {
+        Source {
+            key: ip.map_or_else(|| "-".into(), |ip| ratelimit::bucket_key(ip).to_string()),
+            known_device: false,
+        }
     }
 
-    /// Counts a failed credential against the (account, source) lock and
+    /// The value of the known-device cookie set after `user_id` completed a
+    /// sign-in: `v1.<user id>.<issued unix>.<HMAC-SHA256>`. It proves only
+    /// that this browser signed in to this account before; it is no
+    /// credential.
+    pub fn device_cookie(&self, user_id: &str) -> String {
+        let body = format!("v1.{user_id}.{}", now());
+        let tag = ring::hmac::sign(&self.device_key, body.as_bytes());
+        format!("{body}.{}", hex::encode(tag.as_ref()))
+    }
+
+    /// Where a sign-in to `username` comes from: the device, if `device`
+    /// is a valid, unexpired cookie of this very account; else the address.
+    fn login_source(&self, username: &str, ip: Option<IpAddr>, device: Option<&str>) -> Source {
+        let known = device.and_then(|d| {
+            let (body, tag) = d.rsplit_once('.')?;
+            let tag = hex::decode(tag).ok()?;
+            ring::hmac::verify(&self.device_key, body.as_bytes(), &tag).ok()?;
+            let mut parts = body.split('.');
+            let (Some("v1"), Some(user), Some(issued), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            let issued: i64 = issued.parse().ok()?;
+            let age = now().checked_sub(issued)?;
+            if !(0..=DEVICE_LIFETIME.as_secs() as i64).contains(&age) {
+                return None;
+            }
+            let (id, _) = self.find_user(username).ok()??;
+            (id.to_string() == user).then(|| format!("device:{}", &hex::encode(&tag)[..16]))
+        });
+        match known {
+            Some(key) => Source {
+                key,
+                known_device: true,
+            },
+            None => Self::ip_source(ip),
+        }
+    }
+
+    /// Counts a failed credential against the (account, address) lock and
     /// the account-wide throttle, and audits it.
     fn fail(&self, username: &str, action: &str, reason: &str, ip: Option<IpAddr>) {
+        self.fail_from(username, action, reason, ip, &Self::ip_source(ip));
+    }
+
+    /// [`Auth::fail`] for an attempt from `src`: a known device counts
+    /// against its own lock only.
+    fn fail_from(
+        &self,
+        username: &str,
+        action: &str,
+        reason: &str,
+        ip: Option<IpAddr>,
+        src: &Source,
+    ) {
         let t = now().max(0) as u64;
         let account = Self::lock_key(username);
         let state = self
             .lockout
-            .record_failure(&lockout::source_key(&account, &Self::source(ip)), t);
-        let throttled = self.throttle.record_failure(&account, t);
+            .record_failure(&lockout::source_key(&account, &src.key), t);
+        let throttled = !src.known_device && self.throttle.record_failure(&account, t);
         self.audit(
             AuditEvent::new(username, action, Outcome::Failure)
                 .ip(ip)
@@ -731,8 +808,9 @@ impl Auth {
                 AuditEvent::new(username, "lockout", Outcome::Failure)
                     .ip(ip)
                     .detail(format!(
-                        "after {} failures from this source",
-                        self.settings.lockout_threshold
+                        "after {} failures from this {}",
+                        self.settings.lockout_threshold,
+                        if src.known_device { "device" } else { "source" }
                     )),
             );
         }
@@ -750,27 +828,37 @@ impl Auth {
         self.check_locked_from(username, None)
     }
 
-    /// Refuses, before any credential is verified, an attempt from a
-    /// locked source or on a throttled account.
     fn check_locked_from(&self, username: &str, ip: Option<IpAddr>) -> Result<(), AuthError> {
+        self.check_source(username, &Self::ip_source(ip))
+    }
+
+    /// Refuses, before any credential is verified, an attempt from a
+    /// locked source, or (unless from a known device) on a throttled
+    /// account.
+    fn check_source(&self, username: &str, src: &Source) -> Result<(), AuthError> {
         let t = now().max(0) as u64;
         let account = Self::lock_key(username);
         let locked = |l: lockout::Locked| AuthError::Locked {
             retry_after: l.retry_after,
         };
         self.lockout
-            .check(&lockout::source_key(&account, &Self::source(ip)), t)
+            .check(&lockout::source_key(&account, &src.key), t)
             .map_err(locked)?;
+        if src.known_device {
+            return Ok(());
+        }
         self.throttle.check(&account, t).map_err(locked)
     }
 
     /// A success from `ip`: that source's failures are forgotten. The
     /// account-wide throttle drains by itself (see [`AccountThrottle`]).
     fn clear_failures(&self, username: &str, ip: Option<IpAddr>) {
-        self.lockout.record_success(&lockout::source_key(
-            &Self::lock_key(username),
-            &Self::source(ip),
-        ));
+        self.clear_source(username, &Self::ip_source(ip));
+    }
+
+    fn clear_source(&self, username: &str, src: &Source) {
+        self.lockout
+            .record_success(&lockout::source_key(&Self::lock_key(username), &src.key));
     }
 
     /// The password step. Unknown users, wrong passwords and disabled
@@ -782,14 +870,29 @@ impl Auth {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<LoginStep, AuthError> {
+        self.login_with_device(username, password, ip, user_agent, None)
+    }
+
+    /// [`Auth::login`] from a browser that may hold a known-device cookie
+    /// (`device`): a valid one of this account has its own lock and skips
+    /// the account-wide throttle (see [`Source`]).
+    pub fn login_with_device(
+        &self,
+        username: &str,
+        password: &SecretString,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+        device: Option<&str>,
+    ) -> Result<LoginStep, AuthError> {
         let bad =
             || AuthError::Unauthorized("invalid_credentials", "wrong username or password".into());
-        self.check_locked_from(username, ip)?;
+        let src = self.login_source(username, ip, device);
+        self.check_source(username, &src)?;
         let Some((id, user)) = self.find_user(username)? else {
             let _ = self.hasher.verify_dummy(password);
             // Counted like any other failure: an unknown name locks after
             // the same attempts, or the 429 would reveal which names exist.
-            self.fail(username, "login", "unknown_user", ip);
+            self.fail_from(username, "login", "unknown_user", ip, &src);
             return Err(bad());
         };
         let ok = self
@@ -804,7 +907,7 @@ impl Auth {
             } else {
                 "setup_unfinished"
             };
-            self.fail(username, "login", reason, ip);
+            self.fail_from(username, "login", reason, ip, &src);
             return Err(bad());
         }
         if self.hasher.needs_rehash(&user.password_hash)
@@ -822,7 +925,7 @@ impl Auth {
                 u.totp_pending = Some(sealed);
                 Ok(())
             })?;
-            let ticket = self.new_ticket(id);
+            let ticket = self.new_ticket(id, src.clone());
             self.audit(
                 AuditEvent::new(username, "login.password", Outcome::Success)
                     .ip(ip)
@@ -831,11 +934,11 @@ impl Auth {
             return Ok(LoginStep::EnrollRequired { ticket, enrollment });
         }
         if user.totp.is_some() {
-            let ticket = self.new_ticket(id);
+            let ticket = self.new_ticket(id, src.clone());
             self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip));
             return Ok(LoginStep::MfaRequired { ticket });
         }
-        self.clear_failures(username, ip);
+        self.clear_source(username, &src);
         self.audit(AuditEvent::new(username, "login", Outcome::Success).ip(ip));
         Ok(LoginStep::Done(
             self.create_session(id, &user, ip, user_agent)?,
@@ -843,6 +946,7 @@ impl Auth {
     }
 
     /// Completes the enrollment a ticket was issued with.
+    #[allow(clippy::too_many_arguments)] // the ticket's context, passed through
     fn mfa_enroll(
         &self,
         ticket: &str,
@@ -851,6 +955,7 @@ impl Auth {
         code: Option<&str>,
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
+        src: &Source,
     ) -> Result<NewSession, AuthError> {
         let again = || AuthError::Unauthorized("invalid_ticket", "sign in again".into());
         let pending = user.totp_pending.clone().ok_or_else(again)?;
@@ -863,7 +968,7 @@ impl Auth {
         let step = match self.check_totp(id, &probe, &pending, code) {
             Ok(s) => s,
             Err(e) => {
-                self.fail(&user.username, "login.mfa", "invalid_code", ip);
+                self.fail_from(&user.username, "login.mfa", "invalid_code", ip, src);
                 return Err(e);
             }
         };
@@ -880,7 +985,7 @@ impl Auth {
             u.recovery_hashes = hashes;
             Ok(())
         })?;
-        self.clear_failures(&user.username, ip);
+        self.clear_source(&user.username, src);
         self.audit(AuditEvent::new(&user.username, "mfa.enroll", Outcome::Success).ip(ip));
         self.audit(
             AuditEvent::new(&user.username, "login", Outcome::Success)
@@ -892,7 +997,7 @@ impl Auth {
         Ok(s)
     }
 
-    fn new_ticket(&self, id: UserId) -> SecretString {
+    fn new_ticket(&self, id: UserId, source: Source) -> SecretString {
         let ticket = random_token("lkt_");
         if let Ok(mut t) = self.tickets.lock() {
             let n = now();
@@ -902,21 +1007,23 @@ impl Auth {
                 Ticket {
                     user_id: id,
                     expires_at: n + MFA_TICKET_SECS,
+                    source,
                 },
             );
         }
         ticket
     }
 
-    /// The user a live ticket was issued to (the ticket stays).
-    fn ticket_user(&self, ticket: &str) -> Result<UserId, AuthError> {
+    /// The user a live ticket was issued to and where its password step
+    /// came from (the ticket stays).
+    fn ticket_user(&self, ticket: &str) -> Result<(UserId, Source), AuthError> {
         let mut t = self
             .tickets
             .lock()
             .map_err(|_| AuthError::Internal("tickets".into()))?;
         let h = token_hash(ticket);
         match t.get(&h) {
-            Some(v) if v.expires_at > now() => Ok(v.user_id),
+            Some(v) if v.expires_at > now() => Ok((v.user_id, v.source.clone())),
             _ => {
                 t.remove(&h);
                 Err(Self::ticket_expired())
@@ -1004,11 +1111,11 @@ impl Auth {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<NewSession, AuthError> {
-        let id = self.ticket_user(ticket)?;
+        let (id, src) = self.ticket_user(ticket)?;
         let user = self.get_user(id)?;
-        self.check_locked_from(&user.username, ip)?;
+        self.check_source(&user.username, &src)?;
         if user.totp.is_none() {
-            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent);
+            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent, &src);
         }
         let sealed = user.totp.clone().ok_or_else(Self::ticket_expired)?;
         let result = match (code, recovery_code) {
@@ -1043,7 +1150,7 @@ impl Auth {
                             .ip(ip),
                     );
                 }
-                self.clear_failures(&user.username, ip);
+                self.clear_source(&user.username, &src);
                 self.audit(
                     AuditEvent::new(&user.username, "login", Outcome::Success)
                         .ip(ip)
@@ -1057,7 +1164,7 @@ impl Auth {
                     AuthError::Invalid { .. } => return Err(e),
                     _ => "invalid",
                 };
-                self.fail(&user.username, "login.mfa", reason, ip);
+                self.fail_from(&user.username, "login.mfa", reason, ip, &src);
                 Err(e)
             }
         }
