@@ -11,6 +11,7 @@ mod logging;
 mod prompt;
 mod remote;
 mod server;
+mod term;
 mod tls;
 
 use clap::Parser;
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
                 }
                 msg.push_str(&text);
             }
-            eprintln!("latchkey: {msg}");
+            eprintln!("latchkey: {}", term::safe(&msg));
             ExitCode::FAILURE
         }
     }

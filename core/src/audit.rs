@@ -87,9 +87,65 @@ fn decode(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
         .map_err(|e| StoreError::Db(redb::Error::Corrupted(format!("audit entry: {e}"))))
 }
 
+/// Longest actor, target or IP stored, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+/// Longest action stored, in characters.
+pub const MAX_ACTION_CHARS: usize = 64;
+/// Longest detail stored, in characters.
+pub const MAX_DETAIL_CHARS: usize = 256;
+
+/// Characters that act on whoever displays the text (a terminal, a log
+/// viewer): control characters, line and paragraph separators,
+/// bidirectional overrides and zero-width marks.
+fn acts_on_display(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+        )
+}
+
+/// `s` as it may be stored in the log: at most `max_chars` characters
+/// (the cut marked with `…`), every character that acts on a display
+/// replaced by U+FFFD. Audit fields come from the network (a failed
+/// sign-in's username, a user agent): unbounded or raw they would let a
+/// client grow the log at will or forge lines in whatever shows it.
+pub fn clean(s: &str, max_chars: usize) -> String {
+    let too_long = s.chars().nth(max_chars).is_some();
+    let keep = if too_long {
+        max_chars.saturating_sub(1)
+    } else {
+        max_chars
+    };
+    let mut out: String = s
+        .chars()
+        .take(keep)
+        .map(|c| if acts_on_display(c) { '\u{FFFD}' } else { c })
+        .collect();
+    if too_long {
+        out.push('…');
+    }
+    out
+}
+
+impl AuditEvent {
+    /// Every field capped and cleaned (see [`clean`]); done to each event
+    /// as it is written, whoever built it.
+    fn cleaned(mut self) -> Self {
+        self.actor = clean(&self.actor, MAX_NAME_CHARS);
+        self.action = clean(&self.action, MAX_ACTION_CHARS);
+        self.target = self.target.map(|t| clean(&t, MAX_NAME_CHARS));
+        self.ip = self.ip.map(|t| clean(&t, MAX_NAME_CHARS));
+        self.detail = self.detail.map(|t| clean(&t, MAX_DETAIL_CHARS));
+        self
+    }
+}
+
 /// Appends `event` inside an existing write transaction (so an audited
-/// change and its audit entry commit together).
-pub fn append_in(txn: &WriteTransaction, mut event: AuditEvent) -> Result<u64, StoreError> {
+/// change and its audit entry commit together). Its fields are capped and
+/// cleaned first (see [`clean`]).
+pub fn append_in(txn: &WriteTransaction, event: AuditEvent) -> Result<u64, StoreError> {
+    let mut event = event.cleaned();
     let mut t = txn.open_table(AUDIT)?;
     let next = match t.last()? {
         Some((k, _)) => k
@@ -183,6 +239,35 @@ pub fn prune(store: &Store, keep_secs: i64, now: i64) -> Result<usize, StoreErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_fields_are_capped_and_cleaned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "cli").expect("store");
+        let forged = "x\n    99  2026-01-01T00:00:00Z  success  login  owner\x1b[2K\u{202E}";
+        let huge = "a".repeat(1_000_000);
+        append(
+            &store,
+            AuditEvent::new(format!("{forged}{huge}"), "login", Outcome::Failure)
+                .target(forged)
+                .detail(huge.clone()),
+        )
+        .expect("append");
+        let e = &query(&store, &AuditQuery::default()).expect("q")[0];
+        for field in [
+            &e.actor,
+            e.target.as_ref().expect("t"),
+            e.detail.as_ref().expect("d"),
+        ] {
+            assert!(!field.chars().any(acts_on_display), "{field:?}");
+            assert!(field.chars().count() <= MAX_DETAIL_CHARS, "{}", field.len());
+        }
+        assert_eq!(e.actor.chars().count(), MAX_NAME_CHARS);
+        assert!(e.actor.ends_with('…') && e.actor.starts_with("x\u{FFFD}    99"));
+        assert_eq!(clean("owner", 128), "owner");
+        assert_eq!(clean("abc", 3), "abc");
+        assert_eq!(clean("abcd", 3), "ab…");
+    }
 
     #[test]
     fn append_query_filter_page_prune() {

@@ -16,6 +16,7 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 pub mod v1;
 pub mod v2;
 pub mod v3;
+pub mod v4;
 
 /// The type every table has: encoded key to encoded value.
 pub type ByteTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -50,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         from: 2,
         name: "proxy usage and key limits; OAuth connections",
         run: v3::migrate,
+    },
+    Migration {
+        from: 3,
+        name: "index of sessions and tokens by user, session and family",
+        run: v4::migrate,
     },
 ];
 

@@ -9,6 +9,7 @@ use crate::cli::{AuditCommand, SetupArgs, UserCommand};
 use crate::context::Context;
 use crate::prompt;
 use crate::remote::Remote;
+use crate::term::{safe, safe_or_dash};
 use anyhow::{Context as _, bail};
 use latchkey_core::audit::{self, AuditEvent, AuditQuery};
 use latchkey_core::auth::Auth;
@@ -83,7 +84,11 @@ pub fn setup(ctx: &Context, a: SetupArgs) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    writeln!(out, "Created the owner `{}` (admin).\n", result.username)?;
+    writeln!(
+        out,
+        "Created the owner `{}` (admin).\n",
+        safe(&result.username)
+    )?;
     writeln!(
         out,
         "Add this account to your authenticator app (scan the code or enter the URI):\n  {}\n",
@@ -168,8 +173,8 @@ pub fn user(ctx: &Context, cmd: UserCommand) -> anyhow::Result<()> {
                 writeln!(
                     out,
                     "{:<24} {:<6} {:<4} {:<9} {}",
-                    u.username,
-                    u.role,
+                    safe(&u.username),
+                    safe(&u.role),
                     if u.mfa_enabled { "on" } else { "off" },
                     if u.disabled { "disabled" } else { "active" },
                     rfc3339(u.created_at)
@@ -184,6 +189,7 @@ pub fn user(ctx: &Context, cmd: UserCommand) -> anyhow::Result<()> {
                     auth.reset_mfa(&auth.host_principal(), &username)?;
                 }
             }
+            let username = safe(&username);
             eprintln!(
                 "Removed `{username}`'s TOTP and recovery codes and ended their sessions; they \
                  enroll again at their next sign-in."
@@ -252,13 +258,13 @@ fn print_event(out: &mut impl Write, e: &AuditEvent, json: bool) -> anyhow::Resu
             e.seq,
             rfc3339(e.at),
             format!("{:?}", e.outcome).to_lowercase(),
-            e.action,
-            e.actor,
-            e.target.as_deref().unwrap_or("-"),
-            e.ip.as_deref().unwrap_or("-"),
+            safe(&e.action),
+            safe(&e.actor),
+            safe_or_dash(e.target.as_deref()),
+            safe_or_dash(e.ip.as_deref()),
             e.detail
                 .as_deref()
-                .map(|d| format!("  ({d})"))
+                .map(|d| format!("  ({})", safe(d)))
                 .unwrap_or_default(),
         )?;
     }

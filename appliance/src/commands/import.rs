@@ -111,7 +111,7 @@ pub fn run(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     let mut ack = |name: &str| -> anyhow::Result<()> {
-        writeln!(out, "stored {name}")?;
+        writeln!(out, "stored {}", crate::term::safe(name))?;
         Ok(out.flush()?)
     };
     match Remote::detect(ctx)? {

@@ -8,6 +8,7 @@ use crate::cli::{GetArgs, InitArgs, ListArgs, PutArgs, RmArgs, VaultCommand};
 use crate::context::{self, Context};
 use crate::prompt;
 use crate::remote::Remote;
+use crate::term::{safe, safe_or_dash};
 use anyhow::bail;
 use latchkey_core::config::MasterKeyKind;
 use latchkey_core::secrecy::ExposeSecret;
@@ -72,7 +73,7 @@ fn put(ctx: &Context, a: PutArgs) -> anyhow::Result<()> {
         Some(remote) => remote.put(&new, &secret, a.replace)?,
         None => ctx.open_vault()?.put(&new, &secret, a.replace)?,
     };
-    eprintln!("Stored `{}` ({}).", meta.name, meta.kind);
+    eprintln!("Stored `{}` ({}).", safe(&meta.name), meta.kind);
     Ok(())
 }
 
@@ -104,9 +105,9 @@ fn list(ctx: &Context, a: ListArgs) -> anyhow::Result<()> {
         writeln!(
             out,
             "{:<32} {:<12} {:<14} {:<20} {}",
-            m.name,
+            safe(&m.name),
             m.kind.as_str(),
-            m.provider.as_deref().unwrap_or("-"),
+            safe_or_dash(m.provider.as_deref()),
             short_time(m.updated_at),
             m.last_used_at
                 .map(short_time)
@@ -154,12 +155,12 @@ fn get(ctx: &Context, a: GetArgs) -> anyhow::Result<()> {
 }
 
 fn print_meta(out: &mut impl Write, m: &RecordMeta) -> std::io::Result<()> {
-    writeln!(out, "name:      {}", m.name)?;
+    writeln!(out, "name:      {}", safe(&m.name))?;
     writeln!(out, "id:        {}", m.id)?;
     writeln!(out, "kind:      {}", m.kind)?;
-    writeln!(out, "provider:  {}", m.provider.as_deref().unwrap_or("-"))?;
+    writeln!(out, "provider:  {}", safe_or_dash(m.provider.as_deref()))?;
     for (k, v) in &m.labels {
-        writeln!(out, "label:     {k}={v}")?;
+        writeln!(out, "label:     {}={}", safe(k), safe(v))?;
     }
     writeln!(out, "created:   {}", short_time(m.created_at))?;
     writeln!(out, "updated:   {}", short_time(m.updated_at))?;
@@ -177,7 +178,7 @@ fn rm(ctx: &Context, a: RmArgs) -> anyhow::Result<()> {
         Some(remote) => remote.remove(&a.name)?,
         None => Vault::new(ctx.open_store()?).remove(&a.name)?,
     };
-    eprintln!("Deleted `{}`.", m.name);
+    eprintln!("Deleted `{}`.", safe(&m.name));
     Ok(())
 }
 

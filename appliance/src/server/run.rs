@@ -28,6 +28,9 @@ use tokio::sync::watch;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 /// How often audit entries past `auth.audit_retention` are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(86400);
+/// How often expired sessions, tokens, invites and in-memory auth state
+/// are pruned (`Auth::prune_expired`).
+const AUTH_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
     if !args.listen.is_empty() {
@@ -176,6 +179,7 @@ async fn serve(
         settings.auth.audit_retention,
         stop_rx.clone(),
     );
+    let auth_pruner = spawn_auth_pruner(Arc::clone(auth), stop_rx.clone());
 
     let server_config = tls.server_config()?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -227,6 +231,7 @@ async fn serve(
     let _ = maintenance.await;
     let _ = flusher.await;
     let _ = pruner.await;
+    let _ = auth_pruner.await;
     // After the last request: usage counted since the last periodic flush.
     let _ = usage_flusher.await;
     match tokio::task::spawn_blocking(move || proxy.flush_usage()).await {
@@ -445,6 +450,38 @@ fn spawn_audit_pruner(
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not prune the audit log"),
                 Err(e) => tracing::warn!(error = %e, "audit prune task failed"),
+            }
+        }
+    })
+}
+
+/// Prunes what can no longer be used (the core decides what: see
+/// `Auth::prune_expired`), at start and every [`AUTH_PRUNE_INTERVAL`].
+fn spawn_auth_pruner(
+    auth: Arc<Auth>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(AUTH_PRUNE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let a = Arc::clone(&auth);
+            let now = latchkey_core::auth::service::now();
+            match tokio::task::spawn_blocking(move || a.prune_expired(now)).await {
+                Ok(Ok(p)) if p.total() > 0 => tracing::info!(
+                    sessions = p.sessions,
+                    access_tokens = p.access_tokens,
+                    refresh_tokens = p.refresh_tokens,
+                    families = p.families,
+                    invites = p.invites,
+                    "pruned expired sessions and tokens"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not prune expired sessions"),
+                Err(e) => tracing::warn!(error = %e, "auth prune task failed"),
             }
         }
     })

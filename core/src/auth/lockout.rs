@@ -221,6 +221,13 @@ impl Lockout {
         self.lock().remove(key.as_str());
     }
 
+    /// Forgets every key that starts with `prefix` (an account under all
+    /// its sources, see [`source_key`]): how an admin lifts an account's
+    /// locks by hand.
+    pub fn forget_prefix(&self, prefix: &str) {
+        self.lock().retain(|k, _| !k.starts_with(prefix));
+    }
+
     /// Accounts currently remembered.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -348,6 +355,111 @@ fn normalize_key(key: &str) -> String {
         key.to_owned()
     } else {
         format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+    }
+}
+
+/// The [`Lockout`] key of `account` tried from `source`: locks are per
+/// account *and* source, so failures from one place never lock the owner
+/// out from another. The account comes first, so
+/// [`Lockout::forget_prefix`] with [`account_prefix`] lifts every lock of
+/// an account.
+pub fn source_key(account: &str, source: &str) -> String {
+    format!("{}{source}", account_prefix(account))
+}
+
+/// The prefix every [`source_key`] of `account` starts with.
+pub fn account_prefix(account: &str) -> String {
+    format!("{account}\u{0}")
+}
+
+/// The account-wide ceiling on failed attempts, from all sources together.
+///
+/// Per-source locks alone let an attacker with many addresses guess at
+/// `sources × max_failures` per lock period. This bounds that without
+/// handing anyone a switch: failures fill a GCRA bucket of `burst` per
+/// account that drains one every `every`; once full, the account accepts
+/// one attempt per `every` (the next may come as soon as the bucket has
+/// room) — slowed, never shut. It refuses before any credential work, and
+/// successes do not empty it (an attacker cannot reset it by luck, and the
+/// owner's success should not hand the attacker a fresh burst).
+pub struct AccountThrottle {
+    burst: u64,
+    every: u64,
+    max_entries: usize,
+    /// Account key → theoretical arrival time (unix seconds).
+    tats: Mutex<HashMap<String, u64>>,
+}
+
+impl fmt::Debug for AccountThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountThrottle")
+            .field("burst", &self.burst)
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccountThrottle {
+    /// `burst` failures at once, then one per `every` (at least 1 s each).
+    pub fn new(burst: u32, every: Duration, max_entries: usize) -> Self {
+        AccountThrottle {
+            burst: u64::from(burst.max(1)),
+            every: every.as_secs().max(1),
+            max_entries: max_entries.max(1),
+            tats: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.tats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Refuses an attempt while the account's bucket is full.
+    pub fn check(&self, account: &str, now: u64) -> Result<(), Locked> {
+        let key = normalize_key(account);
+        let tats = self.lock();
+        let Some(&tat) = tats.get(key.as_str()) else {
+            return Ok(());
+        };
+        let allowed_until = now.saturating_add((self.burst - 1).saturating_mul(self.every));
+        if tat > allowed_until {
+            return Err(Locked {
+                retry_after: Duration::from_secs(tat - allowed_until),
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a failure; true when this one filled the bucket (audit the
+    /// start of a throttle once).
+    pub fn record_failure(&self, account: &str, now: u64) -> bool {
+        let key = normalize_key(account);
+        let mut tats = self.lock();
+        if !tats.contains_key(key.as_str()) && tats.len() >= self.max_entries {
+            tats.retain(|_, t| *t > now);
+            if tats.len() >= self.max_entries {
+                // Drop the emptiest buckets: the accounts least under attack.
+                let mut order: Vec<(u64, String)> =
+                    tats.iter().map(|(k, t)| (*t, k.clone())).collect();
+                order.sort_unstable();
+                for (_, k) in order.into_iter().take((self.max_entries / 10).max(1)) {
+                    tats.remove(&k);
+                }
+            }
+        }
+        let tat = tats.entry(key).or_insert(now);
+        let before = (*tat).max(now);
+        *tat = before.saturating_add(self.every);
+        let full = now.saturating_add(self.burst.saturating_mul(self.every));
+        *tat > full.saturating_sub(self.every) && before <= full.saturating_sub(self.every)
+    }
+
+    /// Drops buckets that have drained; returns how many.
+    pub fn sweep(&self, now: u64) -> usize {
+        let mut tats = self.lock();
+        let before = tats.len();
+        tats.retain(|_, t| *t > now);
+        before - tats.len()
     }
 }
 
@@ -799,5 +911,44 @@ mod tests {
             retry_after: Duration::from_secs(42),
         };
         assert_eq!(e.to_string(), "too many failed attempts; try again in 42 s");
+    }
+
+    #[test]
+    fn per_source_keys_keep_an_attacker_from_locking_the_owner_out() {
+        let l = Lockout::new(LockoutConfig::default()).unwrap();
+        let attacker = source_key("owner", "203.0.113.7");
+        let owner = source_key("owner", "198.51.100.2");
+        for _ in 0..20 {
+            l.record_failure(&attacker, 1000);
+        }
+        assert!(
+            l.check(&attacker, 1000).is_err(),
+            "the attacker's source is locked"
+        );
+        assert!(l.check(&owner, 1000).is_ok(), "the owner's source is not");
+        l.forget_prefix(&account_prefix("owner"));
+        assert!(
+            l.check(&attacker, 1000).is_ok(),
+            "an admin lifts every source"
+        );
+    }
+
+    #[test]
+    fn account_throttle_slows_distributed_guessing_without_locking() {
+        let t = AccountThrottle::new(50, Duration::from_secs(180), 100);
+        let mut just = 0;
+        for i in 0..50 {
+            assert!(t.check("owner", 1000).is_ok(), "attempt {i}");
+            just += usize::from(t.record_failure("owner", 1000));
+        }
+        assert_eq!(just, 1, "the start of a throttle is reported once");
+        let wait = t.check("owner", 1000).unwrap_err().retry_after;
+        assert_eq!(wait, Duration::from_secs(180));
+        // One attempt per interval, never a lock that outlives it.
+        assert!(t.check("owner", 1000 + 180).is_ok());
+        t.record_failure("owner", 1180);
+        assert!(t.check("owner", 1181).is_err());
+        assert!(t.check("other", 1000).is_ok(), "per account");
+        assert_eq!(t.sweep(1000 + 52 * 180), 1);
     }
 }

@@ -2,13 +2,15 @@
 //! recovery codes, sessions, tokens, API keys, lockout and rate limits.
 //!
 //! - [`service::Auth`] is the one entry point the HTTP layer and the CLI use;
-//! - [`store`] holds the rows (schema v2);
+//! - [`store`] holds the rows (schema v2); [`index`] writes sessions and
+//!   tokens with their index (schema v4);
 //! - [`password`], [`totp`], [`recovery`], [`apikey`], [`scope`],
 //!   [`lockout`] and [`ratelimit`] are the pure building blocks;
 //! - [`revocation`] tells long-lived connections to re-check their
 //!   credential.
 
 pub mod apikey;
+pub mod index;
 pub mod lockout;
 pub mod password;
 pub mod ratelimit;
@@ -55,5 +57,7 @@ impl AuthError {
 
 crate::store::from_redb_errors!(AuthError);
 
+#[cfg(test)]
+mod hardening_tests;
 #[cfg(test)]
 mod service_tests;

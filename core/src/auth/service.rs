@@ -8,9 +8,10 @@
 
 use super::AuthError;
 use super::apikey;
-use super::lockout::{LockState, Lockout, LockoutConfig};
+use super::index;
+use super::lockout::{self, AccountThrottle, LockState, Lockout, LockoutConfig};
 use super::password::{PasswordHasher, PasswordPolicy};
-use super::ratelimit::{RateLimitConfig, RateLimiter};
+use super::ratelimit::{self, RateLimitConfig, RateLimiter};
 use super::recovery;
 use super::scope::{Role, Scope, ScopeSet};
 use super::store::{self as db, *};
@@ -41,6 +42,33 @@ pub fn now() -> i64 {
 /// and not idle.
 fn session_live(s: &Session, t: i64) -> bool {
     t < s.expires_at && t < s.last_seen_at.saturating_add(s.idle_secs)
+}
+
+/// `t + d` in unix seconds, saturating: a lifetime from the configuration
+/// or a request can never wrap into the past.
+pub fn expiry(t: i64, d: Duration) -> i64 {
+    t.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The longest an invite may stay valid (`expires_in_secs`).
+pub const MAX_INVITE_LIFETIME: Duration = Duration::from_secs(30 * 86400);
+
+/// The account-wide ceiling on failures, as a multiple of the per-source
+/// threshold (see [`AccountThrottle`]).
+const ACCOUNT_BURST_FACTOR: u32 = 10;
+
+/// How long a known-device cookie is honoured after the sign-in that set it.
+pub const DEVICE_LIFETIME: Duration = Duration::from_secs(90 * 86400);
+
+/// Where a sign-in attempt comes from, for lockout: a client address, or
+/// a device that completed a sign-in to this very account before (see
+/// [`Auth::device_cookie`]). A known device has its own lock and is not
+/// slowed by the account-wide throttle, so guessing from elsewhere never
+/// keeps the owner's own browser out.
+#[derive(Debug, Clone)]
+struct Source {
+    key: String,
+    known_device: bool,
 }
 
 fn random_token(prefix: &str) -> SecretString {
@@ -197,9 +225,15 @@ pub struct EnrollmentView {
     pub qr_svg: String,
 }
 
+/// The first-run setup token's hash and expiry.
+type SetupToken = ([u8; 32], i64);
+
 struct Ticket {
     user_id: UserId,
     expires_at: i64,
+    /// Where the password step came from: the second step counts its
+    /// failures there too.
+    source: Source,
 }
 
 #[derive(Debug, Clone)]
@@ -219,10 +253,16 @@ pub struct Auth {
     pub settings: AuthSettings,
     hasher: PasswordHasher,
     policy: PasswordPolicy,
+    /// Failed attempts per (account, source): locks that source only.
     lockout: Lockout,
+    /// Failed attempts per account from all sources: slows, never locks.
+    throttle: AccountThrottle,
     pub limiter: RateLimiter,
     tickets: Mutex<HashMap<[u8; 32], Ticket>>,
-    setup_token: Mutex<Option<([u8; 32], i64)>>,
+    setup_token: Mutex<Option<SetupToken>>,
+    /// Signs known-device cookies; random per process, so a restart
+    /// forgets every device (they fall back to the per-address lock).
+    device_key: ring::hmac::Key,
     /// Active API keys by public id: the hot path verifies keys in memory.
     keys: RwLock<HashMap<String, CachedKey>>,
     key_last_used: Mutex<HashMap<String, i64>>,
@@ -253,6 +293,13 @@ impl Auth {
             ..LockoutConfig::default()
         })
         .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let throttle = AccountThrottle::new(
+            settings
+                .lockout_threshold
+                .saturating_mul(ACCOUNT_BURST_FACTOR),
+            settings.lockout_duration / settings.lockout_threshold.max(1),
+            LockoutConfig::default().max_entries,
+        );
         let limiter = RateLimiter::new(RateLimitConfig::per_minute(
             settings.rate_limit_per_minute,
             settings.rate_limit_burst,
@@ -264,9 +311,11 @@ impl Auth {
             hasher: PasswordHasher::default(),
             policy: PasswordPolicy::new(),
             lockout,
+            throttle,
             limiter,
             tickets: Mutex::new(HashMap::new()),
             setup_token: Mutex::new(None),
+            device_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()),
             keys: RwLock::new(HashMap::new()),
             key_last_used: Mutex::new(HashMap::new()),
             people: RwLock::new(HashMap::new()),
@@ -388,27 +437,35 @@ impl Auth {
     fn insert_user(&self, user: User) -> Result<UserId, AuthError> {
         let id = UserId::random();
         let txn = self.store.db().begin_write()?;
+        Self::insert_user_in(&txn, id, &user)?;
+        txn.commit()?;
+        self.forget_people();
+        Ok(id)
+    }
+
+    /// Inserts `user` as `id` in `txn`, refusing a taken username; the
+    /// caller commits (and then calls `forget_people`).
+    fn insert_user_in(
+        txn: &redb::WriteTransaction,
+        id: UserId,
+        user: &User,
+    ) -> Result<(), AuthError> {
         {
             let mut names = txn.open_table(USERNAMES)?;
             let key = username_key(&user.username);
             if names.get(key.as_bytes())?.is_some() {
-                return Err(AuthError::Conflict(
-                    "username_taken",
-                    format!("the username `{}` is taken", user.username),
-                ));
+                return Err(Self::username_taken(&user.username));
             }
             names.insert(key.as_bytes(), id.key().as_slice())?;
         }
-        db::put(&txn, USERS, &id.key(), &user)?;
+        db::put(txn, USERS, &id.key(), user)?;
         audit::append_in(
-            &txn,
+            txn,
             AuditEvent::new("system", "user.create", Outcome::Success)
                 .target(&user.username)
                 .detail(user.role.as_str()),
         )?;
-        txn.commit()?;
-        self.forget_people();
-        Ok(id)
+        Ok(())
     }
 
     fn update_user(
@@ -518,15 +575,21 @@ impl Auth {
             return Ok(None);
         }
         let token = random_token("lku_");
-        let expires = now() + self.settings.setup_token_lifetime.as_secs() as i64;
+        let expires = expiry(now(), self.settings.setup_token_lifetime);
         if let Ok(mut t) = self.setup_token.lock() {
             *t = Some((token_hash(token.expose_secret()), expires));
         }
         Ok(Some(token))
     }
 
-    fn check_setup_token(&self, token: &str, consume: bool) -> Result<(), AuthError> {
-        let mut guard = self
+    /// Holds the setup token for one whole setup step, after checking
+    /// `token` against it: setup steps run one at a time, so checking the
+    /// token, changing the owner and consuming the token are one step.
+    fn setup_guard(
+        &self,
+        token: &str,
+    ) -> Result<std::sync::MutexGuard<'_, Option<SetupToken>>, AuthError> {
+        let guard = self
             .setup_token
             .lock()
             .map_err(|_| AuthError::Internal("setup lock".into()))?;
@@ -540,10 +603,7 @@ impl Auth {
         if !ok {
             return Err(AuthError::Forbidden("invalid_setup_token", "the setup link is invalid, used or expired; restart `latchkey serve` for a new one".into()));
         }
-        if consume {
-            *guard = None;
-        }
-        Ok(())
+        Ok(guard)
     }
 
     /// Step 1 of web setup: creates the (inactive) owner and returns the
@@ -554,7 +614,7 @@ impl Auth {
         username: &str,
         password: &SecretString,
     ) -> Result<EnrollmentView, AuthError> {
-        self.check_setup_token(token, false)?;
+        let _setup = self.setup_guard(token)?;
         if self.user_count()? > 0 {
             return Err(AuthError::Conflict(
                 "already_set_up",
@@ -596,7 +656,7 @@ impl Auth {
         code: &str,
         ip: Option<IpAddr>,
     ) -> Result<(UserView, Vec<SecretString>), AuthError> {
-        self.check_setup_token(token, false)?;
+        let mut setup = self.setup_guard(token)?;
         let (id, user) = self
             .find_user(username)?
             .filter(|(_, u)| !u.active)
@@ -607,14 +667,33 @@ impl Auth {
             .ok_or(AuthError::NotFound("pending enrollment"))?;
         let step = self.check_totp(id, &user, &pending, code)?;
         let (codes, hashes) = recovery::generate();
-        let user = self.update_user(id, |u| {
-            u.totp = u.totp_pending.take();
-            u.totp_last_step = Some(step);
-            u.recovery_hashes = hashes;
-            u.active = true;
-            Ok(())
-        })?;
-        self.check_setup_token(token, true)?;
+        // One write decides: nobody is active yet, and this is still the
+        // enrollment the code was checked against.
+        let txn = self.store.db().begin_write()?;
+        let active = db::scan::<User>(&txn.open_table(USERS)?)?
+            .iter()
+            .any(|(_, u)| u.active);
+        if active {
+            return Err(AuthError::Conflict(
+                "already_set_up",
+                "an owner already exists".into(),
+            ));
+        }
+        let mut user: User =
+            db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
+        if user.active || user.totp_pending.as_deref() != Some(pending.as_slice()) {
+            return Err(AuthError::NotFound("pending owner"));
+        }
+        user.totp = user.totp_pending.take();
+        user.totp_last_step = Some(step);
+        user.recovery_hashes = hashes;
+        user.active = true;
+        user.updated_at = now();
+        db::put(&txn, USERS, &id.key(), &user)?;
+        txn.commit()?;
+        self.forget_people();
+        *setup = None;
+        drop(setup);
         self.audit(AuditEvent::new(username, "setup.complete", Outcome::Success).ip(ip));
         Ok((UserView::of(id, &user), codes))
     }
@@ -685,10 +764,78 @@ impl Auth {
         username_key(username)
     }
 
+    /// An attempt from a client address (an IPv6 /64 as one, like the
+    /// rate limit), or `-` when there is none (the CLI on the host, or a
+    /// caller that passes none).
+    fn ip_source(ip: Option<IpAddr>) -> Source {
+        Source {
+            key: ip.map_or_else(|| "-".into(), |ip| ratelimit::bucket_key(ip).to_string()),
+            known_device: false,
+        }
+    }
+
+    /// The value of the known-device cookie set after `user_id` completed a
+    /// sign-in: `v1.<user id>.<issued unix>.<HMAC-SHA256>`. It proves only
+    /// that this browser signed in to this account before; it is no
+    /// credential.
+    pub fn device_cookie(&self, user_id: &str) -> String {
+        let body = format!("v1.{user_id}.{}", now());
+        let tag = ring::hmac::sign(&self.device_key, body.as_bytes());
+        format!("{body}.{}", hex::encode(tag.as_ref()))
+    }
+
+    /// Where a sign-in to `username` comes from: the device, if `device`
+    /// is a valid, unexpired cookie of this very account; else the address.
+    fn login_source(&self, username: &str, ip: Option<IpAddr>, device: Option<&str>) -> Source {
+        let known = device.and_then(|d| {
+            let (body, tag) = d.rsplit_once('.')?;
+            let tag = hex::decode(tag).ok()?;
+            ring::hmac::verify(&self.device_key, body.as_bytes(), &tag).ok()?;
+            let mut parts = body.split('.');
+            let (Some("v1"), Some(user), Some(issued), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            let issued: i64 = issued.parse().ok()?;
+            let age = now().checked_sub(issued)?;
+            if !(0..=DEVICE_LIFETIME.as_secs() as i64).contains(&age) {
+                return None;
+            }
+            let (id, _) = self.find_user(username).ok()??;
+            (id.to_string() == user).then(|| format!("device:{}", &hex::encode(&tag)[..16]))
+        });
+        match known {
+            Some(key) => Source {
+                key,
+                known_device: true,
+            },
+            None => Self::ip_source(ip),
+        }
+    }
+
+    /// Counts a failed credential against the (account, address) lock and
+    /// the account-wide throttle, and audits it.
     fn fail(&self, username: &str, action: &str, reason: &str, ip: Option<IpAddr>) {
+        self.fail_from(username, action, reason, ip, &Self::ip_source(ip));
+    }
+
+    /// [`Auth::fail`] for an attempt from `src`: a known device counts
+    /// against its own lock only.
+    fn fail_from(
+        &self,
+        username: &str,
+        action: &str,
+        reason: &str,
+        ip: Option<IpAddr>,
+        src: &Source,
+    ) {
+        let t = now().max(0) as u64;
+        let account = Self::lock_key(username);
         let state = self
             .lockout
-            .record_failure(&Self::lock_key(username), now().max(0) as u64);
+            .record_failure(&lockout::source_key(&account, &src.key), t);
+        let throttled = !src.known_device && self.throttle.record_failure(&account, t);
         self.audit(
             AuditEvent::new(username, action, Outcome::Failure)
                 .ip(ip)
@@ -702,19 +849,57 @@ impl Auth {
                 AuditEvent::new(username, "lockout", Outcome::Failure)
                     .ip(ip)
                     .detail(format!(
-                        "after {} failures",
-                        self.settings.lockout_threshold
+                        "after {} failures from this {}",
+                        self.settings.lockout_threshold,
+                        if src.known_device { "device" } else { "source" }
                     )),
+            );
+        }
+        if throttled {
+            self.audit(
+                AuditEvent::new(username, "lockout.throttle", Outcome::Failure)
+                    .ip(ip)
+                    .detail("account-wide failure ceiling reached: attempts slowed"),
             );
         }
     }
 
+    /// [`Auth::check_locked_from`] for a caller without a client address.
     fn check_locked(&self, username: &str) -> Result<(), AuthError> {
+        self.check_locked_from(username, None)
+    }
+
+    fn check_locked_from(&self, username: &str, ip: Option<IpAddr>) -> Result<(), AuthError> {
+        self.check_source(username, &Self::ip_source(ip))
+    }
+
+    /// Refuses, before any credential is verified, an attempt from a
+    /// locked source, or (unless from a known device) on a throttled
+    /// account.
+    fn check_source(&self, username: &str, src: &Source) -> Result<(), AuthError> {
+        let t = now().max(0) as u64;
+        let account = Self::lock_key(username);
+        let locked = |l: lockout::Locked| AuthError::Locked {
+            retry_after: l.retry_after,
+        };
         self.lockout
-            .check(&Self::lock_key(username), now().max(0) as u64)
-            .map_err(|l| AuthError::Locked {
-                retry_after: l.retry_after,
-            })
+            .check(&lockout::source_key(&account, &src.key), t)
+            .map_err(locked)?;
+        if src.known_device {
+            return Ok(());
+        }
+        self.throttle.check(&account, t).map_err(locked)
+    }
+
+    /// A success from `ip`: that source's failures are forgotten. The
+    /// account-wide throttle drains by itself (see [`AccountThrottle`]).
+    fn clear_failures(&self, username: &str, ip: Option<IpAddr>) {
+        self.clear_source(username, &Self::ip_source(ip));
+    }
+
+    fn clear_source(&self, username: &str, src: &Source) {
+        self.lockout
+            .record_success(&lockout::source_key(&Self::lock_key(username), &src.key));
     }
 
     /// The password step. Unknown users, wrong passwords and disabled
@@ -726,14 +911,29 @@ impl Auth {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<LoginStep, AuthError> {
+        self.login_with_device(username, password, ip, user_agent, None)
+    }
+
+    /// [`Auth::login`] from a browser that may hold a known-device cookie
+    /// (`device`): a valid one of this account has its own lock and skips
+    /// the account-wide throttle (see [`Source`]).
+    pub fn login_with_device(
+        &self,
+        username: &str,
+        password: &SecretString,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+        device: Option<&str>,
+    ) -> Result<LoginStep, AuthError> {
         let bad =
             || AuthError::Unauthorized("invalid_credentials", "wrong username or password".into());
-        self.check_locked(username)?;
+        let src = self.login_source(username, ip, device);
+        self.check_source(username, &src)?;
         let Some((id, user)) = self.find_user(username)? else {
             let _ = self.hasher.verify_dummy(password);
             // Counted like any other failure: an unknown name locks after
             // the same attempts, or the 429 would reveal which names exist.
-            self.fail(username, "login", "unknown_user", ip);
+            self.fail_from(username, "login", "unknown_user", ip, &src);
             return Err(bad());
         };
         let ok = self
@@ -748,7 +948,7 @@ impl Auth {
             } else {
                 "setup_unfinished"
             };
-            self.fail(username, "login", reason, ip);
+            self.fail_from(username, "login", reason, ip, &src);
             return Err(bad());
         }
         if self.hasher.needs_rehash(&user.password_hash)
@@ -766,7 +966,7 @@ impl Auth {
                 u.totp_pending = Some(sealed);
                 Ok(())
             })?;
-            let ticket = self.new_ticket(id);
+            let ticket = self.new_ticket(id, src.clone());
             self.audit(
                 AuditEvent::new(username, "login.password", Outcome::Success)
                     .ip(ip)
@@ -775,11 +975,11 @@ impl Auth {
             return Ok(LoginStep::EnrollRequired { ticket, enrollment });
         }
         if user.totp.is_some() {
-            let ticket = self.new_ticket(id);
+            let ticket = self.new_ticket(id, src.clone());
             self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip));
             return Ok(LoginStep::MfaRequired { ticket });
         }
-        self.lockout.record_success(&Self::lock_key(username));
+        self.clear_source(username, &src);
         self.audit(AuditEvent::new(username, "login", Outcome::Success).ip(ip));
         Ok(LoginStep::Done(
             self.create_session(id, &user, ip, user_agent)?,
@@ -787,6 +987,7 @@ impl Auth {
     }
 
     /// Completes the enrollment a ticket was issued with.
+    #[allow(clippy::too_many_arguments)] // the ticket's context, passed through
     fn mfa_enroll(
         &self,
         ticket: &str,
@@ -795,11 +996,10 @@ impl Auth {
         code: Option<&str>,
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
+        src: &Source,
     ) -> Result<NewSession, AuthError> {
-        let pending = user
-            .totp_pending
-            .clone()
-            .ok_or_else(|| AuthError::Unauthorized("invalid_ticket", "sign in again".into()))?;
+        let again = || AuthError::Unauthorized("invalid_ticket", "sign in again".into());
+        let pending = user.totp_pending.clone().ok_or_else(again)?;
         let code = code.ok_or_else(|| AuthError::Invalid {
             field: "code",
             reason: "confirm the new authenticator with a `code`".into(),
@@ -809,21 +1009,24 @@ impl Auth {
         let step = match self.check_totp(id, &probe, &pending, code) {
             Ok(s) => s,
             Err(e) => {
-                self.fail(&user.username, "login.mfa", "invalid_code", ip);
+                self.fail_from(&user.username, "login.mfa", "invalid_code", ip, src);
                 return Err(e);
             }
         };
+        self.take_ticket(ticket, id)?;
         let (codes, hashes) = recovery::generate();
+        // Checked again inside the write: a concurrent confirmation of the
+        // same enrollment finds it gone and gets no second session.
         let user = self.update_user(id, |u| {
+            if u.totp.is_some() || u.totp_pending.as_deref() != Some(pending.as_slice()) {
+                return Err(again());
+            }
             u.totp = u.totp_pending.take();
             u.totp_last_step = Some(step);
             u.recovery_hashes = hashes;
             Ok(())
         })?;
-        if let Ok(mut t) = self.tickets.lock() {
-            t.remove(&token_hash(ticket));
-        }
-        self.lockout.record_success(&Self::lock_key(&user.username));
+        self.clear_source(&user.username, src);
         self.audit(AuditEvent::new(&user.username, "mfa.enroll", Outcome::Success).ip(ip));
         self.audit(
             AuditEvent::new(&user.username, "login", Outcome::Success)
@@ -835,7 +1038,7 @@ impl Auth {
         Ok(s)
     }
 
-    fn new_ticket(&self, id: UserId) -> SecretString {
+    fn new_ticket(&self, id: UserId, source: Source) -> SecretString {
         let ticket = random_token("lkt_");
         if let Ok(mut t) = self.tickets.lock() {
             let n = now();
@@ -845,13 +1048,102 @@ impl Auth {
                 Ticket {
                     user_id: id,
                     expires_at: n + MFA_TICKET_SECS,
+                    source,
                 },
             );
         }
         ticket
     }
 
+    /// The user a live ticket was issued to and where its password step
+    /// came from (the ticket stays).
+    fn ticket_user(&self, ticket: &str) -> Result<(UserId, Source), AuthError> {
+        let mut t = self
+            .tickets
+            .lock()
+            .map_err(|_| AuthError::Internal("tickets".into()))?;
+        let h = token_hash(ticket);
+        match t.get(&h) {
+            Some(v) if v.expires_at > now() => Ok((v.user_id, v.source.clone())),
+            _ => {
+                t.remove(&h);
+                Err(Self::ticket_expired())
+            }
+        }
+    }
+
+    /// Consumes a ticket once its code has been verified: of concurrent
+    /// requests on one ticket, exactly one gets past this.
+    fn take_ticket(&self, ticket: &str, id: UserId) -> Result<(), AuthError> {
+        let mut t = self
+            .tickets
+            .lock()
+            .map_err(|_| AuthError::Internal("tickets".into()))?;
+        match t.remove(&token_hash(ticket)) {
+            Some(v) if v.expires_at > now() && v.user_id == id => Ok(()),
+            _ => Err(Self::ticket_expired()),
+        }
+    }
+
+    fn ticket_expired() -> AuthError {
+        AuthError::Unauthorized(
+            "invalid_ticket",
+            "the login step expired or is unknown; sign in again".into(),
+        )
+    }
+
+    fn code_replayed() -> AuthError {
+        AuthError::Unauthorized(
+            "code_replayed",
+            "this code was already used; wait for the next one".into(),
+        )
+    }
+
+    /// Records TOTP `step` of the confirmed secret `sealed` as used, in the
+    /// same write transaction that reads the stored last step: of
+    /// concurrent requests with one code, exactly one passes.
+    fn consume_totp_step(&self, id: UserId, sealed: &[u8], step: u64) -> Result<User, AuthError> {
+        self.update_user(id, |u| {
+            if u.totp.as_deref() != Some(sealed) {
+                return Err(AuthError::Unauthorized(
+                    "invalid_code",
+                    "the second factor changed; try again".into(),
+                ));
+            }
+            if u.totp_last_step.is_some_and(|last| step <= last) {
+                return Err(Self::code_replayed());
+            }
+            u.totp_last_step = Some(step);
+            Ok(())
+        })
+    }
+
+    /// Removes recovery code `code` from the stored set, reading the set
+    /// inside the write transaction: two different codes at once both
+    /// leave, one code twice is accepted once.
+    fn consume_recovery_code(&self, id: UserId, code: &str) -> Result<User, AuthError> {
+        self.update_user(id, |u| {
+            if recovery::find_and_consume(code, &mut u.recovery_hashes) {
+                Ok(())
+            } else {
+                Err(Self::invalid_recovery_code())
+            }
+        })
+    }
+
+    fn invalid_recovery_code() -> AuthError {
+        AuthError::Unauthorized(
+            "invalid_code",
+            "that recovery code is not valid (each works once)".into(),
+        )
+    }
+
     /// The second step: a TOTP code or a recovery code for a ticket.
+    ///
+    /// Cheap checks and the code's verification come first, so a wrong
+    /// code leaves the ticket usable; then the ticket is taken and the
+    /// code consumed, each atomically, so concurrent requests with one
+    /// ticket or one code yield one session.
     pub fn mfa(
         &self,
         ticket: &str,
@@ -860,51 +1152,30 @@ impl Auth {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<NewSession, AuthError> {
-        let expired = || {
-            AuthError::Unauthorized(
-                "invalid_ticket",
-                "the login step expired or is unknown; sign in again".into(),
-            )
-        };
-        let id = {
-            let mut t = self
-                .tickets
-                .lock()
-                .map_err(|_| AuthError::Internal("tickets".into()))?;
-            let h = token_hash(ticket);
-            match t.get(&h) {
-                Some(v) if v.expires_at > now() => v.user_id,
-                _ => {
-                    t.remove(&h);
-                    return Err(expired());
-                }
-            }
-        };
+        let (id, src) = self.ticket_user(ticket)?;
         let user = self.get_user(id)?;
-        self.check_locked(&user.username)?;
+        self.check_source(&user.username, &src)?;
         if user.totp.is_none() {
-            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent);
+            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent, &src);
         }
-        let sealed = user.totp.clone().ok_or_else(expired)?;
+        let sealed = user.totp.clone().ok_or_else(Self::ticket_expired)?;
         let result = match (code, recovery_code) {
-            (Some(c), None) => self.check_totp(id, &user, &sealed, c).map(Some),
+            (Some(c), None) => self
+                .check_totp(id, &user, &sealed, c)
+                .and_then(|step| {
+                    self.take_ticket(ticket, id)?;
+                    self.consume_totp_step(id, &sealed, step)
+                })
+                .map(|u| (u, "totp")),
             (None, Some(r)) => {
-                let mut hashes = user.recovery_hashes.clone();
-                if recovery::find_and_consume(r, &mut hashes) {
-                    self.update_user(id, |u| {
-                        u.recovery_hashes = hashes;
-                        Ok(())
-                    })?;
-                    self.audit(
-                        AuditEvent::new(&user.username, "recovery_code.use", Outcome::Success)
-                            .ip(ip),
-                    );
-                    Ok(None)
+                // A dry run first, so a wrong code does not burn the ticket.
+                let mut probe = user.recovery_hashes.clone();
+                if recovery::find_and_consume(r, &mut probe) {
+                    self.take_ticket(ticket, id)
+                        .and_then(|()| self.consume_recovery_code(id, r))
+                        .map(|u| (u, "recovery_code"))
                 } else {
-                    Err(AuthError::Unauthorized(
-                        "invalid_code",
-                        "that recovery code is not valid (each works once)".into(),
-                    ))
+                    Err(Self::invalid_recovery_code())
                 }
             }
             _ => Err(AuthError::Invalid {
@@ -913,36 +1184,28 @@ impl Auth {
             }),
         };
         match result {
-            Ok(step) => {
-                if let Ok(mut t) = self.tickets.lock() {
-                    t.remove(&token_hash(ticket));
+            Ok((user, how)) => {
+                if how == "recovery_code" {
+                    self.audit(
+                        AuditEvent::new(&user.username, "recovery_code.use", Outcome::Success)
+                            .ip(ip),
+                    );
                 }
-                if let Some(step) = step {
-                    self.update_user(id, |u| {
-                        u.totp_last_step = Some(step);
-                        Ok(())
-                    })?;
-                }
-                self.lockout.record_success(&Self::lock_key(&user.username));
-                // The user as it is now (a recovery code was just spent).
-                let user = self.get_user(id)?;
+                self.clear_source(&user.username, &src);
                 self.audit(
                     AuditEvent::new(&user.username, "login", Outcome::Success)
                         .ip(ip)
-                        .detail(if step.is_some() {
-                            "totp"
-                        } else {
-                            "recovery_code"
-                        }),
+                        .detail(how),
                 );
                 self.create_session(id, &user, ip, user_agent)
             }
             Err(e) => {
                 let reason = match &e {
                     AuthError::Unauthorized(code, _) => *code,
+                    AuthError::Invalid { .. } => return Err(e),
                     _ => "invalid",
                 };
-                self.fail(&user.username, "login.mfa", reason, ip);
+                self.fail_from(&user.username, "login.mfa", reason, ip, &src);
                 Err(e)
             }
         }
@@ -960,16 +1223,17 @@ impl Auth {
     ) -> Result<NewSession, AuthError> {
         let token = random_token("lks_");
         let t = now();
-        let expires_at = t + self.settings.session_lifetime.as_secs() as i64;
+        let expires_at = expiry(t, self.settings.session_lifetime);
         let session = Session {
             user_id: id,
             created_at: t,
             last_seen_at: t,
             expires_at,
-            idle_secs: self.settings.session_idle.as_secs() as i64,
+            idle_secs: i64::try_from(self.settings.session_idle.as_secs()).unwrap_or(i64::MAX),
             last_auth_at: t,
             ip: ip.map(|i| i.to_string()),
-            user_agent: user_agent.map(|u| u.chars().take(200).collect()),
+            // From the network: capped and cleaned like an audit field.
+            user_agent: user_agent.map(|u| audit::clean(u, 200)),
         };
         let txn = self.store.db().begin_write()?;
         // The account as it is now: a sign-in whose password step ran
@@ -979,7 +1243,7 @@ impl Auth {
         if !now_row.is_some_and(|u| u.active && !u.disabled && u.role == user.role) {
             return Err(AuthError::unauthenticated());
         }
-        db::put(&txn, SESSIONS, &token_hash(token.expose_secret()), &session)?;
+        index::put_session(&txn, &token_hash(token.expose_secret()), &session)?;
         txn.commit()?;
         Ok(NewSession {
             recovery_codes: Vec::new(),
@@ -1037,15 +1301,20 @@ impl Auth {
             db::get(&txn.open_table(SESSIONS)?, &hash)?.ok_or_else(AuthError::unauthenticated)?;
         drop(txn);
         let t = now();
-        if t >= s.expires_at || t >= s.last_seen_at + s.idle_secs {
+        if t >= s.expires_at || t >= s.last_seen_at.saturating_add(s.idle_secs) {
             let w = self.store.db().begin_write()?;
-            db::delete(&w, SESSIONS, &hash)?;
+            index::delete_session(&w, &hash)?;
             w.commit()?;
             return Err(AuthError::unauthenticated());
         }
         if t - s.last_seen_at >= TOUCH_EVERY_SECS {
             let w = self.store.db().begin_write()?;
-            let mut s2 = s.clone();
+            // Read again inside the write: a logout that committed since the
+            // read above must not be undone by writing the old row back.
+            let current = db::get::<Session>(&w.open_table(SESSIONS)?, &hash)?;
+            let Some(mut s2) = current else {
+                return Err(AuthError::unauthenticated());
+            };
             s2.last_seen_at = t;
             db::put(&w, SESSIONS, &hash, &s2)?;
             w.commit()?;
@@ -1145,7 +1414,7 @@ impl Auth {
         };
         let end = self.family_end(&family);
         let txn = self.store.db().begin_write()?;
-        db::put(&txn, REFRESH_FAMILIES, &family_id.to_be_bytes(), &family)?;
+        index::put_family(&txn, family_id, &family)?;
         let pair = self.mint_pair(&txn, p.user_id, family_id, end)?;
         txn.commit()?;
         Ok(pair)
@@ -1173,9 +1442,8 @@ impl Auth {
         let refresh = random_token("lkr_");
         let t = now();
         let ttl = (self.settings.access_token_lifetime.as_secs() as i64).min(family_end - t);
-        db::put(
+        index::put_access(
             txn,
-            ACCESS_TOKENS,
             &token_hash(access.expose_secret()),
             &AccessToken {
                 user_id,
@@ -1183,9 +1451,8 @@ impl Auth {
                 expires_at: t + ttl,
             },
         )?;
-        db::put(
+        index::put_refresh(
             txn,
-            REFRESH_TOKENS,
             &token_hash(refresh.expose_secret()),
             &RefreshToken {
                 family_id,
@@ -1268,28 +1535,25 @@ impl Auth {
         Ok(pair)
     }
 
+    /// Deletes a family's access tokens and marks its refresh tokens used,
+    /// through the index (no table scan).
     fn delete_family_tokens(
         txn: &redb::WriteTransaction,
         family_id: u128,
     ) -> Result<(), AuthError> {
-        let access: Vec<(Vec<u8>, AccessToken)> = db::scan(&txn.open_table(ACCESS_TOKENS)?)?;
-        let refresh: Vec<(Vec<u8>, RefreshToken)> = db::scan(&txn.open_table(REFRESH_TOKENS)?)?;
-        let mut a = txn.open_table(ACCESS_TOKENS)?;
-        for (k, row) in access {
-            if row.family_id == family_id {
-                a.remove(k.as_slice())?;
-            }
+        let tokens = index::tokens_of_family(txn, family_id)?;
+        for h in tokens.access {
+            index::delete_access(txn, family_id, &h)?;
         }
-        drop(a);
         // Used refresh tokens of a revoked family stay, marked, so a late
         // replay is still recognised as reuse.
-        let mut r = txn.open_table(REFRESH_TOKENS)?;
-        for (k, mut row) in refresh {
-            if row.family_id == family_id && !row.used {
+        for h in tokens.refresh {
+            let row = db::get::<RefreshToken>(&txn.open_table(REFRESH_TOKENS)?, &h)?;
+            if let Some(mut row) = row
+                && !row.used
+            {
                 row.used = true;
-                let bytes =
-                    postcard::to_allocvec(&row).map_err(|e| AuthError::Internal(e.to_string()))?;
-                r.insert(k.as_slice(), bytes.as_slice())?;
+                index::put_refresh(txn, &h, &row)?;
             }
         }
         Ok(())
@@ -1301,7 +1565,7 @@ impl Auth {
         let txn = self.store.db().begin_write()?;
         match &p.via {
             Via::Session { hash, .. } => {
-                db::delete(&txn, SESSIONS, hash)?;
+                index::delete_session(&txn, hash)?;
                 Self::revoke_families_of_session(&txn, hash)?;
             }
             Via::AccessToken { family_id } => {
@@ -1326,15 +1590,22 @@ impl Auth {
         txn: &redb::WriteTransaction,
         session: &[u8; 32],
     ) -> Result<(), AuthError> {
-        let fams: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
-        for (k, mut f) in fams {
-            if &f.session_hash == session && !f.revoked {
-                f.revoked = true;
-                db::put(txn, REFRESH_FAMILIES, &k, &f)?;
-                if let Some(id) = k.as_slice().try_into().ok().map(u128::from_be_bytes) {
-                    Self::delete_family_tokens(txn, id)?;
-                }
-            }
+        for id in index::families_of_session(txn, session)? {
+            Self::revoke_family(txn, id)?;
+        }
+        Ok(())
+    }
+
+    /// Marks family `id` revoked and ends its tokens.
+    fn revoke_family(txn: &redb::WriteTransaction, id: u128) -> Result<(), AuthError> {
+        let key = id.to_be_bytes();
+        let family = db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &key)?;
+        if let Some(mut f) = family
+            && !f.revoked
+        {
+            f.revoked = true;
+            db::put(txn, REFRESH_FAMILIES, &key, &f)?;
+            Self::delete_family_tokens(txn, id)?;
         }
         Ok(())
     }
@@ -1409,18 +1680,16 @@ impl Auth {
                 "re-authentication is for signed-in sessions".into(),
             ));
         };
-        self.check_locked(&p.username)?;
+        self.check_locked_from(&p.username, ip)?;
         let user = self.get_user(p.user_id)?;
         let ok = match (&user.totp, code, password) {
-            (Some(sealed), Some(c), _) => match self.check_totp(p.user_id, &user, sealed, c) {
-                Ok(step) => {
-                    self.update_user(p.user_id, |u| {
-                        u.totp_last_step = Some(step);
-                        Ok(())
-                    })?;
-                    true
-                }
-                Err(_) => false,
+            (Some(sealed), Some(c), _) => match self
+                .check_totp(p.user_id, &user, sealed, c)
+                .and_then(|step| self.consume_totp_step(p.user_id, sealed, step))
+            {
+                Ok(_) => true,
+                Err(AuthError::Unauthorized(..)) => false,
+                Err(e) => return Err(e),
             },
             (None, _, Some(pw)) => self.hasher.verify(pw, &user.password_hash).unwrap_or(false),
             _ => {
@@ -1441,7 +1710,7 @@ impl Auth {
                 "that did not match".into(),
             ));
         }
-        self.lockout.record_success(&Self::lock_key(&p.username));
+        self.clear_failures(&p.username, ip);
         let txn = self.store.db().begin_write()?;
         // Bound first: the table must be closed before `put` reopens it.
         let session = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)?;
@@ -1455,6 +1724,169 @@ impl Auth {
         )?;
         txn.commit()?;
         Ok(())
+    }
+}
+
+/// What [`Auth::prune_expired`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub sessions: usize,
+    pub access_tokens: usize,
+    pub refresh_tokens: usize,
+    pub families: usize,
+    pub invites: usize,
+}
+
+impl Pruned {
+    pub fn total(&self) -> usize {
+        self.sessions + self.access_tokens + self.refresh_tokens + self.families + self.invites
+    }
+}
+
+/// Rows deleted per write transaction while pruning: keeps each one short,
+/// so sign-ins never wait long behind the pruner.
+const PRUNE_BATCH: usize = 500;
+
+// ---- pruning ----------------------------------------------------------------
+impl Auth {
+    /// Deletes what can no longer be used, as of `t`: expired or idle
+    /// sessions, expired access and refresh tokens, families with no token
+    /// left, expired invites; and forgets expired MFA tickets, a stale
+    /// setup token, drained lockout, throttle and rate-limit entries. Run
+    /// periodically by the server (`latchkey serve`); each write
+    /// transaction deletes at most [`PRUNE_BATCH`] rows and re-checks every
+    /// row inside it.
+    pub fn prune_expired(&self, t: i64) -> Result<Pruned, AuthError> {
+        let mut out = Pruned::default();
+        let session_dead =
+            |s: &Session| t >= s.expires_at || t >= s.last_seen_at.saturating_add(s.idle_secs);
+        out.sessions = self.prune_table(
+            SESSIONS,
+            |b| postcard::from_bytes::<Session>(b).is_ok_and(|s| session_dead(&s)),
+            |txn, k| {
+                let Ok(h) = <[u8; 32]>::try_from(k) else {
+                    return Ok(false);
+                };
+                let row = db::get::<Session>(&txn.open_table(SESSIONS)?, &h)?;
+                if row.as_ref().is_some_and(&session_dead) {
+                    index::delete_session(txn, &h)?;
+                    Self::revoke_families_of_session(txn, &h)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+        )?;
+        out.access_tokens = self.prune_table(
+            ACCESS_TOKENS,
+            |b| postcard::from_bytes::<AccessToken>(b).is_ok_and(|a| t >= a.expires_at),
+            |txn, k| {
+                let Ok(h) = <[u8; 32]>::try_from(k) else {
+                    return Ok(false);
+                };
+                let row = db::get::<AccessToken>(&txn.open_table(ACCESS_TOKENS)?, &h)?;
+                match row {
+                    Some(a) if t >= a.expires_at => {
+                        index::delete_access(txn, a.family_id, &h)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            },
+        )?;
+        out.refresh_tokens = self.prune_table(
+            REFRESH_TOKENS,
+            |b| postcard::from_bytes::<RefreshToken>(b).is_ok_and(|r| t >= r.expires_at),
+            |txn, k| {
+                let Ok(h) = <[u8; 32]>::try_from(k) else {
+                    return Ok(false);
+                };
+                let row = db::get::<RefreshToken>(&txn.open_table(REFRESH_TOKENS)?, &h)?;
+                match row {
+                    Some(r) if t >= r.expires_at => {
+                        index::delete_refresh(txn, r.family_id, &h)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            },
+        )?;
+        // A family without a token can never be used again.
+        out.families = self.prune_table(
+            REFRESH_FAMILIES,
+            |_| true,
+            |txn, k| {
+                let Ok(b) = <[u8; 16]>::try_from(k) else {
+                    return Ok(false);
+                };
+                let id = u128::from_be_bytes(b);
+                let tokens = index::tokens_of_family(txn, id)?;
+                if tokens.access.is_empty() && tokens.refresh.is_empty() {
+                    index::delete_family(txn, id)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+        )?;
+        out.invites = self.prune_table(
+            INVITES,
+            |b| postcard::from_bytes::<Invite>(b).is_ok_and(|i| t >= i.expires_at),
+            |txn, k| {
+                let row = db::get::<Invite>(&txn.open_table(INVITES)?, k)?;
+                if row.is_some_and(|i| t >= i.expires_at) {
+                    db::delete(txn, INVITES, k)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+        )?;
+        if let Ok(mut tickets) = self.tickets.lock() {
+            tickets.retain(|_, v| v.expires_at > t);
+        }
+        if let Ok(mut token) = self.setup_token.lock()
+            && token.is_some_and(|(_, exp)| t >= exp)
+        {
+            *token = None;
+        }
+        let tu = t.max(0) as u64;
+        self.lockout.sweep(tu);
+        self.throttle.sweep(tu);
+        self.limiter.sweep(std::time::Instant::now());
+        Ok(out)
+    }
+
+    /// Finds the keys of `table` whose value `candidate` accepts (in a
+    /// read transaction, so nothing waits on the scan), then runs `remove`
+    /// on each inside write transactions of [`PRUNE_BATCH`] keys; `remove`
+    /// re-reads the row and says whether it deleted it.
+    fn prune_table(
+        &self,
+        table: latchkey_migrations::ByteTable,
+        candidate: impl Fn(&[u8]) -> bool,
+        remove: impl Fn(&redb::WriteTransaction, &[u8]) -> Result<bool, AuthError>,
+    ) -> Result<usize, AuthError> {
+        let keys: Vec<Vec<u8>> = {
+            let txn = self.store.db().begin_read()?;
+            let t = txn.open_table(table)?;
+            let mut keys = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                if candidate(v.value()) {
+                    keys.push(k.value().to_vec());
+                }
+            }
+            keys
+        };
+        let mut removed = 0;
+        for chunk in keys.chunks(PRUNE_BATCH) {
+            let txn = self.store.db().begin_write()?;
+            for k in chunk {
+                if remove(&txn, k)? {
+                    removed += 1;
+                }
+            }
+            txn.commit()?;
+        }
+        Ok(removed)
     }
 }
 
@@ -1760,15 +2192,20 @@ impl Auth {
         let mut probe = user.clone();
         probe.totp_last_step = None;
         let step = self.check_totp(p.user_id, &probe, &pending, code)?;
-        let (codes, hashes) = if user.recovery_hashes.is_empty() {
-            recovery::generate()
-        } else {
-            (Vec::new(), user.recovery_hashes.clone())
-        };
+        let mut codes = Vec::new();
+        // Decided on the row as it is inside the write: a concurrent
+        // confirmation of the same enrollment finds nothing pending.
         self.update_user(p.user_id, |u| {
+            if u.totp_pending.as_deref() != Some(pending.as_slice()) {
+                return Err(AuthError::NotFound("pending enrollment"));
+            }
+            if u.recovery_hashes.is_empty() {
+                let (c, hashes) = recovery::generate();
+                codes = c;
+                u.recovery_hashes = hashes;
+            }
             u.totp = u.totp_pending.take();
             u.totp_last_step = Some(step);
-            u.recovery_hashes = hashes;
             Ok(())
         })?;
         self.audit(AuditEvent::new(p.actor(), "mfa.enroll", Outcome::Success).target(&p.username));
@@ -1826,10 +2263,17 @@ impl Auth {
             _ => None,
         };
         let txn = self.store.db().begin_read()?;
-        let rows: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
+        let sessions = txn.open_table(SESSIONS)?;
+        let mut rows = Vec::new();
+        for h in index::sessions_of_read(&txn, p.user_id)? {
+            if let Some(s) = db::get::<Session>(&sessions, &h)?
+                && s.user_id == p.user_id
+            {
+                rows.push((h, s));
+            }
+        }
         let mut out: Vec<SessionView> = rows
             .into_iter()
-            .filter(|(_, s)| s.user_id == p.user_id)
             .map(|(k, s)| SessionView {
                 id: hex::encode(&k[..8.min(k.len())]),
                 current: current.is_some_and(|c| c[..] == k[..]),
@@ -1852,21 +2296,14 @@ impl Auth {
             _ => None,
         };
         let txn = self.store.db().begin_write()?;
-        let rows: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
         let mut n = 0;
-        for (k, s) in rows {
-            if s.user_id != p.user_id {
-                continue;
-            }
+        for k in index::sessions_of(&txn, p.user_id)? {
             let hit = match id {
-                Some(id) => hex::encode(&k[..8.min(k.len())]) == id,
-                None => current.is_none_or(|c| c[..] != k[..]),
+                Some(id) => hex::encode(&k[..8]) == id,
+                None => current.is_none_or(|c| c != k),
             };
-            if hit {
-                db::delete(&txn, SESSIONS, &k)?;
-                if let Ok(h) = <[u8; 32]>::try_from(k.as_slice()) {
-                    Self::revoke_families_of_session(&txn, &h)?;
-                }
+            if hit && index::delete_session(&txn, &k)?.is_some() {
+                Self::revoke_families_of_session(&txn, &k)?;
                 n += 1;
             }
         }
@@ -1965,57 +2402,48 @@ impl Auth {
         user: UserId,
         keep: Keep,
     ) -> Result<usize, AuthError> {
-        let families: Vec<(Vec<u8>, Family)> = db::scan(&txn.open_table(REFRESH_FAMILIES)?)?;
+        // Read through the schema-v4 index: key ranges, no table scans.
+        let families = index::families_of_user(txn, user)?;
+        let family_row = |id: u128| -> Result<Option<Family>, AuthError> {
+            Ok(db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &id.to_be_bytes())?
+                .filter(|f| f.user_id == user))
+        };
         // The session that stays, and whether its families stay with it.
         let (kept_session, with_families) = match keep {
             Keep::Nothing => (None, false),
             Keep::Session(h) => (Some(h), false),
             Keep::SignIn(h) => (Some(h), true),
             Keep::SignInOfFamily(id) => (
-                families
-                    .iter()
-                    .find(|(k, f)| f.user_id == user && k[..] == id.to_be_bytes()[..])
-                    .map(|(_, f)| f.session_hash),
+                if families.contains(&id) {
+                    family_row(id)?.map(|f| f.session_hash)
+                } else {
+                    None
+                },
                 true,
             ),
         };
-        let sessions: Vec<(Vec<u8>, Session)> = db::scan(&txn.open_table(SESSIONS)?)?;
         let mut ended = 0;
-        for (k, s) in sessions {
-            if s.user_id == user && kept_session.is_none_or(|h| h[..] != k[..]) {
-                db::delete(txn, SESSIONS, &k)?;
+        for h in index::sessions_of(txn, user)? {
+            if kept_session != Some(h) && index::delete_session(txn, &h)?.is_some() {
                 ended += 1;
             }
         }
-        let mut kept_families = std::collections::HashSet::new();
-        for (k, mut f) in families {
-            if f.user_id != user {
+        for id in families {
+            let Some(f) = family_row(id)? else { continue };
+            if with_families && kept_session == Some(f.session_hash) {
                 continue;
             }
-            if with_families && kept_session == Some(f.session_hash) {
-                if let Ok(b) = <[u8; 16]>::try_from(k.as_slice()) {
-                    kept_families.insert(u128::from_be_bytes(b));
-                }
-            } else if !f.revoked {
-                f.revoked = true;
-                db::put(txn, REFRESH_FAMILIES, &k, &f)?;
+            if !f.revoked {
+                db::put(
+                    txn,
+                    REFRESH_FAMILIES,
+                    &id.to_be_bytes(),
+                    &Family { revoked: true, ..f },
+                )?;
             }
-        }
-        let access: Vec<(Vec<u8>, AccessToken)> = db::scan(&txn.open_table(ACCESS_TOKENS)?)?;
-        {
-            let mut table = txn.open_table(ACCESS_TOKENS)?;
-            for (k, a) in access {
-                if a.user_id == user && !kept_families.contains(&a.family_id) {
-                    table.remove(k.as_slice())?;
-                }
-            }
-        }
-        let refresh: Vec<(Vec<u8>, RefreshToken)> = db::scan(&txn.open_table(REFRESH_TOKENS)?)?;
-        for (k, mut r) in refresh {
-            if r.user_id == user && !r.used && !kept_families.contains(&r.family_id) {
-                r.used = true;
-                db::put(txn, REFRESH_TOKENS, &k, &r)?;
-            }
+            // Access tokens deleted, unused refresh tokens marked used (a
+            // late replay is still recognised as reuse).
+            Self::delete_family_tokens(txn, id)?;
         }
         Ok(ended)
     }
@@ -2108,9 +2536,19 @@ impl Auth {
         if role == Role::Admin {
             self.require_recent_auth(p)?;
         }
+        let ttl = ttl.unwrap_or(self.settings.invite_lifetime);
+        if ttl.is_zero() || ttl > MAX_INVITE_LIFETIME {
+            return Err(AuthError::Invalid {
+                field: "expires_in_secs",
+                reason: format!(
+                    "must be 1 to {} seconds (30 days)",
+                    MAX_INVITE_LIFETIME.as_secs()
+                ),
+            });
+        }
         let token = random_token("lki_");
         let t = now();
-        let expires_at = t + ttl.unwrap_or(self.settings.invite_lifetime).as_secs() as i64;
+        let expires_at = expiry(t, ttl);
         let txn = self.store.db().begin_write()?;
         db::put(
             &txn,
@@ -2134,6 +2572,12 @@ impl Auth {
 
     /// Redeems an invite: creates the user. Admins must then enroll TOTP
     /// before they can sign in (see `login`); others may later.
+    ///
+    /// Everything that can be refused (the invite, the username, the
+    /// password) is checked before the invite is touched, and the invite
+    /// is consumed in the same write transaction that creates the user: a
+    /// refused request leaves the invite usable, and of concurrent
+    /// redemptions exactly one creates a user.
     pub fn accept_invite(
         &self,
         token: &str,
@@ -2148,10 +2592,11 @@ impl Auth {
                 "the invite link is invalid, used or expired; ask for a new one".into(),
             )
         };
-        {
+        let usable = |inv: &Invite| inv.used_at.is_none() && now() < inv.expires_at;
+        let inv_role = {
             let txn = self.store.db().begin_read()?;
             let inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
-            if inv.used_at.is_some() || now() >= inv.expires_at {
+            if !usable(&inv) {
                 self.audit(
                     AuditEvent::new(username, "invite.accept", Outcome::Failure)
                         .ip(ip)
@@ -2159,30 +2604,39 @@ impl Auth {
                 );
                 return Err(bad());
             }
-        }
-        let inv_role = {
-            let txn = self.store.db().begin_read()?;
-            db::get::<Invite>(&txn.open_table(INVITES)?, &hash)?
-                .ok_or_else(bad)?
-                .role
+            inv.role
         };
+        Self::validate_username(username)?;
+        if self.find_user(username)?.is_some() {
+            return Err(Self::username_taken(username));
+        }
+        // Password policy and argon2 (slow): outside the write transaction.
         let user = self.new_user(username, password, inv_role)?;
-        // Consume first: two racing redemptions cannot both create users.
+        let id = UserId::random();
         let txn = self.store.db().begin_write()?;
         let mut inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
-        if inv.used_at.is_some() {
+        if !usable(&inv) {
             return Err(bad());
         }
+        Self::insert_user_in(&txn, id, &user)?;
         inv.used_at = Some(now());
         db::put(&txn, INVITES, &hash, &inv)?;
-        txn.commit()?;
-        let id = self.insert_user(user)?;
-        self.audit(
+        audit::append_in(
+            &txn,
             AuditEvent::new(username, "invite.accept", Outcome::Success)
                 .ip(ip)
                 .detail(inv_role.as_str()),
-        );
-        Ok(UserView::of(id, &self.get_user(id)?))
+        )?;
+        txn.commit()?;
+        self.forget_people();
+        Ok(UserView::of(id, &user))
+    }
+
+    fn username_taken(username: &str) -> AuthError {
+        AuthError::Conflict(
+            "username_taken",
+            format!("the username `{username}` is taken"),
+        )
     }
 
     fn user_by_name(&self, username: &str) -> Result<(UserId, User), AuthError> {
@@ -2322,7 +2776,8 @@ impl Auth {
             Self::revoke_user_credentials(txn, id, Keep::Nothing)
         })?;
         self.sign_ins_ended(id, Tickets::End);
-        self.lockout.record_success(&Self::lock_key(username));
+        self.lockout
+            .forget_prefix(&lockout::account_prefix(&Self::lock_key(username)));
         self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
         self.revocations.bump();
         Ok(UserView::of(id, &u))

@@ -306,14 +306,17 @@ fn invites_are_single_use_and_expire() {
         matches!(err, AuthError::Forbidden("invalid_invite", _)),
         "{err}"
     );
+    // A zero lifetime is refused now (issue #19 item 7); one second, then
+    // waiting it out, tests expiry.
     let (short, _) = f
         .auth
         .create_invite(
             &host,
             super::scope::Role::Guest,
-            Some(std::time::Duration::from_secs(0)),
+            Some(std::time::Duration::from_secs(1)),
         )
         .expect("invite");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     assert!(
         f.auth
             .accept_invite(

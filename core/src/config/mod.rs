@@ -272,6 +272,9 @@ impl Default for AuthSettings {
     }
 }
 
+/// The longest any `[auth]` lifetime may be (ten years).
+pub const MAX_AUTH_DURATION: Duration = Duration::from_secs(3650 * 86400);
+
 /// Everything configurable.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -532,6 +535,49 @@ impl Settings {
         }
         if a.lockout_threshold == 0 {
             return Err(("auth.lockout_threshold", "must be at least 1".into()));
+        }
+        // Every lifetime is added to "now" somewhere: bounded here, no sum
+        // can overflow or wrap into the past.
+        for (name, d, max) in [
+            (
+                "auth.session_lifetime",
+                a.session_lifetime,
+                MAX_AUTH_DURATION,
+            ),
+            ("auth.session_idle", a.session_idle, MAX_AUTH_DURATION),
+            (
+                "auth.refresh_token_lifetime",
+                a.refresh_token_lifetime,
+                MAX_AUTH_DURATION,
+            ),
+            (
+                "auth.lockout_duration",
+                a.lockout_duration,
+                MAX_AUTH_DURATION,
+            ),
+            ("auth.reauth_window", a.reauth_window, MAX_AUTH_DURATION),
+            (
+                "auth.setup_token_lifetime",
+                a.setup_token_lifetime,
+                MAX_AUTH_DURATION,
+            ),
+            ("auth.audit_retention", a.audit_retention, MAX_AUTH_DURATION),
+            (
+                "auth.invite_lifetime",
+                a.invite_lifetime,
+                crate::auth::service::MAX_INVITE_LIFETIME,
+            ),
+        ] {
+            if d.is_zero() || d > max {
+                return Err((
+                    name,
+                    format!(
+                        "`{}` is out of range: it must be between 1s and {}",
+                        duration_str::format(&d),
+                        duration_str::format(&max)
+                    ),
+                ));
+            }
         }
         if a.rate_limit_burst == 0 || a.rate_limit_per_minute == 0 {
             return Err((

@@ -7,7 +7,8 @@
 
 use super::AppState;
 use super::authn::{
-    Authenticated, blocking, clear_session_cookie, client_ip, set_session_cookie, user_agent,
+    Authenticated, blocking, clear_session_cookie, client_ip, device_cookie, set_device_cookie,
+    set_session_cookie, user_agent,
 };
 use super::error::ApiError;
 use super::extract::ApiJson;
@@ -44,7 +45,18 @@ fn with_session(
         s.token.expose_secret(),
         state.auth.settings.session_lifetime.as_secs(),
     )?;
-    Ok((status, [(header::SET_COOKIE, cookie)], Json(body)).into_response())
+    // This browser completed a sign-in to this account: remember it, so
+    // failures from elsewhere never lock it out (see docs/security).
+    let device = set_device_cookie(
+        &state.auth.device_cookie(&s.user.id),
+        crate::auth::service::DEVICE_LIFETIME.as_secs(),
+    )?;
+    Ok((
+        status,
+        axum::response::AppendHeaders([(header::SET_COOKIE, cookie), (header::SET_COOKIE, device)]),
+        Json(body),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Serialize)]
@@ -190,8 +202,15 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let ip = client_ip(&state, &headers, &ext);
     let ua = user_agent(&headers);
+    let device = device_cookie(&headers);
     let step = blocking(&state.auth, move |a| {
-        a.login(&req.username, &req.password, Some(ip), ua.as_deref())
+        a.login_with_device(
+            &req.username,
+            &req.password,
+            Some(ip),
+            ua.as_deref(),
+            device.as_deref(),
+        )
     })
     .await?;
     match step {

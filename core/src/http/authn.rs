@@ -165,15 +165,41 @@ pub fn user_agent(headers: &HeaderMap) -> Option<String> {
 
 /// The session cookie's value, if the request carries one.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    named_cookie(headers, SESSION_COOKIE)
+}
+
+/// The cookie `name`'s value, if the request carries one.
+fn named_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim())
         .filter(|v| !v.is_empty())
+}
+
+/// The known-device cookie: set after a completed sign-in, it lets that
+/// browser sign in to the same account past locks caused by failures from
+/// elsewhere (see `Auth::device_cookie`). Not a credential.
+pub const DEVICE_COOKIE: &str = "__Host-latchkey_device";
+
+/// The known-device cookie's value, if the request carries one (bounded:
+/// a longer value is not one of ours).
+pub fn device_cookie(headers: &HeaderMap) -> Option<String> {
+    named_cookie(headers, DEVICE_COOKIE)
+        .filter(|v| v.len() <= 256)
+        .map(str::to_owned)
+}
+
+/// `Set-Cookie` for the known-device cookie.
+pub fn set_device_cookie(value: &str, max_age_secs: u64) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}"
+    ))
+    .map_err(|_| ApiError::Internal("device cookie is not a valid header value".into()))
 }
 
 /// `Set-Cookie` for a new session.
