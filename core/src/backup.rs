@@ -34,6 +34,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 const MAGIC: &str = "latchkey-backup";
 const FORMAT: u32 = 1;
 
+/// How long a passphrase backup waits for another passphrase derivation
+/// (an unseal, another backup) to finish before answering busy.
+const BACKUP_GATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Who can open a backup.
 pub enum BackupRecipient {
     /// An age X25519 recipient (`age1…`).
@@ -234,12 +238,14 @@ pub fn create(
         postcard::to_allocvec(&payload).map_err(|e| BackupError::Damaged(e.to_string()))?,
     );
     // A passphrase means scrypt (256 MiB): one such derivation at a time
-    // in the process, shared with unsealing (`crate::vault::gate`).
+    // in the process, shared with unsealing (`crate::vault::gate`). Only
+    // administrators make backups, so they queue (bounded) rather than
+    // being refused.
     let _one = match to {
         BackupRecipient::Passphrase(_) => Some(
             vault
                 .gate()
-                .enter(std::time::Instant::now(), true)
+                .enter_waiting(BACKUP_GATE_PATIENCE)
                 .map_err(|_| BackupError::PassphraseBusy)?,
         ),
         BackupRecipient::Recipient(_) => None,

@@ -404,9 +404,19 @@ fn one_enrollment_confirmed_twice_at_once_enrolls_once_and_keeps_the_factor() {
         )
     });
     assert_eq!(successes(&rs), 1, "{:?}", statuses(&rs));
-    // The second factor is still on, and it is the new one.
-    let me = owner.browser.get("/api/auth/me").json();
+    // The second factor is still on, and it is the new one. Re-enrolment
+    // ends every *other* sign-in of the account, so ask the winner.
+    let winner = rs
+        .iter()
+        .position(|r| r.status == 200)
+        .expect("one success");
+    let me = browsers[winner].get("/api/auth/me").json();
     assert_eq!(me["mfa_enabled"], true, "{me}");
+    assert_eq!(
+        browsers[1 - winner].get("/api/auth/me").status,
+        401,
+        "the loser's session is another sign-in: it ends with the re-enrolment"
+    );
     let b = Browser::new(&s);
     b.login("owner", PASSWORD, Some(&new));
 }

@@ -2405,8 +2405,10 @@ impl Auth {
         // Read through the schema-v4 index: key ranges, no table scans.
         let families = index::families_of_user(txn, user)?;
         let family_row = |id: u128| -> Result<Option<Family>, AuthError> {
-            Ok(db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &id.to_be_bytes())?
-                .filter(|f| f.user_id == user))
+            Ok(
+                db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &id.to_be_bytes())?
+                    .filter(|f| f.user_id == user),
+            )
         };
         // The session that stays, and whether its families stay with it.
         let (kept_session, with_families) = match keep {

@@ -22,7 +22,7 @@
 //! entry), so a restored installation goes on signing with the same key.
 //!
 //! Which signatures a restore believes is [`Trust::check`]'s rule (see
-//! there and docs/security/h4.md).
+//! there and docs/security/key-material-and-backups.md).
 
 use super::BackupError;
 use crate::vault::{Vault, VaultError};

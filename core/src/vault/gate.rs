@@ -79,6 +79,23 @@ impl UnsealGate {
     }
 
     /// Consecutive wrong passphrases so far.
+    /// For administrators' own derivations (passphrase backups): waits
+    /// up to `patience` for the gate instead of refusing at once, so an
+    /// owner asking for several backups gets them one after another.
+    /// Memory stays at one derivation; only authenticated admin requests
+    /// wait here, on the blocking pool. Never subject to the backoff.
+    pub fn enter_waiting(&self, patience: Duration) -> Result<Attempt<'_>, GateRefused> {
+        let give_up = Instant::now() + patience;
+        loop {
+            match self.enter(Instant::now(), true) {
+                Err(GateRefused::Busy) if Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn failures(&self) -> u32 {
         self.backoff
             .lock()
@@ -138,6 +155,28 @@ mod tests {
         assert_eq!(g.enter(now, true).expect_err("busy"), GateRefused::Busy);
         drop(a);
         g.enter(now, false).expect("open again");
+    }
+
+    #[test]
+    fn administrators_wait_their_turn_within_their_patience() {
+        let g = std::sync::Arc::new(UnsealGate::default());
+        let held = g.enter(Instant::now(), false).expect("first");
+        // Busy for longer than the patience: refused.
+        assert_eq!(
+            g.enter_waiting(Duration::from_millis(60))
+                .expect_err("busy"),
+            GateRefused::Busy
+        );
+        // Freed while waiting: admitted.
+        let g2 = g.clone();
+        let waiter = std::thread::spawn(move || {
+            g2.enter_waiting(Duration::from_secs(10))
+                .map(|_| ())
+                .is_ok()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held);
+        assert!(waiter.join().expect("join"));
     }
 
     #[test]
