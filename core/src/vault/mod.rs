@@ -5,7 +5,7 @@
 //! key into memory; sealing drops it and every cached plaintext. Writes are
 //! durable when they return (redb commits with fsync).
 
-mod envelope;
+pub(crate) mod envelope;
 pub mod keychain;
 pub mod keys;
 pub mod master;
