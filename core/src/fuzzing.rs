@@ -46,7 +46,7 @@ pub fn envelope_seal(
     kind: Kind,
     secret: &str,
 ) -> Result<Vec<u8>, KeyError> {
-    crate::vault::envelope::seal(key, id, kind, secret)
+    crate::vault::envelope_seal(key, id, kind, secret)
 }
 
 /// Opens a record's envelope.
@@ -56,7 +56,7 @@ pub fn envelope_open(
     kind: Kind,
     ciphertext: &[u8],
 ) -> Result<SecretString, EnvelopeError> {
-    crate::vault::envelope::open(key, id, kind, ciphertext)
+    crate::vault::envelope_open(key, id, kind, ciphertext)
 }
 
 /// Seals a non-record value bound to `context`.
@@ -65,7 +65,7 @@ pub fn envelope_seal_context(
     context: &str,
     secret: &str,
 ) -> Result<Vec<u8>, KeyError> {
-    crate::vault::envelope::seal_context(key, context, secret)
+    crate::vault::envelope_seal_context(key, context, secret)
 }
 
 /// Opens a non-record value bound to `context`.
@@ -74,5 +74,5 @@ pub fn envelope_open_context(
     context: &str,
     ciphertext: &[u8],
 ) -> Result<SecretString, EnvelopeError> {
-    crate::vault::envelope::open_context(key, context, ciphertext)
+    crate::vault::envelope_open_context(key, context, ciphertext)
 }

@@ -5,7 +5,7 @@
 //! key into memory; sealing drops it and every cached plaintext. Writes are
 //! durable when they return (redb commits with fsync).
 
-pub(crate) mod envelope;
+mod envelope;
 pub mod keychain;
 pub mod keys;
 pub mod master;
@@ -528,3 +528,10 @@ pub(crate) fn verify_stored(key: &DataKey, id: RecordId, bytes: &[u8]) -> Result
             source,
         })
 }
+
+/// The envelope functions, for the fuzz targets only (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) use envelope::{
+    open as envelope_open, open_context as envelope_open_context, seal as envelope_seal,
+    seal_context as envelope_seal_context,
+};
