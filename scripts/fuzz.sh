@@ -32,7 +32,8 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 
 cd core
 start=$(date +%s)
-"${cargo[@]}" fuzz build --target-dir "$target_dir"
+# `--dev -s none`: see core/fuzz/Cargo.toml (a cold build in minutes).
+"${cargo[@]}" fuzz build --dev -s none --target-dir "$target_dir"
 built=$(date +%s)
 echo "fuzz: built in $((built - start)) s"
 
@@ -40,7 +41,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failed=()
 for t in $("${cargo[@]}" fuzz list); do
-  bin=$target_dir/$host/release/$t
+  bin=$target_dir/$host/debug/$t
   mkdir -p "$work/$t/new" "$work/$t/artifacts"
   dict=()
   case $t in
@@ -64,7 +65,7 @@ for t in $("${cargo[@]}" fuzz list); do
     for a in "$work/$t/artifacts"/*; do
       [ -f "$a" ] || continue
       echo "fuzz: $t: input (hex): $(od -An -v -tx1 "$a" | tr -d ' \n' | head -c 4096)" >&2
-      echo "fuzz: replay: save it and run \`cargo +nightly fuzz run $t FILE\` in core/" >&2
+      echo "fuzz: replay: save it and run \`cargo +nightly fuzz run --dev -s none --target-dir ../target/fuzz $t FILE\` in core/" >&2
     done
   fi
 done

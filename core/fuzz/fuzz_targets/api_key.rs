@@ -59,7 +59,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(apikey::looks_like_api_key(presented));
     }
     if let Ok(id) = presented.parse::<KeyId>() {
-        assert_eq!(id.as_str(), presented.strip_prefix(PREFIX).unwrap_or(presented));
+        assert_eq!(
+            id.as_str(),
+            presented.strip_prefix(PREFIX).unwrap_or(presented)
+        );
     }
 });
-

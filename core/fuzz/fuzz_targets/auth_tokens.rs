@@ -82,13 +82,20 @@ fn fixture() -> &'static Fixture {
             .find_map(|p| p.strip_prefix("secret="))
             .map(base32)
             .expect("secret in the URI");
-        let LoginStep::MfaRequired { ticket } = auth.login("owner", &pw, None, None).expect("login")
+        let LoginStep::MfaRequired { ticket } =
+            auth.login("owner", &pw, None, None).expect("login")
         else {
             panic!("MFA must be required");
         };
         let now = latchkey_core::auth::service::now() as u64;
         let s = auth
-            .mfa(ticket.expose_secret(), Some(&code(&secret, now)), None, None, None)
+            .mfa(
+                ticket.expose_secret(),
+                Some(&code(&secret, now)),
+                None,
+                None,
+                None,
+            )
             .expect("mfa");
         let session = s.token.expose_secret().to_string();
         let p = auth.authenticate_session(&session).expect("session");
@@ -115,7 +122,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(t.trim(), f.access, "a forged bearer token authenticated");
         }
         if t.trim() != f.refresh {
-            assert!(a.refresh(t, None).is_err(), "a forged refresh token refreshed");
+            assert!(
+                a.refresh(t, None).is_err(),
+                "a forged refresh token refreshed"
+            );
         }
     }
     // The real values, edited where the input says.
@@ -137,8 +147,14 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // Still signed in.
-    assert!(a.authenticate_session(&f.session).is_ok(), "the real session ended");
+    assert!(
+        a.authenticate_session(&f.session).is_ok(),
+        "the real session ended"
+    );
     if latchkey_core::auth::service::now() < f.access_until {
-        assert!(a.authenticate_bearer(&f.access).is_ok(), "the real access token ended");
+        assert!(
+            a.authenticate_bearer(&f.access).is_ok(),
+            "the real access token ended"
+        );
     }
 });

@@ -47,7 +47,11 @@ fn fixture() -> &'static Fixture {
             .expect("vault");
         for (name, kind, secret) in [
             ("openai", Kind::ApiKey, "sk-proj-fuzz-0123456789"),
-            ("github-oauth", Kind::OauthToken, r#"{"access_token":"gho_x","refresh_token":"r"}"#),
+            (
+                "github-oauth",
+                Kind::OauthToken,
+                r#"{"access_token":"gho_x","refresh_token":"r"}"#,
+            ),
             ("db-password", Kind::Generic, "correct horse battery staple"),
         ] {
             let rec = NewRecord {
@@ -69,8 +73,11 @@ fn fixture() -> &'static Fixture {
             let plain = age::decrypt(&identity, &bytes).expect("decrypt");
             let mut seed = vec![1u8];
             seed.extend_from_slice(&plain);
-            std::fs::write(std::path::Path::new(&dir).join("real-backup-plaintext"), seed)
-                .expect("write seed");
+            std::fs::write(
+                std::path::Path::new(&dir).join("real-backup-plaintext"),
+                seed,
+            )
+            .expect("write seed");
         }
         Fixture {
             _dir: dir,
@@ -128,7 +135,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
-            assert!(backup::open(rest, &f.identity).is_err(), "raw bytes opened as a backup");
+            assert!(
+                backup::open(rest, &f.identity).is_err(),
+                "raw bytes opened as a backup"
+            );
         }
     }
 });

@@ -53,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
         let mut without = s.clone();
         without.metrics.token = None;
         if !format!("{without:?}").contains(t.as_str()) {
-            assert!(!format!("{s:?}").contains(t.as_str()), "Debug shows the metrics token");
+            assert!(
+                !format!("{s:?}").contains(t.as_str()),
+                "Debug shows the metrics token"
+            );
         }
     }
     // Round trip of what `config show` prints, the redacted token aside.
@@ -64,5 +67,8 @@ fuzz_target!(|data: &[u8]| {
     let again = load(shown.as_bytes(), Vec::new())
         .unwrap_or_else(|| panic!("`config show` output does not load:\n{shown}"));
     let shown_again = toml::to_string_pretty(&again).expect("settings serialize");
-    assert_eq!(shown, shown_again, "`config show` output loads to other settings");
+    assert_eq!(
+        shown, shown_again,
+        "`config show` output loads to other settings"
+    );
 });

@@ -86,15 +86,27 @@ fuzz_target!(|data: &[u8]| {
             let back = envelope_open(k, id, kd, &ct).expect("open");
             assert_eq!(back.expose_secret(), secret);
             let other = RecordId(id.0 ^ (1 << (inp.byte() % 128)));
-            assert_eq!(envelope_open(k, other, kd, &ct).err(), Some(EnvelopeError::WrongRecord));
+            assert_eq!(
+                envelope_open(k, other, kd, &ct).err(),
+                Some(EnvelopeError::WrongRecord)
+            );
             for other_kind in Kind::ALL.into_iter().filter(|x| *x != kd) {
-                assert_eq!(envelope_open(k, id, other_kind, &ct).err(), Some(EnvelopeError::WrongRecord));
+                assert_eq!(
+                    envelope_open(k, id, other_kind, &ct).err(),
+                    Some(EnvelopeError::WrongRecord)
+                );
             }
             let ctx = format!("totp:{:032x}", inp.u128());
-            assert!(envelope_open_context(k, &ctx, &ct).is_err(), "record opened as {ctx}");
+            assert!(
+                envelope_open_context(k, &ctx, &ct).is_err(),
+                "record opened as {ctx}"
+            );
             let bad = mutate(&ct, inp.0);
             if bad != ct {
-                assert!(envelope_open(k, id, kd, &bad).is_err(), "an altered envelope opened");
+                assert!(
+                    envelope_open(k, id, kd, &bad).is_err(),
+                    "an altered envelope opened"
+                );
             }
         }
         // A context envelope, then edits.
@@ -106,13 +118,22 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(back.expose_secret(), secret);
             let id = RecordId(inp.u128() | 1 << 100);
             for kd in Kind::ALL {
-                assert!(envelope_open(k, id, kd, &ct).is_err(), "context value opened as a record");
+                assert!(
+                    envelope_open(k, id, kd, &ct).is_err(),
+                    "context value opened as a record"
+                );
             }
             let wrong = format!("{ctx}x");
-            assert_eq!(envelope_open_context(k, &wrong, &ct).err(), Some(EnvelopeError::WrongRecord));
+            assert_eq!(
+                envelope_open_context(k, &wrong, &ct).err(),
+                Some(EnvelopeError::WrongRecord)
+            );
             let bad = mutate(&ct, inp.0);
             if bad != ct {
-                assert!(envelope_open_context(k, &ctx, &bad).is_err(), "an altered envelope opened");
+                assert!(
+                    envelope_open_context(k, &ctx, &bad).is_err(),
+                    "an altered envelope opened"
+                );
             }
         }
         // The fuzzer's own plaintext, encrypted to the data key.
@@ -123,7 +144,10 @@ fuzz_target!(|data: &[u8]| {
             if envelope_open(k, id, kd, &ct).is_ok() {
                 // It names this record: no other id or kind opens it.
                 let other = RecordId(id.0 ^ 1);
-                assert_eq!(envelope_open(k, other, kd, &ct).err(), Some(EnvelopeError::WrongRecord));
+                assert_eq!(
+                    envelope_open(k, other, kd, &ct).err(),
+                    Some(EnvelopeError::WrongRecord)
+                );
                 for other_kind in Kind::ALL.into_iter().filter(|x| *x != kd) {
                     assert!(envelope_open(k, id, other_kind, &ct).is_err());
                 }
@@ -133,8 +157,14 @@ fuzz_target!(|data: &[u8]| {
         // Arbitrary bytes as an envelope.
         _ => {
             let id = RecordId(inp.u128());
-            assert!(envelope_open(k, id, Kind::Generic, inp.0).is_err(), "raw bytes opened");
-            assert!(envelope_open_context(k, "totp:0", inp.0).is_err(), "raw bytes opened");
+            assert!(
+                envelope_open(k, id, Kind::Generic, inp.0).is_err(),
+                "raw bytes opened"
+            );
+            assert!(
+                envelope_open_context(k, "totp:0", inp.0).is_err(),
+                "raw bytes opened"
+            );
         }
     }
 });

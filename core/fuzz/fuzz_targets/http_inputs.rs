@@ -81,8 +81,17 @@ fn parse_entry(e: &str) -> Option<IpAddr> {
 }
 
 fn forwarded(xff: &str, pick: u8, left: &str) {
-    let peers = ["127.0.0.1:1", "10.1.2.3:2", "[::1]:3", "203.0.113.9:4", "[fd00::1]:5", "[::ffff:127.0.0.1]:6"];
-    let peer: SocketAddr = peers[usize::from(pick) % peers.len()].parse().expect("peer");
+    let peers = [
+        "127.0.0.1:1",
+        "10.1.2.3:2",
+        "[::1]:3",
+        "203.0.113.9:4",
+        "[fd00::1]:5",
+        "[::ffff:127.0.0.1]:6",
+    ];
+    let peer: SocketAddr = peers[usize::from(pick) % peers.len()]
+        .parse()
+        .expect("peer");
     let nets = trusted();
     let is_trusted = |ip: &IpAddr| nets.iter().any(|n| n.contains(ip));
     let p = peer.ip().to_canonical();
@@ -98,11 +107,18 @@ fn forwarded(xff: &str, pick: u8, left: &str) {
         .filter_map(|e| parse_entry(e.trim()))
         .map(|ip| ip.to_canonical())
         .collect();
-    assert!(got == p || entries.contains(&got), "{got} from nowhere in {xff:?}");
+    assert!(
+        got == p || entries.contains(&got),
+        "{got} from nowhere in {xff:?}"
+    );
     // What the client wrote to the left cannot move an untrusted result.
     if !is_trusted(&got) {
         let spoofed = format!("{left},{xff}");
-        assert_eq!(client_ip(peer, Some(&spoofed), &nets), got, "spoofed by {left:?}");
+        assert_eq!(
+            client_ip(peer, Some(&spoofed), &nets),
+            got,
+            "spoofed by {left:?}"
+        );
     }
     let _ = bucket_key(got);
 }
@@ -126,13 +142,19 @@ fn callback(query: &str) {
                 && code.len() >= 12
                 && !format!("{:?}", p.error).contains(code.as_str())
             {
-                assert!(!format!("{p:?}").contains(code.as_str()), "Debug shows the code");
+                assert!(
+                    !format!("{p:?}").contains(code.as_str()),
+                    "Debug shows the code"
+                );
             }
         }
         Err(e) => {
             assert!(repeated, "refused without a repeat: {query:?}");
             let msg = e.to_string();
-            assert!(!msg.chars().any(char::is_control), "control characters in {msg:?}");
+            assert!(
+                !msg.chars().any(char::is_control),
+                "control characters in {msg:?}"
+            );
         }
     }
 }
@@ -150,10 +172,19 @@ fuzz_target!(|data: &[u8]| {
     }
     cookies(&headers);
     // Our own cookie first: read back whatever the client adds after it.
-    let token = format!("lks_{}", extra.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let token = format!(
+        "lks_{}",
+        extra.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     if extra.len() >= 4 {
         let set = set_session_cookie(&token, 3600).expect("set-cookie");
-        let pair = set.to_str().expect("ascii").split(';').next().expect("pair").to_owned();
+        let pair = set
+            .to_str()
+            .expect("ascii")
+            .split(';')
+            .next()
+            .expect("pair")
+            .to_owned();
         let mut ours = HeaderMap::new();
         ours.append(header::COOKIE, HeaderValue::from_str(&pair).expect("value"));
         for v in headers.get_all(header::COOKIE) {

@@ -24,7 +24,11 @@ fn check_value(v: &[u8]) {
         String::from_utf8_lossy(v)
     );
     if let Some(n) = json_count(v) {
-        assert_eq!(serde_json::from_slice::<u64>(v).ok(), Some(n), "count {v:?}");
+        assert_eq!(
+            serde_json::from_slice::<u64>(v).ok(),
+            Some(n),
+            "count {v:?}"
+        );
     }
     if v.iter().all(u8::is_ascii_digit)
         && let Ok(n) = serde_json::from_slice::<u64>(v)

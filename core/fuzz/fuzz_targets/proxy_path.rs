@@ -74,7 +74,10 @@ fn overlong(b: &[u8]) -> Vec<u8> {
 /// What some parser could see as climbing out of the base path, or as
 /// another origin.
 fn escapes(p: &[u8]) -> Option<&'static str> {
-    let p: Vec<u8> = p.iter().map(|&c| if c == b'\\' { b'/' } else { c }).collect();
+    let p: Vec<u8> = p
+        .iter()
+        .map(|&c| if c == b'\\' { b'/' } else { c })
+        .collect();
     if p.contains(&0) {
         return Some("NUL");
     }

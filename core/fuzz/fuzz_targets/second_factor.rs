@@ -63,8 +63,14 @@ fn totp_case(data: &[u8]) {
         if let Ok(step) = r {
             let n = normalized(code).expect("6 digits");
             assert_eq!(hotp(secret, step), n, "accepted a wrong code");
-            assert!(step + 1 >= current && step <= current.saturating_add(1), "step {step} out of the window");
-            assert!(last.is_none_or(|l| step > l), "step {step} not after {last:?}");
+            assert!(
+                step + 1 >= current && step <= current.saturating_add(1),
+                "step {step} out of the window"
+            );
+            assert!(
+                last.is_none_or(|l| step > l),
+                "step {step} not after {last:?}"
+            );
             match totp::verify(&s, code, now, Some(step)) {
                 Ok(later) => assert!(later > step && hotp(secret, later) == n),
                 Err(e) => assert!(matches!(e, TotpError::Replayed | TotpError::Invalid { .. })),
@@ -131,7 +137,8 @@ fn recovery_case(data: &[u8]) {
     let full = stored().len();
 
     // The input as typed.
-    let typed = String::from_utf8_lossy(rest.split(|&b| b == b'\n').next().unwrap_or(&[])).into_owned();
+    let typed =
+        String::from_utf8_lossy(rest.split(|&b| b == b'\n').next().unwrap_or(&[])).into_owned();
     let mut s = stored();
     if recovery::find_and_consume(&typed, &mut s) {
         assert_eq!(s.len(), full - 1, "more than one entry consumed");
@@ -145,7 +152,10 @@ fn recovery_case(data: &[u8]) {
     let i = usize::from(*pick) % set.codes.len();
     let code = retype(set.codes[i].expose_secret(), rest);
     let mut s = stored();
-    assert!(recovery::find_and_consume(&code, &mut s), "{i}: real code refused");
+    assert!(
+        recovery::find_and_consume(&code, &mut s),
+        "{i}: real code refused"
+    );
     assert!(!s.contains(&set.hashes[i]), "another entry consumed");
     assert_eq!(s.len(), full - 1);
     assert!(!recovery::find_and_consume(&code, &mut s), "used twice");

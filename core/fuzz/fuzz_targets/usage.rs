@@ -103,7 +103,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(parse(ct, body, &cuts), whole, "chunking changed the result");
     if body.len() <= 4096 {
         let ones: Vec<usize> = (1..body.len()).collect();
-        assert_eq!(parse(ct, body, &ones), whole, "byte-by-byte changed the result");
+        assert_eq!(
+            parse(ct, body, &ones),
+            whole,
+            "byte-by-byte changed the result"
+        );
     }
     if let Some(m) = &whole.model {
         assert!(m.chars().count() <= 128, "model name too long");
