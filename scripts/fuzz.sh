@@ -61,7 +61,10 @@ for t in $("${cargo[@]}" fuzz list); do
   else
     failed+=("$t")
     echo "fuzz: $t: FAILED" >&2
-    grep -v '^#[0-9]' "$log" | tail -60 >&2 || true
+    # The failed property (panic message) and libFuzzer's verdict; the
+    # whole log is long (stack traces).
+    grep -A6 'panicked at' "$log" | head -24 >&2 || true
+    grep -E '^(SUMMARY|==[0-9]+== ERROR|Base64)' "$log" >&2 || true
     for a in "$work/$t/artifacts"/*; do
       [ -f "$a" ] || continue
       echo "fuzz: $t: input (hex): $(od -An -v -tx1 "$a" | tr -d ' \n' | head -c 4096)" >&2
