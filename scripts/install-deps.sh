@@ -54,3 +54,9 @@ if [ ! -d "$ui_dir/node_modules" ] || [ "$ui_dir/package-lock.json" -nt "$ui_dir
   PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$ui_dir" --no-audit --no-fund
   touch "$ui_dir/node_modules"
 fi
+
+# cargo-fuzz for scripts/fuzz.sh (the fuzz targets in core/fuzz), from
+# crates.io; built once, skipped when present.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi

@@ -12,6 +12,8 @@ cargo build --workspace --bins --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+# Every fuzz target for a bounded time (core/fuzz, docs/security/h5.md).
+./scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 # Many test binaries (benchmark bins, doc-tests) hold no tests; one total
 # line says what ran.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

@@ -10,6 +10,11 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod connections;
+/// For `core/fuzz/` only: crate-private parsers, behind the off-by-default
+/// `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod proxy;
 pub mod store;

@@ -293,7 +293,12 @@ fn verify_with_digits(
 
     let current = now_unix / STEP_SECONDS;
     let first = current.saturating_sub(SKEW_STEPS);
-    let last = current.saturating_add(SKEW_STEPS);
+    // Only steps whose start time is representable: past it, the time
+    // below would saturate to the current step's and a step whose code
+    // differs would be reported as accepted (found by fuzzing).
+    let last = current
+        .saturating_add(SKEW_STEPS)
+        .min(u64::MAX / STEP_SECONDS);
 
     let mut accepted_step = 0u64;
     let mut accepted = Choice::from(0);
@@ -530,6 +535,22 @@ mod tests {
         assert_eq!(
             TotpError::Malformed.to_string(),
             "the code must be exactly 6 digits"
+        );
+    }
+
+    #[test]
+    fn the_accepted_step_is_the_codes_own_at_the_end_of_time() {
+        // Fuzzing (core/fuzz `second_factor`) found: at now = u64::MAX the
+        // window's next step saturated to the current step's time, so the
+        // current code came back as "accepted for the next step".
+        let secret = rfc_secret();
+        let now = u64::MAX;
+        let current = now / STEP_SECONDS;
+        let code = code_at(&secret, current * STEP_SECONDS);
+        assert_eq!(verify(&secret, &code, now, None), Ok(current));
+        assert_eq!(
+            verify(&secret, &code, now, Some(current)),
+            Err(TotpError::Replayed)
         );
     }
 

@@ -97,7 +97,7 @@ fn request_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> Result<String, 
     ))
 }
 
-fn binding_cookie(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn binding_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -272,7 +272,7 @@ pub async fn start(
 }
 
 /// The callback's query: each parameter at most once (RFC 6749 §3.1).
-fn callback_params(query: Option<&str>) -> Result<CallbackParams, ConnectionError> {
+pub(crate) fn callback_params(query: Option<&str>) -> Result<CallbackParams, ConnectionError> {
     let mut seen: HashMap<String, String> = HashMap::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if seen.insert(k.to_string(), v.to_string()).is_some() {

@@ -18,7 +18,7 @@
 
 pub mod forward;
 pub mod headers;
-mod json_scan;
+pub(crate) mod json_scan;
 pub mod limits;
 pub mod pool;
 pub mod providers;

@@ -537,3 +537,10 @@ pub(crate) fn verify_stored(key: &DataKey, id: RecordId, bytes: &[u8]) -> Result
             source,
         })
 }
+
+/// The envelope functions, for the fuzz targets only (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) use envelope::{
+    open as envelope_open, open_context as envelope_open_context, seal as envelope_seal,
+    seal_context as envelope_seal_context,
+};
