@@ -12,7 +12,7 @@ cargo build --workspace --bins --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
-# Every fuzz target for a bounded time (core/fuzz, docs/security/h5.md).
+# Every fuzz target for a bounded time (core/fuzz, docs/security/fuzzing.md).
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 # Many test binaries (benchmark bins, doc-tests) hold no tests; one total
 # line says what ran.
