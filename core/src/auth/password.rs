@@ -20,13 +20,18 @@
 //! **Hashing and verifying are deliberately slow** (tens of milliseconds of
 //! CPU and ~19 MiB of memory each with the defaults). Async callers must run
 //! them on the blocking pool — `tokio::task::spawn_blocking` — never directly
-//! on a runtime worker thread.
+//! on a runtime worker thread. Because each costs that much memory, at
+//! most [`PasswordHasher::concurrency`] run at once in the process (one per
+//! CPU); further callers wait their turn on the blocking pool, so a burst
+//! of sign-ins from strangers queues instead of growing the process by
+//! 19 MiB a request.
 //!
 //! The common-password list is the top 10,000 of zxcvbn 4.4.2's `passwords`
 //! frequency list (MIT; see `COMMON-PASSWORDS-LICENSE` next to this file).
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
@@ -243,16 +248,78 @@ impl Argon2Params {
     }
 }
 
+/// A counting semaphore for blocking threads: at most `max` holders.
+/// Waiters sleep on a condition variable (no memory beyond their thread).
+#[derive(Debug)]
+struct Slots {
+    max: usize,
+    busy: Mutex<Slot>,
+    freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    running: usize,
+    /// The most that ever ran at once (for tests and curiosity).
+    peak: usize,
+}
+
+impl Slots {
+    fn new(max: usize) -> Self {
+        Slots {
+            max: max.max(1),
+            busy: Mutex::new(Slot::default()),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; the slot is given back when the guard drops.
+    fn take(&self) -> SlotGuard<'_> {
+        let mut s = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        while s.running >= self.max {
+            s = self.freed.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        s.running += 1;
+        s.peak = s.peak.max(s.running);
+        SlotGuard { slots: self }
+    }
+}
+
+struct SlotGuard<'a> {
+    slots: &'a Slots,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let mut s = self
+            .slots
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.running = s.running.saturating_sub(1);
+        drop(s);
+        self.slots.freed.notify_one();
+    }
+}
+
 /// Hashes and verifies passwords with argon2id.
 ///
 /// Every method is CPU- and memory-heavy: call it inside
-/// `tokio::task::spawn_blocking`.
+/// `tokio::task::spawn_blocking`. At most [`Self::concurrency`] argon2
+/// computations run at once; more callers wait.
 pub struct PasswordHasher {
     params: Argon2Params,
     argon2_params: Params,
     /// A hash made with the current parameters, for [`Self::verify_dummy`].
     /// `None` only if it could not be computed (see [`Default`]).
     dummy_phc: Option<String>,
+    /// Bounds the memory argon2 can take: `concurrency × m_cost`.
+    slots: Slots,
+}
+
+/// One argon2 computation per CPU the process may use.
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 impl fmt::Debug for PasswordHasher {
@@ -275,6 +342,7 @@ impl Default for PasswordHasher {
                 params,
                 argon2_params: Params::DEFAULT,
                 dummy_phc: None,
+                slots: Slots::new(default_concurrency()),
             },
         }
     }
@@ -298,6 +366,7 @@ impl PasswordHasher {
             params,
             argon2_params,
             dummy_phc: None,
+            slots: Slots::new(default_concurrency()),
         };
         let dummy = hasher
             .argon2()
@@ -311,6 +380,22 @@ impl PasswordHasher {
     #[must_use]
     pub fn params(&self) -> Argon2Params {
         self.params
+    }
+
+    /// How many argon2 computations may run at once (one per CPU).
+    #[must_use]
+    pub fn concurrency(&self) -> usize {
+        self.slots.max
+    }
+
+    /// The most argon2 computations that ever ran at once.
+    #[must_use]
+    pub fn peak_concurrency(&self) -> usize {
+        self.slots
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .peak
     }
 
     fn argon2(&self) -> Argon2<'static> {
@@ -331,6 +416,7 @@ impl PasswordHasher {
         OsRng
             .try_fill_bytes(&mut salt)
             .map_err(|_| PasswordError::Rng)?;
+        let _slot = self.slots.take();
         let hash = self
             .argon2()
             .hash_password_with_salt(password.expose_secret().as_bytes(), &salt)
@@ -350,6 +436,7 @@ impl PasswordHasher {
         if Algorithm::new(parsed.algorithm.as_str()).is_err() {
             return Err(PasswordError::MalformedHash);
         }
+        let _slot = self.slots.take();
         match self
             .argon2()
             .verify_password(password.expose_secret().as_bytes(), &parsed)
@@ -414,6 +501,47 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn argon2_runs_at_most_one_per_cpu_however_many_callers() {
+        let hasher = std::sync::Arc::new(
+            PasswordHasher::new(Argon2Params {
+                memory_kib: 19 * 1024,
+                iterations: 2,
+                parallelism: 1,
+            })
+            .expect("hasher"),
+        );
+        let phc = hasher
+            .hash(&SecretString::from("correct horse battery".to_string()))
+            .expect("hash");
+        let callers = 4 * hasher.concurrency() + 2;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(callers));
+        let handles: Vec<_> = (0..callers)
+            .map(|i| {
+                let (h, b, phc) = (hasher.clone(), barrier.clone(), phc.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    let pw = SecretString::from(format!("guess number {i}"));
+                    if i % 2 == 0 {
+                        h.verify(&pw, &phc).expect("verify")
+                    } else {
+                        h.verify_dummy(&pw)
+                    }
+                })
+            })
+            .collect();
+        for t in handles {
+            assert!(!t.join().expect("join"), "no guess matches");
+        }
+        assert!(hasher.peak_concurrency() >= 1);
+        assert!(
+            hasher.peak_concurrency() <= hasher.concurrency(),
+            "{} ran at once, limit {}",
+            hasher.peak_concurrency(),
+            hasher.concurrency()
+        );
+    }
 
     fn secret(s: &str) -> SecretString {
         SecretString::from(s.to_owned())

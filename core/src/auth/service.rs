@@ -50,6 +50,9 @@ pub fn expiry(t: i64, d: Duration) -> i64 {
     t.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// The most live (unrevoked, unexpired) API keys one user may hold.
+pub const MAX_KEYS_PER_USER: usize = 256;
+
 /// The longest an invite may stay valid (`expires_in_secs`).
 pub const MAX_INVITE_LIFETIME: Duration = Duration::from_secs(30 * 86400);
 
@@ -1991,6 +1994,26 @@ impl Auth {
         };
         let id = generated.id.to_string();
         let txn = self.store.db().begin_write()?;
+        // A bounded number of live keys per user, counted in the writing
+        // transaction (redb runs one at a time, so parallel requests
+        // cannot overshoot): each key is a row, a cache entry and usage rows.
+        let t = now();
+        let live = db::scan::<ApiKeyRow>(&txn.open_table(API_KEYS)?)?
+            .iter()
+            .filter(|(_, k)| {
+                k.user_id == p.user_id
+                    && k.revoked_at.is_none()
+                    && k.expires_at.is_none_or(|e| e > t)
+            })
+            .count();
+        if live >= MAX_KEYS_PER_USER {
+            return Err(AuthError::Conflict(
+                "too_many_keys",
+                format!(
+                    "you have {live} active API keys, the most one user may have; revoke unused ones first"
+                ),
+            ));
+        }
         // The owner as they are now, in the transaction that writes the
         // key: one disabled, or whose role changed, since this request was
         // authenticated would get a key outliving that change.
@@ -2714,6 +2737,9 @@ impl Auth {
         disabled: bool,
     ) -> Result<UserView, AuthError> {
         Self::require_admin(p)?;
+        // As strong as a role change (it ends every sign-in and key of the
+        // account, an admin's included): the same fresh re-authentication.
+        self.require_recent_auth(p)?;
         let (id, _) = self.user_by_name(username)?;
         if disabled && id == p.user_id {
             return Err(AuthError::Conflict(

@@ -95,29 +95,37 @@ pub fn peer(parts_ext: &axum::http::Extensions) -> Option<SocketAddr> {
 /// Headers only a relay (reverse proxy, load balancer, CDN, tunnel) adds
 /// to say whom it acts for. Compared by their canonical spelling
 /// ([`crate::proxy::headers::canonical_name`]), so `X_Forwarded_For`
-/// counts too.
-const RELAY_HEADERS: [&str; 10] = [
+/// counts too. Beyond these names, every `X-Forwarded…` header and every
+/// name that ends like an address (`…-ip`, `…-ipv6`, `…-addr`,
+/// `…-address`: `X-Real-IP`, `Client-IP`, `X-Originating-IP`,
+/// `X-Remote-Addr`, `X-Envoy-External-Address`, `CF-Connecting-IPv6`, …)
+/// counts, so a relay's dialect we did not list still loses host
+/// authority.
+const RELAY_HEADERS: [&str; 4] = [
     "forwarded",
     "via",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-cluster-client-ip",
     "x-original-forwarded-for",
-    "x-proxyuser-ip",
+    "x-original-host",
 ];
+
+/// Address-like suffixes of relay headers (see [`RELAY_HEADERS`]).
+const RELAY_SUFFIXES: [&str; 4] = ["-ip", "-ipv6", "-addr", "-address"];
+
+/// Whether a (canonical) header name is one a relay adds.
+fn is_relay_header(canonical: &str) -> bool {
+    canonical.starts_with("x-forwarded")
+        || RELAY_HEADERS.contains(&canonical)
+        || RELAY_SUFFIXES.iter().any(|s| canonical.ends_with(s))
+}
 
 /// Whether the request was relayed: it carries any forwarding header
 /// (`Forwarded`, `Via`, `X-Forwarded-*`, `X-Real-IP`, … in any spelling),
 /// or its peer is one of `auth.trusted_proxies` (a proxy may forward
 /// without saying so).
 pub fn relayed(state: &AppState, headers: &HeaderMap, ext: &axum::http::Extensions) -> bool {
-    let by_header = headers.keys().any(|name| {
-        let n = crate::proxy::headers::canonical_name(name.as_str());
-        n.starts_with("x-forwarded-") || RELAY_HEADERS.contains(&n.as_ref())
-    });
+    let by_header = headers
+        .keys()
+        .any(|name| is_relay_header(&crate::proxy::headers::canonical_name(name.as_str())));
     by_header
         || peer(ext).is_some_and(|p| {
             let ip = p.ip().to_canonical();
@@ -373,6 +381,45 @@ pub async fn rate_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_headers_in_every_dialect_and_spelling() {
+        use crate::proxy::headers::canonical_name;
+        for name in [
+            "Forwarded",
+            "Via",
+            "X-Forwarded-For",
+            "X_Forwarded_Host",
+            "X-Forwarded",
+            "X-Real-IP",
+            "X-Client-IP",
+            "True-Client-IP",
+            "CF-Connecting-IP",
+            "CF-Connecting-IPv6",
+            "Fastly-Client-IP",
+            "X-Cluster-Client-IP",
+            "X-ProxyUser-Ip",
+            "X-Originating-IP",
+            "X-Remote-Addr",
+            "X-Remote-IP",
+            "Client-IP",
+            "X-Envoy-External-Address",
+            "x.real.ip",
+            "X-Original-Forwarded-For",
+        ] {
+            assert!(is_relay_header(&canonical_name(name)), "{name}");
+        }
+        for name in [
+            "Accept",
+            "Authorization",
+            "Content-Type",
+            "X-Request-Id",
+            "Origin",
+            "Zip",
+        ] {
+            assert!(!is_relay_header(&canonical_name(name)), "{name}");
+        }
+    }
 
     fn parts(method: Method, headers: &[(&str, &str)]) -> Parts {
         let mut b = axum::http::Request::builder().method(method).uri("/api/x");

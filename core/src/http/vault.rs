@@ -144,6 +144,21 @@ pub async fn put(
     ApiJson(req): ApiJson<PutRequest>,
 ) -> Result<(StatusCode, Json<RecordMeta>), ApiError> {
     vault_access(&who, &write_scope(&req.name)?)?;
+    // Storing a value decides what agents are given (replace a provider's
+    // key with one for an account the writer controls and every agent's
+    // traffic goes there): the step-up rule, as for minting a
+    // `vault:write` key. A key passes for the entries its scopes name.
+    let ip = client_ip(&state, &headers, &ext);
+    state
+        .auth
+        .step_up(
+            &who.0,
+            KeyStepUp::UseGrant,
+            "vault.put",
+            Some(&req.name),
+            Some(ip),
+        )
+        .map_err(ApiError::from)?;
     let new = NewRecord {
         name: req.name,
         kind: req.kind,

@@ -191,7 +191,12 @@ export async function render(main, ctx) {
       );
       if (!ok) return;
       try {
-        await api('POST', `/api/users/${encodeURIComponent(u.username)}/${disabling ? 'disable' : 'enable'}`);
+        const r = await withReauth(
+          ctx.me,
+          () => api('POST', `/api/users/${encodeURIComponent(u.username)}/${disabling ? 'disable' : 'enable'}`),
+          `${disabling ? 'Disabling' : 'Enabling'} ${u.username} needs a fresh confirmation.`,
+        );
+        if (!r) return;
         say('ok', `${u.username} is ${disabling ? 'disabled' : 'enabled'}.`);
         await load();
       } catch (err) {

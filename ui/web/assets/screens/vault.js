@@ -148,7 +148,14 @@ export async function render(main, ctx) {
         if (entries.some((e) => e.name === body.name)) {
           throw new Error(`An entry named “${body.name}” exists already. Use its Replace button to give it a new value.`);
         }
-        const saved = await api('POST', '/api/vault', body);
+        // Storing a value changes what agents are given: like revealing
+        // one, it needs a fresh confirmation.
+        const saved = await withReauth(
+          ctx.me,
+          () => api('POST', '/api/vault', body),
+          'Storing a secret needs a fresh confirmation.',
+        );
+        if (!saved) return;
         secret.control.value = '';
         formSlot.replaceChildren();
         addButton.hidden = false;
@@ -202,7 +209,12 @@ export async function render(main, ctx) {
             replace: true,
           };
           if (entry.provider) body.provider = entry.provider;
-          await api('POST', '/api/vault', body);
+          const saved = await withReauth(
+            ctx.me,
+            () => api('POST', '/api/vault', body),
+            'Replacing a secret needs a fresh confirmation.',
+          );
+          if (!saved) return;
           secret.control.value = '';
           close(true);
         },
