@@ -20,18 +20,18 @@
 //! **Hashing and verifying are deliberately slow** (tens of milliseconds of
 //! CPU and ~19 MiB of memory each with the defaults). Async callers must run
 //! them on the blocking pool — `tokio::task::spawn_blocking` — never directly
-//! on a runtime worker thread. Because each costs that much memory, at
-//! most [`PasswordHasher::concurrency`] run at once in the process (one per
-//! CPU); further callers wait their turn on the blocking pool, so a burst
-//! of sign-ins from strangers queues instead of growing the process by
-//! 19 MiB a request.
+//! on a runtime worker thread. Because each costs that much memory, they
+//! run on a fixed pool of [`PasswordHasher::concurrency`] threads (one per
+//! CPU) and further callers wait their turn, so a burst of sign-ins from
+//! strangers queues instead of growing the process by 19 MiB a request.
 //!
 //! The common-password list is the top 10,000 of zxcvbn 4.4.2's `passwords`
 //! frequency list (MIT; see `COMMON-PASSWORDS-LICENSE` next to this file).
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
@@ -111,6 +111,9 @@ pub enum PasswordError {
     /// argon2 itself failed.
     #[error("password hashing failed: {0}")]
     Hashing(argon2::password_hash::Error),
+    /// The thread running argon2 stopped before answering.
+    #[error("password hashing failed: its worker thread stopped")]
+    Worker,
 }
 
 impl PasswordError {
@@ -248,73 +251,106 @@ impl Argon2Params {
     }
 }
 
-/// A counting semaphore for blocking threads: at most `max` holders.
-/// Waiters sleep on a condition variable (no memory beyond their thread).
-#[derive(Debug)]
-struct Slots {
-    max: usize,
-    busy: Mutex<Slot>,
-    freed: Condvar,
+/// A fixed pool of threads that run every argon2 computation of a
+/// [`PasswordHasher`]: at most `size` at once, the rest queue. A pool (not
+/// only a counter) because the allocator keeps a thread's freed 19 MiB for
+/// that thread: argon2 on whatever blocking thread asked would leave up to
+/// 19 MiB behind on each of the blocking pool's hundreds of threads.
+struct Workers {
+    size: usize,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    running: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
 }
 
-#[derive(Debug, Default)]
-struct Slot {
-    running: usize,
-    /// The most that ever ran at once (for tests and curiosity).
-    peak: usize,
-}
+type Job = Box<dyn FnOnce() + Send + 'static>;
 
-impl Slots {
-    fn new(max: usize) -> Self {
-        Slots {
-            max: max.max(1),
-            busy: Mutex::new(Slot::default()),
-            freed: Condvar::new(),
+impl Workers {
+    fn new(size: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for i in 0..size.max(1) {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for a job.
+                        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(),
+                            // The hasher is gone: so is its pool.
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
+        Workers {
+            size: started.max(1),
+            // No worker could start: jobs run on the caller's thread.
+            jobs: Mutex::new((started > 0).then_some(tx)),
+            running: Arc::new(AtomicUsize::new(0)),
+            peak: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Waits for a free slot; the slot is given back when the guard drops.
-    fn take(&self) -> SlotGuard<'_> {
-        let mut s = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
-        while s.running >= self.max {
-            s = self.freed.wait(s).unwrap_or_else(PoisonError::into_inner);
-        }
-        s.running += 1;
-        s.peak = s.peak.max(s.running);
-        SlotGuard { slots: self }
-    }
-}
-
-struct SlotGuard<'a> {
-    slots: &'a Slots,
-}
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        let mut s = self
-            .slots
-            .busy
+    /// Runs `f` on a worker and waits for it; `None` if the worker died
+    /// (a panic inside argon2).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, result) = mpsc::sync_channel(1);
+        let (running, peak) = (Arc::clone(&self.running), Arc::clone(&self.peak));
+        let job: Job = Box::new(move || {
+            let now = running.fetch_add(1, Ordering::AcqRel) + 1;
+            peak.fetch_max(now, Ordering::AcqRel);
+            let out = f();
+            running.fetch_sub(1, Ordering::AcqRel);
+            let _ = done.send(out);
+        });
+        let sender = self
+            .jobs
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        s.running = s.running.saturating_sub(1);
-        drop(s);
-        self.slots.freed.notify_one();
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match sender {
+            Some(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(job) {
+                    job();
+                }
+            }
+            None => job(),
+        }
+        result.recv().ok()
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Closing the queue ends the threads (they are not joined: one may
+        // be finishing a computation nobody waits for any more).
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 }
 
 /// Hashes and verifies passwords with argon2id.
 ///
 /// Every method is CPU- and memory-heavy: call it inside
-/// `tokio::task::spawn_blocking`. At most [`Self::concurrency`] argon2
-/// computations run at once; more callers wait.
+/// `tokio::task::spawn_blocking`. The argon2 work itself runs on a pool of
+/// [`Self::concurrency`] threads; more callers wait.
 pub struct PasswordHasher {
     params: Argon2Params,
     argon2_params: Params,
     /// A hash made with the current parameters, for [`Self::verify_dummy`].
     /// `None` only if it could not be computed (see [`Default`]).
     dummy_phc: Option<String>,
-    /// Bounds the memory argon2 can take: `concurrency × m_cost`.
-    slots: Slots,
+    /// Where argon2 runs: bounds its memory to `concurrency × m_cost`.
+    workers: Workers,
 }
 
 /// One argon2 computation per CPU the process may use.
@@ -342,7 +378,7 @@ impl Default for PasswordHasher {
                 params,
                 argon2_params: Params::DEFAULT,
                 dummy_phc: None,
-                slots: Slots::new(default_concurrency()),
+                workers: Workers::new(default_concurrency()),
             },
         }
     }
@@ -366,7 +402,7 @@ impl PasswordHasher {
             params,
             argon2_params,
             dummy_phc: None,
-            slots: Slots::new(default_concurrency()),
+            workers: Workers::new(default_concurrency()),
         };
         let dummy = hasher
             .argon2()
@@ -385,17 +421,13 @@ impl PasswordHasher {
     /// How many argon2 computations may run at once (one per CPU).
     #[must_use]
     pub fn concurrency(&self) -> usize {
-        self.slots.max
+        self.workers.size
     }
 
     /// The most argon2 computations that ever ran at once.
     #[must_use]
     pub fn peak_concurrency(&self) -> usize {
-        self.slots
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .peak
+        self.workers.peak.load(Ordering::Acquire)
     }
 
     fn argon2(&self) -> Argon2<'static> {
@@ -416,12 +448,16 @@ impl PasswordHasher {
         OsRng
             .try_fill_bytes(&mut salt)
             .map_err(|_| PasswordError::Rng)?;
-        let _slot = self.slots.take();
-        let hash = self
-            .argon2()
-            .hash_password_with_salt(password.expose_secret().as_bytes(), &salt)
-            .map_err(PasswordError::Hashing)?;
-        Ok(hash.to_string())
+        let argon2 = self.argon2();
+        let pw = Zeroizing::new(password.expose_secret().as_bytes().to_vec());
+        self.workers
+            .run(move || {
+                argon2
+                    .hash_password_with_salt(&pw, &salt)
+                    .map(|h| h.to_string())
+            })
+            .ok_or(PasswordError::Worker)?
+            .map_err(PasswordError::Hashing)
     }
 
     /// Checks `password` against a stored PHC string, using the parameters
@@ -436,11 +472,19 @@ impl PasswordHasher {
         if Algorithm::new(parsed.algorithm.as_str()).is_err() {
             return Err(PasswordError::MalformedHash);
         }
-        let _slot = self.slots.take();
-        match self
-            .argon2()
-            .verify_password(password.expose_secret().as_bytes(), &parsed)
-        {
+        drop(parsed);
+        let argon2 = self.argon2();
+        let pw = Zeroizing::new(password.expose_secret().as_bytes().to_vec());
+        let phc = phc.to_owned();
+        let verdict = self
+            .workers
+            .run(move || match PasswordHash::new(&phc) {
+                Ok(parsed) => argon2.verify_password(&pw, &parsed),
+                // Parsed once already on the caller's side.
+                Err(_) => Err(argon2::password_hash::Error::Algorithm),
+            })
+            .ok_or(PasswordError::Worker)?;
+        match verdict {
             Ok(()) => Ok(true),
             Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
             Err(

@@ -203,6 +203,9 @@ pub fn check_path(raw: &str) -> Result<(), PathError> {
         i += 1;
     }
     found.bad_utf8 |= utf8.pending();
+    // Look-alikes, percent-encoded (seen by the decoder above) or literal
+    // (only when the path is not plain ASCII: no cost in the common case).
+    let lookalike = utf8.lookalike || (!raw.is_ascii() && raw.chars().any(is_lookalike));
     let refused = [
         (found.backslash, "backslashes are not allowed in the path"),
         (found.at, "`@` is not allowed in the path"),
@@ -230,6 +233,10 @@ pub fn check_path(raw: &str) -> Result<(), PathError> {
         (
             found.bad_utf8,
             "percent-encoded bytes in the path must be valid UTF-8 (no overlong forms)",
+        ),
+        (
+            lookalike,
+            "characters that normalise to `.`, `/`, `\\`, `@`, `;` or `%` are not allowed in the path",
         ),
     ];
     if let Some(&(_, why)) = refused.iter().find(|(hit, _)| *hit) {
@@ -306,6 +313,28 @@ struct Utf8Seq {
     buf: [u8; 4],
     len: usize,
     want: usize,
+    /// A completed sequence was a look-alike of `.`, `/`, `\`, … (see
+    /// [`is_lookalike`]).
+    lookalike: bool,
+}
+
+/// Characters that Unicode compatibility normalisation (NFKC/NFKD, which
+/// some frameworks apply to paths before resolving them) or a lenient
+/// parser turns into `.`, `/`, `\`, `@`, `;` or `%`: a path that holds one
+/// could mean a different segment structure to such an upstream.
+fn is_lookalike(c: char) -> bool {
+    matches!(
+        c,
+        // dots: one/two-dot leaders, ellipsis, small and fullwidth full
+        // stops, ideographic and halfwidth ideographic full stops
+        '\u{2024}' | '\u{2025}' | '\u{2026}' | '\u{FE52}' | '\u{FF0E}' | '\u{3002}' | '\u{FF61}'
+        // slashes: fullwidth solidus, division and fraction slashes, big solidus
+        | '\u{FF0F}' | '\u{2215}' | '\u{2044}' | '\u{29F8}'
+        // backslashes: fullwidth and small reverse solidus, set minus, big reverse solidus
+        | '\u{FF3C}' | '\u{FE68}' | '\u{2216}' | '\u{29F5}'
+        // `@`, `;`, `%` in fullwidth and small forms
+        | '\u{FF20}' | '\u{FE6B}' | '\u{FF1B}' | '\u{FE54}' | '\u{FF05}' | '\u{FE6A}'
+    )
 }
 
 impl Utf8Seq {
@@ -330,10 +359,13 @@ impl Utf8Seq {
         }
         // Complete: the standard check refuses overlong forms, surrogates
         // and code points past U+10FFFF.
-        let ok = std::str::from_utf8(&self.buf[..self.len]).is_ok();
+        let decoded = std::str::from_utf8(&self.buf[..self.len]);
+        if let Ok(text) = decoded {
+            self.lookalike |= text.chars().any(is_lookalike);
+        }
         self.want = 0;
         self.len = 0;
-        ok
+        decoded.is_ok()
     }
 
     /// Whether a sequence was started and not finished; forgets it.
@@ -355,6 +387,34 @@ fn hex(c: &u8) -> Option<u8> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn unicode_lookalikes_of_separators_are_refused() {
+        for bad in [
+            "%EF%BC%8E%EF%BC%8E/x",
+            "a/%E2%80%A4%E2%80%A4/x",
+            "a/%E3%80%82%E3%80%82/x",
+            "a/%EF%B9%92/x",
+            "a/..%ef%bc%8f",
+            "a/%E2%80%A6/x",
+            "a/%E2%88%95etc",
+            "a/%EF%BC%BCx",
+            "\u{FF0E}\u{FF0E}/x",
+            "a/\u{2024}\u{2024}/b",
+            "v1/x\u{FF20}evil",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        // Other non-ASCII data stays allowed, encoded or not.
+        for ok in [
+            "v1/caf%C3%A9",
+            "v1/%E6%97%A5%E6%9C%AC",
+            "v1/café",
+            "v1/models/gpt-4o",
+        ] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+    }
 
     #[test]
     fn ssrf_paths_are_refused() {
