@@ -405,3 +405,46 @@ async fn health(s: &Server) -> u16 {
         Err(_) => 0,
     }
 }
+
+/// An upgraded connection (a WebSocket to an agent) is not the idle
+/// timer's business: silent for longer than the idle timeout plus the
+/// drain, it still echoes.
+#[test]
+fn an_open_websocket_outlives_the_idle_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = crate::agent::Backend::start();
+    let d = latchkey_e2e::TestDir::new();
+    let s = spawn_server(
+        &d,
+        &ServeOpts::new()
+            .config(&crate::agent::config(backend.port, ""))
+            .env("LATCHKEY_SERVER__IDLE_TIMEOUT", "1s"),
+    );
+    let owner = web_setup(&s, "ada");
+    let (_, key) = create_key(&owner.browser, "ws", &["agent:notes"]);
+    runtime().block_on(async {
+        let limit = Duration::from_secs(20);
+        let mut ws = tokio::time::timeout(
+            limit,
+            crate::agent::ws_connect(&s, "/agent/notes/ws", Some(&key)),
+        )
+        .await
+        .expect("in time")
+        .expect("websocket through latchkey");
+        let first = tokio::time::timeout(limit, ws.next())
+            .await
+            .expect("in time");
+        assert!(matches!(first, Some(Ok(_))), "{first:?}");
+        // Idle timeout 1 s + drain 5 s, and some.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        ws.send(Message::text("still here")).await.expect("send");
+        let back = tokio::time::timeout(limit, ws.next())
+            .await
+            .expect("in time")
+            .expect("a message")
+            .expect("ok");
+        assert_eq!(back.to_text().expect("text"), "still here");
+        let _ = ws.close(None).await;
+    });
+}
