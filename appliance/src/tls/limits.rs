@@ -328,6 +328,9 @@ mod tests {
         assert_eq!(small.max_per_ip, 12);
         let tiny = l.fit_to_fd_limit(Some(10));
         assert_eq!((tiny.max_connections, tiny.max_per_ip), (1, 1));
+        if cfg!(target_os = "linux") {
+            assert!(fd_soft_limit().is_some_and(|n| n > 0), "read from /proc");
+        }
     }
 
     /// A body fed through a channel: a stream that ends when the sender does.

@@ -103,9 +103,7 @@ pub async fn serve_https(
         move |tcp, peer, permit, watcher| {
             serve_tls_connection(
                 acceptor.clone(),
-                tcp,
-                peer,
-                permit,
+                (tcp, peer, permit),
                 Arc::clone(&builder),
                 app.clone(),
                 watcher,
@@ -325,9 +323,7 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
 
 async fn serve_tls_connection(
     acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: ConnPermit,
+    (tcp, peer, permit): (TcpStream, SocketAddr, ConnPermit),
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Front,
     watcher: ShutdownSignal,
