@@ -265,7 +265,7 @@ async fn drive<C: Future>(
                 // enough: no timer work per request.
                 let wait = match activity.idle_for() {
                     Some(d) if d >= idle_timeout => break true,
-                    Some(d) => idle_timeout - d,
+                    Some(d) => idle_timeout.saturating_sub(d),
                     None => idle_timeout,
                 };
                 check.as_mut().reset(tokio::time::Instant::now() + wait);
