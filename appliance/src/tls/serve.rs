@@ -718,6 +718,61 @@ mod tests {
         server.stop().await.expect("clean stop");
     }
 
+    /// An idle h2 peer that acknowledges nothing (not even the GOAWAY's
+    /// ping) gets a GOAWAY after the idle timeout and is dropped after the
+    /// drain; the slot is given back.
+    #[tokio::test]
+    async fn idle_h2_peer_gets_goaway_and_is_dropped() {
+        let limits = crate::tls::limits::ConnLimits {
+            idle_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let opts = ServeOptions {
+            connections: Arc::new(ConnTracker::new(limits)),
+            ..ServeOptions::default()
+        };
+        let tracker = Arc::clone(&opts.connections);
+        let server = start(opts).await;
+        let cfg = client_config(&server.mgr, &[&rustls::version::TLS13], &[b"h2"]);
+        let mut tls = connect(server.addr, cfg).await.expect("connect");
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .expect("preface");
+        assert_eq!(tracker.open(), 1);
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(IDLE_DRAIN + Duration::from_secs(5), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "idle h2 connection still open");
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        // Frame types seen: SETTINGS (4) first, a GOAWAY (7) later.
+        let mut types = Vec::new();
+        let mut rest = &got[..];
+        while rest.len() >= 9 {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            types.push(rest[3]);
+            rest = &rest[(9 + len).min(rest.len())..];
+        }
+        assert!(types.contains(&7), "no GOAWAY: {types:?}");
+        assert_eq!(tracker.idle_closed.load(Ordering::Relaxed), 1);
+        for _ in 0..50 {
+            if tracker.open() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(tracker.open(), 0, "slot given back");
+        server.stop().await.expect("stop");
+    }
+
     #[tokio::test]
     async fn untrusting_client_fails_and_is_counted() {
         let server = start(ServeOptions::default()).await;
