@@ -257,7 +257,7 @@ pub fn verify_assertion(
     Ok((data.header, data.claims))
 }
 
-fn config(backend: u16, extra: &str) -> String {
+pub(crate) fn config(backend: u16, extra: &str) -> String {
     format!(
         "{}\n[agents.notes]\nupstream = \"http://127.0.0.1:{backend}/base\"\n\n\
          [agents.guestbook]\nupstream = \"http://127.0.0.1:{backend}\"\nroles = [\"guest\"]\n\n\
@@ -579,7 +579,7 @@ async fn tls_to(s: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpSt
         .expect("tls handshake")
 }
 
-async fn ws_connect(
+pub(crate) async fn ws_connect(
     s: &Server,
     path: &str,
     key: Option<&str>,

@@ -11,6 +11,7 @@ mod connections;
 mod crash;
 mod fixtures;
 mod forward_auth;
+mod hardening_connections;
 mod hardening_edge;
 mod hardening_privilege;
 mod hardening_races;

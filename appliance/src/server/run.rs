@@ -9,6 +9,7 @@
 use super::host::{ApplianceHost, admin_token_path, ensure_admin_token};
 use crate::cli::ServeArgs;
 use crate::context::Context;
+use crate::tls::limits::{ConnLimits, ConnTracker, fd_soft_limit};
 use crate::tls::{ServeOptions, TlsManager, serve_http_redirect, serve_https};
 use anyhow::Context as _;
 use latchkey_core::auth::Auth;
@@ -96,6 +97,27 @@ pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
+/// The connection caps and idle timeout of `server`, lowered to what the
+/// process's open-file limit allows (with a warning when that bites).
+fn conn_limits(server: &latchkey_core::config::ServerSettings) -> ConnLimits {
+    let wanted = ConnLimits {
+        max_connections: server.max_connections,
+        max_per_ip: server.max_connections_per_ip,
+        idle_timeout: server.idle_timeout,
+    };
+    let fds = fd_soft_limit();
+    let limits = wanted.fit_to_fd_limit(fds);
+    if limits != wanted {
+        tracing::warn!(
+            open_files = fds,
+            max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_per_ip,
+            "the open-file limit is low: connection caps lowered (raise LimitNOFILE / ulimit -n)"
+        );
+    }
+    limits
+}
+
 /// Logs (and prints) a warning when the system clock is visibly wrong:
 /// TOTP codes and every expiry depend on it.
 fn warn_if_clock_wrong() {
@@ -116,14 +138,27 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let settings = Arc::new(ctx.settings.clone());
     let metrics = Arc::new(Metrics::new());
+    let limits = conn_limits(&settings.server);
     let opts = ServeOptions {
         graceful_deadline: settings.server.shutdown_grace,
+        connections: Arc::new(ConnTracker::new(limits)),
         ..ServeOptions::default()
     };
     metrics.register_counter(
         "latchkey_tls_handshake_failures_total",
         "TLS handshakes that failed or timed out.",
         Arc::clone(&opts.handshake_failures),
+    );
+    metrics.register_counter(
+        "latchkey_connections_refused_total",
+        "Connections closed at accept because server.max_connections or \
+         server.max_connections_per_ip was reached.",
+        Arc::clone(&opts.connections.refused),
+    );
+    metrics.register_counter(
+        "latchkey_connections_idle_closed_total",
+        "Connections closed after server.idle_timeout with no request in flight.",
+        Arc::clone(&opts.connections.idle_closed),
     );
     let state = AppState::new(
         Arc::clone(vault),
@@ -191,7 +226,8 @@ async fn serve(
     let https_port = bound.first().map_or(0, SocketAddr::port);
     for listener in redirects {
         let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move { serve_http_redirect(listener, https_port, stop).await });
+        let conns = Arc::clone(&opts.connections);
+        tasks.spawn(async move { serve_http_redirect(listener, https_port, stop, conns).await });
     }
 
     // Handlers go in before the banner: whoever reads it may signal at once.

@@ -27,6 +27,7 @@ pub mod ca;
 pub mod certinfo;
 pub mod config;
 pub mod files;
+pub mod limits;
 pub mod manager;
 pub mod resolver;
 pub mod serve;

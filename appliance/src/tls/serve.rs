@@ -9,6 +9,15 @@
 //! header-read timeout close it. Failed handshakes are counted in
 //! [`ServeOptions::handshake_failures`].
 //!
+//! Every listener (HTTPS and the plain-HTTP redirect) shares one
+//! [`ConnTracker`]: a connection over `server.max_connections` in all or
+//! `server.max_connections_per_ip` from its address is closed right after
+//! accept, so one client cannot take every file descriptor. A connection,
+//! HTTP/1.1 or HTTP/2, with no request in flight for `server.idle_timeout`
+//! is shut down gracefully (HTTP/2: GOAWAY) and dropped if it has not
+//! finished within [`IDLE_DRAIN`]; answering HTTP/2 pings does not count
+//! as activity, a streaming response does (see [`super::limits`]).
+//!
 //! When the `shutdown` future resolves the loop stops accepting, asks every
 //! open connection to finish (HTTP/1 closes after the in-flight response,
 //! HTTP/2 sends GOAWAY), waits up to [`ServeOptions::graceful_deadline`],
@@ -39,6 +48,12 @@ use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::{Activity, ConnPermit, ConnTracker, TrackedBody};
+
+/// How long an idle connection that was asked to close may take to do so
+/// (an HTTP/2 peer must answer the GOAWAY's ping) before it is dropped.
+pub const IDLE_DRAIN: Duration = Duration::from_secs(5);
+
 /// Tuning and counters for [`serve_https`].
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -51,6 +66,8 @@ pub struct ServeOptions {
     /// Time allowed for the first request bytes after the handshake, and
     /// for HTTP/1 request headers (default 10 s).
     pub header_read_timeout: Duration,
+    /// Connection caps and the idle timeout, shared by every listener.
+    pub connections: Arc<ConnTracker>,
 }
 
 impl Default for ServeOptions {
@@ -60,6 +77,7 @@ impl Default for ServeOptions {
             handshake_timeout: Duration::from_secs(10),
             graceful_deadline: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
+            connections: Arc::new(ConnTracker::new(Default::default())),
         }
     }
 }
@@ -81,11 +99,11 @@ pub async fn serve_https(
         listener,
         shutdown,
         opts.graceful_deadline,
-        move |tcp, peer, watcher| {
+        Arc::clone(&opts.connections),
+        move |tcp, peer, permit, watcher| {
             serve_tls_connection(
                 acceptor.clone(),
-                tcp,
-                peer,
+                (tcp, peer, permit),
                 Arc::clone(&builder),
                 app.clone(),
                 watcher,
@@ -99,11 +117,13 @@ pub async fn serve_https(
 /// Answers every plain-HTTP request on `listener` with
 /// `308 Permanent Redirect` to `https://<host>:<https_port><path>`, where
 /// `<host>` is the request's Host without its port. Requests without a
-/// usable Host get `400`. Runs until `shutdown` resolves.
+/// usable Host get `400`. Runs until `shutdown` resolves. Connections
+/// count against `connections` like HTTPS ones.
 pub async fn serve_http_redirect(
     listener: TcpListener,
     https_port: u16,
     shutdown: impl Future<Output = ()>,
+    connections: Arc<ConnTracker>,
 ) -> io::Result<()> {
     let header_timeout = Duration::from_secs(10);
     let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -112,21 +132,30 @@ pub async fn serve_http_redirect(
         .header_read_timeout(header_timeout)
         .keep_alive(false);
     let http1 = Arc::new(http1);
+    let tracker = Arc::clone(&connections);
     accept_loop(
         listener,
         shutdown,
         Duration::from_secs(5),
-        move |tcp, peer, watcher| {
+        connections,
+        move |tcp, peer, permit, watcher| {
             let http1 = Arc::clone(&http1);
+            let tracker = Arc::clone(&tracker);
             async move {
-                let io = TokioIo::new(FirstReadDeadline::new(tcp, header_timeout));
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(redirect_response(&req, https_port))
+                let io = TokioIo::new(FirstReadDeadline::new(tcp, header_timeout, permit));
+                let activity = Activity::new();
+                let act = Arc::clone(&activity);
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let guard = act.begin();
+                    let resp = redirect_response(&req, https_port);
+                    async move { Ok::<_, Infallible>(resp.map(|b| TrackedBody::new(b, guard))) }
                 });
                 let conn = http1.serve_connection(io, svc);
-                let res =
-                    until_shutdown(conn, watcher, |c: Pin<&mut _>| c.graceful_shutdown()).await;
-                if let Err(e) = res {
+                let res = drive(conn, watcher, &activity, &tracker, |c: Pin<&mut _>| {
+                    c.graceful_shutdown()
+                })
+                .await;
+                if let Some(Err(e)) = res {
                     tracing::debug!(%peer, error = %e, "HTTP redirect connection ended with error");
                 }
             }
@@ -136,15 +165,17 @@ pub async fn serve_http_redirect(
 }
 
 /// Accepts connections until `shutdown`, running `on_conn` for each in its
-/// own task, then shuts the connections down gracefully.
+/// own task, then shuts the connections down gracefully. A connection over
+/// a cap of `tracker` is closed at once (and counted there).
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     graceful_deadline: Duration,
+    tracker: Arc<ConnTracker>,
     mut on_conn: F,
 ) -> io::Result<()>
 where
-    F: FnMut(TcpStream, SocketAddr, ShutdownSignal) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, ConnPermit, ShutdownSignal) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (signal, _) = watch::channel(());
@@ -163,9 +194,15 @@ where
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    conns.spawn(on_conn(tcp, peer, signal.subscribe()));
-                }
+                Ok((tcp, peer)) => match tracker.try_acquire(peer.ip()) {
+                    Some(permit) => {
+                        conns.spawn(on_conn(tcp, peer, permit, signal.subscribe()));
+                    }
+                    None => {
+                        tracing::debug!(%peer, open = tracker.open(), "connection cap reached; closing");
+                        drop(tcp);
+                    }
+                },
                 Err(e) => match classify_accept_error(&e) {
                     AcceptError::Transient => {}
                     AcceptError::Resource => {
@@ -203,20 +240,51 @@ where
 /// Receiving side of the shutdown signal, one per connection task.
 type ShutdownSignal = watch::Receiver<()>;
 
-/// Drives `conn` to completion; once the shutdown signal fires, asks it to
-/// finish gracefully (`graceful`) and keeps driving it until it does.
-async fn until_shutdown<C: Future>(
+/// Drives `conn` to completion. Once the shutdown signal fires, asks it to
+/// finish gracefully (`graceful`) and keeps driving it until it does. Once
+/// `activity` has had no request in flight for the idle timeout, does the
+/// same but drops it (`None`) if it is still open after [`IDLE_DRAIN`] with
+/// nothing in flight.
+async fn drive<C: Future>(
     conn: C,
     mut signal: ShutdownSignal,
+    activity: &Activity,
+    tracker: &ConnTracker,
     graceful: impl FnOnce(Pin<&mut C>),
-) -> C::Output {
+) -> Option<C::Output> {
+    let idle_timeout = tracker.limits().idle_timeout;
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => return res,
-        _ = signal.changed() => {}
-    }
+    let check = tokio::time::sleep(idle_timeout);
+    tokio::pin!(check);
+    let idle = loop {
+        tokio::select! {
+            res = conn.as_mut() => return Some(res),
+            _ = signal.changed() => break false,
+            () = check.as_mut() => {
+                // Re-armed for when the connection could next be idle long
+                // enough: no timer work per request.
+                let wait = match activity.idle_for() {
+                    Some(d) if d >= idle_timeout => break true,
+                    Some(d) => idle_timeout.saturating_sub(d),
+                    None => idle_timeout,
+                };
+                check.as_mut().reset(tokio::time::Instant::now() + wait);
+            }
+        }
+    };
     graceful(conn.as_mut());
-    conn.await
+    if !idle {
+        return Some(conn.await);
+    }
+    tracker.idle_closed.fetch_add(1, Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(IDLE_DRAIN, conn.as_mut()).await {
+            Ok(res) => return Some(res),
+            // A request that raced the close is let finish.
+            Err(_) if activity.idle_for().is_none() => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 enum AcceptError {
@@ -255,8 +323,7 @@ fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
 
 async fn serve_tls_connection(
     acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    (tcp, peer, permit): (TcpStream, SocketAddr, ConnPermit),
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Front,
     watcher: ShutdownSignal,
@@ -276,15 +343,33 @@ async fn serve_tls_connection(
             return;
         }
     };
-    let io = TokioIo::new(FirstReadDeadline::new(tls, opts.header_read_timeout));
+    // The permit goes with the socket, also into an upgraded connection.
+    let io = TokioIo::new(FirstReadDeadline::new(
+        tls,
+        opts.header_read_timeout,
+        permit,
+    ));
+    let activity = Activity::new();
+    let act = Arc::clone(&activity);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let guard = act.begin();
         req.extensions_mut().insert(ConnectInfo(peer));
         let answer = app.call(req);
-        async move { Ok::<_, Infallible>(answer.await) }
+        async move {
+            let resp = answer.await;
+            Ok::<_, Infallible>(resp.map(|b| TrackedBody::new(b, guard)))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
-    let res = until_shutdown(conn, watcher, |c: Pin<&mut _>| c.graceful_shutdown()).await;
-    if let Err(e) = res {
+    let res = drive(
+        conn,
+        watcher,
+        &activity,
+        &opts.connections,
+        |c: Pin<&mut _>| c.graceful_shutdown(),
+    )
+    .await;
+    if let Some(Err(e)) = res {
         tracing::debug!(%peer, error = %e, "HTTPS connection ended with error");
     }
 }
@@ -357,16 +442,19 @@ fn host_without_port(value: &str) -> Option<&str> {
 /// Fails the first read with `TimedOut` if no byte arrives within the
 /// deadline. Covers the gap between the TLS handshake and hyper's own
 /// timeouts (hyper-util waits for the first bytes to pick HTTP/1 or 2).
+/// Also holds the connection's [`ConnPermit`], released with the socket.
 struct FirstReadDeadline<I> {
     inner: I,
     deadline: Option<Pin<Box<Sleep>>>,
+    _permit: ConnPermit,
 }
 
 impl<I> FirstReadDeadline<I> {
-    fn new(inner: I, timeout: Duration) -> Self {
+    fn new(inner: I, timeout: Duration, permit: ConnPermit) -> Self {
         Self {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            _permit: permit,
         }
     }
 }
@@ -630,6 +718,61 @@ mod tests {
         server.stop().await.expect("clean stop");
     }
 
+    /// An idle h2 peer that acknowledges nothing (not even the GOAWAY's
+    /// ping) gets a GOAWAY after the idle timeout and is dropped after the
+    /// drain; the slot is given back.
+    #[tokio::test]
+    async fn idle_h2_peer_gets_goaway_and_is_dropped() {
+        let limits = crate::tls::limits::ConnLimits {
+            idle_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let opts = ServeOptions {
+            connections: Arc::new(ConnTracker::new(limits)),
+            ..ServeOptions::default()
+        };
+        let tracker = Arc::clone(&opts.connections);
+        let server = start(opts).await;
+        let cfg = client_config(&server.mgr, &[&rustls::version::TLS13], &[b"h2"]);
+        let mut tls = connect(server.addr, cfg).await.expect("connect");
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .expect("preface");
+        assert_eq!(tracker.open(), 1);
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(IDLE_DRAIN + Duration::from_secs(5), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "idle h2 connection still open");
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        // Frame types seen: SETTINGS (4) first, a GOAWAY (7) later.
+        let mut types = Vec::new();
+        let mut rest = &got[..];
+        while rest.len() >= 9 {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            types.push(rest[3]);
+            rest = &rest[(9 + len).min(rest.len())..];
+        }
+        assert!(types.contains(&7), "no GOAWAY: {types:?}");
+        assert_eq!(tracker.idle_closed.load(Ordering::Relaxed), 1);
+        for _ in 0..50 {
+            if tracker.open() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(tracker.open(), 0, "slot given back");
+        server.stop().await.expect("stop");
+    }
+
     #[tokio::test]
     async fn untrusting_client_fails_and_is_counted() {
         let server = start(ServeOptions::default()).await;
@@ -795,9 +938,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_http_redirect(listener, 8443, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(serve_http_redirect(
+            listener,
+            8443,
+            async move {
+                let _ = rx.await;
+            },
+            Arc::new(ConnTracker::new(Default::default())),
+        ));
         (addr, tx, task)
     }
 

@@ -17,6 +17,10 @@ use std::time::Duration;
 pub const CONFIG_FILE: &str = "latchkey.toml";
 /// Default HTTPS port: unprivileged, unlikely to clash, easy to remember.
 pub const DEFAULT_PORT: u16 = 8443;
+/// Longest accepted `server.idle_timeout`.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(86400);
+/// Largest accepted `server.max_connections`.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
 /// Shortest accepted `tls.server_cert_lifetime`.
 pub const MIN_SERVER_CERT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Longest accepted `tls.server_cert_lifetime` (Apple's limit for
@@ -97,6 +101,16 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/1.1 and HTTP/2 alike; streaming responses and upgraded
+    /// connections are in flight).
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once, over all listeners.
+    pub max_connections: usize,
+    /// Most connections open at once from one client address (IPv6: one
+    /// /64 prefix).
+    pub max_connections_per_ip: usize,
     /// The origin browsers reach this server at (`https://host[:port]`),
     /// used for OAuth redirect URIs; default: the request's own origin.
     pub public_url: Option<String>,
@@ -110,6 +124,9 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_connections_per_ip: 256,
             public_url: None,
         }
     }
@@ -607,6 +624,31 @@ impl Settings {
         }
         if self.server.max_body_bytes == 0 {
             return Err(("server.max_body_bytes", "must be greater than zero".into()));
+        }
+        let idle = self.server.idle_timeout;
+        if idle < Duration::from_secs(1) || idle > MAX_IDLE_TIMEOUT {
+            return Err((
+                "server.idle_timeout",
+                format!(
+                    "`{}` is out of range: it must be between 1s and {}",
+                    duration_str::format(&idle),
+                    duration_str::format(&MAX_IDLE_TIMEOUT)
+                ),
+            ));
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.server.max_connections) {
+            return Err((
+                "server.max_connections",
+                format!("must be 1 to {MAX_CONNECTIONS}"),
+            ));
+        }
+        if self.server.max_connections_per_ip == 0
+            || self.server.max_connections_per_ip > self.server.max_connections
+        {
+            return Err((
+                "server.max_connections_per_ip",
+                "must be at least 1 and at most server.max_connections".into(),
+            ));
         }
         if self.metrics.access == MetricsAccess::Token
             && self.metrics.token.as_deref().is_none_or(|t| t.len() < 16)

@@ -207,3 +207,46 @@ fn a_provider_backed_by_a_connection_needs_that_connection_section() {
     .expect("spotify API through the user's connection");
     assert!(s.providers.contains_key("spotify"));
 }
+
+#[test]
+fn connection_limits_are_typed_validated_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Settings::load(&dir.path().join("none.toml"), false, Vec::new()).expect("defaults");
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(s.server.max_connections, 4096);
+    assert_eq!(s.server.max_connections_per_ip, 256);
+
+    let s = load_str(
+        "[server]\nidle_timeout = \"5s\"\nmax_connections = 100\n",
+        &[("LATCHKEY_SERVER__MAX_CONNECTIONS_PER_IP", "10")],
+    )
+    .expect("valid");
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(5));
+    assert_eq!(s.server.max_connections, 100);
+    assert_eq!(s.server.max_connections_per_ip, 10);
+    let s = load_str("", &[("LATCHKEY_SERVER__IDLE_TIMEOUT", "2m")]).expect("env");
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(120));
+
+    for (text, key) in [
+        ("[server]\nidle_timeout = \"0s\"\n", "server.idle_timeout"),
+        ("[server]\nidle_timeout = \"2d\"\n", "server.idle_timeout"),
+        ("[server]\nidle_timeout = \"soon\"\n", "server.idle_timeout"),
+        ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        (
+            "[server]\nmax_connections = 2000000\n",
+            "server.max_connections",
+        ),
+        ("[server]\nmax_connections = -1\n", "server.max_connections"),
+        (
+            "[server]\nmax_connections_per_ip = 0\n",
+            "server.max_connections_per_ip",
+        ),
+        (
+            "[server]\nmax_connections = 10\nmax_connections_per_ip = 11\n",
+            "server.max_connections_per_ip",
+        ),
+    ] {
+        let err = load_str(text, &[]).expect_err(text);
+        assert!(err.to_string().contains(key), "{text}: {err}");
+    }
+}
