@@ -8,6 +8,7 @@
 
 use super::AuthError;
 use super::apikey;
+use super::epoch::{Change, Epochs, Stamp};
 use super::index;
 use super::lockout::{self, AccountThrottle, LockState, Lockout, LockoutConfig};
 use super::password::{PasswordHasher, PasswordPolicy};
@@ -234,6 +235,9 @@ struct Ticket {
     /// Where the password step came from: the second step counts its
     /// failures there too.
     source: Source,
+    /// The password epoch before the password step verified anything:
+    /// an account event since then voids the ticket (see `auth::epoch`).
+    password_epoch: Stamp,
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +277,9 @@ pub struct Auth {
     people_gen: AtomicU64,
     /// Bumped after every change that ends or narrows a credential.
     pub revocations: super::revocation::Revocations,
+    /// Per-user epochs a sign-in in progress re-checks before its session
+    /// is written, so an account event between its steps voids it.
+    epochs: Epochs,
 }
 
 impl std::fmt::Debug for Auth {
@@ -321,6 +328,7 @@ impl Auth {
             people: RwLock::new(HashMap::new()),
             people_gen: AtomicU64::new(0),
             revocations: super::revocation::Revocations::new(),
+            epochs: Epochs::new(),
             settings,
         };
         auth.load_keys()?;
@@ -709,8 +717,10 @@ impl Auth {
         user_agent: Option<&str>,
     ) -> Result<(UserView, Vec<SecretString>, NewSession), AuthError> {
         let (view, codes) = self.setup_confirm(token, username, code, ip)?;
-        let (id, user) = self.user_by_name(username)?;
-        let session = self.create_session(id, &user, ip, user_agent)?;
+        let (id, _) = self.user_by_name(username)?;
+        let stamps = (self.epochs.password(id), self.epochs.sign_in(id));
+        let user = self.get_user(id)?;
+        let session = self.create_session(id, &user, stamps, ip, user_agent)?;
         Ok((view, codes, session))
     }
 
@@ -929,13 +939,19 @@ impl Auth {
             || AuthError::Unauthorized("invalid_credentials", "wrong username or password".into());
         let src = self.login_source(username, ip, device);
         self.check_source(username, &src)?;
-        let Some((id, user)) = self.find_user(username)? else {
+        let Some((id, _)) = self.find_user(username)? else {
             let _ = self.hasher.verify_dummy(password);
             // Counted like any other failure: an unknown name locks after
             // the same attempts, or the 429 would reveal which names exist.
             self.fail_from(username, "login", "unknown_user", ip, &src);
             return Err(bad());
         };
+        // Stamped before the row the password is checked against is read:
+        // an account event from here on voids this sign-in.
+        let stamps = (self.epochs.password(id), self.epochs.sign_in(id));
+        let user = self
+            .get_user(id)
+            .map_err(|_| AuthError::unauthenticated())?;
         let ok = self
             .hasher
             .verify(password, &user.password_hash)
@@ -966,7 +982,7 @@ impl Auth {
                 u.totp_pending = Some(sealed);
                 Ok(())
             })?;
-            let ticket = self.new_ticket(id, src.clone());
+            let ticket = self.new_ticket(id, src.clone(), stamps.0);
             self.audit(
                 AuditEvent::new(username, "login.password", Outcome::Success)
                     .ip(ip)
@@ -975,14 +991,14 @@ impl Auth {
             return Ok(LoginStep::EnrollRequired { ticket, enrollment });
         }
         if user.totp.is_some() {
-            let ticket = self.new_ticket(id, src.clone());
+            let ticket = self.new_ticket(id, src.clone(), stamps.0);
             self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip));
             return Ok(LoginStep::MfaRequired { ticket });
         }
         self.clear_source(username, &src);
         self.audit(AuditEvent::new(username, "login", Outcome::Success).ip(ip));
         Ok(LoginStep::Done(
-            self.create_session(id, &user, ip, user_agent)?,
+            self.create_session(id, &user, stamps, ip, user_agent)?,
         ))
     }
 
@@ -997,6 +1013,7 @@ impl Auth {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
         src: &Source,
+        stamps: (Stamp, Stamp),
     ) -> Result<NewSession, AuthError> {
         let again = || AuthError::Unauthorized("invalid_ticket", "sign in again".into());
         let pending = user.totp_pending.clone().ok_or_else(again)?;
@@ -1033,12 +1050,12 @@ impl Auth {
                 .ip(ip)
                 .detail("totp_enrolled"),
         );
-        let mut s = self.create_session(id, &user, ip, user_agent)?;
+        let mut s = self.create_session(id, &user, stamps, ip, user_agent)?;
         s.recovery_codes = codes;
         Ok(s)
     }
 
-    fn new_ticket(&self, id: UserId, source: Source) -> SecretString {
+    fn new_ticket(&self, id: UserId, source: Source, password_epoch: Stamp) -> SecretString {
         let ticket = random_token("lkt_");
         if let Ok(mut t) = self.tickets.lock() {
             let n = now();
@@ -1049,22 +1066,25 @@ impl Auth {
                     user_id: id,
                     expires_at: n + MFA_TICKET_SECS,
                     source,
+                    password_epoch,
                 },
             );
         }
         ticket
     }
 
-    /// The user a live ticket was issued to and where its password step
-    /// came from (the ticket stays).
-    fn ticket_user(&self, ticket: &str) -> Result<(UserId, Source), AuthError> {
+    /// The user a live ticket was issued to, where its password step came
+    /// from and its password-epoch stamp (the ticket stays).
+    fn ticket_user(&self, ticket: &str) -> Result<(UserId, Source, Stamp), AuthError> {
         let mut t = self
             .tickets
             .lock()
             .map_err(|_| AuthError::Internal("tickets".into()))?;
         let h = token_hash(ticket);
         match t.get(&h) {
-            Some(v) if v.expires_at > now() => Ok((v.user_id, v.source.clone())),
+            Some(v) if v.expires_at > now() => {
+                Ok((v.user_id, v.source.clone(), v.password_epoch))
+            }
             _ => {
                 t.remove(&h);
                 Err(Self::ticket_expired())
@@ -1152,11 +1172,13 @@ impl Auth {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<NewSession, AuthError> {
-        let (id, src) = self.ticket_user(ticket)?;
+        let (id, src, password_epoch) = self.ticket_user(ticket)?;
+        // Stamped before the row the code is checked against is read.
+        let stamps = (password_epoch, self.epochs.sign_in(id));
         let user = self.get_user(id)?;
         self.check_source(&user.username, &src)?;
         if user.totp.is_none() {
-            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent, &src);
+            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent, &src, stamps);
         }
         let sealed = user.totp.clone().ok_or_else(Self::ticket_expired)?;
         let result = match (code, recovery_code) {
@@ -1197,7 +1219,7 @@ impl Auth {
                         .ip(ip)
                         .detail(how),
                 );
-                self.create_session(id, &user, ip, user_agent)
+                self.create_session(id, &user, stamps, ip, user_agent)
             }
             Err(e) => {
                 let reason = match &e {
@@ -1214,10 +1236,13 @@ impl Auth {
 
 // ---- sessions and tokens -------------------------------------------------
 impl Auth {
+    /// Writes the session of a sign-in whose credentials were verified
+    /// after `stamps` (password epoch, sign-in epoch) were taken.
     fn create_session(
         &self,
         id: UserId,
         user: &User,
+        stamps: (Stamp, Stamp),
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<NewSession, AuthError> {
@@ -1242,6 +1267,15 @@ impl Auth {
         let now_row = db::get::<User>(&txn.open_table(USERS)?, &id.key())?;
         if !now_row.is_some_and(|u| u.active && !u.disabled && u.role == user.role) {
             return Err(AuthError::unauthenticated());
+        }
+        // And no account event (password change, new recovery codes…)
+        // between the verification and now: its revocation found no
+        // session of ours to end, so we must not write one (see `auth::epoch`).
+        if !self.epochs.holds(id, stamps.0, stamps.1) {
+            return Err(AuthError::Unauthorized(
+                "invalid_ticket",
+                "the account changed during sign-in; sign in again".into(),
+            ));
         }
         index::put_session(&txn, &token_hash(token.expose_secret()), &session)?;
         txn.commit()?;
@@ -1414,6 +1448,13 @@ impl Auth {
         };
         let end = self.family_end(&family);
         let txn = self.store.db().begin_write()?;
+        // The session as it is now: one revoked since this request was
+        // authenticated gets no tokens (they would be dead anyway, but a
+        // family must not stand on a session that is gone).
+        let session = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)?;
+        if !session.is_some_and(|s| session_live(&s, now())) {
+            return Err(AuthError::unauthenticated());
+        }
         index::put_family(&txn, family_id, &family)?;
         let pair = self.mint_pair(&txn, p.user_id, family_id, end)?;
         txn.commit()?;
@@ -2150,6 +2191,7 @@ impl Auth {
         // Whoever knew the old password may hold a sign-in made with it:
         // every other session and every token ends with the change.
         let keep = Keep::session_of(p);
+        let _changing = self.epochs.begin(p.user_id, Change::Password);
         let (_, ended) = self.change_user(p.user_id, |txn, u| {
             u.password_hash = hash;
             Self::revoke_user_credentials(txn, p.user_id, keep)
@@ -2193,6 +2235,11 @@ impl Auth {
         probe.totp_last_step = None;
         let step = self.check_totp(p.user_id, &probe, &pending, code)?;
         let mut codes = Vec::new();
+        // Replacing a factor ends sign-ins in progress with the old one.
+        let _changing = user
+            .totp
+            .is_some()
+            .then(|| self.epochs.begin(p.user_id, Change::SignIns));
         // Decided on the row as it is inside the write: a concurrent
         // confirmation of the same enrollment finds nothing pending.
         self.update_user(p.user_id, |u| {
@@ -2227,6 +2274,7 @@ impl Auth {
         }
         self.require_recent_auth(p)?;
         let keep = Keep::sign_in_of(p);
+        let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         self.change_user(p.user_id, |txn, u| {
             u.totp = None;
             u.totp_pending = None;
@@ -2245,6 +2293,7 @@ impl Auth {
         self.require_recent_auth(p)?;
         let (codes, hashes) = recovery::generate();
         let keep = Keep::sign_in_of(p);
+        let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         self.change_user(p.user_id, |txn, u| {
             u.recovery_hashes = hashes;
             Self::revoke_user_credentials(txn, p.user_id, keep)
@@ -2295,6 +2344,8 @@ impl Auth {
             Via::Session { hash, .. } => Some(*hash),
             _ => None,
         };
+        // "Sign out everywhere" ends sign-ins in progress too.
+        let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         let txn = self.store.db().begin_write()?;
         let mut n = 0;
         for k in index::sessions_of(&txn, p.user_id)? {
@@ -2506,6 +2557,7 @@ impl Auth {
     /// Ends every sign-in of `p`'s user but the caller's own, in a
     /// transaction of its own.
     fn end_other_sign_ins(&self, p: &Principal) -> Result<usize, AuthError> {
+        let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         let txn = self.store.db().begin_write()?;
         let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
         txn.commit()?;
@@ -2657,6 +2709,7 @@ impl Auth {
         if id == p.user_id && role != Role::Admin {
             self.ensure_another_admin(id)?;
         }
+        let _changing = self.epochs.begin(id, Change::Password);
         let (u, revoked) = self.change_user(id, |txn, u| {
             let old = u.role;
             u.role = role;
@@ -2730,6 +2783,7 @@ impl Auth {
                 }
             })?;
         }
+        let _changing = disabled.then(|| self.epochs.begin(id, Change::Password));
         let (u, revoked) = self.change_user(id, |txn, u| {
             u.disabled = disabled;
             if disabled {
@@ -2770,6 +2824,7 @@ impl Auth {
         Self::require_admin(p)?;
         self.require_recent_auth(p)?;
         let (id, _) = self.user_by_name(username)?;
+        let _changing = self.epochs.begin(id, Change::Password);
         let (u, _) = self.change_user(id, |txn, u| {
             u.totp = None;
             u.totp_pending = None;
