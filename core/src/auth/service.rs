@@ -72,6 +72,21 @@ struct Source {
     known_device: bool,
 }
 
+/// A credential attempt admitted by `Auth::admit`: counted against its
+/// source's lock (and the account's throttle) from before its
+/// verification until it ends.
+#[must_use = "an attempt ends as failed, succeeded or released"]
+#[derive(Debug)]
+struct Attempt {
+    source_key: String,
+    /// This attempt's reservation set the source's lock.
+    locked_now: bool,
+    known_device: bool,
+    /// The throttle key, unless from a known device, and whether this
+    /// reservation filled the bucket.
+    throttle: Option<(String, bool)>,
+}
+
 fn random_token(prefix: &str) -> SecretString {
     use rand::RngCore;
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
@@ -824,48 +839,70 @@ impl Auth {
         }
     }
 
-    /// Counts a failed credential against the (account, address) lock and
-    /// the account-wide throttle, and audits it.
-    fn fail(&self, username: &str, action: &str, reason: &str, ip: Option<IpAddr>) {
-        self.fail_from(username, action, reason, ip, &Self::ip_source(ip));
-    }
-
-    /// [`Auth::fail`] for an attempt from `src`: a known device counts
-    /// against its own lock only.
-    fn fail_from(
-        &self,
-        username: &str,
-        action: &str,
-        reason: &str,
-        ip: Option<IpAddr>,
-        src: &Source,
-    ) {
+    /// Admits a credential attempt from `src` before anything is
+    /// verified, or refuses it: a locked source, or (unless from a known
+    /// device) a throttled account. Check and count are one step, so an
+    /// attempt in flight counts as a failure until it ends otherwise
+    /// ([`Auth::failed`], [`Auth::succeeded`], [`Auth::release`]); an
+    /// attempt dropped on an error stays a failure.
+    fn admit(&self, username: &str, src: &Source) -> Result<Attempt, AuthError> {
         let t = now().max(0) as u64;
         let account = Self::lock_key(username);
-        let state = self
-            .lockout
-            .record_failure(&lockout::source_key(&account, &src.key), t);
-        let throttled = !src.known_device && self.throttle.record_failure(&account, t);
+        let source_key = lockout::source_key(&account, &src.key);
+        let locked = |l: lockout::Locked| AuthError::Locked {
+            retry_after: l.retry_after,
+        };
+        let state = self.lockout.reserve(&source_key, t).map_err(locked)?;
+        let throttle = if src.known_device {
+            None
+        } else {
+            match self.throttle.reserve(&account, t) {
+                Ok(filled) => Some((account, filled)),
+                Err(l) => {
+                    self.lockout.release(&source_key);
+                    return Err(locked(l));
+                }
+            }
+        };
+        Ok(Attempt {
+            source_key,
+            locked_now: matches!(
+                state,
+                LockState::Locked {
+                    just_locked: true,
+                    ..
+                }
+            ),
+            known_device: src.known_device,
+            throttle,
+        })
+    }
+
+    /// [`Auth::admit`] for an attempt from a client address (or none).
+    fn admit_from(&self, username: &str, ip: Option<IpAddr>) -> Result<Attempt, AuthError> {
+        self.admit(username, &Self::ip_source(ip))
+    }
+
+    /// A failed attempt: it stays counted; audited, with the lock or
+    /// throttle it started.
+    fn failed(&self, a: Attempt, username: &str, action: &str, reason: &str, ip: Option<IpAddr>) {
         self.audit(
             AuditEvent::new(username, action, Outcome::Failure)
                 .ip(ip)
                 .detail(reason),
         );
-        if let LockState::Locked {
-            just_locked: true, ..
-        } = state
-        {
+        if a.locked_now {
             self.audit(
                 AuditEvent::new(username, "lockout", Outcome::Failure)
                     .ip(ip)
                     .detail(format!(
                         "after {} failures from this {}",
                         self.settings.lockout_threshold,
-                        if src.known_device { "device" } else { "source" }
+                        if a.known_device { "device" } else { "source" }
                     )),
             );
         }
-        if throttled {
+        if a.throttle.as_ref().is_some_and(|(_, filled)| *filled) {
             self.audit(
                 AuditEvent::new(username, "lockout.throttle", Outcome::Failure)
                     .ip(ip)
@@ -874,42 +911,25 @@ impl Auth {
         }
     }
 
-    /// [`Auth::check_locked_from`] for a caller without a client address.
-    fn check_locked(&self, username: &str) -> Result<(), AuthError> {
-        self.check_locked_from(username, None)
+    /// A success: the source's failures are forgotten and the account's
+    /// room given back.
+    fn succeeded(&self, a: Attempt) {
+        self.lockout.record_success(&a.source_key);
+        self.release_throttle(&a);
     }
 
-    fn check_locked_from(&self, username: &str, ip: Option<IpAddr>) -> Result<(), AuthError> {
-        self.check_source(username, &Self::ip_source(ip))
+    /// An attempt that proved nothing either way (a right password whose
+    /// second step is to come, malformed input): its reservation is given
+    /// back, earlier failures stay.
+    fn release(&self, a: Attempt) {
+        self.lockout.release(&a.source_key);
+        self.release_throttle(&a);
     }
 
-    /// Refuses, before any credential is verified, an attempt from a
-    /// locked source, or (unless from a known device) on a throttled
-    /// account.
-    fn check_source(&self, username: &str, src: &Source) -> Result<(), AuthError> {
-        let t = now().max(0) as u64;
-        let account = Self::lock_key(username);
-        let locked = |l: lockout::Locked| AuthError::Locked {
-            retry_after: l.retry_after,
-        };
-        self.lockout
-            .check(&lockout::source_key(&account, &src.key), t)
-            .map_err(locked)?;
-        if src.known_device {
-            return Ok(());
+    fn release_throttle(&self, a: &Attempt) {
+        if let Some((account, _)) = &a.throttle {
+            self.throttle.release(account, now().max(0) as u64);
         }
-        self.throttle.check(&account, t).map_err(locked)
-    }
-
-    /// A success from `ip`: that source's failures are forgotten. The
-    /// account-wide throttle drains by itself (see [`AccountThrottle`]).
-    fn clear_failures(&self, username: &str, ip: Option<IpAddr>) {
-        self.clear_source(username, &Self::ip_source(ip));
-    }
-
-    fn clear_source(&self, username: &str, src: &Source) {
-        self.lockout
-            .record_success(&lockout::source_key(&Self::lock_key(username), &src.key));
     }
 
     /// The password step. Unknown users, wrong passwords and disabled
@@ -938,12 +958,12 @@ impl Auth {
         let bad =
             || AuthError::Unauthorized("invalid_credentials", "wrong username or password".into());
         let src = self.login_source(username, ip, device);
-        self.check_source(username, &src)?;
+        let attempt = self.admit(username, &src)?;
         let Some((id, _)) = self.find_user(username)? else {
             let _ = self.hasher.verify_dummy(password);
             // Counted like any other failure: an unknown name locks after
             // the same attempts, or the 429 would reveal which names exist.
-            self.fail_from(username, "login", "unknown_user", ip, &src);
+            self.failed(attempt, username, "login", "unknown_user", ip);
             return Err(bad());
         };
         // Stamped before the row the password is checked against is read:
@@ -964,7 +984,7 @@ impl Auth {
             } else {
                 "setup_unfinished"
             };
-            self.fail_from(username, "login", reason, ip, &src);
+            self.failed(attempt, username, "login", reason, ip);
             return Err(bad());
         }
         if self.hasher.needs_rehash(&user.password_hash)
@@ -974,6 +994,13 @@ impl Auth {
                 u.password_hash = h;
                 Ok(())
             });
+        }
+        // The password proved itself; the second step, if any, is counted
+        // on its own.
+        if user.totp.is_some() || user.role == Role::Admin {
+            self.release(attempt);
+        } else {
+            self.succeeded(attempt);
         }
         if user.totp.is_none() && user.role == Role::Admin {
             // Admins must have a second factor: enroll now, before any session.
@@ -995,7 +1022,6 @@ impl Auth {
             self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip));
             return Ok(LoginStep::MfaRequired { ticket });
         }
-        self.clear_source(username, &src);
         self.audit(AuditEvent::new(username, "login", Outcome::Success).ip(ip));
         Ok(LoginStep::Done(
             self.create_session(id, &user, stamps, ip, user_agent)?,
@@ -1012,38 +1038,53 @@ impl Auth {
         code: Option<&str>,
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
-        src: &Source,
+        attempt: Attempt,
         stamps: (Stamp, Stamp),
     ) -> Result<NewSession, AuthError> {
         let again = || AuthError::Unauthorized("invalid_ticket", "sign in again".into());
-        let pending = user.totp_pending.clone().ok_or_else(again)?;
-        let code = code.ok_or_else(|| AuthError::Invalid {
-            field: "code",
-            reason: "confirm the new authenticator with a `code`".into(),
-        })?;
+        let (Some(pending), Some(code)) = (user.totp_pending.clone(), code) else {
+            self.release(attempt);
+            return Err(if user.totp_pending.is_none() {
+                again()
+            } else {
+                AuthError::Invalid {
+                    field: "code",
+                    reason: "confirm the new authenticator with a `code`".into(),
+                }
+            });
+        };
         let mut probe = user.clone();
         probe.totp_last_step = None;
         let step = match self.check_totp(id, &probe, &pending, code) {
             Ok(s) => s,
             Err(e) => {
-                self.fail_from(&user.username, "login.mfa", "invalid_code", ip, src);
+                self.failed(attempt, &user.username, "login.mfa", "invalid_code", ip);
                 return Err(e);
             }
         };
-        self.take_ticket(ticket, id)?;
         let (codes, hashes) = recovery::generate();
         // Checked again inside the write: a concurrent confirmation of the
         // same enrollment finds it gone and gets no second session.
-        let user = self.update_user(id, |u| {
-            if u.totp.is_some() || u.totp_pending.as_deref() != Some(pending.as_slice()) {
-                return Err(again());
+        let taken = self.take_ticket(ticket, id).and_then(|()| {
+            self.update_user(id, |u| {
+                if u.totp.is_some() || u.totp_pending.as_deref() != Some(pending.as_slice()) {
+                    return Err(again());
+                }
+                u.totp = u.totp_pending.take();
+                u.totp_last_step = Some(step);
+                u.recovery_hashes = hashes;
+                Ok(())
+            })
+        });
+        let user = match taken {
+            Ok(u) => u,
+            Err(e) => {
+                // The code was right; a concurrent request won the ticket.
+                self.release(attempt);
+                return Err(e);
             }
-            u.totp = u.totp_pending.take();
-            u.totp_last_step = Some(step);
-            u.recovery_hashes = hashes;
-            Ok(())
-        })?;
-        self.clear_source(&user.username, src);
+        };
+        self.succeeded(attempt);
         self.audit(AuditEvent::new(&user.username, "mfa.enroll", Outcome::Success).ip(ip));
         self.audit(
             AuditEvent::new(&user.username, "login", Outcome::Success)
@@ -1176,9 +1217,15 @@ impl Auth {
         // Stamped before the row the code is checked against is read.
         let stamps = (password_epoch, self.epochs.sign_in(id));
         let user = self.get_user(id)?;
-        self.check_source(&user.username, &src)?;
+        if user.totp.is_some() && code.is_some() == recovery_code.is_some() {
+            return Err(AuthError::Invalid {
+                field: "code",
+                reason: "send exactly one of `code` or `recovery_code`".into(),
+            });
+        }
+        let attempt = self.admit(&user.username, &src)?;
         if user.totp.is_none() {
-            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent, &src, stamps);
+            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent, attempt, stamps);
         }
         let sealed = user.totp.clone().ok_or_else(Self::ticket_expired)?;
         let result = match (code, recovery_code) {
@@ -1213,7 +1260,7 @@ impl Auth {
                             .ip(ip),
                     );
                 }
-                self.clear_source(&user.username, &src);
+                self.succeeded(attempt);
                 self.audit(
                     AuditEvent::new(&user.username, "login", Outcome::Success)
                         .ip(ip)
@@ -1224,10 +1271,13 @@ impl Auth {
             Err(e) => {
                 let reason = match &e {
                     AuthError::Unauthorized(code, _) => *code,
-                    AuthError::Invalid { .. } => return Err(e),
+                    AuthError::Invalid { .. } => {
+                        self.release(attempt);
+                        return Err(e);
+                    }
                     _ => "invalid",
                 };
-                self.fail_from(&user.username, "login.mfa", reason, ip, &src);
+                self.failed(attempt, &user.username, "login.mfa", reason, ip);
                 Err(e)
             }
         }
@@ -1721,7 +1771,7 @@ impl Auth {
                 "re-authentication is for signed-in sessions".into(),
             ));
         };
-        self.check_locked_from(&p.username, ip)?;
+        let attempt = self.admit_from(&p.username, ip)?;
         let user = self.get_user(p.user_id)?;
         let ok = match (&user.totp, code, password) {
             (Some(sealed), Some(c), _) => match self
@@ -1734,6 +1784,7 @@ impl Auth {
             },
             (None, _, Some(pw)) => self.hasher.verify(pw, &user.password_hash).unwrap_or(false),
             _ => {
+                self.release(attempt);
                 return Err(AuthError::Invalid {
                     field: "code",
                     reason: if user.totp.is_some() {
@@ -1745,13 +1796,13 @@ impl Auth {
             }
         };
         if !ok {
-            self.fail(&p.username, "reauth", "invalid", ip);
+            self.failed(attempt, &p.username, "reauth", "invalid", ip);
             return Err(AuthError::Unauthorized(
                 "invalid_code",
                 "that did not match".into(),
             ));
         }
-        self.clear_failures(&p.username, ip);
+        self.succeeded(attempt);
         let txn = self.store.db().begin_write()?;
         // Bound first: the table must be closed before `put` reopens it.
         let session = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)?;
@@ -2173,7 +2224,7 @@ impl Auth {
         current: &SecretString,
         new: &SecretString,
     ) -> Result<(), AuthError> {
-        self.check_locked(&p.username)?;
+        let attempt = self.admit_from(&p.username, None)?;
         let user = self.get_user(p.user_id)?;
         if !matches!(p.via, Via::Host)
             && !self
@@ -2181,12 +2232,14 @@ impl Auth {
                 .verify(current, &user.password_hash)
                 .unwrap_or(false)
         {
-            self.fail(&p.username, "password.change", "wrong_password", None);
+            self.failed(attempt, &p.username, "password.change", "wrong_password", None);
             return Err(AuthError::Unauthorized(
                 "invalid_credentials",
                 "the current password is wrong".into(),
             ));
         }
+        // Proved nothing new about the account: earlier failures stay.
+        self.release(attempt);
         let hash = self.checked_hash(new, &p.username)?;
         // Whoever knew the old password may hold a sign-in made with it:
         // every other session and every token ends with the change.
