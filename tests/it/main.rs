@@ -14,6 +14,7 @@ mod forward_auth;
 mod hardening_edge;
 mod hardening_privilege;
 mod hardening_races;
+mod hardening_review;
 mod hardening_vault_proxy;
 mod integrity;
 mod key_sources;
