@@ -85,7 +85,8 @@ fn sign_ins_with_the_old_password_in_progress_do_not_survive_a_password_change()
                                 after += 1;
                             }
                             let b = Browser::new(s);
-                            let r = b.call("POST", "/api/auth/login", Some(&login_body("bob", old)));
+                            let r =
+                                b.call("POST", "/api/auth/login", Some(&login_body("bob", old)));
                             out.push((b, r.status));
                         }
                         out
@@ -135,7 +136,11 @@ fn recovery_codes_in_flight_do_not_survive_their_regeneration() {
         let tickets: Vec<(Browser<'_>, String)> = (0..8)
             .map(|_| {
                 let b = Browser::new(&s);
-                let r = b.call("POST", "/api/auth/login", Some(&login_body("owner", PASSWORD)));
+                let r = b.call(
+                    "POST",
+                    "/api/auth/login",
+                    Some(&login_body("owner", PASSWORD)),
+                );
                 assert_eq!(r.status, 200, "{}", r.body);
                 let t = r.json()["ticket"].as_str().expect("ticket").to_string();
                 (b, t)
@@ -172,7 +177,11 @@ fn recovery_codes_in_flight_do_not_survive_their_regeneration() {
     }
     // A new code signs in.
     let b = Browser::new(&s);
-    let r = b.call("POST", "/api/auth/login", Some(&login_body("owner", PASSWORD)));
+    let r = b.call(
+        "POST",
+        "/api/auth/login",
+        Some(&login_body("owner", PASSWORD)),
+    );
     let t = r.json()["ticket"].as_str().expect("ticket").to_string();
     let r = b.post(
         "/api/auth/mfa",
@@ -195,8 +204,16 @@ fn parallel_guesses_from_one_source_are_evaluated_no_more_than_the_threshold() {
         .iter()
         .filter(|r| r.status == 429 && r.error_code() == "account_locked")
         .count();
-    assert_eq!(evaluated + refused, 20, "{:?}", rs.iter().map(|r| r.status).collect::<Vec<_>>());
-    assert!(evaluated <= 5, "{evaluated} parallel guesses evaluated (threshold 5)");
+    assert_eq!(
+        evaluated + refused,
+        20,
+        "{:?}",
+        rs.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        evaluated <= 5,
+        "{evaluated} parallel guesses evaluated (threshold 5)"
+    );
     // The locked source stays locked even with the right password; the
     // owner elsewhere signs in.
     let r = login_from(&Browser::new(&s), "203.0.113.9", PASSWORD);

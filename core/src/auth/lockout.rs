@@ -1028,7 +1028,10 @@ mod tests {
 
     /// `threads` attempts released at once by a barrier; how many of them
     /// `attempt` admitted.
-    fn admitted_at_once(threads: usize, attempt: impl Fn() -> bool + Send + Sync + 'static) -> usize {
+    fn admitted_at_once(
+        threads: usize,
+        attempt: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> usize {
         let attempt = Arc::new(attempt);
         let barrier = Arc::new(std::sync::Barrier::new(threads));
         let handles: Vec<_> = (0..threads)

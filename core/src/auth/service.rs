@@ -1123,9 +1123,7 @@ impl Auth {
             .map_err(|_| AuthError::Internal("tickets".into()))?;
         let h = token_hash(ticket);
         match t.get(&h) {
-            Some(v) if v.expires_at > now() => {
-                Ok((v.user_id, v.source.clone(), v.password_epoch))
-            }
+            Some(v) if v.expires_at > now() => Ok((v.user_id, v.source.clone(), v.password_epoch)),
             _ => {
                 t.remove(&h);
                 Err(Self::ticket_expired())
@@ -2232,7 +2230,13 @@ impl Auth {
                 .verify(current, &user.password_hash)
                 .unwrap_or(false)
         {
-            self.failed(attempt, &p.username, "password.change", "wrong_password", None);
+            self.failed(
+                attempt,
+                &p.username,
+                "password.change",
+                "wrong_password",
+                None,
+            );
             return Err(AuthError::Unauthorized(
                 "invalid_credentials",
                 "the current password is wrong".into(),
