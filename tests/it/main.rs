@@ -16,6 +16,7 @@ mod hardening_edge;
 mod hardening_privilege;
 mod hardening_races;
 mod hardening_resources;
+mod hardening_review;
 mod hardening_vault_proxy;
 mod integrity;
 mod key_sources;

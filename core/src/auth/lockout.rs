@@ -9,9 +9,14 @@
 //!
 //! # How to use it
 //!
-//! Call [`Lockout::check`] *before* verifying any credential, and refuse
-//! (429 or 423 with `Retry-After`) without verifying when locked; then
-//! [`Lockout::record_failure`] or [`Lockout::record_success`]. Key the
+//! Call [`Lockout::reserve`] *before* verifying any credential, and refuse
+//! (429 or 423 with `Retry-After`) without verifying when locked. The
+//! reservation counts the attempt as a failure at once, in the same
+//! critical section as the check: of concurrent attempts, at most
+//! `max_failures` are ever verified (a separate check, then a record after
+//! the slow verification, let every attempt that started together through).
+//! Then [`Lockout::record_success`] on success, [`Lockout::release`] when
+//! the attempt proved nothing either way, and nothing on failure. Key the
 //! lockout by the normalised username **whether or not the user exists**,
 //! so an attacker cannot tell real accounts by which ones lock.
 //!
@@ -177,12 +182,46 @@ impl Lockout {
         Ok(())
     }
 
+    /// Checks and counts an attempt in one step: refused while locked,
+    /// else counted as a failure until [`Lockout::record_success`] or
+    /// [`Lockout::release`]. The attempt that reaches `max_failures` is
+    /// still let through (it locks the key for every later one).
+    pub fn reserve(&self, user_key: &str, now: u64) -> Result<LockState, Locked> {
+        let key = normalize_key(user_key);
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(key.as_str())
+            && let Some(retry_after) = self.locked_for(entry, now)
+        {
+            return Err(Locked { retry_after });
+        }
+        // Counted under the same lock as the check.
+        Ok(self.record_in(&mut entries, key, now))
+    }
+
+    /// Gives back a reservation that proved nothing (a right password
+    /// whose second step is still to come, malformed input): one failure
+    /// less, and the lock it may have set is lifted.
+    pub fn release(&self, user_key: &str) {
+        let key = normalize_key(user_key);
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(key.as_str()) {
+            entry.failures = entry.failures.saturating_sub(1);
+            if entry.failures < self.config.max_failures {
+                entry.locked_until = None;
+            }
+        }
+    }
+
     /// Counts a failed password, TOTP or recovery code.
     pub fn record_failure(&self, user_key: &str, now: u64) -> LockState {
         let key = normalize_key(user_key);
         let mut entries = self.lock();
+        self.record_in(&mut entries, key, now)
+    }
+
+    fn record_in(&self, entries: &mut HashMap<String, Entry>, key: String, now: u64) -> LockState {
         if !entries.contains_key(key.as_str()) && entries.len() >= self.config.max_entries {
-            self.make_room(&mut entries, now);
+            self.make_room(entries, now);
         }
         let entry = entries.entry(key).or_insert(Entry {
             failures: 0,
@@ -418,16 +457,45 @@ impl AccountThrottle {
     pub fn check(&self, account: &str, now: u64) -> Result<(), Locked> {
         let key = normalize_key(account);
         let tats = self.lock();
-        let Some(&tat) = tats.get(key.as_str()) else {
-            return Ok(());
-        };
-        let allowed_until = now.saturating_add((self.burst - 1).saturating_mul(self.every));
-        if tat > allowed_until {
-            return Err(Locked {
-                retry_after: Duration::from_secs(tat - allowed_until),
-            });
+        match self.wait(&tats, &key, now) {
+            Some(retry_after) => Err(Locked { retry_after }),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Checks and counts an attempt in one step (see
+    /// [`Lockout::reserve`]): refused while the bucket is full, else
+    /// counted until [`AccountThrottle::release`]; `Ok(true)` when this
+    /// one filled the bucket. Admitting only while there is room keeps the
+    /// bucket's end within `now + burst × every`, so the wait it imposes
+    /// on anyone never exceeds one `every`, however many attempts race.
+    pub fn reserve(&self, account: &str, now: u64) -> Result<bool, Locked> {
+        let key = normalize_key(account);
+        let mut tats = self.lock();
+        if let Some(retry_after) = self.wait(&tats, &key, now) {
+            return Err(Locked { retry_after });
+        }
+        Ok(self.record_in(&mut tats, key, now))
+    }
+
+    /// Gives back a reservation: a success, or an attempt that proved
+    /// nothing. The owner signing in does not use up the account's room.
+    pub fn release(&self, account: &str, now: u64) {
+        let key = normalize_key(account);
+        let mut tats = self.lock();
+        if let Some(tat) = tats.get_mut(key.as_str()) {
+            *tat = tat.saturating_sub(self.every);
+            if *tat <= now {
+                tats.remove(key.as_str());
+            }
+        }
+    }
+
+    /// How long `key` must wait at `now`, if its bucket is full.
+    fn wait(&self, tats: &HashMap<String, u64>, key: &str, now: u64) -> Option<Duration> {
+        let &tat = tats.get(key)?;
+        let allowed_until = now.saturating_add((self.burst - 1).saturating_mul(self.every));
+        (tat > allowed_until).then(|| Duration::from_secs((tat - allowed_until).min(self.every)))
     }
 
     /// Counts a failure; true when this one filled the bucket (audit the
@@ -435,6 +503,10 @@ impl AccountThrottle {
     pub fn record_failure(&self, account: &str, now: u64) -> bool {
         let key = normalize_key(account);
         let mut tats = self.lock();
+        self.record_in(&mut tats, key, now)
+    }
+
+    fn record_in(&self, tats: &mut HashMap<String, u64>, key: String, now: u64) -> bool {
         if !tats.contains_key(key.as_str()) && tats.len() >= self.max_entries {
             tats.retain(|_, t| *t > now);
             if tats.len() >= self.max_entries {
@@ -448,9 +520,11 @@ impl AccountThrottle {
             }
         }
         let tat = tats.entry(key).or_insert(now);
-        let before = (*tat).max(now);
-        *tat = before.saturating_add(self.every);
         let full = now.saturating_add(self.burst.saturating_mul(self.every));
+        let before = (*tat).max(now);
+        // Never beyond a full bucket: a failure past the burst (counted
+        // without a reservation) must not push the wait out further.
+        *tat = before.saturating_add(self.every).min(full);
         *tat > full.saturating_sub(self.every) && before <= full.saturating_sub(self.every)
     }
 
@@ -950,5 +1024,81 @@ mod tests {
         assert!(t.check("owner", 1181).is_err());
         assert!(t.check("other", 1000).is_ok(), "per account");
         assert_eq!(t.sweep(1000 + 52 * 180), 1);
+    }
+
+    /// `threads` attempts released at once by a barrier; how many of them
+    /// `attempt` admitted.
+    fn admitted_at_once(
+        threads: usize,
+        attempt: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> usize {
+        let attempt = Arc::new(attempt);
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (attempt, barrier) = (attempt.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    attempt()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap()))
+            .sum()
+    }
+
+    #[test]
+    fn concurrent_reservations_admit_at_most_the_threshold() {
+        let l = Arc::new(lockout());
+        let l2 = l.clone();
+        let n = admitted_at_once(32, move || l2.reserve("alice", T0).is_ok());
+        assert_eq!(n, 5, "an attempt in flight counts as a failure");
+        assert!(l.check("alice", T0).is_err());
+    }
+
+    #[test]
+    fn release_and_success_give_a_reservation_back() {
+        let l = lockout();
+        for _ in 0..4 {
+            l.reserve("alice", T0).unwrap();
+        }
+        // The fifth locks while in flight; a right password gives it back.
+        assert!(matches!(
+            l.reserve("alice", T0),
+            Ok(LockState::Locked {
+                just_locked: true,
+                ..
+            })
+        ));
+        assert!(l.check("alice", T0).is_err());
+        l.release("alice");
+        assert!(l.check("alice", T0).is_ok(), "four failures, no lock");
+        l.reserve("alice", T0).unwrap();
+        l.record_success("alice");
+        assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn concurrent_throttle_reservations_never_overshoot() {
+        let t = Arc::new(AccountThrottle::new(25, Duration::from_secs(180), 100));
+        let t2 = t.clone();
+        let n = admitted_at_once(100, move || t2.reserve("owner", 1000).is_ok());
+        assert_eq!(n, 25);
+        let wait = t.reserve("owner", 1000).unwrap_err().retry_after;
+        assert!(wait <= Duration::from_secs(180), "{wait:?}");
+        // Unreserved failures past the burst do not push the wait out.
+        for _ in 0..100 {
+            t.record_failure("owner", 1000);
+        }
+        assert_eq!(
+            t.check("owner", 1000).unwrap_err().retry_after,
+            Duration::from_secs(180)
+        );
+        assert!(t.reserve("owner", 1180).is_ok(), "one per interval");
+        // A success gives its room back.
+        t.release("owner", 1180);
+        assert!(t.reserve("owner", 1180).is_ok());
     }
 }

@@ -10,6 +10,7 @@
 //!   credential.
 
 pub mod apikey;
+pub mod epoch;
 pub mod index;
 pub mod lockout;
 pub mod password;

@@ -8,6 +8,7 @@
 
 use super::AuthError;
 use super::apikey;
+use super::epoch::{Change, Epochs, Stamp};
 use super::index;
 use super::lockout::{self, AccountThrottle, LockState, Lockout, LockoutConfig};
 use super::password::{PasswordHasher, PasswordPolicy};
@@ -72,6 +73,21 @@ pub const DEVICE_LIFETIME: Duration = Duration::from_secs(90 * 86400);
 struct Source {
     key: String,
     known_device: bool,
+}
+
+/// A credential attempt admitted by `Auth::admit`: counted against its
+/// source's lock (and the account's throttle) from before its
+/// verification until it ends.
+#[must_use = "an attempt ends as failed, succeeded or released"]
+#[derive(Debug)]
+struct Attempt {
+    source_key: String,
+    /// This attempt's reservation set the source's lock.
+    locked_now: bool,
+    known_device: bool,
+    /// The throttle key, unless from a known device, and whether this
+    /// reservation filled the bucket.
+    throttle: Option<(String, bool)>,
 }
 
 fn random_token(prefix: &str) -> SecretString {
@@ -237,6 +253,9 @@ struct Ticket {
     /// Where the password step came from: the second step counts its
     /// failures there too.
     source: Source,
+    /// The password epoch before the password step verified anything:
+    /// an account event since then voids the ticket (see `auth::epoch`).
+    password_epoch: Stamp,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +295,9 @@ pub struct Auth {
     people_gen: AtomicU64,
     /// Bumped after every change that ends or narrows a credential.
     pub revocations: super::revocation::Revocations,
+    /// Per-user epochs a sign-in in progress re-checks before its session
+    /// is written, so an account event between its steps voids it.
+    epochs: Epochs,
 }
 
 impl std::fmt::Debug for Auth {
@@ -324,6 +346,7 @@ impl Auth {
             people: RwLock::new(HashMap::new()),
             people_gen: AtomicU64::new(0),
             revocations: super::revocation::Revocations::new(),
+            epochs: Epochs::new(),
             settings,
         };
         auth.load_keys()?;
@@ -712,8 +735,10 @@ impl Auth {
         user_agent: Option<&str>,
     ) -> Result<(UserView, Vec<SecretString>, NewSession), AuthError> {
         let (view, codes) = self.setup_confirm(token, username, code, ip)?;
-        let (id, user) = self.user_by_name(username)?;
-        let session = self.create_session(id, &user, ip, user_agent)?;
+        let (id, _) = self.user_by_name(username)?;
+        let stamps = (self.epochs.password(id), self.epochs.sign_in(id));
+        let user = self.get_user(id)?;
+        let session = self.create_session(id, &user, stamps, ip, user_agent)?;
         Ok((view, codes, session))
     }
 
@@ -817,48 +842,70 @@ impl Auth {
         }
     }
 
-    /// Counts a failed credential against the (account, address) lock and
-    /// the account-wide throttle, and audits it.
-    fn fail(&self, username: &str, action: &str, reason: &str, ip: Option<IpAddr>) {
-        self.fail_from(username, action, reason, ip, &Self::ip_source(ip));
-    }
-
-    /// [`Auth::fail`] for an attempt from `src`: a known device counts
-    /// against its own lock only.
-    fn fail_from(
-        &self,
-        username: &str,
-        action: &str,
-        reason: &str,
-        ip: Option<IpAddr>,
-        src: &Source,
-    ) {
+    /// Admits a credential attempt from `src` before anything is
+    /// verified, or refuses it: a locked source, or (unless from a known
+    /// device) a throttled account. Check and count are one step, so an
+    /// attempt in flight counts as a failure until it ends otherwise
+    /// ([`Auth::failed`], [`Auth::succeeded`], [`Auth::release`]); an
+    /// attempt dropped on an error stays a failure.
+    fn admit(&self, username: &str, src: &Source) -> Result<Attempt, AuthError> {
         let t = now().max(0) as u64;
         let account = Self::lock_key(username);
-        let state = self
-            .lockout
-            .record_failure(&lockout::source_key(&account, &src.key), t);
-        let throttled = !src.known_device && self.throttle.record_failure(&account, t);
+        let source_key = lockout::source_key(&account, &src.key);
+        let locked = |l: lockout::Locked| AuthError::Locked {
+            retry_after: l.retry_after,
+        };
+        let state = self.lockout.reserve(&source_key, t).map_err(locked)?;
+        let throttle = if src.known_device {
+            None
+        } else {
+            match self.throttle.reserve(&account, t) {
+                Ok(filled) => Some((account, filled)),
+                Err(l) => {
+                    self.lockout.release(&source_key);
+                    return Err(locked(l));
+                }
+            }
+        };
+        Ok(Attempt {
+            source_key,
+            locked_now: matches!(
+                state,
+                LockState::Locked {
+                    just_locked: true,
+                    ..
+                }
+            ),
+            known_device: src.known_device,
+            throttle,
+        })
+    }
+
+    /// [`Auth::admit`] for an attempt from a client address (or none).
+    fn admit_from(&self, username: &str, ip: Option<IpAddr>) -> Result<Attempt, AuthError> {
+        self.admit(username, &Self::ip_source(ip))
+    }
+
+    /// A failed attempt: it stays counted; audited, with the lock or
+    /// throttle it started.
+    fn failed(&self, a: Attempt, username: &str, action: &str, reason: &str, ip: Option<IpAddr>) {
         self.audit(
             AuditEvent::new(username, action, Outcome::Failure)
                 .ip(ip)
                 .detail(reason),
         );
-        if let LockState::Locked {
-            just_locked: true, ..
-        } = state
-        {
+        if a.locked_now {
             self.audit(
                 AuditEvent::new(username, "lockout", Outcome::Failure)
                     .ip(ip)
                     .detail(format!(
                         "after {} failures from this {}",
                         self.settings.lockout_threshold,
-                        if src.known_device { "device" } else { "source" }
+                        if a.known_device { "device" } else { "source" }
                     )),
             );
         }
-        if throttled {
+        if a.throttle.as_ref().is_some_and(|(_, filled)| *filled) {
             self.audit(
                 AuditEvent::new(username, "lockout.throttle", Outcome::Failure)
                     .ip(ip)
@@ -867,42 +914,25 @@ impl Auth {
         }
     }
 
-    /// [`Auth::check_locked_from`] for a caller without a client address.
-    fn check_locked(&self, username: &str) -> Result<(), AuthError> {
-        self.check_locked_from(username, None)
+    /// A success: the source's failures are forgotten and the account's
+    /// room given back.
+    fn succeeded(&self, a: Attempt) {
+        self.lockout.record_success(&a.source_key);
+        self.release_throttle(&a);
     }
 
-    fn check_locked_from(&self, username: &str, ip: Option<IpAddr>) -> Result<(), AuthError> {
-        self.check_source(username, &Self::ip_source(ip))
+    /// An attempt that proved nothing either way (a right password whose
+    /// second step is to come, malformed input): its reservation is given
+    /// back, earlier failures stay.
+    fn release(&self, a: Attempt) {
+        self.lockout.release(&a.source_key);
+        self.release_throttle(&a);
     }
 
-    /// Refuses, before any credential is verified, an attempt from a
-    /// locked source, or (unless from a known device) on a throttled
-    /// account.
-    fn check_source(&self, username: &str, src: &Source) -> Result<(), AuthError> {
-        let t = now().max(0) as u64;
-        let account = Self::lock_key(username);
-        let locked = |l: lockout::Locked| AuthError::Locked {
-            retry_after: l.retry_after,
-        };
-        self.lockout
-            .check(&lockout::source_key(&account, &src.key), t)
-            .map_err(locked)?;
-        if src.known_device {
-            return Ok(());
+    fn release_throttle(&self, a: &Attempt) {
+        if let Some((account, _)) = &a.throttle {
+            self.throttle.release(account, now().max(0) as u64);
         }
-        self.throttle.check(&account, t).map_err(locked)
-    }
-
-    /// A success from `ip`: that source's failures are forgotten. The
-    /// account-wide throttle drains by itself (see [`AccountThrottle`]).
-    fn clear_failures(&self, username: &str, ip: Option<IpAddr>) {
-        self.clear_source(username, &Self::ip_source(ip));
-    }
-
-    fn clear_source(&self, username: &str, src: &Source) {
-        self.lockout
-            .record_success(&lockout::source_key(&Self::lock_key(username), &src.key));
     }
 
     /// The password step. Unknown users, wrong passwords and disabled
@@ -931,14 +961,20 @@ impl Auth {
         let bad =
             || AuthError::Unauthorized("invalid_credentials", "wrong username or password".into());
         let src = self.login_source(username, ip, device);
-        self.check_source(username, &src)?;
-        let Some((id, user)) = self.find_user(username)? else {
+        let attempt = self.admit(username, &src)?;
+        let Some((id, _)) = self.find_user(username)? else {
             let _ = self.hasher.verify_dummy(password);
             // Counted like any other failure: an unknown name locks after
             // the same attempts, or the 429 would reveal which names exist.
-            self.fail_from(username, "login", "unknown_user", ip, &src);
+            self.failed(attempt, username, "login", "unknown_user", ip);
             return Err(bad());
         };
+        // Stamped before the row the password is checked against is read:
+        // an account event from here on voids this sign-in.
+        let stamps = (self.epochs.password(id), self.epochs.sign_in(id));
+        let user = self
+            .get_user(id)
+            .map_err(|_| AuthError::unauthenticated())?;
         let ok = self
             .hasher
             .verify(password, &user.password_hash)
@@ -951,7 +987,7 @@ impl Auth {
             } else {
                 "setup_unfinished"
             };
-            self.fail_from(username, "login", reason, ip, &src);
+            self.failed(attempt, username, "login", reason, ip);
             return Err(bad());
         }
         if self.hasher.needs_rehash(&user.password_hash)
@@ -962,6 +998,13 @@ impl Auth {
                 Ok(())
             });
         }
+        // The password proved itself; the second step, if any, is counted
+        // on its own.
+        if user.totp.is_some() || user.role == Role::Admin {
+            self.release(attempt);
+        } else {
+            self.succeeded(attempt);
+        }
         if user.totp.is_none() && user.role == Role::Admin {
             // Admins must have a second factor: enroll now, before any session.
             let (sealed, enrollment) = self.enrollment(id, &user.username)?;
@@ -969,7 +1012,7 @@ impl Auth {
                 u.totp_pending = Some(sealed);
                 Ok(())
             })?;
-            let ticket = self.new_ticket(id, src.clone());
+            let ticket = self.new_ticket(id, src.clone(), stamps.0);
             self.audit(
                 AuditEvent::new(username, "login.password", Outcome::Success)
                     .ip(ip)
@@ -978,14 +1021,13 @@ impl Auth {
             return Ok(LoginStep::EnrollRequired { ticket, enrollment });
         }
         if user.totp.is_some() {
-            let ticket = self.new_ticket(id, src.clone());
+            let ticket = self.new_ticket(id, src.clone(), stamps.0);
             self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip));
             return Ok(LoginStep::MfaRequired { ticket });
         }
-        self.clear_source(username, &src);
         self.audit(AuditEvent::new(username, "login", Outcome::Success).ip(ip));
         Ok(LoginStep::Done(
-            self.create_session(id, &user, ip, user_agent)?,
+            self.create_session(id, &user, stamps, ip, user_agent)?,
         ))
     }
 
@@ -999,49 +1041,65 @@ impl Auth {
         code: Option<&str>,
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
-        src: &Source,
+        attempt: Attempt,
+        stamps: (Stamp, Stamp),
     ) -> Result<NewSession, AuthError> {
         let again = || AuthError::Unauthorized("invalid_ticket", "sign in again".into());
-        let pending = user.totp_pending.clone().ok_or_else(again)?;
-        let code = code.ok_or_else(|| AuthError::Invalid {
-            field: "code",
-            reason: "confirm the new authenticator with a `code`".into(),
-        })?;
+        let (Some(pending), Some(code)) = (user.totp_pending.clone(), code) else {
+            self.release(attempt);
+            return Err(if user.totp_pending.is_none() {
+                again()
+            } else {
+                AuthError::Invalid {
+                    field: "code",
+                    reason: "confirm the new authenticator with a `code`".into(),
+                }
+            });
+        };
         let mut probe = user.clone();
         probe.totp_last_step = None;
         let step = match self.check_totp(id, &probe, &pending, code) {
             Ok(s) => s,
             Err(e) => {
-                self.fail_from(&user.username, "login.mfa", "invalid_code", ip, src);
+                self.failed(attempt, &user.username, "login.mfa", "invalid_code", ip);
                 return Err(e);
             }
         };
-        self.take_ticket(ticket, id)?;
         let (codes, hashes) = recovery::generate();
         // Checked again inside the write: a concurrent confirmation of the
         // same enrollment finds it gone and gets no second session.
-        let user = self.update_user(id, |u| {
-            if u.totp.is_some() || u.totp_pending.as_deref() != Some(pending.as_slice()) {
-                return Err(again());
+        let taken = self.take_ticket(ticket, id).and_then(|()| {
+            self.update_user(id, |u| {
+                if u.totp.is_some() || u.totp_pending.as_deref() != Some(pending.as_slice()) {
+                    return Err(again());
+                }
+                u.totp = u.totp_pending.take();
+                u.totp_last_step = Some(step);
+                u.recovery_hashes = hashes;
+                Ok(())
+            })
+        });
+        let user = match taken {
+            Ok(u) => u,
+            Err(e) => {
+                // The code was right; a concurrent request won the ticket.
+                self.release(attempt);
+                return Err(e);
             }
-            u.totp = u.totp_pending.take();
-            u.totp_last_step = Some(step);
-            u.recovery_hashes = hashes;
-            Ok(())
-        })?;
-        self.clear_source(&user.username, src);
+        };
+        self.succeeded(attempt);
         self.audit(AuditEvent::new(&user.username, "mfa.enroll", Outcome::Success).ip(ip));
         self.audit(
             AuditEvent::new(&user.username, "login", Outcome::Success)
                 .ip(ip)
                 .detail("totp_enrolled"),
         );
-        let mut s = self.create_session(id, &user, ip, user_agent)?;
+        let mut s = self.create_session(id, &user, stamps, ip, user_agent)?;
         s.recovery_codes = codes;
         Ok(s)
     }
 
-    fn new_ticket(&self, id: UserId, source: Source) -> SecretString {
+    fn new_ticket(&self, id: UserId, source: Source, password_epoch: Stamp) -> SecretString {
         let ticket = random_token("lkt_");
         if let Ok(mut t) = self.tickets.lock() {
             let n = now();
@@ -1052,22 +1110,23 @@ impl Auth {
                     user_id: id,
                     expires_at: n + MFA_TICKET_SECS,
                     source,
+                    password_epoch,
                 },
             );
         }
         ticket
     }
 
-    /// The user a live ticket was issued to and where its password step
-    /// came from (the ticket stays).
-    fn ticket_user(&self, ticket: &str) -> Result<(UserId, Source), AuthError> {
+    /// The user a live ticket was issued to, where its password step came
+    /// from and its password-epoch stamp (the ticket stays).
+    fn ticket_user(&self, ticket: &str) -> Result<(UserId, Source, Stamp), AuthError> {
         let mut t = self
             .tickets
             .lock()
             .map_err(|_| AuthError::Internal("tickets".into()))?;
         let h = token_hash(ticket);
         match t.get(&h) {
-            Some(v) if v.expires_at > now() => Ok((v.user_id, v.source.clone())),
+            Some(v) if v.expires_at > now() => Ok((v.user_id, v.source.clone(), v.password_epoch)),
             _ => {
                 t.remove(&h);
                 Err(Self::ticket_expired())
@@ -1155,11 +1214,19 @@ impl Auth {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<NewSession, AuthError> {
-        let (id, src) = self.ticket_user(ticket)?;
+        let (id, src, password_epoch) = self.ticket_user(ticket)?;
+        // Stamped before the row the code is checked against is read.
+        let stamps = (password_epoch, self.epochs.sign_in(id));
         let user = self.get_user(id)?;
-        self.check_source(&user.username, &src)?;
+        if user.totp.is_some() && code.is_some() == recovery_code.is_some() {
+            return Err(AuthError::Invalid {
+                field: "code",
+                reason: "send exactly one of `code` or `recovery_code`".into(),
+            });
+        }
+        let attempt = self.admit(&user.username, &src)?;
         if user.totp.is_none() {
-            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent, &src);
+            return self.mfa_enroll(ticket, id, &user, code, ip, user_agent, attempt, stamps);
         }
         let sealed = user.totp.clone().ok_or_else(Self::ticket_expired)?;
         let result = match (code, recovery_code) {
@@ -1194,21 +1261,24 @@ impl Auth {
                             .ip(ip),
                     );
                 }
-                self.clear_source(&user.username, &src);
+                self.succeeded(attempt);
                 self.audit(
                     AuditEvent::new(&user.username, "login", Outcome::Success)
                         .ip(ip)
                         .detail(how),
                 );
-                self.create_session(id, &user, ip, user_agent)
+                self.create_session(id, &user, stamps, ip, user_agent)
             }
             Err(e) => {
                 let reason = match &e {
                     AuthError::Unauthorized(code, _) => *code,
-                    AuthError::Invalid { .. } => return Err(e),
+                    AuthError::Invalid { .. } => {
+                        self.release(attempt);
+                        return Err(e);
+                    }
                     _ => "invalid",
                 };
-                self.fail_from(&user.username, "login.mfa", reason, ip, &src);
+                self.failed(attempt, &user.username, "login.mfa", reason, ip);
                 Err(e)
             }
         }
@@ -1217,10 +1287,13 @@ impl Auth {
 
 // ---- sessions and tokens -------------------------------------------------
 impl Auth {
+    /// Writes the session of a sign-in whose credentials were verified
+    /// after `stamps` (password epoch, sign-in epoch) were taken.
     fn create_session(
         &self,
         id: UserId,
         user: &User,
+        stamps: (Stamp, Stamp),
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<NewSession, AuthError> {
@@ -1245,6 +1318,15 @@ impl Auth {
         let now_row = db::get::<User>(&txn.open_table(USERS)?, &id.key())?;
         if !now_row.is_some_and(|u| u.active && !u.disabled && u.role == user.role) {
             return Err(AuthError::unauthenticated());
+        }
+        // And no account event (password change, new recovery codes…)
+        // between the verification and now: its revocation found no
+        // session of ours to end, so we must not write one (see `auth::epoch`).
+        if !self.epochs.holds(id, stamps.0, stamps.1) {
+            return Err(AuthError::Unauthorized(
+                "invalid_ticket",
+                "the account changed during sign-in; sign in again".into(),
+            ));
         }
         index::put_session(&txn, &token_hash(token.expose_secret()), &session)?;
         txn.commit()?;
@@ -1417,6 +1499,13 @@ impl Auth {
         };
         let end = self.family_end(&family);
         let txn = self.store.db().begin_write()?;
+        // The session as it is now: one revoked since this request was
+        // authenticated gets no tokens (they would be dead anyway, but a
+        // family must not stand on a session that is gone).
+        let session = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)?;
+        if !session.is_some_and(|s| session_live(&s, now())) {
+            return Err(AuthError::unauthenticated());
+        }
         index::put_family(&txn, family_id, &family)?;
         let pair = self.mint_pair(&txn, p.user_id, family_id, end)?;
         txn.commit()?;
@@ -1683,7 +1772,7 @@ impl Auth {
                 "re-authentication is for signed-in sessions".into(),
             ));
         };
-        self.check_locked_from(&p.username, ip)?;
+        let attempt = self.admit_from(&p.username, ip)?;
         let user = self.get_user(p.user_id)?;
         let ok = match (&user.totp, code, password) {
             (Some(sealed), Some(c), _) => match self
@@ -1696,6 +1785,7 @@ impl Auth {
             },
             (None, _, Some(pw)) => self.hasher.verify(pw, &user.password_hash).unwrap_or(false),
             _ => {
+                self.release(attempt);
                 return Err(AuthError::Invalid {
                     field: "code",
                     reason: if user.totp.is_some() {
@@ -1707,13 +1797,13 @@ impl Auth {
             }
         };
         if !ok {
-            self.fail(&p.username, "reauth", "invalid", ip);
+            self.failed(attempt, &p.username, "reauth", "invalid", ip);
             return Err(AuthError::Unauthorized(
                 "invalid_code",
                 "that did not match".into(),
             ));
         }
-        self.clear_failures(&p.username, ip);
+        self.succeeded(attempt);
         let txn = self.store.db().begin_write()?;
         // Bound first: the table must be closed before `put` reopens it.
         let session = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)?;
@@ -2155,7 +2245,7 @@ impl Auth {
         current: &SecretString,
         new: &SecretString,
     ) -> Result<(), AuthError> {
-        self.check_locked(&p.username)?;
+        let attempt = self.admit_from(&p.username, None)?;
         let user = self.get_user(p.user_id)?;
         if !matches!(p.via, Via::Host)
             && !self
@@ -2163,16 +2253,25 @@ impl Auth {
                 .verify(current, &user.password_hash)
                 .unwrap_or(false)
         {
-            self.fail(&p.username, "password.change", "wrong_password", None);
+            self.failed(
+                attempt,
+                &p.username,
+                "password.change",
+                "wrong_password",
+                None,
+            );
             return Err(AuthError::Unauthorized(
                 "invalid_credentials",
                 "the current password is wrong".into(),
             ));
         }
+        // Proved nothing new about the account: earlier failures stay.
+        self.release(attempt);
         let hash = self.checked_hash(new, &p.username)?;
         // Whoever knew the old password may hold a sign-in made with it:
         // every other session and every token ends with the change.
         let keep = Keep::session_of(p);
+        let _changing = self.epochs.begin(p.user_id, Change::Password);
         let (_, ended) = self.change_user(p.user_id, |txn, u| {
             u.password_hash = hash;
             Self::revoke_user_credentials(txn, p.user_id, keep)
@@ -2216,6 +2315,11 @@ impl Auth {
         probe.totp_last_step = None;
         let step = self.check_totp(p.user_id, &probe, &pending, code)?;
         let mut codes = Vec::new();
+        // Replacing a factor ends sign-ins in progress with the old one.
+        let _changing = user
+            .totp
+            .is_some()
+            .then(|| self.epochs.begin(p.user_id, Change::SignIns));
         // Decided on the row as it is inside the write: a concurrent
         // confirmation of the same enrollment finds nothing pending.
         self.update_user(p.user_id, |u| {
@@ -2250,6 +2354,7 @@ impl Auth {
         }
         self.require_recent_auth(p)?;
         let keep = Keep::sign_in_of(p);
+        let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         self.change_user(p.user_id, |txn, u| {
             u.totp = None;
             u.totp_pending = None;
@@ -2268,6 +2373,7 @@ impl Auth {
         self.require_recent_auth(p)?;
         let (codes, hashes) = recovery::generate();
         let keep = Keep::sign_in_of(p);
+        let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         self.change_user(p.user_id, |txn, u| {
             u.recovery_hashes = hashes;
             Self::revoke_user_credentials(txn, p.user_id, keep)
@@ -2318,6 +2424,8 @@ impl Auth {
             Via::Session { hash, .. } => Some(*hash),
             _ => None,
         };
+        // "Sign out everywhere" ends sign-ins in progress too.
+        let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         let txn = self.store.db().begin_write()?;
         let mut n = 0;
         for k in index::sessions_of(&txn, p.user_id)? {
@@ -2529,6 +2637,7 @@ impl Auth {
     /// Ends every sign-in of `p`'s user but the caller's own, in a
     /// transaction of its own.
     fn end_other_sign_ins(&self, p: &Principal) -> Result<usize, AuthError> {
+        let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         let txn = self.store.db().begin_write()?;
         let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
         txn.commit()?;
@@ -2680,6 +2789,7 @@ impl Auth {
         if id == p.user_id && role != Role::Admin {
             self.ensure_another_admin(id)?;
         }
+        let _changing = self.epochs.begin(id, Change::Password);
         let (u, revoked) = self.change_user(id, |txn, u| {
             let old = u.role;
             u.role = role;
@@ -2756,6 +2866,7 @@ impl Auth {
                 }
             })?;
         }
+        let _changing = disabled.then(|| self.epochs.begin(id, Change::Password));
         let (u, revoked) = self.change_user(id, |txn, u| {
             u.disabled = disabled;
             if disabled {
@@ -2796,6 +2907,7 @@ impl Auth {
         Self::require_admin(p)?;
         self.require_recent_auth(p)?;
         let (id, _) = self.user_by_name(username)?;
+        let _changing = self.epochs.begin(id, Change::Password);
         let (u, _) = self.change_user(id, |txn, u| {
             u.totp = None;
             u.totp_pending = None;
