@@ -472,7 +472,6 @@ impl PasswordHasher {
         if Algorithm::new(parsed.algorithm.as_str()).is_err() {
             return Err(PasswordError::MalformedHash);
         }
-        drop(parsed);
         let argon2 = self.argon2();
         let pw = Zeroizing::new(password.expose_secret().as_bytes().to_vec());
         let phc = phc.to_owned();
