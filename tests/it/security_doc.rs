@@ -69,6 +69,11 @@ fn every_test_named_in_security_md_exists() {
         functions_under(&root.join(dir), &mut fns);
     }
     assert!(fns.len() > 500, "found only {} functions", fns.len());
+    // Configuration keys and metric names are backticked snake_case too;
+    // they are not test names.
+    let config =
+        std::fs::read_to_string(root.join("docs/CONFIGURATION.md")).expect("docs/CONFIGURATION.md");
+    let settings = cited_tests(&config);
     let mut docs = vec![root.join("docs/SECURITY.md")];
     let detail = root.join("docs/security");
     let mut pages: Vec<PathBuf> = std::fs::read_dir(&detail)
@@ -84,7 +89,10 @@ fn every_test_named_in_security_md_exists() {
         for name in cited_tests(&text) {
             // Names of settings and scopes are backticked too; only names
             // that look like a sentence (tests) must exist.
-            if name.matches('_').count() < 3 {
+            if name.matches('_').count() < 3
+                || name.starts_with("latchkey_")
+                || settings.contains(&name)
+            {
                 continue;
             }
             cited += 1;
