@@ -166,7 +166,8 @@ fn disabling_a_user_and_storing_a_secret_need_a_fresh_confirmation() {
     let s = serve(&d, "reauth_window = \"2s\"\n");
     let owner = web_setup(&s, "owner");
     let _bob = invited(&s, &owner.browser, "bob", "user");
-    std::thread::sleep(Duration::from_millis(2500));
+    // The window is compared in whole seconds: 3.5 s is always past 2 s.
+    std::thread::sleep(Duration::from_millis(3500));
     let b = &owner.browser;
     let r = b.call("POST", "/api/users/bob/disable", None);
     assert_eq!(
