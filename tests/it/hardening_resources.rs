@@ -3,6 +3,7 @@
 //! number of API keys, and account or vault changes without a fresh
 //! confirmation. Each test performs the attack against the real binary.
 
+use latchkey_e2e::race::vm_rss_kib;
 use latchkey_e2e::{ServeOpts, Server, TestDir, auth_config, invited, spawn_server, web_setup};
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,17 +11,6 @@ use std::time::Duration;
 
 fn serve(d: &TestDir, auth_extra: &str) -> Server {
     spawn_server(d, &ServeOpts::new().config(&auth_config(auth_extra)))
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[test]

@@ -5,36 +5,16 @@
 //! no more evaluations than sequential ones and the account-wide throttle
 //! never makes anyone wait more than one interval.
 
+use latchkey_e2e::race::at_once;
 use latchkey_e2e::{
     Browser, PASSWORD, Resp, ServeOpts, Server, TestDir, auth_config, invited, spawn_server,
     web_setup,
 };
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 fn serve(d: &TestDir, auth_extra: &str) -> Server {
     spawn_server(d, &ServeOpts::new().config(&auth_config(auth_extra)))
-}
-
-/// `n` threads released at once, each running `op(i)`; their results.
-fn at_once<T: Send>(n: usize, op: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let gate = Barrier::new(n);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                let (gate, op) = (&gate, &op);
-                s.spawn(move || {
-                    gate.wait();
-                    op(i)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    })
 }
 
 fn login_body(username: &str, password: &str) -> String {

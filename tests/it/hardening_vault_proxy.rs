@@ -4,6 +4,7 @@
 //! upstream says, traversal paths for other parsers, and forged backups.
 
 use super::proxy::{Mock, post};
+use latchkey_e2e::race::vm_rss_kib;
 use latchkey_e2e::{
     ServeOpts, Server, TestDir, auth_config, create_key, openssl, spawn_server, web_setup,
 };
@@ -113,17 +114,6 @@ fn passphrase_server() -> (TestDir, Server) {
     );
     let s = spawn_server(&d, &ServeOpts::new().config(&config));
     (d, s)
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn unseal(s: &Server, pass: &str, auth: Option<&str>) -> latchkey_e2e::Resp {

@@ -6,6 +6,7 @@ mod auth;
 mod server;
 
 pub mod oidc;
+pub mod race;
 pub mod ui;
 
 pub use auth::{
