@@ -556,7 +556,7 @@ fn sessions_roles_and_guests() {
 }
 
 /// A TLS connection to the server trusting only its CA, speaking HTTP/1.1.
-async fn tls_to(s: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+pub(crate) async fn tls_to(s: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(s.ca_pem()).expect("ca") {

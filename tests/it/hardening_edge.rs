@@ -5,6 +5,7 @@
 //! parallel callbacks against the real OpenID Connect provider).
 
 use crate::agent::Backend;
+use crate::agent::tls_to;
 use futures_util::{SinkExt, StreamExt};
 use latchkey_e2e::oidc::{
     BINDING_COOKIE, Decision, Idp, OAuthBrowser, PROVIDER, SECRET_ENTRY, callback_urls,
@@ -110,30 +111,6 @@ fn agent_config(backend: u16, extra: &str) -> String {
 
 fn cookie_of(b: &Browser<'_>) -> String {
     format!("__Host-latchkey_session={}", b.cookie().expect("signed in"))
-}
-
-/// A TLS connection to the server trusting only its CA, HTTP/1.1.
-async fn tls_to(s: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(s.ca_pem()).expect("ca") {
-        roots.add(cert.expect("cert")).expect("add ca");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("tls")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
-        .await
-        .expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .expect("tls handshake")
 }
 
 type Ws =

@@ -11,9 +11,9 @@
 //! - a usage row's key (`UsageKey`) round-trips through its encoding.
 #![no_main]
 
-use latchkey_core::proxy::usage::{Usage, UsageKey, UsageParser};
+use latchkey_core::proxy::usage::{Usage, UsageKey, UsageParser, reference_usage as reference};
 use libfuzzer_sys::fuzz_target;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 fn parse(ct: &str, body: &[u8], cuts: &[usize]) -> Usage {
     let mut p = UsageParser::for_content_type(Some(ct));
@@ -25,48 +25,6 @@ fn parse(ct: &str, body: &[u8], cuts: &[usize]) -> Usage {
     }
     p.feed(&body[at..]);
     p.finish()
-}
-
-/// The reference: a whole `serde_json::Value` tree, fields read as
-/// `proxy::usage` documents them.
-fn reference(json: &[u8], u: &mut Usage) {
-    fn present<'v>(o: &'v Map<String, Value>, k: &str) -> Option<&'v Value> {
-        o.get(k).filter(|v| !v.is_null())
-    }
-    fn own(u: &mut Usage, o: &Map<String, Value>) {
-        if u.model.is_none()
-            && let Some(m) = present(o, "model")
-                .or_else(|| present(o, "modelVersion"))
-                .and_then(Value::as_str)
-        {
-            u.model = Some(
-                m.chars()
-                    .take(128)
-                    .map(|c| if c == '\0' { '?' } else { c })
-                    .collect(),
-            );
-        }
-        for c in ["usage", "usageMetadata"]
-            .into_iter()
-            .filter_map(|k| present(o, k)?.as_object())
-        {
-            let first = |ks: [&str; 3]| ks.into_iter().find_map(|k| c.get(k)?.as_u64());
-            if let Some(n) = first(["prompt_tokens", "input_tokens", "promptTokenCount"]) {
-                u.input_tokens = n;
-            }
-            if let Some(n) = first(["completion_tokens", "output_tokens", "candidatesTokenCount"]) {
-                u.output_tokens = n;
-            }
-        }
-    }
-    if let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(json) {
-        if let Some(m) = present(&top, "message").and_then(Value::as_object)
-            && present(m, "usage").is_some()
-        {
-            own(u, m);
-        }
-        own(u, &top);
-    }
 }
 
 /// Whether serde reads `json` as an object (else the scanner may see more

@@ -7,59 +7,15 @@
 use super::AuthError;
 use super::scope::Role;
 use super::service::*;
+use super::service_tests::{Fixture, PASSWORD, code, fixture, pw};
 use super::store::{
     self as db, ACCESS_TOKENS, INVITES, REFRESH_FAMILIES, REFRESH_TOKENS, SESSIONS,
 };
-use crate::config::AuthSettings;
 use crate::secrecy::{ExposeSecret, SecretString};
-use crate::store::Store;
-use crate::vault::{MasterKeySource, Vault};
 use latchkey_migrations::v4::AUTH_INDEX;
 use redb::{ReadableDatabase, ReadableTableMetadata};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    auth: Arc<Auth>,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), "test").expect("store");
-    let vault = Arc::new(Vault::new(store.clone()));
-    vault
-        .open_with(&MasterKeySource::KeyFile {
-            path: dir.path().join("master.key"),
-        })
-        .expect("vault");
-    let auth = Auth::new(store, vault, AuthSettings::default()).expect("auth");
-    Fixture { _dir: dir, auth }
-}
-
-fn pw(s: &str) -> SecretString {
-    SecretString::from(s.to_string())
-}
-
-const PASSWORD: &str = "correct horse battery staple 42";
-
-fn code(uri: &str, steps: i64) -> String {
-    let secret = uri
-        .split(['?', '&'])
-        .find_map(|p| p.strip_prefix("secret="))
-        .expect("secret in uri");
-    let bytes = totp_rs::Secret::try_from_base32(secret).expect("base32");
-    let totp = totp_rs::Builder::new()
-        .with_algorithm(totp_rs::Algorithm::SHA1)
-        .with_digits(6)
-        .with_step_duration(30)
-        .with_secret(bytes.as_ref())
-        .build()
-        .expect("totp");
-    totp.generate((now() + steps * 30).max(0) as u64)
-        .to_string()
-}
 
 fn ticket(f: &Fixture, ip: Option<IpAddr>) -> SecretString {
     match f

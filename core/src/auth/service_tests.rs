@@ -10,12 +10,12 @@ use crate::store::Store;
 use crate::vault::{MasterKeySource, Vault};
 use std::sync::Arc;
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
-    auth: Arc<Auth>,
+    pub(super) auth: Arc<Auth>,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), "test").expect("store");
     let vault = Arc::new(Vault::new(store.clone()));
@@ -28,14 +28,14 @@ fn fixture() -> Fixture {
     Fixture { _dir: dir, auth }
 }
 
-fn pw(s: &str) -> SecretString {
+pub(super) fn pw(s: &str) -> SecretString {
     SecretString::from(s.to_string())
 }
 
-const PASSWORD: &str = "correct horse battery staple 42";
+pub(super) const PASSWORD: &str = "correct horse battery staple 42";
 
 /// The current code for an otpauth URI, shifted by `steps`.
-fn code(uri: &str, steps: i64) -> String {
+pub(super) fn code(uri: &str, steps: i64) -> String {
     let secret = uri
         .split(['?', '&'])
         .find_map(|p| p.strip_prefix("secret="))

@@ -663,6 +663,52 @@ fn day_end(to: &str) -> Vec<u8> {
     end
 }
 
+/// The reference reading of one JSON body for tests and the fuzz target:
+/// a whole `serde_json::Value` tree, fields read as documented above (the
+/// implementation before the one-pass scanner). Adds to `u` like the
+/// scanner does, so an SSE stream is the reference applied per event.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn reference_usage(json: &[u8], u: &mut Usage) {
+    use serde_json::{Map, Value};
+    fn present<'v>(o: &'v Map<String, Value>, k: &str) -> Option<&'v Value> {
+        o.get(k).filter(|v| !v.is_null())
+    }
+    fn own(u: &mut Usage, o: &Map<String, Value>) {
+        if u.model.is_none()
+            && let Some(m) = present(o, "model")
+                .or_else(|| present(o, "modelVersion"))
+                .and_then(Value::as_str)
+        {
+            u.model = Some(
+                m.chars()
+                    .take(128)
+                    .map(|c| if c == '\0' { '?' } else { c })
+                    .collect(),
+            );
+        }
+        for c in ["usage", "usageMetadata"]
+            .into_iter()
+            .filter_map(|k| present(o, k)?.as_object())
+        {
+            let first = |ks: [&str; 3]| ks.into_iter().find_map(|k| c.get(k)?.as_u64());
+            if let Some(n) = first(["prompt_tokens", "input_tokens", "promptTokenCount"]) {
+                u.input_tokens = n;
+            }
+            if let Some(n) = first(["completion_tokens", "output_tokens", "candidatesTokenCount"]) {
+                u.output_tokens = n;
+            }
+        }
+    }
+    if let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(json) {
+        if let Some(m) = present(&top, "message").and_then(Value::as_object)
+            && present(m, "usage").is_some()
+        {
+            own(u, m);
+        }
+        own(u, &top);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -772,50 +818,11 @@ mod tests {
         );
     }
 
-    /// What [`usage_of`] must find, read the slow way: a whole
-    /// `serde_json::Value` tree (the implementation before the scanner).
+    /// What [`usage_of`] must find, read the slow way (see
+    /// [`reference_usage`]).
     fn reference(json: &str) -> Usage {
-        use serde_json::{Map, Value};
-        fn present<'v>(o: &'v Map<String, Value>, k: &str) -> Option<&'v Value> {
-            o.get(k).filter(|v| !v.is_null())
-        }
-        fn own(u: &mut Usage, o: &Map<String, Value>) {
-            if u.model.is_none()
-                && let Some(m) = present(o, "model")
-                    .or_else(|| present(o, "modelVersion"))
-                    .and_then(Value::as_str)
-            {
-                u.model = Some(
-                    m.chars()
-                        .take(128)
-                        .map(|c| if c == '\0' { '?' } else { c })
-                        .collect(),
-                );
-            }
-            for c in ["usage", "usageMetadata"]
-                .into_iter()
-                .filter_map(|k| present(o, k)?.as_object())
-            {
-                let first = |ks: [&str; 3]| ks.into_iter().find_map(|k| c.get(k)?.as_u64());
-                if let Some(n) = first(["prompt_tokens", "input_tokens", "promptTokenCount"]) {
-                    u.input_tokens = n;
-                }
-                if let Some(n) =
-                    first(["completion_tokens", "output_tokens", "candidatesTokenCount"])
-                {
-                    u.output_tokens = n;
-                }
-            }
-        }
         let mut u = Usage::default();
-        if let Ok(Value::Object(top)) = serde_json::from_str::<Value>(json) {
-            if let Some(m) = present(&top, "message").and_then(Value::as_object)
-                && present(m, "usage").is_some()
-            {
-                own(&mut u, m);
-            }
-            own(&mut u, &top);
-        }
+        reference_usage(json.as_bytes(), &mut u);
         u
     }
 
