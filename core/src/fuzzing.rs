@@ -26,7 +26,7 @@ pub fn json_string(value: &[u8]) -> Option<String> {
 
 /// The token of `Authorization: Bearer …`.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    crate::http::extract::bearer(headers)
+    crate::net::headers::bearer(headers)
 }
 
 /// The OAuth binding cookie's value (`__Host-latchkey-oauth`).

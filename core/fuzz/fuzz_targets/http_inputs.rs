@@ -1,8 +1,8 @@
 //! Small parsers of request headers and queries that decide who is
 //! calling: the session cookie and the OAuth binding cookie
 //! (`http::authn::session_cookie`, `http::connections::binding_cookie`),
-//! `Authorization: Bearer` (`http::extract::bearer`), the client address
-//! from `X-Forwarded-For` (`auth::ratelimit::client_ip`) and the OAuth
+//! `Authorization: Bearer` (`net::headers::bearer`), the client address
+//! from `X-Forwarded-For` (`net::client::forwarded_client`) and the OAuth
 //! callback's query (`http::connections::callback_params`).
 //!
 //! The input is up to six fields separated by 0xFF: two `Cookie` headers,
@@ -26,7 +26,8 @@
 
 use http::{HeaderMap, HeaderValue, header};
 use ipnet::IpNet;
-use latchkey_core::auth::ratelimit::{bucket_key, client_ip};
+use latchkey_core::auth::ratelimit::bucket_key;
+use latchkey_core::net::client::forwarded_client as client_ip;
 use latchkey_core::connections::CallbackParams;
 use latchkey_core::fuzzing::{bearer, binding_cookie, callback_params};
 use latchkey_core::http::authn::{SESSION_COOKIE, session_cookie, set_session_cookie};

@@ -1,4 +1,4 @@
-//! The proxy's path check (`proxy::headers::check_path`), which stands
+//! The proxy's path check (`net::path::check_path`), which stands
 //! between a client's path and every upstream (and agent backend).
 //!
 //! Properties:
@@ -13,7 +13,7 @@
 //! - the verdict is deterministic (checked twice, same answer).
 #![no_main]
 
-use latchkey_core::proxy::headers::check_path;
+use latchkey_core::net::path::check_path;
 use libfuzzer_sys::fuzz_target;
 
 fn hex(c: u8) -> Option<u8> {

@@ -5,11 +5,10 @@
 //! the configuration.
 
 use crate::auth::scope::{AgentName, Role, Scope};
-use axum::http::Uri;
+use crate::net::upstream::{PlainHttp, Upstream, parse_upstream, read_ca_file};
 use axum::http::uri::{Authority, Scheme};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -88,8 +87,11 @@ pub fn resolve(name: &str, s: &AgentSettings) -> Result<Agent, (String, String)>
             "the backend's URL is needed, e.g. upstream = \"http://127.0.0.1:3000\"".to_string(),
         )
     })?;
-    let (scheme, authority, base_path) =
-        parse_upstream(upstream).map_err(|m| (key("upstream"), m))?;
+    let Upstream {
+        scheme,
+        authority,
+        base_path,
+    } = parse_upstream(upstream, PlainHttp::Local).map_err(|m| (key("upstream"), m))?;
     if s.roles.is_empty() {
         return Err((
             key("roles"),
@@ -130,81 +132,6 @@ pub fn resolve(name: &str, s: &AgentSettings) -> Result<Agent, (String, String)>
         first_byte_timeout: s.first_byte_timeout,
         idle_timeout: s.idle_timeout,
     })
-}
-
-fn read_ca_file(
-    path: &std::path::Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    use rustls::pki_types::pem::PemObject;
-    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
-    }
-    Ok(certs)
-}
-
-/// `scheme://host[:port][/base]`: no user info, query or fragment. Plain
-/// `http` only to hosts that are plainly local: loopback, private and
-/// link-local addresses, and single-label or `.local`/`.internal`/`.lan`/
-/// `.home.arpa` names (containers, the LAN) — identity headers and the
-/// assertion must not cross the internet in clear.
-fn parse_upstream(u: &str) -> Result<(Scheme, Authority, String), String> {
-    let uri: Uri = u
-        .parse()
-        .map_err(|_| format!("`{u}` is not a URL like http://127.0.0.1:3000"))?;
-    let scheme = uri
-        .scheme()
-        .cloned()
-        .ok_or_else(|| format!("`{u}` needs http:// or https://"))?;
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| format!("`{u}` has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err("user info (`user@`) is not allowed in an upstream".into());
-    }
-    if uri.query().is_some() || u.contains('#') {
-        return Err("an upstream has no query or fragment".into());
-    }
-    if scheme == Scheme::HTTP {
-        if !is_local_host(authority.host()) {
-            return Err(
-                "plain http is only allowed to local backends (loopback, private addresses, \
-                 single-label or .local/.internal/.lan names); use https"
-                    .into(),
-            );
-        }
-    } else if scheme != Scheme::HTTPS {
-        return Err(format!("`{u}` needs http:// or https://"));
-    }
-    let base = uri.path().trim_end_matches('/').to_string();
-    if base.contains("//") || base.split('/').any(|s| s == ".." || s == ".") || base.contains('%') {
-        return Err("the upstream path must be plain".into());
-    }
-    Ok((scheme, authority, base))
-}
-
-fn is_local_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return match ip {
-            IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
-            IpAddr::V6(v6) => {
-                v6.is_loopback()
-                    || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                    || (v6.segments()[0] & 0xffc0) == 0xfe80 // link-local
-            }
-        };
-    }
-    let host = host.to_ascii_lowercase();
-    let host = host.trim_end_matches('.');
-    !host.contains('.')
-        || [".local", ".internal", ".lan", ".home.arpa", ".localhost"]
-            .iter()
-            .any(|s| host.ends_with(s))
 }
 
 #[cfg(test)]

@@ -16,26 +16,21 @@ use crate::auth::scope::Scope;
 use crate::http::AppState;
 use crate::http::authn::client_ip;
 use crate::http::error::ApiError;
-use crate::proxy::headers::{
-    canonical_name, check_path, is_hop_by_hop, is_reserved_request_header,
+use crate::net::body::{BoxError, DRAIN_LIMIT, DRAIN_TIME, Hooks, Streamed, drain};
+use crate::net::cookie;
+use crate::net::headers::{
+    canonical_name, connection_listed, is_hop_by_hop, is_reserved_request_header,
 };
+use crate::net::path::check_path;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Limited;
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
-
-use crate::http::middleware::{DRAIN_LIMIT, DRAIN_TIME, drain};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let mut body = None;
@@ -215,15 +210,15 @@ async fn forward(
         return Ok(out);
     }
     let (rparts, rbody) = resp.into_parts();
-    let body = IdleBody {
-        inner: rbody,
-        idle: agent.idle_timeout,
-        timer: Box::pin(tokio::time::sleep(agent.idle_timeout)),
-        revoked: until_revoked(Guard {
+    let body = Streamed::new(
+        rbody,
+        agent.idle_timeout,
+        "agent backend idle timeout",
+        Cut(until_revoked(Guard {
             revoked: epoch,
             still_valid: recheck(state.clone(), &parts, Arc::clone(&route), scope),
-        }),
-    };
+        })),
+    );
     let mut out = Response::new(Body::new(body));
     *out.status_mut() = rparts.status;
     *out.headers_mut() = response_headers(&rparts.headers);
@@ -314,18 +309,6 @@ fn backend_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Ap
     Ok(uri)
 }
 
-/// Headers named in `Connection` (hop-by-hop too), canonical.
-fn connection_listed(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| canonical_name(s.trim()).into_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 /// The client's headers a backend may see: no hop-by-hop headers, no
 /// `Host` (hyper sets the backend's), no forwarding or identity headers
 /// the client made up (Latchkey sets its own) in any spelling
@@ -349,14 +332,13 @@ pub fn request_headers(client: &HeaderMap) -> HeaderMap {
         if n == "cookie" {
             let Ok(v) = value.to_str() else { continue };
             cookies.extend(
-                v.split(';')
-                    .map(str::trim)
-                    .filter(|pair| !pair.is_empty())
-                    .filter(|pair| {
-                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                        !is_latchkey_cookie(k) && !identity::looks_like_credential(v.as_bytes())
+                cookie::pairs(v)
+                    .filter(|p| {
+                        let value = p.value.unwrap_or_default();
+                        !is_latchkey_cookie(p.name)
+                            && !identity::looks_like_credential(value.as_bytes())
                     })
-                    .map(str::to_owned),
+                    .map(|p| p.raw.to_owned()),
             );
             continue;
         }
@@ -425,48 +407,14 @@ fn upstream_error(route: &Route, e: hyper_util::client::legacy::Error, max: usiz
     .into()
 }
 
-/// The backend's body, frame by frame, cut off after `idle` of silence or
-/// when the caller's credential ends.
-struct IdleBody {
-    inner: Incoming,
-    idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-    revoked: Revoked,
-}
+/// The backend's body is cut off when the caller's credential ends.
+struct Cut(Revoked);
 
-impl HttpBody for IdleBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if Pin::new(&mut this.revoked).poll(cx).is_ready() {
-            return Poll::Ready(Some(Err("the caller's credential was revoked".into())));
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err("agent backend idle timeout".into()))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl Hooks for Cut {
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|()| "the caller's credential was revoked".into())
     }
 }
 

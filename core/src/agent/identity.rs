@@ -19,6 +19,7 @@ use crate::auth::{Principal, Via};
 use crate::http::ApiError;
 use crate::http::AppState;
 use crate::http::authn::{API_KEY_HEADER, Authenticated, SESSION_COOKIE};
+use crate::net::headers::bearer;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
@@ -37,13 +38,6 @@ pub fn looks_like_credential(value: &[u8]) -> bool {
     let s = String::from_utf8_lossy(value);
     s.split(|c: char| c.is_ascii_whitespace() || matches!(c, ',' | ';' | '=' | ':' | '"'))
         .any(|w| PREFIXES.iter().any(|p| w.starts_with(p)))
-}
-
-/// The bearer token of `Authorization`, if that is its scheme.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Authenticates the caller of `parts`; `method` is what the CSRF rule

@@ -32,6 +32,7 @@ pub use config::{Agent, AgentSettings};
 use crate::auth::scope::Role;
 use crate::config::Settings;
 use crate::http::{ApiError, AppState};
+use crate::net::tls::{Trust, client_config};
 use crate::vault::Vault;
 use assertion::{Signer, SignerError};
 use axum::Router;
@@ -127,24 +128,12 @@ impl Agents {
 }
 
 fn build_client(a: &Agent) -> Result<AgentClient, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if a.scheme == axum::http::uri::Scheme::HTTPS {
-        for cert in rustls_native_certs::load_native_certs().certs {
-            // One unparsable system certificate must not stop the server.
-            let _ = roots.add(cert);
-        }
-        for cert in &a.extra_roots {
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("ca_file: {e}"))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client configuration: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let trust = if a.scheme == axum::http::uri::Scheme::HTTPS {
+        Trust::System(&a.extra_roots)
+    } else {
+        Trust::Nothing
+    };
+    let tls = client_config(trust).map_err(|e| e.to_string())?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -10,6 +10,8 @@
 //! log or error message (they may hold tokens).
 
 use super::config::{ClientAuth, Provider, check_url};
+use crate::net::error::chain;
+use crate::net::tls::{Trust, client_config};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -17,7 +19,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Connect limit per request.
@@ -57,22 +58,7 @@ impl HttpClient {
     pub fn new(
         extra_roots: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Result<HttpClient, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            // One unparsable system certificate must not stop the server.
-            let _ = roots.add(cert);
-        }
-        for c in extra_roots {
-            roots
-                .add(c.clone())
-                .map_err(|e| format!("extra CA certificate: {e}"))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS client configuration: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = client_config(Trust::System(extra_roots)).map_err(|e| e.to_string())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -99,7 +85,7 @@ impl HttpClient {
                 .inner
                 .request(req)
                 .await
-                .map_err(|e| HttpError::Connect(error_chain(&e)))?;
+                .map_err(|e| HttpError::Connect(chain(&e)))?;
             let (parts, body) = resp.into_parts();
             let bytes = Limited::new(body, MAX_RESPONSE)
                 .collect()
@@ -138,18 +124,6 @@ impl<'c> oauth2::AsyncHttpClient<'c> for HttpClient {
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(self.send(request))
     }
-}
-
-/// hyper's errors hide the cause (refused, TLS, DNS) in their sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 /// The endpoints in use for a provider (configured, or discovered).

@@ -12,8 +12,8 @@
 //! loopback hosts (a local test server).
 
 use crate::auth::scope::{EntryName, ProviderName, Scope, Target};
+use crate::net::upstream::read_ca_file;
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -341,7 +341,7 @@ pub fn resolve(name: &str, s: &ConnectionSettings) -> Result<Provider, (String, 
         })
         .transpose()?;
     let extra_roots = match &s.ca_file {
-        Some(path) => load_roots(path).map_err(|m| (key("ca_file"), m))?,
+        Some(path) => read_ca_file(path).map_err(|m| (key("ca_file"), m))?,
         None => Vec::new(),
     };
     Ok(Provider {
@@ -422,20 +422,6 @@ pub fn check_public_url(u: &str) -> Result<String, String> {
         ));
     }
     Ok(checked)
-}
-
-fn load_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read `{shown}`: {e}"))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("`{shown}` is not PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "`{shown}` holds no certificate (expected -----BEGIN CERTIFICATE-----)"
-        ));
-    }
-    Ok(certs)
 }
 
 #[cfg(test)]

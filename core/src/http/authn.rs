@@ -20,16 +20,16 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::bearer;
-use crate::auth::ratelimit;
 use crate::auth::scope::{Permission, Scope};
 use crate::auth::{Auth, AuthError, Principal, Via};
-use axum::extract::{ConnectInfo, FromRequestParts, OptionalFromRequestParts, Request, State};
+use crate::net::headers::bearer;
+use crate::net::{client, cookie};
+use axum::extract::{FromRequestParts, OptionalFromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,7 +38,7 @@ use std::time::Instant;
 pub const SESSION_COOKIE: &str = "__Host-latchkey_session";
 
 /// The API key header some SDKs use instead of `Authorization`.
-pub const API_KEY_HEADER: &str = "x-api-key";
+pub use crate::net::headers::API_KEY_HEADER;
 
 /// An authenticated caller. Handlers take it as an argument; a request
 /// without valid credentials never reaches them (401 `unauthenticated`).
@@ -87,81 +87,27 @@ impl Authenticated {
 
 /// The peer's address (set by the server's accept loop), if known.
 pub fn peer(parts_ext: &axum::http::Extensions) -> Option<SocketAddr> {
-    parts_ext
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(p)| *p)
+    client::peer(parts_ext)
 }
 
-/// Headers only a relay (reverse proxy, load balancer, CDN, tunnel) adds
-/// to say whom it acts for. Compared by their canonical spelling
-/// ([`crate::proxy::headers::canonical_name`]), so `X_Forwarded_For`
-/// counts too. Beyond these names, every `X-Forwarded…` header and every
-/// name that ends like an address (`…-ip`, `…-ipv6`, `…-addr`,
-/// `…-address`: `X-Real-IP`, `Client-IP`, `X-Originating-IP`,
-/// `X-Remote-Addr`, `X-Envoy-External-Address`, `CF-Connecting-IPv6`, …)
-/// counts, so a relay's dialect we did not list still loses host
-/// authority.
-const RELAY_HEADERS: [&str; 4] = [
-    "forwarded",
-    "via",
-    "x-original-forwarded-for",
-    "x-original-host",
-];
-
-/// Address-like suffixes of relay headers (see [`RELAY_HEADERS`]).
-const RELAY_SUFFIXES: [&str; 4] = ["-ip", "-ipv6", "-addr", "-address"];
-
-/// Whether a (canonical) header name is one a relay adds.
-fn is_relay_header(canonical: &str) -> bool {
-    canonical.starts_with("x-forwarded")
-        || RELAY_HEADERS.contains(&canonical)
-        || RELAY_SUFFIXES.iter().any(|s| canonical.ends_with(s))
-}
-
-/// Whether the request was relayed: it carries any forwarding header
-/// (`Forwarded`, `Via`, `X-Forwarded-*`, `X-Real-IP`, … in any spelling),
-/// or its peer is one of `auth.trusted_proxies` (a proxy may forward
-/// without saying so).
+/// Whether the request was relayed ([`client::relayed`], with
+/// `auth.trusted_proxies`).
 pub fn relayed(state: &AppState, headers: &HeaderMap, ext: &axum::http::Extensions) -> bool {
-    let by_header = headers
-        .keys()
-        .any(|name| is_relay_header(&crate::proxy::headers::canonical_name(name.as_str())));
-    by_header
-        || peer(ext).is_some_and(|p| {
-            let ip = p.ip().to_canonical();
-            state.trusted_proxies.iter().any(|net| net.contains(&ip))
-        })
+    client::relayed(&state.trusted_proxies, headers, ext)
 }
 
 /// Whether the request comes from the host itself, with the authority
 /// that gives (the admin token, `/metrics` in `loopback` mode): a
-/// loopback peer **and** not relayed. A reverse proxy on the same host
-/// connects from loopback on behalf of anyone on the network, so a
-/// relayed request never has host authority, whatever its peer address.
-/// This is the one place that decides "local"; no handler looks at the
-/// peer address for that itself.
+/// loopback peer **and** not relayed ([`client::from_host`]). Every
+/// handler asks here; none looks at the peer address for that itself.
 pub fn from_host(state: &AppState, headers: &HeaderMap, ext: &axum::http::Extensions) -> bool {
-    peer(ext).is_some_and(|p| super::ops::is_loopback(&p)) && !relayed(state, headers, ext)
+    client::from_host(&state.trusted_proxies, headers, ext)
 }
 
 /// The client's address for rate limits and the audit log: the peer, or
-/// what a trusted proxy says in `X-Forwarded-For`.
+/// what a trusted proxy says in `X-Forwarded-For` ([`client::client_ip`]).
 pub fn client_ip(state: &AppState, headers: &HeaderMap, ext: &axum::http::Extensions) -> IpAddr {
-    let Some(peer) = peer(ext) else {
-        // No socket (handler tests): one shared bucket.
-        return IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-    };
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let joined = xff.join(",");
-    ratelimit::client_ip(
-        peer,
-        (!xff.is_empty()).then_some(joined.as_str()),
-        &state.trusted_proxies,
-    )
+    client::client_ip(&state.trusted_proxies, headers, ext)
 }
 
 pub fn user_agent(headers: &HeaderMap) -> Option<String> {
@@ -173,20 +119,7 @@ pub fn user_agent(headers: &HeaderMap) -> Option<String> {
 
 /// The session cookie's value, if the request carries one.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    named_cookie(headers, SESSION_COOKIE)
-}
-
-/// The cookie `name`'s value, if the request carries one.
-fn named_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, value)| value.trim())
-        .filter(|v| !v.is_empty())
+    cookie::get(headers, SESSION_COOKIE)
 }
 
 /// The known-device cookie: set after a completed sign-in, it lets that
@@ -197,7 +130,7 @@ pub const DEVICE_COOKIE: &str = "__Host-latchkey_device";
 /// The known-device cookie's value, if the request carries one (bounded:
 /// a longer value is not one of ours).
 pub fn device_cookie(headers: &HeaderMap) -> Option<String> {
-    named_cookie(headers, DEVICE_COOKIE)
+    cookie::get(headers, DEVICE_COOKIE)
         .filter(|v| v.len() <= 256)
         .map(str::to_owned)
 }
@@ -381,45 +314,6 @@ pub async fn rate_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relay_headers_in_every_dialect_and_spelling() {
-        use crate::proxy::headers::canonical_name;
-        for name in [
-            "Forwarded",
-            "Via",
-            "X-Forwarded-For",
-            "X_Forwarded_Host",
-            "X-Forwarded",
-            "X-Real-IP",
-            "X-Client-IP",
-            "True-Client-IP",
-            "CF-Connecting-IP",
-            "CF-Connecting-IPv6",
-            "Fastly-Client-IP",
-            "X-Cluster-Client-IP",
-            "X-ProxyUser-Ip",
-            "X-Originating-IP",
-            "X-Remote-Addr",
-            "X-Remote-IP",
-            "Client-IP",
-            "X-Envoy-External-Address",
-            "x.real.ip",
-            "X-Original-Forwarded-For",
-        ] {
-            assert!(is_relay_header(&canonical_name(name)), "{name}");
-        }
-        for name in [
-            "Accept",
-            "Authorization",
-            "Content-Type",
-            "X-Request-Id",
-            "Origin",
-            "Zip",
-        ] {
-            assert!(!is_relay_header(&canonical_name(name)), "{name}");
-        }
-    }
 
     fn parts(method: Method, headers: &[(&str, &str)]) -> Parts {
         let mut b = axum::http::Request::builder().method(method).uri("/api/x");

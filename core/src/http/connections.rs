@@ -98,15 +98,7 @@ fn request_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> Result<String, 
 }
 
 pub(crate) fn binding_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == BINDING_COOKIE)
-        .map(|(_, value)| value.trim())
-        .filter(|v| !v.is_empty())
+    crate::net::cookie::get(headers, BINDING_COOKIE)
 }
 
 fn clear_binding_cookie() -> HeaderValue {

@@ -9,6 +9,7 @@
 
 use crate::auth::AuthError;
 use crate::backup::BackupError;
+use crate::net::error::chain;
 use crate::store::StoreError;
 use crate::vault::{KeyError, MasterKeyError, VaultError};
 use axum::Json;
@@ -291,18 +292,6 @@ fn vault_status(e: &VaultError) -> (StatusCode, &'static str) {
         | VaultError::Damaged(_)
         | VaultError::Store(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
     }
-}
-
-/// The error and its causes on one line, for the log.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 impl IntoResponse for ApiError {

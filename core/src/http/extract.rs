@@ -231,16 +231,6 @@ pub(crate) fn ct_str_eq(a: &str, b: &str) -> bool {
     bool::from(da.ct_eq(&db))
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,10 +270,5 @@ mod tests {
         assert!(!t.verify("abc124"));
         assert!(!t.verify(""));
         assert!(!format!("{t:?}").contains("abc"));
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, "Bearer  tok ".parse().expect("hv"));
-        assert_eq!(bearer(&h), Some("tok"));
-        h.insert(header::AUTHORIZATION, "Basic tok".parse().expect("hv"));
-        assert_eq!(bearer(&h), None);
     }
 }

@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::net::histogram::{self, BUCKETS};
 use axum::http::Method;
 
 /// The label of a request method: one of the standard methods, else
@@ -47,11 +48,6 @@ pub fn method_label(method: &Method) -> &'static str {
 /// against a future caller passing something unbounded.
 const MAX_ROUTES: usize = 512;
 
-/// Upper bounds (seconds) of the latency buckets.
-pub(crate) const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
 #[derive(Default)]
 struct Histogram {
     /// Non-cumulative counts per bucket; the last slot is +Inf.
@@ -62,11 +58,7 @@ struct Histogram {
 
 impl Histogram {
     fn observe(&mut self, secs: f64) {
-        let i = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[i] += 1;
+        self.counts[histogram::slot(secs)] += 1;
         self.sum += secs;
         self.count += 1;
     }

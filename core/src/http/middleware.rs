@@ -7,6 +7,7 @@
 
 use super::AppState;
 use super::error::ApiError;
+use crate::net::body::{DRAIN_LIMIT, DRAIN_TIME, drain};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
@@ -196,24 +197,6 @@ pub async fn limits(State(state): State<AppState>, mut req: Request, next: Next)
 /// A panic in a handler becomes an opaque 500 in our shape.
 pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal("a request handler panicked".into()).into_response()
-}
-
-/// Largest unread request body read before an early refusal is sent, and
-/// how long that may take.
-pub(crate) const DRAIN_LIMIT: usize = 64 * 1024;
-pub(crate) const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Reads and discards up to `limit` bytes of `body` for at most `within`:
-/// what a client is still sending when it is answered early (a refusal,
-/// an upstream error), so an HTTP/2 client gets the answer rather than a
-/// stream reset after it.
-pub(crate) async fn drain<B>(body: B, limit: usize, within: std::time::Duration)
-where
-    B: http_body::Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let limited = http_body_util::Limited::new(body, limit);
-    let _ = tokio::time::timeout(within, http_body_util::BodyExt::collect(limited)).await;
 }
 
 /// A request body that stays with the middleware until a handler first

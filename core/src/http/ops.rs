@@ -2,10 +2,11 @@
 
 use super::authn::Authenticated;
 use super::error::ApiError;
-use super::extract::{bearer, ct_str_eq};
+use super::extract::ct_str_eq;
 use super::{AppState, ReadyCheck};
 use crate::auth::scope::Scope;
 use crate::config::MetricsAccess;
+use crate::net::headers::bearer;
 use crate::store::META;
 use axum::Json;
 use axum::extract::{Request, State};
@@ -14,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use redb::ReadableDatabase;
 use serde::Serialize;
 use serde_json::json;
-use std::net::SocketAddr;
 
 /// `GET /health`: the process is up and answering.
 pub async fn health() -> Json<serde_json::Value> {
@@ -149,19 +149,6 @@ pub async fn metrics(State(state): State<AppState>, req: Request) -> Result<Resp
         .into_response())
 }
 
-/// Whether the socket peer is loopback. Only [`super::authn::from_host`]
-/// may use this: a loopback peer alone is not the host (a reverse proxy on
-/// the host is loopback too).
-pub(super) fn is_loopback(peer: &SocketAddr) -> bool {
-    match peer.ip() {
-        std::net::IpAddr::V4(v4) => v4.is_loopback(),
-        // `::ffff:127.0.0.1` from a dual-stack socket is loopback too.
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
 /// `GET /api/status` (admin).
 pub async fn status(
     State(state): State<AppState>,
@@ -195,15 +182,5 @@ mod tests {
         assert!(clock_problem(BUILD_UNIX + 10, BUILD_UNIX).is_none());
         assert!(clock_problem(BUILD_UNIX - 10, BUILD_UNIX).is_some());
         assert!(clock_problem(BUILD_UNIX + 30 * 365 * 86400, BUILD_UNIX).is_some());
-    }
-
-    #[test]
-    fn loopback_peers() {
-        for p in ["127.0.0.1:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
-            assert!(is_loopback(&p.parse().expect("addr")), "{p}");
-        }
-        for p in ["10.0.0.1:1", "[fe80::1]:1", "[::ffff:10.0.0.1]:1"] {
-            assert!(!is_loopback(&p.parse().expect("addr")), "{p}");
-        }
     }
 }

@@ -19,7 +19,7 @@ use super::error::ApiError;
 use crate::agent::AgentError;
 use crate::agent::identity;
 use crate::auth::scope::Scope;
-use crate::proxy::headers::canonical_name;
+use crate::net::headers::canonical_name;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, header};

@@ -8,7 +8,7 @@
 //! dropped, which drops the upstream response and its connection, so the
 //! upstream request is cancelled.
 
-use super::headers::{check_path, request_headers, response_headers};
+use super::headers::{request_headers, response_headers};
 use super::providers::{Injection, Provider};
 use super::usage::{UsageKey, UsageParser};
 use super::{Proxy, Route};
@@ -16,7 +16,9 @@ use crate::auth::Via;
 use crate::auth::scope::Scope;
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::extract::bearer;
+use crate::net::body::{DRAIN_LIMIT, DRAIN_TIME, Hooks, Streamed, drain};
+use crate::net::headers::bearer;
+use crate::net::path::check_path;
 use crate::vault::VaultError;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -26,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Limited;
-use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,8 +35,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use zeroize::Zeroizing;
-
-use crate::http::middleware::{DRAIN_LIMIT, DRAIN_TIME, drain};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -360,13 +359,15 @@ async fn forward(
         timer: Box::pin(tokio::time::sleep(every)),
         line_ends: 2,
     });
-    let body = TapBody {
-        inner: rbody,
-        idle: p.idle_timeout,
-        timer: None,
-        keepalive,
-        tap: Some(tap),
-    };
+    let body = Streamed::new(
+        rbody,
+        p.idle_timeout,
+        "upstream idle timeout",
+        ProxyHooks {
+            keepalive,
+            tap: Some(tap),
+        },
+    );
     let mut out = Response::new(Body::new(body));
     *out.status_mut() = rparts.status;
     *out.headers_mut() = response_headers(&rparts.headers);
@@ -554,96 +555,50 @@ impl KeepAlive {
     }
 }
 
-/// The upstream's body, passed on frame by frame with an idle timeout and
-/// the usage tap.
-struct TapBody {
-    inner: Incoming,
-    idle: Duration,
-    /// The idle deadline, made the first time the upstream keeps us
-    /// waiting: a body that arrives with its head (most non-streamed
-    /// answers) never touches the timer wheel.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+/// What the proxy does with an upstream's body as it passes (see
+/// [`Streamed`]): counts usage, and sends SSE keep-alives while the
+/// upstream is silent.
+struct ProxyHooks {
     keepalive: Option<KeepAlive>,
     tap: Option<Tap>,
 }
 
-impl HttpBody for TapBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if let Some(tap) = this.tap.as_mut() {
-                        tap.parser.feed(data);
-                    }
-                    if let Some(ka) = this.keepalive.as_mut() {
-                        ka.saw(data);
-                    }
-                }
-                if this.timer.is_some() || this.keepalive.is_some() {
-                    let now = tokio::time::Instant::now();
-                    if let Some(timer) = this.timer.as_mut() {
-                        timer.as_mut().reset(now + this.idle);
-                    }
-                    if let Some(ka) = this.keepalive.as_mut() {
-                        ka.timer.as_mut().reset(now + ka.every);
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => {
-                if let Some(tap) = this.tap.take() {
-                    tap.finish();
-                }
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err("upstream idle timeout".into())));
-                }
-                if let Some(ka) = this.keepalive.as_mut()
-                    && ka.timer.as_mut().poll(cx).is_ready()
-                {
-                    let next = tokio::time::Instant::now() + ka.every;
-                    ka.timer.as_mut().reset(next);
-                    // Inside an event: wait for its end (the next frame
-                    // resets the timer anyway).
-                    if ka.at_boundary() {
-                        // Registers the new deadline with the waker.
-                        let _ = ka.timer.as_mut().poll(cx);
-                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                            KeepAlive::COMMENT,
-                        )))));
-                    }
-                    let _ = ka.timer.as_mut().poll(cx);
-                }
-                Poll::Pending
-            }
+impl Hooks for ProxyHooks {
+    fn data(&mut self, data: &Bytes) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.parser.feed(data);
+        }
+        if let Some(ka) = self.keepalive.as_mut() {
+            ka.saw(data);
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn timed(&self) -> bool {
+        self.keepalive.is_some()
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn reset(&mut self, now: tokio::time::Instant) {
+        if let Some(ka) = self.keepalive.as_mut() {
+            ka.timer.as_mut().reset(now + ka.every);
+        }
     }
-}
 
-impl Drop for TapBody {
-    fn drop(&mut self) {
+    fn poll_quiet(&mut self, cx: &mut Context<'_>) -> Option<Bytes> {
+        let ka = self.keepalive.as_mut()?;
+        if ka.timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        let next = tokio::time::Instant::now() + ka.every;
+        ka.timer.as_mut().reset(next);
+        // Registers the new deadline with the waker.
+        let _ = ka.timer.as_mut().poll(cx);
+        // Inside an event: wait for its end (the next frame resets the
+        // timer anyway).
+        ka.at_boundary()
+            .then(|| Bytes::from_static(KeepAlive::COMMENT))
+    }
+
+    fn end(&mut self) {
         if let Some(tap) = self.tap.take() {
             tap.finish();
         }

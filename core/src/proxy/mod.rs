@@ -27,6 +27,7 @@ pub mod usage;
 
 use crate::config::Settings;
 use crate::http::ApiError;
+use crate::net::tls::{Trust, client_config};
 use crate::store::{Store, StoreError};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -116,7 +117,7 @@ impl Proxy {
         let tls = if providers.is_empty() {
             None
         } else {
-            Some(tls_config(&[])?)
+            Some(client_config(Trust::System(&[])).map_err(|e| e.to_string())?)
         };
         let mut routes = HashMap::new();
         for p in providers {
@@ -124,7 +125,7 @@ impl Proxy {
             let tls = if p.extra_roots.is_empty() {
                 tls.clone()
             } else {
-                tls_config(&p.extra_roots)
+                client_config(Trust::System(&p.extra_roots))
                     .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))?
             };
             let client = build_client(&p, tls);
@@ -187,35 +188,6 @@ impl Proxy {
             }
         })
     }
-}
-
-/// rustls with the ring provider, the system's root certificates and
-/// `extra` (a provider's `ca_file`).
-fn tls_config(
-    extra: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in extra {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("a certificate cannot be a CA: {e}"))?;
-    }
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        // A single unparsable system certificate must not stop the server.
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        tracing::warn!(
-            "no system root certificates found: HTTPS upstreams will fail (install ca-certificates)"
-        );
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client configuration: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 fn build_client(p: &Provider, tls: rustls::ClientConfig) -> UpstreamClient {

@@ -7,10 +7,10 @@
 
 use crate::auth::scope::{EntryName, ProviderName, Scope};
 use crate::config::ProviderSettings;
+use crate::net::upstream::{PlainHttp, Upstream, parse_upstream, read_ca_file};
 use axum::http::uri::{Authority, Scheme};
-use axum::http::{HeaderName, HeaderValue, Uri};
+use axum::http::{HeaderName, HeaderValue};
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -164,8 +164,11 @@ pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, St
             ));
         }
     };
-    let (scheme, authority, base_path) =
-        parse_upstream(upstream).map_err(|m| (key("upstream"), m))?;
+    let Upstream {
+        scheme,
+        authority,
+        base_path,
+    } = parse_upstream(upstream, PlainHttp::Loopback).map_err(|m| (key("upstream"), m))?;
 
     if s.auth_query.is_some() && (s.auth_header.is_some() || s.auth_format.is_some()) {
         return Err((
@@ -201,7 +204,7 @@ pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, St
             Some(h) => {
                 let name_h = HeaderName::from_bytes(h.as_bytes())
                     .map_err(|_| (key("auth_header"), format!("`{h}` is not a header name")))?;
-                if super::headers::is_hop_by_hop(&name_h) || name_h == "host" {
+                if crate::net::headers::is_hop_by_hop(&name_h) || name_h == "host" {
                     return Err((
                         key("auth_header"),
                         format!("`{h}` cannot carry a credential"),
@@ -319,70 +322,6 @@ pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, St
         sse_keepalive: s.sse_keepalive_secs.map(Duration::from_secs),
         extra_roots,
     })
-}
-
-/// Every certificate in a PEM file; at least one, each one usable as a
-/// trust anchor.
-fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("`{shown}` is not a PEM certificate file: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "`{shown}` holds no certificate (expected -----BEGIN CERTIFICATE-----)"
-        ));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in &certs {
-        roots
-            .add(c.clone())
-            .map_err(|e| format!("`{shown}` holds a certificate that cannot be a CA: {e}"))?;
-    }
-    Ok(certs)
-}
-
-/// `scheme://host[:port][/base]`: no user info, query or fragment; plain
-/// `http` only to loopback hosts.
-fn parse_upstream(u: &str) -> Result<(Scheme, Authority, String), String> {
-    let uri: Uri = u
-        .parse()
-        .map_err(|_| format!("`{u}` is not a URL like https://api.example.com"))?;
-    let scheme = uri
-        .scheme()
-        .cloned()
-        .ok_or_else(|| format!("`{u}` needs http:// or https://"))?;
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| format!("`{u}` has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err("user info (`user@`) is not allowed in an upstream".into());
-    }
-    if uri.query().is_some() || u.contains('#') {
-        return Err("an upstream has no query or fragment".into());
-    }
-    if scheme == Scheme::HTTP {
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if !loopback {
-            return Err("plain http is only allowed to loopback upstreams; use https".into());
-        }
-    } else if scheme != Scheme::HTTPS {
-        return Err(format!("`{u}` needs http:// or https://"));
-    }
-    let base = uri.path().trim_end_matches('/').to_string();
-    if base.contains("//") || base.split('/').any(|s| s == ".." || s == ".") {
-        return Err("the upstream path must be plain".into());
-    }
-    Ok((scheme, authority, base))
 }
 
 #[cfg(test)]

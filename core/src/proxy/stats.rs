@@ -1,7 +1,7 @@
 //! Per-provider counters for `/metrics`: atomics only, so the hot path
 //! takes no lock to count (rendered by `crate::http::metrics`).
 
-use crate::http::metrics::BUCKETS;
+use crate::net::histogram::{self, BUCKETS};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -31,12 +31,7 @@ impl ProviderStats {
     pub fn answered(&self, status: u16, after: Duration) {
         let class = usize::from(status / 100).clamp(1, 5);
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        let secs = after.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency[histogram::slot(after.as_secs_f64())].fetch_add(1, Ordering::Relaxed);
         let us = u64::try_from(after.as_micros()).unwrap_or(u64::MAX);
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);
