@@ -80,6 +80,17 @@ pub enum AgentError {
     Signer(#[from] SignerError),
 }
 
+impl AgentError {
+    /// Whether the backend failed (502/504): the message names only the
+    /// agent and the cause is logged as an upstream failure.
+    pub fn is_upstream(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Unreachable { .. } | AgentError::Timeout { .. }
+        )
+    }
+}
+
 impl From<SignerError> for ApiError {
     fn from(e: SignerError) -> Self {
         ApiError::Agent(AgentError::Signer(e))

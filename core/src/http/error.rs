@@ -7,9 +7,12 @@
 //! client. Messages never contain secret values: the vault's own error
 //! texts name entries and fields, not contents.
 
+use crate::agent::AgentError;
 use crate::auth::AuthError;
 use crate::backup::BackupError;
+use crate::connections::ConnectionError;
 use crate::net::error::chain;
+use crate::proxy::ProxyError;
 use crate::store::StoreError;
 use crate::vault::{KeyError, MasterKeyError, VaultError};
 use axum::Json;
@@ -69,47 +72,12 @@ pub enum ApiError {
     /// after repeated wrong passphrases (`crate::vault::gate`).
     #[error("too many wrong vault passphrases lately; retry after {} s", retry_after.as_secs().max(1))]
     UnsealBackoff { retry_after: std::time::Duration },
-    /// `/proxy/<name>/…` for a provider that is not configured.
-    #[error("no provider `{0}` is configured")]
-    UnknownProvider(String),
-    /// An API key over `proxy.key_rpm`.
-    #[error("this API key is over its limit of {rpm} requests per minute; retry after {} s", retry_after.as_secs().max(1))]
-    KeyRateLimited {
-        rpm: u32,
-        retry_after: std::time::Duration,
-    },
-    /// An API key whose `tokens_per_day` budget is spent for this UTC day.
-    #[error("this API key has used its budget of {budget} tokens for today (UTC); retry after {} s", retry_after.as_secs().max(1))]
-    TokenBudgetExhausted {
-        budget: u64,
-        retry_after: std::time::Duration,
-    },
+    /// The agent proxy (`/proxy/<name>/…`), mapped in [`proxy_status`].
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// Setting a key's proxy limits failed.
     #[error(transparent)]
     Limits(#[from] crate::proxy::limits::LimitsError),
-    /// The provider's upstream could not be reached or broke off. The
-    /// source is logged, never shown.
-    #[error("the upstream of provider `{provider}` could not be reached")]
-    UpstreamUnreachable {
-        provider: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The upstream's TLS certificate was not trusted (or the handshake
-    /// failed otherwise). The source is logged, never shown.
-    #[error(
-        "TLS with the upstream of provider `{provider}` failed: its certificate is not trusted (for a self-hosted upstream, set providers.{provider}.ca_file)"
-    )]
-    UpstreamTls {
-        provider: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("the upstream of provider `{provider}` did not answer within {} s", after.as_secs())]
-    UpstreamTimeout {
-        provider: String,
-        after: std::time::Duration,
-    },
     /// Local agent backends (`/agent/<name>/…`) and their assertions.
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
@@ -167,11 +135,7 @@ impl ApiError {
             ApiError::RateLimited { .. } | ApiError::UnsealBackoff { .. } => {
                 (S::TOO_MANY_REQUESTS, "rate_limited")
             }
-            ApiError::UnknownProvider(_) => (S::NOT_FOUND, "unknown_provider"),
-            ApiError::KeyRateLimited { .. } => (S::TOO_MANY_REQUESTS, "key_rate_limited"),
-            ApiError::TokenBudgetExhausted { .. } => {
-                (S::TOO_MANY_REQUESTS, "token_budget_exhausted")
-            }
+            ApiError::Proxy(e) => proxy_status(e),
             ApiError::Limits(e) => {
                 use crate::proxy::limits::LimitsError as L;
                 match e {
@@ -181,9 +145,6 @@ impl ApiError {
                     L::Store(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
                 }
             }
-            ApiError::UpstreamUnreachable { .. } => (S::BAD_GATEWAY, "upstream_unreachable"),
-            ApiError::UpstreamTls { .. } => (S::BAD_GATEWAY, "upstream_tls"),
-            ApiError::UpstreamTimeout { .. } => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
             ApiError::Agent(e) => agent_status(e),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Connection(e) => connection_status(e),
@@ -192,16 +153,43 @@ impl ApiError {
 
     /// `Retry-After` seconds for 429 answers.
     fn retry_after(&self) -> Option<u64> {
-        match self {
+        let retry_after = match self {
             ApiError::RateLimited { retry_after }
             | ApiError::UnsealBackoff { retry_after }
-            | ApiError::KeyRateLimited { retry_after, .. }
-            | ApiError::TokenBudgetExhausted { retry_after, .. }
-            | ApiError::Auth(AuthError::Locked { retry_after }) => {
-                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                Some(secs.max(1))
-            }
+            | ApiError::Proxy(
+                ProxyError::KeyRateLimited { retry_after, .. }
+                | ProxyError::TokenBudgetExhausted { retry_after, .. },
+            ) => retry_after,
+            _ => match self.auth_error() {
+                Some(AuthError::Locked { retry_after }) => retry_after,
+                _ => return None,
+            },
+        };
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Some(secs.max(1))
+    }
+
+    /// The auth service's refusal inside this error, wherever it came
+    /// from (an API handler, the proxy, an agent route).
+    fn auth_error(&self) -> Option<&AuthError> {
+        match self {
+            ApiError::Auth(e) | ApiError::Proxy(ProxyError::Auth(e)) => Some(e),
             _ => None,
+        }
+    }
+
+    /// Whether an upstream failed (a provider, an agent backend, an OAuth
+    /// provider): the message names only the upstream and the cause is
+    /// logged as an upstream failure.
+    fn is_upstream(&self) -> bool {
+        match self {
+            ApiError::Proxy(e) => e.is_upstream(),
+            ApiError::Agent(e) => e.is_upstream(),
+            ApiError::Connection(
+                ConnectionError::ProviderUnreachable { .. }
+                | ConnectionError::ProviderResponse { .. },
+            ) => true,
+            _ => false,
         }
     }
 
@@ -230,7 +218,27 @@ fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
     }
 }
 
-fn agent_status(e: &crate::agent::AgentError) -> (StatusCode, &'static str) {
+fn proxy_status(e: &ProxyError) -> (StatusCode, &'static str) {
+    use ProxyError as P;
+    use StatusCode as S;
+    match e {
+        P::Auth(a) => auth_status(a),
+        P::UnknownProvider(_) => (S::NOT_FOUND, "unknown_provider"),
+        P::InvalidPath(_) => (S::BAD_REQUEST, "invalid_path"),
+        P::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        P::KeyRateLimited { .. } => (S::TOO_MANY_REQUESTS, "key_rate_limited"),
+        P::TokenBudgetExhausted { .. } => (S::TOO_MANY_REQUESTS, "token_budget_exhausted"),
+        P::CredentialMissing { .. } => (S::CONFLICT, "provider_credential_missing"),
+        P::Vault(v) => vault_status(v),
+        P::Connection(c) => connection_status(c),
+        P::UpstreamUnreachable { .. } => (S::BAD_GATEWAY, "upstream_unreachable"),
+        P::UpstreamTls { .. } => (S::BAD_GATEWAY, "upstream_tls"),
+        P::UpstreamTimeout { .. } => (S::GATEWAY_TIMEOUT, "upstream_timeout"),
+        P::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn agent_status(e: &AgentError) -> (StatusCode, &'static str) {
     use crate::agent::AgentError as A;
     use crate::agent::assertion::SignerError;
     use StatusCode as S;
@@ -297,21 +305,7 @@ fn vault_status(e: &VaultError) -> (StatusCode, &'static str) {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let upstream = matches!(
-            self,
-            ApiError::UpstreamUnreachable { .. }
-                | ApiError::UpstreamTimeout { .. }
-                | ApiError::UpstreamTls { .. }
-                | ApiError::Agent(
-                    crate::agent::AgentError::Unreachable { .. }
-                        | crate::agent::AgentError::Timeout { .. }
-                )
-                | ApiError::Connection(
-                    crate::connections::ConnectionError::ProviderUnreachable { .. }
-                        | crate::connections::ConnectionError::ProviderResponse { .. }
-                )
-        );
-        let message = if upstream {
+        let message = if self.is_upstream() {
             // Names only the provider; the cause (never a credential) is
             // logged.
             tracing::warn!(error = %chain(&self), "upstream failed");
@@ -383,6 +377,93 @@ mod tests {
         let body = futures_body(resp);
         assert!(!body.contains("/secret/path"), "{body}");
         assert!(body.contains("\"error\":\"internal\""), "{body}");
+    }
+
+    /// The proxy's own errors answer exactly as they did as `ApiError`
+    /// variants: status, code, message, `Retry-After`, `WWW-Authenticate`.
+    #[test]
+    fn proxy_errors_keep_their_answers() {
+        use std::time::Duration;
+        let cases = [
+            (
+                ProxyError::UnknownProvider("nope".into()),
+                StatusCode::NOT_FOUND,
+                "unknown_provider",
+                "no provider `nope` is configured",
+            ),
+            (
+                ProxyError::InvalidPath("`@` is not allowed in the path"),
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "`@` is not allowed in the path",
+            ),
+            (
+                ProxyError::PayloadTooLarge { limit: 10 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than the server accepts (10 bytes)",
+            ),
+            (
+                ProxyError::CredentialMissing {
+                    provider: "openai".into(),
+                    entry: "openai-key".into(),
+                },
+                StatusCode::CONFLICT,
+                "provider_credential_missing",
+                "provider `openai` is configured with vault entry `openai-key`, which does not exist",
+            ),
+            (
+                ProxyError::needs(&crate::auth::scope::Scope::proxy("openai").expect("scope")),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs `proxy:openai`",
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    provider: "openai".into(),
+                    after: Duration::from_secs(5),
+                },
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream of provider `openai` did not answer within 5 s",
+            ),
+            (
+                ProxyError::UpstreamUnreachable {
+                    provider: "openai".into(),
+                    source: "connection refused".into(),
+                },
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                "the upstream of provider `openai` could not be reached",
+            ),
+        ];
+        for (e, status, code, message) in cases {
+            let resp = ApiError::from(e).into_response();
+            assert_eq!(resp.status(), status, "{code}");
+            let body = futures_body(resp);
+            let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+            assert_eq!(json["error"], code);
+            assert_eq!(json["message"], message);
+        }
+        let resp = ApiError::from(ProxyError::KeyRateLimited {
+            rpm: 2,
+            retry_after: Duration::from_millis(1500),
+        })
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        let resp = ApiError::from(ProxyError::TokenBudgetExhausted {
+            budget: 100,
+            retry_after: Duration::from_secs(60),
+        })
+        .into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "60");
+        let resp = ApiError::from(ProxyError::unauthenticated()).into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
+        // 5xx inside the proxy stays opaque.
+        let resp = ApiError::from(ProxyError::Internal("rate windows".into())).into_response();
+        assert!(!futures_body(resp).contains("rate windows"));
     }
 
     fn futures_body(resp: Response) -> String {

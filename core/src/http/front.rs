@@ -1,7 +1,7 @@
 //! The front door both shells serve: one service per request.
 //!
 //! `/proxy/…` requests take a short path straight to
-//! [`crate::proxy::forward::respond`]; everything else goes through the
+//! [`super::proxy::respond`]; everything else goes through the
 //! [`super::router`]. The proxy is the hot path (agents call it for every
 //! model request) and gains nothing from the router's general machinery —
 //! route matching, two `from_fn` layers each cloning [`AppState`], a
@@ -92,7 +92,7 @@ async fn proxy(state: Arc<AppState>, req: Request<Body>) -> Response {
     let started = Instant::now();
     let id = middleware::request_id(req.headers());
     let method = req.method().clone();
-    let answered = AssertUnwindSafe(crate::proxy::forward::respond(&state, req))
+    let answered = AssertUnwindSafe(super::proxy::respond(&state, req))
         .catch_unwind()
         .await;
     let mut resp = answered.unwrap_or_else(middleware::panic_response);

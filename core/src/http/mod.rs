@@ -40,6 +40,7 @@ pub mod keys;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
+pub mod proxy;
 pub mod ui;
 pub mod usage;
 pub mod users;
@@ -329,10 +330,7 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(verify::jwks))
         .merge(public)
         .merge(api)
-        .route(
-            "/proxy/{provider}/{*path}",
-            any(crate::proxy::forward::handle),
-        )
+        .route("/proxy/{provider}/{*path}", any(proxy::handle))
         .route("/assets/{*path}", get(ui::asset))
         // Browser navigations to any other page get the UI, which routes
         // on the client; everything else gets the API's JSON 404.

@@ -11,23 +11,25 @@
 use super::headers::{request_headers, response_headers};
 use super::providers::{Injection, Provider};
 use super::usage::{UsageKey, UsageParser};
-use super::{Proxy, Route};
-use crate::auth::Via;
+use super::{Proxy, ProxyError, Route};
 use crate::auth::scope::Scope;
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::auth::{Auth, Via};
+use crate::connections::Connections;
 use crate::net::body::{DRAIN_LIMIT, DRAIN_TIME, Hooks, Streamed, drain};
+use crate::net::client;
+use crate::net::error::causes;
 use crate::net::headers::bearer;
 use crate::net::path::check_path;
-use crate::vault::VaultError;
+use crate::vault::{Vault, VaultError};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderValue, Uri, Version, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Limited;
+use ipnet::IpNet;
 use secrecy::ExposeSecret;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,27 +40,33 @@ use zeroize::Zeroizing;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `ANY /proxy/{provider}/{*path}` in the router.
-pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
-    respond(&state, req).await
+/// What the handler reads besides the request, borrowed from the HTTP
+/// layer's state for the request's lifetime: the hot path clones nothing.
+#[derive(Clone, Copy)]
+pub struct ProxyContext<'a> {
+    pub proxy: &'a Arc<Proxy>,
+    pub auth: &'a Auth,
+    pub vault: &'a Vault,
+    /// The broker of providers with `connection`.
+    pub connections: &'a Connections,
+    /// `auth.trusted_proxies`: the client address audited when a
+    /// connection's token is issued.
+    pub trusted_proxies: &'a [IpNet],
 }
 
-/// Answers a proxied request (the router's route and the short path of
-/// [`crate::http::Front`] both end here).
-pub async fn respond(state: &AppState, req: Request) -> Response {
+/// Answers a proxied request. A request refused before its body was used
+/// has a small rest of it read first, so HTTP/2 clients still sending it
+/// get the answer, not a reset.
+pub async fn respond(ctx: &ProxyContext<'_>, req: Request) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    match forward(state, parts, &mut body).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            // Refused before the body was used: read a small one first, so
-            // HTTP/2 clients still sending it get the answer, not a reset.
-            if let Some(body) = body {
-                drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
-            }
-            e.into_response()
-        }
+    let answered = forward(ctx, parts, &mut body).await;
+    if answered.is_err()
+        && let Some(body) = body
+    {
+        drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
     }
+    answered
 }
 
 /// Largest rest of a request body read before a 502/504 is sent (the
@@ -152,21 +160,21 @@ fn client_key<'a>(
 const QUERY_KEY: &str = "key";
 
 async fn forward(
-    state: &AppState,
+    ctx: &ProxyContext<'_>,
     parts: axum::http::request::Parts,
     body: &mut Option<Body>,
-) -> Result<Response, ApiError> {
-    let proxy: &Proxy = &state.proxy;
+) -> Result<Response, ProxyError> {
+    let proxy: &Proxy = ctx.proxy;
     // 1. Who: an API key, verified in memory.
     let key =
-        client_key(&parts.headers, parts.uri.query()).ok_or_else(ApiError::unauthenticated)?;
+        client_key(&parts.headers, parts.uri.query()).ok_or_else(ProxyError::unauthenticated)?;
     if !key.starts_with("lk_") {
-        return Err(ApiError::unauthenticated());
+        return Err(ProxyError::unauthenticated());
     }
-    let principal = state.auth.authenticate_key(&key)?;
+    let principal = ctx.auth.authenticate_key(&key)?;
     drop(key);
     let Via::ApiKey { id: key_id, .. } = &principal.via else {
-        return Err(ApiError::unauthenticated());
+        return Err(ProxyError::unauthenticated());
     };
 
     // 2. Which provider, and the rest of the path (still encoded). The
@@ -175,19 +183,19 @@ async fn forward(
     let raw = parts.uri.path();
     let rest = raw.strip_prefix("/proxy/").unwrap_or_default();
     let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let unknown = || ApiError::UnknownProvider(name.chars().take(64).collect());
+    let unknown = || ProxyError::UnknownProvider(name.chars().take(64).collect());
     let scope = Scope::proxy(name).map_err(|_| unknown())?;
 
     // 3. May this key use it?
     if !principal.allows(&scope) {
-        return Err(ApiError::forbidden(format!("this needs `{scope}`")));
+        return Err(ProxyError::needs(&scope));
     }
     let route = proxy.routes.get(name).cloned().ok_or_else(unknown)?;
     let p = &route.provider;
 
     // 4. Where exactly: only below the configured upstream. Refused paths
     // do not count against the key's rate.
-    check_path(path).map_err(|m| ApiError::bad_request("invalid_path", m))?;
+    check_path(path).map_err(ProxyError::InvalidPath)?;
 
     // 5. The key's limits: its token budget for today (a refusal does not
     // use up the minute), then its rate.
@@ -196,7 +204,7 @@ async fn forward(
         let now = crate::auth::service::now();
         if proxy.usage.spent(key_id, &super::usage::day_of(now)) >= budget {
             route.stats.refused_budget.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::TokenBudgetExhausted {
+            return Err(ProxyError::TokenBudgetExhausted {
                 budget,
                 retry_after: Duration::from_secs(super::usage::secs_to_midnight(now)),
             });
@@ -218,7 +226,7 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > proxy.max_body as u64) {
-        return Err(ApiError::PayloadTooLarge {
+        return Err(ProxyError::PayloadTooLarge {
             limit: proxy.max_body,
         });
     }
@@ -228,11 +236,11 @@ async fn forward(
         // issuance is audited in its batch). A key never reaches another
         // user's connection: it acts for its owner only.
         (None, Some(conn)) => {
-            let ip = crate::http::authn::client_ip(state, &parts.headers, &parts.extensions);
+            let ip = client::client_ip(ctx.trusted_proxies, &parts.headers, &parts.extensions);
             // Boxed: the broker's future (a refresh is an HTTP exchange)
             // is ~2 KiB, and inline it would be copied with every
             // request's future, not only this rare path's.
-            let issued = Box::pin(state.connections.token(
+            let issued = Box::pin(ctx.connections.token(
                 principal.user_id,
                 conn,
                 &principal.actor(),
@@ -241,15 +249,12 @@ async fn forward(
             .await?;
             Some(issued.access_token)
         }
-        (Some(name), _) => Some(state.vault.reveal_cached(name).map_err(|e| match e {
-            VaultError::NotFound(_) => ApiError::conflict(
-                "provider_credential_missing",
-                format!(
-                    "provider `{}` is configured with vault entry `{name}`, which does not exist",
-                    p.name
-                ),
-            ),
-            other => ApiError::Vault(other),
+        (Some(name), _) => Some(ctx.vault.reveal_cached(name).map_err(|e| match e {
+            VaultError::NotFound(_) => ProxyError::CredentialMissing {
+                provider: p.name.clone(),
+                entry: name.clone(),
+            },
+            other => ProxyError::Vault(other),
         })?),
         (None, None) => None,
     };
@@ -285,7 +290,7 @@ async fn forward(
         value.push_str(secret);
         value.push_str(after);
         let mut v = HeaderValue::from_str(&value).map_err(|_| {
-            ApiError::Internal(format!(
+            ProxyError::Internal(format!(
                 "the credential of provider `{}` is not a valid header value",
                 p.name
             ))
@@ -308,7 +313,7 @@ async fn forward(
         Err(_) => {
             route.stats.failed();
             shared.drain().await;
-            return Err(ApiError::UpstreamTimeout {
+            return Err(ProxyError::UpstreamTimeout {
                 provider: p.name.clone(),
                 after: p.first_byte_timeout,
             });
@@ -343,7 +348,7 @@ async fn forward(
             .starts_with("text/event-stream")
     });
     let tap = Tap {
-        proxy: Arc::clone(&state.proxy),
+        proxy: Arc::clone(ctx.proxy),
         route: Arc::clone(&route),
         key: UsageKey {
             day: String::new(),
@@ -383,7 +388,7 @@ fn upstream_uri(
     path: &str,
     query: Option<&str>,
     secret: Option<&secrecy::SecretString>,
-) -> Result<Uri, ApiError> {
+) -> Result<Uri, ProxyError> {
     let injected = match (&p.injection, secret) {
         (Injection::Query { param }, Some(s)) => Some((param.as_str(), s)),
         _ => None,
@@ -423,7 +428,7 @@ fn upstream_uri(
         s.push('?');
         s.push_str(&q);
     }
-    let invalid = || ApiError::bad_request("invalid_path", "the path or query is not valid");
+    let invalid = || ProxyError::InvalidPath("the path or query is not valid");
     let mut parts = axum::http::uri::Parts::default();
     parts.scheme = Some(p.scheme.clone());
     parts.authority = Some(p.authority.clone());
@@ -431,8 +436,7 @@ fn upstream_uri(
     let uri = Uri::from_parts(parts).map_err(|_| invalid())?;
     // Belt and braces: whatever the path, the origin is the configured one.
     if uri.scheme() != Some(&p.scheme) || uri.authority() != Some(&p.authority) {
-        return Err(ApiError::bad_request(
-            "invalid_path",
+        return Err(ProxyError::InvalidPath(
             "the path would leave the provider's upstream",
         ));
     }
@@ -442,31 +446,39 @@ fn upstream_uri(
 /// 502, or 504 for a connect timeout; 413 when the client's body ran over
 /// the limit. The source (which never holds the credential: hyper's errors
 /// name no URL or header) goes to the log only.
-fn upstream_error(p: &Provider, e: super::UpstreamError, max_body: usize) -> ApiError {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return ApiError::PayloadTooLarge { limit: max_body };
-        }
-        if is_tls_error(err) {
-            return ApiError::UpstreamTls {
-                provider: p.name.clone(),
-                source: e,
-            };
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return ApiError::UpstreamTimeout {
-                provider: p.name.clone(),
-                after: p.connect_timeout,
-            };
-        }
-        cur = err.source();
+fn upstream_error(p: &Provider, e: super::UpstreamError, max_body: usize) -> ProxyError {
+    /// What the first telling cause says.
+    enum Cause {
+        TooLarge,
+        Tls,
+        TimedOut,
     }
-    ApiError::UpstreamUnreachable {
-        provider: p.name.clone(),
-        source: e,
+    let cause = causes(e.as_ref()).find_map(|err| {
+        if err.is::<http_body_util::LengthLimitError>() {
+            Some(Cause::TooLarge)
+        } else if is_tls_error(err) {
+            Some(Cause::Tls)
+        } else {
+            err.downcast_ref::<std::io::Error>()
+                .filter(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                .map(|_| Cause::TimedOut)
+        }
+    });
+    let provider = p.name.clone();
+    match cause {
+        Some(Cause::TooLarge) => ProxyError::PayloadTooLarge { limit: max_body },
+        Some(Cause::Tls) => ProxyError::UpstreamTls {
+            provider,
+            source: e,
+        },
+        Some(Cause::TimedOut) => ProxyError::UpstreamTimeout {
+            provider,
+            after: p.connect_timeout,
+        },
+        None => ProxyError::UpstreamUnreachable {
+            provider,
+            source: e,
+        },
     }
 }
 
@@ -651,11 +663,11 @@ mod tests {
         };
         assert!(matches!(
             upstream_error(&p, io(std::io::ErrorKind::TimedOut), 1),
-            ApiError::UpstreamTimeout { .. }
+            ProxyError::UpstreamTimeout { .. }
         ));
         assert!(matches!(
             upstream_error(&p, io(std::io::ErrorKind::ConnectionRefused), 1),
-            ApiError::UpstreamUnreachable { .. }
+            ProxyError::UpstreamUnreachable { .. }
         ));
     }
 

@@ -10,12 +10,14 @@
 //! - [`pool`]: keep-alive connections to plain-HTTP upstreams;
 //! - [`stats`]: per-provider counters for `/metrics`.
 //!
-//! [`Proxy`] is built once from the settings and shared through
-//! `AppState`; each provider has its own pooled client ([`pool`] for
+//! [`Proxy`] is built once from the settings and shared through the HTTP
+//! layer's state, which hands it to [`forward`] in a [`ProxyContext`];
+//! refusals are [`ProxyError`]s, mapped to HTTP by `crate::http::error`; each provider has its own pooled client ([`pool`] for
 //! plain-HTTP upstreams; HTTP/1.1 and h2 over rustls with the ring
 //! provider, the system's roots and the provider's `ca_file` for HTTPS
 //! ones), so its connect timeout applies to it alone.
 
+mod error;
 pub mod forward;
 pub mod headers;
 pub(crate) mod json_scan;
@@ -26,7 +28,6 @@ pub mod stats;
 pub mod usage;
 
 use crate::config::Settings;
-use crate::http::ApiError;
 use crate::net::tls::{Trust, client_config};
 use crate::store::{Store, StoreError};
 use hyper_rustls::HttpsConnector;
@@ -41,6 +42,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use usage::UsageBook;
+
+pub use error::ProxyError;
+pub use forward::ProxyContext;
 
 /// A provider route's pooled client: [`pool::HttpPool`] for `http`
 /// upstreams (the local servers), hyper-util's client over rustls (HTTP/1.1
@@ -238,14 +242,14 @@ impl KeyLimiter {
     }
 
     /// One request for `key_id` at `now` under `proxy.key_rpm`.
-    pub fn check(&self, key_id: &str, now: Instant) -> Result<(), ApiError> {
+    pub fn check(&self, key_id: &str, now: Instant) -> Result<(), ProxyError> {
         self.check_with(key_id, self.rpm, now)
     }
 
     /// One request for `key_id` at `now` under `rpm` (the key's own limit,
     /// or the default; 0: none); 429 with `Retry-After` when the key has
     /// used up this minute.
-    pub fn check_with(&self, key_id: &str, rpm: u32, now: Instant) -> Result<(), ApiError> {
+    pub fn check_with(&self, key_id: &str, rpm: u32, now: Instant) -> Result<(), ProxyError> {
         if rpm == 0 {
             return Ok(());
         }
@@ -254,14 +258,14 @@ impl KeyLimiter {
         let mut w = self
             .windows
             .lock()
-            .map_err(|_| ApiError::Internal("rate windows".into()))?;
+            .map_err(|_| ProxyError::Internal("rate windows".into()))?;
         let entry = w.entry(key_id.to_string()).or_insert((minute, 0));
         if entry.0 != minute {
             *entry = (minute, 0);
         }
         if entry.1 >= rpm {
             let next = Duration::from_secs((minute + 1) * 60);
-            return Err(ApiError::KeyRateLimited {
+            return Err(ProxyError::KeyRateLimited {
                 rpm,
                 retry_after: next.saturating_sub(elapsed),
             });
@@ -283,7 +287,7 @@ mod tests {
         assert!(l.check("a", t).is_ok());
         let err = l.check("a", t + Duration::from_secs(10));
         assert!(
-            matches!(err, Err(ApiError::KeyRateLimited { retry_after, .. }) if retry_after == Duration::from_secs(50))
+            matches!(err, Err(ProxyError::KeyRateLimited { retry_after, .. }) if retry_after == Duration::from_secs(50))
         );
         assert!(l.check("b", t).is_ok());
         assert!(l.check("a", t + Duration::from_secs(61)).is_ok());
