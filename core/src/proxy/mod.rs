@@ -12,10 +12,11 @@
 //!
 //! [`Proxy`] is built once from the settings and shared through the HTTP
 //! layer's state, which hands it to [`forward`] in a [`ProxyContext`];
-//! refusals are [`ProxyError`]s, mapped to HTTP by `crate::http::error`; each provider has its own pooled client ([`pool`] for
-//! plain-HTTP upstreams; HTTP/1.1 and h2 over rustls with the ring
-//! provider, the system's roots and the provider's `ca_file` for HTTPS
-//! ones), so its connect timeout applies to it alone.
+//! refusals are [`ProxyError`]s, mapped to HTTP by `crate::http::error`.
+//! Each provider has its own pooled client ([`pool`] for plain-HTTP
+//! upstreams; HTTP/1.1 and h2 over rustls with the ring provider, the
+//! system's roots and the provider's `ca_file` for HTTPS ones,
+//! `crate::net::tls`), so its connect timeout applies to it alone.
 
 mod error;
 pub mod forward;
