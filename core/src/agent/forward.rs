@@ -1,7 +1,8 @@
-//! `ANY /agent/{name}/{*path}`: authenticate, check scope and role, strip
-//! the caller's Latchkey credentials and made-up identity, add the real
-//! identity and its assertion, and stream to the backend and back (or
-//! splice a WebSocket) — for no longer than the credential lasts
+//! `ANY /agent/{name}/{*path}`: for a caller the HTTP layer has
+//! authenticated ([`Caller`]), check scope and role, strip the caller's
+//! Latchkey credentials and made-up identity, add the real identity and
+//! its assertion, and stream to the backend and back (or splice a
+//! WebSocket) — for no longer than the credential lasts
 //! ([`super::lifetime`]).
 //!
 //! The path is checked like the provider proxy's (no `..`, encoded tricks
@@ -11,40 +12,76 @@
 use super::identity;
 use super::lifetime::{Guard, Revoked, until_revoked};
 use super::websocket;
-use super::{AgentError, Route};
+use super::{AgentError, Agents, Route};
+use crate::auth::Principal;
 use crate::auth::scope::Scope;
-use crate::http::AppState;
-use crate::http::authn::client_ip;
-use crate::http::error::ApiError;
 use crate::net::body::{BoxError, DRAIN_LIMIT, DRAIN_TIME, Hooks, Streamed, drain};
-use crate::net::cookie;
+use crate::net::error::causes;
+use crate::net::headers::API_KEY_HEADER;
 use crate::net::headers::{
     canonical_name, connection_listed, is_hop_by_hop, is_reserved_request_header,
 };
 use crate::net::path::check_path;
+use crate::net::{client, cookie};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use futures_util::future::BoxFuture;
 use http_body_util::Limited;
+use ipnet::IpNet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::sync::watch;
 
-pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+/// What the handler reads besides the request and the caller.
+#[derive(Clone)]
+pub struct AgentContext<'a> {
+    pub agents: &'a Agents,
+    /// `auth.trusted_proxies`: the client address sent in
+    /// `X-Forwarded-For`.
+    pub trusted_proxies: &'a [IpNet],
+    /// `X-Forwarded-Proto` sent to backends: the scheme clients reach
+    /// Latchkey with.
+    pub forwarded_proto: HeaderValue,
+}
+
+/// Runs the HTTP layer's authentication again on a request's parts (a
+/// copy holding only the headers it reads); `None` once the credential no
+/// longer passes.
+pub type Reauthenticate = Arc<dyn Fn(Parts) -> BoxFuture<'static, Option<Principal>> + Send + Sync>;
+
+/// The caller, as the HTTP layer authenticated it (authn's rules; the
+/// backend's own credentials are not reasons to refuse).
+pub struct Caller {
+    pub who: Principal,
+    /// Subscribed before the credential was checked, so a revocation in
+    /// between is not missed.
+    pub revocations: watch::Receiver<u64>,
+    /// The same authentication, for a WebSocket or streamed answer that
+    /// outlives the request.
+    pub reauthenticate: Reauthenticate,
+}
+
+/// Answers a request to an agent. One refused before its body was used
+/// has a small rest of it read first, so HTTP/2 clients still sending get
+/// the answer, not a reset.
+pub async fn respond(
+    ctx: &AgentContext<'_>,
+    caller: Caller,
+    req: Request,
+) -> Result<Response, AgentError> {
     let mut body = None;
-    match forward(&state, req, &mut body).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            // Refused before the body was used (so HTTP/2 clients still
-            // sending get the answer, not a reset).
-            if let Some(body) = body {
-                drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
-            }
-            e.into_response()
-        }
+    let answered = forward(ctx, caller, req, &mut body).await;
+    if answered.is_err()
+        && let Some(body) = body
+    {
+        drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
     }
+    answered
 }
 
 /// Whether the request asks for a WebSocket (RFC 6455 §4.1).
@@ -69,23 +106,24 @@ fn wants_websocket(h: &HeaderMap) -> bool {
 }
 
 async fn forward(
-    state: &AppState,
+    ctx: &AgentContext<'_>,
+    caller: Caller,
     mut req: Request,
     body_out: &mut Option<Body>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AgentError> {
     let websocket = wants_websocket(req.headers());
     // Taken before the parts are split off; `none` unless hyper offered one.
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    // Before the credential is checked: a revocation from now on reaches
-    // the connection (WebSocket or streamed answer).
-    let epoch = state.auth.revocations.subscribe();
     let (parts, body) = req.into_parts();
     *body_out = Some(body);
 
-    // 1. Who. Unauthenticated callers learn nothing about agent names.
-    let who = identity::authenticate(state, &parts, &parts.method)
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
+    // 1. Who: authenticated before this was called (unauthenticated
+    // callers learn nothing about agent names).
+    let Caller {
+        who,
+        revocations: epoch,
+        reauthenticate,
+    } = caller;
 
     // 2. Which agent, and the rest of the (still encoded) path.
     let raw = parts.uri.path();
@@ -94,39 +132,38 @@ async fn forward(
     let unknown = || AgentError::Unknown(name.chars().take(64).collect());
     let scope = Scope::agent(name).map_err(|_| unknown())?;
     if !who.allows(&scope) {
-        return Err(ApiError::forbidden(format!("this needs `{scope}`")));
+        return Err(AgentError::needs(&scope));
     }
-    let route = state.agents.routes.get(name).cloned().ok_or_else(unknown)?;
+    let route = ctx.agents.routes.get(name).cloned().ok_or_else(unknown)?;
     let agent = &route.agent;
     if !identity::role_allowed(&who, &agent.roles) {
         return Err(AgentError::RoleRefused {
             agent: agent.name.clone(),
             role: who.role,
-        }
-        .into());
+        });
     }
 
     // 3. Where: only below the configured backend.
-    check_path(path).map_err(|m| ApiError::bad_request("invalid_path", m))?;
+    check_path(path).map_err(AgentError::InvalidPath)?;
     if parts.method == Method::CONNECT {
-        return Err(AgentError::WebSocketOverH2.into());
+        return Err(AgentError::WebSocketOverH2);
     }
     if websocket {
         if parts.version != Version::HTTP_11 {
-            return Err(AgentError::WebSocketOverH2.into());
+            return Err(AgentError::WebSocketOverH2);
         }
         if !agent.websocket {
-            return Err(AgentError::WebSocketDisabled(agent.name.clone()).into());
+            return Err(AgentError::WebSocketDisabled(agent.name.clone()));
         }
     }
-    let max = state.agents.max_body;
+    let max = ctx.agents.max_body;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(ApiError::PayloadTooLarge { limit: max });
+        return Err(AgentError::PayloadTooLarge { limit: max });
     }
     let uri = backend_uri(&route, path, parts.uri.query())?;
 
@@ -137,10 +174,11 @@ async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    for (n, v) in identity::headers(state, &who, &format!("agent:{}", agent.name))? {
+    let audience = format!("agent:{}", agent.name);
+    for (n, v) in identity::headers(&ctx.agents.signer, &who, &audience)? {
         headers.insert(n, v);
     }
-    let ip = client_ip(state, &parts.headers, &parts.extensions);
+    let ip = client::client_ip(ctx.trusted_proxies, &parts.headers, &parts.extensions);
     let forwarded_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -150,11 +188,11 @@ async fn forward(
     headers.insert(
         HeaderName::from_static("x-forwarded-for"),
         HeaderValue::from_str(&ip.to_string())
-            .map_err(|_| ApiError::Internal("client address header".into()))?,
+            .map_err(|_| AgentError::Internal("client address header".into()))?,
     );
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("https"),
+        ctx.forwarded_proto.clone(),
     );
     if let Some(h) = forwarded_host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), h);
@@ -162,7 +200,7 @@ async fn forward(
     headers.insert(
         HeaderName::from_static("x-forwarded-prefix"),
         HeaderValue::from_str(&format!("/agent/{}", agent.name))
-            .map_err(|_| ApiError::Internal("prefix header".into()))?,
+            .map_err(|_| AgentError::Internal("prefix header".into()))?,
     );
 
     let body = if websocket {
@@ -182,8 +220,7 @@ async fn forward(
             return Err(AgentError::Timeout {
                 agent: agent.name.clone(),
                 after: agent.first_byte_timeout,
-            }
-            .into());
+            });
         }
         Ok(Err(e)) => return Err(upstream_error(&route, e, max)),
         Ok(Ok(r)) => r,
@@ -202,7 +239,7 @@ async fn forward(
         let name = agent.name.clone();
         let revoked = until_revoked(Guard {
             revoked: epoch,
-            still_valid: recheck(state.clone(), &parts, Arc::clone(&route), scope),
+            still_valid: recheck(reauthenticate, &parts, route, scope),
         });
         tokio::spawn(
             async move { websocket::splice(client, upstream, idle, &name, revoked).await },
@@ -216,7 +253,7 @@ async fn forward(
         "agent backend idle timeout",
         Cut(until_revoked(Guard {
             revoked: epoch,
-            still_valid: recheck(state.clone(), &parts, Arc::clone(&route), scope),
+            still_valid: recheck(reauthenticate, &parts, route, scope),
         })),
     );
     let mut out = Response::new(Body::new(body));
@@ -225,19 +262,19 @@ async fn forward(
     Ok(out)
 }
 
-/// The re-check of a WebSocket's credential: the same authentication,
-/// scope and role checks as at the upgrade, on a copy of only the headers
-/// they read (marked sensitive).
+/// The re-check of a WebSocket's or streamed answer's credential: the
+/// same authentication (the HTTP layer's), scope and role checks as at the
+/// start, on a copy of only the headers they read (marked sensitive).
 fn recheck(
-    state: AppState,
-    parts: &axum::http::request::Parts,
+    reauthenticate: Reauthenticate,
+    parts: &Parts,
     route: Arc<Route>,
     scope: Scope,
-) -> Box<dyn FnMut() -> futures_util::future::BoxFuture<'static, bool> + Send> {
+) -> Box<dyn FnMut() -> BoxFuture<'static, bool> + Send> {
     let mut kept = HeaderMap::new();
     for name in [
         header::AUTHORIZATION,
-        HeaderName::from_static(crate::http::authn::API_KEY_HEADER),
+        HeaderName::from_static(API_KEY_HEADER),
         header::COOKIE,
         header::HOST,
         header::ORIGIN,
@@ -257,8 +294,8 @@ fn recheck(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .copied();
     Box::new(move || {
-        let (state, kept, route, scope) = (
-            state.clone(),
+        let (reauthenticate, kept, route, scope) = (
+            Arc::clone(&reauthenticate),
             Arc::clone(&kept),
             Arc::clone(&route),
             scope.clone(),
@@ -266,7 +303,7 @@ fn recheck(
         let (method, uri) = (method.clone(), uri.clone());
         Box::pin(async move {
             let Ok(req) = axum::http::Request::builder()
-                .method(method.clone())
+                .method(method)
                 .uri(uri)
                 .version(Version::HTTP_11)
                 .body(())
@@ -278,11 +315,9 @@ fn recheck(
             if let Some(peer) = peer {
                 p.extensions.insert(peer);
             }
-            match identity::authenticate(&state, &p, &method).await {
-                Ok(Some(who)) => {
-                    who.allows(&scope) && identity::role_allowed(&who, &route.agent.roles)
-                }
-                _ => false,
+            match reauthenticate(p).await {
+                Some(who) => who.allows(&scope) && identity::role_allowed(&who, &route.agent.roles),
+                None => false,
             }
         })
     })
@@ -290,7 +325,7 @@ fn recheck(
 
 /// `{scheme}://{authority}{base}/{path}?{query}`; refused if the result's
 /// origin is not the backend's.
-fn backend_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+fn backend_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, AgentError> {
     let a = &route.agent;
     let mut s = format!("{}://{}{}/{}", a.scheme, a.authority, a.base_path, path);
     if let Some(q) = query {
@@ -299,10 +334,9 @@ fn backend_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Ap
     }
     let uri: Uri = s
         .parse()
-        .map_err(|_| ApiError::bad_request("invalid_path", "the path or query is not valid"))?;
+        .map_err(|_| AgentError::InvalidPath("the path or query is not valid"))?;
     if uri.scheme() != Some(&a.scheme) || uri.authority() != Some(&a.authority) {
-        return Err(ApiError::bad_request(
-            "invalid_path",
+        return Err(AgentError::InvalidPath(
             "the path would leave the agent's backend",
         ));
     }
@@ -383,28 +417,29 @@ pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
 
 /// 502, 504 for a connect timeout, 413 for a body over the limit. The
 /// source goes to the log only.
-fn upstream_error(route: &Route, e: hyper_util::client::legacy::Error, max: usize) -> ApiError {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(err) = cur {
+fn upstream_error(route: &Route, e: hyper_util::client::legacy::Error, max: usize) -> AgentError {
+    // The first telling cause: `true` for a body over the limit, `false`
+    // for a timeout.
+    let too_large = causes(&e).find_map(|err| {
         if err.is::<http_body_util::LengthLimitError>() {
-            return ApiError::PayloadTooLarge { limit: max };
+            Some(true)
+        } else {
+            err.downcast_ref::<std::io::Error>()
+                .filter(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                .map(|_| false)
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return AgentError::Timeout {
-                agent: route.agent.name.clone(),
-                after: route.agent.connect_timeout,
-            }
-            .into();
-        }
-        cur = err.source();
+    });
+    match too_large {
+        Some(true) => AgentError::PayloadTooLarge { limit: max },
+        Some(false) => AgentError::Timeout {
+            agent: route.agent.name.clone(),
+            after: route.agent.connect_timeout,
+        },
+        None => AgentError::Unreachable {
+            agent: route.agent.name.clone(),
+            source: Box::new(e),
+        },
     }
-    AgentError::Unreachable {
-        agent: route.agent.name.clone(),
-        source: Box::new(e),
-    }
-    .into()
 }
 
 /// The backend's body is cut off when the caller's credential ends.

@@ -1,10 +1,11 @@
 //! Local agent backends: `/agent/<name>/…` forwards to a service configured
-//! in `[agents.<name>]` (HTTP and WebSocket), after authenticating the user
-//! by session or API key (`agent:<name>` scope), with the caller's identity
+//! in `[agents.<name>]` (HTTP and WebSocket), for a user authenticated by
+//! session or API key (`agent:<name>` scope), with the caller's identity
 //! in `X-Latchkey-*` headers and a signed assertion of it.
 //!
 //! - [`config`]: `[agents.<name>]`, checked at startup;
-//! - [`identity`]: who is calling (authn's rules), the identity headers;
+//! - [`identity`]: the identity headers and what counts as a Latchkey
+//!   credential;
 //! - [`assertion`]: the Ed25519 signing key (sealed in `meta`), the JWT,
 //!   the JWKS;
 //! - [`forward`]: the handler, header filtering, streaming;
@@ -12,8 +13,12 @@
 //! - [`lifetime`]: ending WebSockets and streamed answers when the
 //!   caller's credential ends.
 //!
-//! `GET /api/verify` (forward-auth for nginx, Caddy, Traefik) lives in
-//! `crate::http::verify` and uses the same identity code.
+//! The HTTP edge is `crate::http::agent`: it authenticates the caller
+//! (authn's rules minus the backend's own credentials), hands the request
+//! to [`forward::respond`] with a [`forward::Caller`] and an
+//! [`forward::AgentContext`], and maps [`AgentError`] to our error shape in
+//! `crate::http::error`. `GET /api/verify` (forward-auth for nginx, Caddy,
+//! Traefik) lives in `crate::http::verify` and uses the same identity code.
 //!
 //! The routes skip the API's request time limit and body-size extractor
 //! limit (bodies stream; a WebSocket lives long): each agent's timeouts
@@ -29,15 +34,13 @@ pub mod websocket;
 
 pub use config::{Agent, AgentSettings};
 
-use crate::auth::scope::Role;
+use crate::auth::AuthError;
+use crate::auth::scope::{Role, Scope};
 use crate::config::Settings;
-use crate::http::{ApiError, AppState};
 use crate::net::tls::{Trust, client_config};
 use crate::vault::Vault;
 use assertion::{Signer, SignerError};
-use axum::Router;
 use axum::body::Body;
-use axum::routing::any;
 use http_body_util::Limited;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -55,6 +58,9 @@ pub type AgentClient = Client<HttpsConnector<HttpConnector>, Limited<Body>>;
 /// in `crate::http::error`.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// A credential without the agent's scope.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// `/agent/<name>/…` for an agent that is not configured.
     #[error("no agent `{0}` is configured")]
     Unknown(String),
@@ -78,9 +84,26 @@ pub enum AgentError {
     Timeout { agent: String, after: Duration },
     #[error(transparent)]
     Signer(#[from] SignerError),
+    /// The client's path (or query) would leave the backend.
+    #[error("{0}")]
+    InvalidPath(&'static str),
+    /// A body over `server.max_body_bytes`, declared or streamed.
+    #[error("the request body is larger than the server accepts ({limit} bytes)")]
+    PayloadTooLarge { limit: usize },
+    /// Anything else that went wrong inside the server.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl AgentError {
+    /// 403 `forbidden` for a credential without `scope`.
+    pub(crate) fn needs(scope: &Scope) -> Self {
+        AgentError::Auth(AuthError::Forbidden(
+            "forbidden",
+            format!("this needs `{scope}`"),
+        ))
+    }
+
     /// Whether the backend failed (502/504): the message names only the
     /// agent and the cause is logged as an upstream failure.
     pub fn is_upstream(&self) -> bool {
@@ -88,12 +111,6 @@ impl AgentError {
             self,
             AgentError::Unreachable { .. } | AgentError::Timeout { .. }
         )
-    }
-}
-
-impl From<SignerError> for ApiError {
-    fn from(e: SignerError) -> Self {
-        ApiError::Agent(AgentError::Signer(e))
     }
 }
 
@@ -158,15 +175,4 @@ fn build_client(a: &Agent) -> Result<AgentClient, String> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(32)
         .build(connector))
-}
-
-/// The agent routes, to be merged outside the API's time and body limits.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/agent/{name}", any(forward::handle))
-        .route("/agent/{name}/", any(forward::handle))
-        .route("/agent/{name}/{*path}", any(forward::handle))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            crate::http::middleware::panic_response,
-        ))
 }

@@ -8,6 +8,7 @@
 //! texts name entries and fields, not contents.
 
 use crate::agent::AgentError;
+use crate::agent::assertion::SignerError;
 use crate::auth::AuthError;
 use crate::backup::BackupError;
 use crate::connections::ConnectionError;
@@ -80,13 +81,19 @@ pub enum ApiError {
     Limits(#[from] crate::proxy::limits::LimitsError),
     /// Local agent backends (`/agent/<name>/…`) and their assertions.
     #[error(transparent)]
-    Agent(#[from] crate::agent::AgentError),
+    Agent(#[from] AgentError),
     /// Anything else that went wrong inside the server.
     #[error("internal error: {0}")]
     Internal(String),
     /// OAuth connections and the broker, mapped in [`connection_status`].
     #[error(transparent)]
     Connection(#[from] crate::connections::ConnectionError),
+}
+
+impl From<SignerError> for ApiError {
+    fn from(e: SignerError) -> Self {
+        ApiError::Agent(AgentError::Signer(e))
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -173,7 +180,9 @@ impl ApiError {
     /// from (an API handler, the proxy, an agent route).
     fn auth_error(&self) -> Option<&AuthError> {
         match self {
-            ApiError::Auth(e) | ApiError::Proxy(ProxyError::Auth(e)) => Some(e),
+            ApiError::Auth(e)
+            | ApiError::Proxy(ProxyError::Auth(e))
+            | ApiError::Agent(AgentError::Auth(e)) => Some(e),
             _ => None,
         }
     }
@@ -239,10 +248,13 @@ fn proxy_status(e: &ProxyError) -> (StatusCode, &'static str) {
 }
 
 fn agent_status(e: &AgentError) -> (StatusCode, &'static str) {
-    use crate::agent::AgentError as A;
-    use crate::agent::assertion::SignerError;
+    use AgentError as A;
     use StatusCode as S;
     match e {
+        A::Auth(a) => auth_status(a),
+        A::InvalidPath(_) => (S::BAD_REQUEST, "invalid_path"),
+        A::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        A::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         A::Unknown(_) => (S::NOT_FOUND, "unknown_agent"),
         A::RoleRefused { .. } => (S::FORBIDDEN, "forbidden"),
         A::WebSocketDisabled(_) => (S::FORBIDDEN, "websocket_disabled"),
@@ -464,6 +476,55 @@ mod tests {
         // 5xx inside the proxy stays opaque.
         let resp = ApiError::from(ProxyError::Internal("rate windows".into())).into_response();
         assert!(!futures_body(resp).contains("rate windows"));
+    }
+
+    /// The agent's refusals answer as they did when built as `ApiError`s.
+    #[test]
+    fn agent_errors_keep_their_answers() {
+        use std::time::Duration;
+        let cases = [
+            (
+                AgentError::needs(&crate::auth::scope::Scope::agent("notes").expect("scope")),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs `agent:notes`",
+            ),
+            (
+                AgentError::InvalidPath("the path would leave the agent's backend"),
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "the path would leave the agent's backend",
+            ),
+            (
+                AgentError::PayloadTooLarge { limit: 7 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than the server accepts (7 bytes)",
+            ),
+            (
+                AgentError::Timeout {
+                    agent: "notes".into(),
+                    after: Duration::from_secs(3),
+                },
+                StatusCode::GATEWAY_TIMEOUT,
+                "agent_timeout",
+                "the backend of agent `notes` did not answer within 3 s",
+            ),
+            (
+                AgentError::Internal("prefix header".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal server error; the server log has the details (look for this request's \
+                 x-request-id)",
+            ),
+        ];
+        for (e, status, code, message) in cases {
+            let resp = ApiError::from(e).into_response();
+            assert_eq!(resp.status(), status, "{code}");
+            let json: serde_json::Value = serde_json::from_str(&futures_body(resp)).expect("json");
+            assert_eq!(json["error"], code);
+            assert_eq!(json["message"], message);
+        }
     }
 
     fn futures_body(resp: Response) -> String {

@@ -29,6 +29,7 @@
 //! [`middleware`]). Every error has the shape of [`error::ErrorBody`].
 
 pub mod account;
+pub mod agent;
 pub mod audit;
 pub mod auth;
 pub mod authn;
@@ -346,7 +347,7 @@ pub fn router(state: AppState) -> Router {
         ))
         // Agent routes stream bodies and hold WebSockets: merged here, after
         // `limits`, so only their own timeouts and body cap apply.
-        .merge(crate::agent::router())
+        .merge(agent::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_context,

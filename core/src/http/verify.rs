@@ -57,7 +57,7 @@ pub async fn verify(State(state): State<AppState>, req: Request) -> Result<Respo
             ),
         ));
     }
-    let who = identity::authenticate(&state, &parts, &method)
+    let who = super::agent::caller(&state, &parts, &method)
         .await?
         .ok_or_else(ApiError::unauthenticated)?;
     let audience = match &query.agent {
@@ -82,7 +82,7 @@ pub async fn verify(State(state): State<AppState>, req: Request) -> Result<Respo
             scope.to_string()
         }
     };
-    let headers = identity::headers(&state, &who, &audience)?;
+    let headers = identity::headers(&state.agents.signer, &who, &audience)?;
     let key_id = headers
         .iter()
         .find(|(n, _)| *n == identity::KEY)
