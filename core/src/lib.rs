@@ -10,6 +10,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod connections;
+pub mod duration_str;
 /// For `core/fuzz/` only: crate-private parsers, behind the off-by-default
 /// `fuzzing` feature.
 #[cfg(feature = "fuzzing")]

@@ -26,13 +26,13 @@ pub struct AgentSettings {
     /// Extra CA certificates (PEM) trusted for an `https` upstream, beside
     /// the system's roots.
     pub ca_file: Option<PathBuf>,
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::duration_str")]
     pub connect_timeout: Duration,
     /// Until the backend's response headers arrive.
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::duration_str")]
     pub first_byte_timeout: Duration,
     /// Longest silence inside a response body or a WebSocket.
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::duration_str")]
     pub idle_timeout: Duration,
 }
 

@@ -36,7 +36,6 @@ pub use config::{Agent, AgentSettings};
 
 use crate::auth::AuthError;
 use crate::auth::scope::{Role, Scope};
-use crate::config::Settings;
 use crate::net::tls::{Trust, client_config};
 use crate::vault::Vault;
 use assertion::{Signer, SignerError};
@@ -46,7 +45,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,10 +137,15 @@ impl std::fmt::Debug for Agents {
 }
 
 impl Agents {
-    /// Builds the routes of `settings.agents`; the error names the key.
-    pub fn new(settings: &Settings, vault: Arc<Vault>) -> Result<Agents, String> {
-        let agents = config::resolve_all(&settings.agents)
-            .map_err(|(key, message)| format!("{key}: {message}"))?;
+    /// Builds the routes of `[agents.<name>]`; the error names the key.
+    /// `max_body` is `server.max_body_bytes`.
+    pub fn new(
+        agents: &BTreeMap<String, AgentSettings>,
+        max_body: usize,
+        vault: Arc<Vault>,
+    ) -> Result<Agents, String> {
+        let agents =
+            config::resolve_all(agents).map_err(|(key, message)| format!("{key}: {message}"))?;
         let mut routes = HashMap::new();
         for a in agents {
             let client = build_client(&a).map_err(|m| format!("agents.{}: {m}", a.name))?;
@@ -150,7 +154,7 @@ impl Agents {
         Ok(Agents {
             routes,
             signer: Signer::new(vault),
-            max_body: settings.server.max_body_bytes,
+            max_body,
         })
     }
 }

@@ -19,6 +19,7 @@ pub mod recovery;
 pub mod revocation;
 pub mod scope;
 pub mod service;
+pub mod settings;
 pub mod store;
 pub mod totp;
 

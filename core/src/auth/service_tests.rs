@@ -4,7 +4,7 @@
 
 use super::AuthError;
 use super::service::*;
-use crate::config::AuthSettings;
+use crate::auth::settings::AuthSettings;
 use crate::secrecy::{ExposeSecret, SecretString};
 use crate::store::Store;
 use crate::vault::{MasterKeySource, Vault};

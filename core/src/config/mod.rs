@@ -8,6 +8,10 @@
 
 use crate::vault::MasterKeySource;
 use crate::vault::keychain::KeyringBackend;
+
+pub use crate::auth::settings::AuthSettings;
+pub use crate::duration_str;
+pub use crate::proxy::settings::{ProviderSettings, ProxySettings};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -224,71 +228,6 @@ fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthSettings {
-    /// A browser session ends this long after login, whatever happens.
-    #[serde(with = "duration_str")]
-    pub session_lifetime: Duration,
-    /// …or after this long without a request.
-    #[serde(with = "duration_str")]
-    pub session_idle: Duration,
-    /// Lifetime of access tokens for programmatic clients (at most 15m).
-    #[serde(with = "duration_str")]
-    pub access_token_lifetime: Duration,
-    /// Lifetime of refresh tokens (each use rotates it).
-    #[serde(with = "duration_str")]
-    pub refresh_token_lifetime: Duration,
-    /// A refresh family (the tokens of one `POST /api/auth/token`) ends
-    /// this long after it was issued, however often it is rotated.
-    #[serde(with = "duration_str")]
-    pub refresh_absolute_lifetime: Duration,
-    /// Consecutive failures (password, TOTP, recovery code) that lock an account.
-    pub lockout_threshold: u32,
-    /// How long a locked account stays locked.
-    #[serde(with = "duration_str")]
-    pub lockout_duration: Duration,
-    /// Auth requests a client IP may burst…
-    pub rate_limit_burst: u32,
-    /// …and then make per minute.
-    pub rate_limit_per_minute: u32,
-    /// Privileged actions need a password or TOTP proof this recent.
-    #[serde(with = "duration_str")]
-    pub reauth_window: Duration,
-    /// Peers whose `X-Forwarded-For` is believed (CIDRs, e.g. `10.0.0.0/8`).
-    pub trusted_proxies: Vec<String>,
-    /// The first-run setup link expires after this long.
-    #[serde(with = "duration_str")]
-    pub setup_token_lifetime: Duration,
-    /// Invite links expire after this long unless the admin says otherwise.
-    #[serde(with = "duration_str")]
-    pub invite_lifetime: Duration,
-    /// Audit entries older than this are pruned.
-    #[serde(with = "duration_str")]
-    pub audit_retention: Duration,
-}
-
-impl Default for AuthSettings {
-    fn default() -> Self {
-        AuthSettings {
-            session_lifetime: Duration::from_secs(30 * 86400),
-            session_idle: Duration::from_secs(7 * 86400),
-            access_token_lifetime: Duration::from_secs(15 * 60),
-            refresh_token_lifetime: Duration::from_secs(30 * 86400),
-            refresh_absolute_lifetime: Duration::from_secs(30 * 86400),
-            lockout_threshold: 5,
-            lockout_duration: Duration::from_secs(15 * 60),
-            rate_limit_burst: 20,
-            rate_limit_per_minute: 30,
-            reauth_window: Duration::from_secs(5 * 60),
-            trusted_proxies: Vec::new(),
-            setup_token_lifetime: Duration::from_secs(3600),
-            invite_lifetime: Duration::from_secs(7 * 86400),
-            audit_retention: Duration::from_secs(365 * 86400),
-        }
-    }
-}
-
 /// The longest any `[auth]` lifetime may be (ten years).
 pub const MAX_AUTH_DURATION: Duration = Duration::from_secs(3650 * 86400);
 
@@ -310,82 +249,6 @@ pub struct Settings {
     /// `[connections.<name>]`: OAuth providers users connect accounts with
     /// (see `crate::connections::config`).
     pub connections: std::collections::BTreeMap<String, crate::connections::ConnectionSettings>,
-}
-
-/// `[proxy]`: limits of the agent proxy that apply to every provider.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProxySettings {
-    /// Largest request body forwarded to an upstream, in bytes.
-    pub max_body_bytes: usize,
-    /// Requests per minute allowed to each API key (0: no limit); a key's
-    /// own `requests_per_minute` limit replaces it.
-    pub key_rpm: u32,
-    /// Seconds between writes of the proxy's usage totals to `usage_daily`.
-    pub usage_flush_secs: u64,
-    /// While an upstream event stream is silent this many seconds, send the
-    /// client `: keep-alive` (0: never); `[providers.<name>]` may override.
-    pub sse_keepalive_secs: u64,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        ProxySettings {
-            max_body_bytes: 16 * 1024 * 1024,
-            key_rpm: 0,
-            usage_flush_secs: 5,
-            sse_keepalive_secs: 15,
-        }
-    }
-}
-
-/// `[providers.<name>]`: everything optional; a preset's name fills in
-/// what is not given (see `crate::proxy::providers`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProviderSettings {
-    /// The origin (and optional base path) requests are forwarded to.
-    pub upstream: Option<String>,
-    /// The vault entry holding the provider's credential.
-    pub secret: Option<String>,
-    /// Instead of `secret`: the `[connections.<name>]` whose access token
-    /// (the calling key's owner's connection) is the credential.
-    pub connection: Option<String>,
-    /// Header that carries the credential (e.g. `authorization`).
-    pub auth_header: Option<String>,
-    /// The header's value with `{secret}` standing for the credential.
-    pub auth_format: Option<String>,
-    /// Query parameter that carries the credential instead of a header.
-    pub auth_query: Option<String>,
-    #[serde(with = "duration_str")]
-    pub connect_timeout: Duration,
-    #[serde(with = "duration_str")]
-    pub first_byte_timeout: Duration,
-    #[serde(with = "duration_str")]
-    pub idle_timeout: Duration,
-    /// PEM file of extra CA certificates trusted for this upstream (beside
-    /// the system's roots), for self-hosted servers.
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Overrides `proxy.sse_keepalive_secs` for this provider.
-    pub sse_keepalive_secs: Option<u64>,
-}
-
-impl Default for ProviderSettings {
-    fn default() -> Self {
-        ProviderSettings {
-            upstream: None,
-            secret: None,
-            connection: None,
-            auth_header: None,
-            auth_format: None,
-            auth_query: None,
-            connect_timeout: Duration::from_secs(10),
-            first_byte_timeout: Duration::from_secs(300),
-            idle_timeout: Duration::from_secs(300),
-            ca_file: None,
-            sse_keepalive_secs: None,
-        }
-    }
 }
 
 impl Settings {
@@ -780,63 +643,6 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Er
             })
         })
         .collect()
-}
-
-/// Durations written as `30s`, `15m`, `12h`, `90d` (or a bare number of seconds).
-pub mod duration_str {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 15m, 12h, 90d)"))?;
-        let mult = match unit.trim() {
-            "" | "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86400,
-            other => {
-                return Err(format!(
-                    "unknown unit `{other}` in `{s}` (use s, m, h or d)"
-                ));
-            }
-        };
-        n.checked_mul(mult)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{s}` is too long"))
-    }
-
-    pub fn format(d: &Duration) -> String {
-        let s = d.as_secs();
-        match s {
-            0 => "0s".into(),
-            s if s % 86400 == 0 => format!("{}d", s / 86400),
-            s if s % 3600 == 0 => format!("{}h", s / 3600),
-            s if s % 60 == 0 => format!("{}m", s / 60),
-            s => format!("{s}s"),
-        }
-    }
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(n) => Ok(Duration::from_secs(n)),
-            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
-        }
-    }
 }
 
 #[cfg(test)]

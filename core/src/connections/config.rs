@@ -336,9 +336,7 @@ pub fn resolve(name: &str, s: &ConnectionSettings) -> Result<Provider, (String, 
     let refresh_token_lifetime = s
         .refresh_token_lifetime
         .as_deref()
-        .map(|d| {
-            crate::config::duration_str::parse(d).map_err(|m| (key("refresh_token_lifetime"), m))
-        })
+        .map(|d| crate::duration_str::parse(d).map_err(|m| (key("refresh_token_lifetime"), m)))
         .transpose()?;
     let extra_roots = match &s.ca_file {
         Some(path) => read_ca_file(path).map_err(|m| (key("ca_file"), m))?,

@@ -39,7 +39,6 @@ pub use flow::{
 
 use crate::audit::AuditEvent;
 use crate::auth::store::UserId;
-use crate::config::Settings;
 use crate::secrecy::{ExposeSecret, SecretString};
 use crate::store::StoreError;
 use crate::vault::{Vault, VaultError};
@@ -426,10 +425,14 @@ fn refresh_after(expires_at: Option<i64>, issued_at: i64, margin: i64) -> Option
 }
 
 impl Connections {
-    /// Builds the providers of `settings.connections`; the error names the
-    /// key.
-    pub fn new(settings: &Settings, vault: Arc<Vault>) -> Result<Connections, String> {
-        let providers = config::resolve_all(&settings.connections)
+    /// Builds the providers of `[connections.<name>]`; the error names the
+    /// key. `public_url` is `server.public_url`.
+    pub fn new(
+        connections: &BTreeMap<String, ConnectionSettings>,
+        public_url: Option<&str>,
+        vault: Arc<Vault>,
+    ) -> Result<Connections, String> {
+        let providers = config::resolve_all(connections)
             .map_err(|(key, message)| format!("{key}: {message}"))?;
         let mut map = BTreeMap::new();
         for p in providers {
@@ -447,10 +450,7 @@ impl Connections {
                 }),
             );
         }
-        let public_url = settings
-            .server
-            .public_url
-            .as_deref()
+        let public_url = public_url
             .map(config::check_public_url)
             .transpose()
             .map_err(|e| format!("server.public_url: {e}"))?;

@@ -180,7 +180,8 @@ async fn spawn_idp() -> (String, Shared) {
 struct Env {
     _dir: tempfile::TempDir,
     vault: Arc<Vault>,
-    settings: Settings,
+    /// `[connections.<name>]`.
+    settings: BTreeMap<String, ConnectionSettings>,
     conns: Arc<Connections>,
     idp: Shared,
 }
@@ -207,8 +208,8 @@ async fn env() -> Env {
             false,
         )
         .expect("put secret");
-    let mut settings = Settings::default();
-    settings.connections.insert(
+    let mut settings = BTreeMap::new();
+    settings.insert(
         "idp".into(),
         ConnectionSettings {
             issuer: Some(base),
@@ -219,7 +220,8 @@ async fn env() -> Env {
             ..Default::default()
         },
     );
-    let conns = Arc::new(Connections::new(&settings, Arc::clone(&vault)).expect("connections"));
+    let conns =
+        Arc::new(Connections::new(&settings, None, Arc::clone(&vault)).expect("connections"));
     Env {
         _dir: dir,
         vault,
@@ -464,7 +466,8 @@ async fn connect_broker_refresh_rotation_and_restart() {
     // refresh token (`rt-1` is no longer valid at the provider).
     assert!(!lock(&e.idp).valid_refresh.contains("rt-1"));
     lock(&e.idp).ttl = 0;
-    let restarted = Connections::new(&e.settings, Arc::clone(&e.vault)).expect("connections again");
+    let restarted =
+        Connections::new(&e.settings, None, Arc::clone(&e.vault)).expect("connections again");
     let t = restarted
         .token(ALICE, "idp", "alice", None)
         .await
@@ -748,7 +751,7 @@ async fn an_administrator_sets_the_client_and_the_flows_use_it() {
     );
 
     // Kept across a restart (a new service over the same database).
-    let again = Connections::new(&e.settings, Arc::clone(&e.vault)).expect("connections");
+    let again = Connections::new(&e.settings, None, Arc::clone(&e.vault)).expect("connections");
     let view = &again.list_providers()[0];
     assert_eq!(view.client_id.as_deref(), Some("ui-client"));
     assert_eq!(view.client_id_source, "ui");
@@ -770,11 +773,11 @@ async fn an_administrator_sets_the_client_and_the_flows_use_it() {
 async fn a_public_client_gets_a_secret_entry_of_its_own() {
     let e = env().await;
     let mut settings = e.settings.clone();
-    if let Some(c) = settings.connections.get_mut("idp") {
+    if let Some(c) = settings.get_mut("idp") {
         c.client_secret_entry = None;
         c.client_id = None;
     }
-    let conns = Connections::new(&settings, Arc::clone(&e.vault)).expect("connections");
+    let conns = Connections::new(&settings, None, Arc::clone(&e.vault)).expect("connections");
     let view = &conns.list_providers()[0];
     assert_eq!(view.client_id, None);
     assert_eq!(view.client_id_source, "missing");
@@ -792,7 +795,7 @@ async fn a_public_client_gets_a_secret_entry_of_its_own() {
     );
     assert_eq!(view.client_secret_present, Some(true));
     assert_eq!(view.client_id_source, "missing");
-    let again = Connections::new(&settings, Arc::clone(&e.vault)).expect("connections");
+    let again = Connections::new(&settings, None, Arc::clone(&e.vault)).expect("connections");
     assert_eq!(
         again.list_providers()[0].client_secret_entry.as_deref(),
         Some("idp-client-secret")

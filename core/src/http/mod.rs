@@ -166,15 +166,21 @@ impl AppState {
         admin: Arc<dyn TokenVerifier>,
     ) -> Result<AppState, String> {
         let trusted_proxies = parse_trusted_proxies(&settings.auth.trusted_proxies)?;
-        let agents = crate::agent::Agents::new(&settings, Arc::clone(&vault))?;
+        let agents = crate::agent::Agents::new(
+            &settings.agents,
+            settings.server.max_body_bytes,
+            Arc::clone(&vault),
+        )?;
         agents.signer.warm_up();
         let proxy = Arc::new(crate::proxy::Proxy::new(
-            &settings,
+            &settings.proxy,
+            &settings.providers,
             Arc::clone(vault.store()),
         )?);
         metrics.attach_proxy(Arc::clone(&proxy));
         let connections = Arc::new(crate::connections::Connections::new(
-            &settings,
+            &settings.connections,
+            settings.server.public_url.as_deref(),
             Arc::clone(&vault),
         )?);
         Ok(AppState {

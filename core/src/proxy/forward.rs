@@ -649,7 +649,7 @@ mod tests {
     fn pool_connect_failures_map_to_504_and_502() {
         let p = super::super::providers::resolve(
             "openai",
-            &crate::config::ProviderSettings {
+            &crate::proxy::settings::ProviderSettings {
                 upstream: Some("http://127.0.0.1:9".into()),
                 secret: Some("e".into()),
                 ..Default::default()
@@ -686,7 +686,7 @@ mod tests {
         );
         let p = super::super::providers::resolve(
             "openai",
-            &crate::config::ProviderSettings {
+            &crate::proxy::settings::ProviderSettings {
                 upstream: Some("http://127.0.0.1:9".into()),
                 secret: Some("e".into()),
                 ..Default::default()

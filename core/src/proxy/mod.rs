@@ -25,10 +25,10 @@ pub(crate) mod json_scan;
 pub mod limits;
 pub mod pool;
 pub mod providers;
+pub mod settings;
 pub mod stats;
 pub mod usage;
 
-use crate::config::Settings;
 use crate::net::tls::{Trust, client_config};
 use crate::store::{Store, StoreError};
 use hyper_rustls::HttpsConnector;
@@ -37,8 +37,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use limits::LimitCache;
 use providers::Provider;
+use settings::{ProviderSettings, ProxySettings};
 use stats::ProviderStats;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -114,10 +115,15 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// Builds the routes for `settings.providers` (the error names the
-    /// key) and loads the key limits and today's usage from `store`.
-    pub fn new(settings: &Settings, store: Arc<Store>) -> Result<Proxy, String> {
-        let providers = providers::resolve_all(&settings.providers)
+    /// Builds the routes of `[providers.<name>]` under the limits of
+    /// `[proxy]` (the error names the key) and loads the key limits and
+    /// today's usage from `store`.
+    pub fn new(
+        settings: &ProxySettings,
+        providers: &BTreeMap<String, ProviderSettings>,
+        store: Arc<Store>,
+    ) -> Result<Proxy, String> {
+        let providers = providers::resolve_all(providers)
             .map_err(|(key, message)| format!("{key}: {message}"))?;
         let tls = if providers.is_empty() {
             None
@@ -136,7 +142,7 @@ impl Proxy {
             let client = build_client(&p, tls);
             let keepalive = p
                 .sse_keepalive
-                .unwrap_or(Duration::from_secs(settings.proxy.sse_keepalive_secs));
+                .unwrap_or(Duration::from_secs(settings.sse_keepalive_secs));
             routes.insert(
                 p.name.clone(),
                 Arc::new(Route {
@@ -155,11 +161,11 @@ impl Proxy {
         Ok(Proxy {
             routes,
             usage,
-            limiter: KeyLimiter::new(settings.proxy.key_rpm),
+            limiter: KeyLimiter::new(settings.key_rpm),
             limits,
             store,
-            max_body: settings.proxy.max_body_bytes,
-            flush_every: Duration::from_secs(settings.proxy.usage_flush_secs.max(1)),
+            max_body: settings.max_body_bytes,
+            flush_every: Duration::from_secs(settings.usage_flush_secs.max(1)),
         })
     }
 

@@ -5,8 +5,8 @@
 //! after a preset starts from the preset's upstream and credential style;
 //! any other name is a custom provider and needs `upstream`.
 
+use super::settings::ProviderSettings;
 use crate::auth::scope::{EntryName, ProviderName, Scope};
-use crate::config::ProviderSettings;
 use crate::net::upstream::{PlainHttp, Upstream, parse_upstream, read_ca_file};
 use axum::http::uri::{Authority, Scheme};
 use axum::http::{HeaderName, HeaderValue};
