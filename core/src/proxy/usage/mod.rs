@@ -1,0 +1,449 @@
+//! Usage accounting: a [`UsageParser`] watches the response bytes as they
+//! pass (it never holds a chunk back) and the [`UsageBook`] adds each
+//! finished request to per key/provider/model/day totals in memory.
+//!
+//! Understood formats, plain JSON and Server-Sent Events alike:
+//! - OpenAI (and compatible: Mistral, Groq, OpenRouter, Ollama, vLLM):
+//!   `model`, `usage.prompt_tokens`, `usage.completion_tokens`; streamed,
+//!   the final chunk carries `usage` when the client asked for
+//!   `stream_options.include_usage`.
+//! - Anthropic: `model`, `usage.input_tokens`, `usage.output_tokens`;
+//!   streamed, `message_start` carries `message.model` and the input count,
+//!   `message_delta` the cumulative output count.
+//! - Gemini: `modelVersion`, `usageMetadata.promptTokenCount`,
+//!   `usageMetadata.candidatesTokenCount`.
+//!
+//! Totals are counted in memory on the hot path ([`UsageBook::record`],
+//! one short lock, no I/O) and written to the schema-v3 table
+//! `usage_daily` in batches by [`UsageBook::flush`] (one write transaction
+//! every `proxy.usage_flush_secs`, and once more on graceful shutdown).
+//! Each key's tokens of the current UTC day are kept in memory too, loaded
+//! from the table at start, so token budgets survive a restart. A request
+//! counts when its response ends (or the client leaves), so one started
+//! under a budget may take the key past it; the next one is refused.
+//!
+//! The model name comes from the upstream (which may echo the client's
+//! request), so it is never trusted as a key as is: a name that is not a
+//! plausible model name ([`valid_model`]) and every name past the first
+//! [`MAX_MODELS_PER_PROVIDER_DAY`] of a provider on one UTC day count under
+//! [`OTHER_MODEL`]. Rows per day are thus bounded by keys × providers ×
+//! (cap + 2), in memory and in `usage_daily`. The other maps are keyed by
+//! API key ids and configured provider names only.
+//!
+//! The parser of response bodies is `parse.rs`; this module holds the
+//! totals.
+
+mod parse;
+#[cfg(test)]
+mod tests;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub use parse::reference_usage;
+pub use parse::{Usage, UsageParser};
+
+use crate::store::{Store, StoreError};
+use latchkey_migrations::v3::USAGE_DAILY;
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+/// Most distinct model names counted per provider and UTC day (across all
+/// keys); later names count under [`OTHER_MODEL`].
+pub const MAX_MODELS_PER_PROVIDER_DAY: usize = 64;
+/// Where names past the cap, and names that are not model names, count.
+/// Its parentheses cannot occur in a valid model name, so no upstream can
+/// claim it.
+pub const OTHER_MODEL: &str = "(other)";
+/// What a response that named no model counts under.
+pub const UNKNOWN_MODEL: &str = "unknown";
+/// Longest model name counted as itself.
+pub const MAX_MODEL_LEN: usize = 128;
+
+/// Whether `m` looks like a model name: 1 to [`MAX_MODEL_LEN`] bytes of
+/// ASCII letters, digits and `-._:/@+` (`gpt-4o-2024-08-06`,
+/// `models/gemini-2.0-flash`, `meta-llama/Llama-3-70b`, `llama3:8b`,
+/// `anthropic/claude-3.5-sonnet:beta`).
+pub fn valid_model(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= MAX_MODEL_LEN
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:/@+".contains(&b))
+}
+
+/// The totals' key: one row of `usage_daily` per UTC day, API key,
+/// provider and model.
+///
+/// Encoded (schema v3) as the bytes `DAY 0x00 KEY_ID 0x00 PROVIDER 0x00
+/// MODEL`: `DAY` is `YYYY-MM-DD` in ASCII, so keys sort by day first and
+/// the rows of days `from..=to` are the byte range `from ..
+/// to‖0x01`; the other parts are UTF-8 and never hold a NUL (key ids and
+/// provider names cannot; a model name's NULs are replaced by `?` when it
+/// is read from a response).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UsageKey {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub key_id: String,
+    pub provider: String,
+    pub model: String,
+}
+
+impl UsageKey {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.day.len() + self.key_id.len() + self.provider.len() + self.model.len() + 3,
+        );
+        for (i, part) in [&self.day, &self.key_id, &self.provider, &self.model]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                out.push(0);
+            }
+            out.extend(part.bytes().map(|b| if b == 0 { b'?' } else { b }));
+        }
+        out
+    }
+
+    /// `None` for bytes that are not four NUL-separated UTF-8 parts.
+    pub fn decode(bytes: &[u8]) -> Option<UsageKey> {
+        let mut parts = bytes.split(|&b| b == 0);
+        let mut next = || {
+            parts
+                .next()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .map(str::to_owned)
+        };
+        let key = UsageKey {
+            day: next()?,
+            key_id: next()?,
+            provider: next()?,
+            model: next()?,
+        };
+        next().is_none().then_some(key)
+    }
+}
+
+/// A row's counts. Stored in `usage_daily` as postcard, fields in this
+/// order (all varint u64).
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Requests the upstream answered with a status of 400 or more.
+    pub errors: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.requests = self.requests.saturating_add(o.requests);
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.errors = self.errors.saturating_add(o.errors);
+    }
+
+    fn sub(&mut self, o: &Totals) {
+        self.requests = self.requests.saturating_sub(o.requests);
+        self.input_tokens = self.input_tokens.saturating_sub(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_sub(o.output_tokens);
+        self.errors = self.errors.saturating_sub(o.errors);
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Totals::default()
+    }
+}
+
+/// One row of `GET /api/usage`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UsageRow {
+    pub day: String,
+    pub key_id: String,
+    pub provider: String,
+    pub model: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// What `GET /api/usage` asks for: days `from..=to` (`YYYY-MM-DD`) and
+/// optional exact matches.
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub from: String,
+    pub to: String,
+    /// Only these keys (a non-administrator's own), if set.
+    pub keys: Option<HashSet<String>>,
+    pub key: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+}
+
+impl UsageQuery {
+    fn matches(&self, k: &UsageKey) -> bool {
+        k.day.as_str() >= self.from.as_str()
+            && k.day.as_str() <= self.to.as_str()
+            && self.keys.as_ref().is_none_or(|ks| ks.contains(&k.key_id))
+            && self.key.as_ref().is_none_or(|v| *v == k.key_id)
+            && self.provider.as_ref().is_none_or(|v| *v == k.provider)
+            && self.model.as_ref().is_none_or(|v| *v == k.model)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Counts not yet written to `usage_daily` (added to the stored row on
+    /// flush).
+    pending: HashMap<UsageKey, Totals>,
+    /// Per key: the UTC day and the tokens (input + output) spent on it,
+    /// stored and pending alike — what budgets are checked against.
+    spent: HashMap<String, (String, u64)>,
+    /// Per provider: the UTC day and the model names counted as themselves
+    /// on it (at most [`MAX_MODELS_PER_PROVIDER_DAY`]).
+    models: HashMap<String, (String, HashSet<String>)>,
+}
+
+impl Inner {
+    /// The model name `key` counts under: itself while its provider has
+    /// room for it today, else [`OTHER_MODEL`].
+    fn bounded_model(&mut self, day: &str, provider: &str, model: String) -> String {
+        if model == UNKNOWN_MODEL || model == OTHER_MODEL {
+            return model;
+        }
+        if !valid_model(&model) {
+            return OTHER_MODEL.to_owned();
+        }
+        // Looked up before inserting: a provider seen before costs no clone.
+        let seen = match self.models.get_mut(provider) {
+            Some(e) => e,
+            None => self
+                .models
+                .entry(provider.to_owned())
+                .or_insert_with(|| (day.to_owned(), HashSet::new())),
+        };
+        if seen.0 != day {
+            *seen = (day.to_owned(), HashSet::new());
+        }
+        if seen.1.contains(&model) {
+            return model;
+        }
+        if seen.1.len() >= MAX_MODELS_PER_PROVIDER_DAY {
+            return OTHER_MODEL.to_owned();
+        }
+        seen.1.insert(model.clone());
+        model
+    }
+}
+
+/// Usage totals: counted in memory on the hot path, written to
+/// `usage_daily` in batches by [`UsageBook::flush`].
+#[derive(Debug, Default)]
+pub struct UsageBook {
+    inner: Mutex<Inner>,
+    /// Held by a flush from taking its snapshot until the pending counts it
+    /// wrote are subtracted, and by a query while it opens its read
+    /// transaction and copies the pending counts: a query sees every count
+    /// exactly once.
+    gate: Mutex<()>,
+}
+
+/// The UTC day of `unix` seconds, `YYYY-MM-DD`.
+pub fn day_of(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .map(|t| t.date().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Seconds from `unix` to the next UTC midnight (at least 1).
+pub fn secs_to_midnight(unix: i64) -> u64 {
+    let into_day = unix.rem_euclid(86_400);
+    u64::try_from(86_400 - into_day).unwrap_or(1).max(1)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves the maps consistent, so a panic
+    // elsewhere must not stop accounting.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl UsageBook {
+    /// A book that knows what each key spent on `today` (from the store),
+    /// so budgets survive a restart.
+    pub fn load(store: &Store, today: &str) -> Result<UsageBook, StoreError> {
+        let txn = store.db().begin_read()?;
+        let table = txn.open_table(USAGE_DAILY)?;
+        let mut spent: HashMap<String, (String, u64)> = HashMap::new();
+        let mut models: HashMap<String, (String, HashSet<String>)> = HashMap::new();
+        let end = day_end(today);
+        for item in table.range(today.as_bytes()..end.as_slice())? {
+            let (k, v) = item?;
+            let (Some(key), Ok(t)) = (
+                UsageKey::decode(k.value()),
+                postcard::from_bytes::<Totals>(v.value()),
+            ) else {
+                continue;
+            };
+            if key.day != today {
+                continue;
+            }
+            // Today's names count against today's cap after a restart too.
+            let seen = models
+                .entry(key.provider.clone())
+                .or_insert_with(|| (today.to_string(), HashSet::new()));
+            if valid_model(&key.model)
+                && key.model != UNKNOWN_MODEL
+                && seen.1.len() < MAX_MODELS_PER_PROVIDER_DAY
+            {
+                seen.1.insert(key.model.clone());
+            }
+            let e = spent
+                .entry(key.key_id)
+                .or_insert_with(|| (today.to_string(), 0));
+            e.1 =
+                e.1.saturating_add(t.input_tokens.saturating_add(t.output_tokens));
+        }
+        Ok(UsageBook {
+            inner: Mutex::new(Inner {
+                pending: HashMap::new(),
+                spent,
+                models,
+            }),
+            gate: Mutex::new(()),
+        })
+    }
+
+    /// Counts one finished request (under [`OTHER_MODEL`] when its model
+    /// name is not one or its provider's cap for the day is reached).
+    pub fn record(&self, mut key: UsageKey, usage: &Usage, error: bool) {
+        let tokens = usage.input_tokens.saturating_add(usage.output_tokens);
+        let mut inner = lock(&self.inner);
+        key.model = inner.bounded_model(&key.day, &key.provider, std::mem::take(&mut key.model));
+        // Looked up before inserting: a key seen before costs no clone.
+        match inner.spent.get_mut(&key.key_id) {
+            Some(spent) => {
+                if spent.0 != key.day {
+                    *spent = (key.day.clone(), 0);
+                }
+                spent.1 = spent.1.saturating_add(tokens);
+            }
+            None => {
+                inner
+                    .spent
+                    .insert(key.key_id.clone(), (key.day.clone(), tokens));
+            }
+        }
+        inner.pending.entry(key).or_default().add(&Totals {
+            requests: 1,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            errors: u64::from(error),
+        });
+    }
+
+    /// Tokens `key_id` has spent on `day` (`YYYY-MM-DD`).
+    pub fn spent(&self, key_id: &str, day: &str) -> u64 {
+        lock(&self.inner)
+            .spent
+            .get(key_id)
+            .filter(|(d, _)| d == day)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Adds the pending counts to `usage_daily` in one write transaction;
+    /// how many rows were written. On failure nothing is lost: the counts
+    /// stay pending for the next flush.
+    pub fn flush(&self, store: &Store) -> Result<usize, StoreError> {
+        let _gate = lock(&self.gate);
+        let snapshot: Vec<(UsageKey, Totals)> = lock(&self.inner)
+            .pending
+            .iter()
+            .map(|(k, t)| (k.clone(), *t))
+            .collect();
+        if snapshot.is_empty() {
+            return Ok(0);
+        }
+        let txn = store.db().begin_write()?;
+        {
+            let mut table = txn.open_table(USAGE_DAILY)?;
+            for (k, delta) in &snapshot {
+                let enc = k.encode();
+                // A row that does not decode is replaced, not added to:
+                // better a restarted count than no accounting at all.
+                let mut row = table
+                    .get(enc.as_slice())?
+                    .and_then(|v| postcard::from_bytes::<Totals>(v.value()).ok())
+                    .unwrap_or_default();
+                row.add(delta);
+                let bytes = postcard::to_allocvec(&row).map_err(|e| {
+                    StoreError::Db(redb::Error::Corrupted(format!("usage row: {e}")))
+                })?;
+                table.insert(enc.as_slice(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        let mut inner = lock(&self.inner);
+        for (k, delta) in &snapshot {
+            if let Some(t) = inner.pending.get_mut(k) {
+                t.sub(delta);
+                if t.is_zero() {
+                    inner.pending.remove(k);
+                }
+            }
+        }
+        Ok(snapshot.len())
+    }
+
+    /// Stored and pending totals matching `q`, sorted by day, key,
+    /// provider, model.
+    pub fn query(&self, store: &Store, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let (txn, pending) = {
+            let _gate = lock(&self.gate);
+            let txn = store.db().begin_read()?;
+            let pending: Vec<(UsageKey, Totals)> = lock(&self.inner)
+                .pending
+                .iter()
+                .filter(|(k, _)| q.matches(k))
+                .map(|(k, t)| (k.clone(), *t))
+                .collect();
+            (txn, pending)
+        };
+        let mut rows: BTreeMap<UsageKey, Totals> = BTreeMap::new();
+        let table = txn.open_table(USAGE_DAILY)?;
+        let start = q.from.as_bytes().to_vec();
+        let end = day_end(&q.to);
+        for item in table.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = item?;
+            let (Some(key), Ok(t)) = (
+                UsageKey::decode(k.value()),
+                postcard::from_bytes::<Totals>(v.value()),
+            ) else {
+                continue;
+            };
+            if q.matches(&key) {
+                rows.entry(key).or_default().add(&t);
+            }
+        }
+        for (k, t) in pending {
+            rows.entry(k).or_default().add(&t);
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(k, totals)| UsageRow {
+                day: k.day,
+                key_id: k.key_id,
+                provider: k.provider,
+                model: k.model,
+                totals,
+            })
+            .collect())
+    }
+}
+
+/// The first key past day `to`: `to‖0x01` (every key of that day continues
+/// with 0x00).
+fn day_end(to: &str) -> Vec<u8> {
+    let mut end = to.as_bytes().to_vec();
+    end.push(1);
+    end
+}
