@@ -34,7 +34,6 @@ pub mod websocket;
 
 pub use config::{Agent, AgentSettings};
 
-use crate::auth::AuthError;
 use crate::auth::scope::{Role, Scope};
 use crate::net::tls::{Trust, client_config};
 use crate::vault::Vault;
@@ -57,9 +56,10 @@ pub type AgentClient = Client<HttpsConnector<HttpConnector>, Limited<Body>>;
 /// in `crate::http::error`.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// A credential without the agent's scope.
-    #[error(transparent)]
-    Auth(#[from] AuthError),
+    /// A credential without the agent's scope (403 `forbidden`, like
+    /// every missing scope).
+    #[error("{0}")]
+    Forbidden(String),
     /// `/agent/<name>/…` for an agent that is not configured.
     #[error("no agent `{0}` is configured")]
     Unknown(String),
@@ -97,10 +97,7 @@ pub enum AgentError {
 impl AgentError {
     /// 403 `forbidden` for a credential without `scope`.
     pub(crate) fn needs(scope: &Scope) -> Self {
-        AgentError::Auth(AuthError::Forbidden(
-            "forbidden",
-            format!("this needs `{scope}`"),
-        ))
+        AgentError::Forbidden(format!("this needs `{scope}`"))
     }
 
     /// Whether the backend failed (502/504): the message names only the

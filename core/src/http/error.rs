@@ -161,28 +161,26 @@ impl ApiError {
     /// `Retry-After` seconds for 429 answers.
     fn retry_after(&self) -> Option<u64> {
         let retry_after = match self {
-            ApiError::RateLimited { retry_after }
-            | ApiError::UnsealBackoff { retry_after }
-            | ApiError::Proxy(
-                ProxyError::KeyRateLimited { retry_after, .. }
-                | ProxyError::TokenBudgetExhausted { retry_after, .. },
-            ) => retry_after,
-            _ => match self.auth_error() {
-                Some(AuthError::Locked { retry_after }) => retry_after,
-                _ => return None,
-            },
-        };
+            ApiError::RateLimited { retry_after } | ApiError::UnsealBackoff { retry_after } => {
+                Some(*retry_after)
+            }
+            ApiError::Proxy(e) => e.retry_after(),
+            _ => None,
+        }
+        .or(match self.auth_error() {
+            Some(AuthError::Locked { retry_after }) => Some(*retry_after),
+            _ => None,
+        })?;
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
         Some(secs.max(1))
     }
 
     /// The auth service's refusal inside this error, wherever it came
-    /// from (an API handler, the proxy, an agent route).
+    /// from (an API handler, the proxy).
     fn auth_error(&self) -> Option<&AuthError> {
         match self {
-            ApiError::Auth(e)
-            | ApiError::Proxy(ProxyError::Auth(e))
-            | ApiError::Agent(AgentError::Auth(e)) => Some(e),
+            ApiError::Auth(e) => Some(e),
+            ApiError::Proxy(ProxyError::Auth(e)) => Some(e),
             _ => None,
         }
     }
@@ -251,7 +249,7 @@ fn agent_status(e: &AgentError) -> (StatusCode, &'static str) {
     use AgentError as A;
     use StatusCode as S;
     match e {
-        A::Auth(a) => auth_status(a),
+        A::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
         A::InvalidPath(_) => (S::BAD_REQUEST, "invalid_path"),
         A::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
         A::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
@@ -449,14 +447,7 @@ mod tests {
                 "the upstream of provider `openai` could not be reached",
             ),
         ];
-        for (e, status, code, message) in cases {
-            let resp = ApiError::from(e).into_response();
-            assert_eq!(resp.status(), status, "{code}");
-            let body = futures_body(resp);
-            let json: serde_json::Value = serde_json::from_str(&body).expect("json");
-            assert_eq!(json["error"], code);
-            assert_eq!(json["message"], message);
-        }
+        assert_answers(cases);
         let resp = ApiError::from(ProxyError::KeyRateLimited {
             rpm: 2,
             retry_after: Duration::from_millis(1500),
@@ -518,8 +509,15 @@ mod tests {
                  x-request-id)",
             ),
         ];
+        assert_answers(cases);
+    }
+
+    /// Each error answers with its status, code and message.
+    fn assert_answers<E: Into<ApiError>>(
+        cases: impl IntoIterator<Item = (E, StatusCode, &'static str, &'static str)>,
+    ) {
         for (e, status, code, message) in cases {
-            let resp = ApiError::from(e).into_response();
+            let resp = e.into().into_response();
             assert_eq!(resp.status(), status, "{code}");
             let json: serde_json::Value = serde_json::from_str(&futures_body(resp)).expect("json");
             assert_eq!(json["error"], code);

@@ -35,9 +35,11 @@ pub enum ProxyError {
     CredentialMissing { provider: String, entry: String },
     #[error(transparent)]
     Vault(#[from] VaultError),
-    /// The key owner's connection (a provider with `connection`).
+    /// The key owner's connection (a provider with `connection`). Boxed:
+    /// rare, and as large as the rest together (a smaller error keeps the
+    /// hot path's futures small).
     #[error(transparent)]
-    Connection(#[from] ConnectionError),
+    Connection(Box<ConnectionError>),
     /// The provider's upstream could not be reached or broke off.
     #[error("the upstream of provider `{provider}` could not be reached")]
     UpstreamUnreachable {
@@ -62,6 +64,12 @@ pub enum ProxyError {
     Internal(String),
 }
 
+impl From<ConnectionError> for ProxyError {
+    fn from(e: ConnectionError) -> Self {
+        ProxyError::Connection(Box::new(e))
+    }
+}
+
 impl ProxyError {
     /// 403 `forbidden` for a key without `scope`.
     pub(crate) fn needs(scope: &crate::auth::scope::Scope) -> Self {
@@ -74,6 +82,15 @@ impl ProxyError {
     /// 401: no usable key.
     pub(crate) fn unauthenticated() -> Self {
         ProxyError::Auth(AuthError::unauthenticated())
+    }
+
+    /// How long a key over its limits waits (429 `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProxyError::KeyRateLimited { retry_after, .. }
+            | ProxyError::TokenBudgetExhausted { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// Whether the upstream failed (502/504): the message names only the

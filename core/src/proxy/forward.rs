@@ -645,9 +645,9 @@ mod tests {
         assert!(!ka.at_boundary());
     }
 
-    #[test]
-    fn pool_connect_failures_map_to_504_and_502() {
-        let p = super::super::providers::resolve(
+    /// `openai` on a local port nothing listens on.
+    fn local_provider() -> Provider {
+        super::super::providers::resolve(
             "openai",
             &crate::proxy::settings::ProviderSettings {
                 upstream: Some("http://127.0.0.1:9".into()),
@@ -655,7 +655,12 @@ mod tests {
                 ..Default::default()
             },
         )
-        .expect("provider");
+        .expect("provider")
+    }
+
+    #[test]
+    fn pool_connect_failures_map_to_504_and_502() {
+        let p = local_provider();
         let io = |kind| -> super::super::UpstreamError {
             Box::new(super::super::pool::PoolError::Connect(std::io::Error::new(
                 kind, "x",
@@ -684,15 +689,7 @@ mod tests {
             client_key(&h, Some("key=lk_abc")).as_deref(),
             Some("lk_header")
         );
-        let p = super::super::providers::resolve(
-            "openai",
-            &crate::proxy::settings::ProviderSettings {
-                upstream: Some("http://127.0.0.1:9".into()),
-                secret: Some("e".into()),
-                ..Default::default()
-            },
-        )
-        .expect("provider");
+        let p = local_provider();
         let uri = upstream_uri(&p, "v1/x", Some("a=1&key=lk_abc&b=2"), None).expect("uri");
         assert_eq!(uri.to_string(), "http://127.0.0.1:9/v1/x?a=1&b=2");
         let uri = upstream_uri(&p, "v1/x", Some("key=lk_abc"), None).expect("uri");

@@ -272,20 +272,11 @@ impl UsageBook {
     /// so budgets survive a restart.
     pub fn load(store: &Store, today: &str) -> Result<UsageBook, StoreError> {
         let txn = store.db().begin_read()?;
-        let table = txn.open_table(USAGE_DAILY)?;
         let mut spent: HashMap<String, (String, u64)> = HashMap::new();
         let mut models: HashMap<String, (String, HashSet<String>)> = HashMap::new();
-        let end = day_end(today);
-        for item in table.range(today.as_bytes()..end.as_slice())? {
-            let (k, v) = item?;
-            let (Some(key), Ok(t)) = (
-                UsageKey::decode(k.value()),
-                postcard::from_bytes::<Totals>(v.value()),
-            ) else {
-                continue;
-            };
+        each_row(&txn, today, today, |key, t| {
             if key.day != today {
-                continue;
+                return;
             }
             // Today's names count against today's cap after a restart too.
             let seen = models
@@ -302,7 +293,7 @@ impl UsageBook {
                 .or_insert_with(|| (today.to_string(), 0));
             e.1 =
                 e.1.saturating_add(t.input_tokens.saturating_add(t.output_tokens));
-        }
+        })?;
         Ok(UsageBook {
             inner: Mutex::new(Inner {
                 pending: HashMap::new(),
@@ -409,21 +400,11 @@ impl UsageBook {
             (txn, pending)
         };
         let mut rows: BTreeMap<UsageKey, Totals> = BTreeMap::new();
-        let table = txn.open_table(USAGE_DAILY)?;
-        let start = q.from.as_bytes().to_vec();
-        let end = day_end(&q.to);
-        for item in table.range(start.as_slice()..end.as_slice())? {
-            let (k, v) = item?;
-            let (Some(key), Ok(t)) = (
-                UsageKey::decode(k.value()),
-                postcard::from_bytes::<Totals>(v.value()),
-            ) else {
-                continue;
-            };
+        each_row(&txn, &q.from, &q.to, |key, t| {
             if q.matches(&key) {
                 rows.entry(key).or_default().add(&t);
             }
-        }
+        })?;
         for (k, t) in pending {
             rows.entry(k).or_default().add(&t);
         }
@@ -438,6 +419,28 @@ impl UsageBook {
             })
             .collect())
     }
+}
+
+/// Each row of `usage_daily` of days `from..=to`, decoded; a row that does
+/// not decode is skipped.
+fn each_row(
+    txn: &redb::ReadTransaction,
+    from: &str,
+    to: &str,
+    mut each: impl FnMut(UsageKey, Totals),
+) -> Result<(), StoreError> {
+    let table = txn.open_table(USAGE_DAILY)?;
+    let end = day_end(to);
+    for item in table.range(from.as_bytes()..end.as_slice())? {
+        let (k, v) = item?;
+        if let (Some(key), Ok(t)) = (
+            UsageKey::decode(k.value()),
+            postcard::from_bytes::<Totals>(v.value()),
+        ) {
+            each(key, t);
+        }
+    }
+    Ok(())
 }
 
 /// The first key past day `to`: `to‖0x01` (every key of that day continues
