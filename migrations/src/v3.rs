@@ -2,7 +2,7 @@
 //!
 //! New tables (byte tables; values postcard-encoded structs defined in
 //! `latchkey-core`, field order as listed):
-//! - `usage_daily`: see `core/src/proxy/usage.rs` (key and value encoding
+//! - `usage_daily`: see `core/src/proxy/usage/mod.rs` (key and value encoding
 //!   are documented there and pinned by this version): key = `DAY 0x00
 //!   KEY_ID 0x00 PROVIDER 0x00 MODEL` (`DAY` = ASCII `YYYY-MM-DD`, UTC, so
 //!   a day range is a byte range) → `Totals { requests, input_tokens,
