@@ -17,6 +17,8 @@ pub mod duration_str;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+#[cfg(test)]
+mod layers_tests;
 pub mod net;
 pub mod proxy;
 pub mod store;
