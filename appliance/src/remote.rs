@@ -61,6 +61,9 @@ impl Remote {
     }
 
     fn connect(ctx: &Context, base: String) -> anyhow::Result<Remote> {
+        // reqwest is built without a provider of its own (no aws-lc-rs) and
+        // wants one even for a client that will only speak plain HTTP.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             // Backups and passphrase unsealing (scrypt) take a while.
@@ -73,8 +76,6 @@ impl Remote {
             let ca_pem = crate::tls::export_ca_pem(&ctx.data_dir.join("tls"))?;
             let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
                 .context("reading the server's CA certificate")?;
-            // reqwest is built without a provider of its own (no aws-lc-rs).
-            let _ = rustls::crypto::ring::default_provider().install_default();
             builder.tls_certs_only([ca]).https_only(true)
         };
         let token = read_admin_token(&admin_token_path(&ctx.data_dir))?;
