@@ -5,6 +5,7 @@
 //! [`vault::MasterKeySource`] it is handed.
 
 pub mod agent;
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod backup;

@@ -162,6 +162,24 @@ pub async fn serve(
     .await
 }
 
+/// Binds one address for [`serve`]. IPv6 sockets are IPv6-only, so
+/// `0.0.0.0:P` and `[::]:P` can both be listed (Linux would otherwise make
+/// `[::]` take the IPv4 port too and the second bind fail). The error
+/// names the address.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let fail = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(fail)?;
+    }
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    TcpListener::from_std(socket.into()).map_err(fail)
+}
+
 /// [`serve`] over TLS with `tls`.
 pub async fn serve_https(
     listener: TcpListener,
