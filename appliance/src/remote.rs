@@ -17,6 +17,7 @@ use latchkey_core::vault::{NewRecord, RecordMeta, record::validate_name};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -69,7 +70,8 @@ impl Remote {
             // Backups and passphrase unsealing (scrypt) take a while.
             .timeout(Duration::from_secs(300))
             // The admin token goes to exactly the advertised address.
-            .redirect(reqwest::redirect::Policy::none());
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(source_address(&base, &ctx.settings.auth.trusted_proxies)?);
         let builder = if plain_loopback(&base)? {
             builder.https_only(false)
         } else {
@@ -325,6 +327,56 @@ fn plain_loopback(base: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// The loopback address to connect from, when the usual one would not do.
+///
+/// A reverse proxy on this machine usually connects from 127.0.0.1, so
+/// that address is listed in `auth.trusted_proxies` — and then nothing
+/// from it is the host (the server cannot tell the proxy's requests from
+/// ours), and the admin token would be refused. The CLI then connects from
+/// another loopback address that no trusted-proxy entry covers (Linux
+/// routes all of 127.0.0.0/8 to the loopback interface). `None`: the
+/// system's choice is fine.
+fn source_address(base: &str, trusted_proxies: &[String]) -> anyhow::Result<Option<IpAddr>> {
+    let Some(server) = base
+        .split_once("://")
+        .and_then(|(_, rest)| {
+            rest.trim_end_matches('/')
+                .parse::<std::net::SocketAddr>()
+                .ok()
+        })
+        .map(|a| a.ip().to_canonical())
+        .filter(IpAddr::is_loopback)
+    else {
+        return Ok(None);
+    };
+    let proxies =
+        latchkey_core::http::parse_trusted_proxies(trusted_proxies).map_err(|e| anyhow!(e))?;
+    let trusted = |ip: &IpAddr| proxies.iter().any(|net| net.contains(ip));
+    // The source the system picks for a loopback destination: itself on
+    // IPv6 (::1), 127.0.0.1 on IPv4.
+    let usual = match server {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    if !trusted(&usual) {
+        return Ok(None);
+    }
+    let other = match server {
+        IpAddr::V4(_) => (2..=254u8)
+            .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
+            .find(|ip| !trusted(ip)),
+        IpAddr::V6(_) => None,
+    };
+    match other {
+        Some(ip) => Ok(Some(ip)),
+        None => bail!(
+            "auth.trusted_proxies covers {usual}, the address `latchkey` commands reach the \
+             server from, so the server would take them for the proxy and refuse the admin \
+             token: list only the proxy's own address (e.g. 127.0.0.1, not 127.0.0.0/8 or ::1)"
+        ),
+    }
+}
+
 /// A username as a path segment: usernames are letters, digits and
 /// `._-@`, all URL-safe in a path.
 fn path_segment(s: &str) -> anyhow::Result<&str> {
@@ -351,5 +403,34 @@ mod tests {
         assert!(err.to_string().contains("server.listen"), "{err}");
         assert!(plain_loopback("ftp://127.0.0.1:1").is_err());
         assert!(plain_loopback("http://localhost:1").is_err());
+    }
+
+    /// A proxy trusted at 127.0.0.1 must not take the CLI's authority: the
+    /// CLI then connects from the first loopback address no entry covers.
+    #[test]
+    fn cli_source_address_avoids_trusted_proxies() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let url = "http://127.0.0.1:8080";
+        assert_eq!(source_address(url, &[]).expect("none"), None);
+        assert_eq!(
+            source_address(url, &list(&["10.0.0.5"])).expect("other"),
+            None
+        );
+        assert_eq!(
+            source_address(url, &list(&["127.0.0.1"])).expect("moved"),
+            Some("127.0.0.2".parse().expect("ip"))
+        );
+        assert_eq!(
+            source_address(url, &list(&["127.0.0.0/31", "127.0.0.2"])).expect("moved"),
+            Some("127.0.0.3".parse().expect("ip"))
+        );
+        assert_eq!(
+            source_address("https://192.168.1.2:8443", &list(&["127.0.0.1"])).expect("lan"),
+            None
+        );
+        let err = source_address(url, &list(&["127.0.0.0/8"])).expect_err("all of loopback");
+        assert!(err.to_string().contains("auth.trusted_proxies"), "{err}");
+        let err = source_address("https://[::1]:8443", &list(&["::1"])).expect_err("v6");
+        assert!(err.to_string().contains("auth.trusted_proxies"), "{err}");
     }
 }

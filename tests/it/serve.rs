@@ -880,6 +880,15 @@ fn forwarded_origin_is_believed_only_from_a_trusted_proxy() {
         None,
     );
     assert_eq!(r.status, 401, "{}", r.body);
+    // The CLI on this machine keeps the token's authority: it connects from
+    // a loopback address the trusted-proxy list does not cover.
+    d.ok(&["vault", "put", "behind-proxy"], b"sk-behind-proxy-1\n");
+    assert!(
+        d.ok(&["vault", "list"], b"")
+            .stdout
+            .contains("behind-proxy"),
+        "the CLI reached the running server"
+    );
 
     // The same headers from a peer that is not listed change nothing.
     let s2 = spawn_server(&d2, &ServeOpts::new().config(&cfg("\"10.9.9.9\"")));

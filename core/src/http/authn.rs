@@ -36,7 +36,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The session cookie's name. `__Host-` makes browsers insist on Secure,
-/// `Path=/` and no `Domain`, so no sibling host can set or read it.
+/// `Path=/` and no `Domain`, so no sibling host can set or read it. The
+/// flags are the same with `server.tls = false`: behind a TLS-terminating
+/// proxy the browser sees HTTPS, and on a plain loopback origin
+/// (`http://127.0.0.1:…`, `http://localhost:…`, the only other place plain
+/// HTTP is allowed) browsers treat the page as a secure context and accept
+/// `Secure` cookies.
 pub const SESSION_COOKIE: &str = "__Host-latchkey_session";
 
 /// The API key header some SDKs use instead of `Authorization`.
