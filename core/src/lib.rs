@@ -16,6 +16,7 @@ pub mod connections;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod private_fs;
 pub mod proxy;
 pub mod store;
 pub mod vault;
