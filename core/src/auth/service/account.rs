@@ -5,8 +5,8 @@
 //!
 //! - account events end credentials inside their own write transaction
 //!   (through `revoke`): a password change ends every other session and
-//!   every token; a second-factor change or new recovery codes end every
-//!   sign-in but the caller's own;
+//!   every token; replacing or removing the second factor, or new recovery
+//!   codes, end every sign-in but the caller's own;
 //! - each such event holds the user's epoch for its whole duration
 //!   (`auth::epoch`), so a sign-in in progress cannot finish with what it
 //!   replaced;

@@ -3,14 +3,15 @@
 //!
 //! Invariants:
 //!
-//! - all of it needs the `admin` scope ([`Principal::acts_for_everyone`]),
-//!   and everything that can raise or end someone's rights a fresh
-//!   re-authentication;
+//! - everything but redeeming an invite needs the `admin` scope
+//!   ([`Principal::acts_for_everyone`]); role changes, disabling, resets and
+//!   invites for admins also need a fresh re-authentication;
 //! - an invite is single-use: everything that can be refused is checked
 //!   before it is touched, and it is consumed in the same write transaction
 //!   that creates the user, which re-reads it; of concurrent redemptions
 //!   exactly one creates a user;
-//! - the last active admin cannot be demoted or disabled;
+//! - an admin demoting themselves, or the disabling of an admin, needs
+//!   another active admin;
 //! - role changes, disabling and resets end credentials inside their own
 //!   transaction (see `revoke`).
 

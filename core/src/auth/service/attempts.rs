@@ -8,9 +8,11 @@
 //!   known device, the account-wide throttle) and counted in one step,
 //!   before the credential is verified: of concurrent attempts, at most the
 //!   threshold are ever verified;
-//! - locks are per (account, source), so guessing from elsewhere never
-//!   keeps the owner's own browser out; the account is keyed whether or not
-//!   it exists, so a lock never reveals which names do;
+//! - locks are per (account, source); a known device has its own lock and
+//!   skips the account-wide throttle, so guessing from elsewhere never
+//!   keeps the owner's own browser out;
+//! - the account is keyed whether or not it exists, so a lock never
+//!   reveals which names do;
 //! - the lockout and throttle maps are capped (see `auth::lockout`): what
 //!   the network names becomes a key only in a bounded map.
 

@@ -15,8 +15,8 @@
 //!   holds at most [`MAX_KEYS_PER_USER`] live keys, counted there too;
 //! - a key with a scope that reaches secrets ([`Scope::needs_step_up`])
 //!   needs the step-up of a person ([`Auth::step_up`]);
-//! - the cache never outlives a revocation: revoked keys are dropped after
-//!   their commit ([`Auth::forget_keys`]), keys of accounts that cannot
+//! - the cache never outlives a revocation: revoked keys are dropped from it
+//!   after their commit ([`Auth::forget_keys`]), keys of accounts that cannot
 //!   sign in are never loaded, and a key that raced a revocation into the
 //!   cache is looked up again and dropped.
 

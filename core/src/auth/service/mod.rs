@@ -32,11 +32,10 @@
 //!
 //! Invariants that hold across all of them:
 //!
-//! - plaintext secrets (tokens, keys, TOTP secrets, recovery codes) live
-//!   only in zeroizing types; no secret is logged or put in an error
-//!   message, and only their hashes are stored;
-//! - every change a person makes, refusals of credentials included, is
-//!   audited (in the writing transaction where the change is a row);
+//! - plaintext secrets (tokens, keys, TOTP secrets, recovery codes) are
+//!   held in `SecretString`s and never logged or put in an error message;
+//!   tokens, keys and recovery codes are stored only as hashes, TOTP
+//!   secrets only sealed by the vault;
 //! - after every change that ends or narrows a credential,
 //!   [`Auth::revocations`] is bumped so open connections re-check theirs.
 
@@ -87,6 +86,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+/// The current time in unix seconds (UTC).
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -101,6 +101,7 @@ pub fn expiry(t: i64, d: Duration) -> i64 {
 /// threshold (see [`AccountThrottle`]).
 const ACCOUNT_BURST_FACTOR: u32 = 10;
 
+/// A new random token: `prefix` and 32 random bytes in hex.
 fn random_token(prefix: &str) -> SecretString {
     use rand::RngCore;
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);

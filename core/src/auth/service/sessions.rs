@@ -11,7 +11,8 @@
 //! - an expired or idle session is refused (and deleted); `last_seen` is
 //!   touched at most every [`TOUCH_EVERY_SECS`], re-reading the row inside
 //!   the write so a logout is never undone;
-//! - ending a session ends the token families issued from it.
+//! - ending a session ends the token families issued from it (and a family
+//!   whose session is gone is refused anyway, see `tokens`).
 
 use super::{Auth, NewSession, Principal, UserView, Via, expiry, now, random_token};
 use crate::audit::{self, AuditEvent, Outcome};

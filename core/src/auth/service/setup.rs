@@ -4,9 +4,10 @@
 //!
 //! Invariants:
 //!
-//! - the setup token is single-use and held for a whole setup step: checking
-//!   it, changing the owner and consuming it are one step, and steps run
-//!   one at a time;
+//! - the setup token (in memory, only its hash) is held for a whole setup
+//!   step: checking it, changing the owner and, on confirmation, consuming
+//!   it are one step, and steps run one at a time; it ends once an owner is
+//!   confirmed (or made by `latchkey setup`);
 //! - the owner is activated in one write transaction that re-reads that
 //!   nobody is active yet and that the enrollment is the one the code was
 //!   checked against;

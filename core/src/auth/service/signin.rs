@@ -7,9 +7,10 @@
 //! - unknown users, wrong passwords and disabled accounts get the same
 //!   answer after the same work, and count towards the same locks;
 //! - admins never get a session without a second factor;
-//! - an MFA ticket is single-use: of concurrent requests on one ticket,
-//!   exactly one takes it ([`Auth::take_ticket`]), and only after its code
-//!   was verified, so a wrong code leaves it usable;
+//! - an MFA ticket (in memory, only its hash) is single-use: of concurrent
+//!   requests on one ticket, exactly one takes it ([`Auth::take_ticket`]),
+//!   and only after its code was verified, so a wrong code leaves it
+//!   usable;
 //! - the user's epochs are stamped before the row a credential is checked
 //!   against is read, and re-checked when the session is written: an
 //!   account event between the steps voids the sign-in (see `auth::epoch`).

@@ -11,7 +11,7 @@
 //! - an access token lives no longer than what it came from: its family
 //!   (not revoked, within `auth.refresh_absolute_lifetime`) and that
 //!   family's session (not ended, expired or idle);
-//! - families and tokens are written and deleted only through `auth::index`,
+//! - families and tokens are created and deleted only through `auth::index`,
 //!   so revocation reads key ranges and finds them all.
 
 use super::sessions::session_live;

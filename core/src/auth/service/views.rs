@@ -1,9 +1,10 @@
 //! The shapes the auth service hands to the API and the CLI, shared by
 //! several concerns: a user, an enrollment, a secret shown once.
 //!
-//! Invariant: a secret reaches a response only through [`SecretView`],
-//! which serializes it exactly once into a response body; its `Debug`
-//! stays redacted.
+//! Invariant: the secrets in these shapes are [`SecretView`]s, serialized
+//! exactly once, into a response body, and redacted in `Debug`. An
+//! enrollment's QR images encode its secret too and are shown once, with
+//! it.
 
 use crate::auth::scope::Role;
 use crate::auth::store::{User, UserId};
