@@ -63,6 +63,8 @@ impl Auth {
     /// - an access token never does: it is a session lent to a program for
     ///   15 minutes, no proof that a person is present;
     /// - an API key passes only under [`KeyStepUp::UseGrant`].
+    ///
+    /// [`Scope::needs_step_up`]: crate::auth::scope::Scope::needs_step_up
     pub fn step_up(
         &self,
         p: &Principal,
