@@ -47,10 +47,41 @@ impl Serialize for SecretView {
     }
 }
 
-/// What first-run setup and TOTP (re-)enrollment hand back.
-#[derive(Debug, Serialize)]
+/// What first-run setup and TOTP (re-)enrollment hand back. The QR
+/// images encode the secret, so `Debug` shows none of the three.
+#[derive(Serialize)]
 pub struct EnrollmentView {
     pub otpauth_uri: SecretView,
     pub qr_png_base64: String,
     pub qr_svg: String,
+}
+
+impl std::fmt::Debug for EnrollmentView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollmentView")
+            .field("otpauth_uri", &"[redacted]")
+            .field("qr_png_base64", &"[redacted]")
+            .field("qr_svg", &"[redacted]")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrollment_debug_shows_neither_the_secret_nor_its_qr_codes() {
+        let canary = "CANARYSECRET234567";
+        let view = EnrollmentView {
+            otpauth_uri: SecretView(SecretString::from(format!(
+                "otpauth://totp/x?secret={canary}"
+            ))),
+            qr_png_base64: format!("png-{canary}"),
+            qr_svg: format!("<svg>{canary}</svg>"),
+        };
+        let shown = format!("{view:?}");
+        assert!(!shown.contains(canary), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
 }
