@@ -159,12 +159,15 @@ impl Auth {
         Self::require_admin(p)?;
         self.require_recent_auth(p)?;
         let (id, _) = self.user_by_name(username)?;
-        if id == p.user_id && role != Role::Admin {
-            self.ensure_another_admin(id)?;
-        }
         let _changing = self.epochs.begin(id, Change::Password);
         let (u, revoked) = self.change_user(id, |txn, u| {
             let old = u.role;
+            if old == Role::Admin && role != Role::Admin && u.active && !u.disabled {
+                // Inside the write transaction: two admins demoting each
+                // other (or themselves) at once are serialised here, and
+                // the second finds no other admin left.
+                Self::ensure_another_admin_in(txn, id)?;
+            }
             u.role = role;
             if role == Role::Admin && old != Role::Admin {
                 // Sign-ins made under a lesser role's rules (a password
@@ -191,8 +194,13 @@ impl Auth {
         Ok(UserView::of(id, &u))
     }
 
-    fn ensure_another_admin(&self, except: UserId) -> Result<(), AuthError> {
-        let txn = self.store.db().begin_read()?;
+    /// Refuses (409 `last_admin`) unless an active admin other than
+    /// `except` exists, read in the caller's write transaction so the
+    /// check and the change that depends on it commit together.
+    fn ensure_another_admin_in(
+        txn: &redb::WriteTransaction,
+        except: UserId,
+    ) -> Result<(), AuthError> {
         let others = db::scan::<User>(&txn.open_table(USERS)?)?
             .into_iter()
             .filter(|(k, u)| {
@@ -230,17 +238,11 @@ impl Auth {
                 "you cannot disable your own account".into(),
             ));
         }
-        if disabled {
-            self.ensure_another_admin(id).or_else(|e| {
-                if self.get_user(id)?.role == Role::Admin {
-                    Err(e)
-                } else {
-                    Ok(())
-                }
-            })?;
-        }
         let _changing = disabled.then(|| self.epochs.begin(id, Change::Password));
         let (u, revoked) = self.change_user(id, |txn, u| {
+            if disabled && u.role == Role::Admin && u.active && !u.disabled {
+                Self::ensure_another_admin_in(txn, id)?;
+            }
             u.disabled = disabled;
             if disabled {
                 Self::revoke_user_credentials(txn, id, Keep::Nothing)?;
