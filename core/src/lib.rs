@@ -17,6 +17,7 @@ pub mod connections;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod private_fs;
 pub mod proxy;
 pub mod serve;
 pub mod store;
