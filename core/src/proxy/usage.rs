@@ -92,12 +92,16 @@ impl Usage {
         if self.model.is_none()
             && let Some(m) = f.model.or(f.model_version).and_then(json_scan::string)
         {
-            self.model = Some(
+            // Usually already what is kept (at most 128 characters, no
+            // NUL): taken as it is, not copied again char by char.
+            self.model = Some(if m.len() <= 128 && !m.contains('\0') {
+                m
+            } else {
                 m.chars()
                     .take(128)
                     .map(|c| if c == '\0' { '?' } else { c })
-                    .collect(),
-            );
+                    .collect()
+            });
         }
         for c in [f.usage, f.usage_metadata]
             .into_iter()
@@ -465,9 +469,22 @@ pub struct UsageBook {
 
 /// The UTC day of `unix` seconds, `YYYY-MM-DD`.
 pub fn day_of(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
+    // Asked for on every proxied request, while the answer changes once a
+    // day: the last day's text is kept (the calendar arithmetic and
+    // formatting were ~1 % of a request's instructions).
+    static LAST: Mutex<Option<(i64, String)>> = Mutex::new(None);
+    let day = unix.div_euclid(86_400);
+    let mut last = lock(&LAST);
+    if let Some((d, text)) = last.as_ref()
+        && *d == day
+    {
+        return text.clone();
+    }
+    let text = time::OffsetDateTime::from_unix_timestamp(unix)
         .map(|t| t.date().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+        .unwrap_or_else(|_| "unknown".into());
+    *last = Some((day, text.clone()));
+    text
 }
 
 /// Seconds from `unix` to the next UTC midnight (at least 1).
@@ -1014,6 +1031,39 @@ mod tests {
             postcard::to_allocvec(&totals).expect("encode"),
             [1, 0xac, 0x02, 2, 0]
         );
+    }
+
+    #[test]
+    fn day_of_follows_the_date_back_and_forth() {
+        // The kept day must never answer for another one.
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(86_399), "1970-01-01");
+        assert_eq!(day_of(86_400), "1970-01-02");
+        assert_eq!(day_of(1_709_164_799), "2024-02-28");
+        assert_eq!(day_of(1_709_164_800), "2024-02-29");
+        assert_eq!(day_of(1_709_164_800 + 86_399), "2024-02-29");
+        assert_eq!(day_of(1_709_164_799), "2024-02-28");
+        assert_eq!(day_of(-1), "1969-12-31");
+        assert_eq!(day_of(i64::MAX), "unknown");
+        assert_eq!(day_of(i64::MAX - 1), "unknown");
+        assert_eq!(day_of(1_767_225_600), "2026-01-01");
+    }
+
+    #[test]
+    fn long_or_nul_model_names_are_cut_and_cleaned() {
+        let long = "m".repeat(300);
+        let body =
+            format!(r#"{{"model":"{long}","usage":{{"prompt_tokens":1,"completion_tokens":2}}}}"#);
+        let u = parse("application/json", &body, 7);
+        assert_eq!(u.model.as_deref(), Some("m".repeat(128).as_str()));
+        let u = parse(
+            "application/json",
+            r#"{"model":"a\u0000b","usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            5,
+        );
+        assert_eq!(u.model.as_deref(), Some("a?b"));
+        let u = parse("application/json", r#"{"model":"gpt-4o-mini"}"#, 3);
+        assert_eq!(u.model.as_deref(), Some("gpt-4o-mini"));
     }
 
     #[test]
