@@ -5,7 +5,9 @@
 mod auth;
 mod server;
 
+pub mod caddy;
 pub mod oidc;
+pub mod plain;
 pub mod race;
 pub mod ui;
 
