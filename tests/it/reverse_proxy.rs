@@ -97,7 +97,12 @@ fn cookie_attrs(set_cookie: &str) -> Vec<String> {
 
 fn assert_session_cookie_flags(r: &Resp, what: &str) {
     let set = session_set_cookie(r);
-    assert_eq!(set.len(), 1, "{what}: one session cookie set: {:?}", r.headers);
+    assert_eq!(
+        set.len(),
+        1,
+        "{what}: one session cookie set: {:?}",
+        r.headers
+    );
     let attrs = cookie_attrs(&set[0]);
     for want in ["secure", "httponly", "samesite=strict", "path=/"] {
         assert!(
@@ -231,7 +236,9 @@ fn run_browser(home: &Path, env: &[(&str, &str)]) -> Out {
 
 /// `python3 tests/sdk/openai_stream.py` against `url`, trusting `ca` only.
 fn run_sdk(url: &str, key: &str, ca: &Path) -> Out {
-    let probe = Command::new("python3").args(["-c", "import openai"]).output();
+    let probe = Command::new("python3")
+        .args(["-c", "import openai"])
+        .output();
     match probe {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(
@@ -290,7 +297,8 @@ fn caddy_terminates_tls_for_plain_latchkey() {
     );
     let (link_origin, setup_token) = s.setup_link();
     assert_eq!(
-        link_origin, public,
+        link_origin,
+        public,
         "the banner's setup link uses the public (proxy) origin:\n{}",
         s.stdout()
     );
@@ -421,13 +429,14 @@ fn caddy_terminates_tls_for_plain_latchkey() {
         );
     }
     let r = direct(DIRECT_IP).get("/api/status", &[&admin_auth]);
-    status_is(&r, 200, "the admin token straight to the plain loopback port");
+    status_is(
+        &r,
+        200,
+        "the admin token straight to the plain loopback port",
+    );
     // A forwarding header sent straight to the port makes the request a
     // relayed one: no host authority either.
-    let r = direct(DIRECT_IP).get(
-        "/api/status",
-        &[&admin_auth, "X-Forwarded-For: 127.0.0.1"],
-    );
+    let r = direct(DIRECT_IP).get("/api/status", &[&admin_auth, "X-Forwarded-For: 127.0.0.1"]);
     assert!(
         matches!(r.status, 401 | 403),
         "the admin token with a forwarding header: {} {}",
@@ -482,10 +491,7 @@ fn caddy_terminates_tls_for_plain_latchkey() {
     std::fs::create_dir_all(&bare_home).expect("create bare home");
     let artifacts = artifacts_dir("reverse_proxy");
     let secret = latchkey_e2e::totp_secret(&uri);
-    let last_step = totp
-        .last_step()
-        .expect("a TOTP step was used")
-        .to_string();
+    let last_step = totp.last_step().expect("a TOTP step was used").to_string();
     let art = artifacts.to_str().expect("utf8 path").to_string();
     let bare = bare_home.to_str().expect("utf8 path").to_string();
     let out = run_browser(
@@ -520,7 +526,11 @@ fn caddy_terminates_tls_for_plain_latchkey() {
         "ui-cookie: name=__Host-latchkey_session secure=true httpOnly=true sameSite=Strict path=/ domain=localhost",
         "ui-csrf: status=403 error=csrf sec-fetch-site=same-site",
     ] {
-        assert!(out.stdout.contains(line), "missing `{line}`:\n{}", out.stdout);
+        assert!(
+            out.stdout.contains(line),
+            "missing `{line}`:\n{}",
+            out.stdout
+        );
     }
     // The browser's same-origin POST made its key; the cross-origin one
     // made none.

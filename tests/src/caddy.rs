@@ -75,8 +75,7 @@ impl Caddy {
     /// with Caddy's log if it exits or never comes up.
     pub fn start(dir: &Path, port: u16, sites: &str) -> Caddy {
         let home = dir.join("caddy");
-        std::fs::create_dir_all(&home)
-            .unwrap_or_else(|e| panic!("create {}: {e}", home.display()));
+        std::fs::create_dir_all(&home).unwrap_or_else(|e| panic!("create {}: {e}", home.display()));
         let caddyfile = format!(
             "{{\n\tadmin off\n\tlocal_certs\n\tskip_install_trust\n\tauto_https disable_redirects\n\
              \thttp_port {}\n\thttps_port {port}\n\tservers {{\n\t\tprotocols h1 h2\n\t}}\n}}\n\n{sites}",
@@ -190,4 +189,3 @@ impl Drop for Caddy {
         }
     }
 }
-
