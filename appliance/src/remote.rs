@@ -3,8 +3,10 @@
 //!
 //! The server says where it listens in the data directory's lock file; the
 //! client trusts only that data directory's own CA (`tls/ca.pem`) and
-//! authenticates with `admin.token`. Errors come back as the API's one-line
-//! message.
+//! authenticates with `admin.token`. A server with `server.tls = false`
+//! advertises `http://` on loopback: the token then never leaves the
+//! machine, and a plain `http://` URL to anywhere else is refused. Errors
+//! come back as the API's one-line message.
 
 use crate::context::Context;
 use crate::server::host::{admin_token_path, read_admin_token};
@@ -59,20 +61,25 @@ impl Remote {
     }
 
     fn connect(ctx: &Context, base: String) -> anyhow::Result<Remote> {
-        let ca_pem = crate::tls::export_ca_pem(&ctx.data_dir.join("tls"))?;
-        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
-            .context("reading the server's CA certificate")?;
-        let token = read_admin_token(&admin_token_path(&ctx.data_dir))?;
-        // reqwest is built without a provider of its own (no aws-lc-rs).
+        // reqwest is built without a provider of its own (no aws-lc-rs) and
+        // wants one even for a client that will only speak plain HTTP.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .https_only(true)
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             // Backups and passphrase unsealing (scrypt) take a while.
             .timeout(Duration::from_secs(300))
-            .build()
-            .context("building the HTTPS client")?;
+            // The admin token goes to exactly the advertised address.
+            .redirect(reqwest::redirect::Policy::none());
+        let builder = if plain_loopback(&base)? {
+            builder.https_only(false)
+        } else {
+            let ca_pem = crate::tls::export_ca_pem(&ctx.data_dir.join("tls"))?;
+            let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+                .context("reading the server's CA certificate")?;
+            builder.tls_certs_only([ca]).https_only(true)
+        };
+        let token = read_admin_token(&admin_token_path(&ctx.data_dir))?;
+        let client = builder.build().context("building the HTTP client")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -294,6 +301,30 @@ impl Remote {
     }
 }
 
+/// Whether `base` is a plain-HTTP URL, which is accepted only to a
+/// loopback address (the lock file of a `server.tls = false` server);
+/// `https://` is the other choice, anything else is refused.
+fn plain_loopback(base: &str) -> anyhow::Result<bool> {
+    if base.starts_with("https://") {
+        return Ok(false);
+    }
+    let Some(rest) = base.strip_prefix("http://") else {
+        bail!("the lock file names an unusable server address `{base}`");
+    };
+    let addr: std::net::SocketAddr = rest
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| anyhow!("the lock file names an unusable server address `{base}`"))?;
+    if !addr.ip().to_canonical().is_loopback() {
+        bail!(
+            "the server at {base} speaks plain HTTP on a network address; `latchkey` commands \
+             send the admin token only over HTTPS or to loopback: add a loopback address \
+             (e.g. 127.0.0.1:8080) to server.listen"
+        );
+    }
+    Ok(true)
+}
+
 /// A username as a path segment: usernames are letters, digits and
 /// `._-@`, all URL-safe in a path.
 fn path_segment(s: &str) -> anyhow::Result<&str> {
@@ -304,5 +335,21 @@ fn path_segment(s: &str) -> anyhow::Result<&str> {
         Ok(s)
     } else {
         bail!("`{s}` is not a valid username")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(!plain_loopback("https://192.168.1.2:8443").expect("https"));
+        assert!(plain_loopback("http://127.0.0.1:8080").expect("v4"));
+        assert!(plain_loopback("http://[::1]:8080").expect("v6"));
+        let err = plain_loopback("http://192.168.1.2:8080").expect_err("lan");
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        assert!(plain_loopback("ftp://127.0.0.1:1").is_err());
+        assert!(plain_loopback("http://localhost:1").is_err());
     }
 }

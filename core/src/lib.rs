@@ -17,6 +17,7 @@ pub mod connections;
 pub mod fuzzing;
 pub mod http;
 pub mod proxy;
+pub mod serve;
 pub mod store;
 pub mod vault;
 

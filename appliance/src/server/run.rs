@@ -9,13 +9,15 @@
 use super::host::{ApplianceHost, admin_token_path, ensure_admin_token};
 use crate::cli::ServeArgs;
 use crate::context::Context;
-use crate::tls::limits::{ConnLimits, ConnTracker, fd_soft_limit};
-use crate::tls::{ServeOptions, TlsManager, serve_http_redirect, serve_https};
+use crate::tls::TlsManager;
 use anyhow::Context as _;
 use latchkey_core::auth::Auth;
 use latchkey_core::config::MasterKeyKind;
-use latchkey_core::http::{AppState, Front, Metrics, StaticToken};
+use latchkey_core::http::{AppState, Front, HostInfo, Metrics, NoHostInfo, StaticToken};
 use latchkey_core::secrecy::{ExposeSecret, SecretString};
+use latchkey_core::serve::{
+    ConnLimits, ConnTracker, ServeOptions, Transport, fd_soft_limit, serve_http_redirect,
+};
 use latchkey_core::store::{self, LockOwner, Store};
 use latchkey_core::vault::{Vault, rotation};
 use std::io::Write;
@@ -37,6 +39,10 @@ pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
     if !args.listen.is_empty() {
         ctx.settings.server.listen = args.listen;
     }
+    // Again with the flags applied: `--listen 0.0.0.0:…` with tls = false.
+    ctx.settings
+        .check_listeners()
+        .map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
     // Process-wide default for anything that does not pass a provider
     // explicitly; an error only means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -56,7 +62,13 @@ pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
     } else {
         rotation::open_recovering(&vault, &source)?;
     }
-    let tls = TlsManager::new(super::tls_settings(&ctx)?)?;
+    // With `server.tls = false` no certificate is made or needed: a
+    // reverse proxy in front (or loopback) provides the transport.
+    let tls = if ctx.settings.server.tls {
+        Some(TlsManager::new(super::tls_settings(&ctx)?)?)
+    } else {
+        None
+    };
     let token = ensure_admin_token(&ctx.data_dir)?;
     let auth = Auth::new(
         Arc::clone(&store),
@@ -82,7 +94,15 @@ pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
     .thread_name("latchkey")
     .build()
     .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(&ctx, &store, &vault, &auth, &tls, token, setup_token));
+    let result = runtime.block_on(serve(
+        &ctx,
+        &store,
+        &vault,
+        &auth,
+        tls.as_ref(),
+        token,
+        setup_token,
+    ));
     // Last writes, then the database closes when the last Arc goes.
     if let Err(e) = vault.flush_last_used() {
         tracing::warn!(error = %e, "could not write last-used times on shutdown");
@@ -132,7 +152,7 @@ async fn serve(
     store: &Arc<Store>,
     vault: &Arc<Vault>,
     auth: &Arc<Auth>,
-    tls: &Arc<TlsManager>,
+    tls: Option<&Arc<TlsManager>>,
     token: SecretString,
     setup_token: Option<SecretString>,
 ) -> anyhow::Result<()> {
@@ -160,13 +180,17 @@ async fn serve(
         "Connections closed after server.idle_timeout with no request in flight.",
         Arc::clone(&opts.connections.idle_closed),
     );
+    let host: Arc<dyn HostInfo> = match tls {
+        Some(tls) => Arc::new(ApplianceHost {
+            tls: Arc::clone(tls),
+        }),
+        None => Arc::new(NoHostInfo),
+    };
     let state = AppState::new(
         Arc::clone(vault),
         Arc::clone(auth),
         Arc::clone(&settings),
-        Arc::new(ApplianceHost {
-            tls: Arc::clone(tls),
-        }),
+        host,
         metrics,
         Arc::new(StaticToken::new(token.expose_secret())),
     )
@@ -193,7 +217,12 @@ async fn serve(
         .map(TcpListener::local_addr)
         .collect::<Result<_, _>>()?;
 
-    let api_url = api_url(&bound);
+    let transport = match tls {
+        Some(tls) => Transport::Tls(tls.server_config()?),
+        None => Transport::Plain,
+    };
+    let scheme = transport.scheme();
+    let api_url = api_url(&bound, scheme.as_str());
     store
         .advertise(&LockOwner {
             pid: std::process::id(),
@@ -203,8 +232,8 @@ async fn serve(
         .context("writing the lock file")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let maintenance =
-        Arc::clone(tls).spawn_maintenance(settings.tls.check_interval, stop_rx.clone());
+    let maintenance = tls
+        .map(|tls| Arc::clone(tls).spawn_maintenance(settings.tls.check_interval, stop_rx.clone()));
     let flusher = spawn_flusher(Arc::clone(vault), Arc::clone(auth), stop_rx.clone());
     let usage_flusher = Arc::clone(&proxy).spawn_usage_flusher(stop_rx.clone());
     // OAuth connections: proactive and daily refreshes, batched audit.
@@ -216,12 +245,13 @@ async fn serve(
     );
     let auth_pruner = spawn_auth_pruner(Arc::clone(auth), stop_rx.clone());
 
-    let server_config = tls.server_config()?;
     let mut tasks = tokio::task::JoinSet::new();
     for listener in https {
-        let (app, cfg, opts) = (app.clone(), Arc::clone(&server_config), opts.clone());
+        let (app, transport, opts) = (app.clone(), transport.clone(), opts.clone());
         let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move { serve_https(listener, cfg, app, stop, opts).await });
+        tasks.spawn(async move {
+            latchkey_core::serve::serve(listener, transport, app, stop, opts).await
+        });
     }
     let https_port = bound.first().map_or(0, SocketAddr::port);
     for listener in redirects {
@@ -232,16 +262,24 @@ async fn serve(
 
     // Handlers go in before the banner: whoever reads it may signal at once.
     let signals = Signals::install()?;
-    print_banner(
-        ctx,
-        tls,
-        vault,
-        &bound,
-        &redirect_bound,
-        setup_token.as_ref(),
-    );
+    print_banner(&Banner {
+        data_dir: &ctx.data_dir,
+        ca: tls.map(|t| (t.ca().cert_path().to_path_buf(), t.ca_fingerprint_sha256())),
+        scheme: scheme.as_str(),
+        public_url: settings.server.public_url.as_deref(),
+        bound: &bound,
+        redirects: &redirect_bound,
+        vault_line: if vault.is_sealed() {
+            "sealed; unseal it with `latchkey unseal`".to_string()
+        } else {
+            format!("unsealed ({})", ctx.source().kind_name())
+        },
+        setup: setup_token
+            .as_ref()
+            .map(|t| (t, settings.auth.setup_token_lifetime)),
+    });
     drop(setup_token);
-    tracing::info!(addresses = ?bound, "serving HTTPS");
+    tracing::info!(addresses = ?bound, %scheme, "serving");
 
     // Serve until a signal, or until a listener fails.
     let mut failure = None;
@@ -264,7 +302,9 @@ async fn serve(
             tracing::warn!(error = %e, "listener ended with an error");
         }
     }
-    let _ = maintenance.await;
+    if let Some(m) = maintenance {
+        let _ = m.await;
+    }
     let _ = flusher.await;
     let _ = pruner.await;
     let _ = auth_pruner.await;
@@ -335,7 +375,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// The URL local CLI commands use to reach this server: loopback when the
 /// server listens there (or on a wildcard), otherwise its first address.
-fn api_url(bound: &[SocketAddr]) -> String {
+fn api_url(bound: &[SocketAddr], scheme: &str) -> String {
     let reachable = |a: &SocketAddr| -> Option<SocketAddr> {
         match a.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() || ip.is_loopback() => {
@@ -353,41 +393,63 @@ fn api_url(bound: &[SocketAddr]) -> String {
         .find(SocketAddr::is_ipv4)
         .or_else(|| bound.iter().find_map(reachable))
         .or_else(|| bound.first().copied());
-    chosen.map_or_else(String::new, |a| format!("https://{a}"))
+    chosen.map_or_else(String::new, |a| format!("{scheme}://{a}"))
 }
 
 /// The URLs to show a person: `localhost` for loopback and wildcard
 /// addresses (the certificate names it), the host name for wildcards.
-fn display_urls(bound: &[SocketAddr]) -> Vec<String> {
+fn display_urls(bound: &[SocketAddr], scheme: &str) -> Vec<String> {
     let mut urls = Vec::new();
     for a in bound {
         let port = a.port();
         let ip = a.ip();
         if ip.is_loopback() || ip.is_unspecified() {
-            urls.push(format!("https://localhost:{port}/"));
+            urls.push(format!("{scheme}://localhost:{port}/"));
         }
         if ip.is_unspecified() {
             if let Some(host) = crate::tls::server_cert::local_host_name() {
-                urls.push(format!("https://{host}:{port}/"));
+                urls.push(format!("{scheme}://{host}:{port}/"));
             }
         } else {
-            urls.push(format!("https://{}/", SocketAddr::new(ip, port)));
+            urls.push(format!("{scheme}://{}/", SocketAddr::new(ip, port)));
         }
     }
     urls.dedup();
     urls
 }
 
-fn print_banner(
-    ctx: &Context,
-    tls: &TlsManager,
-    vault: &Vault,
-    bound: &[SocketAddr],
-    redirects: &[SocketAddr],
-    setup_token: Option<&SecretString>,
-) {
+/// What the startup banner shows.
+struct Banner<'a> {
+    data_dir: &'a std::path::Path,
+    /// The CA's certificate path and fingerprint; `None` with
+    /// `server.tls = false` (no certificate of ours is in use).
+    ca: Option<(std::path::PathBuf, String)>,
+    scheme: &'a str,
+    /// `server.public_url`, shown as where to go (with plain HTTP the
+    /// reverse proxy's address is the one people use).
+    public_url: Option<&'a str>,
+    bound: &'a [SocketAddr],
+    redirects: &'a [SocketAddr],
+    vault_line: String,
+    setup: Option<(&'a SecretString, Duration)>,
+}
+
+fn print_banner(b: &Banner<'_>) {
+    let out = banner_text(b);
+    let mut stdout = std::io::stdout().lock();
+    // stdout may be a closed pipe under a supervisor; serving matters more.
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn banner_text(b: &Banner<'_>) -> String {
     let mut out = String::new();
-    let urls = display_urls(bound);
+    let mut urls = display_urls(b.bound, b.scheme);
+    if b.ca.is_none()
+        && let Some(u) = b.public_url
+    {
+        urls.insert(0, format!("{}/", u.trim_end_matches('/')));
+    }
     out.push_str(&format!(
         "Latchkey {} is running.\n\n",
         env!("CARGO_PKG_VERSION")
@@ -400,55 +462,58 @@ fn print_banner(
         };
         out.push_str(&format!("{label}{url}\n"));
     }
-    for r in redirects {
+    for r in b.redirects {
         out.push_str(&format!("  HTTP redirect:  http://{r}/ -> HTTPS\n"));
     }
     out.push_str(&format!(
         "  Listening on:   {}\n",
-        bound
+        b.bound
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    out.push_str(&format!(
-        "  CA certificate: {}\n  CA SHA-256:     {}\n",
-        tls.ca().cert_path().display(),
-        tls.ca_fingerprint_sha256()
-    ));
-    out.push_str(
-        "  Trust the CA:   latchkey tls export-ca > latchkey-ca.pem, then import it into your \
-         browser or OS\n",
-    );
+    match &b.ca {
+        Some((path, fingerprint)) => {
+            out.push_str(&format!(
+                "  CA certificate: {}\n  CA SHA-256:     {fingerprint}\n",
+                path.display(),
+            ));
+            out.push_str(
+                "  Trust the CA:   latchkey tls export-ca > latchkey-ca.pem, then import it into \
+                 your browser or OS\n",
+            );
+        }
+        None => out.push_str(
+            "  Transport:      plain HTTP (server.tls = false): loopback, or TLS at the reverse \
+             proxy in auth.trusted_proxies\n",
+        ),
+    }
     out.push_str(&format!(
         "  Admin token:    {} (mode 0600; `latchkey` commands on this machine use it)\n",
-        admin_token_path(&ctx.data_dir).display()
+        admin_token_path(b.data_dir).display()
     ));
-    let vault_line = if vault.is_sealed() {
-        "sealed; unseal it with `latchkey unseal`".to_string()
-    } else {
-        format!("unsealed ({})", ctx.source().kind_name())
-    };
-    out.push_str(&format!("  Vault:          {vault_line}\n"));
-    if let Some(t) = setup_token {
+    out.push_str(&format!("  Vault:          {}\n", b.vault_line));
+    if let Some((t, lifetime)) = b.setup {
         // The token is in the fragment: browsers never send it, so it
         // cannot reach a server or proxy log.
-        let port = bound.first().map_or(0, SocketAddr::port);
+        let port = b.bound.first().map_or(0, SocketAddr::port);
+        let origin = match (b.ca.is_none(), b.public_url) {
+            (true, Some(u)) => u.trim_end_matches('/').to_string(),
+            _ => format!("{}://localhost:{port}", b.scheme),
+        };
         out.push_str(&format!(
             "\nFirst run: no owner yet. Open this one-time setup link in a browser \
              (expires in {}):\n\
-             \x20   https://localhost:{port}/setup#token={}\n\
+             \x20   {origin}/setup#token={}\n\
              or create the owner on this machine with\n\
              \x20   latchkey setup --username NAME --password-stdin\n",
-            human_duration(ctx.settings.auth.setup_token_lifetime),
+            human_duration(lifetime),
             t.expose_secret(),
         ));
     }
     out.push_str("\nStop with Ctrl-C (SIGINT) or SIGTERM.\n");
-    let mut stdout = std::io::stdout().lock();
-    // stdout may be a closed pipe under a supervisor; serving matters more.
-    let _ = stdout.write_all(out.as_bytes());
-    let _ = stdout.flush();
+    out
 }
 
 /// `1h`, `30m`, `45s`: the largest whole unit.
@@ -560,12 +625,69 @@ mod tests {
     #[test]
     fn api_url_prefers_loopback() {
         let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
-        assert_eq!(api_url(&[a("0.0.0.0:8443")]), "https://127.0.0.1:8443");
-        assert_eq!(api_url(&[a("[::]:9")]), "https://[::1]:9");
         assert_eq!(
-            api_url(&[a("192.168.1.2:5"), a("127.0.0.1:6")]),
+            api_url(&[a("0.0.0.0:8443")], "https"),
+            "https://127.0.0.1:8443"
+        );
+        assert_eq!(api_url(&[a("[::]:9")], "https"), "https://[::1]:9");
+        assert_eq!(
+            api_url(&[a("192.168.1.2:5"), a("127.0.0.1:6")], "https"),
             "https://127.0.0.1:6"
         );
-        assert_eq!(api_url(&[a("192.168.1.2:5")]), "https://192.168.1.2:5");
+        assert_eq!(
+            api_url(&[a("192.168.1.2:5")], "https"),
+            "https://192.168.1.2:5"
+        );
+        assert_eq!(api_url(&[a("127.0.0.1:7")], "http"), "http://127.0.0.1:7");
+    }
+
+    #[test]
+    fn plain_banner_shows_http_and_no_ca() {
+        let token = SecretString::from("t0k".to_string());
+        let bound = ["127.0.0.1:8080".parse::<SocketAddr>().expect("addr")];
+        let mut b = Banner {
+            data_dir: std::path::Path::new("/data"),
+            ca: None,
+            scheme: "http",
+            public_url: None,
+            bound: &bound,
+            redirects: &[],
+            vault_line: "unsealed (keyfile)".into(),
+            setup: Some((&token, Duration::from_secs(3600))),
+        };
+        let text = banner_text(&b);
+        assert!(
+            text.contains("Open:           http://localhost:8080/"),
+            "{text}"
+        );
+        assert!(
+            text.contains("http://localhost:8080/setup#token=t0k"),
+            "{text}"
+        );
+        assert!(!text.contains("https://"), "{text}");
+        assert!(!text.contains("CA"), "{text}");
+        assert!(text.contains("server.tls = false"), "{text}");
+        b.public_url = Some("https://vault.example");
+        let text = banner_text(&b);
+        assert!(
+            text.contains("Open:           https://vault.example/"),
+            "{text}"
+        );
+        assert!(
+            text.contains("https://vault.example/setup#token=t0k"),
+            "{text}"
+        );
+        b.ca = Some(("/data/tls/ca.pem".into(), "AB:CD".into()));
+        b.scheme = "https";
+        let text = banner_text(&b);
+        assert!(
+            text.contains("Open:           https://localhost:8080/"),
+            "{text}"
+        );
+        assert!(text.contains("CA SHA-256:     AB:CD"), "{text}");
+        assert!(
+            text.contains("https://localhost:8080/setup#token="),
+            "{text}"
+        );
     }
 }

@@ -40,6 +40,7 @@ pub mod keys;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
+pub mod origin;
 pub mod ui;
 pub mod usage;
 pub mod users;
