@@ -36,10 +36,12 @@
 //!   at startup with one line naming the keys.
 
 use super::proxy::{Mock, OPENAI_SECRET, no_secrets, seeded};
-use latchkey_e2e::caddy::{Caddy, free_port, reverse_proxy_site, static_site};
-use latchkey_e2e::plain::{Client, PlainServer};
+use latchkey_e2e::caddy::{Caddy, Client, free_port, reverse_proxy_site, static_site};
 use latchkey_e2e::ui::{artifacts_dir, print_uncaptured, ui_dir};
-use latchkey_e2e::{Authenticator, Out, PASSWORD, Resp, TestDir, auth_config, run_cmd_for};
+use latchkey_e2e::{
+    Authenticator, Out, PASSWORD, Resp, ServeOpts, Server, TestDir, auth_config, run_cmd_for,
+    spawn_server,
+};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,6 +71,26 @@ fn config(public: &str, mock: u16) -> String {
          [providers.openai]\nupstream = \"http://127.0.0.1:{mock}\"\nsecret = \"openai-main\"\n",
         auth_config(&format!("trusted_proxies = [\"{PROXY_IP}\"]"))
     )
+}
+
+/// The one-time setup link the banner prints while no owner exists:
+/// `(origin, token)`.
+fn setup_link(s: &Server) -> (String, String) {
+    let out = s.stdout();
+    let (before, rest) = out
+        .split_once("/setup#token=")
+        .unwrap_or_else(|| panic!("no `/setup#token=` in the banner:\n{out}"));
+    let origin = before
+        .rsplit(char::is_whitespace)
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let token = rest
+        .split(|c: char| c.is_whitespace() || c == ')')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (origin, token)
 }
 
 fn status_is(r: &Resp, want: u16, what: &str) {
@@ -288,14 +310,15 @@ fn caddy_terminates_tls_for_plain_latchkey() {
     let other = format!("https://localhost:{other_port}");
 
     // ---------------------------------------------------------- start
-    let mut s = PlainServer::spawn(&d, "127.0.0.1:0", &config(&public, mock.port), &[]);
-    let lock = s.lock_file();
-    assert_eq!(
-        lock["api_url"],
-        s.url(),
-        "the lock file tells local commands the plain loopback URL"
+    let mut s = spawn_server(
+        &d,
+        &ServeOpts::new()
+            .config(&config(&public, mock.port))
+            .env("LATCHKEY_SERVER__TLS", "false"),
     );
-    let (link_origin, setup_token) = s.setup_link();
+    assert_eq!(s.scheme, "http", "the lock file names a plain http:// URL");
+    let plain = format!("http://127.0.0.1:{}", s.port);
+    let (link_origin, setup_token) = setup_link(&s);
     assert_eq!(
         link_origin,
         public,
@@ -329,7 +352,7 @@ fn caddy_terminates_tls_for_plain_latchkey() {
             .tls(&root, caddy_port)
             .from_ip(ip)
     };
-    let direct = |ip: &str| Client::new(&s.url(), &work).from_ip(ip);
+    let direct = |ip: &str| Client::new(&plain, &work).from_ip(ip);
     let admin_token = s.admin_token();
     let admin_auth = format!("Authorization: Bearer {admin_token}");
 
@@ -567,6 +590,9 @@ fn caddy_terminates_tls_for_plain_latchkey() {
         .find_map(|l| l.strip_prefix("stream-timing: "))
         .and_then(|j| serde_json::from_str(j).ok())
         .unwrap_or_else(|| panic!("no stream-timing line:\n{text}"));
+    print_uncaptured(&format!(
+        "reverse_proxy sdk stream through Caddy: {timing}\n"
+    ));
     let at = |i: usize| timing[i]["at_ms"].as_u64().unwrap_or(0);
     assert_eq!(timing[0]["text"], "first", "{timing}");
     assert_eq!(timing[1]["text"], "second", "{timing}");

@@ -14,12 +14,18 @@
 //! disable_redirects`, and `http_port`/`https_port` set to free ports for
 //! good measure). Sites bind `127.0.0.1` only and speak HTTP/1.1 and
 //! HTTP/2 (no HTTP/3 UDP socket).
+//!
+//! [`Client`] talks to either side the way a user's tools would: curl to
+//! the proxy's https origin (trusting only Caddy's root) or straight to
+//! Latchkey's plain port, from a chosen loopback address, with a cookie
+//! jar and an `Origin`.
 
-use crate::server::curl_cmd;
+use crate::server::{Resp, curl_cmd};
 use crate::{Out, run_cmd_for};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long Caddy may take to listen and serve its first certificate.
@@ -188,4 +194,176 @@ impl Drop for Caddy {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Numbers the files each request and cookie jar leave behind.
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn next_seq() -> usize {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A curl client for one origin: `http://127.0.0.1:PORT` straight to
+/// Latchkey, or `https://localhost:PORT` through a proxy (then with the
+/// proxy's root certificate and `localhost` pinned to 127.0.0.1).
+/// Optionally connects from a given loopback address (`--interface`),
+/// keeps cookies in its own jar and sends `Origin` with every request.
+pub struct Client {
+    base: String,
+    cacert: Option<PathBuf>,
+    resolve: Option<String>,
+    interface: Option<String>,
+    jar: Option<PathBuf>,
+    /// `Origin` sent with every request; `None` sends none.
+    pub origin: Option<String>,
+    work: PathBuf,
+}
+
+impl Client {
+    /// A client of `base` (scheme, host and port) that keeps its request
+    /// files under `work`.
+    pub fn new(base: &str, work: &Path) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            cacert: None,
+            resolve: None,
+            interface: None,
+            jar: None,
+            origin: None,
+            work: work.to_path_buf(),
+        }
+    }
+
+    /// Trusts only `ca` for HTTPS, and resolves `localhost:port` to
+    /// 127.0.0.1 (the proxy binds IPv4 loopback only).
+    pub fn tls(mut self, ca: &Path, port: u16) -> Client {
+        self.cacert = Some(ca.to_path_buf());
+        self.resolve = Some(format!("localhost:{port}:127.0.0.1"));
+        self
+    }
+
+    /// Connects from local address `ip` (e.g. `127.0.0.3`: every
+    /// 127.0.0.0/8 address is this host's loopback on Linux).
+    pub fn from_ip(mut self, ip: &str) -> Client {
+        self.interface = Some(ip.to_string());
+        self
+    }
+
+    /// Keeps cookies (curl's own `-b`/`-c` jar) and sends `Origin:
+    /// <base>` with every request, as a page of the origin itself would.
+    pub fn browser(mut self) -> Client {
+        let n = next_seq();
+        self.jar = Some(self.work.join(format!("client-cookies-{n}.txt")));
+        self.origin = Some(self.base.clone());
+        self
+    }
+
+    /// A request to `path`: `headers` are `Name: value` strings, `body` is
+    /// sent as is. A request the server may answer before reading its body
+    /// (401, 403) is repeated once over HTTP/1.1 when Debian 12's curl 7.88
+    /// reports error 92 for the HTTP/2 stream reset that follows such an
+    /// early answer (see `Server::early_request`).
+    pub fn request(&self, method: &str, path: &str, headers: &[&str], body: Option<&[u8]>) -> Resp {
+        let r = self.request_with(&[], method, path, headers, body);
+        if r.status == 0 && body.is_some() && r.body.contains("(92)") {
+            return self.request_with(&["--http1.1"], method, path, headers, body);
+        }
+        r
+    }
+
+    fn request_with(
+        &self,
+        flags: &[&str],
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        let n = next_seq();
+        let body_file = self.work.join(format!("client-curl-{n}.body"));
+        let head_file = self.work.join(format!("client-curl-{n}.head"));
+        let mut c = curl_cmd();
+        c.args(flags)
+            .args(["-X", method, "-w", "%{http_code}", "-o"])
+            .arg(&body_file)
+            .arg("-D")
+            .arg(&head_file);
+        if let Some(ca) = &self.cacert {
+            c.arg("--cacert").arg(ca);
+        }
+        if let Some(r) = &self.resolve {
+            c.args(["--resolve", r]);
+        }
+        if let Some(ip) = &self.interface {
+            c.args(["--interface", ip]);
+        }
+        if let Some(jar) = &self.jar {
+            c.arg("-b").arg(jar).arg("-c").arg(jar);
+        }
+        if let Some(o) = &self.origin {
+            c.arg("-H").arg(format!("Origin: {o}"));
+        }
+        for h in headers {
+            c.args(["-H", h]);
+        }
+        if body.is_some() {
+            c.args(["--data-binary", "@-"]);
+        }
+        c.arg(format!("{}{path}", self.base));
+        let out = run_cmd_for(c, body.unwrap_or_default(), Duration::from_secs(40));
+        let status: u16 = out.stdout.trim().parse().unwrap_or(0);
+        let head = std::fs::read_to_string(&head_file).unwrap_or_default();
+        let text = std::fs::read_to_string(&body_file).unwrap_or_default();
+        let _ = std::fs::remove_file(&head_file);
+        let _ = std::fs::remove_file(&body_file);
+        if status == 0 {
+            return Resp {
+                status: 0,
+                headers: Vec::new(),
+                body: out.stderr,
+            };
+        }
+        Resp {
+            status,
+            headers: parse_headers(&head),
+            body: text,
+        }
+    }
+
+    pub fn get(&self, path: &str, headers: &[&str]) -> Resp {
+        self.request("GET", path, headers, None)
+    }
+
+    /// A POST of `json` as `application/json`, with `headers` added.
+    pub fn post(&self, path: &str, json: &serde_json::Value, headers: &[&str]) -> Resp {
+        let mut h = headers.to_vec();
+        h.push("Content-Type: application/json");
+        self.request("POST", path, &h, Some(json.to_string().as_bytes()))
+    }
+
+    /// The session cookie's value in the jar (`None` if none).
+    pub fn cookie(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.jar.as_ref()?).ok()?;
+        text.lines()
+            .map(|l| l.strip_prefix("#HttpOnly_").unwrap_or(l))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .find(|f| f.len() == 7 && f[5] == "__Host-latchkey_session")
+            .map(|f| f[6].to_string())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Headers of the last response in a `curl -D` dump (lower-cased names).
+fn parse_headers(dump: &str) -> Vec<(String, String)> {
+    let last = dump
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()
+        .unwrap_or_default();
+    last.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect()
 }

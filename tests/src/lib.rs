@@ -7,7 +7,6 @@ mod server;
 
 pub mod caddy;
 pub mod oidc;
-pub mod plain;
 pub mod race;
 pub mod ui;
 
