@@ -684,7 +684,7 @@ fn plain_listener_on_all_interfaces_is_refused() {
             out.stderr
         );
         assert!(
-            errors[0].contains("server.tls") || errors[0].contains("auth.trusted_proxies"),
+            errors[0].contains("server.tls") && errors[0].contains("auth.trusted_proxies"),
             "the error names the keys to change: {}",
             errors[0]
         );
