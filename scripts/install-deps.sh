@@ -10,6 +10,7 @@ apt_packages=(
   oathtool zbar-tools               # independent TOTP codes and QR decoding in the e2e tests
   nginx-light caddy                 # forward-auth snippets tested for real; nginx is the proxy benchmark's baseline
   chromium                          # the web UI's browser tests (tests/ui, driven by playwright-core)
+  libnss3-tools                     # certutil: Chromium's NSS trust store for Caddy's root (tests/it/reverse_proxy.rs)
 )
 
 missing=()

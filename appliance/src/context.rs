@@ -1,15 +1,15 @@
 //! What every command needs first: the data directory, the configuration,
-//! and (for vault commands) an unsealed vault.
+//! and (for commands that work offline) the data directory opened through
+//! the core's [`App`], unsealed when the command needs the vault's keys.
 
 use crate::cli::GlobalArgs;
 use crate::prompt;
 use anyhow::bail;
+use latchkey_core::app::{App, OpenOptions};
 use latchkey_core::config::{CONFIG_FILE, MasterKeyKind, Settings};
 use latchkey_core::secrecy::{ExposeSecret, SecretString};
-use latchkey_core::store::Store;
-use latchkey_core::vault::{MasterKey, MasterKeySource, Vault};
+use latchkey_core::vault::MasterKeySource;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Shortest passphrase accepted for a new vault passphrase.
 pub const MIN_PASSPHRASE: usize = 12;
@@ -66,9 +66,21 @@ impl Context {
         self.settings.master_key_source(&self.data_dir)
     }
 
-    /// Opens the database of this data directory for a one-shot command.
-    pub fn open_store(&self) -> anyhow::Result<Arc<Store>> {
-        Ok(Store::open(&self.data_dir, "cli")?)
+    /// Opens this data directory through the core for `role` (`serve`, or
+    /// `cli` for a one-shot command; see [`OpenOptions`]).
+    pub fn open_app(&self, role: &'static str, unseal: bool) -> anyhow::Result<App> {
+        Ok(App::open(
+            self.settings.clone(),
+            &self.data_dir,
+            self.source(),
+            OpenOptions { role, unseal },
+        )?)
+    }
+
+    /// Opens the data directory for a one-shot command that needs no key:
+    /// metadata, removal, users, the audit log.
+    pub fn open_sealed(&self) -> anyhow::Result<App> {
+        self.open_app("cli", false)
     }
 
     /// The vault passphrase, from `--passphrase-file` or a prompt.
@@ -80,22 +92,18 @@ impl Context {
         }
     }
 
-    /// Opens and unseals the vault for a one-shot command.
-    pub fn open_vault(&self) -> anyhow::Result<Vault> {
-        let store = self.open_store()?;
-        let vault = Vault::new(store);
-        let source = self.source();
+    /// Opens the data directory with the vault unsealed, for a one-shot
+    /// command: a stored key is read (finishing an interrupted master-key
+    /// rotation); in passphrase mode the passphrase is asked for.
+    pub fn open_unsealed(&self) -> anyhow::Result<App> {
+        let app = self.open_app("cli", true)?;
         if self.settings.vault.master_key == MasterKeyKind::Passphrase {
-            if !vault.is_initialized()? {
+            if !app.vault().is_initialized()? {
                 bail!("the vault has no passphrase yet; run `latchkey vault init` to choose one");
             }
-            let pass = self.vault_passphrase()?;
-            vault.unseal(&MasterKey::Passphrase(pass), source.kind_name())?;
-            return Ok(vault);
+            app.unseal_with_passphrase(self.vault_passphrase()?)?;
         }
-        // Finishes a master-key rotation interrupted after its commit.
-        latchkey_core::vault::rotation::open_recovering(&vault, &source)?;
-        Ok(vault)
+        Ok(app)
     }
 }
 

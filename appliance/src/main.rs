@@ -19,6 +19,12 @@ use cli::{Cli, Command, ConfigCommand, TlsCommand};
 use std::io::Write;
 use std::process::ExitCode;
 
+/// Only with `--features mimalloc`, for side-by-side allocator
+/// measurements (docs/PERFORMANCE.md); releases use glibc's allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {

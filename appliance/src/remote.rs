@@ -3,8 +3,10 @@
 //!
 //! The server says where it listens in the data directory's lock file; the
 //! client trusts only that data directory's own CA (`tls/ca.pem`) and
-//! authenticates with `admin.token`. Errors come back as the API's one-line
-//! message.
+//! authenticates with `admin.token`. A server with `server.tls = false`
+//! advertises `http://` on loopback: the token then never leaves the
+//! machine, and a plain `http://` URL to anywhere else is refused. Errors
+//! come back as the API's one-line message.
 
 use crate::context::Context;
 use crate::server::host::{admin_token_path, read_admin_token};
@@ -15,6 +17,7 @@ use latchkey_core::vault::{NewRecord, RecordMeta, record::validate_name};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -59,20 +62,26 @@ impl Remote {
     }
 
     fn connect(ctx: &Context, base: String) -> anyhow::Result<Remote> {
-        let ca_pem = crate::tls::export_ca_pem(&ctx.data_dir.join("tls"))?;
-        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
-            .context("reading the server's CA certificate")?;
-        let token = read_admin_token(&admin_token_path(&ctx.data_dir))?;
-        // reqwest is built without a provider of its own (no aws-lc-rs).
+        // reqwest is built without a provider of its own (no aws-lc-rs) and
+        // wants one even for a client that will only speak plain HTTP.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .https_only(true)
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             // Backups and passphrase unsealing (scrypt) take a while.
             .timeout(Duration::from_secs(300))
-            .build()
-            .context("building the HTTPS client")?;
+            // The admin token goes to exactly the advertised address.
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(source_address(&base, &ctx.settings.auth.trusted_proxies)?);
+        let builder = if plain_loopback(&base)? {
+            builder.https_only(false)
+        } else {
+            let ca_pem = crate::tls::export_ca_pem(&ctx.data_dir.join("tls"))?;
+            let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+                .context("reading the server's CA certificate")?;
+            builder.tls_certs_only([ca]).https_only(true)
+        };
+        let token = read_admin_token(&admin_token_path(&ctx.data_dir))?;
+        let client = builder.build().context("building the HTTP client")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -294,6 +303,80 @@ impl Remote {
     }
 }
 
+/// Whether `base` is a plain-HTTP URL, which is accepted only to a
+/// loopback address (the lock file of a `server.tls = false` server);
+/// `https://` is the other choice, anything else is refused.
+fn plain_loopback(base: &str) -> anyhow::Result<bool> {
+    if base.starts_with("https://") {
+        return Ok(false);
+    }
+    let Some(rest) = base.strip_prefix("http://") else {
+        bail!("the lock file names an unusable server address `{base}`");
+    };
+    let addr: std::net::SocketAddr = rest
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| anyhow!("the lock file names an unusable server address `{base}`"))?;
+    if !addr.ip().to_canonical().is_loopback() {
+        bail!(
+            "the server at {base} speaks plain HTTP on a network address; `latchkey` commands \
+             send the admin token only over HTTPS or to loopback: add a loopback address \
+             (e.g. 127.0.0.1:8080) to server.listen"
+        );
+    }
+    Ok(true)
+}
+
+/// The loopback address to connect from, when the usual one would not do.
+///
+/// A reverse proxy on this machine usually connects from 127.0.0.1, so
+/// that address is listed in `auth.trusted_proxies` — and then nothing
+/// from it is the host (the server cannot tell the proxy's requests from
+/// ours), and the admin token would be refused. The CLI then connects from
+/// another loopback address that no trusted-proxy entry covers (Linux
+/// routes all of 127.0.0.0/8 to the loopback interface). `None`: the
+/// system's choice is fine.
+fn source_address(base: &str, trusted_proxies: &[String]) -> anyhow::Result<Option<IpAddr>> {
+    let Some(server) = base
+        .split_once("://")
+        .and_then(|(_, rest)| {
+            rest.trim_end_matches('/')
+                .parse::<std::net::SocketAddr>()
+                .ok()
+        })
+        .map(|a| a.ip().to_canonical())
+        .filter(IpAddr::is_loopback)
+    else {
+        return Ok(None);
+    };
+    let proxies =
+        latchkey_core::http::parse_trusted_proxies(trusted_proxies).map_err(|e| anyhow!(e))?;
+    let trusted = |ip: &IpAddr| proxies.iter().any(|net| net.contains(ip));
+    // The source the system picks for a loopback destination: itself on
+    // IPv6 (::1), 127.0.0.1 on IPv4.
+    let usual = match server {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    if !trusted(&usual) {
+        return Ok(None);
+    }
+    let other = match server {
+        IpAddr::V4(_) => (2..=254u8)
+            .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
+            .find(|ip| !trusted(ip)),
+        IpAddr::V6(_) => None,
+    };
+    match other {
+        Some(ip) => Ok(Some(ip)),
+        None => bail!(
+            "auth.trusted_proxies covers {usual}, the address `latchkey` commands reach the \
+             server from, so the server would take them for the proxy and refuse the admin \
+             token: list only the proxy's own address (e.g. 127.0.0.1, not 127.0.0.0/8 or ::1)"
+        ),
+    }
+}
+
 /// A username as a path segment: usernames are letters, digits and
 /// `._-@`, all URL-safe in a path.
 fn path_segment(s: &str) -> anyhow::Result<&str> {
@@ -304,5 +387,50 @@ fn path_segment(s: &str) -> anyhow::Result<&str> {
         Ok(s)
     } else {
         bail!("`{s}` is not a valid username")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(!plain_loopback("https://192.168.1.2:8443").expect("https"));
+        assert!(plain_loopback("http://127.0.0.1:8080").expect("v4"));
+        assert!(plain_loopback("http://[::1]:8080").expect("v6"));
+        let err = plain_loopback("http://192.168.1.2:8080").expect_err("lan");
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        assert!(plain_loopback("ftp://127.0.0.1:1").is_err());
+        assert!(plain_loopback("http://localhost:1").is_err());
+    }
+
+    /// A proxy trusted at 127.0.0.1 must not take the CLI's authority: the
+    /// CLI then connects from the first loopback address no entry covers.
+    #[test]
+    fn cli_source_address_avoids_trusted_proxies() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let url = "http://127.0.0.1:8080";
+        assert_eq!(source_address(url, &[]).expect("none"), None);
+        assert_eq!(
+            source_address(url, &list(&["10.0.0.5"])).expect("other"),
+            None
+        );
+        assert_eq!(
+            source_address(url, &list(&["127.0.0.1"])).expect("moved"),
+            Some("127.0.0.2".parse().expect("ip"))
+        );
+        assert_eq!(
+            source_address(url, &list(&["127.0.0.0/31", "127.0.0.2"])).expect("moved"),
+            Some("127.0.0.3".parse().expect("ip"))
+        );
+        assert_eq!(
+            source_address("https://192.168.1.2:8443", &list(&["127.0.0.1"])).expect("lan"),
+            None
+        );
+        let err = source_address(url, &list(&["127.0.0.0/8"])).expect_err("all of loopback");
+        assert!(err.to_string().contains("auth.trusted_proxies"), "{err}");
+        let err = source_address("https://[::1]:8443", &list(&["::1"])).expect_err("v6");
+        assert!(err.to_string().contains("auth.trusted_proxies"), "{err}");
     }
 }

@@ -236,6 +236,54 @@ pub fn prune(store: &Store, keep_secs: i64, now: i64) -> Result<usize, StoreErro
     Ok(removed)
 }
 
+/// The entries the vault's operations leave, built in one place so that
+/// every entry point records the same thing: the API's handlers
+/// (`http::vault`) and the host's offline commands (`crate::app`, actor
+/// `host`). Values never appear, only names and counts.
+pub mod vault_events {
+    use super::{AuditEvent, Outcome};
+    use std::net::IpAddr;
+
+    /// `vault.put`, detail `created` or `replaced`.
+    pub fn put(actor: &str, name: &str, replaced: bool, ip: Option<IpAddr>) -> AuditEvent {
+        AuditEvent::new(actor, "vault.put", Outcome::Success)
+            .target(name)
+            .ip(ip)
+            .detail(if replaced { "replaced" } else { "created" })
+    }
+
+    /// `vault.delete`, detail `deleted`.
+    pub fn delete(actor: &str, name: &str, ip: Option<IpAddr>) -> AuditEvent {
+        AuditEvent::new(actor, "vault.delete", Outcome::Success)
+            .target(name)
+            .ip(ip)
+            .detail("deleted")
+    }
+
+    /// `vault.reveal`: a value was read.
+    pub fn reveal(actor: &str, name: &str, ip: Option<IpAddr>) -> AuditEvent {
+        AuditEvent::new(actor, "vault.reveal", Outcome::Success)
+            .target(name)
+            .ip(ip)
+    }
+
+    /// How `backup.create` names where a backup was encrypted to: `to a
+    /// passphrase`, `to recipient age1…`.
+    pub fn backup_to(to: &crate::backup::BackupRecipient) -> String {
+        match to {
+            crate::backup::BackupRecipient::Passphrase(_) => "to a passphrase".to_string(),
+            crate::backup::BackupRecipient::Recipient(r) => format!("to recipient {r}"),
+        }
+    }
+
+    /// `backup.create`: `to` says to what ([`backup_to`]).
+    pub fn backup(actor: &str, to: &str, records: usize, ip: Option<IpAddr>) -> AuditEvent {
+        AuditEvent::new(actor, "backup.create", Outcome::Success)
+            .ip(ip)
+            .detail(format!("{to}, {records} vault record(s)"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -443,14 +443,9 @@ pub fn restore(
         latchkey_migrations::migrate(&txn).map_err(store::StoreError::from)?;
         txn.commit()?;
     }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
+    crate::private_fs::restrict(&tmp).map_err(io)?;
     std::fs::rename(&tmp, &db_path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
+    crate::private_fs::sync_dir(dir).map_err(io)?;
     let _ = std::fs::remove_file(db_path.with_extension("redb.pre-repair"));
     Ok((backup.summary.clone(), origin))
 }

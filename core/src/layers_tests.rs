@@ -10,15 +10,18 @@ use std::path::{Path, PathBuf};
 /// Bottom first. A module may use the modules of its own layer's lower
 /// layers; within a layer only where [`SIBLINGS`] says so.
 const LAYERS: &[&[&str]] = &[
-    &["net", "store", "duration_str"],
-    &["audit", "vault"],
+    &["net", "duration_str", "private_fs"],
+    &["store"],
+    &["vault"],
     &["backup"],
+    &["audit"],
     &["auth"],
     &["connections"],
     &["proxy", "agent"],
     &["config"],
     &["http"],
-    &["app", "serve"],
+    &["serve"],
+    &["app"],
     &["fuzzing"],
 ];
 

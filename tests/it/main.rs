@@ -23,6 +23,7 @@ mod key_sources;
 mod leaks;
 mod proxy;
 mod proxy_limits;
+mod reverse_proxy;
 mod security_doc;
 mod serve;
 mod serve_robustness;

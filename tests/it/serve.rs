@@ -670,3 +670,233 @@ fn secrets_never_reach_the_server_logs() {
         }
     }
 }
+
+/// `server.tls = false` on loopback: plain HTTP, no certificates made, the
+/// banner says `http://` and names no CA, and everything a person or the
+/// CLI does over HTTPS works the same — sign-in sets the same cookie, the
+/// CLI finds the server through the lock file.
+#[test]
+fn plain_http_on_loopback_with_tls_off() {
+    use latchkey_e2e::{Browser, PASSWORD, auth_config, web_setup};
+    let d = TestDir::new();
+    let mut s = spawn_server(
+        &d,
+        &ServeOpts::new().config(&format!("[server]\ntls = false\n{}", auth_config(""))),
+    );
+    assert_eq!(s.scheme, "http", "lock file advertises http://");
+    assert!(!d.data().join("tls").exists(), "no certificate was made");
+    let banner = s.stdout();
+    assert!(
+        banner.contains(&format!("Open:           http://localhost:{}/", s.port)),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("http://localhost:{}/setup#token=", s.port)),
+        "{banner}"
+    );
+    assert!(!banner.contains("https://"), "{banner}");
+    assert!(!banner.contains("CA "), "{banner}");
+
+    // Really plain HTTP: no TLS on the port.
+    let mut c = curl_cmd();
+    c.arg(format!("http://127.0.0.1:{}/health", s.port));
+    let out = run_cmd(c, b"");
+    assert_eq!(out.stdout, r#"{"status":"ok"}"#, "{}", out.stderr);
+    let r = s.get("/ready");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let checks = r.json()["checks"].clone();
+    assert!(
+        checks
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["name"] != "certificates")),
+        "no certificate check without certificates: {checks}"
+    );
+
+    // A browser on http://localhost: the cookie keeps every flag.
+    let owner = web_setup(&s, "owner");
+    let b = Browser::new(&s);
+    let r = b.login("owner", PASSWORD, Some(&owner.totp));
+    let cookie = r
+        .headers
+        .iter()
+        .find(|(k, v)| k == "set-cookie" && v.starts_with("__Host-latchkey_session="))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no session cookie: {:?}", r.headers));
+    for flag in ["Path=/", "Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(flag), "{flag} missing: {cookie}");
+    }
+    // Same-origin is http://localhost:PORT here; the https origin is another.
+    let r = b.post("/api/users/invites", &serde_json::json!({"role": "user"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let url = r.json()["url"].as_str().unwrap_or_default().to_string();
+    assert!(
+        url.starts_with(&format!("http://localhost:{}/invite#", s.port)),
+        "{url}"
+    );
+    let mut other = Browser::new(&s);
+    other.login("owner", PASSWORD, Some(&owner.totp));
+    other.origin = Some(format!("https://localhost:{}", s.port));
+    let r = other.post("/api/users/invites", &serde_json::json!({"role": "user"}));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.error_code(), "csrf");
+
+    // The CLI reaches it over http:// on loopback with the admin token.
+    d.ok(&["vault", "put", "plain-entry"], b"sk-plain-0001\n");
+    let r = s.api("GET", "/api/vault/plain-entry", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        d.ok(&["vault", "get", "plain-entry", "--reveal"], b"")
+            .stdout,
+        "sk-plain-0001"
+    );
+    s.stop();
+}
+
+/// Runs `serve ARGS` (with `env`) expecting a refusal at startup; returns
+/// the one error line after checking nothing was created.
+fn serve_refused(d: &TestDir, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let mut c = d.cmd(&all);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = latchkey_e2e::run_cmd_for(c, b"", Duration::from_secs(30));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "serve {args:?} {env:?} should be refused: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!out.stdout.contains("is running"), "{}", out.stdout);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line, got:\n{}", out.stderr);
+    for f in ["latchkey.lock", "admin.token", "tls", "latchkey.redb"] {
+        assert!(!d.data().join(f).exists(), "{f} created: {}", lines[0]);
+    }
+    lines[0].to_string()
+}
+
+/// Plain HTTP on a network address would carry passwords and cookies in
+/// the clear: refused at startup, naming the key, unless a trusted proxy
+/// is listed — from the file, the environment or `--listen` alike.
+#[test]
+fn plain_listener_on_the_network_without_trusted_proxies_is_refused() {
+    let d = TestDir::new();
+    d.write_config("[server]\ntls = false\n");
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let err = serve_refused(&d, &["--listen", listen], &[]);
+        assert!(
+            err.starts_with("latchkey: ")
+                && err.contains("`server.tls`")
+                && err.contains("auth.trusted_proxies")
+                && err.contains(listen),
+            "{err}"
+        );
+    }
+
+    let d = TestDir::new();
+    let err = serve_refused(
+        &d,
+        &["--listen", "0.0.0.0:0"],
+        &[("LATCHKEY_SERVER__TLS", "false")],
+    );
+    assert!(err.contains("`server.tls`"), "{err}");
+
+    let d = TestDir::new();
+    d.write_config("[server]\ntls = false\nlisten = \"0.0.0.0:0\"\n");
+    let err = serve_refused(&d, &[], &[]);
+    assert!(
+        err.contains("latchkey.toml") && err.contains("`server.tls`"),
+        "{err}"
+    );
+
+    let d = TestDir::new();
+    d.write_config("[server]\ntls = false\nhttp_redirect_listen = \"127.0.0.1:0\"\n");
+    let err = serve_refused(&d, &["--listen", "127.0.0.1:0"], &[]);
+    assert!(err.contains("`server.http_redirect_listen`"), "{err}");
+
+    // With HTTPS (the default) the same address is fine.
+    let d = TestDir::new();
+    let mut s = spawn_server(
+        &d,
+        &ServeOpts {
+            listen: "0.0.0.0:0".into(),
+            ..ServeOpts::new()
+        },
+    );
+    assert_eq!(s.scheme, "https");
+    s.stop();
+}
+
+/// Behind a trusted reverse proxy (here: a plain listener on every
+/// address with 127.0.0.1 listed) the origin a browser used comes from
+/// `X-Forwarded-Proto`/`X-Forwarded-Host`, and only from the listed peer;
+/// the admin token relayed by it is refused.
+#[test]
+fn forwarded_origin_is_believed_only_from_a_trusted_proxy() {
+    use latchkey_e2e::{Browser, PASSWORD, auth_config, web_setup};
+    let d = TestDir::new();
+    let d2 = TestDir::new();
+    let cfg = |proxies: &str| {
+        format!(
+            "[server]\ntls = false\n{}",
+            auth_config(&format!("trusted_proxies = [{proxies}]\n"))
+        )
+    };
+    let s = spawn_server(
+        &d,
+        &ServeOpts {
+            listen: "0.0.0.0:0".into(),
+            ..ServeOpts::new().config(&cfg("\"127.0.0.1\""))
+        },
+    );
+    let owner = web_setup(&s, "owner");
+    let mut b = Browser::new(&s);
+    b.login("owner", PASSWORD, Some(&owner.totp));
+    b.origin = Some("https://vault.example".into());
+    let fwd = [
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-Host: vault.example",
+    ];
+    let invite = r#"{"role":"user"}"#;
+    let r = b.call_with("POST", "/api/users/invites", &fwd, Some(invite));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        r.json()["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://vault.example/invite#")),
+        "{}",
+        r.body
+    );
+    let r = b.call("POST", "/api/users/invites", Some(invite));
+    assert_eq!(r.status, 403, "without the proxy's word: {}", r.body);
+    // The relayed admin token is not the host's.
+    let r = s.request(
+        "GET",
+        "/api/vault",
+        &[&format!("Authorization: Bearer {}", s.admin_token())],
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    // The CLI on this machine keeps the token's authority: it connects from
+    // a loopback address the trusted-proxy list does not cover.
+    d.ok(&["vault", "put", "behind-proxy"], b"sk-behind-proxy-1\n");
+    assert!(
+        d.ok(&["vault", "list"], b"")
+            .stdout
+            .contains("behind-proxy"),
+        "the CLI reached the running server"
+    );
+
+    // The same headers from a peer that is not listed change nothing.
+    let s2 = spawn_server(&d2, &ServeOpts::new().config(&cfg("\"10.9.9.9\"")));
+    let owner2 = web_setup(&s2, "owner");
+    let mut b2 = Browser::new(&s2);
+    b2.login("owner", PASSWORD, Some(&owner2.totp));
+    b2.origin = Some("https://vault.example".into());
+    let r = b2.call_with("POST", "/api/users/invites", &fwd, Some(invite));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.error_code(), "csrf");
+}

@@ -231,3 +231,83 @@ fn closed_stdout_pipe_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 }
+
+/// The audit entries of `vault put`/`get --reveal`/`rm`, as JSON objects
+/// (oldest first), from `latchkey audit tail --json`.
+fn vault_entries(d: &TestDir) -> Vec<serde_json::Value> {
+    let tail = d.ok(&["audit", "tail", "-n", "100", "--json"], b"");
+    tail.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON entry per line"))
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("vault.") || a == "backup.create")
+        })
+        .collect()
+}
+
+/// What an entry says, without its time, sequence number and address
+/// (the API's carries the loopback address, the offline one none).
+fn said(e: &serde_json::Value) -> (String, String, String, String, String) {
+    let s = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+    (
+        s("actor"),
+        s("action"),
+        s("target"),
+        s("outcome"),
+        s("detail"),
+    )
+}
+
+/// A vault change made with the CLI while no server runs is audited
+/// exactly as the same change made through a running server's API: same
+/// actions, actor `host`, same details — never the value.
+#[test]
+fn offline_vault_changes_are_audited_like_the_apis() {
+    let steps = |d: &TestDir| {
+        d.ok(&["vault", "put", "audited"], b"sk-audited-0001\n");
+        d.ok(
+            &["vault", "put", "audited", "--replace"],
+            b"sk-audited-0002\n",
+        );
+        d.ok(&["vault", "get", "audited", "--reveal"], b"");
+        d.ok(&["vault", "rm", "audited"], b"");
+    };
+    let offline = TestDir::new();
+    steps(&offline);
+    let got = vault_entries(&offline);
+    let want: Vec<(String, String, String, String, String)> = [
+        ("vault.put", "created"),
+        ("vault.put", "replaced"),
+        ("vault.reveal", "-"),
+        ("vault.delete", "deleted"),
+    ]
+    .iter()
+    .map(|(a, detail)| {
+        (
+            "host".to_string(),
+            a.to_string(),
+            "audited".to_string(),
+            "success".to_string(),
+            detail.to_string(),
+        )
+    })
+    .collect();
+    assert_eq!(got.iter().map(said).collect::<Vec<_>>(), want);
+    assert!(got.iter().all(|e| e["ip"].is_null()), "{got:?}");
+
+    let online = TestDir::new();
+    let mut s = online.serve();
+    steps(&online);
+    let api = vault_entries(&online);
+    assert_eq!(api.iter().map(said).collect::<Vec<_>>(), want, "the API's");
+    assert!(api.iter().all(|e| e["ip"] == "127.0.0.1"), "{api:?}");
+    s.stop();
+
+    for d in [&offline, &online] {
+        let all = d.ok(&["audit", "tail", "-n", "100", "--json"], b"").stdout;
+        assert!(!all.contains("sk-audited"), "a value in the log: {all}");
+    }
+}

@@ -5,6 +5,7 @@
 mod auth;
 mod server;
 
+pub mod caddy;
 pub mod oidc;
 pub mod race;
 pub mod ui;

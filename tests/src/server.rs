@@ -104,8 +104,11 @@ pub struct Server {
     exit: Option<ExitStatus>,
     /// The server's process id.
     pub pid: u32,
-    /// The bound HTTPS port.
+    /// The bound port.
     pub port: u16,
+    /// `https`, or `http` for a `server.tls = false` server (read from the
+    /// lock file's `api_url`).
+    pub scheme: &'static str,
     data: PathBuf,
     work: PathBuf,
     ca: PathBuf,
@@ -137,6 +140,7 @@ pub fn spawn_server(d: &TestDir, opts: &ServeOpts) -> Server {
         child,
         exit: None,
         port: 0,
+        scheme: "https",
         data: d.data(),
         work: d.path().to_path_buf(),
         ca: opts
@@ -147,7 +151,7 @@ pub fn spawn_server(d: &TestDir, opts: &ServeOpts) -> Server {
         stderr_path,
     };
     server.port = server.wait_for_banner();
-    if opts.ca_file.is_none() {
+    if opts.ca_file.is_none() && server.scheme == "https" {
         // The user's way to get the CA, while the server runs.
         let out = d.ok(&["tls", "export-ca"], b"");
         std::fs::write(&server.ca, out.stdout).expect("write exported CA");
@@ -181,9 +185,15 @@ impl Server {
                     .unwrap_or_else(|| panic!("no `Listening on:` port in the banner:\n{out}"));
                 let lock = self.lock_file();
                 assert_eq!(lock["pid"], self.pid, "lock file names another process");
+                let api_url = lock["api_url"].as_str().unwrap_or_default();
+                self.scheme = if api_url.starts_with("http://") {
+                    "http"
+                } else {
+                    "https"
+                };
                 assert_eq!(
-                    lock["api_url"],
-                    format!("https://127.0.0.1:{port}"),
+                    api_url,
+                    format!("{}://127.0.0.1:{port}", self.scheme),
                     "lock file and banner disagree"
                 );
                 return port;
@@ -228,9 +238,10 @@ impl Server {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("lock file {text:?}: {e}"))
     }
 
-    /// `https://localhost:PORT` (the name the certificate covers).
+    /// `https://localhost:PORT` (the name the certificate covers), or
+    /// `http://localhost:PORT` for a plain server.
     pub fn url(&self) -> String {
-        format!("https://localhost:{}", self.port)
+        format!("{}://localhost:{}", self.scheme, self.port)
     }
 
     /// The test's temporary folder (request and log files go there).

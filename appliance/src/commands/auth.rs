@@ -15,7 +15,6 @@ use latchkey_core::audit::{self, AuditEvent, AuditQuery};
 use latchkey_core::auth::Auth;
 use latchkey_core::auth::scope::Role;
 use latchkey_core::secrecy::ExposeSecret;
-use latchkey_core::vault::Vault;
 use serde::Deserialize;
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -24,17 +23,12 @@ use std::time::Duration;
 /// The auth service over this data directory, for a one-shot command.
 /// `unsealed`: whether the command needs the vault's keys (TOTP secrets).
 fn local_auth(ctx: &Context, unsealed: bool) -> anyhow::Result<Arc<Auth>> {
-    let vault = if unsealed {
-        ctx.open_vault()?
+    let app = if unsealed {
+        ctx.open_unsealed()?
     } else {
-        Vault::new(ctx.open_store()?)
+        ctx.open_sealed()?
     };
-    let store = Arc::clone(vault.store());
-    Ok(Auth::new(
-        store,
-        Arc::new(vault),
-        ctx.settings.auth.clone(),
-    )?)
+    Ok(Arc::clone(app.auth()))
 }
 
 #[derive(Deserialize)]
@@ -281,7 +275,7 @@ pub fn audit(ctx: &Context, cmd: AuditCommand) -> anyhow::Result<()> {
     let remote = Remote::detect(ctx)?;
     let store = match remote {
         Some(_) => None,
-        None => Some(ctx.open_store()?),
+        None => Some(Arc::clone(ctx.open_sealed()?.store())),
     };
     let fetch = |q: AuditQuery| -> anyhow::Result<Vec<AuditEvent>> {
         match (&remote, &store) {

@@ -44,8 +44,7 @@ pub fn backup(ctx: &Context, a: BackupArgs) -> anyhow::Result<()> {
             (b.bytes, b.vault_records, b.schema_version)
         }
         None => {
-            let vault = ctx.open_vault()?;
-            let (bytes, summary) = backup::create(&vault, &to)?;
+            let (bytes, summary) = ctx.open_unsealed()?.backup_as_host(&to)?;
             (
                 bytes,
                 summary.vault_records.to_string(),

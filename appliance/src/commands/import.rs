@@ -123,9 +123,9 @@ pub fn run(ctx: &Context, a: ImportArgs) -> anyhow::Result<()> {
             }
         }
         None => {
-            let vault = ctx.open_vault()?;
+            let app = ctx.open_unsealed()?;
             for e in &entries {
-                vault.put(&e.record, &e.secret, a.replace)?;
+                app.put_as_host(&e.record, &e.secret, a.replace)?;
                 ack(&e.record.name)?;
             }
         }

@@ -30,10 +30,11 @@ pub fn run(ctx: &Context, a: RotateArgs) -> anyhow::Result<()> {
                     remote.rotate_master(Some((&current, &new)))?;
                 }
                 None => {
-                    let vault = latchkey_core::vault::Vault::new(ctx.open_store()?);
-                    vault.unseal(&MasterKey::Passphrase(current), source.kind_name())?;
+                    let app = ctx.open_sealed()?;
+                    app.unseal_with_passphrase(current)?;
                     let new = context::new_passphrase(a.passphrase_stdin)?;
-                    vault.rewrap(&MasterKey::Passphrase(new), source.kind_name())?;
+                    app.vault()
+                        .rewrap(&MasterKey::Passphrase(new), source.kind_name())?;
                 }
             }
             eprintln!("The vault passphrase was changed.");
@@ -51,9 +52,9 @@ pub fn run(ctx: &Context, a: RotateArgs) -> anyhow::Result<()> {
                      installed by systemd when the service starts again"
                 );
             }
-            let vault = ctx.open_vault()?;
+            let app = ctx.open_unsealed()?;
             let new = MasterKeySource::KeyFile { path: file.clone() }.load()?;
-            vault.rewrap(&new, source.kind_name())?;
+            app.vault().rewrap(&new, source.kind_name())?;
             eprintln!(
                 "The data key is now wrapped by the key in {}. Install it as the `{}` credential \
                  before the service next starts, then delete the plain file.",
@@ -64,7 +65,7 @@ pub fn run(ctx: &Context, a: RotateArgs) -> anyhow::Result<()> {
         MasterKeyKind::Keyfile | MasterKeyKind::Keyring => {
             match remote {
                 Some(remote) => remote.rotate_master(None)?,
-                None => rotation::rotate_stored(&ctx.open_vault()?, &source)?,
+                None => rotation::rotate_stored(ctx.open_unsealed()?.vault(), &source)?,
             }
             eprintln!("The master key was rotated; the data key is re-wrapped.");
         }

@@ -2,7 +2,8 @@
 //!
 //! While a server holds the data directory, put/list/get/rm go through its
 //! admin API ([`Remote`]) with the same output; otherwise they open the
-//! database directly.
+//! data directory through the core's `App`, whose host operations record
+//! the same audit entries the API does (actor `host`).
 
 use crate::cli::{GetArgs, InitArgs, ListArgs, PutArgs, RmArgs, VaultCommand};
 use crate::context::{self, Context};
@@ -12,7 +13,7 @@ use crate::term::{safe, safe_or_dash};
 use anyhow::bail;
 use latchkey_core::config::MasterKeyKind;
 use latchkey_core::secrecy::ExposeSecret;
-use latchkey_core::vault::{MasterKey, NewRecord, RecordMeta, Unlock, Vault};
+use latchkey_core::vault::{MasterKey, NewRecord, RecordMeta, Unlock};
 use std::io::Write;
 
 pub fn run(ctx: &Context, cmd: VaultCommand) -> anyhow::Result<()> {
@@ -37,7 +38,8 @@ fn init(ctx: &Context, a: InitArgs) -> anyhow::Result<()> {
         eprintln!("Initialized and unsealed the running server's vault.");
         return Ok(());
     }
-    let vault = Vault::new(ctx.open_store()?);
+    let app = ctx.open_sealed()?;
+    let vault = app.vault();
     if vault.is_initialized()? {
         bail!(
             "the vault in {} is already initialized",
@@ -71,7 +73,7 @@ fn put(ctx: &Context, a: PutArgs) -> anyhow::Result<()> {
     let secret = prompt::secret_from_stdin(&format!("Secret for {}: ", new.name))?;
     let meta = match Remote::detect(ctx)? {
         Some(remote) => remote.put(&new, &secret, a.replace)?,
-        None => ctx.open_vault()?.put(&new, &secret, a.replace)?,
+        None => ctx.open_unsealed()?.put_as_host(&new, &secret, a.replace)?,
     };
     eprintln!("Stored `{}` ({}).", safe(&meta.name), meta.kind);
     Ok(())
@@ -81,7 +83,7 @@ fn list(ctx: &Context, a: ListArgs) -> anyhow::Result<()> {
     // Listing metadata needs no key: it works on a sealed vault too.
     let items = match Remote::detect(ctx)? {
         Some(remote) => remote.list()?,
-        None => Vault::new(ctx.open_store()?).list()?,
+        None => ctx.open_sealed()?.vault().list()?,
     };
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -128,12 +130,7 @@ fn get(ctx: &Context, a: GetArgs) -> anyhow::Result<()> {
     if a.reveal {
         let secret = match &remote {
             Some(remote) => remote.reveal(&a.name)?,
-            None => {
-                let vault = ctx.open_vault()?;
-                let secret = vault.reveal(&a.name)?;
-                vault.flush_last_used()?;
-                secret
-            }
+            None => ctx.open_unsealed()?.reveal_as_host(&a.name)?,
         };
         out.write_all(secret.expose_secret().as_bytes())?;
         if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -143,7 +140,7 @@ fn get(ctx: &Context, a: GetArgs) -> anyhow::Result<()> {
     }
     let m = match &remote {
         Some(remote) => remote.meta(&a.name)?,
-        None => Vault::new(ctx.open_store()?).meta(&a.name)?,
+        None => ctx.open_sealed()?.vault().meta(&a.name)?,
     };
     if a.json {
         serde_json::to_writer_pretty(&mut out, &m)?;
@@ -176,7 +173,7 @@ fn print_meta(out: &mut impl Write, m: &RecordMeta) -> std::io::Result<()> {
 fn rm(ctx: &Context, a: RmArgs) -> anyhow::Result<()> {
     let m = match Remote::detect(ctx)? {
         Some(remote) => remote.remove(&a.name)?,
-        None => Vault::new(ctx.open_store()?).remove(&a.name)?,
+        None => ctx.open_sealed()?.remove_as_host(&a.name)?,
     };
     eprintln!("Deleted `{}`.", safe(&m.name));
     Ok(())
@@ -185,7 +182,7 @@ fn rm(ctx: &Context, a: RmArgs) -> anyhow::Result<()> {
 fn verify(ctx: &Context) -> anyhow::Result<()> {
     let n = match Remote::detect(ctx)? {
         Some(remote) => remote.verify()?,
-        None => ctx.open_vault()?.verify_all()? as u64,
+        None => ctx.open_unsealed()?.vault().verify_all()? as u64,
     };
     writeln!(
         std::io::stdout(),

@@ -1,8 +1,9 @@
 //! `latchkey serve`, `seal` and `unseal`.
 //!
-//! [`run`] (in `run.rs`) is the HTTPS server around `latchkey_core::http`;
-//! [`host`] supplies what only the appliance knows (certificates, the admin
-//! token). `seal` and `unseal` act on a running server through its API.
+//! [`run`] (in `run.rs`) is `latchkey serve`: the core's `App` with the
+//! appliance's certificates (or none, `server.tls = false`); [`host`]
+//! supplies what only the appliance knows (certificates, the admin token).
+//! `seal` and `unseal` act on a running server through its API.
 
 pub mod host;
 mod run;

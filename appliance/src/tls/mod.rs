@@ -1,5 +1,7 @@
 //! TLS for the appliance: a local certificate authority, the server
-//! certificate it signs, hot certificate swapping, and the HTTPS accept loop.
+//! certificate it signs, and hot certificate swapping. The accept loop is
+//! the core's ([`latchkey_core::serve`]); this module hands it a
+//! `rustls::ServerConfig`.
 //!
 //! A home server rarely has a publicly trusted certificate, so Latchkey makes
 //! its own:
@@ -19,7 +21,6 @@
 //! * [`manager`] ties the above together ([`TlsManager`]) and runs periodic
 //!   maintenance.
 //! * [`status`] reports on the certificates without a running server.
-//! * [`serve`] is the HTTPS accept loop (and the plain-HTTP redirector).
 //!
 //! All cryptography comes from `rcgen` and `rustls` (ring provider).
 
@@ -27,14 +28,14 @@ pub mod ca;
 pub mod certinfo;
 pub mod config;
 pub mod files;
-pub mod limits;
 pub mod manager;
 pub mod resolver;
-pub mod serve;
 pub mod server_cert;
 pub mod status;
 pub mod user_cert;
 
+#[cfg(test)]
+mod serve_tests;
 #[cfg(test)]
 mod test_util;
 
@@ -43,7 +44,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use manager::TlsManager;
-pub use serve::{ServeOptions, serve_http_redirect, serve_https};
 pub use status::{export_ca_pem, status};
 
 /// TLS settings, built by the caller from the appliance configuration.

@@ -415,3 +415,56 @@ fn a_known_device_of_the_account_is_not_slowed_by_failures_from_elsewhere() {
         Ok(LoginStep::MfaRequired { .. })
     ));
 }
+
+/// Two admins demoted or disabled at the same moment: the last-admin check
+/// reads in the write transaction of the change, so one of the two is
+/// refused and an active admin always remains (a check in its own read
+/// transaction let both pass).
+#[test]
+fn demoting_or_disabling_both_admins_at_once_leaves_one() {
+    let f = fixture();
+    let host = f.auth.host_principal();
+    f.auth.setup_host("owner", &pw(PASSWORD)).expect("setup");
+    let (token, _) = f
+        .auth
+        .create_invite(&host, Role::Admin, None)
+        .expect("invite");
+    f.auth
+        .accept_invite(
+            token.expose_secret(),
+            "second",
+            &pw("a long enough passphrase"),
+            None,
+        )
+        .expect("accept");
+    let active_admins = || {
+        f.auth
+            .list_users()
+            .expect("users")
+            .iter()
+            .filter(|u| u.role == Role::Admin && !u.disabled)
+            .count()
+    };
+    assert_eq!(active_admins(), 2);
+    let names = ["owner", "second"];
+    // Demote both at once.
+    let results = at_once(2, |i| f.auth.set_role(&host, names[i], Role::User));
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 1, "{results:?}");
+    assert!(
+        matches!(refused[0], AuthError::Conflict("last_admin", _)),
+        "{refused:?}"
+    );
+    assert_eq!(active_admins(), 1);
+    // Make both admins again, then disable both at once.
+    for name in names {
+        f.auth.set_role(&host, name, Role::Admin).expect("promote");
+    }
+    let results = at_once(2, |i| f.auth.set_disabled(&host, names[i], true));
+    assert_eq!(
+        results.iter().filter(|r| r.is_err()).count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(active_admins(), 1);
+}

@@ -1,7 +1,8 @@
 //! Accounts and access: the owner and invited users, passwords, TOTP,
 //! recovery codes, sessions, tokens, API keys, lockout and rate limits.
 //!
-//! - [`service::Auth`] is the one entry point the HTTP layer and the CLI use;
+//! - [`service::Auth`] is the one entry point the HTTP layer and the CLI use
+//!   (one file per concern under `service/`);
 //! - [`store`] holds the rows (schema v2); [`index`] writes sessions and
 //!   tokens with their index (schema v4);
 //! - [`password`], [`totp`], [`recovery`], [`apikey`], [`scope`],

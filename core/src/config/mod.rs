@@ -91,9 +91,13 @@ impl Default for VaultSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
-    /// HTTPS listen addresses.
+    /// Listen addresses: HTTPS, or plain HTTP when `tls` is false.
     #[serde(deserialize_with = "one_or_many")]
     pub listen: Vec<SocketAddr>,
+    /// Whether `listen` speaks HTTPS (the appliance's certificates). False:
+    /// plain HTTP, allowed only on loopback or behind a listed trusted
+    /// proxy (see [`Settings::check_listeners`]).
+    pub tls: bool,
     /// Optional plain-HTTP listeners that only redirect to HTTPS.
     #[serde(deserialize_with = "one_or_many")]
     pub http_redirect_listen: Vec<SocketAddr>,
@@ -124,6 +128,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))],
+            tls: true,
             http_redirect_listen: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -356,9 +361,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.server.listen.is_empty() {
-            return Err(("server.listen", "at least one address is needed".into()));
-        }
+        self.check_listeners()?;
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err((
                 "tls.key_file",
@@ -523,6 +526,51 @@ impl Settings {
         }
         if let Err(e) = tracing_filter_ok(&self.log.level) {
             return Err(("log.level", e));
+        }
+        Ok(())
+    }
+
+    /// The rules for what the listeners may speak, checked when the
+    /// configuration loads and again by the shell once its flags (e.g.
+    /// `serve --listen`) are applied: at least one address; with
+    /// `server.tls = false`, every address loopback unless
+    /// `auth.trusted_proxies` names the reverse proxy in front (plain HTTP
+    /// elsewhere would carry passwords and session cookies in the clear),
+    /// and no `http_redirect_listen` (there is no HTTPS port to redirect
+    /// to). Errors name the key to change.
+    pub fn check_listeners(&self) -> Result<(), (&'static str, String)> {
+        let s = &self.server;
+        if s.listen.is_empty() {
+            return Err(("server.listen", "at least one address is needed".into()));
+        }
+        if s.tls {
+            return Ok(());
+        }
+        if !s.http_redirect_listen.is_empty() {
+            return Err((
+                "server.http_redirect_listen",
+                "must be empty with server.tls = false: there is no HTTPS listener to redirect \
+                 to (the listen addresses already speak plain HTTP)"
+                    .into(),
+            ));
+        }
+        let exposed: Vec<String> = s
+            .listen
+            .iter()
+            .filter(|a| !a.ip().to_canonical().is_loopback())
+            .map(ToString::to_string)
+            .collect();
+        if !exposed.is_empty() && self.auth.trusted_proxies.is_empty() {
+            return Err((
+                "server.tls",
+                format!(
+                    "server.tls = false serves plain HTTP, but server.listen includes {} (not \
+                     loopback) and auth.trusted_proxies is empty: list the TLS-terminating \
+                     reverse proxy in auth.trusted_proxies, listen on loopback only, or set \
+                     server.tls = true",
+                    exposed.join(", ")
+                ),
+            ));
         }
         Ok(())
     }

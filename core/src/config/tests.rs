@@ -250,3 +250,49 @@ fn connection_limits_are_typed_validated_and_named() {
         assert!(err.to_string().contains(key), "{text}: {err}");
     }
 }
+
+#[test]
+fn plain_http_only_on_loopback_or_behind_a_trusted_proxy() {
+    let s = load_str("", &[]).expect("defaults");
+    assert!(s.server.tls, "HTTPS by default");
+    let s = load_str(
+        "[server]\ntls = false\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]\n",
+        &[],
+    )
+    .expect("loopback is fine");
+    assert!(!s.server.tls);
+    let s = load_str("", &[("LATCHKEY_SERVER__TLS", "false")]).expect("env");
+    assert!(!s.server.tls);
+
+    for listen in ["0.0.0.0:1", "192.168.1.2:1", "[::]:1"] {
+        let err = load_str(
+            &format!("[server]\ntls = false\nlisten = [\"127.0.0.1:2\", \"{listen}\"]\n"),
+            &[],
+        )
+        .expect_err("plain on the network");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`server.tls`")
+                && msg.contains("auth.trusted_proxies")
+                && msg.contains(listen),
+            "{msg}"
+        );
+    }
+    load_str(
+        "[server]\ntls = false\nlisten = \"0.0.0.0:1\"\n[auth]\ntrusted_proxies = [\"10.0.0.5\"]\n",
+        &[],
+    )
+    .expect("behind a trusted proxy");
+    // TLS on: any address, as before.
+    load_str("[server]\nlisten = \"0.0.0.0:1\"\n", &[]).expect("https");
+
+    let err = load_str(
+        "[server]\ntls = false\nhttp_redirect_listen = \"127.0.0.1:80\"\n",
+        &[],
+    )
+    .expect_err("redirect without https");
+    assert!(
+        err.to_string().contains("`server.http_redirect_listen`"),
+        "{err}"
+    );
+}

@@ -20,6 +20,7 @@ use super::AppState;
 use super::authn::{self, API_KEY_HEADER, Authenticated, SESSION_COOKIE};
 use super::error::ApiError;
 use super::middleware;
+use super::origin;
 use crate::agent::forward::{AgentContext, Caller, Reauthenticate};
 use crate::auth::{Principal, Via};
 use crate::net::body::{DRAIN_LIMIT, DRAIN_TIME, drain};
@@ -61,10 +62,11 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
             return e.into_response();
         }
     };
+    let scheme = origin::request_scheme(&state, &parts.headers, &parts.extensions);
     let ctx = AgentContext {
         agents: &state.agents,
         trusted_proxies: &state.trusted_proxies,
-        forwarded_proto: HeaderValue::from_static("https"),
+        forwarded_proto: HeaderValue::from_static(scheme.as_str()),
     };
     let caller = Caller {
         who,

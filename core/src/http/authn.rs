@@ -10,9 +10,11 @@
 //! 2. `x-api-key: lk_…`;
 //! 3. the `__Host-latchkey_session` cookie — and then a request with a
 //!    method other than GET/HEAD/OPTIONS must be same-origin (`Origin`
-//!    equal to `https://<Host>`, or `Sec-Fetch-Site: same-origin`), else
-//!    403 `csrf`; a request with `Upgrade` (a WebSocket), whatever its
-//!    method, needs `Origin` equal to `https://<Host>` exactly. Bearer
+//!    equal to the request's own origin — scheme and host as the browser
+//!    used them, see [`super::origin`] — or `server.public_url`, or
+//!    `Sec-Fetch-Site: same-origin`), else 403 `csrf`; a request with
+//!    `Upgrade` (a WebSocket), whatever its method, needs such an `Origin`
+//!    exactly. Bearer
 //!    credentials need no such check: browsers never attach them on their
 //!    own.
 //!
@@ -34,7 +36,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The session cookie's name. `__Host-` makes browsers insist on Secure,
-/// `Path=/` and no `Domain`, so no sibling host can set or read it.
+/// `Path=/` and no `Domain`, so no sibling host can set or read it. The
+/// flags are the same with `server.tls = false`: behind a TLS-terminating
+/// proxy the browser sees HTTPS, and on a plain loopback origin
+/// (`http://127.0.0.1:…`, `http://localhost:…`, the only other place plain
+/// HTTP is allowed) browsers treat the page as a secure context and accept
+/// `Secure` cookies.
 pub const SESSION_COOKIE: &str = "__Host-latchkey_session";
 
 /// The API key header some SDKs use instead of `Authorization`.
@@ -158,18 +165,6 @@ pub fn clear_session_cookie() -> HeaderValue {
     )
 }
 
-/// The request's own origin: `https://` + the Host header (or the HTTP/2
-/// `:authority`).
-fn own_origin(parts: &Parts) -> Option<String> {
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))?;
-    Some(format!("https://{}", host.to_ascii_lowercase()))
-}
-
 /// Whether the request asks to switch protocols (`Upgrade`, e.g. a
 /// WebSocket handshake). Such a GET is not "safe": the connection it opens
 /// reads and writes as the user for as long as it lives.
@@ -177,18 +172,14 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
 }
 
-/// Whether `Origin` is exactly our own origin (scheme, host and port).
-fn origin_is_own(parts: &Parts) -> bool {
-    match (
-        parts
-            .headers
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok()),
-        own_origin(parts),
-    ) {
-        (Some(origin), Some(own)) => origin.eq_ignore_ascii_case(&own),
-        _ => false,
-    }
+/// Whether `Origin` is exactly one of our own origins (scheme, host and
+/// port; see [`super::origin::own_origins`]).
+fn origin_is_own(parts: &Parts, own: &[String]) -> bool {
+    parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|origin| own.iter().any(|o| origin.eq_ignore_ascii_case(o)))
 }
 
 /// A cookie-authenticated request that may change state must come from our
@@ -197,9 +188,9 @@ fn origin_is_own(parts: &Parts) -> bool {
 /// to any host with the cookies attached, `SameSite` does not stop a page
 /// on another port of the same host, and `Sec-Fetch-Site` is not sent by
 /// every client. A missing `Origin` is refused too.
-fn same_origin(parts: &Parts) -> bool {
+fn same_origin(parts: &Parts, own: &[String]) -> bool {
     if wants_upgrade(&parts.headers) {
-        return origin_is_own(parts);
+        return origin_is_own(parts, own);
     }
     if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return true;
@@ -211,7 +202,7 @@ fn same_origin(parts: &Parts) -> bool {
     {
         return true;
     }
-    origin_is_own(parts)
+    origin_is_own(parts, own)
 }
 
 /// Runs an [`Auth`] method on the blocking pool (argon2 and redb writes
@@ -258,7 +249,8 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Principa
     if let Some(cookie) = session_cookie(&parts.headers) {
         let cookie = cookie.to_owned();
         let p = blocking(auth, move |a| a.authenticate_session(&cookie)).await?;
-        if !same_origin(parts) {
+        let own = super::origin::own_origins(state, &parts.headers, &parts.uri, &parts.extensions);
+        if !same_origin(parts, &own) {
             return Err(ApiError::Csrf);
         }
         return Ok(Some(p));
@@ -321,6 +313,12 @@ mod tests {
             b = b.header(*k, *v);
         }
         b.body(()).expect("request").into_parts().0
+    }
+
+    /// `same_origin` with the origin a request to `Host:
+    /// vault.example:8443` over HTTPS has.
+    fn same_origin(parts: &Parts) -> bool {
+        super::same_origin(parts, &["https://vault.example:8443".to_string()])
     }
 
     #[test]

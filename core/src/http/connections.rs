@@ -73,28 +73,21 @@ fn wants_html(headers: &HeaderMap) -> bool {
             .is_some_and(|a| a.contains("text/html"))
 }
 
-/// `https://` + the Host the request was sent to (or the HTTP/2
-/// authority), checked to be a plain host[:port].
-fn request_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> Result<String, ApiError> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "the request has no Host"))?;
-    let authority: axum::http::uri::Authority = host
-        .parse()
-        .map_err(|_| ApiError::bad_request("invalid_request", "the Host header is malformed"))?;
-    if authority.as_str().contains('@') {
-        return Err(ApiError::bad_request(
+/// The origin the request was sent to ([`super::origin::request_origin`]:
+/// the scheme and host as the browser used them), checked to be a plain
+/// host[:port].
+fn request_origin(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    ext: &Extensions,
+) -> Result<String, ApiError> {
+    super::origin::request_origin(state, headers, uri, ext).ok_or_else(|| {
+        ApiError::bad_request(
             "invalid_request",
-            "the Host header is malformed",
-        ));
-    }
-    Ok(format!(
-        "https://{}",
-        authority.as_str().to_ascii_lowercase()
-    ))
+            "the request has no usable Host (a host name or address, with an optional port)",
+        )
+    })
 }
 
 pub(crate) fn binding_cookie(headers: &HeaderMap) -> Option<&str> {
@@ -159,11 +152,12 @@ pub async fn providers(
     who: Authenticated,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    ext: Extensions,
 ) -> Result<Json<Value>, ApiError> {
     if !who.0.role.may(Permission::ManageConnections) {
         return Err(ApiError::forbidden("this needs `connections:…`"));
     }
-    let origin = request_origin(&headers, &uri)?;
+    let origin = request_origin(&state, &headers, &uri, &ext)?;
     let admin = is_admin(&who);
     let list: Vec<ProviderItem> = state
         .connections
@@ -214,7 +208,7 @@ pub async fn set_client(
         Some(ip),
     )?;
     state.connections.provider(&provider)?;
-    let origin = request_origin(&headers, &uri)?;
+    let origin = request_origin(&state, &headers, &uri, &ext)?;
     let conns = state.connections.clone();
     let actor = who.0.actor();
     let name = provider.clone();
@@ -242,12 +236,13 @@ pub async fn start(
     Path(provider): Path<String>,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    ext: Extensions,
 ) -> Result<Response, ApiError> {
     who.require(&connection_scope(&provider)?)?;
     let Via::Session { hash, .. } = who.0.via else {
         return Err(ConnectionError::SessionRequired.into());
     };
-    let origin = request_origin(&headers, &uri)?;
+    let origin = request_origin(&state, &headers, &uri, &ext)?;
     let started = state
         .connections
         .start(who.0.user_id, &who.0.username, &provider, &origin, hash)
@@ -541,20 +536,5 @@ mod tests {
         );
         assert_eq!(binding_cookie(&h), Some("abc"));
         assert_eq!(binding_cookie(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn origin_comes_from_a_plain_host() {
-        let uri: axum::http::Uri = "/x".parse().expect("uri");
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("Nas.Home:8443"));
-        assert_eq!(
-            request_origin(&h, &uri).expect("origin"),
-            "https://nas.home:8443"
-        );
-        h.insert(header::HOST, HeaderValue::from_static("evil@nas.home"));
-        assert!(request_origin(&h, &uri).is_err());
-        h.insert(header::HOST, HeaderValue::from_static("a/b"));
-        assert!(request_origin(&h, &uri).is_err());
     }
 }

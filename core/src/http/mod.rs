@@ -41,6 +41,7 @@ pub mod keys;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
+pub mod origin;
 pub mod proxy;
 pub mod ui;
 pub mod usage;

@@ -12,7 +12,7 @@ use crate::auth::service::{SecretView, UserView};
 use crate::secrecy::{ExposeSecret, SecretString};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{Extensions, HeaderMap, StatusCode, Uri, header};
+use axum::http::{Extensions, HeaderMap, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -42,37 +42,12 @@ pub struct Invite {
     pub expires_at: i64,
 }
 
-/// The origin people reach this server at: the request's Host (or HTTP/2
-/// `:authority`), when it is a plain host name or address.
-fn public_origin(parts_uri: &Uri, headers: &HeaderMap, state: &AppState) -> String {
-    let plain = |h: &str| {
-        !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts_uri.authority().map(|a| a.as_str().to_owned()))
-        .filter(|h| plain(h));
-    let host = host.unwrap_or_else(|| {
-        let port = state
-            .settings
-            .server
-            .listen
-            .first()
-            .map_or(8443, |a| a.port());
-        format!("localhost:{port}")
-    });
-    format!("https://{host}")
-}
-
 /// `POST /api/users/invites` → 201 `{token, url, expires_at}`.
 pub async fn create_invite(
     State(state): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
+    ext: Extensions,
     who: Authenticated,
     ApiJson(req): ApiJson<CreateInvite>,
 ) -> Result<(StatusCode, Json<Invite>), ApiError> {
@@ -83,7 +58,7 @@ pub async fn create_invite(
         blocking(&state.auth, move |a| a.create_invite(&p, req.role, ttl)).await?;
     let url = SecretString::from(format!(
         "{}/invite#{}",
-        public_origin(&uri, &headers, &state),
+        super::origin::public_origin(&state, &headers, &uri, &ext),
         token.expose_secret()
     ));
     Ok((

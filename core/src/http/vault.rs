@@ -171,35 +171,19 @@ pub async fn put(
         Ok((v.put(&new, &secret, replace)?, existed))
     })
     .await?;
-    let detail = if existed { "replaced" } else { "created" };
-    audit_change(
+    let ip = Some(client_ip(&state, &headers, &ext));
+    record(
         &state,
-        &who,
-        &headers,
-        &ext,
-        "vault.put",
-        &meta.name,
-        detail,
+        audit::vault_events::put(&who.0.actor(), &meta.name, existed, ip),
     );
     Ok((StatusCode::CREATED, Json(meta)))
 }
 
 /// Records a vault change right after its own transaction committed (the
 /// vault's write API owns that transaction); a failure to record is logged,
-/// the change stands.
-fn audit_change(
-    state: &AppState,
-    who: &Authenticated,
-    headers: &axum::http::HeaderMap,
-    ext: &axum::http::Extensions,
-    action: &str,
-    name: &str,
-    detail: &str,
-) {
-    let e = AuditEvent::new(who.0.actor(), action, Outcome::Success)
-        .target(name)
-        .ip(Some(client_ip(state, headers, ext)))
-        .detail(detail);
+/// the change stands. The entry is built by [`audit::vault_events`], as
+/// for the host's offline commands.
+fn record(state: &AppState, e: AuditEvent) {
     if let Err(err) = audit::append(state.vault.store(), e) {
         tracing::error!(error = %err, "could not write an audit entry");
     }
@@ -262,12 +246,7 @@ pub async fn reveal(
     let (n, a) = (name.clone(), actor.clone());
     let secret = run(&state, "reveal", move |v| {
         let secret = v.reveal(&n)?;
-        audit::append(
-            v.store(),
-            AuditEvent::new(a, "vault.reveal", Outcome::Success)
-                .target(n)
-                .ip(Some(ip)),
-        )?;
+        audit::append(v.store(), audit::vault_events::reveal(&a, &n, Some(ip)))?;
         Ok(secret)
     })
     .await?;
@@ -290,14 +269,10 @@ pub async fn remove(
 ) -> Result<Json<RecordMeta>, ApiError> {
     vault_access(&who, &write_scope(&name)?)?;
     let meta = run(&state, "delete", move |v| Ok(v.remove(&name)?)).await?;
-    audit_change(
+    let ip = Some(client_ip(&state, &headers, &ext));
+    record(
         &state,
-        &who,
-        &headers,
-        &ext,
-        "vault.delete",
-        &meta.name,
-        "deleted",
+        audit::vault_events::delete(&who.0.actor(), &meta.name, ip),
     );
     Ok(Json(meta))
 }
@@ -561,19 +536,14 @@ pub async fn backup(
             ));
         }
     };
-    let kind = match &to {
-        BackupRecipient::Passphrase(_) => "to a passphrase".to_string(),
-        BackupRecipient::Recipient(r) => format!("to recipient {r}"),
-    };
+    let kind = audit::vault_events::backup_to(&to);
     let actor = who.0.actor();
     let (bytes, summary) = run(&state, "backup", move |v| {
         let made = backup::create(v, &to)?;
         // Recorded before the file leaves: no backup goes unaudited.
         audit::append(
             v.store(),
-            AuditEvent::new(actor, "backup.create", Outcome::Success)
-                .ip(Some(ip))
-                .detail(format!("{kind}, {} vault record(s)", made.1.vault_records)),
+            audit::vault_events::backup(&actor, &kind, made.1.vault_records, Some(ip)),
         )?;
         Ok(made)
     })

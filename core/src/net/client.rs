@@ -58,6 +58,15 @@ fn is_relay_header(canonical: &str) -> bool {
         || RELAY_SUFFIXES.iter().any(|s| canonical.ends_with(s))
 }
 
+/// Whether the request's peer (the socket, not a header) is one of
+/// `trusted` (IPv4-mapped addresses count as IPv4).
+pub fn from_trusted_proxy(trusted: &[IpNet], ext: &Extensions) -> bool {
+    peer(ext).is_some_and(|p| {
+        let ip = p.ip().to_canonical();
+        trusted.iter().any(|net| net.contains(&ip))
+    })
+}
+
 /// Whether the request was relayed: it carries any forwarding header
 /// (`Forwarded`, `Via`, `X-Forwarded-*`, `X-Real-IP`, … in any spelling),
 /// or its peer is one of `trusted` (a proxy may forward without saying
@@ -66,11 +75,7 @@ pub fn relayed(trusted: &[IpNet], headers: &HeaderMap, ext: &Extensions) -> bool
     let by_header = headers
         .keys()
         .any(|name| is_relay_header(&canonical_name(name.as_str())));
-    by_header
-        || peer(ext).is_some_and(|p| {
-            let ip = p.ip().to_canonical();
-            trusted.iter().any(|net| net.contains(&ip))
-        })
+    by_header || from_trusted_proxy(trusted, ext)
 }
 
 /// Whether the request comes from the host itself, with the authority

@@ -521,10 +521,11 @@ impl Tap {
             parser,
             error,
         } = self;
-        let usage = parser.finish();
+        let mut usage = parser.finish();
+        // Taken, not cloned: `record` reads only the counts.
         key.model = usage
             .model
-            .clone()
+            .take()
             .unwrap_or_else(|| super::usage::UNKNOWN_MODEL.into());
         key.day = super::usage::day_of(crate::auth::service::now());
         route.stats.tokens(usage.input_tokens, usage.output_tokens);

@@ -15,7 +15,6 @@ pub use lock::{DataDirLock, LockError, LockOwner, current_owner};
 use latchkey_migrations::{MigrateError, Outcome};
 use redb::{Database, ReadableDatabase, TableHandle};
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,14 +91,10 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| StoreError::DataDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+    crate::private_fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 impl Store {
@@ -221,7 +216,7 @@ fn open_without_damage(path: &Path) -> Result<Database, StoreError> {
     };
     if !path.exists() {
         let db = Database::create(path).map_err(|e| map_open_error(path, e))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+        crate::private_fs::restrict(path).map_err(io)?;
         return Ok(db);
     }
     let repair_needed = Arc::new(AtomicBool::new(false));

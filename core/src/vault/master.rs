@@ -18,7 +18,6 @@ use super::keys::{KeyError, MasterKey};
 use age::secrecy::ExposeSecret;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The configured origin of the master key.
@@ -192,8 +191,7 @@ fn read_private_key_file(path: &Path) -> Result<MasterKey, MasterKeyError> {
         source,
     };
     let meta = fs::metadata(path).map_err(read_err)?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if let Some(mode) = crate::private_fs::loose_mode(&meta) {
         return Err(MasterKeyError::LoosePermissions {
             path: path.to_path_buf(),
             mode,
@@ -226,11 +224,7 @@ fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, MasterKeyError> {
         source,
     };
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = crate::private_fs::create_new(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()
     })();
@@ -245,12 +239,10 @@ fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, MasterKeyError> {
 
 fn sync_parent(path: &Path) -> Result<(), MasterKeyError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| MasterKeyError::Write {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        crate::private_fs::sync_dir(dir).map_err(|source| MasterKeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -294,6 +286,10 @@ pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<bool, MasterKeyE
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Mode bits are what these tests check; see `private_fs` for other
+    // platforms.
+    #[cfg(unix)]
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn key_file_round_trip_and_permissions() {

@@ -59,9 +59,7 @@ pub fn promote_pending(source: &MasterKeySource) -> Result<(), MasterKeyError> {
             };
             std::fs::rename(pending_path(path), path).map_err(write_err)?;
             if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(write_err)?;
+                crate::private_fs::sync_dir(dir).map_err(write_err)?;
             }
         }
         MasterKeySource::Keyring {

@@ -35,12 +35,16 @@ impl Usage {
         if self.model.is_none()
             && let Some(m) = f.model.or(f.model_version).and_then(json_scan::string)
         {
-            self.model = Some(
+            // Usually already what is kept (at most 128 characters, no
+            // NUL): taken as it is, not copied again char by char.
+            self.model = Some(if m.len() <= 128 && !m.contains('\0') {
+                m
+            } else {
                 m.chars()
                     .take(128)
                     .map(|c| if c == '\0' { '?' } else { c })
-                    .collect(),
-            );
+                    .collect()
+            });
         }
         for c in [f.usage, f.usage_metadata]
             .into_iter()

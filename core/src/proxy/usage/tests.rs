@@ -306,6 +306,39 @@ fn key_encoding_round_trips_and_sorts_by_day() {
 }
 
 #[test]
+fn day_of_follows_the_date_back_and_forth() {
+    // The kept day must never answer for another one.
+    assert_eq!(day_of(0), "1970-01-01");
+    assert_eq!(day_of(86_399), "1970-01-01");
+    assert_eq!(day_of(86_400), "1970-01-02");
+    assert_eq!(day_of(1_709_164_799), "2024-02-28");
+    assert_eq!(day_of(1_709_164_800), "2024-02-29");
+    assert_eq!(day_of(1_709_164_800 + 86_399), "2024-02-29");
+    assert_eq!(day_of(1_709_164_799), "2024-02-28");
+    assert_eq!(day_of(-1), "1969-12-31");
+    assert_eq!(day_of(i64::MAX), "unknown");
+    assert_eq!(day_of(i64::MAX - 1), "unknown");
+    assert_eq!(day_of(1_767_225_600), "2026-01-01");
+}
+
+#[test]
+fn long_or_nul_model_names_are_cut_and_cleaned() {
+    let long = "m".repeat(300);
+    let body =
+        format!(r#"{{"model":"{long}","usage":{{"prompt_tokens":1,"completion_tokens":2}}}}"#);
+    let u = parse("application/json", &body, 7);
+    assert_eq!(u.model.as_deref(), Some("m".repeat(128).as_str()));
+    let u = parse(
+        "application/json",
+        r#"{"model":"a\u0000b","usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+        5,
+    );
+    assert_eq!(u.model.as_deref(), Some("a?b"));
+    let u = parse("application/json", r#"{"model":"gpt-4o-mini"}"#, 3);
+    assert_eq!(u.model.as_deref(), Some("gpt-4o-mini"));
+}
+
+#[test]
 fn midnight() {
     assert_eq!(secs_to_midnight(0), 86_400);
     assert_eq!(secs_to_midnight(86_399), 1);

@@ -1,0 +1,212 @@
+//! First-run setup: the owner's account, from the web wizard (a one-time
+//! setup token, then a TOTP confirmation) or from `latchkey setup` on the
+//! host.
+//!
+//! Invariants:
+//!
+//! - the setup token (in memory, only its hash) is held for a whole setup
+//!   step: checking it, changing the owner and, on confirmation, consuming
+//!   it are one step, and steps run one at a time; it ends once an owner is
+//!   confirmed (or made by `latchkey setup`);
+//! - the owner is activated in one write transaction that re-reads that
+//!   nobody is active yet and that the enrollment is the one the code was
+//!   checked against;
+//! - while nobody is active, inactive rows are only leftovers of earlier
+//!   attempts, and a retried setup replaces them.
+
+use super::{Auth, EnrollmentView, NewSession, UserView, expiry, now, random_token};
+use crate::audit::{AuditEvent, Outcome};
+use crate::auth::AuthError;
+use crate::auth::recovery;
+use crate::auth::scope::Role;
+use crate::auth::store::{self as db, USERS, User, UserId, token_hash};
+use crate::secrecy::{ExposeSecret, SecretString};
+use redb::ReadableDatabase;
+use std::net::IpAddr;
+
+/// The first-run setup token's hash and expiry.
+pub(super) type SetupToken = ([u8; 32], i64);
+
+impl Auth {
+    /// While no owner exists: a fresh one-time setup token (the previous one
+    /// stops working). `None` once an owner exists.
+    pub fn issue_setup_token(&self) -> Result<Option<SecretString>, AuthError> {
+        if self.user_count()? > 0 {
+            return Ok(None);
+        }
+        let token = random_token("lku_");
+        let expires = expiry(now(), self.settings.setup_token_lifetime);
+        if let Ok(mut t) = self.setup_token.lock() {
+            *t = Some((token_hash(token.expose_secret()), expires));
+        }
+        Ok(Some(token))
+    }
+
+    /// Holds the setup token for one whole setup step, after checking
+    /// `token` against it: setup steps run one at a time, so checking the
+    /// token, changing the owner and consuming the token are one step.
+    fn setup_guard(
+        &self,
+        token: &str,
+    ) -> Result<std::sync::MutexGuard<'_, Option<SetupToken>>, AuthError> {
+        let guard = self
+            .setup_token
+            .lock()
+            .map_err(|_| AuthError::Internal("setup lock".into()))?;
+        let ok = match *guard {
+            Some((hash, expires)) => {
+                subtle::ConstantTimeEq::ct_eq(&hash[..], &token_hash(token)[..]).into()
+                    && now() < expires
+            }
+            None => false,
+        };
+        if !ok {
+            return Err(AuthError::Forbidden("invalid_setup_token", "the setup link is invalid, used or expired; restart `latchkey serve` for a new one".into()));
+        }
+        Ok(guard)
+    }
+
+    /// Step 1 of web setup: creates the (inactive) owner and returns the
+    /// TOTP enrollment to confirm.
+    pub fn setup_begin(
+        &self,
+        token: &str,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<EnrollmentView, AuthError> {
+        let _setup = self.setup_guard(token)?;
+        if self.user_count()? > 0 {
+            return Err(AuthError::Conflict(
+                "already_set_up",
+                "an owner already exists".into(),
+            ));
+        }
+        let mut user = self.new_user(username, password, Role::Admin)?;
+        user.active = false;
+        // A retried setup (the wizard's "Back", or a reload) replaces every
+        // earlier unconfirmed owner, whatever name it chose: while nobody is
+        // active, inactive rows can only be such leftovers, and one left
+        // behind would hold its username forever.
+        let leftovers: Vec<(UserId, String)> = {
+            let txn = self.store.db().begin_read()?;
+            db::scan::<User>(&txn.open_table(USERS)?)?
+                .into_iter()
+                .filter(|(_, u)| !u.active)
+                .filter_map(|(k, u)| UserId::from_key(&k).map(|id| (id, u.username)))
+                .collect()
+        };
+        for (old, name) in leftovers {
+            self.delete_user_rows(old, &name)?;
+        }
+        let id = self.insert_user(user)?;
+        let (sealed, view) = self.enrollment(id, username)?;
+        self.update_user(id, |u| {
+            u.totp_pending = Some(sealed);
+            Ok(())
+        })?;
+        Ok(view)
+    }
+
+    /// Step 2 of web setup: a valid code activates the owner; the recovery
+    /// codes are returned once.
+    pub fn setup_confirm(
+        &self,
+        token: &str,
+        username: &str,
+        code: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(UserView, Vec<SecretString>), AuthError> {
+        let mut setup = self.setup_guard(token)?;
+        let (id, user) = self
+            .find_user(username)?
+            .filter(|(_, u)| !u.active)
+            .ok_or(AuthError::NotFound("pending owner"))?;
+        let pending = user
+            .totp_pending
+            .clone()
+            .ok_or(AuthError::NotFound("pending enrollment"))?;
+        let step = self.check_totp(id, &user, &pending, code)?;
+        let (codes, hashes) = recovery::generate();
+        // One write decides: nobody is active yet, and this is still the
+        // enrollment the code was checked against.
+        let txn = self.store.db().begin_write()?;
+        let active = db::scan::<User>(&txn.open_table(USERS)?)?
+            .iter()
+            .any(|(_, u)| u.active);
+        if active {
+            return Err(AuthError::Conflict(
+                "already_set_up",
+                "an owner already exists".into(),
+            ));
+        }
+        let mut user: User =
+            db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
+        if user.active || user.totp_pending.as_deref() != Some(pending.as_slice()) {
+            return Err(AuthError::NotFound("pending owner"));
+        }
+        user.totp = user.totp_pending.take();
+        user.totp_last_step = Some(step);
+        user.recovery_hashes = hashes;
+        user.active = true;
+        user.updated_at = now();
+        db::put(&txn, USERS, &id.key(), &user)?;
+        txn.commit()?;
+        self.forget_people();
+        *setup = None;
+        drop(setup);
+        self.audit(AuditEvent::new(username, "setup.complete", Outcome::Success).ip(ip));
+        Ok((UserView::of(id, &user), codes))
+    }
+
+    /// [`Auth::setup_confirm`], then the owner's first session: setup
+    /// proved the password and a TOTP code, so the browser is signed in.
+    pub fn setup_confirm_and_sign_in(
+        &self,
+        token: &str,
+        username: &str,
+        code: &str,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<(UserView, Vec<SecretString>, NewSession), AuthError> {
+        let (view, codes) = self.setup_confirm(token, username, code, ip)?;
+        let (id, _) = self.user_by_name(username)?;
+        let stamps = (self.epochs.password(id), self.epochs.sign_in(id));
+        let user = self.get_user(id)?;
+        let session = self.create_session(id, &user, stamps, ip, user_agent)?;
+        Ok((view, codes, session))
+    }
+
+    /// `latchkey setup` on the host: the owner is active at once (whoever
+    /// runs it controls the machine); the URI and codes go to the terminal.
+    pub fn setup_host(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<(UserView, EnrollmentView, Vec<SecretString>), AuthError> {
+        if self.user_count()? > 0 {
+            return Err(AuthError::Conflict(
+                "already_set_up",
+                "an owner already exists".into(),
+            ));
+        }
+        if let Some((old, u)) = self.find_user(username)?
+            && !u.active
+        {
+            self.delete_user_rows(old, &u.username)?;
+        }
+        let user = self.new_user(username, password, Role::Admin)?;
+        let id = self.insert_user(user)?;
+        let (sealed, view) = self.enrollment(id, username)?;
+        let (codes, hashes) = recovery::generate();
+        let user = self.update_user(id, |u| {
+            u.totp = Some(sealed);
+            u.recovery_hashes = hashes;
+            Ok(())
+        })?;
+        if let Ok(mut t) = self.setup_token.lock() {
+            *t = None;
+        }
+        self.audit(AuditEvent::new("host", "setup.complete", Outcome::Success).target(username));
+        Ok((UserView::of(id, &user), view, codes))
+    }
+}
