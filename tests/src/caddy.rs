@@ -20,7 +20,7 @@
 //! Latchkey's plain port, from a chosen loopback address, with a cookie
 //! jar and an `Origin`.
 
-use crate::server::{Resp, curl_cmd};
+use crate::server::{Resp, curl_cmd, parse_headers};
 use crate::{Out, run_cmd_for};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -352,18 +352,4 @@ impl Client {
             .map(|f| f[6].to_string())
             .filter(|v| !v.is_empty())
     }
-}
-
-/// Headers of the last response in a `curl -D` dump (lower-cased names).
-fn parse_headers(dump: &str) -> Vec<(String, String)> {
-    let last = dump
-        .split("\r\n\r\n")
-        .filter(|b| !b.trim().is_empty())
-        .last()
-        .unwrap_or_default();
-    last.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect()
 }

@@ -379,23 +379,9 @@ fn http_with(
     }
     Resp {
         status,
-        headers: parse_head(&head),
+        headers: crate::server::parse_headers(&head),
         body: text,
     }
-}
-
-/// Headers of the last response in a `curl -D` dump, names lower-cased.
-fn parse_head(dump: &str) -> Vec<(String, String)> {
-    let last = dump
-        .split("\r\n\r\n")
-        .filter(|b| !b.trim().is_empty())
-        .last()
-        .unwrap_or_default();
-    last.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect()
 }
 
 /// Every `Set-Cookie` header of `r`.

@@ -480,7 +480,7 @@ impl Resp {
 
 /// Headers of the last response in a `curl -D` dump (skipping `100
 /// Continue` and the like).
-fn parse_headers(dump: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_headers(dump: &str) -> Vec<(String, String)> {
     let last = dump
         .split("\r\n\r\n")
         .filter(|b| !b.trim().is_empty())
