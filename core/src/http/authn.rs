@@ -40,8 +40,10 @@ use std::time::Instant;
 /// flags are the same with `server.tls = false`: behind a TLS-terminating
 /// proxy the browser sees HTTPS, and on a plain loopback origin
 /// (`http://127.0.0.1:…`, `http://localhost:…`, the only other place plain
-/// HTTP is allowed) browsers treat the page as a secure context and accept
-/// `Secure` cookies.
+/// HTTP is allowed) Chromium (156, checked) and Firefox keep `Secure` and
+/// `__Host-` cookies; WebKit (Safari, WKWebView, and so probably a Tauri
+/// webview) does not yet, so a WebKit client of a plain loopback origin gets
+/// no session cookie (it can use bearer tokens).
 pub const SESSION_COOKIE: &str = "__Host-latchkey_session";
 
 /// The API key header some SDKs use instead of `Authorization`.
