@@ -20,7 +20,7 @@
 //! Latchkey's plain port, from a chosen loopback address, with a cookie
 //! jar and an `Origin`.
 
-use crate::server::{Resp, curl_cmd, parse_headers};
+use crate::server::{Resp, curl_answer, curl_cmd};
 use crate::{Out, run_cmd_for};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -279,15 +279,8 @@ impl Client {
         headers: &[&str],
         body: Option<&[u8]>,
     ) -> Resp {
-        let n = next_seq();
-        let body_file = self.work.join(format!("client-curl-{n}.body"));
-        let head_file = self.work.join(format!("client-curl-{n}.head"));
         let mut c = curl_cmd();
-        c.args(flags)
-            .args(["-X", method, "-w", "%{http_code}", "-o"])
-            .arg(&body_file)
-            .arg("-D")
-            .arg(&head_file);
+        c.args(flags).args(["-X", method]);
         if let Some(ca) = &self.cacert {
             c.arg("--cacert").arg(ca);
         }
@@ -306,28 +299,8 @@ impl Client {
         for h in headers {
             c.args(["-H", h]);
         }
-        if body.is_some() {
-            c.args(["--data-binary", "@-"]);
-        }
-        c.arg(format!("{}{path}", self.base));
-        let out = run_cmd_for(c, body.unwrap_or_default(), Duration::from_secs(40));
-        let status: u16 = out.stdout.trim().parse().unwrap_or(0);
-        let head = std::fs::read_to_string(&head_file).unwrap_or_default();
-        let text = std::fs::read_to_string(&body_file).unwrap_or_default();
-        let _ = std::fs::remove_file(&head_file);
-        let _ = std::fs::remove_file(&body_file);
-        if status == 0 {
-            return Resp {
-                status: 0,
-                headers: Vec::new(),
-                body: out.stderr,
-            };
-        }
-        Resp {
-            status,
-            headers: parse_headers(&head),
-            body: text,
-        }
+        let url = format!("{}{path}", self.base);
+        curl_answer(c, &url, &self.work, body, Duration::from_secs(40))
     }
 
     pub fn get(&self, path: &str, headers: &[&str]) -> Resp {

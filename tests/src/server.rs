@@ -346,13 +346,19 @@ impl Server {
     /// `curl -sS --cacert CA ARGS…` for this server (`localhost` resolves to
     /// 127.0.0.1, where it listens). Every transfer is limited to 30 s.
     pub fn curl(&self, args: &[&str], stdin: &[u8]) -> Out {
+        let mut c = self.curl_command();
+        c.args(args);
+        run_cmd_for(c, stdin, Duration::from_secs(60))
+    }
+
+    /// [`curl_cmd`] trusting this server's CA, `localhost` on 127.0.0.1.
+    fn curl_command(&self) -> Command {
         let mut c = curl_cmd();
         c.arg("--cacert")
             .arg(&self.ca)
             .arg("--resolve")
-            .arg(format!("localhost:{}:127.0.0.1", self.port))
-            .args(args);
-        run_cmd_for(c, stdin, Duration::from_secs(60))
+            .arg(format!("localhost:{}:127.0.0.1", self.port));
+        c
     }
 
     /// A request to `path`: `headers` are `Name: value` strings, `body` is
@@ -370,39 +376,13 @@ impl Server {
         headers: &[&str],
         body: Option<&[u8]>,
     ) -> Resp {
-        let n = next_seq();
-        let body_file = self.work.join(format!("curl-{n}.body"));
-        let head_file = self.work.join(format!("curl-{n}.head"));
-        let url = format!("{}{path}", self.url());
-        let mut args: Vec<&str> = curl_flags.to_vec();
-        args.extend(["-X", method, "-w", "%{http_code}"]);
-        let (bf, hf) = (path_str(&body_file), path_str(&head_file));
-        args.extend(["-o", bf, "-D", hf]);
+        let mut c = self.curl_command();
+        c.args(curl_flags).args(["-X", method]);
         for h in headers {
-            args.extend(["-H", h]);
+            c.args(["-H", h]);
         }
-        if body.is_some() {
-            args.extend(["--data-binary", "@-"]);
-        }
-        args.push(&url);
-        let out = self.curl(&args, body.unwrap_or_default());
-        let status: u16 = out.stdout.trim().parse().unwrap_or(0);
-        if status == 0 {
-            return Resp {
-                status: 0,
-                headers: Vec::new(),
-                body: out.stderr,
-            };
-        }
-        let head = std::fs::read_to_string(&head_file).unwrap_or_default();
-        let body = std::fs::read_to_string(&body_file).unwrap_or_default();
-        let _ = std::fs::remove_file(&head_file);
-        let _ = std::fs::remove_file(&body_file);
-        Resp {
-            status,
-            headers: parse_headers(&head),
-            body,
-        }
+        let url = format!("{}{path}", self.url());
+        curl_answer(c, &url, &self.work, body, Duration::from_secs(60))
     }
 
     /// `GET path` without credentials.
@@ -493,8 +473,46 @@ pub(crate) fn parse_headers(dump: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
+/// Runs `c` (curl with its options, but no output options and no URL)
+/// on `url`, sending `body` if any, and reads the answer: status, the
+/// last response's headers and the body; status 0 with curl's error when
+/// no answer came. The files it uses under `work` are removed.
+pub fn curl_answer(
+    mut c: Command,
+    url: &str,
+    work: &Path,
+    body: Option<&[u8]>,
+    limit: Duration,
+) -> Resp {
+    let n = next_seq();
+    let body_file = work.join(format!("curl-{n}.body"));
+    let head_file = work.join(format!("curl-{n}.head"));
+    c.args(["-w", "%{http_code}", "-o"])
+        .arg(&body_file)
+        .arg("-D")
+        .arg(&head_file);
+    if body.is_some() {
+        c.args(["--data-binary", "@-"]);
+    }
+    c.arg(url);
+    let out = run_cmd_for(c, body.unwrap_or_default(), limit);
+    let status: u16 = out.stdout.trim().parse().unwrap_or(0);
+    let head = std::fs::read_to_string(&head_file).unwrap_or_default();
+    let text = std::fs::read_to_string(&body_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&head_file);
+    let _ = std::fs::remove_file(&body_file);
+    if status == 0 {
+        return Resp {
+            status: 0,
+            headers: Vec::new(),
+            body: out.stderr,
+        };
+    }
+    Resp {
+        status,
+        headers: parse_headers(&head),
+        body: text,
+    }
 }
 
 /// `curl -sS --max-time 30`.

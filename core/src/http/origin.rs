@@ -156,37 +156,15 @@ pub fn own_origins(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Auth;
     use crate::config::Settings;
-    use crate::http::{Metrics, NoHostInfo, StaticToken};
-    use crate::store::Store;
-    use crate::vault::Vault;
     use axum::extract::ConnectInfo;
     use std::net::SocketAddr;
-    use std::sync::Arc;
 
-    fn state_with(edit: impl FnOnce(&mut Settings)) -> (AppState, tempfile::TempDir) {
+    fn state_with(edit: impl FnOnce(&mut Settings)) -> (AppState, crate::http::tests::TestApp) {
         let mut settings = Settings::default();
         edit(&mut settings);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), "test").expect("store");
-        let vault = Arc::new(Vault::new(store));
-        let auth = Auth::new(
-            Arc::clone(vault.store()),
-            Arc::clone(&vault),
-            settings.auth.clone(),
-        )
-        .expect("auth");
-        let state = AppState::new(
-            vault,
-            auth,
-            Arc::new(settings),
-            Arc::new(NoHostInfo),
-            Arc::new(Metrics::new()),
-            Arc::new(StaticToken::new("0123456789abcdef0123456789abcdef")),
-        )
-        .expect("state");
-        (state, dir)
+        let app = crate::http::tests::app_with(settings);
+        (app.state.clone(), app)
     }
 
     fn req(

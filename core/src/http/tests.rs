@@ -16,12 +16,14 @@ use tower::ServiceExt;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
-struct TestApp {
+pub(super) struct TestApp {
     _dir: tempfile::TempDir,
-    state: AppState,
+    pub(super) state: AppState,
 }
 
-fn app_with(settings: Settings) -> TestApp {
+/// The router's state over a fresh, unsealed data directory (also used by
+/// the unit tests of `http`'s submodules).
+pub(super) fn app_with(settings: Settings) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), "test").expect("store");
     let vault = Arc::new(Vault::new(store));
