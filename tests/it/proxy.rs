@@ -9,8 +9,7 @@ use latchkey_e2e::{
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -626,18 +625,6 @@ fn proxy_refuses_what_it_must() {
 /// through the proxy (tests/sdk/check_sdks.py), and the usage is recorded.
 #[test]
 fn proxy_works_with_official_python_sdks() {
-    let probe = Command::new("python3")
-        .args(["-c", "import openai, anthropic"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "the official Python SDKs are not installed ({}); run scripts/install-deps.sh",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => panic!("python3 is not runnable ({e}); run scripts/install-deps.sh"),
-    }
-
     let mock = Mock::start();
     let d = seeded();
     let mut s = latchkey_e2e::spawn_server(&d, &ServeOpts::new().config(&config(mock.port, "")));
@@ -645,25 +632,13 @@ fn proxy_works_with_official_python_sdks() {
     let b = &owner.browser;
     let (key_id, key) = create_key(b, "sdk-agent", &["proxy:*"]);
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/check_sdks.py");
-    let mut c = Command::new("python3");
-    c.arg(&script)
-        .env("LATCHKEY_URL", s.url())
-        .env("LATCHKEY_KEY", &key)
-        .env("LATCHKEY_CA", s.ca_pem())
-        .env("PYTHONUNBUFFERED", "1");
-    // Loopback only, whatever the environment says about proxies.
-    for v in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        c.env_remove(v);
-    }
-    c.env("NO_PROXY", "*");
+    let c = latchkey_e2e::sdk_script(
+        "check_sdks.py",
+        "openai, anthropic",
+        &s.url(),
+        &key,
+        s.ca_pem(),
+    );
     let out = run_cmd_for(c, b"", Duration::from_secs(60));
     let text = format!("{}\n{}", out.stdout, out.stderr);
     println!("{text}");

@@ -258,38 +258,7 @@ fn run_browser(home: &Path, env: &[(&str, &str)]) -> Out {
 
 /// `python3 tests/sdk/openai_stream.py` against `url`, trusting `ca` only.
 fn run_sdk(url: &str, key: &str, ca: &Path) -> Out {
-    let probe = Command::new("python3")
-        .args(["-c", "import openai"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "the official OpenAI Python SDK is not installed ({}); run scripts/install-deps.sh",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => panic!("python3 is not runnable ({e}); run scripts/install-deps.sh"),
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/openai_stream.py");
-    let mut c = Command::new("python3");
-    c.arg(&script)
-        .env("LATCHKEY_URL", url)
-        .env("LATCHKEY_KEY", key)
-        .env("LATCHKEY_CA", ca)
-        .env("PYTHONUNBUFFERED", "1");
-    // Loopback only, whatever the environment says about proxies.
-    for v in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-    ] {
-        c.env_remove(v);
-    }
-    c.env("NO_PROXY", "*");
+    let c = latchkey_e2e::sdk_script("openai_stream.py", "openai", url, key, ca);
     run_cmd_for(c, b"", Duration::from_secs(60))
 }
 

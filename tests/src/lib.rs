@@ -210,3 +210,45 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 pub fn file_bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
+
+/// `python3 tests/sdk/<script>` with `LATCHKEY_URL`, `LATCHKEY_KEY` and
+/// `LATCHKEY_CA` set, and the environment's proxy settings removed, so an
+/// official SDK's traffic stays on loopback. Panics with the fix first if
+/// `imports` (e.g. `"openai, anthropic"`) cannot be imported.
+pub fn sdk_script(script: &str, imports: &str, url: &str, key: &str, ca: &Path) -> Command {
+    match Command::new("python3")
+        .args(["-c", &format!("import {imports}")])
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "the official Python SDKs ({imports}) are not installed ({}); run scripts/install-deps.sh",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!("python3 is not runnable ({e}); run scripts/install-deps.sh"),
+    }
+    let mut c = Command::new("python3");
+    c.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("sdk")
+            .join(script),
+    )
+    .env("LATCHKEY_URL", url)
+    .env("LATCHKEY_KEY", key)
+    .env("LATCHKEY_CA", ca)
+    .env("PYTHONUNBUFFERED", "1");
+    for v in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("NO_PROXY", "*");
+    c
+}
