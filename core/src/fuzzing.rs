@@ -76,3 +76,15 @@ pub fn envelope_open_context(
 ) -> Result<SecretString, EnvelopeError> {
     crate::vault::envelope_open_context(key, context, ciphertext)
 }
+
+/// [`crate::http::origin::plain_authority`]: a `Host` or
+/// `X-Forwarded-Host` value as the origin check uses it.
+pub fn origin_authority(value: &str) -> Option<String> {
+    crate::http::origin::plain_authority(value)
+}
+
+/// [`crate::http::origin::forwarded`]: the value of a forwarding header
+/// the proxy next to us set.
+pub fn forwarded_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    crate::http::origin::forwarded(headers, name)
+}

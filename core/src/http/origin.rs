@@ -56,7 +56,7 @@ fn from_trusted_proxy(state: &AppState, ext: &Extensions) -> bool {
 /// The value a trusted proxy set for `name`: its last entry (a header
 /// repeated, or a comma list, ends with what the proxy next to us said;
 /// earlier entries came from further away and may be the client's own).
-fn forwarded<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn forwarded<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(name)
         .iter()
@@ -69,7 +69,7 @@ fn forwarded<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// `host` or `host:port` (a name, an IPv4 address or a bracketed IPv6
 /// one), lower-cased; `None` for anything else (user info, paths, spaces).
-fn plain_authority(value: &str) -> Option<String> {
+pub(crate) fn plain_authority(value: &str) -> Option<String> {
     let authority: axum::http::uri::Authority = value.trim().parse().ok()?;
     let s = authority.as_str();
     let ok = !s.is_empty()
