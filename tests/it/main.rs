@@ -28,5 +28,6 @@ mod security_doc;
 mod serve;
 mod serve_robustness;
 mod serve_tls;
+mod service_notify;
 mod ui;
 mod vault_cli;
