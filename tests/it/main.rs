@@ -29,5 +29,6 @@ mod serve;
 mod serve_robustness;
 mod serve_tls;
 mod service_notify;
+mod service_unit;
 mod ui;
 mod vault_cli;

@@ -27,7 +27,8 @@ pub const UNIT_NAME: &str = "latchkey.service";
 /// The `ExecStart=` line of [`UNIT`], replaced by `install`.
 const PACKAGED_EXEC_START: &str = "ExecStart=/usr/bin/latchkey serve";
 /// First line of a unit `install` wrote.
-const MARKER: &str = "# Written by `latchkey service install`; `latchkey service uninstall` removes it.";
+const MARKER: &str =
+    "# Written by `latchkey service install`; `latchkey service uninstall` removes it.";
 /// Where the .deb puts its unit.
 const PACKAGE_UNITS: &[&str] = &[
     "/lib/systemd/system/latchkey.service",
@@ -114,8 +115,16 @@ fn install(args: &ServiceArgs) -> anyhow::Result<()> {
     systemctl.run(&["daemon-reload"])?;
     systemctl.run(&["enable", "--now", UNIT_NAME])?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "Installed {} (ExecStart={} serve).", target.display(), exe.display())?;
-    writeln!(out, "The service is enabled and started: it runs at every boot.")?;
+    writeln!(
+        out,
+        "Installed {} (ExecStart={} serve).",
+        target.display(),
+        exe.display()
+    )?;
+    writeln!(
+        out,
+        "The service is enabled and started: it runs at every boot."
+    )?;
     write_where_to_open(&mut out, &args.state_dir)?;
     writeln!(out, "  Check it:      latchkey service status")?;
     writeln!(out, "  Its log:       journalctl -u latchkey")?;
@@ -187,7 +196,10 @@ fn status(args: &ServiceArgs) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => {
             writeln!(out, "systemd:  {e:#}")?;
-            writeln!(out, "Without systemd, run the server directly: latchkey serve")?;
+            writeln!(
+                out,
+                "Without systemd, run the server directly: latchkey serve"
+            )?;
             return Ok(());
         }
     };
@@ -231,8 +243,8 @@ fn explain_active(state: &str) -> &'static str {
 fn write_where_to_open(out: &mut impl Write, state_dir: &Path) -> anyhow::Result<()> {
     let file = state_dir.join(CONFIG_FILE);
     // Unreadable or broken: the server itself will say so; show defaults.
-    let settings = Settings::load(&file, false, std::iter::empty::<(String, String)>())
-        .unwrap_or_default();
+    let settings =
+        Settings::load(&file, false, std::iter::empty::<(String, String)>()).unwrap_or_default();
     let scheme = if settings.server.tls { "https" } else { "http" };
     let urls: Vec<String> = settings
         .server
