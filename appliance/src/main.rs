@@ -13,6 +13,7 @@ mod remote;
 mod server;
 mod term;
 mod tls;
+mod update;
 
 use clap::Parser;
 use cli::{Cli, Command, ConfigCommand, TlsCommand};
@@ -91,6 +92,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => commands::auth::user(&ctx, cmd),
         Command::Audit(cmd) => commands::auth::audit(&ctx, cmd),
         Command::Config(ConfigCommand::Check) => commands::config::check(&ctx),
+        Command::Update(args) => update::run(&ctx, &args),
+        Command::SelfCheck => update::self_check(&ctx),
         Command::Tls(TlsCommand::ExportCa) => {
             let dir = ctx.data_dir.join("tls");
             let pem = match tls::export_ca_pem(&dir) {

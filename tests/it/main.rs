@@ -9,6 +9,7 @@ mod auth_permissions;
 mod backup;
 mod connections;
 mod crash;
+mod desktop;
 mod fixtures;
 mod forward_auth;
 mod hardening_connections;

@@ -15,7 +15,8 @@
 //! 1. the listeners stop accepting; requests in flight get
 //!    `server.shutdown_grace`, then their connections are closed;
 //! 2. the background tasks stop: last-used flush, audit pruning, auth
-//!    pruning, the proxy's usage flusher, the connections refresher;
+//!    pruning, the proxy's usage flusher, the connections refresher, the
+//!    update check;
 //! 3. what the last requests left pending is written: proxy usage
 //!    totals, the connections broker's audit entries and last-used times,
 //!    vault and API-key last-used times;
@@ -256,6 +257,7 @@ impl App {
             auth_pruner: tasks::spawn_auth_pruner(Arc::clone(&auth), background_rx.clone()),
             usage: Arc::clone(&state.proxy).spawn_usage_flusher(background_rx.clone()),
             refresher: Arc::clone(&state.connections).spawn_refresher(background_rx.clone()),
+            updates: Arc::clone(&state.updates).spawn(background_rx.clone()),
         };
 
         let mut listeners = JoinSet::new();
@@ -333,6 +335,7 @@ struct Background {
     auth_pruner: JoinHandle<()>,
     usage: JoinHandle<()>,
     refresher: JoinHandle<()>,
+    updates: JoinHandle<()>,
 }
 
 /// A serving app: the handle the shell awaits (see the module docs).
@@ -459,6 +462,7 @@ impl Running {
             ("auth pruning", background.auth_pruner),
             ("usage flusher", background.usage),
             ("connections refresher", background.refresher),
+            ("update check", background.updates),
         ] {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, task = what, "background task failed");

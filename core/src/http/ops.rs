@@ -202,11 +202,12 @@ pub async fn status(
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let configured = state.source().kind_name();
     Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::update::VERSION,
         "sealed": state.vault.is_sealed(),
         "initialized": initialized,
         "master_key_source": stored_source.unwrap_or_else(|| configured.to_string()),
         "tls": state.host.tls_info(),
+        "update": state.updates.status(),
     })))
 }
 
