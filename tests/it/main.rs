@@ -29,4 +29,5 @@ mod serve;
 mod serve_robustness;
 mod serve_tls;
 mod ui;
+mod update;
 mod vault_cli;

@@ -9,6 +9,7 @@ pub mod caddy;
 pub mod oidc;
 pub mod race;
 pub mod ui;
+pub mod update;
 
 pub use auth::{
     Authenticator, Browser, Owner, PASSWORD, auth_config, create_key, invited, oathtool,
