@@ -73,9 +73,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let ctx = context::Context::load(&cli.global)?;
     let serving = matches!(cli.command, Command::Serve(_));
-    let _log = logging::init(&ctx, serving);
+    let log = logging::init(&ctx, serving);
     match cli.command {
-        Command::Serve(args) => server::run(ctx, args),
+        Command::Serve(args) => server::run(ctx, args, &log),
         Command::Vault(cmd) => commands::vault::run(&ctx, cmd),
         Command::Backup(args) => commands::backup::backup(&ctx, args),
         Command::Restore(args) => commands::backup::restore(&ctx, args),
