@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "latchkey",
-    version = latchkey_core::update::VERSION,
+    version = latchkey_core::update::version(),
     about = "Latchkey: the trusted front door and key keeper for personal AI agents",
     propagate_version = true
 )]

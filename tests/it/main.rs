@@ -32,4 +32,5 @@ mod serve_tls;
 mod service_notify;
 mod service_unit;
 mod ui;
+mod update;
 mod vault_cli;

@@ -31,7 +31,10 @@ pub struct UpdateSettings {
     /// loopback host only. Unset: the server does not look for updates.
     pub feed: Option<String>,
     /// Keys trusted beside the compiled-in release key: each the base64 of
-    /// a `zipsign gen-key` public key file's bytes.
+    /// a `zipsign gen-key` public key file's bytes. A list, or one string
+    /// of keys separated by commas or spaces (as an environment variable
+    /// gives it).
+    #[serde(deserialize_with = "one_or_many")]
     pub public_keys: Vec<String>,
     /// How often the server reads the feed.
     #[serde(with = "duration_str")]
@@ -101,6 +104,23 @@ impl UpdateSettings {
         }
         Ok(keys)
     }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// One `public_keys` entry: base64 of exactly 32 bytes. The message never
