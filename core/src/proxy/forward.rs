@@ -8,7 +8,7 @@
 //! dropped, which drops the upstream response and its connection, so the
 //! upstream request is cancelled.
 
-use super::headers::{request_headers, response_headers};
+use super::headers::{filter_request_headers, response_headers};
 use super::providers::{Injection, Provider};
 use super::usage::{UsageKey, UsageParser};
 use super::{Proxy, ProxyError, Route};
@@ -161,7 +161,7 @@ const QUERY_KEY: &str = "key";
 
 async fn forward(
     ctx: &ProxyContext<'_>,
-    parts: axum::http::request::Parts,
+    mut parts: axum::http::request::Parts,
     body: &mut Option<Body>,
 ) -> Result<Response, ProxyError> {
     let proxy: &Proxy = ctx.proxy;
@@ -260,8 +260,10 @@ async fn forward(
     };
     let uri = upstream_uri(p, path, parts.uri.query(), secret.as_ref())?;
 
-    // 6. The upstream request: filtered headers, the real credential.
-    let mut headers = request_headers(&parts.headers);
+    // 6. The upstream request: the client's headers filtered in place,
+    // the real credential.
+    let mut headers = std::mem::take(&mut parts.headers);
+    filter_request_headers(&mut headers);
     for (n, v) in &p.default_headers {
         if !headers.contains_key(n) {
             headers.insert(n.clone(), v.clone());
