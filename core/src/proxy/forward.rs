@@ -52,6 +52,8 @@ pub struct ProxyContext<'a> {
     /// `auth.trusted_proxies`: the client address audited when a
     /// connection's token is issued.
     pub trusted_proxies: &'a [IpNet],
+    /// The socket peer (`None` without a socket: handler tests).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Answers a proxied request. A request refused before its body was used
@@ -236,7 +238,7 @@ async fn forward(
         // issuance is audited in its batch). A key never reaches another
         // user's connection: it acts for its owner only.
         (None, Some(conn)) => {
-            let ip = client::client_ip(ctx.trusted_proxies, &parts.headers, &parts.extensions);
+            let ip = client::client_ip_of(ctx.trusted_proxies, &parts.headers, ctx.peer);
             // Boxed: the broker's future (a refresh is an HTTP exchange)
             // is ~2 KiB, and inline it would be copied with every
             // request's future, not only this rare path's.
