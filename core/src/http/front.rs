@@ -141,6 +141,6 @@ async fn proxy(state: Arc<AppState>, req: Request<Body>, peer: SocketAddr) -> Re
     state
         .metrics
         .observe_request(&method, PROXY_ROUTE, status, latency);
-    middleware::finish_headers(resp.headers_mut(), &id);
+    middleware::finish_headers(resp.headers_mut(), id.as_str());
     resp
 }
