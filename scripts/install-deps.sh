@@ -11,6 +11,12 @@ apt_packages=(
   nginx-light caddy                 # forward-auth snippets tested for real; nginx is the proxy benchmark's baseline
   chromium                          # the web UI's browser tests (tests/ui, driven by playwright-core)
   libnss3-tools                     # certutil: Chromium's NSS trust store for Caddy's root (tests/it/reverse_proxy.rs)
+  # The desktop app (src-tauri/, Tauri v2 on WebKitGTK) and its end-to-end
+  # test (tests/it/desktop.rs): a virtual display, Debian's WebKitWebDriver,
+  # secret-tool to find the master key in the Secret Service.
+  libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev
+  libsoup-3.0-dev libjavascriptcoregtk-4.1-dev libxdo-dev
+  xvfb xauth webkit2gtk-driver dbus-x11 libsecret-tools xdg-utils
 )
 
 missing=()
@@ -60,4 +66,19 @@ fi
 # crates.io; built once, skipped when present.
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --version 0.13.2
+fi
+
+# tauri-driver: the WebDriver front for the desktop app's window (it runs
+# Debian's WebKitWebDriver), for tests/it/desktop.rs; built once.
+if ! tauri-driver --help >/dev/null 2>&1; then
+  cargo install tauri-driver --locked --version 2.1.0
+fi
+
+# Tauri's CLI (npm @tauri-apps/cli, a prebuilt binary) for
+# scripts/build-desktop.sh (`tauri build --bundles deb`), from the committed
+# lockfile, again whenever the lockfile is newer than the install.
+desktop_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/src-tauri"
+if [ ! -d "$desktop_dir/node_modules" ] || [ "$desktop_dir/package-lock.json" -nt "$desktop_dir/node_modules" ]; then
+  npm ci --prefix "$desktop_dir" --no-audit --no-fund
+  touch "$desktop_dir/node_modules"
 fi

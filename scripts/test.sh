@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The end-to-end tests run the real `latchkey` binary: build it first.
-cargo build --workspace --bins --locked
+# The end-to-end tests run the real `latchkey` binary: build it first
+# (the default members: the desktop app is built in release below).
+cargo build --bins --locked
+# The desktop app's release binary and .deb, which tests/it/desktop.rs
+# drives under Xvfb and unpacks.
+./scripts/build-desktop.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "latchkey",
-    version,
+    version = latchkey_core::update::VERSION,
     about = "Latchkey: the trusted front door and key keeper for personal AI agents",
     propagate_version = true
 )]
@@ -81,6 +81,30 @@ pub enum Command {
     /// Certificates
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Look for a newer signed release and install it (docs/UPDATES.md)
+    Update(UpdateArgs),
+    /// Check that this binary runs here and can read the configuration and
+    /// the data's schema (opens nothing for writing; `update` runs it on a
+    /// new build)
+    SelfCheck,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Only report whether a newer release is available
+    #[arg(long, conflicts_with_all = ["yes", "scheduled"])]
+    pub check: bool,
+    /// Install without asking
+    #[arg(long)]
+    pub yes: bool,
+    /// The feed to read instead of `update.feed` (https://, or http:// to
+    /// a loopback host)
+    #[arg(long, value_name = "URL")]
+    pub feed: Option<String>,
+    /// As run by latchkey-update.timer: install only if
+    /// `update.auto_install` is true, otherwise only check
+    #[arg(long, conflicts_with = "yes")]
+    pub scheduled: bool,
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,8 @@ as it came from one buffered by a proxy on the way.
 Environment:
   LATCHKEY_URL  e.g. https://localhost:8443 (no trailing slash)
   LATCHKEY_KEY  a Latchkey API key (lk_...) with scope proxy:openai
-  LATCHKEY_CA   the CA certificate to trust (PEM)
+  LATCHKEY_CA   the CA certificate to trust (PEM); empty for a plain
+                http:// loopback URL (the desktop app's proxy)
 
 Prints `ok   ...` lines and a last `stream-timing: {json}` line; exits
 non-zero on the first failure.
@@ -39,7 +40,7 @@ def main():
     print(f"openai {openai.__version__}", flush=True)
     # The SDK's own default client class, trusting only the given CA and
     # ignoring proxy settings in the environment: traffic stays on loopback.
-    ctx = ssl.create_default_context(cafile=CA)
+    ctx = ssl.create_default_context(cafile=CA) if CA else True
     client = openai.OpenAI(
         base_url=f"{URL}/proxy/openai/v1",
         api_key=KEY,

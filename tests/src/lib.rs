@@ -6,9 +6,11 @@ mod auth;
 mod server;
 
 pub mod caddy;
+pub mod desktop;
 pub mod oidc;
 pub mod race;
 pub mod ui;
+pub mod webdriver;
 
 pub use auth::{
     Authenticator, Browser, Owner, PASSWORD, auth_config, create_key, invited, oathtool,
