@@ -84,8 +84,9 @@ pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> IdText {
         Some(v)
             if !v.is_empty()
                 && v.len() <= MAX_REQUEST_ID
-                && v.iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')) =>
+                && v.iter().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+                }) =>
         {
             let mut id = IdText {
                 buf: [0; MAX_REQUEST_ID],
@@ -131,7 +132,8 @@ pub async fn request_context(
     let method = req.method().clone();
     // Made-up methods are logged and counted as `OTHER` (bounded).
     let method_label = super::metrics::method_label(&method);
-    req.extensions_mut().insert(RequestId(id.as_str().to_owned()));
+    req.extensions_mut()
+        .insert(RequestId(id.as_str().to_owned()));
     let span = tracing::info_span!(
         "request",
         method = method_label,

@@ -44,8 +44,8 @@ pub use parse::{Usage, UsageParser};
 use crate::store::{Store, StoreError};
 use latchkey_migrations::v3::USAGE_DAILY;
 use redb::{ReadableDatabase, ReadableTable};
-use serde::{Deserialize, Serialize};
 use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 

@@ -71,7 +71,9 @@ enum Mode {
         buf: Vec<u8>,
         overflow: bool,
     },
-    Sse { line: Vec<u8> },
+    Sse {
+        line: Vec<u8>,
+    },
     Off,
 }
 
