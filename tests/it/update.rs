@@ -426,3 +426,55 @@ fn plain_http_feeds_are_refused_off_loopback() {
     let out = inst.update(&["--check"]);
     inst.assert_refused(&out, "no feed: set update.feed or pass --feed URL");
 }
+
+/// Where the unit files are.
+fn units_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd")
+}
+
+#[test]
+fn the_updater_units_verify_clean() {
+    // Copied with ExecStart= pointing at this build (the verifier checks
+    // that the program exists); nothing else changed.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = latchkey_e2e::latchkey_bin();
+    for name in ["latchkey-update.service", "latchkey-update.timer"] {
+        let text = std::fs::read_to_string(units_dir().join(name)).expect("unit");
+        let text = text.replace("/usr/bin/latchkey ", &format!("{} ", bin.display()));
+        std::fs::write(tmp.path().join(name), text).expect("write");
+    }
+    let mut c = Command::new("systemd-analyze");
+    c.args(["verify", "--man=no"])
+        .arg(tmp.path().join("latchkey-update.service"))
+        .arg(tmp.path().join("latchkey-update.timer"));
+    let out = run_cmd_for(c, b"", Duration::from_secs(60));
+    assert!(
+        out.status.success() && out.stdout.trim().is_empty() && out.stderr.trim().is_empty(),
+        "systemd-analyze verify: status {:?}\n{}{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn the_updater_unit_exposure_is_at_most_2() {
+    let mut c = Command::new("systemd-analyze");
+    c.args(["security", "--offline=true", "--no-pager"])
+        .arg(units_dir().join("latchkey-update.service"));
+    let out = run_cmd_for(c, b"", Duration::from_secs(60));
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for latchkey-update.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{text}"));
+    assert!(
+        score <= 2.0,
+        "exposure {score} > 2.0 (docs/UPDATES.md states it):\n{text}"
+    );
+}
