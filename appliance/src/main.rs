@@ -13,6 +13,7 @@ mod remote;
 mod server;
 mod term;
 mod tls;
+mod update;
 
 use clap::Parser;
 use cli::{Cli, Command, ConfigCommand, TlsCommand};
@@ -70,21 +71,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Keygen = cli.command {
         return commands::config::keygen();
     }
+    // No data directory or configuration of the caller's: the service's
+    // own are under --state-dir.
+    if let Command::Service(cmd) = cli.command {
+        return commands::service::run(cmd);
+    }
     let ctx = context::Context::load(&cli.global)?;
     let serving = matches!(cli.command, Command::Serve(_));
-    let _log = logging::init(&ctx, serving);
+    let log = logging::init(&ctx, serving);
     match cli.command {
-        Command::Serve(args) => server::run(ctx, args),
+        Command::Serve(args) => server::run(ctx, args, &log),
         Command::Vault(cmd) => commands::vault::run(&ctx, cmd),
         Command::Backup(args) => commands::backup::backup(&ctx, args),
         Command::Restore(args) => commands::backup::restore(&ctx, args),
         Command::Unseal(args) => server::unseal(&ctx, args),
         Command::Seal => server::seal(&ctx),
         Command::Keygen => commands::config::keygen(),
+        Command::Service(cmd) => commands::service::run(cmd),
         Command::Setup(args) => commands::auth::setup(&ctx, args),
         Command::User(cmd) => commands::auth::user(&ctx, cmd),
         Command::Audit(cmd) => commands::auth::audit(&ctx, cmd),
         Command::Config(ConfigCommand::Check) => commands::config::check(&ctx),
+        Command::Update(args) => update::run(&ctx, &args),
+        Command::SelfCheck => update::self_check(&ctx),
         Command::Tls(TlsCommand::ExportCa) => {
             let dir = ctx.data_dir.join("tls");
             let pem = match tls::export_ca_pem(&dir) {

@@ -28,6 +28,7 @@ pub mod private_fs;
 pub mod proxy;
 pub mod serve;
 pub mod store;
+pub mod update;
 pub mod vault;
 
 pub use age::secrecy;

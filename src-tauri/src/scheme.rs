@@ -220,17 +220,15 @@ async fn forward(
     if let Some(c) = jar.header().and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.insert(header::COOKIE, c);
     }
-    let mut req = Request::from_parts(parts, http_body_util::Full::new(bytes::Bytes::from(body)));
+    let req = Request::from_parts(parts, http_body_util::Full::new(bytes::Bytes::from(body)));
     // The window is on this machine, but it is not "the host" of
     // `net::client::from_host` (which would only matter with the admin
     // token, which the window never has): an address no listener uses.
-    let ext = req.extensions_mut();
-    ext.insert(axum::extract::ConnectInfo(SocketAddr::from((
-        [127, 0, 0, 1],
-        0,
-    ))));
-    ext.insert(latchkey_core::serve::Scheme::Http);
-    let resp = live.front.call(req).await;
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+    let resp = live
+        .front
+        .call(req, peer, latchkey_core::serve::Scheme::Http)
+        .await;
     let (mut parts, body) = resp.into_parts();
     for v in parts.headers.get_all(header::SET_COOKIE) {
         if let Ok(v) = v.to_str() {

@@ -29,5 +29,8 @@ mod security_doc;
 mod serve;
 mod serve_robustness;
 mod serve_tls;
+mod service_notify;
+mod service_unit;
 mod ui;
+mod update;
 mod vault_cli;

@@ -36,6 +36,9 @@ pub struct ServeOpts {
     pub args: Vec<String>,
     /// Extra environment variables (the environment is otherwise clean).
     pub env: Vec<(String, String)>,
+    /// Variables the clean environment would have that are removed
+    /// (e.g. `LATCHKEY_LOG`, to let `log.level` decide).
+    pub unset: Vec<String>,
     /// Written to `DATA_DIR/latchkey.toml` before starting, if set.
     pub config: Option<String>,
     /// Trust this CA file instead of the data directory's own CA (for a
@@ -49,6 +52,7 @@ impl Default for ServeOpts {
             listen: "127.0.0.1:0".into(),
             args: Vec::new(),
             env: Vec::new(),
+            unset: Vec::new(),
             config: None,
             ca_file: None,
         }
@@ -72,6 +76,11 @@ impl ServeOpts {
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn unset(mut self, k: &str) -> Self {
+        self.unset.push(k.to_string());
         self
     }
 
@@ -130,6 +139,9 @@ pub fn spawn_server(d: &TestDir, opts: &ServeOpts) -> Server {
     c.args(&opts.args);
     for (k, v) in &opts.env {
         c.env(k, v);
+    }
+    for k in &opts.unset {
+        c.env_remove(k);
     }
     c.stdin(Stdio::null())
         .stdout(File::create(&stdout_path).expect("create stdout file"))
@@ -290,6 +302,11 @@ impl Server {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill {sig} {} failed", self.pid);
+    }
+
+    /// Sends SIGHUP (what `systemctl reload` does, through `ExecReload=`).
+    pub fn sighup(&self) {
+        self.signal("-HUP");
     }
 
     /// Sends SIGTERM.

@@ -12,13 +12,39 @@ use crate::context::Context;
 use buffered::{BufferedStderr, FlushGuard};
 use latchkey_core::config::LogFormat;
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
-/// Installs the subscriber. The returned guard (the server's) flushes the
-/// batched lines when dropped: hold it until the end.
+/// The installed subscriber's handles: the server's batching guard and the
+/// level filter `systemctl reload` (SIGHUP) may change.
 #[must_use = "dropping the guard stops batching log lines"]
-pub fn init(ctx: &Context, serving: bool) -> Option<FlushGuard> {
+pub struct Logging {
+    _flush: Option<FlushGuard>,
+    level: LevelHandle,
+    /// `LATCHKEY_LOG` was set: it wins over `log.level`, also on reload.
+    from_env: bool,
+}
+
+type LevelHandle = reload::Handle<EnvFilter, Registry>;
+
+impl Logging {
+    /// Applies `log.level` from a re-read configuration. `Ok(false)`: left
+    /// alone because `LATCHKEY_LOG` overrides it.
+    pub fn set_level(&self, level: &str) -> Result<bool, String> {
+        if self.from_env {
+            return Ok(false);
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        self.level.reload(filter).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+}
+
+/// Installs the subscriber. Hold the returned [`Logging`] until the end:
+/// dropping it flushes the server's batched lines.
+pub fn init(ctx: &Context, serving: bool) -> Logging {
     let format = match ctx.global.log_format {
         Some(LogFormatArg::Human) => LogFormat::Human,
         Some(LogFormatArg::Json) => LogFormat::Json,
@@ -35,27 +61,38 @@ pub fn init(ctx: &Context, serving: bool) -> Option<FlushGuard> {
     } else {
         "warn"
     };
-    let filter = EnvFilter::try_from_env("LATCHKEY_LOG")
-        .or_else(|_| EnvFilter::try_new(default))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = if serving {
+    let env_filter = EnvFilter::try_from_env("LATCHKEY_LOG").ok();
+    let from_env = env_filter.is_some();
+    let filter = env_filter
+        .or_else(|| EnvFilter::try_new(default).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, level) = reload::Layer::new(filter);
+    let (writer, flush) = if serving {
         let (w, g) = BufferedStderr::new();
         (BoxMakeWriter::new(w), Some(g))
     } else {
         (BoxMakeWriter::new(std::io::stderr), None)
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let _ = if json {
-        builder
+    let (json_layer, human_layer) = if json {
+        let layer = tracing_subscriber::fmt::layer()
             .json()
             .event_format(json::JsonLines::default())
-            .try_init()
+            .with_writer(writer);
+        (Some(layer), None)
     } else {
-        builder
+        let layer = tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init()
+            .with_writer(writer);
+        (None, Some(layer))
     };
-    guard
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json_layer)
+        .with(human_layer)
+        .try_init();
+    Logging {
+        _flush: flush,
+        level,
+        from_env,
+    }
 }

@@ -6,6 +6,8 @@
 //! `seal` and `unseal` act on a running server through its API.
 
 pub mod host;
+mod notify;
+mod reload;
 mod run;
 
 pub use run::run;

@@ -6,11 +6,16 @@
 //! `--listen` flag, the runtime's flavour, the certificates (made and
 //! renewed by [`TlsManager`], handed to the core as a rustls
 //! configuration, or none with `server.tls = false`), the admin token
-//! file, the startup banner and the signals that end serving.
+//! file, the startup banner, the signals that end serving (SIGTERM,
+//! SIGINT) or reload the configuration (SIGHUP, [`super::reload`]), and
+//! what systemd is told ([`super::notify`]).
 
 use super::host::{ApplianceHost, admin_token_path, ensure_admin_token};
+use super::notify;
+use super::reload::Reloader;
 use crate::cli::ServeArgs;
 use crate::context::Context;
+use crate::logging::Logging;
 use crate::tls::TlsManager;
 use anyhow::Context as _;
 use latchkey_core::app::{App, Shell};
@@ -23,9 +28,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.is_empty() {
-        ctx.settings.server.listen = args.listen;
+pub fn run(mut ctx: Context, args: ServeArgs, logging: &Logging) -> anyhow::Result<()> {
+    let listen_flag = args.listen;
+    if !listen_flag.is_empty() {
+        ctx.settings.server.listen = listen_flag.clone();
     }
     // Process-wide default for anything that does not pass a provider
     // explicitly; an error only means one is installed already.
@@ -69,7 +75,14 @@ pub fn run(mut ctx: Context, args: ServeArgs) -> anyhow::Result<()> {
     .thread_name("latchkey")
     .build()
     .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(&ctx, app, tls, token, setup_token));
+    let reloader = Reloader {
+        global: ctx.global.clone(),
+        listen_flag,
+        running: Reloader::baseline(&ctx.settings),
+        logging,
+        tls: tls.clone(),
+    };
+    let result = runtime.block_on(serve(&ctx, app, tls, token, setup_token, reloader));
     // Whatever still runs (an upgraded connection past the deadline) ends
     // with the runtime, letting go of the database.
     drop(runtime);
@@ -82,6 +95,7 @@ async fn serve(
     tls: Option<Arc<TlsManager>>,
     token: SecretString,
     setup_token: Option<SecretString>,
+    mut reloader: Reloader<'_>,
 ) -> anyhow::Result<()> {
     let settings = Arc::clone(app.settings());
     let listeners = settings
@@ -116,6 +130,9 @@ async fn serve(
         redirect_listeners,
     })?;
     drop(token);
+    // READY=1 when the core says ready, watchdog pings while the accept
+    // loops beat (under systemd only).
+    let supervisor = notify::spawn_supervisor(running.monitor());
     let maintenance = tls.as_ref().map(|tls| {
         Arc::clone(tls).spawn_maintenance(settings.tls.check_interval, running.stopping())
     });
@@ -139,13 +156,26 @@ async fn serve(
     });
     drop(setup_token);
 
-    // Serve until a signal (or until a listener fails), then the core
-    // shuts down in order.
+    // Serve until a stop signal (or until a listener fails), then the core
+    // shuts down in order; SIGHUP reloads on the way.
+    let mut signals = signals;
     let result = running
-        .run_until(async move {
-            match signals.recv().await {
-                Ok(name) => tracing::info!(signal = name, "signal received"),
-                Err(e) => tracing::warn!(error = %e, "waiting for signals failed"),
+        .run_until(async {
+            loop {
+                match signals.recv().await {
+                    Ok(Received::Reload) => reloader.reload().await,
+                    Ok(Received::Stop(name)) => {
+                        tracing::info!(signal = name, "signal received");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "waiting for signals failed");
+                        break;
+                    }
+                }
+            }
+            if let Some(s) = supervisor {
+                s.stopping().await;
             }
         })
         .await;
@@ -158,6 +188,12 @@ async fn serve(
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+enum Received {
+    Stop(&'static str),
+    Reload,
 }
 
 impl Signals {
@@ -166,13 +202,15 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
 
-    async fn recv(mut self) -> anyhow::Result<&'static str> {
+    async fn recv(&mut self) -> anyhow::Result<Received> {
         Ok(tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => Received::Stop("SIGTERM"),
+            _ = self.int.recv() => Received::Stop("SIGINT"),
+            _ = self.hup.recv() => Received::Reload,
         })
     }
 }
@@ -233,7 +271,7 @@ fn banner_text(b: &Banner<'_>) -> String {
     }
     out.push_str(&format!(
         "Latchkey {} is running.\n\n",
-        env!("CARGO_PKG_VERSION")
+        latchkey_core::update::version()
     ));
     for (i, url) in urls.iter().enumerate() {
         let label = if i == 0 {
@@ -293,7 +331,7 @@ fn banner_text(b: &Banner<'_>) -> String {
             t.expose_secret(),
         ));
     }
-    out.push_str("\nStop with Ctrl-C (SIGINT) or SIGTERM.\n");
+    out.push_str("\nStop with Ctrl-C (SIGINT) or SIGTERM; SIGHUP re-reads the configuration.\n");
     out
 }
 

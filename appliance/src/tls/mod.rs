@@ -43,7 +43,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use manager::TlsManager;
+pub use manager::{RefreshOutcome, TlsManager};
 pub use status::{export_ca_pem, status};
 
 /// TLS settings, built by the caller from the appliance configuration.

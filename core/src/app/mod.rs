@@ -15,7 +15,8 @@
 //! 1. the listeners stop accepting; requests in flight get
 //!    `server.shutdown_grace`, then their connections are closed;
 //! 2. the background tasks stop: last-used flush, audit pruning, auth
-//!    pruning, the proxy's usage flusher, the connections refresher;
+//!    pruning, the proxy's usage flusher, the connections refresher, the
+//!    update check;
 //! 3. what the last requests left pending is written: proxy usage
 //!    totals, the connections broker's audit entries and last-used times,
 //!    vault and API-key last-used times;
@@ -27,6 +28,7 @@
 //! with [`Running::stopping`]), the admin token file, the banner.
 
 mod host;
+mod monitor;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -35,7 +37,7 @@ use crate::auth::{Auth, AuthError};
 use crate::config::Settings;
 use crate::http::origin::Scheme;
 use crate::http::{AppState, Front, HostInfo, Metrics, TokenVerifier};
-use crate::serve::{ConnLimits, ConnTracker, ServeOptions, Transport};
+use crate::serve::{ConnLimits, ConnTracker, Heartbeat, ServeOptions, Transport};
 use crate::store::{LockOwner, Store, StoreError};
 use crate::vault::{MasterKey, MasterKeySource, Vault, VaultError, rotation};
 use secrecy::SecretString;
@@ -48,6 +50,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+
+pub use monitor::Monitor;
 
 /// What can keep the app from opening, serving or stopping cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -253,11 +257,21 @@ impl App {
             auth_pruner: tasks::spawn_auth_pruner(Arc::clone(&auth), background_rx.clone()),
             usage: Arc::clone(&state.proxy).spawn_usage_flusher(background_rx.clone()),
             refresher: Arc::clone(&state.connections).spawn_refresher(background_rx.clone()),
+            updates: Arc::clone(&state.updates).spawn(background_rx.clone()),
         };
 
         let mut listeners = JoinSet::new();
+        let mut heartbeats = Vec::new();
         for listener in shell.listeners {
-            let (front, transport, opts) = (front.clone(), shell.transport.clone(), opts.clone());
+            let (front, transport) = (front.clone(), shell.transport.clone());
+            // Each loop its own beat: one stuck listener is enough to stop
+            // vouching for the server.
+            let heartbeat = Arc::new(Heartbeat::new());
+            heartbeats.push(Arc::clone(&heartbeat));
+            let opts = ServeOptions {
+                heartbeat,
+                ..opts.clone()
+            };
             let stop = stopped(listeners_rx.clone());
             listeners.spawn(async move {
                 crate::serve::serve(listener, transport, front, stop, opts).await
@@ -274,6 +288,7 @@ impl App {
         tracing::info!(addresses = ?local_addrs, %scheme, "serving");
         Ok(Running {
             state,
+            heartbeats,
             store,
             listeners,
             listeners_stop,
@@ -320,11 +335,13 @@ struct Background {
     auth_pruner: JoinHandle<()>,
     usage: JoinHandle<()>,
     refresher: JoinHandle<()>,
+    updates: JoinHandle<()>,
 }
 
 /// A serving app: the handle the shell awaits (see the module docs).
 pub struct Running {
     state: AppState,
+    heartbeats: Vec<Arc<Heartbeat>>,
     store: Arc<Store>,
     listeners: JoinSet<io::Result<()>>,
     listeners_stop: watch::Sender<bool>,
@@ -376,6 +393,15 @@ impl Running {
     /// The HTTP state being served.
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// A handle for a supervisor: readiness and the accept loops' liveness
+    /// (see [`Monitor`]), usable while `run_until` runs.
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            state: self.state.clone(),
+            heartbeats: self.heartbeats.clone(),
+        }
     }
 
     /// Turns true when the app's background work stops (after the
@@ -436,6 +462,7 @@ impl Running {
             ("auth pruning", background.auth_pruner),
             ("usage flusher", background.usage),
             ("connections refresher", background.refresher),
+            ("update check", background.updates),
         ] {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, task = what, "background task failed");

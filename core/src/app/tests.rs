@@ -305,3 +305,82 @@ fn api_url_prefers_loopback() {
         "http://127.0.0.1:7"
     );
 }
+
+/// The monitor a watchdog pings on: ready once open and unsealed (the same
+/// answer `/ready` gives), and alive only while the accept loop runs — a
+/// runtime blocked by a stuck task stops its beat, and shutdown ends it.
+#[test]
+fn monitor_follows_readiness_and_a_stuck_accept_loop() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    // No upstream is contacted; any address will do.
+    let s = settings(&dir, SocketAddr::from(([127, 0, 0, 1], 9)));
+    let source = s.master_key_source(&dir);
+    let app = App::open(
+        s,
+        &dir,
+        source,
+        OpenOptions {
+            role: "serve",
+            unseal: true,
+        },
+    )
+    .expect("open");
+    // One thread: a task that blocks it stalls the accept loop too.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let running = app
+            .serve(Shell {
+                host: Arc::new(NoHostInfo),
+                admin: Arc::new(StaticToken::new(ADMIN)),
+                transport: Transport::Plain,
+                listeners: vec![listener],
+                redirect_listeners: Vec::new(),
+            })
+            .expect("serve");
+        let addr = running.local_addrs()[0];
+        let monitor = running.monitor();
+        let readiness = monitor.readiness();
+        assert!(readiness.is_ready(), "{}", readiness.summary());
+        let resp = http(
+            addr,
+            &format!("GET /ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(monitor.serving(Duration::from_secs(3)));
+
+        // Observed from outside the runtime while its only thread is stuck.
+        let watcher = {
+            let monitor = monitor.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(2500));
+                monitor.serving(Duration::from_millis(2000))
+            })
+        };
+        tokio::spawn(async {
+            // A task that never yields: nothing else on this runtime runs.
+            std::thread::sleep(Duration::from_millis(3500));
+        });
+        tokio::task::yield_now().await;
+        let during = tokio::task::spawn_blocking(move || watcher.join().expect("watcher"))
+            .await
+            .expect("join");
+        assert!(!during, "a stuck accept loop must not count as serving");
+        // Unstuck: the loop beats again within its interval.
+        tokio::time::sleep(crate::serve::heartbeat::BEAT_INTERVAL * 2).await;
+        assert!(monitor.serving(Duration::from_secs(3)));
+
+        let heartbeats = monitor.heartbeats.clone();
+        drop(monitor);
+        running.shutdown().await.expect("shutdown");
+        assert!(
+            heartbeats.iter().all(|h| h.age().is_none()),
+            "a stopped loop never counts as serving again"
+        );
+    });
+}

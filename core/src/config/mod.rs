@@ -12,6 +12,7 @@ use crate::vault::keychain::KeyringBackend;
 pub use crate::auth::settings::AuthSettings;
 pub use crate::duration_str;
 pub use crate::proxy::settings::{ProviderSettings, ProxySettings};
+pub use crate::update::UpdateSettings;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -254,6 +255,8 @@ pub struct Settings {
     /// `[connections.<name>]`: OAuth providers users connect accounts with
     /// (see `crate::connections::config`).
     pub connections: std::collections::BTreeMap<String, crate::connections::ConnectionSettings>,
+    /// `[update]`: the update channel (docs/UPDATES.md).
+    pub update: UpdateSettings,
 }
 
 impl Settings {
@@ -527,7 +530,7 @@ impl Settings {
         if let Err(e) = tracing_filter_ok(&self.log.level) {
             return Err(("log.level", e));
         }
-        Ok(())
+        self.update.validate()
     }
 
     /// The rules for what the listeners may speak, checked when the

@@ -145,6 +145,9 @@ pub struct AppState {
     pub connections: Arc<crate::connections::Connections>,
     /// The web UI's embedded files.
     pub ui: Arc<latchkey_ui::Assets>,
+    /// What the update channel found (`/api/status`); its periodic check
+    /// is started with the app's background tasks.
+    pub updates: Arc<crate::update::Updates>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -184,7 +187,15 @@ impl AppState {
             settings.server.public_url.as_deref(),
             Arc::clone(&vault),
         )?);
+        let update_source = match &settings.update.feed {
+            Some(url) => Some(Arc::new(crate::update::HttpSource::new(url)?)
+                as Arc<dyn crate::update::UpdateSource>),
+            None => None,
+        };
+        let updates =
+            crate::update::Updates::new(Arc::clone(vault.store()), &settings.update, update_source);
         Ok(AppState {
+            updates,
             vault,
             settings,
             host,

@@ -21,29 +21,67 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// What `/ready` reports: every check, and whether all pass. The one
+/// readiness rule: `GET /ready` answers with it, and the appliance tells
+/// systemd `READY=1` only when [`Readiness::is_ready`] holds.
 #[derive(Debug, Serialize)]
-struct Readiness {
+pub struct Readiness {
     status: &'static str,
     checks: Vec<ReadyCheck>,
 }
 
+impl Readiness {
+    /// Whether every check passes (warnings count as passing).
+    pub fn is_ready(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    /// The checks, in `/ready`'s order.
+    pub fn checks(&self) -> &[ReadyCheck] {
+        &self.checks
+    }
+
+    /// One line for a person or a service manager's status: `ready`, or
+    /// the failing checks with their details.
+    pub fn summary(&self) -> String {
+        let failing: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| match &c.detail {
+                Some(d) => format!("{}: {d}", c.name),
+                None => c.name.to_string(),
+            })
+            .collect();
+        if failing.is_empty() {
+            "ready".to_string()
+        } else {
+            format!("not ready ({})", failing.join("; "))
+        }
+    }
+}
+
+/// Runs the readiness checks: the database answers a read, the vault is
+/// unsealed, the clock is plausible (a warning only), and the host's own
+/// checks (certificates). Cheap: one read transaction, no I/O beyond it.
+pub fn readiness(state: &AppState) -> Readiness {
+    let mut checks = vec![database_check(state), vault_check(state), clock_check_now()];
+    checks.extend(state.host.readiness_checks());
+    let status = if checks.iter().all(|c| c.ok) {
+        "ready"
+    } else {
+        "not_ready"
+    };
+    Readiness { status, checks }
+}
+
 /// `GET /ready`: 200 when every check passes, 503 otherwise.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let mut checks = vec![
-        database_check(&state),
-        vault_check(&state),
-        clock_check_now(),
-    ];
-    checks.extend(state.host.readiness_checks());
-    let all_ok = checks.iter().all(|c| c.ok);
-    let status = if all_ok {
+    let body = readiness(&state);
+    let status = if body.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = Readiness {
-        status: if all_ok { "ready" } else { "not_ready" },
-        checks,
     };
     (status, Json(body)).into_response()
 }
@@ -164,11 +202,12 @@ pub async fn status(
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let configured = state.source().kind_name();
     Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::update::version(),
         "sealed": state.vault.is_sealed(),
         "initialized": initialized,
         "master_key_source": stored_source.unwrap_or_else(|| configured.to_string()),
         "tls": state.host.tls_info(),
+        "update": state.updates.status(),
     })))
 }
 

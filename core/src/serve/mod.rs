@@ -6,8 +6,9 @@
 //! `rustls::ServerConfig` the shell made — certificates, renewal and hot
 //! reload are the shell's business) bounded by a timeout, then HTTP/1.1 or
 //! HTTP/2 (hyper-util's auto builder, with upgrades) answered by a
-//! [`Front`]. Every request carries `ConnectInfo<SocketAddr>` (the peer)
-//! and the connection's [`Scheme`] in its extensions. A client that sends
+//! [`Front`], which is handed the peer and the connection's [`Scheme`]
+//! with every request (the router's handlers find them in the request's
+//! extensions as `ConnectInfo<SocketAddr>` and `Scheme`). A client that sends
 //! garbage or nothing at all only ties up its own task: the handshake
 //! timeout, a deadline for the first request bytes and hyper's HTTP/1
 //! header-read timeout close it. Failed handshakes are counted in
@@ -28,6 +29,7 @@
 //! HTTP/2 sends GOAWAY), waits up to [`ServeOptions::graceful_deadline`],
 //! aborts what is left and returns.
 
+pub mod heartbeat;
 pub mod limits;
 pub mod redirect;
 
@@ -44,7 +46,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -58,6 +59,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::http::Front;
 pub use crate::http::origin::Scheme;
+pub use heartbeat::Heartbeat;
 use limits::{Activity, ConnPermit, TrackedBody};
 pub use limits::{ConnLimits, ConnTracker, fd_soft_limit};
 pub use redirect::serve_http_redirect;
@@ -113,6 +115,9 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// Connection caps and the idle timeout, shared by every listener.
     pub connections: Arc<ConnTracker>,
+    /// Beaten by the accept loop while it runs (give each listener its
+    /// own: a supervisor checks them all; see [`heartbeat`]).
+    pub heartbeat: Arc<Heartbeat>,
 }
 
 impl Default for ServeOptions {
@@ -123,6 +128,7 @@ impl Default for ServeOptions {
             graceful_deadline: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             connections: Arc::new(ConnTracker::new(Default::default())),
+            heartbeat: Arc::new(Heartbeat::new()),
         }
     }
 }
@@ -148,6 +154,7 @@ pub async fn serve(
         shutdown,
         opts.graceful_deadline,
         Arc::clone(&opts.connections),
+        Arc::clone(&opts.heartbeat),
         move |tcp, peer, permit, watcher| {
             serve_connection(
                 acceptor.clone(),
@@ -193,12 +200,15 @@ pub async fn serve_https(
 
 /// Accepts connections until `shutdown`, running `on_conn` for each in its
 /// own task, then shuts the connections down gracefully. A connection over
-/// a cap of `tracker` is closed at once (and counted there).
+/// a cap of `tracker` is closed at once (and counted there). `heartbeat`
+/// is beaten from inside the loop while it accepts, and marked ended when
+/// it stops accepting.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     graceful_deadline: Duration,
     tracker: Arc<ConnTracker>,
+    heartbeat: Arc<Heartbeat>,
     mut on_conn: F,
 ) -> io::Result<()>
 where
@@ -209,10 +219,14 @@ where
     let mut conns = JoinSet::new();
     let mut result = Ok(());
     tokio::pin!(shutdown);
+    let mut beat = tokio::time::interval(crate::serve::heartbeat::BEAT_INTERVAL);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        heartbeat.beat();
         tokio::select! {
             biased;
             () = &mut shutdown => break,
+            _ = beat.tick() => {}
             Some(done) = conns.join_next(), if !conns.is_empty() => {
                 if let Err(e) = done
                     && e.is_panic()
@@ -245,6 +259,7 @@ where
             },
         }
     }
+    heartbeat.stop();
     drop(listener);
     if !conns.is_empty() {
         tracing::info!(connections = conns.len(), "shutting down open connections");
@@ -420,12 +435,9 @@ where
     } = c;
     let activity = Activity::new();
     let act = Arc::clone(&activity);
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = act.begin();
-        let ext = req.extensions_mut();
-        ext.insert(ConnectInfo(peer));
-        ext.insert(scheme);
-        let answer = app.call(req);
+        let answer = app.call(req, peer, scheme);
         async move {
             let resp = answer.await;
             Ok::<_, Infallible>(resp.map(|b| TrackedBody::new(b, guard)))

@@ -42,6 +42,9 @@ pub async fn serve_http_redirect(
         shutdown,
         Duration::from_secs(5),
         connections,
+        // Nobody watches it: the redirect serves no API, and readiness and
+        // the watchdog follow the HTTPS listeners.
+        Arc::new(super::Heartbeat::new()),
         move |tcp, peer, permit, watcher| {
             let http1 = Arc::clone(&http1);
             let tracker = Arc::clone(&tracker);

@@ -169,6 +169,45 @@ fn migrate(db: &Database) -> Result<Outcome, StoreError> {
     Ok(outcome)
 }
 
+/// What [`peek_schema`] found in a data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaPeek {
+    /// No database yet.
+    Absent,
+    /// The database's schema version.
+    Version(u32),
+    /// Another process (a running server) has it open; not read.
+    InUse,
+}
+
+/// The schema version of the database in `dir`, read without the
+/// data-directory lock and without writing (`latchkey self-check`: a new
+/// build checks it can read the data while the old server still runs).
+pub fn peek_schema(dir: &Path) -> Result<SchemaPeek, StoreError> {
+    let path = dir.join(DB_FILE);
+    if !path.exists() {
+        return Ok(SchemaPeek::Absent);
+    }
+    let db = match Database::builder().open_read_only(&path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(SchemaPeek::InUse),
+        Err(e) => return Err(map_open_error(&path, e)),
+    };
+    let txn = db.begin_read()?;
+    let found = match txn.open_table(META) {
+        Ok(meta) => meta
+            .get(latchkey_migrations::SCHEMA_VERSION_KEY)?
+            .and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes))
+            .unwrap_or(0),
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(SchemaPeek::Version(found))
+}
+
+/// The newest schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = CURRENT_VERSION;
+
 /// Reads the schema version through a read-only open, so a database from a
 /// newer Latchkey is refused before anything opens it for writing.
 fn refuse_newer_schema(path: &Path) -> Result<(), StoreError> {

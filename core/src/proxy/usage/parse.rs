@@ -4,6 +4,7 @@
 //! without parsing the generated text.
 
 use crate::proxy::json_scan;
+use bytes::Bytes;
 
 /// Largest plain JSON response body read for usage; past it the request
 /// counts with unknown tokens.
@@ -62,8 +63,17 @@ impl Usage {
 }
 
 enum Mode {
-    Json { buf: Vec<u8>, overflow: bool },
-    Sse { line: Vec<u8> },
+    /// A JSON body usually arrives in one chunk: that chunk is kept as it
+    /// is (a reference count, not a copy) and read in place; `buf` takes
+    /// the bytes only once a second chunk comes.
+    Json {
+        first: Option<Bytes>,
+        buf: Vec<u8>,
+        overflow: bool,
+    },
+    Sse {
+        line: Vec<u8>,
+    },
     Off,
 }
 
@@ -81,6 +91,7 @@ impl UsageParser {
             Mode::Sse { line: Vec::new() }
         } else if ct.starts_with("application/json") {
             Mode::Json {
+                first: None,
                 buf: Vec::new(),
                 overflow: false,
             }
@@ -93,10 +104,21 @@ impl UsageParser {
         }
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) {
+    pub fn feed(&mut self, chunk: &Bytes) {
         match &mut self.mode {
             Mode::Off => {}
-            Mode::Json { buf, overflow } => {
+            Mode::Json {
+                first,
+                buf,
+                overflow,
+            } => {
+                if first.is_none() && buf.is_empty() && !*overflow && chunk.len() <= MAX_JSON {
+                    *first = Some(chunk.clone());
+                    return;
+                }
+                if let Some(f) = first.take() {
+                    buf.extend_from_slice(&f);
+                }
                 if *overflow || buf.len() + chunk.len() > MAX_JSON {
                     *overflow = true;
                     buf.clear();
@@ -105,7 +127,7 @@ impl UsageParser {
                 }
             }
             Mode::Sse { line } => {
-                let mut rest = chunk;
+                let mut rest: &[u8] = chunk;
                 while let Some(i) = rest.iter().position(|&b| b == b'\n') {
                     let (head, tail) = rest.split_at(i);
                     if line.is_empty() {
@@ -130,10 +152,12 @@ impl UsageParser {
     pub fn finish(mut self) -> Usage {
         match &mut self.mode {
             Mode::Json {
+                first,
                 buf,
                 overflow: false,
             } => {
-                usage_of(buf, &mut self.usage);
+                let body = first.as_deref().unwrap_or(buf);
+                usage_of(body, &mut self.usage);
             }
             Mode::Sse { line } if !line.is_empty() => {
                 let line = std::mem::take(line);

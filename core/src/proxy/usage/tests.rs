@@ -7,7 +7,7 @@ use super::*;
 fn parse(ct: &str, body: &str, n: usize) -> Usage {
     let mut p = UsageParser::for_content_type(Some(ct));
     for c in body.as_bytes().chunks(n) {
-        p.feed(c);
+        p.feed(&bytes::Bytes::copy_from_slice(c));
     }
     p.finish()
 }
