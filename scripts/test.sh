@@ -15,7 +15,12 @@ cargo build --bins --locked
 ./scripts/build-desktop.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+# The desktop crate's unit tests in release: they reuse the dependencies
+# build-desktop.sh just built, instead of a second (debug) build of Tauri.
+{
+  cargo test --workspace --exclude latchkey-desktop --locked &&
+    cargo test --release -p latchkey-desktop --locked
+} 2>&1 | tee "$log"
 # Every fuzz target for a bounded time (core/fuzz, docs/security/fuzzing.md).
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 # Many test binaries (benchmark bins, doc-tests) hold no tests; one total

@@ -85,13 +85,25 @@ fn tree_rss_kib(pid: u32) -> u64 {
         .sum()
 }
 
-/// The `since_launch_ms` of the app's last log line containing `message`.
+/// The `since_launch_ms` of the app's first log line containing `message`.
 fn launch_ms(log: &str, message: &str) -> Option<u64> {
-    log.lines()
+    // Without colour codes, should the log have them.
+    let mut plain = String::with_capacity(log.len());
+    let mut in_escape = false;
+    for c in log.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    plain
+        .lines()
         .filter(|l| l.contains(message))
         .filter_map(|l| l.split("since_launch_ms=").nth(1))
         .filter_map(|v| v.split_whitespace().next()?.parse().ok())
-        .next_back()
+        .next()
 }
 
 /// `curl` status code of `GET url` (000 when nothing answers).
@@ -326,6 +338,7 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
         "000"
     );
     let relaunched = Instant::now();
+    let log_from = env.log_text().len();
     let s = Session::start(env.driver_port, &app, Duration::from_secs(90));
     s.wait_text("Sign in", STEP);
     shot(&s, &shots, "07-relaunch-sign-in");
@@ -368,13 +381,14 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
     let rss_closed = tree_rss_kib(pid);
     sdk_stream(&env, "window closed", port, &key);
     let log = env.log_text();
+    let relaunch_log = log.get(log_from..).unwrap_or_default();
     eprintln!(
         "desktop figures: launch->window shown {:?} ms, launch->page loaded {:?} ms, \
          launch->proxy ready {:?} ms, idle RSS (app + WebKit processes) window open {} KiB, \
          closed to tray {} KiB",
-        launch_ms(&log, "window shown"),
-        launch_ms(&log, "window page loaded"),
-        launch_ms(&log, "core ready"),
+        launch_ms(relaunch_log, "window shown"),
+        launch_ms(relaunch_log, "window page loaded"),
+        launch_ms(relaunch_log, "core ready"),
         rss_open,
         rss_closed
     );
