@@ -33,7 +33,12 @@ fn deb() -> &'static Path {
         let out = run_cmd_for(c, b"", Duration::from_secs(1800));
         assert!(out.status.success(), "build-deb.sh failed:\n{}", out.stderr);
         let lines: Vec<&str> = out.stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "build-deb.sh prints one line: {:?}", out.stdout);
+        assert_eq!(
+            lines.len(),
+            1,
+            "build-deb.sh prints one line: {:?}",
+            out.stdout
+        );
         let p = PathBuf::from(lines[0]);
         assert!(p.is_absolute() && p.is_file(), "{}", p.display());
         p
@@ -148,8 +153,11 @@ impl Root {
 
     fn version(&self) -> Option<String> {
         let mut c = Command::new("dpkg-query");
-        c.arg(format!("--admindir={}", self.path("var/lib/dpkg").display()))
-            .args(["-W", "-f=${Version} ${Status}", "latchkey"]);
+        c.arg(format!(
+            "--admindir={}",
+            self.path("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f=${Version} ${Status}", "latchkey"]);
         let out = run_cmd(c, b"");
         out.status.success().then(|| out.stdout.trim().to_string())
     }
@@ -160,11 +168,12 @@ impl Root {
             .is_ok()
     }
 
-    /// `deb-systemd-helper ARGS` inside the root, as an admin would run
-    /// `systemctl disable`.
-    fn helper(&self, args: &[&str]) {
-        let mut c = Command::new("deb-systemd-helper");
-        c.env("DPKG_ROOT", self.dir.path()).args(args);
+    /// `systemctl --root=ROOT ARGS`: what an admin's `systemctl disable`
+    /// does to the files, offline.
+    fn systemctl(&self, args: &[&str]) {
+        let mut c = Command::new("systemctl");
+        c.arg(format!("--root={}", self.dir.path().display()))
+            .args(args);
         ok(c);
     }
 }
@@ -233,7 +242,7 @@ fn install_upgrade_remove_purge_in_a_scratch_root() {
 
     // The admin disables the service; an upgrade keeps data, configuration
     // and that choice.
-    r.helper(&["disable", "latchkey.service"]);
+    r.systemctl(&["disable", "latchkey.service"]);
     assert!(!r.enabled());
     let scratch = tempfile::tempdir().expect("tmp");
     let newer = with_version(deb, "99.0.0-1", scratch.path());
@@ -249,7 +258,7 @@ fn install_upgrade_remove_purge_in_a_scratch_root() {
     );
     assert!(data_intact(), "upgrade kept the data");
     assert!(!r.enabled(), "upgrade kept the admin's `disable`");
-    r.helper(&["enable", "latchkey.service"]);
+    r.systemctl(&["enable", "latchkey.service"]);
     assert!(r.enabled());
 
     // remove: the program goes, the data stays.
