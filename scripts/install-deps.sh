@@ -18,6 +18,11 @@ apt_packages=(
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev
   libsoup-3.0-dev libjavascriptcoregtk-4.1-dev libxdo-dev
   xvfb xauth webkit2gtk-driver dbus-x11 libsecret-tools xdg-utils
+  # The service and the .deb (docs/PACKAGING.md): systemd-analyze verify,
+  # security and syscall-filter on the unit (they work without systemd as
+  # PID 1); strace for the syscall-filter test; dpkg-shlibdeps for the
+  # .deb's Depends.
+  systemd strace dpkg-dev
 )
 
 missing=()
@@ -88,4 +93,10 @@ desktop_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/src-tauri"
 if [ ! -d "$desktop_dir/node_modules" ] || [ "$desktop_dir/package-lock.json" -nt "$desktop_dir/node_modules" ]; then
   npm ci --prefix "$desktop_dir" --no-audit --no-fund
   touch "$desktop_dir/node_modules"
+fi
+
+# cargo-deb for packaging/build-deb.sh (the .deb); built once, skipped when
+# present.
+if ! cargo deb --version >/dev/null 2>&1; then
+  cargo install cargo-deb --locked --version 3.8.0
 fi

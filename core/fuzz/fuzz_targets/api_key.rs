@@ -9,7 +9,11 @@
 //! - whatever `parse` accepts is `lk_` + 57 base62 symbols after trimming,
 //!   whose id is the 8 symbols after the prefix and whose hash is the
 //!   SHA-256 of the trimmed text; `looks_like_api_key` holds for it;
-//! - a key id parses from its own text and its `lk_` display form.
+//! - a key id parses from its own text and its `lk_` display form;
+//! - `parse_for_lookup` (the proxy's hot path: no checksum) accepts all
+//!   that `parse` accepts with the same id and hash, accepts nothing that
+//!   is not shaped like a key, and an edited key it accepts verifies only
+//!   if it is the key.
 #![no_main]
 
 use latchkey_core::auth::apikey::{self, KEY_LEN, KeyId, PREFIX};
@@ -37,18 +41,34 @@ fuzz_target!(|data: &[u8]| {
             let at = usize::from(pair[0]) % edited.len();
             edited[at] = pair[1];
         }
-        if let Ok(edited) = String::from_utf8(edited)
-            && let Ok(p) = apikey::parse(&edited)
-        {
+        if let Ok(edited) = String::from_utf8(edited) {
             let same = edited.trim_ascii() == text;
-            assert_eq!(apikey::verify(&p, &key.hash), same, "{edited:?}");
+            if let Ok(p) = apikey::parse(&edited) {
+                assert_eq!(apikey::verify(&p, &key.hash), same, "{edited:?}");
+            }
+            if let Ok(p) = apikey::parse_for_lookup(&edited) {
+                assert_eq!(apikey::verify(&p, &key.hash), same, "{edited:?}");
+            }
         }
     }
     // 2. The input as a presented key.
     let Ok(presented) = std::str::from_utf8(data) else {
         return;
     };
+    let quick = apikey::parse_for_lookup(presented);
+    if let Ok(p) = &quick {
+        let t = presented.trim_ascii();
+        assert_eq!(t.len(), KEY_LEN);
+        assert!(t.starts_with(PREFIX));
+        assert!(t[PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(p.id.as_str(), &t[PREFIX.len()..PREFIX.len() + 8]);
+        let hash: [u8; 32] = Sha256::digest(t.as_bytes()).into();
+        assert!(apikey::verify(p, &hash), "hash is not SHA-256 of the key");
+    }
     if let Ok(p) = apikey::parse(presented) {
+        let q = quick.as_ref().expect("parse_for_lookup accepts what parse does");
+        assert_eq!(q.id, p.id);
+        assert!(apikey::verify(q, &p.hash));
         let t = presented.trim_ascii();
         assert_eq!(t.len(), KEY_LEN);
         assert!(t.starts_with(PREFIX));

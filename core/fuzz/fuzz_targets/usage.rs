@@ -12,6 +12,7 @@
 #![no_main]
 
 use latchkey_core::proxy::usage::{Usage, UsageKey, UsageParser, reference_usage as reference};
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -20,10 +21,10 @@ fn parse(ct: &str, body: &[u8], cuts: &[usize]) -> Usage {
     let mut at = 0;
     for &c in cuts {
         let c = c.min(body.len()).max(at);
-        p.feed(&body[at..c]);
+        p.feed(&Bytes::copy_from_slice(&body[at..c]));
         at = c;
     }
-    p.feed(&body[at..]);
+    p.feed(&Bytes::copy_from_slice(&body[at..]));
     p.finish()
 }
 

@@ -13,13 +13,16 @@
 
 use super::AppState;
 use super::middleware;
+use super::origin::Scheme;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::response::Response;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use hyper::Request;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,38 +64,52 @@ impl Front {
         }
     }
 
-    /// Answers one request. The shell inserts `ConnectInfo` first.
-    pub fn call<B>(&self, req: Request<B>) -> impl Future<Output = Response> + Send + use<B>
+    /// Answers one request that arrived from `peer` over a connection of
+    /// `scheme`. The router's handlers find both in the request's
+    /// extensions (`ConnectInfo`, [`Scheme`]); the proxy's short path is
+    /// handed the peer instead: the first extension inserted allocates
+    /// the request's extension map, and each value a box of its own.
+    pub fn call<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+        scheme: Scheme,
+    ) -> impl Future<Output = Response> + Send + use<B>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let req = req.map(Body::new);
+        let mut req = req.map(Body::new);
         match &self.state {
             // Boxed once here, so the few moves on the way into hyper's
             // connection copy a pointer, not the whole (several KiB)
             // future: those copies were ~10 % of a proxied request's
             // instructions.
             Some(state) if req.uri().path().starts_with("/proxy/") => {
-                Either::Left(Box::pin(proxy(Arc::clone(state), req)))
+                Either::Left(Box::pin(proxy(Arc::clone(state), req, peer)))
             }
-            _ => Either::Right(
-                self.router
-                    .clone()
-                    .oneshot(req)
-                    .map(|r| r.unwrap_or_else(|never| match never {})),
-            ),
+            _ => {
+                let ext = req.extensions_mut();
+                ext.insert(ConnectInfo(peer));
+                ext.insert(scheme);
+                Either::Right(
+                    self.router
+                        .clone()
+                        .oneshot(req)
+                        .map(|r| r.unwrap_or_else(|never| match never {})),
+                )
+            }
         }
     }
 }
 
 /// A proxied request, wrapped in what `request_context` does for the
 /// router's routes.
-async fn proxy(state: Arc<AppState>, req: Request<Body>) -> Response {
+async fn proxy(state: Arc<AppState>, req: Request<Body>, peer: SocketAddr) -> Response {
     let started = Instant::now();
     let id = middleware::request_id(req.headers());
     let method = req.method().clone();
-    let answered = AssertUnwindSafe(super::proxy::respond(&state, req))
+    let answered = AssertUnwindSafe(super::proxy::respond(&state, req, Some(peer)))
         .catch_unwind()
         .await;
     let mut resp = answered.unwrap_or_else(middleware::panic_response);
@@ -124,6 +141,6 @@ async fn proxy(state: Arc<AppState>, req: Request<Body>) -> Response {
     state
         .metrics
         .observe_request(&method, PROXY_ROUTE, status, latency);
-    middleware::finish_headers(resp.headers_mut(), &id);
+    middleware::finish_headers(resp.headers_mut(), id.as_str());
     resp
 }

@@ -52,31 +52,69 @@ const SECURITY_HEADERS: [(HeaderName, HeaderValue); 5] = [
     ),
 ];
 
-/// A client-supplied id is kept when it is short and plain (so it cannot
-/// smuggle anything into logs); otherwise a new one is made.
-pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> String {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id)
+/// Longest client-supplied request id kept.
+const MAX_REQUEST_ID: usize = 64;
+
+/// A request id, held inline (no allocation per request): a client's
+/// short plain id, or 32 lower-case hex digits made here.
+#[derive(Clone, Copy)]
+pub(crate) struct IdText {
+    buf: [u8; MAX_REQUEST_ID],
+    len: u8,
 }
 
-/// 128 random bits as 32 lower-case hex digits (written by hand: through
-/// `format!` this was ~1 % of a proxied request's instructions).
-fn new_request_id() -> String {
+impl IdText {
+    pub(crate) fn as_str(&self) -> &str {
+        // ASCII by construction (checked or written as hex).
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for IdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A client-supplied id is kept when it is short and plain (so it cannot
+/// smuggle anything into logs); otherwise a new one is made.
+pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> IdText {
+    let given = headers.get(&REQUEST_ID).map(HeaderValue::as_bytes);
+    match given {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID
+                && v.iter().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+                }) =>
+        {
+            let mut id = IdText {
+                buf: [0; MAX_REQUEST_ID],
+                len: 0,
+            };
+            id.buf[..v.len()].copy_from_slice(v);
+            // At most 64: fits.
+            id.len = u8::try_from(v.len()).unwrap_or(0);
+            id
+        }
+        _ => new_request_id(),
+    }
+}
+
+/// 128 random bits as 32 lower-case hex digits, written by hand into the
+/// inline buffer (through `format!` this was ~1 % of a proxied request's
+/// instructions, and a `String` an allocation).
+fn new_request_id() -> IdText {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = rand::random::<u128>();
-    (0..32)
-        .rev()
-        .map(|i| char::from(HEX[((n >> (4 * i)) & 0xf) as usize]))
-        .collect()
+    let mut id = IdText {
+        buf: [0; MAX_REQUEST_ID],
+        len: 32,
+    };
+    for (i, slot) in id.buf[..32].iter_mut().enumerate() {
+        *slot = HEX[((n >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    id
 }
 
 /// Outermost layer: request id, span, metrics and response headers.
@@ -94,7 +132,8 @@ pub async fn request_context(
     let method = req.method().clone();
     // Made-up methods are logged and counted as `OTHER` (bounded).
     let method_label = super::metrics::method_label(&method);
-    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut()
+        .insert(RequestId(id.as_str().to_owned()));
     let span = tracing::info_span!(
         "request",
         method = method_label,
@@ -125,7 +164,7 @@ pub async fn request_context(
         .metrics
         .observe_request(&method, &route, status.as_u16(), latency);
 
-    finish_headers(resp.headers_mut(), &id);
+    finish_headers(resp.headers_mut(), id.as_str());
     resp
 }
 
@@ -272,17 +311,24 @@ mod tests {
     #[test]
     fn request_ids_are_kept_when_plain_and_made_otherwise() {
         let made = new_request_id();
+        let made = made.as_str();
         assert_eq!(made.len(), 32);
         assert!(
             made.bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
-        assert_ne!(made, new_request_id(), "random, not fixed");
+        assert_ne!(made, new_request_id().as_str(), "random, not fixed");
         let mut h = axum::http::HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("trace-1:a.b_c"));
-        assert_eq!(request_id(&h), "trace-1:a.b_c");
-        h.insert(REQUEST_ID, HeaderValue::from_static("x\"y"));
-        let replaced = request_id(&h);
-        assert_eq!(replaced.len(), 32, "{replaced}");
+        assert_eq!(request_id(&h).as_str(), "trace-1:a.b_c");
+        let longest = "a".repeat(MAX_REQUEST_ID);
+        h.insert(REQUEST_ID, HeaderValue::from_str(&longest).expect("hv"));
+        assert_eq!(request_id(&h).as_str(), longest);
+        for bad in ["x\"y", "", &"a".repeat(MAX_REQUEST_ID + 1), "a b"] {
+            h.insert(REQUEST_ID, HeaderValue::from_str(bad).expect("hv"));
+            let replaced = request_id(&h);
+            assert_eq!(replaced.as_str().len(), 32, "{replaced}");
+            assert_ne!(replaced.as_str(), bad);
+        }
     }
 }

@@ -11,18 +11,24 @@ use axum::response::{IntoResponse, Response};
 
 /// `ANY /proxy/{provider}/{*path}` in the router.
 pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
-    respond(&state, req).await
+    let peer = crate::net::client::peer(req.extensions());
+    respond(&state, req, peer).await
 }
 
-/// Answers a proxied request (the router's route and the short path of
-/// [`super::Front`] both end here).
-pub async fn respond(state: &AppState, req: Request) -> Response {
+/// Answers a proxied request from `peer` (the router's route and the
+/// short path of [`super::Front`] both end here).
+pub async fn respond(
+    state: &AppState,
+    req: Request,
+    peer: Option<std::net::SocketAddr>,
+) -> Response {
     let ctx = ProxyContext {
         proxy: &state.proxy,
         auth: &state.auth,
         vault: &state.vault,
         connections: &state.connections,
         trusted_proxies: &state.trusted_proxies,
+        peer,
     };
     match crate::proxy::forward::respond(&ctx, req).await {
         Ok(resp) => resp,

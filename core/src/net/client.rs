@@ -93,7 +93,13 @@ pub fn from_host(trusted: &[IpNet], headers: &HeaderMap, ext: &Extensions) -> bo
 /// what a trusted proxy says in `X-Forwarded-For`
 /// ([`forwarded_client`]).
 pub fn client_ip(trusted: &[IpNet], headers: &HeaderMap, ext: &Extensions) -> IpAddr {
-    let Some(peer) = peer(ext) else {
+    client_ip_of(trusted, headers, peer(ext))
+}
+
+/// [`client_ip`] for a request whose socket peer is already known (the
+/// proxy's short path is handed it, not an extension).
+pub fn client_ip_of(trusted: &[IpNet], headers: &HeaderMap, peer: Option<SocketAddr>) -> IpAddr {
+    let Some(peer) = peer else {
         // No socket (handler tests): one shared bucket.
         return IpAddr::V6(Ipv6Addr::UNSPECIFIED);
     };

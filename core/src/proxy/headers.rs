@@ -14,7 +14,7 @@
 use crate::net::headers::{
     canonical_name, connection_listed, is_hop_by_hop, is_reserved_request_header,
 };
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderName, header};
 
 /// The credential headers a client may put its Latchkey key in (and the
 /// cookie, never an upstream's business), canonical.
@@ -25,19 +25,36 @@ fn never_forwarded(canonical: &str) -> bool {
     ) || is_reserved_request_header(canonical)
 }
 
-/// The client's headers that may go upstream. `Content-Length` is set again
-/// by the caller from the body.
-pub fn request_headers(client: &HeaderMap) -> HeaderMap {
-    let listed = connection_listed(client);
-    let mut out = HeaderMap::with_capacity(client.len());
-    for (name, value) in client {
+/// Drops, in place, the client's headers that may not go upstream.
+/// `Content-Length` is set again by the caller from the body. In place
+/// rather than copied into a new map: the copy (a map allocated, every
+/// kept name and value cloned) was ~2 % of a proxied request's
+/// instructions. The order of the names kept may change (a removal moves
+/// the last entry into the gap); HTTP gives it no meaning across names,
+/// and the values of one name keep theirs.
+pub fn filter_request_headers(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers);
+    // `HeaderMap` has no `retain`: the names are gathered, then removed
+    // (each `remove` takes every value of its name). The usual few
+    // (`Authorization`, `Host`) fit on the stack.
+    let mut few: [Option<HeaderName>; 4] = Default::default();
+    let mut more: Vec<HeaderName> = Vec::new();
+    let mut n_few = 0;
+    for name in headers.keys() {
         let n = canonical_name(name.as_str());
         if never_forwarded(&n) || listed.iter().any(|l| *l == n) {
-            continue;
+            match few.get_mut(n_few) {
+                Some(slot) => {
+                    *slot = Some(name.clone());
+                    n_few += 1;
+                }
+                None => more.push(name.clone()),
+            }
         }
-        out.append(name.clone(), value.clone());
     }
-    out
+    for name in few.iter().flatten().chain(&more) {
+        headers.remove(name);
+    }
 }
 
 /// The upstream's headers that may go back to the client.
@@ -62,7 +79,7 @@ pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::{HeaderName, HeaderValue};
+    use axum::http::HeaderValue;
 
     #[test]
     fn client_keys_and_hop_by_hop_headers_are_dropped() {
@@ -96,12 +113,14 @@ mod tests {
                 HeaderValue::from_str(v).expect("value"),
             );
         }
-        let out = request_headers(&h);
-        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        filter_request_headers(&mut h);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
         assert_eq!(
             names,
             ["anthropic-version", "content-type", "openai-organization"]
         );
+        assert_eq!(h["openai-organization"], "org", "values kept as they were");
     }
 
     #[test]
@@ -147,8 +166,8 @@ mod tests {
                 HeaderValue::from_str(v).expect("value"),
             );
         }
-        let out = request_headers(&h);
-        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        filter_request_headers(&mut h);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x_request_id"]);
     }
 }

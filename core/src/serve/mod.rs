@@ -6,8 +6,9 @@
 //! `rustls::ServerConfig` the shell made — certificates, renewal and hot
 //! reload are the shell's business) bounded by a timeout, then HTTP/1.1 or
 //! HTTP/2 (hyper-util's auto builder, with upgrades) answered by a
-//! [`Front`]. Every request carries `ConnectInfo<SocketAddr>` (the peer)
-//! and the connection's [`Scheme`] in its extensions. A client that sends
+//! [`Front`], which is handed the peer and the connection's [`Scheme`]
+//! with every request (the router's handlers find them in the request's
+//! extensions as `ConnectInfo<SocketAddr>` and `Scheme`). A client that sends
 //! garbage or nothing at all only ties up its own task: the handshake
 //! timeout, a deadline for the first request bytes and hyper's HTTP/1
 //! header-read timeout close it. Failed handshakes are counted in
@@ -45,7 +46,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -435,12 +435,9 @@ where
     } = c;
     let activity = Activity::new();
     let act = Arc::clone(&activity);
-    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = act.begin();
-        let ext = req.extensions_mut();
-        ext.insert(ConnectInfo(peer));
-        ext.insert(scheme);
-        let answer = app.call(req);
+        let answer = app.call(req, peer, scheme);
         async move {
             let resp = answer.await;
             Ok::<_, Infallible>(resp.map(|b| TrackedBody::new(b, guard)))

@@ -3,6 +3,7 @@
 //! connection, HTTP/2 with prior knowledge, caps, deadlines and the drain.
 
 use super::*;
+use axum::extract::ConnectInfo;
 use axum::routing::get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;

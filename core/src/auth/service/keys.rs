@@ -5,7 +5,8 @@
 //! Invariants:
 //!
 //! - the hot path does no disk I/O: [`Auth::authenticate_key`] checks the
-//!   checksum, then the hash in constant time, against the cache; last-used
+//!   key's shape, then its hash in constant time, against the cache (one
+//!   SHA-256: a wrong checksum cannot match a stored hash); last-used
 //!   times are kept in memory and written in one batch
 //!   ([`Auth::flush_key_usage`]);
 //! - only the key's hash is stored; the key itself is shown once, at
@@ -96,10 +97,13 @@ impl Auth {
         Ok(())
     }
 
-    /// Verifies an API key from memory: checksum first (typos never reach a
-    /// lookup), then a constant-time hash comparison.
+    /// Verifies an API key from memory: its shape, then a constant-time
+    /// comparison of its hash with the one stored for its id (the checksum
+    /// is not checked again: see `apikey::parse_for_lookup`).
     pub fn authenticate_key(&self, key: &str) -> Result<Principal, AuthError> {
-        let parsed = apikey::parse(key).map_err(|_| AuthError::unauthenticated())?;
+        // Shape only, one SHA-256: a key whose checksum is wrong cannot match
+        // a stored hash anyway (`apikey::parse_for_lookup`).
+        let parsed = apikey::parse_for_lookup(key).map_err(|_| AuthError::unauthenticated())?;
         let cached = {
             let keys = self
                 .keys

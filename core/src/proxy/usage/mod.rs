@@ -39,13 +39,15 @@ mod tests;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub use parse::reference_usage;
+pub(crate) use parse::starts_with_ignore_case;
 pub use parse::{Usage, UsageParser};
 
 use crate::store::{Store, StoreError};
 use latchkey_migrations::v3::USAGE_DAILY;
 use redb::{ReadableDatabase, ReadableTable};
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
 /// Most distinct model names counted per provider and UTC day (across all
@@ -191,17 +193,22 @@ impl UsageQuery {
     }
 }
 
+/// Hashed with Fx, not SipHash: every proxied request hashes its key
+/// here three times, and SipHash of the four strings was ~1.5 % of its
+/// instructions. Flooding needs many entries a client chooses; these are
+/// keyed by key ids and provider names (ours) and by at most
+/// [`MAX_MODELS_PER_PROVIDER_DAY`] model names per provider and day.
 #[derive(Debug, Default)]
 struct Inner {
     /// Counts not yet written to `usage_daily` (added to the stored row on
     /// flush).
-    pending: HashMap<UsageKey, Totals>,
+    pending: FxHashMap<UsageKey, Totals>,
     /// Per key: the UTC day and the tokens (input + output) spent on it,
     /// stored and pending alike — what budgets are checked against.
-    spent: HashMap<String, (String, u64)>,
+    spent: FxHashMap<String, (String, u64)>,
     /// Per provider: the UTC day and the model names counted as themselves
     /// on it (at most [`MAX_MODELS_PER_PROVIDER_DAY`]).
-    models: HashMap<String, (String, HashSet<String>)>,
+    models: FxHashMap<String, (String, FxHashSet<String>)>,
 }
 
 impl Inner {
@@ -220,10 +227,10 @@ impl Inner {
             None => self
                 .models
                 .entry(provider.to_owned())
-                .or_insert_with(|| (day.to_owned(), HashSet::new())),
+                .or_insert_with(|| (day.to_owned(), FxHashSet::default())),
         };
         if seen.0 != day {
-            *seen = (day.to_owned(), HashSet::new());
+            *seen = (day.to_owned(), FxHashSet::default());
         }
         if seen.1.contains(&model) {
             return model;
@@ -285,8 +292,8 @@ impl UsageBook {
     /// so budgets survive a restart.
     pub fn load(store: &Store, today: &str) -> Result<UsageBook, StoreError> {
         let txn = store.db().begin_read()?;
-        let mut spent: HashMap<String, (String, u64)> = HashMap::new();
-        let mut models: HashMap<String, (String, HashSet<String>)> = HashMap::new();
+        let mut spent: FxHashMap<String, (String, u64)> = FxHashMap::default();
+        let mut models: FxHashMap<String, (String, FxHashSet<String>)> = FxHashMap::default();
         each_row(&txn, today, today, |key, t| {
             if key.day != today {
                 return;
@@ -294,7 +301,7 @@ impl UsageBook {
             // Today's names count against today's cap after a restart too.
             let seen = models
                 .entry(key.provider.clone())
-                .or_insert_with(|| (today.to_string(), HashSet::new()));
+                .or_insert_with(|| (today.to_string(), FxHashSet::default()));
             if valid_model(&key.model)
                 && key.model != UNKNOWN_MODEL
                 && seen.1.len() < MAX_MODELS_PER_PROVIDER_DAY
@@ -309,7 +316,7 @@ impl UsageBook {
         })?;
         Ok(UsageBook {
             inner: Mutex::new(Inner {
-                pending: HashMap::new(),
+                pending: FxHashMap::default(),
                 spent,
                 models,
             }),

@@ -4,6 +4,7 @@
 //! without parsing the generated text.
 
 use crate::proxy::json_scan;
+use bytes::Bytes;
 
 /// Largest plain JSON response body read for usage; past it the request
 /// counts with unknown tokens.
@@ -62,8 +63,17 @@ impl Usage {
 }
 
 enum Mode {
-    Json { buf: Vec<u8>, overflow: bool },
-    Sse { line: Vec<u8> },
+    /// A JSON body usually arrives in one chunk: that chunk is kept as it
+    /// is (a reference count, not a copy) and read in place; `buf` takes
+    /// the bytes only once a second chunk comes.
+    Json {
+        first: Option<Bytes>,
+        buf: Vec<u8>,
+        overflow: bool,
+    },
+    Sse {
+        line: Vec<u8>,
+    },
     Off,
 }
 
@@ -76,11 +86,12 @@ pub struct UsageParser {
 impl UsageParser {
     /// A parser for a response with this `Content-Type`.
     pub fn for_content_type(content_type: Option<&str>) -> Self {
-        let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        let mode = if ct.starts_with("text/event-stream") {
+        let ct = content_type.unwrap_or("");
+        let mode = if starts_with_ignore_case(ct, "text/event-stream") {
             Mode::Sse { line: Vec::new() }
-        } else if ct.starts_with("application/json") {
+        } else if starts_with_ignore_case(ct, "application/json") {
             Mode::Json {
+                first: None,
                 buf: Vec::new(),
                 overflow: false,
             }
@@ -93,10 +104,21 @@ impl UsageParser {
         }
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) {
+    pub fn feed(&mut self, chunk: &Bytes) {
         match &mut self.mode {
             Mode::Off => {}
-            Mode::Json { buf, overflow } => {
+            Mode::Json {
+                first,
+                buf,
+                overflow,
+            } => {
+                if first.is_none() && buf.is_empty() && !*overflow && chunk.len() <= MAX_JSON {
+                    *first = Some(chunk.clone());
+                    return;
+                }
+                if let Some(f) = first.take() {
+                    buf.extend_from_slice(&f);
+                }
                 if *overflow || buf.len() + chunk.len() > MAX_JSON {
                     *overflow = true;
                     buf.clear();
@@ -105,7 +127,7 @@ impl UsageParser {
                 }
             }
             Mode::Sse { line } => {
-                let mut rest = chunk;
+                let mut rest: &[u8] = chunk;
                 while let Some(i) = rest.iter().position(|&b| b == b'\n') {
                     let (head, tail) = rest.split_at(i);
                     if line.is_empty() {
@@ -130,10 +152,12 @@ impl UsageParser {
     pub fn finish(mut self) -> Usage {
         match &mut self.mode {
             Mode::Json {
+                first,
                 buf,
                 overflow: false,
             } => {
-                usage_of(buf, &mut self.usage);
+                let body = first.as_deref().unwrap_or(buf);
+                usage_of(body, &mut self.usage);
             }
             Mode::Sse { line } if !line.is_empty() => {
                 let line = std::mem::take(line);
@@ -143,6 +167,15 @@ impl UsageParser {
         }
         self.usage
     }
+}
+
+/// Whether `s` starts with `prefix`, ASCII case ignored (compared in
+/// place: a lower-cased copy of the media type was an allocation per
+/// request).
+pub(crate) fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// One SSE line: only `data:` lines that look like JSON are parsed.
