@@ -33,7 +33,12 @@ fn deb() -> &'static Path {
         let out = run_cmd_for(c, b"", Duration::from_secs(1800));
         assert!(out.status.success(), "build-deb.sh failed:\n{}", out.stderr);
         let lines: Vec<&str> = out.stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "build-deb.sh prints one line: {:?}", out.stdout);
+        assert_eq!(
+            lines.len(),
+            1,
+            "build-deb.sh prints one line: {:?}",
+            out.stdout
+        );
         let p = PathBuf::from(lines[0]);
         assert!(p.is_absolute() && p.is_file(), "{}", p.display());
         p
@@ -148,8 +153,11 @@ impl Root {
 
     fn version(&self) -> Option<String> {
         let mut c = Command::new("dpkg-query");
-        c.arg(format!("--admindir={}", self.path("var/lib/dpkg").display()))
-            .args(["-W", "-f=${Version} ${Status}", "latchkey"]);
+        c.arg(format!(
+            "--admindir={}",
+            self.path("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f=${Version} ${Status}", "latchkey"]);
         let out = run_cmd(c, b"");
         out.status.success().then(|| out.stdout.trim().to_string())
     }

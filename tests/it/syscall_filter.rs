@@ -80,7 +80,10 @@ fn allowed_by_unit() -> BTreeSet<String> {
         }
     }
     assert!(allowed.len() > 100, "the unit allows @system-service");
-    assert!(denied.contains("setrlimit") && denied.contains("chown"), "{denied:?}");
+    assert!(
+        denied.contains("setrlimit") && denied.contains("chown"),
+        "{denied:?}"
+    );
     allowed.difference(&denied).cloned().collect()
 }
 
@@ -90,9 +93,7 @@ struct Procs(Vec<u32>);
 impl Drop for Procs {
     fn drop(&mut self) {
         for pid in &self.0 {
-            let _ = Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     }
 }
@@ -130,7 +131,9 @@ fn every_syscall_the_server_makes_is_allowed_by_the_unit() {
         .stdin(Stdio::null())
         .stdout(File::create(&stdout).expect("stdout file"))
         .stderr(File::create(&stderr).expect("stderr file"));
-    let mut strace = c.spawn().expect("strace (scripts/install-deps.sh installs it)");
+    let mut strace = c
+        .spawn()
+        .expect("strace (scripts/install-deps.sh installs it)");
     let mut procs = Procs(vec![strace.id()]);
 
     let deadline = Instant::now() + Duration::from_secs(120);
