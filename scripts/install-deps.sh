@@ -11,6 +11,7 @@ apt_packages=(
   nginx-light caddy                 # forward-auth snippets tested for real; nginx is the proxy benchmark's baseline
   chromium                          # the web UI's browser tests (tests/ui, driven by playwright-core)
   libnss3-tools                     # certutil: Chromium's NSS trust store for Caddy's root (tests/it/reverse_proxy.rs)
+  binutils systemd                  # update tests: `strip` for small test builds; systemd-analyze for the updater units
   # The desktop app (src-tauri/, Tauri v2 on WebKitGTK) and its end-to-end
   # test (tests/it/desktop.rs): a virtual display, Debian's WebKitWebDriver,
   # secret-tool to find the master key in the Secret Service.
@@ -71,6 +72,12 @@ fi
 # crates.io; built once, skipped when present.
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --version 0.13.2
+fi
+
+# zipsign: signs releases (packaging/release.sh) in the format the updater
+# verifies; the update tests sign and check with it. Pinned; built once.
+if [ "$(zipsign --version 2>/dev/null)" != "zipsign 0.2.1" ]; then
+  cargo install zipsign --locked --version 0.2.1
 fi
 
 # tauri-driver: the WebDriver front for the desktop app's window (it runs
