@@ -168,6 +168,13 @@ impl Root {
             .is_ok()
     }
 
+    /// The updater's daily timer (docs/UPDATES.md).
+    fn timer_enabled(&self) -> bool {
+        self.path("etc/systemd/system/timers.target.wants/latchkey-update.timer")
+            .symlink_metadata()
+            .is_ok()
+    }
+
     /// `systemctl --root=ROOT ARGS`: what an admin's `systemctl disable`
     /// does to the files, offline.
     fn systemctl(&self, args: &[&str]) {
@@ -221,6 +228,11 @@ fn install_upgrade_remove_purge_in_a_scratch_root() {
     assert!(r.path("usr/bin/latchkey").is_file());
     assert!(r.path("lib/systemd/system/latchkey.service").is_file());
     assert!(r.enabled(), "postinst enables the unit");
+    assert!(r.timer_enabled(), "and the updater's timer");
+    assert!(
+        r.path("lib/systemd/system/latchkey-update.service")
+            .is_file()
+    );
     let v1 = r.version().expect("installed");
     assert!(v1.ends_with("install ok installed"), "{v1}");
 
@@ -258,6 +270,7 @@ fn install_upgrade_remove_purge_in_a_scratch_root() {
     );
     assert!(data_intact(), "upgrade kept the data");
     assert!(!r.enabled(), "upgrade kept the admin's `disable`");
+    assert!(r.timer_enabled(), "and left the timer as it was");
     r.systemctl(&["enable", "latchkey.service"]);
     assert!(r.enabled());
 
@@ -272,6 +285,7 @@ fn install_upgrade_remove_purge_in_a_scratch_root() {
     assert!(r.path("var/lib/latchkey").symlink_metadata().is_err());
     assert!(!r.path("var/lib/private/latchkey").exists());
     assert!(!r.enabled());
+    assert!(!r.timer_enabled());
     assert!(
         r.version().is_none_or(|v| v.contains("not-installed")),
         "{:?}",

@@ -119,7 +119,10 @@ fn install_writes_a_unit_that_verifies_clean_and_scores_at_most_2() {
     assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
     assert_eq!(
         s.argv(),
-        ["daemon-reload", "enable --now latchkey.service"],
+        [
+            "daemon-reload",
+            "enable --now latchkey.service latchkey-update.timer"
+        ],
         "systemctl calls"
     );
     assert!(
@@ -148,10 +151,32 @@ fn install_writes_a_unit_that_verifies_clean_and_scores_at_most_2() {
         .collect();
     assert_eq!(differing.len(), 1, "{differing:?}");
 
-    // systemd's own verifier: no diagnostics at all (a misspelt key only
-    // warns, so any output fails).
+    // The updater's unit may write only this binary's directory (besides
+    // the service's state), and runs this binary.
+    let update = std::fs::read_to_string(s.units.join("latchkey-update.service"))
+        .expect("updater unit written");
+    let dir = s.bin.parent().expect("dir").display().to_string();
+    assert!(
+        update.contains(&format!(
+            "\nReadWritePaths={dir} /var/lib/private/latchkey\n"
+        )),
+        "{update}"
+    );
+    assert!(
+        update.contains(&format!(
+            "\nExecStart={} update --scheduled\n",
+            s.bin.display()
+        )),
+        "{update}"
+    );
+
+    // systemd's own verifier on all three: no diagnostics at all (a
+    // misspelt key only warns, so any output fails).
     let mut c = Command::new("systemd-analyze");
-    c.args(["verify", "--man=no"]).arg(s.unit());
+    c.args(["verify", "--man=no"])
+        .arg(s.unit())
+        .arg(s.units.join("latchkey-update.service"))
+        .arg(s.units.join("latchkey-update.timer"));
     let v = run_cmd(c, b"");
     assert!(
         v.status.success() && v.stdout.trim().is_empty() && v.stderr.trim().is_empty(),
@@ -224,15 +249,26 @@ fn status_explains_and_uninstall_removes_only_our_unit() {
         "{}",
         st.stdout
     );
+    assert!(
+        st.stdout
+            .contains("Updates:  latchkey-update.timer enabled — looks for signed releases daily"),
+        "{}",
+        st.stdout
+    );
 
     let un = s.service(&s.bin, &["uninstall"]);
     assert!(un.status.success(), "{}", un.stderr);
     assert!(!s.unit().exists());
+    assert!(!s.units.join("latchkey-update.service").exists());
+    assert!(!s.units.join("latchkey-update.timer").exists());
     assert!(un.stdout.contains("data is kept"), "{}", un.stdout);
     let argv = s.argv();
     assert_eq!(
         argv[argv.len() - 2..],
-        ["disable --now latchkey.service", "daemon-reload"]
+        [
+            "disable --now latchkey.service latchkey-update.timer",
+            "daemon-reload"
+        ]
     );
     let again = s.service(&s.bin, &["uninstall"]);
     assert!(error_line(&again).contains("nothing to uninstall"));

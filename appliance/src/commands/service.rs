@@ -1,9 +1,11 @@
 //! `latchkey service install | uninstall | status`: the hardened systemd
 //! unit for a binary installed without the .deb (docs/PACKAGING.md).
 //!
-//! The unit is `packaging/systemd/latchkey.service`, embedded at build time,
-//! with `ExecStart=` pointing at this binary and a marker line saying who
-//! wrote it: `uninstall` removes only a unit carrying that marker, and
+//! The units are `packaging/systemd/latchkey.service` and the updater's
+//! `latchkey-update.{service,timer}` (docs/UPDATES.md), embedded at build
+//! time, with `ExecStart=` (and the updater's first `ReadWritePaths=`
+//! entry: the binary's directory) pointing at this binary and a marker line
+//! saying who wrote them: `uninstall` removes only a unit carrying that marker, and
 //! `install` refuses to shadow the package's unit. The unit's sandbox
 //! hides `/home`, `/root` and `/tmp` from the service, so a binary there
 //! is refused with the reason instead of a unit that cannot start.
@@ -24,8 +26,16 @@ use std::process::Command;
 pub const UNIT: &str = include_str!("../../../packaging/systemd/latchkey.service");
 /// The unit's name.
 pub const UNIT_NAME: &str = "latchkey.service";
+/// The updater (docs/UPDATES.md): a oneshot unit and its daily timer.
+const UPDATE_UNIT: &str = include_str!("../../../packaging/systemd/latchkey-update.service");
+const UPDATE_TIMER: &str = include_str!("../../../packaging/systemd/latchkey-update.timer");
+const UPDATE_UNIT_NAME: &str = "latchkey-update.service";
+const UPDATE_TIMER_NAME: &str = "latchkey-update.timer";
 /// The `ExecStart=` line of [`UNIT`], replaced by `install`.
 const PACKAGED_EXEC_START: &str = "ExecStart=/usr/bin/latchkey serve";
+/// The updater's lines that name the packaged binary's place.
+const PACKAGED_UPDATE_EXEC_START: &str = "ExecStart=/usr/bin/latchkey update --scheduled";
+const PACKAGED_UPDATE_WRITE_PATHS: &str = "ReadWritePaths=/usr/bin ";
 /// First line of a unit `install` wrote.
 const MARKER: &str =
     "# Written by `latchkey service install`; `latchkey service uninstall` removes it.";
@@ -47,6 +57,71 @@ pub fn run(cmd: ServiceCommand) -> anyhow::Result<()> {
 
 /// [`UNIT`] for the binary at `exe`, with the marker line.
 pub fn render_unit(exe: &Path) -> anyhow::Result<String> {
+    let path = checked_path(exe)?;
+    render(
+        UNIT,
+        &[(PACKAGED_EXEC_START, format!("ExecStart={path} serve"))],
+    )
+}
+
+/// The updater's unit and timer for the binary at `exe`: it may write the
+/// binary's directory (to swap the binary) and nothing else new.
+pub fn render_update_units(exe: &Path) -> anyhow::Result<(String, String)> {
+    let path = checked_path(exe)?;
+    let dir = Path::new(path)
+        .parent()
+        .and_then(Path::to_str)
+        .filter(|d| !d.is_empty())
+        .context("the binary has no directory")?;
+    let unit = render(
+        UPDATE_UNIT,
+        &[
+            (
+                PACKAGED_UPDATE_EXEC_START,
+                format!("ExecStart={path} update --scheduled"),
+            ),
+            (
+                PACKAGED_UPDATE_WRITE_PATHS,
+                format!("ReadWritePaths={dir} "),
+            ),
+        ],
+    )?;
+    Ok((unit, render(UPDATE_TIMER, &[])?))
+}
+
+/// `template` with the marker line first, and each line that starts with a
+/// replacement's prefix rewritten (the prefix replaced, the rest kept);
+/// every prefix must match exactly one line.
+fn render(template: &str, replacements: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut out = format!("{MARKER}\n");
+    let mut counts = vec![0; replacements.len()];
+    for line in template.lines() {
+        match replacements
+            .iter()
+            .position(|(prefix, _)| line.starts_with(prefix))
+        {
+            Some(i) => {
+                out.push_str(&replacements[i].1);
+                out.push_str(&line[replacements[i].0.len()..]);
+                counts[i] += 1;
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    if let Some(i) = counts.iter().position(|&n| n != 1) {
+        bail!(
+            "the embedded unit has {} `{}` lines, not one",
+            counts[i],
+            replacements[i].0
+        );
+    }
+    Ok(out)
+}
+
+/// `exe` as a string a unit file can hold unquoted, somewhere the sandbox
+/// lets the service see.
+fn checked_path(exe: &Path) -> anyhow::Result<&str> {
     let path = exe
         .to_str()
         .filter(|p| {
@@ -70,21 +145,7 @@ pub fn render_unit(exe: &Path) -> anyhow::Result<String> {
              PrivateTmp=); copy it to /usr/local/bin/latchkey and run the install from there"
         );
     }
-    let mut replaced = 0;
-    let mut out = format!("{MARKER}\n");
-    for line in UNIT.lines() {
-        if line == PACKAGED_EXEC_START {
-            out.push_str(&format!("ExecStart={path} serve\n"));
-            replaced += 1;
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    if replaced != 1 {
-        bail!("the embedded unit has {replaced} `{PACKAGED_EXEC_START}` lines, not one");
-    }
-    Ok(out)
+    Ok(path)
 }
 
 fn install(args: &ServiceArgs) -> anyhow::Result<()> {
@@ -102,18 +163,30 @@ fn install(args: &ServiceArgs) -> anyhow::Result<()> {
         .and_then(std::fs::canonicalize)
         .context("finding this binary's path")?;
     let unit = render_unit(&exe)?;
-    let target = args.unit_dir.join(UNIT_NAME);
-    if let Ok(existing) = std::fs::read_to_string(&target)
-        && !existing.starts_with(MARKER)
-    {
-        bail!(
-            "{} exists and was not written by `latchkey service install`; not replacing it",
-            target.display()
-        );
+    let (update_unit, update_timer) = render_update_units(&exe)?;
+    let files = [
+        (UNIT_NAME, unit),
+        (UPDATE_UNIT_NAME, update_unit),
+        (UPDATE_TIMER_NAME, update_timer),
+    ];
+    // Every file checked before any is written.
+    for (name, _) in &files {
+        let target = args.unit_dir.join(name);
+        if let Ok(existing) = std::fs::read_to_string(&target)
+            && !existing.starts_with(MARKER)
+        {
+            bail!(
+                "{} exists and was not written by `latchkey service install`; not replacing it",
+                target.display()
+            );
+        }
     }
-    write_unit(&args.unit_dir, &target, &unit)?;
+    for (name, text) in &files {
+        write_unit(&args.unit_dir, &args.unit_dir.join(name), text)?;
+    }
+    let target = args.unit_dir.join(UNIT_NAME);
     systemctl.run(&["daemon-reload"])?;
-    systemctl.run(&["enable", "--now", UNIT_NAME])?;
+    systemctl.run(&["enable", "--now", UNIT_NAME, UPDATE_TIMER_NAME])?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -124,6 +197,11 @@ fn install(args: &ServiceArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "The service is enabled and started: it runs at every boot."
+    )?;
+    writeln!(
+        out,
+        "The updater's daily timer ({UPDATE_TIMER_NAME}) is on: it reports new signed releases, \
+         and installs them only with update.auto_install = true (docs/UPDATES.md)."
     )?;
     write_where_to_open(&mut out, &args.state_dir)?;
     writeln!(out, "  Check it:      latchkey service status")?;
@@ -149,11 +227,22 @@ fn uninstall(args: &ServiceArgs) -> anyhow::Result<()> {
             target.display()
         );
     }
-    systemctl.run(&["disable", "--now", UNIT_NAME])?;
+    systemctl.run(&["disable", "--now", UNIT_NAME, UPDATE_TIMER_NAME])?;
     std::fs::remove_file(&target).with_context(|| format!("removing {}", target.display()))?;
+    // The updater's files, when they are ours too.
+    for name in [UPDATE_UNIT_NAME, UPDATE_TIMER_NAME] {
+        let path = args.unit_dir.join(name);
+        if std::fs::read_to_string(&path).is_ok_and(|t| t.starts_with(MARKER)) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
     systemctl.run(&["daemon-reload"])?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "Stopped, disabled and removed {}.", target.display())?;
+    writeln!(
+        out,
+        "Stopped, disabled and removed {} (and the updater's unit and timer).",
+        target.display()
+    )?;
     writeln!(
         out,
         "The data is kept in {} (with DynamicUser=, under /var/lib/private/latchkey); remove it \
@@ -207,6 +296,16 @@ fn status(args: &ServiceArgs) -> anyhow::Result<()> {
     let active = systemctl.query(&["is-active", UNIT_NAME]);
     writeln!(out, "Enabled:  {} — {}", enabled, explain_enabled(&enabled))?;
     writeln!(out, "Running:  {} — {}", active, explain_active(&active))?;
+    let timer = systemctl.query(&["is-enabled", UPDATE_TIMER_NAME]);
+    writeln!(
+        out,
+        "Updates:  {UPDATE_TIMER_NAME} {timer} — {}",
+        if timer.starts_with("enabled") {
+            "looks for signed releases daily (docs/UPDATES.md)"
+        } else {
+            "no daily check (`latchkey update --check` by hand)"
+        }
+    )?;
     if active == "active" {
         write_where_to_open(&mut out, &args.state_dir)?;
     }
@@ -387,6 +486,18 @@ mod tests {
         assert!(unit.contains("\nExecStart=/usr/local/bin/latchkey serve\n"));
         assert!(!unit.contains("ExecStart=/usr/bin/latchkey"));
         assert_eq!(unit.lines().count(), UNIT.lines().count() + 1);
+    }
+
+    #[test]
+    fn renders_the_updater_for_the_binary_and_its_directory() {
+        let (unit, timer) =
+            render_update_units(Path::new("/usr/local/bin/latchkey")).expect("render");
+        assert!(unit.starts_with(MARKER) && timer.starts_with(MARKER));
+        assert!(unit.contains("\nExecStart=/usr/local/bin/latchkey update --scheduled\n"));
+        assert!(unit.contains("\nReadWritePaths=/usr/local/bin /var/lib/private/latchkey\n"));
+        assert!(!unit.contains("/usr/bin"), "{unit}");
+        let body: Vec<&str> = timer.lines().skip(1).collect();
+        assert_eq!(body, UPDATE_TIMER.lines().collect::<Vec<_>>());
     }
 
     #[test]
