@@ -13,9 +13,18 @@ cargo build --bins --locked
 # The desktop app's release binary and .deb, which tests/it/desktop.rs
 # drives under Xvfb and unpacks.
 ./scripts/build-desktop.sh
+# The .deb, built once; tests/it/deb.rs installs it in a scratch root (a
+# path that does not exist fails them rather than skipping).
+LATCHKEY_DEB=$(./packaging/build-deb.sh)
+export LATCHKEY_DEB
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+# The desktop crate's unit tests in release: they reuse the dependencies
+# build-desktop.sh just built, instead of a second (debug) build of Tauri.
+{
+  cargo test --workspace --exclude latchkey-desktop --locked &&
+    cargo test --release -p latchkey-desktop --locked
+} 2>&1 | tee "$log"
 # Every fuzz target for a bounded time (core/fuzz, docs/security/fuzzing.md).
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 # Many test binaries (benchmark bins, doc-tests) hold no tests; one total

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "latchkey",
-    version = latchkey_core::update::VERSION,
+    version = latchkey_core::update::version(),
     about = "Latchkey: the trusted front door and key keeper for personal AI agents",
     propagate_version = true
 )]
@@ -81,6 +81,9 @@ pub enum Command {
     /// Certificates
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// The systemd service for a binary installed without the .deb
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Look for a newer signed release and install it (docs/UPDATES.md)
     Update(UpdateArgs),
     /// Check that this binary runs here and can read the configuration and
@@ -336,4 +339,38 @@ pub enum TlsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write the hardened unit for this binary, enable and start it (root)
+    Install(ServiceArgs),
+    /// Stop, disable and remove the unit `install` wrote (root; data kept)
+    Uninstall(ServiceArgs),
+    /// Explain the service's state: unit file, enabled, running, where to open
+    Status(ServiceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// systemctl to run [default: `systemctl` from PATH, only when systemd runs]
+    #[arg(long, env = "LATCHKEY_SYSTEMCTL", value_name = "PATH")]
+    pub systemctl: Option<PathBuf>,
+    /// Where the unit file goes
+    #[arg(
+        long,
+        env = "LATCHKEY_SYSTEMD_UNIT_DIR",
+        value_name = "DIR",
+        default_value = "/etc/systemd/system"
+    )]
+    pub unit_dir: PathBuf,
+    /// The service's data directory (its `StateDirectory=`), for the
+    /// address it serves on
+    #[arg(
+        long,
+        env = "LATCHKEY_SERVICE_STATE_DIR",
+        value_name = "DIR",
+        default_value = "/var/lib/latchkey"
+    )]
+    pub state_dir: PathBuf,
 }

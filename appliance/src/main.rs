@@ -71,6 +71,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Keygen = cli.command {
         return commands::config::keygen();
     }
+    // No data directory or configuration of the caller's: the service's
+    // own are under --state-dir.
+    if let Command::Service(cmd) = cli.command {
+        return commands::service::run(cmd);
+    }
     let ctx = context::Context::load(&cli.global)?;
     let serving = matches!(cli.command, Command::Serve(_));
     let log = logging::init(&ctx, serving);
@@ -82,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unseal(args) => server::unseal(&ctx, args),
         Command::Seal => server::seal(&ctx),
         Command::Keygen => commands::config::keygen(),
+        Command::Service(cmd) => commands::service::run(cmd),
         Command::Setup(args) => commands::auth::setup(&ctx, args),
         Command::User(cmd) => commands::auth::user(&ctx, cmd),
         Command::Audit(cmd) => commands::auth::audit(&ctx, cmd),

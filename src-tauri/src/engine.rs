@@ -258,9 +258,14 @@ impl Engine {
         }
         tracing::info!(addresses = ?live.proxy_addrs, "loopback proxy ready");
         self.phase.send_replace(Phase::Running(live));
+        // On stop, the phase lets go of `Live` (its `AppState` holds the
+        // store) before the ordered shutdown waits for the store's last
+        // holders.
+        let me = Arc::clone(self);
         let result = running
             .run_until(async move {
                 let _ = rx.await;
+                me.phase.send_replace(Phase::Stopped);
             })
             .await;
         self.phase.send_replace(Phase::Stopped);
@@ -318,4 +323,28 @@ pub fn ensure_admin_token(data_dir: &Path) -> Result<SecretString, String> {
         ));
     }
     Ok(SecretString::from(token.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_core::secrecy::ExposeSecret;
+
+    #[test]
+    fn admin_token_is_made_once_owner_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = ensure_admin_token(dir.path()).expect("create");
+        assert_eq!(a.expose_secret().len(), 64);
+        let b = ensure_admin_token(dir.path()).expect("reuse");
+        assert_eq!(a.expose_secret(), b.expose_secret());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }

@@ -68,12 +68,16 @@ pub enum Access {
 }
 
 /// A request is ours when the webview that sent it shows one of our pages
-/// and it names no other origin (`Origin` absent — WebKitGTK's custom
-/// schemes — or our page's origin).
-pub fn admit(page: Option<&Url>, origin_header: Option<&str>) -> Access {
+/// and it names no other origin (`Origin` absent — WebKitGTK's fetches to
+/// custom schemes — or our page's origin). WebKitGTK's form posts from our
+/// page say `Origin: null` (it treats the custom scheme's origin as
+/// opaque): accepted only for the shell's own pages (`path` under
+/// [`SHELL_PREFIX`], which use no cookie), never for the core's.
+pub fn admit(page: Option<&Url>, origin_header: Option<&str>, path: &str) -> Access {
     let page_ok = page.is_some_and(is_own);
     let origin_ok = match origin_header {
         None => true,
+        Some("null") => path.starts_with(SHELL_PREFIX),
         Some(o) => o.eq_ignore_ascii_case(page_origin()) || Url::parse(o).is_ok_and(|u| is_own(&u)),
     };
     if page_ok && origin_ok {
@@ -158,11 +162,15 @@ pub async fn answer(
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok());
-    if admit(page.as_ref(), origin) == Access::Foreign {
-        tracing::warn!(page = ?page.map(|u| u.origin().ascii_serialization()), "refused a request to the window's scheme from a foreign page");
+    let path = req.uri().path().to_string();
+    if admit(page.as_ref(), origin, &path) == Access::Foreign {
+        tracing::warn!(
+            page = ?page.map(|u| u.origin().ascii_serialization()),
+            origin = ?origin,
+            "refused a request to the window's scheme: not from our page"
+        );
         return plain(StatusCode::FORBIDDEN, "forbidden");
     }
-    let path = req.uri().path().to_string();
     if path.starts_with(SHELL_PREFIX) {
         return crate::screens::answer(engine, req).await;
     }
@@ -259,35 +267,50 @@ mod tests {
     #[test]
     fn only_our_page_gets_in() {
         let own = page_url("/vault").expect("own");
-        assert_eq!(admit(Some(&own), None), Access::Own);
-        assert_eq!(admit(Some(&own), Some(page_origin())), Access::Own);
+        assert_eq!(admit(Some(&own), None, "/api/vault"), Access::Own);
+        assert_eq!(
+            admit(Some(&own), Some(page_origin()), "/api/vault"),
+            Access::Own
+        );
         // A foreign page in the window (were navigation ever to let one
         // in), with or without an Origin of its own.
         let evil = url("http://127.0.0.1:9/evil");
-        assert_eq!(admit(Some(&evil), None), Access::Foreign);
+        assert_eq!(admit(Some(&evil), None, "/api/vault"), Access::Foreign);
         assert_eq!(
-            admit(Some(&evil), Some("http://127.0.0.1:9")),
+            admit(Some(&evil), Some("http://127.0.0.1:9"), "/api/vault"),
             Access::Foreign
         );
         assert_eq!(
-            admit(Some(&url("https://evil.example/")), None),
+            admit(Some(&url("https://evil.example/")), None, "/"),
             Access::Foreign
         );
         // Our page, but the request names another origin.
         assert_eq!(
-            admit(Some(&own), Some("https://evil.example")),
+            admit(Some(&own), Some("https://evil.example"), "/api/vault"),
             Access::Foreign
         );
-        assert_eq!(admit(Some(&own), Some("null")), Access::Foreign);
+        // `null` (an opaque origin): only the shell's own forms.
+        assert_eq!(
+            admit(Some(&own), Some("null"), "/api/vault"),
+            Access::Foreign
+        );
+        assert_eq!(
+            admit(Some(&own), Some("null"), "/_desktop/retry"),
+            Access::Own
+        );
+        assert_eq!(
+            admit(Some(&evil), Some("null"), "/_desktop/retry"),
+            Access::Foreign
+        );
         // No page known (no such webview).
-        assert_eq!(admit(None, None), Access::Foreign);
+        assert_eq!(admit(None, None, "/"), Access::Foreign);
         // Look-alikes.
         assert_eq!(
-            admit(Some(&url("latchkey://evil.example/")), None),
+            admit(Some(&url("latchkey://evil.example/")), None, "/"),
             Access::Foreign
         );
         assert_eq!(
-            admit(Some(&url("http://localhost.evil/")), None),
+            admit(Some(&url("http://localhost.evil/")), None, "/"),
             Access::Foreign
         );
     }

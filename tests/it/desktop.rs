@@ -85,13 +85,25 @@ fn tree_rss_kib(pid: u32) -> u64 {
         .sum()
 }
 
-/// The `since_launch_ms` of the app's last log line containing `message`.
+/// The `since_launch_ms` of the app's first log line containing `message`.
 fn launch_ms(log: &str, message: &str) -> Option<u64> {
-    log.lines()
+    // Without colour codes, should the log have them.
+    let mut plain = String::with_capacity(log.len());
+    let mut in_escape = false;
+    for c in log.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    plain
+        .lines()
         .filter(|l| l.contains(message))
         .filter_map(|l| l.split("since_launch_ms=").nth(1))
         .filter_map(|v| v.split_whitespace().next()?.parse().ok())
-        .next_back()
+        .next()
 }
 
 /// `curl` status code of `GET url` (000 when nothing answers).
@@ -121,7 +133,7 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 /// The official OpenAI SDK streams through the loopback proxy.
-fn sdk_stream(port: u16, key: &str) -> String {
+fn sdk_stream(env: &DesktopEnv, step: &str, port: u16, key: &str) -> String {
     let c = latchkey_e2e::sdk_script(
         "openai_stream.py",
         "openai",
@@ -131,7 +143,14 @@ fn sdk_stream(port: u16, key: &str) -> String {
     );
     let out = run_cmd_for(c, b"", Duration::from_secs(60));
     let text = format!("{}{}", out.stdout, out.stderr);
-    assert!(out.status.success(), "the OpenAI SDK failed:\n{text}");
+    if !out.status.success() {
+        let log = env.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "{step}: the OpenAI SDK failed:\n{text}\n--- app log (last lines, newest first):\n{}",
+            tail.join("\n")
+        );
+    }
     assert!(text.contains("ok   stream"), "{text}");
     text
 }
@@ -171,7 +190,7 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
 
     // ------------------------------------------------ first launch: setup
     let s = Session::start(env.driver_port, &app, Duration::from_secs(90));
-    s.wait_text("Set up Latchkey", STEP);
+    s.wait_text("Repeat password", STEP);
     shot(&s, &shots, "01-setup-wizard");
     assert!(
         !s.url().contains("token="),
@@ -297,7 +316,7 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
 
     // The official SDK streams through the loopback proxy, the real key
     // injected upstream.
-    sdk_stream(port, &key);
+    sdk_stream(&env, "first launch", port, &key);
     let seen = mock.seen();
     assert!(
         seen.iter()
@@ -319,6 +338,7 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
         "000"
     );
     let relaunched = Instant::now();
+    let log_from = env.log_text().len();
     let s = Session::start(env.driver_port, &app, Duration::from_secs(90));
     s.wait_text("Sign in", STEP);
     shot(&s, &shots, "07-relaunch-sign-in");
@@ -326,7 +346,7 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
     wait_until("the proxy", STEP, || {
         http_status(&format!("http://127.0.0.1:{port}/health")) == "200"
     });
-    sdk_stream(port, &key);
+    sdk_stream(&env, "relaunch", port, &key);
     assert!(!data.join("master.key").exists(), "still no key file");
 
     // A second launch hands over to the first and exits.
@@ -345,22 +365,46 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
     std::thread::sleep(Duration::from_secs(5));
     let rss_open = tree_rss_kib(pid);
 
-    // Closing the window keeps the proxy answering.
-    s.close_window();
+    // Closing the window (as a window manager's close button does) keeps
+    // the app in the tray and the proxy answering.
+    let mut close = env.command(Path::new("python3"));
+    close.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("desktop/close_window.py"));
+    close.arg("Latchkey");
+    let out = run_cmd_for(close, b"", Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "close the window: {}{}",
+        out.stdout,
+        out.stderr
+    );
     std::thread::sleep(Duration::from_secs(5));
     let rss_closed = tree_rss_kib(pid);
-    sdk_stream(port, &key);
+    sdk_stream(&env, "window closed", port, &key);
     let log = env.log_text();
+    let relaunch_log = log.get(log_from..).unwrap_or_default();
     eprintln!(
         "desktop figures: launch->window shown {:?} ms, launch->page loaded {:?} ms, \
          launch->proxy ready {:?} ms, idle RSS (app + WebKit processes) window open {} KiB, \
          closed to tray {} KiB",
-        launch_ms(&log, "window shown"),
-        launch_ms(&log, "window page loaded"),
-        launch_ms(&log, "core ready"),
+        launch_ms(relaunch_log, "window shown"),
+        launch_ms(relaunch_log, "window page loaded"),
+        launch_ms(relaunch_log, "core ready"),
         rss_open,
         rss_closed
     );
+    assert!(
+        lock_pid(&data).is_some_and(alive),
+        "the app runs on with its window closed"
+    );
+    // "Open" again (here: launching it again) brings a new window.
+    let shown_before = log.matches("window shown").count();
+    let mut again = env.command(&bin);
+    again.env("LATCHKEY_DATA_DIR", &data);
+    let out = run_cmd_for(again, b"", Duration::from_secs(30));
+    assert!(out.status.success(), "launch again: {}", out.stderr);
+    wait_until("a new window", STEP, || {
+        env.log_text().matches("window shown").count() > shown_before
+    });
     assert!(!log.contains(CANARY), "the secret is not in the app's log");
     assert!(!log.contains(&key), "the API key is not in the app's log");
     quit(&data);
@@ -406,7 +450,7 @@ fn desktop_app_without_secret_service_explains_and_writes_no_key() {
             .into_iter()
             .filter(|f| {
                 f.file_name()
-                    .is_some_and(|n| n.to_string_lossy().contains("key"))
+                    .is_some_and(|n| n.to_string_lossy().contains("master.key"))
                     || latchkey_e2e::contains_bytes(
                         &std::fs::read(f).unwrap_or_default(),
                         b"AGE-SECRET-KEY-",

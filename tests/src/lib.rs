@@ -10,6 +10,7 @@ pub mod desktop;
 pub mod oidc;
 pub mod race;
 pub mod ui;
+pub mod update;
 pub mod webdriver;
 
 pub use auth::{

@@ -9,32 +9,49 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// The W3C key for an element reference.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecc";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// One request to the driver: `(status, JSON body)`.
+/// One request to the driver: `(status, JSON body)`. A connection the
+/// driver drops without an answer (it happens while the page navigates)
+/// is retried a few times.
 pub fn call(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut last = String::new();
+    for _ in 0..10 {
+        match try_call(port, method, path, body) {
+            Ok(answer) => return answer,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("WebDriver {method} {path} on port {port}: {last}");
+}
+
+/// One attempt; `Err` when nothing (or no HTTP) came back.
+pub fn try_call(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
     let body = body.map(Value::to_string).unwrap_or_default();
-    let mut conn = TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connect to the WebDriver on port {port}: {e}"));
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     conn.set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("timeout");
+        .map_err(|e| e.to_string())?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    conn.write_all(req.as_bytes())
-        .expect("write to the WebDriver");
+    conn.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    conn.read_to_end(&mut raw)
-        .expect("read the WebDriver's answer");
+    conn.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw);
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
+    let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+        .ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))?;
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -43,7 +60,7 @@ pub fn call(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, 
     } else {
         rest.to_string()
     };
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -74,7 +91,7 @@ impl Session {
         }}});
         let started = Instant::now();
         loop {
-            let attempt = std::panic::catch_unwind(|| call(port, "POST", "/session", Some(&caps)));
+            let attempt = try_call(port, "POST", "/session", Some(&caps));
             if let Ok((200, v)) = &attempt
                 && let Some(id) = v["value"]["sessionId"].as_str()
             {
@@ -158,7 +175,7 @@ impl Session {
             }
             assert!(
                 started.elapsed() < limit,
-                "no {what} {arg:?} in the window (URL {}); it shows:\n{}",
+                "no {what} {arg:?} in the window (URL {}; the finder returned {v}); it shows:\n{}",
                 self.url(),
                 self.text()
             );
@@ -175,7 +192,10 @@ impl Session {
         let v = self.find(
             "field labelled",
             "for (const l of document.querySelectorAll('label')) { \
-               if (l.textContent.trim().startsWith(arguments[0]) && l.control) return l.control; } \
+               if (!l.textContent.trim().startsWith(arguments[0])) continue; \
+               const c = l.control || l.querySelector('input, select, textarea') \
+                 || (l.htmlFor && document.getElementById(l.htmlFor)); \
+               if (c) return c; } \
              return null;",
             label,
             Duration::from_secs(20),
@@ -261,16 +281,6 @@ impl Session {
         self.exec(
             "window.location.href = arguments[0]; return null;",
             &[json!(url)],
-        );
-    }
-
-    /// Closes the window (the app may keep running).
-    pub fn close_window(&self) {
-        let _ = call(
-            self.port,
-            "DELETE",
-            &format!("/session/{}/window", self.id),
-            None,
         );
     }
 

@@ -6,4 +6,5 @@ pub mod backup;
 pub mod config;
 pub mod import;
 pub mod rotate;
+pub mod service;
 pub mod vault;

@@ -271,7 +271,7 @@ fn banner_text(b: &Banner<'_>) -> String {
     }
     out.push_str(&format!(
         "Latchkey {} is running.\n\n",
-        latchkey_core::update::VERSION
+        latchkey_core::update::version()
     ));
     for (i, url) in urls.iter().enumerate() {
         let label = if i == 0 {

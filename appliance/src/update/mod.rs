@@ -21,7 +21,7 @@ use crate::cli::UpdateArgs;
 use crate::context::Context;
 use anyhow::{Context as _, anyhow, bail};
 use latchkey_core::store::{SCHEMA_VERSION, SchemaPeek, peek_schema};
-use latchkey_core::update::{InstallOutcome, InstallReport, TARGET, VERSION, feed};
+use latchkey_core::update::{InstallOutcome, InstallReport, TARGET, feed, version};
 use std::io::Write;
 
 /// `latchkey self-check`: prints one line a caller can parse, e.g.
@@ -43,13 +43,15 @@ pub fn self_check(ctx: &Context) -> anyhow::Result<()> {
     };
     writeln!(
         std::io::stdout(),
-        "self-check ok version={VERSION} target={TARGET} schema={SCHEMA_VERSION} data=\"{data}\""
+        "self-check ok version={} target={TARGET} schema={SCHEMA_VERSION} data=\"{data}\"",
+        version()
     )?;
     Ok(())
 }
 
 /// `latchkey update [--check] [--yes] [--scheduled] [--feed URL]`.
 pub fn run(ctx: &Context, args: &UpdateArgs) -> anyhow::Result<()> {
+    let current = version();
     let settings = &ctx.settings.update;
     let feed_url = args
         .feed
@@ -72,13 +74,13 @@ pub fn run(ctx: &Context, args: &UpdateArgs) -> anyhow::Result<()> {
             list_or_none(feed.artifacts.keys())
         );
     };
-    if !feed::is_newer(&feed.version, VERSION) {
-        if semver_eq(&feed.version, VERSION) {
-            writeln!(out, "latchkey {VERSION} is up to date")?;
+    if !feed::is_newer(&feed.version, current) {
+        if semver_eq(&feed.version, current) {
+            writeln!(out, "latchkey {current} is up to date")?;
             return Ok(());
         }
         bail!(
-            "refused: the feed offers {version}, older than the running {VERSION} (no downgrades)"
+            "refused: the feed offers {version}, older than the running {current} (no downgrades)"
         );
     }
     let install = if args.check {
@@ -89,7 +91,7 @@ pub fn run(ctx: &Context, args: &UpdateArgs) -> anyhow::Result<()> {
         args.yes || confirm(&version)?
     };
     if !install {
-        writeln!(out, "update available: {version} (running {VERSION})")?;
+        writeln!(out, "update available: {version} (running {current})")?;
         if let Some(notes) = &feed.notes {
             writeln!(out, "  {}", crate::term::safe(notes))?;
         }
@@ -116,7 +118,7 @@ pub fn run(ctx: &Context, args: &UpdateArgs) -> anyhow::Result<()> {
     };
     let report = InstallReport {
         at: latchkey_core::auth::service::now(),
-        from: VERSION.to_string(),
+        from: current.to_string(),
         to: version.clone(),
         outcome,
         reason: reason.clone(),
@@ -136,7 +138,7 @@ pub fn run(ctx: &Context, args: &UpdateArgs) -> anyhow::Result<()> {
             Ok(())
         }
         InstallOutcome::RolledBack => bail!(
-            "update to {version} rolled back, {VERSION} restored: {}",
+            "update to {version} rolled back, {current} restored: {}",
             reason.unwrap_or_default()
         ),
         InstallOutcome::Failed => bail!(
@@ -160,14 +162,15 @@ fn list_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
 }
 
 /// Asks on the terminal; without one, `--yes` is needed.
-fn confirm(version: &str) -> anyhow::Result<bool> {
+fn confirm(offered: &str) -> anyhow::Result<bool> {
+    let current = version();
     use std::io::IsTerminal;
     if !std::io::stdin().is_terminal() {
-        bail!("update {version} is available; pass --yes to install it (no terminal to ask on)");
+        bail!("update {offered} is available; pass --yes to install it (no terminal to ask on)");
     }
     write!(
         std::io::stdout(),
-        "Install latchkey {version} (running {VERSION})? [y/N] "
+        "Install latchkey {offered} (running {current})? [y/N] "
     )?;
     std::io::stdout().flush()?;
     let mut line = String::new();

@@ -202,7 +202,7 @@ pub async fn status(
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let configured = state.source().kind_name();
     Ok(Json(json!({
-        "version": crate::update::VERSION,
+        "version": crate::update::version(),
         "sealed": state.vault.is_sealed(),
         "initialized": initialized,
         "master_key_source": stored_source.unwrap_or_else(|| configured.to_string()),

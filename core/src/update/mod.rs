@@ -17,7 +17,7 @@ pub mod settings;
 mod tests;
 
 pub use feed::{Artifact, Feed, FeedError};
-pub use settings::{RELEASE_KEY, UpdateSettings, VerifyingKey};
+pub use settings::{RELEASE_KEYS, UpdateSettings, VerifyingKey};
 
 use crate::audit::{AuditEvent, Outcome};
 use crate::store::{META, Store};
@@ -31,9 +31,48 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The version this build calls itself (`LATCHKEY_VERSION` at build time,
-/// else the crate's version; see `core/build.rs`).
-pub const VERSION: &str = env!("LATCHKEY_VERSION");
+/// The version this build calls itself: `LATCHKEY_VERSION` at build time,
+/// else the crate's version (see `core/build.rs`). Read at run time from
+/// [`VERSION_SLOT`], never folded into the code.
+pub fn version() -> &'static str {
+    // black_box: the compiler must read the slot, not its known contents.
+    let slot: &'static [u8; SLOT_LEN] = std::hint::black_box(&VERSION_SLOT);
+    let rest = slot.get(SLOT_MARKER.len()..).unwrap_or_default();
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    std::str::from_utf8(rest.get(..end).unwrap_or_default()).unwrap_or("0.0.0-invalid")
+}
+
+/// Length of [`VERSION_SLOT`].
+pub const SLOT_LEN: usize = 96;
+/// What [`VERSION_SLOT`] starts with, found nowhere else in the binary.
+pub const SLOT_MARKER: &[u8] = b"LATCHKEY_VERSION_SLOT=";
+
+/// The version, in one marked place in the binary: the marker, the
+/// version, NUL padding. End-to-end tests copy the real binary and write
+/// another version here to get a "newer build" of the same code without a
+/// second compile (`tests/src/update.rs`); any such change alters the
+/// bytes a release signature covers.
+#[used]
+static VERSION_SLOT: [u8; SLOT_LEN] = fill_slot(env!("LATCHKEY_VERSION").as_bytes());
+
+const fn fill_slot(version: &[u8]) -> [u8; SLOT_LEN] {
+    assert!(
+        SLOT_MARKER.len() + version.len() < SLOT_LEN,
+        "LATCHKEY_VERSION is too long"
+    );
+    let mut out = [0u8; SLOT_LEN];
+    let mut i = 0;
+    while i < SLOT_MARKER.len() {
+        out[i] = SLOT_MARKER[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < version.len() {
+        out[SLOT_MARKER.len() + j] = version[j];
+        j += 1;
+    }
+    out
+}
 /// The platform this build was made for (a target triple): the feed
 /// artifact it takes.
 pub const TARGET: &str = env!("LATCHKEY_TARGET");
@@ -179,7 +218,7 @@ impl Updates {
             store,
             interval: settings.check_interval,
             status: Mutex::new(UpdateStatus {
-                current: VERSION.to_string(),
+                current: version().to_string(),
                 target: TARGET.to_string(),
                 feed_configured: source.is_some(),
                 auto_install: settings.auto_install,
@@ -222,7 +261,7 @@ impl Updates {
             }
         };
         let available =
-            feed.artifacts.contains_key(TARGET) && feed::is_newer(&feed.version, VERSION);
+            feed.artifacts.contains_key(TARGET) && feed::is_newer(&feed.version, version());
         {
             let mut s = self.lock();
             s.checked_at = Some(now);
@@ -295,7 +334,7 @@ fn audit_once(store: &Store, version: &str) -> Result<bool, crate::store::StoreE
         &txn,
         AuditEvent::new("system", "update.available", Outcome::Success)
             .target(version)
-            .detail(format!("running {VERSION}")),
+            .detail(format!("running {}", self::version())),
     )?;
     txn.commit()?;
     Ok(true)

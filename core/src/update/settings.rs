@@ -7,10 +7,11 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// The project's release key: the 32-byte ed25519 public key file that
-/// `zipsign gen-key` wrote (docs/UPDATES.md says where its private half
-/// lives; it is never in this repository).
-pub const RELEASE_KEY: &[u8; 32] = include_bytes!("release-key.pub");
+/// The project's release keys: each a 32-byte ed25519 public key file
+/// that `zipsign gen-key` wrote (docs/UPDATES.md says where the private
+/// halves live: never in this repository). During a key rotation both
+/// the old and the new key are listed.
+pub const RELEASE_KEYS: &[VerifyingKey] = &[*include_bytes!("release-key.pub")];
 
 /// Shortest accepted `update.check_interval`.
 pub const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(60);
@@ -31,7 +32,10 @@ pub struct UpdateSettings {
     /// loopback host only. Unset: the server does not look for updates.
     pub feed: Option<String>,
     /// Keys trusted beside the compiled-in release key: each the base64 of
-    /// a `zipsign gen-key` public key file's bytes.
+    /// a `zipsign gen-key` public key file's bytes. A list, or one string
+    /// of keys separated by commas or spaces (as an environment variable
+    /// gives it).
+    #[serde(deserialize_with = "one_or_many")]
     pub public_keys: Vec<String>,
     /// How often the server reads the feed.
     #[serde(with = "duration_str")]
@@ -91,9 +95,9 @@ impl UpdateSettings {
     }
 
     /// Every key an artifact may be signed with: the compiled-in release
-    /// key first, then `public_keys`. Never empty.
+    /// keys first, then `public_keys`. Never empty.
     pub fn verifying_keys(&self) -> Result<Vec<VerifyingKey>, (&'static str, String)> {
-        let mut keys = vec![*RELEASE_KEY];
+        let mut keys = RELEASE_KEYS.to_vec();
         for k in self.extra_keys()? {
             if !keys.contains(&k) {
                 keys.push(k);
@@ -101,6 +105,23 @@ impl UpdateSettings {
         }
         Ok(keys)
     }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// One `public_keys` entry: base64 of exactly 32 bytes. The message never

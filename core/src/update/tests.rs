@@ -93,8 +93,9 @@ fn versions_compare_by_semver() {
 #[test]
 fn keys_are_checked_and_the_release_key_is_always_there() {
     let s = UpdateSettings::default();
-    assert_eq!(s.verifying_keys().expect("keys"), vec![*RELEASE_KEY]);
-    assert_ne!(RELEASE_KEY, &[0u8; 32]);
+    assert_eq!(s.verifying_keys().expect("keys"), RELEASE_KEYS.to_vec());
+    assert!(!RELEASE_KEYS.is_empty());
+    assert!(RELEASE_KEYS.iter().all(|k| k != &[0u8; 32]));
     let extra = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     let s = UpdateSettings {
         public_keys: vec![extra],
@@ -172,7 +173,7 @@ async fn a_newer_version_is_shown_and_audited_once() {
     let s = updates.status();
     assert!(s.available, "{s:?}");
     assert_eq!(s.latest.as_deref(), Some("999.0.0"));
-    assert_eq!(s.current, VERSION);
+    assert_eq!(s.current, version());
     updates.check().await;
     // A second server process (a restart) finds it audited already.
     let again = Updates::new(
@@ -234,4 +235,30 @@ async fn an_install_report_is_audited_once_and_shown() {
             .is_some_and(|d| d.contains("ready")),
         "{installs:?}"
     );
+}
+
+#[test]
+fn the_version_is_read_from_its_slot() {
+    assert_eq!(version(), env!("LATCHKEY_VERSION"));
+    assert!(semver::Version::parse(version()).is_ok());
+}
+
+#[test]
+fn public_keys_come_from_the_environment_as_one_string() {
+    let k1 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let k2 = base64::engine::general_purpose::STANDARD.encode([8u8; 32]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let env = vec![(
+        "LATCHKEY_UPDATE__PUBLIC_KEYS".to_string(),
+        format!("{k1},{k2}"),
+    )];
+    let s = crate::config::Settings::load(&tmp.path().join("none.toml"), false, env).expect("load");
+    assert_eq!(s.update.public_keys, vec![k1, k2]);
+    let env = vec![(
+        "LATCHKEY_UPDATE__PUBLIC_KEYS".to_string(),
+        "AAAA".to_string(),
+    )];
+    let err = crate::config::Settings::load(&tmp.path().join("none.toml"), false, env)
+        .expect_err("a short key");
+    assert!(err.to_string().contains("update.public_keys"), "{err}");
 }
