@@ -296,3 +296,25 @@ fn plain_http_only_on_loopback_or_behind_a_trusted_proxy() {
         "{err}"
     );
 }
+
+// `[update]` is read by config (update sits beside config in the layer
+// order, so its own tests cannot load `Settings`).
+#[test]
+fn public_keys_come_from_the_environment_as_one_string() {
+    use base64::Engine as _;
+    let k1 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let k2 = base64::engine::general_purpose::STANDARD.encode([8u8; 32]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let env = vec![(
+        "LATCHKEY_UPDATE__PUBLIC_KEYS".to_string(),
+        format!("{k1},{k2}"),
+    )];
+    let s = Settings::load(&tmp.path().join("none.toml"), false, env).expect("load");
+    assert_eq!(s.update.public_keys, vec![k1, k2]);
+    let env = vec![(
+        "LATCHKEY_UPDATE__PUBLIC_KEYS".to_string(),
+        "AAAA".to_string(),
+    )];
+    let err = Settings::load(&tmp.path().join("none.toml"), false, env).expect_err("a short key");
+    assert!(err.to_string().contains("update.public_keys"), "{err}");
+}
