@@ -242,23 +242,3 @@ fn the_version_is_read_from_its_slot() {
     assert_eq!(version(), env!("LATCHKEY_VERSION"));
     assert!(semver::Version::parse(version()).is_ok());
 }
-
-#[test]
-fn public_keys_come_from_the_environment_as_one_string() {
-    let k1 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-    let k2 = base64::engine::general_purpose::STANDARD.encode([8u8; 32]);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let env = vec![(
-        "LATCHKEY_UPDATE__PUBLIC_KEYS".to_string(),
-        format!("{k1},{k2}"),
-    )];
-    let s = crate::config::Settings::load(&tmp.path().join("none.toml"), false, env).expect("load");
-    assert_eq!(s.update.public_keys, vec![k1, k2]);
-    let env = vec![(
-        "LATCHKEY_UPDATE__PUBLIC_KEYS".to_string(),
-        "AAAA".to_string(),
-    )];
-    let err = crate::config::Settings::load(&tmp.path().join("none.toml"), false, env)
-        .expect_err("a short key");
-    assert!(err.to_string().contains("update.public_keys"), "{err}");
-}
