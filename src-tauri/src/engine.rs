@@ -131,7 +131,7 @@ impl Engine {
                 tokio::task::spawn_blocking(move || me.open(passphrase)).await
             };
             let (app, settings) = match opened {
-                Ok(Ok(Opened::App(app, settings))) => (app, settings),
+                Ok(Ok(Opened::App(opened))) => *opened,
                 Ok(Ok(Opened::Keychain(phase))) => {
                     me.phase.send_replace(phase);
                     return;
@@ -217,7 +217,7 @@ impl Engine {
         {
             app.unseal_with_passphrase(p).map_err(|e| e.to_string())?;
         }
-        Ok(Opened::App(app, settings))
+        Ok(Opened::App(Box::new((app, settings))))
     }
 
     async fn serve(self: &Arc<Self>, app: App, settings: &Settings) -> Result<(), String> {
@@ -298,7 +298,7 @@ impl Engine {
 }
 
 enum Opened {
-    App(App, Settings),
+    App(Box<(App, Settings)>),
     Keychain(Phase),
 }
 

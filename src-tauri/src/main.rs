@@ -125,10 +125,10 @@ fn run() -> anyhow::Result<()> {
     app.run(|app, event| match event {
         // Closing the window keeps the app (and the proxy) in the tray;
         // only Quit or a signal ends it.
-        RunEvent::ExitRequested { api, code, .. } => {
-            if code.is_none() && !QUITTING.load(Ordering::SeqCst) {
-                api.prevent_exit();
-            }
+        RunEvent::ExitRequested { api, code, .. }
+            if code.is_none() && !QUITTING.load(Ordering::SeqCst) =>
+        {
+            api.prevent_exit();
         }
         RunEvent::Exit => {
             // Whatever way we got here, the core shuts down in order.

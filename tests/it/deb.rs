@@ -168,11 +168,12 @@ impl Root {
             .is_ok()
     }
 
-    /// `deb-systemd-helper ARGS` inside the root, as an admin would run
-    /// `systemctl disable`.
-    fn helper(&self, args: &[&str]) {
-        let mut c = Command::new("deb-systemd-helper");
-        c.env("DPKG_ROOT", self.dir.path()).args(args);
+    /// `systemctl --root=ROOT ARGS`: what an admin's `systemctl disable`
+    /// does to the files, offline.
+    fn systemctl(&self, args: &[&str]) {
+        let mut c = Command::new("systemctl");
+        c.arg(format!("--root={}", self.dir.path().display()))
+            .args(args);
         ok(c);
     }
 }
@@ -241,7 +242,7 @@ fn install_upgrade_remove_purge_in_a_scratch_root() {
 
     // The admin disables the service; an upgrade keeps data, configuration
     // and that choice.
-    r.helper(&["disable", "latchkey.service"]);
+    r.systemctl(&["disable", "latchkey.service"]);
     assert!(!r.enabled());
     let scratch = tempfile::tempdir().expect("tmp");
     let newer = with_version(deb, "99.0.0-1", scratch.path());
@@ -257,7 +258,7 @@ fn install_upgrade_remove_purge_in_a_scratch_root() {
     );
     assert!(data_intact(), "upgrade kept the data");
     assert!(!r.enabled(), "upgrade kept the admin's `disable`");
-    r.helper(&["enable", "latchkey.service"]);
+    r.systemctl(&["enable", "latchkey.service"]);
     assert!(r.enabled());
 
     // remove: the program goes, the data stays.

@@ -65,7 +65,14 @@ fn cited_tests(doc: &str) -> BTreeSet<String> {
 fn every_test_named_in_security_md_exists() {
     let root = repo_root();
     let mut fns = BTreeSet::new();
-    for dir in ["core", "appliance", "migrations", "tests", "ui"] {
+    for dir in [
+        "core",
+        "appliance",
+        "migrations",
+        "tests",
+        "ui",
+        "src-tauri",
+    ] {
         functions_under(&root.join(dir), &mut fns);
     }
     assert!(fns.len() > 500, "found only {} functions", fns.len());

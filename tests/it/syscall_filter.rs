@@ -93,7 +93,11 @@ struct Procs(Vec<u32>);
 impl Drop for Procs {
     fn drop(&mut self) {
         for pid in &self.0 {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            // Already gone after a clean stop: nothing to say.
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

@@ -211,31 +211,33 @@ fn set_mode_700(p: &Path) {
 }
 
 fn start_xvfb(work: &Path) -> (Killed, String) {
-    // A display number no one uses: its socket is absent.
-    let n = (100..400)
-        .find(|n| {
-            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        })
-        .expect("a free X display");
-    let display = format!(":{n}");
-    let child = Command::new("Xvfb")
-        .args([&display, "-screen", "0", "1280x900x24", "-nolisten", "tcp"])
-        .stdout(Stdio::null())
+    // Xvfb picks a free display itself and writes its number to stdout
+    // (`-displayfd 1`): no race with other tests starting their own.
+    let mut child = Command::new("Xvfb")
+        .args([
+            "-displayfd",
+            "1",
+            "-screen",
+            "0",
+            "1280x900x24",
+            "-nolisten",
+            "tcp",
+        ])
+        .stdout(Stdio::piped())
         .stderr(std::fs::File::create(work.join("xvfb.log")).map_or(Stdio::null(), Stdio::from))
         .spawn()
         .expect("Xvfb (apt install xvfb)");
+    let stdout = child.stdout.take().expect("stdout");
     let xvfb = Killed(child);
-    let socket = format!("/tmp/.X11-unix/X{n}");
-    let started = Instant::now();
-    while !Path::new(&socket).exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "Xvfb {display} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (xvfb, display)
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("Xvfb's display number");
+    let n: u32 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("Xvfb did not start (see {}/xvfb.log)", work.display()));
+    (xvfb, format!(":{n}"))
 }
 
 fn start_bus(work: &Path) -> (KilledPid, String) {

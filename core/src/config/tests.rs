@@ -297,6 +297,8 @@ fn plain_http_only_on_loopback_or_behind_a_trusted_proxy() {
     );
 }
 
+// `[update]` is read by config (update sits beside config in the layer
+// order, so its own tests cannot load `Settings`).
 #[test]
 fn update_public_keys_come_from_the_environment_as_one_string() {
     use base64::Engine;
