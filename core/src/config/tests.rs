@@ -300,21 +300,16 @@ fn plain_http_only_on_loopback_or_behind_a_trusted_proxy() {
 // `[update]` is read by config (update sits beside config in the layer
 // order, so its own tests cannot load `Settings`).
 #[test]
-fn public_keys_come_from_the_environment_as_one_string() {
-    use base64::Engine as _;
+fn update_public_keys_come_from_the_environment_as_one_string() {
+    use base64::Engine;
     let k1 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     let k2 = base64::engine::general_purpose::STANDARD.encode([8u8; 32]);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let env = vec![(
-        "LATCHKEY_UPDATE__PUBLIC_KEYS".to_string(),
-        format!("{k1},{k2}"),
-    )];
-    let s = Settings::load(&tmp.path().join("none.toml"), false, env).expect("load");
+    let both = format!("{k1},{k2}");
+    let s = load_str("", &[("LATCHKEY_UPDATE__PUBLIC_KEYS", &both)]).expect("load");
     assert_eq!(s.update.public_keys, vec![k1, k2]);
-    let env = vec![(
-        "LATCHKEY_UPDATE__PUBLIC_KEYS".to_string(),
-        "AAAA".to_string(),
-    )];
-    let err = Settings::load(&tmp.path().join("none.toml"), false, env).expect_err("a short key");
+    let err = load_str("", &[("LATCHKEY_UPDATE__PUBLIC_KEYS", "AAAA")]).expect_err("a short key");
     assert!(err.to_string().contains("update.public_keys"), "{err}");
+    let err = load_str("[update]\nfeed = \"http://192.0.2.1/latest.json\"\n", &[])
+        .expect_err("plain http off loopback");
+    assert!(err.to_string().contains("update.feed"), "{err}");
 }
