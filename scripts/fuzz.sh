@@ -46,7 +46,7 @@ for t in $("${cargo[@]}" fuzz list); do
   dict=()
   case $t in
     proxy_path) dict=(-dict=fuzz/dict/proxy_path.dict) ;;
-    json_scan | usage) dict=(-dict=fuzz/dict/json.dict) ;;
+    json_scan | usage | update_feed) dict=(-dict=fuzz/dict/json.dict) ;;
     scope) dict=(-dict=fuzz/dict/scope.dict) ;;
     config) dict=(-dict=fuzz/dict/config.dict) ;;
   esac

@@ -11,12 +11,18 @@ apt_packages=(
   nginx-light caddy                 # forward-auth snippets tested for real; nginx is the proxy benchmark's baseline
   chromium                          # the web UI's browser tests (tests/ui, driven by playwright-core)
   libnss3-tools                     # certutil: Chromium's NSS trust store for Caddy's root (tests/it/reverse_proxy.rs)
+  binutils systemd                  # update tests: `strip` for small test builds; systemd-analyze for the updater units
   # The desktop app (src-tauri/, Tauri v2 on WebKitGTK) and its end-to-end
   # test (tests/it/desktop.rs): a virtual display, Debian's WebKitWebDriver,
   # secret-tool to find the master key in the Secret Service.
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev
   libsoup-3.0-dev libjavascriptcoregtk-4.1-dev libxdo-dev
   xvfb xauth webkit2gtk-driver dbus-x11 libsecret-tools xdg-utils
+  # The service and the .deb (docs/PACKAGING.md): systemd-analyze verify,
+  # security and syscall-filter on the unit (they work without systemd as
+  # PID 1); strace for the syscall-filter test; dpkg-shlibdeps for the
+  # .deb's Depends.
+  systemd strace dpkg-dev
 )
 
 missing=()
@@ -68,6 +74,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
+# zipsign: signs releases (packaging/release.sh) in the format the updater
+# verifies; the update tests sign and check with it. Pinned; built once.
+if [ "$(zipsign --version 2>/dev/null)" != "zipsign 0.2.1" ]; then
+  cargo install zipsign --locked --version 0.2.1
+fi
+
 # tauri-driver: the WebDriver front for the desktop app's window (it runs
 # Debian's WebKitWebDriver), for tests/it/desktop.rs; built once.
 if ! tauri-driver --help >/dev/null 2>&1; then
@@ -81,4 +93,10 @@ desktop_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/src-tauri"
 if [ ! -d "$desktop_dir/node_modules" ] || [ "$desktop_dir/package-lock.json" -nt "$desktop_dir/node_modules" ]; then
   npm ci --prefix "$desktop_dir" --no-audit --no-fund
   touch "$desktop_dir/node_modules"
+fi
+
+# cargo-deb for packaging/build-deb.sh (the .deb); built once, skipped when
+# present.
+if ! cargo deb --version >/dev/null 2>&1; then
+  cargo install cargo-deb --locked --version 3.8.0
 fi

@@ -13,6 +13,10 @@ cargo build --bins --locked
 # The desktop app's release binary and .deb, which tests/it/desktop.rs
 # drives under Xvfb and unpacks.
 ./scripts/build-desktop.sh
+# The .deb, built once; tests/it/deb.rs installs it in a scratch root (a
+# path that does not exist fails them rather than skipping).
+LATCHKEY_DEB=$(./packaging/build-deb.sh)
+export LATCHKEY_DEB
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The desktop crate's unit tests in release: they reuse the dependencies

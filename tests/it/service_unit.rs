@@ -168,6 +168,30 @@ fn install_writes_a_unit_that_verifies_clean_and_scores_at_most_2() {
         "the packaged unit scores the same"
     );
 
+    // The TPM-credential drop-in example, installed beside it, is valid
+    // too (verify reads `latchkey.service.d/`) and weakens nothing.
+    let dropins = s.units.join("latchkey.service.d");
+    std::fs::create_dir_all(&dropins).expect("mkdir");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/systemd/tpm-credential.conf.example"
+        ),
+        dropins.join("credential.conf"),
+    )
+    .expect("copy drop-in");
+    let mut c = Command::new("systemd-analyze");
+    c.args(["verify", "--man=no"]).arg(s.unit());
+    let v = run_cmd(c, b"");
+    assert!(
+        v.status.success() && v.stdout.trim().is_empty() && v.stderr.trim().is_empty(),
+        "with the drop-in: {:?}\n{}{}",
+        v.status,
+        v.stdout,
+        v.stderr
+    );
+    assert!(exposure(&s.unit()) <= score);
+
     // Installing again replaces our own unit.
     let again = s.service(&s.bin, &["install"]);
     assert!(again.status.success(), "{}", again.stderr);

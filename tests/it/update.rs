@@ -426,3 +426,124 @@ fn plain_http_feeds_are_refused_off_loopback() {
     let out = inst.update(&["--check"]);
     inst.assert_refused(&out, "no feed: set update.feed or pass --feed URL");
 }
+
+/// Where the unit files are.
+fn units_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd")
+}
+
+#[test]
+fn the_updater_units_verify_clean() {
+    // Copied with ExecStart= pointing at this build (the verifier checks
+    // that the program exists); nothing else changed.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = latchkey_e2e::latchkey_bin();
+    for name in ["latchkey-update.service", "latchkey-update.timer"] {
+        let text = std::fs::read_to_string(units_dir().join(name)).expect("unit");
+        let text = text.replace("/usr/bin/latchkey ", &format!("{} ", bin.display()));
+        std::fs::write(tmp.path().join(name), text).expect("write");
+    }
+    let mut c = Command::new("systemd-analyze");
+    c.args(["verify", "--man=no"])
+        .arg(tmp.path().join("latchkey-update.service"))
+        .arg(tmp.path().join("latchkey-update.timer"));
+    let out = run_cmd_for(c, b"", Duration::from_secs(60));
+    assert!(
+        out.status.success() && out.stdout.trim().is_empty() && out.stderr.trim().is_empty(),
+        "systemd-analyze verify: status {:?}\n{}{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn the_updater_unit_exposure_is_at_most_2() {
+    let mut c = Command::new("systemd-analyze");
+    c.args(["security", "--offline=true", "--no-pager"])
+        .arg(units_dir().join("latchkey-update.service"));
+    let out = run_cmd_for(c, b"", Duration::from_secs(60));
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for latchkey-update.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{text}"));
+    assert!(
+        score <= 2.0,
+        "exposure {score} > 2.0 (docs/UPDATES.md states it):\n{text}"
+    );
+}
+
+#[test]
+fn the_server_shows_an_available_update_and_audits_it_and_the_last_install() {
+    use latchkey_e2e::{ServeOpts, TestDir, spawn_server};
+    // The server only reads the feed; no artifact needs to exist.
+    let ch = Channel::new();
+    let name = artifact(NEW);
+    ch.put(
+        "latest.json",
+        format!(
+            r#"{{"version":"{NEW}","notes":"Faster.","artifacts":{{"{}":{{"url":"{name}","size":10,"sha256":"{}"}}}}}}"#,
+            target(),
+            "ab".repeat(32)
+        )
+        .as_bytes(),
+    );
+    let d = TestDir::new();
+    std::fs::create_dir_all(d.data()).expect("data");
+    // What `latchkey update` left after a rollback.
+    std::fs::write(
+        d.data().join("update-report.json"),
+        format!(
+            r#"{{"at":1800000000,"from":"{}","to":"98.0.0","outcome":"rolled_back","reason":"the new build failed its self-check"}}"#,
+            current_version()
+        ),
+    )
+    .expect("report");
+    let mut s = spawn_server(
+        &d,
+        &ServeOpts::new().env("LATCHKEY_UPDATE__FEED", &ch.feed()),
+    );
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        let r = s.api("GET", "/api/status", None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        status = serde_json::from_str(&r.body).expect("status JSON");
+        if !status["update"]["checked_at"].is_null() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let u = &status["update"];
+    assert_eq!(u["available"], true, "{status}");
+    assert_eq!(u["latest"], NEW);
+    assert_eq!(u["current"], current_version());
+    assert_eq!(u["notes"], "Faster.");
+    assert_eq!(u["last_install"]["outcome"], "rolled_back");
+    let audit = s.api("GET", "/api/audit?limit=100", None);
+    assert_eq!(audit.status, 200, "{}", audit.body);
+    assert_eq!(
+        audit.body.matches("\"update.available\"").count(),
+        1,
+        "{}",
+        audit.body
+    );
+    assert_eq!(
+        audit.body.matches("\"update.install\"").count(),
+        1,
+        "{}",
+        audit.body
+    );
+    assert!(
+        audit.body.contains("failed its self-check"),
+        "{}",
+        audit.body
+    );
+    assert!(d.data().join("update-report.seen.json").exists());
+    s.stop();
+}

@@ -358,9 +358,7 @@ async fn forward(
         .and_then(|v| v.to_str().ok());
     let parser = UsageParser::for_content_type(content_type);
     let sse = content_type.is_some_and(|ct| {
-        ct.trim_start()
-            .to_ascii_lowercase()
-            .starts_with("text/event-stream")
+        super::usage::starts_with_ignore_case(ct.trim_start(), "text/event-stream")
     });
     let tap = Tap {
         proxy: Arc::clone(ctx.proxy),

@@ -17,7 +17,7 @@ pub mod settings;
 mod tests;
 
 pub use feed::{Artifact, Feed, FeedError};
-pub use settings::{RELEASE_KEY, UpdateSettings, VerifyingKey};
+pub use settings::{RELEASE_KEYS, UpdateSettings, VerifyingKey};
 
 use crate::audit::{AuditEvent, Outcome};
 use crate::store::{META, Store};

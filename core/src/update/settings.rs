@@ -7,10 +7,11 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// The project's release key: the 32-byte ed25519 public key file that
-/// `zipsign gen-key` wrote (docs/UPDATES.md says where its private half
-/// lives; it is never in this repository).
-pub const RELEASE_KEY: &[u8; 32] = include_bytes!("release-key.pub");
+/// The project's release keys: each a 32-byte ed25519 public key file
+/// that `zipsign gen-key` wrote (docs/UPDATES.md says where the private
+/// halves live: never in this repository). During a key rotation both
+/// the old and the new key are listed.
+pub const RELEASE_KEYS: &[VerifyingKey] = &[*include_bytes!("release-key.pub")];
 
 /// Shortest accepted `update.check_interval`.
 pub const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(60);
@@ -94,9 +95,9 @@ impl UpdateSettings {
     }
 
     /// Every key an artifact may be signed with: the compiled-in release
-    /// key first, then `public_keys`. Never empty.
+    /// keys first, then `public_keys`. Never empty.
     pub fn verifying_keys(&self) -> Result<Vec<VerifyingKey>, (&'static str, String)> {
-        let mut keys = vec![*RELEASE_KEY];
+        let mut keys = RELEASE_KEYS.to_vec();
         for k in self.extra_keys()? {
             if !keys.contains(&k) {
                 keys.push(k);

@@ -39,6 +39,7 @@ mod tests;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub use parse::reference_usage;
+pub(crate) use parse::starts_with_ignore_case;
 pub use parse::{Usage, UsageParser};
 
 use crate::store::{Store, StoreError};

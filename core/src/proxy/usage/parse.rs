@@ -86,10 +86,10 @@ pub struct UsageParser {
 impl UsageParser {
     /// A parser for a response with this `Content-Type`.
     pub fn for_content_type(content_type: Option<&str>) -> Self {
-        let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        let mode = if ct.starts_with("text/event-stream") {
+        let ct = content_type.unwrap_or("");
+        let mode = if starts_with_ignore_case(ct, "text/event-stream") {
             Mode::Sse { line: Vec::new() }
-        } else if ct.starts_with("application/json") {
+        } else if starts_with_ignore_case(ct, "application/json") {
             Mode::Json {
                 first: None,
                 buf: Vec::new(),
@@ -167,6 +167,15 @@ impl UsageParser {
         }
         self.usage
     }
+}
+
+/// Whether `s` starts with `prefix`, ASCII case ignored (compared in
+/// place: a lower-cased copy of the media type was an allocation per
+/// request).
+pub(crate) fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// One SSE line: only `data:` lines that look like JSON are parsed.

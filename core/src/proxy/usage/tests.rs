@@ -489,3 +489,33 @@ fn model_names_from_upstreams_are_bounded() {
 fn rows_with(book: &UsageBook, store: &Store, q: &UsageQuery) -> Vec<UsageRow> {
     book.query(store, q).expect("query")
 }
+
+#[test]
+fn media_types_are_matched_whatever_their_case() {
+    assert!(super::starts_with_ignore_case(
+        "Text/Event-Stream; charset=utf-8",
+        "text/event-stream"
+    ));
+    assert!(super::starts_with_ignore_case(
+        "application/json",
+        "application/json"
+    ));
+    assert!(!super::starts_with_ignore_case(
+        "application/js",
+        "application/json"
+    ));
+    assert!(!super::starts_with_ignore_case("", "text/event-stream"));
+    // Not a char boundary inside the prefix's length: no panic, no match.
+    assert!(!super::starts_with_ignore_case(
+        "applicatioé/json",
+        "application/json"
+    ));
+    assert_eq!(
+        parse(
+            "Application/JSON",
+            r#"{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            4096
+        ),
+        usage("m", 1, 2)
+    );
+}

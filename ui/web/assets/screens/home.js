@@ -33,6 +33,27 @@ function daysUntil(t) {
 }
 
 /** A definition list of [term, value] pairs (`.facts`). */
+/** The update channel's state (GET /api/status `update`), as one fact row. */
+function updateFact(u) {
+  if (!u) return null;
+  const last = u.last_install;
+  let v;
+  if (u.available) {
+    v = h('span', {}, h('span', { class: 'badge warn' }, 'Update available'), ' ', `${u.latest} (running ${u.current}). Install it with `, h('code', {}, 'latchkey update'), ' on the server.');
+  } else if (last && last.outcome !== 'installed') {
+    v = h('span', {}, h('span', { class: 'badge danger' }, last.outcome === 'failed' ? 'Update failed' : 'Update rolled back'), ` ${last.to}: ${last.reason || ''}`);
+  } else if (u.error) {
+    v = h('span', {}, h('span', { class: 'badge warn' }, 'Check failed'), ` ${u.error}`);
+  } else if (u.checked_at) {
+    v = h('span', {}, h('span', { class: 'badge ok' }, 'Up to date'), ' checked ', when(u.checked_at));
+  } else if (!u.feed_configured) {
+    v = h('span', { class: 'muted' }, 'No update feed configured (update.feed)');
+  } else {
+    v = h('span', { class: 'muted' }, 'Not checked yet');
+  }
+  return ['Updates', v];
+}
+
 function facts(pairs) {
   return h(
     'dl',
@@ -213,7 +234,7 @@ export async function render(main, ctx) {
     }
     const tls = status.tls;
     if (!tls) {
-      replace(certBody, facts([['Version', status.version]]), h('p', { class: 'muted' }, 'No certificate information (TLS is handled outside Latchkey).'));
+      replace(certBody, facts([['Version', status.version], updateFact(status.update)]), h('p', { class: 'muted' }, 'No certificate information (TLS is handled outside Latchkey).'));
       return;
     }
     const server = tls.server || {};
@@ -223,6 +244,7 @@ export async function render(main, ctx) {
       certBody,
       facts([
         ['Version', status.version],
+        updateFact(status.update),
         fp && ['CA fingerprint (SHA-256)', h('code', { class: 'fingerprint' }, fp)],
         tls.ca_not_after && ['CA expires', when(tls.ca_not_after)],
         server.not_after && [
