@@ -217,8 +217,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join(CONFIG_FILE);
         std::fs::write(&file, "[server]\nlisten = \"0.0.0.0:7823\"\n").expect("write");
-        let s = load(&file, false, Vec::new()).expect("loads");
-        assert!(s.check_listeners().is_err(), "plain HTTP off loopback");
+        // The desktop's `server.tls = false` default applies, and plain
+        // HTTP off loopback is refused, naming the key.
+        let err = load(&file, false, Vec::new()).expect_err("plain HTTP off loopback");
+        assert!(err.to_string().contains("server.tls"), "{err}");
     }
 
     #[test]

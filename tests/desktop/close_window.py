@@ -61,8 +61,15 @@ def windows(dpy, w):
         yield from windows(dpy, c)
 
 
+# Windows come and go while we walk the tree (WebKit's helpers): a request
+# about one already gone is not an error here. Xlib's default handler
+# would exit the process.
+ERROR_HANDLER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(lambda d, e: 0)
+
+
 def main():
     title = sys.argv[1].encode()
+    X.XSetErrorHandler(ERROR_HANDLER)
     dpy = X.XOpenDisplay(None)
     if not dpy:
         sys.exit("cannot open the display")

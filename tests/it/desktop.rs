@@ -411,7 +411,7 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
     s.end();
     env.stop_driver();
     eprintln!(
-        "desktop e2e: relaunch to proxy ready within {:?}; whole test {:?}",
+        "desktop e2e: relaunch to the end {:?}; whole test {:?}",
         relaunched.elapsed(),
         started.elapsed()
     );
