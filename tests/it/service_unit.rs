@@ -16,8 +16,24 @@ const PACKAGED_UNIT: &str = concat!(
     "/../packaging/systemd/latchkey.service"
 );
 
-/// A copy of the binary somewhere the hardened unit can see (the target
-/// directory, not /tmp or /home), and a stand-in systemctl.
+/// Where a copy of the binary goes: the target directory when the service
+/// could see it, else `/var/lib` (a clone under /tmp or /home — CI checks
+/// out anywhere — would be refused by `service install`, rightly).
+fn visible_scratch_parent() -> PathBuf {
+    let target = latchkey_bin()
+        .parent()
+        .expect("binary's directory")
+        .to_path_buf();
+    let hidden = ["/home", "/root", "/run/user", "/tmp", "/var/tmp"];
+    if hidden.iter().any(|h| target.starts_with(h)) {
+        PathBuf::from("/var/lib")
+    } else {
+        target
+    }
+}
+
+/// A copy of the binary somewhere the hardened unit can see, and a
+/// stand-in systemctl.
 struct Setup {
     _bin_dir: tempfile::TempDir,
     bin: PathBuf,
@@ -29,14 +45,10 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let target = latchkey_bin()
-            .parent()
-            .expect("binary's directory")
-            .to_path_buf();
         let bin_dir = tempfile::Builder::new()
             .prefix("service-e2e-")
-            .tempdir_in(&target)
-            .expect("scratch dir in target/");
+            .tempdir_in(visible_scratch_parent())
+            .expect("scratch dir the service could see");
         let bin = bin_dir.path().join("latchkey");
         std::fs::copy(latchkey_bin(), &bin).expect("copy the binary");
         let d = TestDir::new();
