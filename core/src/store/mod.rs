@@ -193,20 +193,25 @@ pub fn peek_schema(dir: &Path) -> Result<SchemaPeek, StoreError> {
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(SchemaPeek::InUse),
         Err(e) => return Err(map_open_error(&path, e)),
     };
-    let txn = db.begin_read()?;
-    let found = match txn.open_table(META) {
-        Ok(meta) => meta
-            .get(latchkey_migrations::SCHEMA_VERSION_KEY)?
-            .and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes))
-            .unwrap_or(0),
-        Err(redb::TableError::TableDoesNotExist(_)) => 0,
-        Err(e) => return Err(e.into()),
-    };
+    let found = stored_schema_version(&db)?;
     Ok(SchemaPeek::Version(found))
 }
 
 /// The newest schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = CURRENT_VERSION;
+
+/// The schema version a database records (0 before the first migration).
+fn stored_schema_version(db: &redb::ReadOnlyDatabase) -> Result<u32, StoreError> {
+    let txn = db.begin_read()?;
+    match txn.open_table(META) {
+        Ok(meta) => Ok(meta
+            .get(latchkey_migrations::SCHEMA_VERSION_KEY)?
+            .and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes))
+            .unwrap_or(0)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Reads the schema version through a read-only open, so a database from a
 /// newer Latchkey is refused before anything opens it for writing.
@@ -219,15 +224,7 @@ fn refuse_newer_schema(path: &Path) -> Result<(), StoreError> {
     let Ok(db) = Database::builder().open_read_only(path) else {
         return Ok(());
     };
-    let txn = db.begin_read()?;
-    let found = match txn.open_table(META) {
-        Ok(meta) => meta
-            .get(latchkey_migrations::SCHEMA_VERSION_KEY)?
-            .and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes))
-            .unwrap_or(0),
-        Err(redb::TableError::TableDoesNotExist(_)) => 0,
-        Err(e) => return Err(e.into()),
-    };
+    let found = stored_schema_version(&db)?;
     if found > CURRENT_VERSION {
         return Err(MigrateError::TooNew {
             found,
