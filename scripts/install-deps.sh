@@ -50,6 +50,14 @@ if ! python3 -c 'import openai, anthropic' 2>/dev/null; then
     python3 -m pip install --quiet --break-system-packages 'openai>=1' 'anthropic>=0.30'
 fi
 
+# The official LiveKit server SDK for Python (`livekit-api`, pinned): its
+# `TokenVerifier` checks the room tokens Latchkey mints
+# (tests/sdk/livekit_verify.py, driven by tests/it/livekit.rs).
+if ! python3 -c 'import livekit.api, jwt' 2>/dev/null; then
+  python3 -m pip install --quiet 'livekit-api==1.2.2' ||
+    python3 -m pip install --quiet --break-system-packages 'livekit-api==1.2.2'
+fi
+
 # The real OpenID Connect server (npm `oidc-provider`) that the connection
 # tests and `connections-bench` run on loopback: installed from the committed
 # lockfile, again whenever the lockfile is newer than the install.

@@ -23,6 +23,7 @@ mod hardening_vault_proxy;
 mod integrity;
 mod key_sources;
 mod leaks;
+mod livekit;
 mod proxy;
 mod proxy_limits;
 mod reverse_proxy;
