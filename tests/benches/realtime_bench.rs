@@ -62,7 +62,9 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{Request as HsRequest, Response as HsResponse};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request as HsRequest, Response as HsResponse,
+};
 
 /// The provider key the proxies put on the upstream upgrade.
 const PROVIDER_SECRET: &str = "sk-rt-bench-REAL-0123456789abcdef0123456789";
@@ -439,7 +441,7 @@ struct EchoStats {
 async fn echo_session(tcp: tokio::net::TcpStream, stats: Arc<EchoStats>) {
     let _ = tcp.set_nodelay(true);
     let st = Arc::clone(&stats);
-    let inspect = move |req: &HsRequest, resp: HsResponse| {
+    let inspect = move |req: &HsRequest, resp: HsResponse| -> Result<HsResponse, ErrorResponse> {
         st.upgrades.fetch_add(1, Ordering::Relaxed);
         let auth = req
             .headers()
@@ -570,7 +572,7 @@ async fn open(t: &Target) -> Result<Ws, String> {
         let (ws, _) = tokio_tungstenite::client_async(req, io)
             .await
             .map_err(|e| format!("upgrade: {e}"))?;
-        Ok(ws)
+        Ok::<Ws, String>(ws)
     };
     tokio::time::timeout(IO_TIMEOUT, fut)
         .await
@@ -701,7 +703,7 @@ async fn throughput(
     Ok(Throughput {
         fps: frames as f64 / elapsed.as_secs_f64(),
         cpu_ms_per_1000: (!t.pids.is_empty() && frames > 0)
-            .then(|| (cpu1 - cpu0).as_secs_f64() * 1e3 / (frames as f64 / 1000.0)),
+            .then(|| cpu1.saturating_sub(cpu0).as_secs_f64() * 1e3 / (frames as f64 / 1000.0)),
     })
 }
 
@@ -715,7 +717,7 @@ async fn open_idle(t: &Target, n: usize) -> Result<Vec<Ws>, String> {
                 let mut ws = open(t).await?;
                 ws.send(msg).await.map_err(|e| e.to_string())?;
                 next_data(&mut ws).await?;
-                Ok(ws)
+                Ok::<Ws, String>(ws)
             }
         })
         .buffer_unordered(OPEN_CONCURRENCY)
@@ -1023,20 +1025,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn run_line(rt: &tokio::runtime::Runtime, t: &Target, o: &Opts, ticks: u64) -> Line {
-    let fail = |what: &str, e: String| -> ! { panic!("{}: {what}: {e}", t.name) };
     let (text, audio) = (text_event(), audio_frame());
     let lt = rt
         .block_on(latency(t, &text, o.warmup_messages, o.messages))
-        .unwrap_or_else(|e| fail("text latency", e));
+        .unwrap_or_else(|e| panic!("{}: text latency: {e}", t.name));
     let la = rt
         .block_on(latency(t, &audio, o.warmup_messages, o.messages))
-        .unwrap_or_else(|e| fail("audio latency", e));
+        .unwrap_or_else(|e| panic!("{}: audio latency: {e}", t.name));
     let tt = rt
         .block_on(throughput(t, &text, o.connections, o.window, o.secs, ticks))
-        .unwrap_or_else(|e| fail("text throughput", e));
+        .unwrap_or_else(|e| panic!("{}: text throughput: {e}", t.name));
     let ta = rt
         .block_on(throughput(t, &audio, o.connections, o.window, o.secs, ticks))
-        .unwrap_or_else(|e| fail("audio throughput", e));
+        .unwrap_or_else(|e| panic!("{}: audio throughput: {e}", t.name));
     Line {
         text_p50: lt.value_at_quantile(0.5),
         text_p99: lt.value_at_quantile(0.99),
@@ -1296,7 +1297,7 @@ fn main() {
             m.before,
             m.sessions,
             m.open,
-            (m.open.saturating_sub(m.before)) as f64 / m.sessions as f64,
+            m.open.saturating_sub(m.before) as f64 / m.sessions as f64,
             m.after_close,
         );
     }

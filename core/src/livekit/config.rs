@@ -269,22 +269,43 @@ impl Pattern {
         &self.0
     }
 
-    /// Whether `name` matches for a caller called `user`.
+    /// Whether `name` matches for a caller called `user`. The username is
+    /// literal text in the pattern, whatever it contains.
     pub fn matches(&self, name: &str, user: &str) -> bool {
-        glob(self.0.replace(USER_PLACEHOLDER, user).as_bytes(), name.as_bytes())
+        let mut tokens = Vec::with_capacity(self.0.len() + user.len());
+        let mut rest = self.0.as_str();
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix(USER_PLACEHOLDER) {
+                tokens.extend(user.bytes().map(Token::Byte));
+                rest = after;
+            } else {
+                let b = rest.as_bytes()[0];
+                tokens.push(if b == b'*' { Token::Star } else { Token::Byte(b) });
+                // The alphabet is ASCII: one byte is one character.
+                rest = &rest[1..];
+            }
+        }
+        glob(&tokens, name.as_bytes())
     }
+}
+
+/// One element of an expanded pattern.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Byte(u8),
+    Star,
 }
 
 /// `*`-only glob matching, linear in practice: on a mismatch only the
 /// last `*` is retried one character further.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+fn glob(pattern: &[Token], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
+        if p < pattern.len() && pattern[p] == Token::Star {
             star = Some((p, t));
             p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
+        } else if p < pattern.len() && pattern[p] == Token::Byte(text[t]) {
             p += 1;
             t += 1;
         } else if let Some((sp, st)) = star {
@@ -295,7 +316,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
             return false;
         }
     }
-    pattern[p..].iter().all(|&b| b == b'*')
+    pattern[p..].iter().all(|&tok| tok == Token::Star)
 }
 
 #[cfg(test)]

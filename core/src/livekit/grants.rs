@@ -221,7 +221,7 @@ impl Requested {
         allowed: &[Grant],
         allowed_sources: &[PublishSource],
     ) -> Result<Vec<PublishSource>, GrantsRefusal> {
-        if let Some(g) = self.grants.iter().find(|g| !allowed.contains(g)) {
+        if let Some(g) = self.grants.iter().find(|g| !allowed.contains(*g)) {
             return Err(GrantsRefusal::NotAllowed(format!(
                 "grant `{}` is not allowed by this LiveKit section (allowed: {})",
                 g.name(),
@@ -233,7 +233,7 @@ impl Requested {
             Some(asked) => {
                 if let Some(s) = asked
                     .iter()
-                    .find(|s| !allowed_sources.is_empty() && !allowed_sources.contains(s))
+                    .find(|s| !allowed_sources.is_empty() && !allowed_sources.contains(*s))
                 {
                     return Err(GrantsRefusal::NotAllowed(format!(
                         "track source `{}` is not allowed by this LiveKit section (allowed: {})",

@@ -92,18 +92,18 @@ async fn refusals_have_their_own_codes() {
         ("/api/livekit/home/token", serde_json::json!({"room": "stand up", "identity": "host"}),
             StatusCode::BAD_REQUEST, "invalid_field"),
     ] {
-        let (got, answer) = answer(&app, path, body.clone()).await;
-        assert_eq!(got, status, "{body}: {answer}");
-        assert_eq!(answer["error"], code, "{body}: {answer}");
-        assert!(answer["message"].is_string(), "{answer}");
+        let (got, reply) = answer(&app, path, body.clone()).await;
+        assert_eq!(got, status, "{body}: {reply}");
+        assert_eq!(reply["error"], code, "{body}: {reply}");
+        assert!(reply["message"].is_string(), "{reply}");
     }
     app.state.vault.remove("lk-secret").expect("remove");
-    let (got, answer) = answer(
+    let (got, reply) = answer(
         &app,
         "/api/livekit/home/token",
         serde_json::json!({"room": "standup", "identity": "host"}),
     )
     .await;
-    assert_eq!(got, StatusCode::CONFLICT, "{answer}");
-    assert_eq!(answer["error"], "livekit_secret_missing");
+    assert_eq!(got, StatusCode::CONFLICT, "{reply}");
+    assert_eq!(reply["error"], "livekit_secret_missing");
 }
