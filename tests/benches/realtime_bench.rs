@@ -1138,8 +1138,10 @@ fn main() {
         Route::Agent => format!(
             "[agents.echo]\nupstream = \"http://{echo}\"\nidle_timeout = \"600s\"\n"
         ),
+        // No per-key cap on sessions: the idle-session test opens 1,000
+        // with one key.
         Route::Proxy => format!(
-            "[providers.echo]\nupstream = \"http://{echo}\"\nsecret = \"{VAULT_ENTRY}\"\n\
+            "[proxy]\nrealtime_sessions_per_key = 0\n\n[providers.echo]\nupstream = \"http://{echo}\"\nsecret = \"{VAULT_ENTRY}\"\n\
              auth_header = \"authorization\"\nauth_format = \"Bearer {{secret}}\"\nwebsocket = true\n"
         ),
     };
