@@ -599,9 +599,8 @@ where
 
 fn text_event() -> Message {
     // A realtime API's client event, 160 bytes.
-    let mut s = String::from(
-        r#"{"type":"input_audio_buffer.append","event_id":"evt_0001","audio":""#,
-    );
+    let mut s =
+        String::from(r#"{"type":"input_audio_buffer.append","event_id":"evt_0001","audio":""#);
     while s.len() < 158 {
         s.push('A');
     }
@@ -623,7 +622,12 @@ fn message_len(m: &Message) -> usize {
 }
 
 /// One session, one message at a time: round-trip times after `warmup`.
-async fn latency(t: &Target, msg: &Message, warmup: usize, n: usize) -> Result<Histogram<u64>, String> {
+async fn latency(
+    t: &Target,
+    msg: &Message,
+    warmup: usize,
+    n: usize,
+) -> Result<Histogram<u64>, String> {
     let mut ws = open(t).await?;
     let mut h = new_hist();
     let want = message_len(msg);
@@ -668,7 +672,9 @@ async fn throughput(
         let f = Arc::clone(&failed);
         tasks.push(tokio::spawn(async move {
             loop {
-                let Ok(permit) = c.acquire().await else { return };
+                let Ok(permit) = c.acquire().await else {
+                    return;
+                };
                 permit.forget();
                 if sink.send(m.clone()).await.is_err() {
                     f.store(true, Ordering::Relaxed);
@@ -817,7 +823,12 @@ fn curl(
         c.args(["-H", h]);
     }
     if let Some(b) = body {
-        c.args(["-H", "Content-Type: application/json", "--data-binary", &b.to_string()]);
+        c.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &b.to_string(),
+        ]);
     }
     let out = c.output().expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -908,7 +919,8 @@ fn create_api_key(lk: &Latchkey, recovery_code: &str, scope: &str) -> String {
         .lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("set-cookie").then(|| v.trim().to_string())
+            k.eq_ignore_ascii_case("set-cookie")
+                .then(|| v.trim().to_string())
         })
         .filter_map(|c| c.split(';').next().map(str::to_owned))
         .find(|c| c.starts_with("__Host-latchkey_session="))
@@ -1036,7 +1048,14 @@ fn run_line(rt: &tokio::runtime::Runtime, t: &Target, o: &Opts, ticks: u64) -> L
         .block_on(throughput(t, &text, o.connections, o.window, o.secs, ticks))
         .unwrap_or_else(|e| panic!("{}: text throughput: {e}", t.name));
     let ta = rt
-        .block_on(throughput(t, &audio, o.connections, o.window, o.secs, ticks))
+        .block_on(throughput(
+            t,
+            &audio,
+            o.connections,
+            o.window,
+            o.secs,
+            ticks,
+        ))
         .unwrap_or_else(|e| panic!("{}: audio throughput: {e}", t.name));
     Line {
         text_p50: lt.value_at_quantile(0.5),
@@ -1087,8 +1106,14 @@ fn main() {
         ncpu >= 2 && have("taskset", "-V"),
         "needs 2 CPUs and taskset: the proxy runs on CPU 1, client and echo server on CPU 0"
     );
-    assert!(have("nginx", "-v"), "nginx not found: run scripts/install-deps.sh");
-    assert!(have("curl", "--version"), "curl not found: run scripts/install-deps.sh");
+    assert!(
+        have("nginx", "-v"),
+        "nginx not found: run scripts/install-deps.sh"
+    );
+    assert!(
+        have("curl", "--version"),
+        "curl not found: run scripts/install-deps.sh"
+    );
     pin_self("0");
     if is_root() {
         let _ = Command::new("renice")
@@ -1125,7 +1150,13 @@ fn main() {
         &bin,
         home,
         &data,
-        &["setup", "--username", USERNAME, "--password-stdin", "--json"],
+        &[
+            "setup",
+            "--username",
+            USERNAME,
+            "--password-stdin",
+            "--json",
+        ],
         format!("{PASSWORD}\n").as_bytes(),
     );
     let setup: serde_json::Value = serde_json::from_str(&setup).expect("setup --json output");
@@ -1135,9 +1166,9 @@ fn main() {
         .to_string();
     // Room for the idle sessions from one address; the routes under test.
     let route_toml = match o.route {
-        Route::Agent => format!(
-            "[agents.echo]\nupstream = \"http://{echo}\"\nidle_timeout = \"600s\"\n"
-        ),
+        Route::Agent => {
+            format!("[agents.echo]\nupstream = \"http://{echo}\"\nidle_timeout = \"600s\"\n")
+        }
         // No per-key cap on sessions: the idle-session test opens 1,000
         // with one key.
         Route::Proxy => format!(
@@ -1221,11 +1252,19 @@ fn main() {
         "latchkey: {} (pid {}, CPU 1), route {}",
         bin.display(),
         lk.proc.pid(),
-        if o.route == Route::Agent { "/agent/echo/ws" } else { "/proxy/echo/ws" }
+        if o.route == Route::Agent {
+            "/agent/echo/ws"
+        } else {
+            "/proxy/echo/ws"
+        }
     );
     println!(
         "machine: {ncpu} CPUs; proxy under test on CPU 1, client + echo server on CPU 0{}",
-        if is_root() { format!(", nice {NICE}") } else { String::new() }
+        if is_root() {
+            format!(", nice {NICE}")
+        } else {
+            String::new()
+        }
     );
     println!(
         "latency: {} messages after {} warm-up, one at a time on one session; \
@@ -1290,7 +1329,10 @@ fn main() {
         med[2].audio_fps / med[1].audio_fps,
     );
 
-    println!("\nmemory per open session ({} idle sessions, RSS of the proxy's processes)", o.sessions);
+    println!(
+        "\nmemory per open session ({} idle sessions, RSS of the proxy's processes)",
+        o.sessions
+    );
     for t in [&via_nginx, &latchkey] {
         let m = idle_sessions(&rt, t, o.sessions, &stats);
         println!(

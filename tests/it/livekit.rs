@@ -115,7 +115,10 @@ fn livekit_tokens_verify_with_the_official_package_and_stay_within_the_section()
     assert_eq!(c["identity"], "owner-bot");
     assert_eq!(c["name"], "Kitchen");
     assert_eq!(c["exp"], expires_at, "expires as the answer states");
-    assert!((before..=now()).contains(&c["nbf"].as_i64().expect("nbf")), "{c}");
+    assert!(
+        (before..=now()).contains(&c["nbf"].as_i64().expect("nbf")),
+        "{c}"
+    );
     let video = &c["video"];
     assert_eq!(video["room"], "agent-kitchen", "{c}");
     assert_eq!(video["room_join"], true, "{c}");
@@ -124,7 +127,14 @@ fn livekit_tokens_verify_with_the_official_package_and_stay_within_the_section()
     // Withheld: stated false, where the package (like LiveKit) would read
     // a missing one as allowed.
     assert_eq!(video["can_publish_data"], false, "{c}");
-    for admin in ["room_admin", "room_create", "room_list", "room_record", "hidden", "agent"] {
+    for admin in [
+        "room_admin",
+        "room_create",
+        "room_list",
+        "room_record",
+        "hidden",
+        "agent",
+    ] {
         assert!(video[admin] != true, "{admin}: {c}");
     }
 
@@ -162,17 +172,46 @@ fn livekit_tokens_verify_with_the_official_package_and_stay_within_the_section()
 
     // Outside the section: precise refusals.
     for (body, status, code) in [
-        (json!({"room": "kitchen", "identity": "owner"}), 403, "room_not_allowed"),
-        (json!({"room": "agent", "identity": "owner"}), 403, "room_not_allowed"),
-        (json!({"room": "standup", "identity": "alice"}), 403, "identity_not_allowed"),
-        (json!({"room": "standup", "identity": "owner-bot", "grants": {"roomAdmin": true}}),
-            403, "grant_not_allowed"),
-        (json!({"room": "standup", "identity": "owner-bot", "grants": {"canPublishData": true}}),
-            403, "grant_not_allowed"),
-        (json!({"room": "standup", "identity": "owner-bot", "ttl": "21m"}), 400, "ttl_too_long"),
-        (json!({"room": "standup", "identity": "owner-bot", "grants": {"canFly": true}}),
-            400, "invalid_field"),
-        (json!({"room": "standup\n", "identity": "owner-bot"}), 400, "invalid_field"),
+        (
+            json!({"room": "kitchen", "identity": "owner"}),
+            403,
+            "room_not_allowed",
+        ),
+        (
+            json!({"room": "agent", "identity": "owner"}),
+            403,
+            "room_not_allowed",
+        ),
+        (
+            json!({"room": "standup", "identity": "alice"}),
+            403,
+            "identity_not_allowed",
+        ),
+        (
+            json!({"room": "standup", "identity": "owner-bot", "grants": {"roomAdmin": true}}),
+            403,
+            "grant_not_allowed",
+        ),
+        (
+            json!({"room": "standup", "identity": "owner-bot", "grants": {"canPublishData": true}}),
+            403,
+            "grant_not_allowed",
+        ),
+        (
+            json!({"room": "standup", "identity": "owner-bot", "ttl": "21m"}),
+            400,
+            "ttl_too_long",
+        ),
+        (
+            json!({"room": "standup", "identity": "owner-bot", "grants": {"canFly": true}}),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"room": "standup\n", "identity": "owner-bot"}),
+            400,
+            "invalid_field",
+        ),
     ] {
         let r = mint(&s, &key, "home", &body);
         assert_eq!(r.status, status, "{body}: {}", r.body);
@@ -181,7 +220,11 @@ fn livekit_tokens_verify_with_the_official_package_and_stay_within_the_section()
 
     // Wrong scope: refused before the section is even looked up.
     let ok = json!({"room": "standup", "identity": "owner"});
-    for (k, section) in [(&proxy_key, "home"), (&office_key, "home"), (&key, "office")] {
+    for (k, section) in [
+        (&proxy_key, "home"),
+        (&office_key, "home"),
+        (&key, "office"),
+    ] {
         let r = mint(&s, k, section, &ok);
         assert_eq!(r.status, 403, "{section}: {}", r.body);
         assert_eq!(r.error_code(), "forbidden");
@@ -195,12 +238,18 @@ fn livekit_tokens_verify_with_the_official_package_and_stay_within_the_section()
     let r = b.get("/api/audit?action=livekit.token&limit=100");
     assert_eq!(r.status, 200, "{}", r.body);
     let events: Vec<Value> = r.json()["events"].as_array().expect("events").clone();
-    let minted: Vec<&Value> = events.iter().filter(|e| e["outcome"] == "success").collect();
+    let minted: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["outcome"] == "success")
+        .collect();
     let refused = events.iter().filter(|e| e["outcome"] == "failure").count();
     assert_eq!(minted.len(), 3, "{events:?}");
     assert_eq!(refused, 8, "{events:?}");
     for e in &minted {
-        assert!(e["actor"].as_str().is_some_and(|a| a.contains(&key_id)), "{e}");
+        assert!(
+            e["actor"].as_str().is_some_and(|a| a.contains(&key_id)),
+            "{e}"
+        );
         assert_eq!(e["target"], "home", "{e}");
     }
     assert!(
@@ -215,8 +264,14 @@ fn livekit_tokens_verify_with_the_official_package_and_stay_within_the_section()
 
     s.stop();
     let logs = format!("{}{}", s.stdout(), s.stderr());
-    assert!(!logs.contains(SECRET), "the server log leaked the LiveKit secret");
-    assert!(!logs.contains(&token), "the server log shows a minted token");
+    assert!(
+        !logs.contains(SECRET),
+        "the server log leaked the LiveKit secret"
+    );
+    assert!(
+        !logs.contains(&token),
+        "the server log shows a minted token"
+    );
 }
 
 /// A section whose secret is not in the vault yet: `409`, and the server

@@ -120,9 +120,7 @@ pub fn resolve(name: &str, s: &LiveKitSettings) -> Result<Section, (String, Stri
     if api_key.len() > MAX_NAME_LEN || !api_key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err((
             key("api_key"),
-            format!(
-                "an API key is 1 to {MAX_NAME_LEN} printable ASCII characters without spaces"
-            ),
+            format!("an API key is 1 to {MAX_NAME_LEN} printable ASCII characters without spaces"),
         ));
     }
     let secret_entry = s.secret.as_deref().ok_or_else(|| {
@@ -280,7 +278,11 @@ impl Pattern {
                 rest = after;
             } else {
                 let b = rest.as_bytes()[0];
-                tokens.push(if b == b'*' { Token::Star } else { Token::Byte(b) });
+                tokens.push(if b == b'*' {
+                    Token::Star
+                } else {
+                    Token::Byte(b)
+                });
                 // The alphabet is ASCII: one byte is one character.
                 rest = &rest[1..];
             }
@@ -361,7 +363,12 @@ mod tests {
         assert_eq!(err("home", &without("secret")), "livekit.home.secret");
         assert_eq!(err("home", &without("url")), "livekit.home.url");
         assert_eq!(err("home", &without("rooms")), "livekit.home.rooms");
-        let with = |line: &str| format!("{}\n{line}\n", without(line.split(' ').next().unwrap_or("")));
+        let with = |line: &str| {
+            format!(
+                "{}\n{line}\n",
+                without(line.split(' ').next().unwrap_or(""))
+            )
+        };
         for (line, key) in [
             ("api_key = \"has space\"", "api_key"),
             ("secret = \"../x\"", "secret"),
@@ -381,7 +388,11 @@ mod tests {
             ("default_ttl = \"2h\"", "default_ttl"),
             ("default_ttl = 0", "default_ttl"),
         ] {
-            assert_eq!(err("home", &with(line)), format!("livekit.home.{key}"), "{line}");
+            assert_eq!(
+                err("home", &with(line)),
+                format!("livekit.home.{key}"),
+                "{line}"
+            );
         }
     }
 

@@ -48,9 +48,7 @@ pub enum LiveKitError {
     GrantNotAllowed(String),
     #[error("a token may live at most {max} seconds here (asked: {asked})")]
     TtlTooLong { asked: u64, max: u64 },
-    #[error(
-        "LiveKit section `{name}`: its API secret (vault entry `{entry}`) is not in the vault"
-    )]
+    #[error("LiveKit section `{name}`: its API secret (vault entry `{entry}`) is not in the vault")]
     SecretMissing { name: String, entry: String },
     #[error(transparent)]
     Vault(VaultError),

@@ -158,10 +158,9 @@ fn withheld_grants_are_stated_false_and_asked_ones_checked() {
     // Without `grants`: the participant grants the section allows; the
     // withheld canPublish and canPublishData are written `false`, since
     // LiveKit would read their absence as allowed.
-    let m = f
-        .lk
-        .mint("home", &ask("standup", "alice"), &alice(), NOW)
-        .expect("mint");
+    let m =
+        f.lk.mint("home", &ask("standup", "alice"), &alice(), NOW)
+            .expect("mint");
     assert_eq!(
         verify(&m.token)["video"],
         json!({
@@ -187,31 +186,45 @@ fn withheld_grants_are_stated_false_and_asked_ones_checked() {
         json!({"roomAdmin": true}),
         json!({"roomList": true}),
     ] {
-        let err = f
-            .lk
-            .mint("home", &with_grants(ask("standup", "alice"), grants.clone()), &alice(), NOW)
+        let err =
+            f.lk.mint(
+                "home",
+                &with_grants(ask("standup", "alice"), grants.clone()),
+                &alice(),
+                NOW,
+            )
             .expect_err("refused");
-        assert!(matches!(err, LiveKitError::GrantNotAllowed(_)), "{grants}: {err}");
+        assert!(
+            matches!(err, LiveKitError::GrantNotAllowed(_)),
+            "{grants}: {err}"
+        );
     }
-    let err = f
-        .lk
-        .mint(
+    let err =
+        f.lk.mint(
             "home",
             &with_grants(ask("standup", "alice"), json!({"canFly": true})),
             &alice(),
             NOW,
         )
         .expect_err("unknown");
-    assert!(matches!(err, LiveKitError::Invalid { field: "grants", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LiveKitError::Invalid {
+                field: "grants",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn publish_sources_are_capped_by_the_section() {
     let f = fixture("publish_sources = [\"microphone\"]\n");
-    let m = f
-        .lk
-        .mint("home", &ask("standup", "alice"), &alice(), NOW)
-        .expect("mint");
+    let m =
+        f.lk.mint("home", &ask("standup", "alice"), &alice(), NOW)
+            .expect("mint");
     assert_eq!(
         verify(&m.token)["video"]["canPublishSources"],
         json!(["microphone"])
@@ -240,10 +253,9 @@ fn rooms_and_identities_outside_the_patterns_are_refused_and_audited() {
         ("standup", "alice/x", "invalid_field"),
         ("", "alice", "invalid_field"),
     ] {
-        let err = f
-            .lk
-            .mint("home", &ask(room, identity), &alice(), NOW)
-            .expect_err("refused");
+        let err =
+            f.lk.mint("home", &ask(room, identity), &alice(), NOW)
+                .expect_err("refused");
         assert_eq!(err.reason(), want, "{room} {identity}: {err}");
     }
     // `{user}` is the caller's own name.

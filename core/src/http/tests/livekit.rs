@@ -28,7 +28,11 @@ fn livekit_app() -> TestApp {
     app
 }
 
-async fn answer(app: &TestApp, path: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+async fn answer(
+    app: &TestApp,
+    path: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
     let resp = app.send(json_req("POST", path, body)).await;
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
@@ -36,7 +40,10 @@ async fn answer(app: &TestApp, path: &str, body: serde_json::Value) -> (StatusCo
         .expect("body");
     let text = String::from_utf8_lossy(&bytes).into_owned();
     assert!(!text.contains(SECRET), "{text}");
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
 }
 
 #[tokio::test]
@@ -70,27 +77,66 @@ async fn the_host_mints_a_token_for_its_own_identity() {
 async fn refusals_have_their_own_codes() {
     let app = livekit_app();
     for (path, body, status, code) in [
-        ("/api/livekit/office/token", serde_json::json!({"room": "standup", "identity": "host"}),
-            StatusCode::NOT_FOUND, "unknown_livekit"),
-        ("/api/livekit/Bad..Name/token", serde_json::json!({"room": "standup", "identity": "host"}),
-            StatusCode::NOT_FOUND, "unknown_livekit"),
-        ("/api/livekit/home/token", serde_json::json!({"room": "other", "identity": "host"}),
-            StatusCode::FORBIDDEN, "room_not_allowed"),
-        ("/api/livekit/home/token", serde_json::json!({"room": "standup", "identity": "alice"}),
-            StatusCode::FORBIDDEN, "identity_not_allowed"),
-        ("/api/livekit/home/token",
+        (
+            "/api/livekit/office/token",
+            serde_json::json!({"room": "standup", "identity": "host"}),
+            StatusCode::NOT_FOUND,
+            "unknown_livekit",
+        ),
+        (
+            "/api/livekit/Bad..Name/token",
+            serde_json::json!({"room": "standup", "identity": "host"}),
+            StatusCode::NOT_FOUND,
+            "unknown_livekit",
+        ),
+        (
+            "/api/livekit/home/token",
+            serde_json::json!({"room": "other", "identity": "host"}),
+            StatusCode::FORBIDDEN,
+            "room_not_allowed",
+        ),
+        (
+            "/api/livekit/home/token",
+            serde_json::json!({"room": "standup", "identity": "alice"}),
+            StatusCode::FORBIDDEN,
+            "identity_not_allowed",
+        ),
+        (
+            "/api/livekit/home/token",
             serde_json::json!({"room": "standup", "identity": "host", "grants": {"roomAdmin": true}}),
-            StatusCode::FORBIDDEN, "grant_not_allowed"),
-        ("/api/livekit/home/token", serde_json::json!({"room": "standup", "identity": "host", "ttl": "31m"}),
-            StatusCode::BAD_REQUEST, "ttl_too_long"),
-        ("/api/livekit/home/token", serde_json::json!({"room": "standup", "identity": "host", "ttl": "soon"}),
-            StatusCode::BAD_REQUEST, "invalid_request"),
-        ("/api/livekit/home/token", serde_json::json!({"room": "standup", "identity": "host", "metadata": "x"}),
-            StatusCode::BAD_REQUEST, "invalid_request"),
-        ("/api/livekit/home/token", serde_json::json!({"identity": "host"}),
-            StatusCode::BAD_REQUEST, "invalid_request"),
-        ("/api/livekit/home/token", serde_json::json!({"room": "stand up", "identity": "host"}),
-            StatusCode::BAD_REQUEST, "invalid_field"),
+            StatusCode::FORBIDDEN,
+            "grant_not_allowed",
+        ),
+        (
+            "/api/livekit/home/token",
+            serde_json::json!({"room": "standup", "identity": "host", "ttl": "31m"}),
+            StatusCode::BAD_REQUEST,
+            "ttl_too_long",
+        ),
+        (
+            "/api/livekit/home/token",
+            serde_json::json!({"room": "standup", "identity": "host", "ttl": "soon"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/api/livekit/home/token",
+            serde_json::json!({"room": "standup", "identity": "host", "metadata": "x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/api/livekit/home/token",
+            serde_json::json!({"identity": "host"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/api/livekit/home/token",
+            serde_json::json!({"room": "stand up", "identity": "host"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+        ),
     ] {
         let (got, reply) = answer(&app, path, body.clone()).await;
         assert_eq!(got, status, "{body}: {reply}");
