@@ -18,6 +18,9 @@ apt_packages=(
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev
   libsoup-3.0-dev libjavascriptcoregtk-4.1-dev libxdo-dev
   xvfb xauth webkit2gtk-driver dbus-x11 libsecret-tools xdg-utils
+  # The desktop test's tray host and notification server on its own session
+  # bus (tests/desktop/desktop_services.py), and gdbus to read the tray item.
+  python3-dbus python3-gi libglib2.0-bin
   # The service and the .deb (docs/PACKAGING.md): systemd-analyze verify,
   # security and syscall-filter on the unit (they work without systemd as
   # PID 1); strace for the syscall-filter test; dpkg-shlibdeps for the

@@ -11,6 +11,7 @@ mod connections;
 mod crash;
 mod deb;
 mod desktop;
+mod desktop_oauth;
 mod fixtures;
 mod forward_auth;
 mod hardening_connections;
