@@ -25,6 +25,7 @@ mod key_sources;
 mod leaks;
 mod proxy;
 mod proxy_limits;
+mod realtime;
 mod reverse_proxy;
 mod security_doc;
 mod serve;
