@@ -88,12 +88,21 @@ def run_openai():
 def run_deepgram():
     from deepgram import DeepgramClient
     from deepgram.core.events import EventType
+    from deepgram.environment import DeepgramClientEnvironment
 
+    # The SDK's WebSocket (the `websockets` library) uses the default TLS
+    # context, which reads SSL_CERT_FILE: trust Latchkey's CA only.
+    os.environ["SSL_CERT_FILE"] = CA
     transcripts = []
     done = threading.Event()
-
-    client = DeepgramClient(api_key=KEY, environment=deepgram_environment())
-    with client.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate="16000") as conn:
+    env = DeepgramClientEnvironment(
+        base=f"{URL}/proxy/deepgram",
+        production=f"{WS_URL}/proxy/deepgram",
+        agent=f"{WS_URL}/proxy/deepgram",
+        agent_rest=f"{URL}/proxy/deepgram",
+    )
+    client = DeepgramClient(api_key=KEY, environment=env, reconnect=False)
+    with client.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=16000) as conn:
         def on_message(m):
             if getattr(m, "type", None) == "Results":
                 transcripts.append(m.channel.alternatives[0].transcript)
@@ -109,19 +118,10 @@ def run_deepgram():
             time.sleep(0.05)
         if not done.wait(10):
             raise AssertionError(f"transcripts: {transcripts}")
-        from deepgram.extensions.types.sockets import ListenV1ControlMessage
-
-        conn.send_control(ListenV1ControlMessage(type="CloseStream"))
+        conn.send_close_stream()
         listener.join(5)
     expect("transcripts", transcripts, ["hello from the mock"] * 5)
     print(f"ok   deepgram live transcripts={len(transcripts)}", flush=True)
-
-
-def deepgram_environment():
-    from deepgram.environment import DeepgramClientEnvironment
-
-    base = f"{URL}/proxy/deepgram"
-    return DeepgramClientEnvironment(base=base, production=WS_URL + "/proxy/deepgram", agent=WS_URL + "/proxy/deepgram")
 
 
 async def run_raw(spec):
