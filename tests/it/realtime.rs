@@ -400,6 +400,26 @@ fn realtime_refusals_limits_and_ends_have_their_codes() {
         t.elapsed()
     );
 
+    // A user disabled mid-session: the same.
+    let erin = latchkey_e2e::invited(&s, b, "erin", "user");
+    let (_, erin_key) = create_key(&erin, "erin-voice", &["proxy:openai"]);
+    let held = Held::open(
+        &s,
+        &erin_key,
+        serde_json::json!({"path": path, "headers": bearer(&erin_key)}),
+    );
+    let r = b.call("POST", "/api/users/erin/disable", None);
+    assert_eq!(r.status, 200, "disable: {}", r.body);
+    let t = Instant::now();
+    let line = held.next(Duration::from_secs(3));
+    assert_eq!(line.as_deref(), Some("closed 1008 credential revoked"));
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(held);
+
     // The vault sealed mid-session: the same.
     let (_, sealed) = create_key(b, "sealed", &["proxy:openai"]);
     let held = Held::open(
