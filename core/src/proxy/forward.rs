@@ -8,7 +8,7 @@
 //! dropped, which drops the upstream response and its connection, so the
 //! upstream request is cancelled.
 
-use super::headers::{filter_request_headers, response_headers};
+use super::headers::{filter_request_headers, filter_response_headers};
 use super::providers::{Injection, Provider};
 use super::usage::{UsageKey, UsageParser};
 use super::{Proxy, ProxyError, Route};
@@ -414,7 +414,7 @@ async fn forward(
     );
 
     // 7. Back to the client, streamed through the usage tap.
-    let (rparts, rbody) = resp.into_parts();
+    let (mut rparts, rbody) = resp.into_parts();
     let content_type = rparts
         .headers
         .get(header::CONTENT_TYPE)
@@ -451,7 +451,8 @@ async fn forward(
     );
     let mut out = Response::new(Body::new(body));
     *out.status_mut() = rparts.status;
-    *out.headers_mut() = response_headers(&rparts.headers);
+    filter_response_headers(&mut rparts.headers);
+    *out.headers_mut() = rparts.headers;
     Ok(out)
 }
 
