@@ -27,6 +27,7 @@ mod leaks;
 mod livekit;
 mod proxy;
 mod proxy_limits;
+mod realtime;
 mod reverse_proxy;
 mod security_doc;
 mod serve;
