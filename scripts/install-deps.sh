@@ -18,6 +18,9 @@ apt_packages=(
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev
   libsoup-3.0-dev libjavascriptcoregtk-4.1-dev libxdo-dev
   xvfb xauth webkit2gtk-driver dbus-x11 libsecret-tools xdg-utils
+  # The desktop test's tray host and notification server on its own session
+  # bus (tests/desktop/desktop_services.py), and gdbus to read the tray item.
+  python3-dbus python3-gi libglib2.0-bin
   # The service and the .deb (docs/PACKAGING.md): systemd-analyze verify,
   # security and syscall-filter on the unit (they work without systemd as
   # PID 1); strace for the syscall-filter test; dpkg-shlibdeps for the
@@ -56,6 +59,16 @@ fi
 if ! python3 -c 'import livekit.api, jwt' 2>/dev/null; then
   python3 -m pip install --quiet 'livekit-api==1.2.2' ||
     python3 -m pip install --quiet --break-system-packages 'livekit-api==1.2.2'
+fi
+
+# The realtime clients for tests/sdk/check_realtime.py and the mock realtime
+# upstream tests/sdk/realtime_upstream.py (the `realtime_*` end-to-end tests,
+# tests/it/realtime.rs): the `openai` SDK with its realtime extra (which
+# brings `websockets`) and the `deepgram-sdk` live client, pinned.
+REALTIME_PY=('openai[realtime]==3.63.0' 'deepgram-sdk==7.16.0')
+if ! python3 -c 'import openai, websockets, deepgram; from openai.resources.realtime import realtime' 2>/dev/null; then
+  python3 -m pip install --quiet "${REALTIME_PY[@]}" ||
+    python3 -m pip install --quiet --break-system-packages "${REALTIME_PY[@]}"
 fi
 
 # The real OpenID Connect server (npm `oidc-provider`) that the connection

@@ -179,6 +179,12 @@ fn table() -> Vec<Row> {
         // Proxy usage: admins see all, others their own keys' (`keys:manage`).
         row("GET", "/api/usage", "/api/usage", None,
             ["200", "200", "200", "200", "200", "403", "200", "403", "401"]),
+        // Realtime sessions: listed like usage (admins all, others their
+        // own); only `admin` ends one (none is open: 404).
+        row("GET", "/api/realtime/sessions", "/api/realtime/sessions", None,
+            ["200", "200", "200", "200", "200", "403", "200", "403", "401"]),
+        row("DELETE", "/api/realtime/sessions/{id}", "/api/realtime/sessions/rt_1", None,
+            ["404", "403", "403", "404", "404", "403", "403", "403", "401"]),
         // The proxy takes API keys only; the scope is checked before the
         // provider is looked up (none is configured here).
         row("GET", "/proxy/{provider}/{*path}", "/proxy/openai/v1/models", None,

@@ -501,6 +501,20 @@ impl Settings {
                 "must be 0 (off) to 3600 seconds".into(),
             ));
         }
+        let rt_session = self.proxy.realtime_max_session;
+        if rt_session < Duration::from_secs(1) || rt_session > Duration::from_secs(7 * 86400) {
+            return Err(("proxy.realtime_max_session", "must be 1 s to 7 days".into()));
+        }
+        let rt_idle = self.proxy.realtime_idle_timeout;
+        if rt_idle < Duration::from_secs(1) || rt_idle > Duration::from_secs(86400) {
+            return Err(("proxy.realtime_idle_timeout", "must be 1 s to 24 h".into()));
+        }
+        if !(126..=(1 << 30)).contains(&self.proxy.realtime_max_message_bytes) {
+            return Err((
+                "proxy.realtime_max_message_bytes",
+                "must be 126 bytes to 1 GiB".into(),
+            ));
+        }
         if self.server.max_body_bytes == 0 {
             return Err(("server.max_body_bytes", "must be greater than zero".into()));
         }

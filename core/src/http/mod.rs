@@ -12,7 +12,9 @@
 //! - `/api/keys`, `/api/account/…`, `/api/users…`, `/api/audit`: keys,
 //!   one's own account, user management, the audit log;
 //! - `/api/vault/…`, `/api/backup`, `/api/status`: the vault and operations;
-//! - `/api/usage`: proxy usage totals;
+//! - `/api/usage`: proxy usage totals; `/api/realtime/sessions`: the open
+//!   realtime (WebSocket) sessions, which an administrator may end
+//!   ([`realtime`]);
 //! - `/api/connections…`: OAuth connections and the broker ([`connections`]);
 //! - `/api/livekit/{name}/token`: LiveKit room tokens ([`livekit`]);
 //! - `/proxy/<provider>/…`: the agent proxy ([`crate::proxy`]), which
@@ -45,6 +47,7 @@ pub mod middleware;
 pub mod ops;
 pub mod origin;
 pub mod proxy;
+pub mod realtime;
 pub mod ui;
 pub mod usage;
 pub mod users;
@@ -335,6 +338,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/backup", post(vault::backup))
         .route("/api/status", get(ops::status))
         .route("/api/usage", get(usage::list))
+        .route("/api/realtime/sessions", get(realtime::list))
+        .route("/api/realtime/sessions/{id}", delete(realtime::end))
         .route("/api/connections", get(connections::list))
         .route("/api/connections/providers", get(connections::providers))
         .route(
