@@ -749,8 +749,9 @@ fn idle_sessions(rt: &tokio::runtime::Runtime, t: &Target, n: usize, stats: &Ech
     let sessions = rt
         .block_on(open_idle(t, n))
         .unwrap_or_else(|e| panic!("{}: opening {n} sessions: {e}", t.name));
-    // Let buffers settle and the echo side see them all.
-    rt.block_on(tokio::time::sleep(Duration::from_secs(2)));
+    // Let buffers settle and the echo side see them all (the timer is
+    // made inside the runtime).
+    rt.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
     let open = rss_of(&t.pids);
     let reached = stats.upgrades.load(Ordering::Relaxed) - upgrades0;
     let open_upstream = stats.open.load(Ordering::Relaxed);
