@@ -31,7 +31,7 @@ use super::forward::{
     ProxyContext, admit, client_key as http_client_key, credential, inject_header, split_path,
     upstream_error, upstream_uri,
 };
-use super::headers::{filter_request_headers, response_headers};
+use super::headers::{filter_request_headers, filter_response_headers};
 use crate::auth::Via;
 use crate::auth::lifetime::{Guard, until_revoked};
 use crate::auth::store::UserId;
@@ -376,10 +376,11 @@ pub(super) async fn open(
         .answered(resp.status().as_u16(), started.elapsed());
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream's refusal (401, 404, 429, …), as it gave it.
-        let (rparts, rbody) = resp.into_parts();
+        let (mut rparts, rbody) = resp.into_parts();
+        filter_response_headers(&mut rparts.headers);
         let mut out = Response::new(Body::new(rbody));
         *out.status_mut() = rparts.status;
-        *out.headers_mut() = response_headers(&rparts.headers);
+        *out.headers_mut() = rparts.headers;
         return Ok(out);
     }
     if resp
@@ -392,7 +393,8 @@ pub(super) async fn open(
         });
     }
     let upstream = hyper::upgrade::on(&mut resp);
-    let mut h = response_headers(resp.headers());
+    let mut h = std::mem::take(resp.headers_mut());
+    filter_response_headers(&mut h);
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let mut out = Response::new(Body::empty());
