@@ -438,6 +438,8 @@ struct EchoStats {
     open: AtomicU64,
 }
 
+// The callback's signature is tungstenite's (its error is an HTTP response).
+#[allow(clippy::result_large_err)]
 async fn echo_session(tcp: tokio::net::TcpStream, stats: Arc<EchoStats>) {
     let _ = tcp.set_nodelay(true);
     let st = Arc::clone(&stats);
@@ -461,14 +463,11 @@ async fn echo_session(tcp: tokio::net::TcpStream, stats: Arc<EchoStats>) {
     };
     stats.open.fetch_add(1, Ordering::Relaxed);
     while let Some(Ok(msg)) = ws.next().await {
-        match msg {
-            Message::Text(_) | Message::Binary(_) => {
-                if ws.send(msg).await.is_err() {
-                    break;
-                }
-            }
-            Message::Close(_) => break,
-            _ => {}
+        if msg.is_close() {
+            break;
+        }
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            break;
         }
     }
     stats.open.fetch_sub(1, Ordering::Relaxed);

@@ -8,12 +8,14 @@ use crate::vault::{Kind, NewRecord};
 const SECRET: &str = "lk-handler-CANARY-0123456789abcdef";
 
 fn livekit_app() -> TestApp {
-    let mut settings = Settings::default();
-    settings.livekit = toml::from_str(
-        "[home]\napi_key = \"APIhome\"\nsecret = \"lk-secret\"\nurl = \"ws://127.0.0.1:7880\"\n\
-         rooms = [\"standup\"]\nmax_ttl = \"30m\"\n",
-    )
-    .expect("livekit");
+    let settings = Settings {
+        livekit: toml::from_str(
+            "[home]\napi_key = \"APIhome\"\nsecret = \"lk-secret\"\nurl = \"ws://127.0.0.1:7880\"\n\
+             rooms = [\"standup\"]\nmax_ttl = \"30m\"\n",
+        )
+        .expect("livekit"),
+        ..Settings::default()
+    };
     let app = app_with(settings);
     let record = NewRecord {
         name: "lk-secret".into(),
