@@ -18,6 +18,9 @@ apt_packages=(
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev
   libsoup-3.0-dev libjavascriptcoregtk-4.1-dev libxdo-dev
   xvfb xauth webkit2gtk-driver dbus-x11 libsecret-tools xdg-utils
+  # The desktop test's tray host and notification server on its own session
+  # bus (tests/desktop/desktop_services.py), and gdbus to read the tray item.
+  python3-dbus python3-gi libglib2.0-bin
   # The service and the .deb (docs/PACKAGING.md): systemd-analyze verify,
   # security and syscall-filter on the unit (they work without systemd as
   # PID 1); strace for the syscall-filter test; dpkg-shlibdeps for the
@@ -48,6 +51,14 @@ if ! python3 -c 'import openai, anthropic' 2>/dev/null; then
   # Debian's own python3 is "externally managed" (PEP 668): allow the install.
   python3 -m pip install --quiet 'openai>=1' 'anthropic>=0.30' ||
     python3 -m pip install --quiet --break-system-packages 'openai>=1' 'anthropic>=0.30'
+fi
+
+# The official LiveKit server SDK for Python (`livekit-api`, pinned): its
+# `TokenVerifier` checks the room tokens Latchkey mints
+# (tests/sdk/livekit_verify.py, driven by tests/it/livekit.rs).
+if ! python3 -c 'import livekit.api, jwt' 2>/dev/null; then
+  python3 -m pip install --quiet 'livekit-api==1.2.2' ||
+    python3 -m pip install --quiet --break-system-packages 'livekit-api==1.2.2'
 fi
 
 # The realtime clients for tests/sdk/check_realtime.py and the mock realtime

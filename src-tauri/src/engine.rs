@@ -66,9 +66,8 @@ impl std::fmt::Debug for Phase {
 pub struct Live {
     pub front: Front,
     pub state: AppState,
-    /// `http://127.0.0.1:PORT`: the loopback listener's origin, which the
-    /// window's requests are presented under.
-    pub origin: String,
+    /// `127.0.0.1:PORT`: the loopback listener's authority, which the
+    /// window's requests are presented under (`crate::scheme`).
     pub host_authority: String,
     pub proxy_addrs: Vec<SocketAddr>,
 }
@@ -245,7 +244,6 @@ impl Engine {
         let live = Arc::new(Live {
             front: Front::new(running.state().clone()),
             state: running.state().clone(),
-            origin: format!("http://{host_authority}"),
             host_authority,
             proxy_addrs: running.local_addrs().to_vec(),
         });

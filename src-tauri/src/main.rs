@@ -10,6 +10,7 @@
 
 mod config;
 mod engine;
+mod oauth;
 mod scheme;
 mod screens;
 mod tray;
@@ -35,6 +36,8 @@ pub fn started() -> Instant {
 struct Desktop {
     engine: Arc<Engine>,
     jar: Arc<Jar>,
+    /// The OAuth flow waiting for its loopback redirect, if any.
+    flows: Arc<oauth::Flows>,
 }
 
 fn main() {
@@ -98,8 +101,12 @@ fn run() -> anyhow::Result<()> {
                     return;
                 };
                 let page = app.get_webview_window(&label).and_then(|w| w.url().ok());
-                let (engine, jar) = (Arc::clone(&desk.engine), Arc::clone(&desk.jar));
-                responder.respond(scheme::answer(&engine, &jar, page, req).await);
+                let (engine, jar, flows) = (
+                    Arc::clone(&desk.engine),
+                    Arc::clone(&desk.jar),
+                    Arc::clone(&desk.flows),
+                );
+                responder.respond(scheme::answer(&engine, &jar, &flows, page, req).await);
             });
         })
         .setup(move |app| {
@@ -109,9 +116,15 @@ fn run() -> anyhow::Result<()> {
             tracing::info!(data_dir = %data_dir.display(), "starting");
             let engine = Engine::new(data_dir, env, core_runtime.clone());
             engine.start(None);
+            let handle = app.handle().clone();
+            let navigate: oauth::Navigate = Arc::new(move |path: String| {
+                let app = handle.clone();
+                let _ = handle.run_on_main_thread(move || window::open_at(&app, &path));
+            });
             app.manage(Desktop {
                 engine: Arc::clone(&engine),
                 jar: Arc::new(Jar::default()),
+                flows: Arc::new(oauth::Flows::new(navigate)),
             });
             tray::install(app.handle())?;
             tray::spawn_watcher(app.handle().clone(), Arc::clone(&engine));
@@ -172,6 +185,7 @@ pub fn quit(app: &AppHandle) {
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
         if let Some(desk) = app.try_state::<Desktop>() {
+            desk.flows.stop();
             desk.engine.shutdown().await;
         }
         app.exit(0);
@@ -185,6 +199,7 @@ pub fn lock(app: &AppHandle) {
         if let Phase::Running(live) = desk.engine.phase() {
             live.state.vault.seal();
         }
+        desk.flows.stop();
         desk.jar.clear();
         tracing::info!("locked from the tray");
     }

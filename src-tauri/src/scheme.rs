@@ -23,14 +23,17 @@
 //! other link opens in the system browser, and no other process can load
 //! a custom scheme of ours. A page on the loopback listener (any local
 //! program can reach it) gets no cookie from the jar: the jar only serves
-//! this scheme.
+//! this scheme — and, for one OAuth flow, its binding cookie goes to the
+//! core with that flow's own callback (`crate::oauth`, which is also why
+//! a flow's `/start` is presented under its redirect listener's port).
 
 use crate::engine::{Engine, Phase};
+use crate::oauth::{self, Flows};
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use url::Url;
 
 /// The scheme's name.
@@ -143,6 +146,15 @@ impl Jar {
         }
     }
 
+    /// One cookie's value (the OAuth redirect listener takes the flow's
+    /// binding cookie, and only it, to the core: `crate::oauth`).
+    pub fn get(&self, name: &str) -> Option<zeroize::Zeroizing<String>> {
+        let cookies = self.cookies.lock().ok()?;
+        cookies
+            .get(name)
+            .map(|v| zeroize::Zeroizing::new(v.clone()))
+    }
+
     /// Forgets every cookie (the session ends with the app).
     pub fn clear(&self) {
         if let Ok(mut c) = self.cookies.lock() {
@@ -153,8 +165,9 @@ impl Jar {
 
 /// Answers one request of the window.
 pub async fn answer(
-    engine: &std::sync::Arc<Engine>,
-    jar: &Jar,
+    engine: &Arc<Engine>,
+    jar: &Arc<Jar>,
+    flows: &Arc<Flows>,
     page: Option<Url>,
     req: Request<Vec<u8>>,
 ) -> Response<Vec<u8>> {
@@ -175,17 +188,43 @@ pub async fn answer(
         return crate::screens::answer(engine, req).await;
     }
     match engine.phase() {
-        Phase::Running(live) => forward(&live, jar, req).await,
+        Phase::Running(live) => forward(&live, jar, flows, req).await,
         _ => crate::screens::not_running(engine, &path),
     }
 }
 
 async fn forward(
     live: &crate::engine::Live,
-    jar: &Jar,
+    jar: &Arc<Jar>,
+    flows: &Arc<Flows>,
     req: Request<Vec<u8>>,
 ) -> Response<Vec<u8>> {
     let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    // The origin the request is presented under (see the module docs):
+    // the loopback listener's, except for OAuth — a flow's `/start` goes
+    // under the port of its own redirect listener, so that the core's
+    // redirect URI names it, and the answers that show the redirect URI
+    // to register name the port-less loopback origin (`crate::oauth`).
+    let flow_provider = oauth::start_provider(&parts.method, &path).map(str::to_string);
+    let bound = match flow_provider {
+        Some(_) => match oauth::Bound::new().await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not bind a loopback port for the OAuth redirect");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no loopback port for the OAuth redirect",
+                );
+            }
+        },
+        None => None,
+    };
+    let authority = match &bound {
+        Some(b) => b.authority(),
+        None if oauth::names_redirect_uri(&path) => "127.0.0.1".to_string(),
+        None => live.host_authority.clone(),
+    };
     // Only the path and query travel; the core sees the request as sent
     // to its loopback listener by the page of that origin.
     let pq = parts
@@ -210,8 +249,8 @@ async fn forward(
         h.remove(name);
     }
     let (Ok(host), Ok(origin)) = (
-        HeaderValue::from_str(&live.host_authority),
-        HeaderValue::from_str(&live.origin),
+        HeaderValue::from_str(&authority),
+        HeaderValue::from_str(&format!("http://{authority}")),
     ) else {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "bad origin");
     };
@@ -243,6 +282,21 @@ async fn forward(
             return plain(StatusCode::BAD_GATEWAY, "bad gateway");
         }
     };
+    if let (Some(bound), Some(provider)) = (bound, flow_provider)
+        && parts.status == StatusCode::OK
+    {
+        let state = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["authorize_url"].as_str().and_then(oauth::state_of));
+        match state {
+            Some(state) => {
+                flows.begin(bound, &provider, state, live.front.clone(), Arc::clone(jar))
+            }
+            None => {
+                tracing::warn!("the core's /start answer carries no state; no redirect listener")
+            }
+        }
+    }
     Response::from_parts(parts, bytes)
 }
 

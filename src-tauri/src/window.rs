@@ -25,7 +25,28 @@ pub fn show(app: &AppHandle) {
         let _ = w.set_focus();
         return;
     }
-    if let Err(e) = build(app) {
+    let Some(start) = scheme::page_url("/_desktop/start") else {
+        return;
+    };
+    if let Err(e) = build(app, start) {
+        tracing::error!(error = %e, "could not open the window");
+    }
+}
+
+/// Shows the window at `path` of our origin (creating it if it is
+/// closed) and focuses it: where an OAuth flow ends (`crate::oauth`).
+pub fn open_at(app: &AppHandle, path: &str) {
+    let Some(url) = scheme::page_url(path) else {
+        return;
+    };
+    if let Some(w) = app.get_webview_window(MAIN) {
+        let _ = w.navigate(url);
+        let _ = w.unminimize();
+        let _ = w.show();
+        let _ = w.set_focus();
+        return;
+    }
+    if let Err(e) = build(app, url) {
         tracing::error!(error = %e, "could not open the window");
     }
 }
@@ -40,10 +61,7 @@ pub fn restart(app: &AppHandle) {
     }
 }
 
-fn build(app: &AppHandle) -> tauri::Result<()> {
-    let Some(start) = scheme::page_url("/_desktop/start") else {
-        return Ok(());
-    };
+fn build(app: &AppHandle, start: Url) -> tauri::Result<()> {
     let opener = app.clone();
     let opener2 = app.clone();
     let started = crate::started();

@@ -130,6 +130,12 @@ fn table() -> Vec<Row> {
             Some(r#"{"client_id":"walk"}"#),
             ["404:unknown_provider", "403", "403", "403:reauth_required",
              "404:unknown_provider", "403", "403", "403", "401"]),
+        // LiveKit room tokens: `livekit:<name>` under UseProxy (every
+        // role), checked before the section is looked up.
+        row("POST", "/api/livekit/{name}/token", "/api/livekit/walk/token",
+            Some(r#"{"room":"standup","identity":"walk"}"#),
+            ["404:unknown_livekit", "404:unknown_livekit", "404:unknown_livekit",
+             "404:unknown_livekit", "404:unknown_livekit", "403", "403", "403", "401"]),
         row("PUT", "/api/keys/{id}/limits", "/api/keys/0123456789abcdef/limits", Some(r#"{"tokens_per_day":1}"#),
             ["404", "404", "404", "404", "404", "403", "404", "403", "401"]),
         // One's own account: people only (sessions, access tokens).

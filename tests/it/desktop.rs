@@ -15,9 +15,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const CANARY: &str = "sk-desktop-canary-5b1f0c9e77d24a61";
-const STEP: Duration = Duration::from_secs(30);
+pub(crate) const STEP: Duration = Duration::from_secs(30);
 
-fn shots_dir(name: &str) -> PathBuf {
+pub(crate) fn shots_dir(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/desktop-e2e")
         .join(name);
@@ -26,19 +26,19 @@ fn shots_dir(name: &str) -> PathBuf {
     d
 }
 
-fn shot(s: &Session, dir: &Path, name: &str) {
+pub(crate) fn shot(s: &Session, dir: &Path, name: &str) {
     let png = s.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
     std::fs::write(dir.join(format!("{name}.png")), png).expect("save screenshot");
 }
 
-fn lock_pid(data: &Path) -> Option<u32> {
+pub(crate) fn lock_pid(data: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(data.join("latchkey.lock")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()
@@ -107,7 +107,7 @@ fn launch_ms(log: &str, message: &str) -> Option<u64> {
 }
 
 /// `curl` status code of `GET url` (000 when nothing answers).
-fn http_status(url: &str) -> String {
+pub(crate) fn http_status(url: &str) -> String {
     let out = Command::new("curl")
         .args([
             "-s",
@@ -124,7 +124,7 @@ fn http_status(url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let started = Instant::now();
     while !ok() {
         assert!(started.elapsed() < limit, "timed out waiting for {what}");
@@ -133,7 +133,7 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 /// The official OpenAI SDK streams through the loopback proxy.
-fn sdk_stream(env: &DesktopEnv, step: &str, port: u16, key: &str) -> String {
+pub(crate) fn sdk_stream(env: &DesktopEnv, step: &str, port: u16, key: &str) -> String {
     let c = latchkey_e2e::sdk_script(
         "openai_stream.py",
         "openai",
@@ -157,10 +157,44 @@ fn sdk_stream(env: &DesktopEnv, step: &str, port: u16, key: &str) -> String {
 
 /// Quits the app as the system does (SIGTERM: it shuts down in order) and
 /// waits for it to be gone.
-fn quit(data: &Path) {
+pub(crate) fn quit(data: &Path) {
     let pid = lock_pid(data).expect("the running app's PID in the lock file");
     let _ = Command::new("kill").arg(pid.to_string()).status();
     wait_until("the app to exit", Duration::from_secs(40), || !alive(pid));
+}
+
+/// The setup wizard, which a first launch opens by itself, completed in
+/// the window (owner `owner`, TOTP from the key shown); ends on the home
+/// screen. Returns the owner's authenticator.
+pub(crate) fn complete_setup(s: &Session, shots: &Path) -> latchkey_e2e::Authenticator {
+    s.wait_text("Repeat password", STEP);
+    shot(s, shots, "01-setup-wizard");
+    assert!(
+        !s.url().contains("token="),
+        "the setup token left the URL: {}",
+        s.url()
+    );
+    assert!(s.url().starts_with("latchkey://localhost/"), "{}", s.url());
+    s.type_into(&s.field("Username"), "owner");
+    s.type_into(&s.field("Password"), PASSWORD);
+    s.type_into(&s.field("Repeat password"), PASSWORD);
+    s.click(&s.button("Continue"));
+    let key_text = s.element_text(&s.css(".totp-key"));
+    let secret: String = key_text
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    shot(s, shots, "02-authenticator");
+    let totp = latchkey_e2e::Authenticator::new(&format!("otpauth://totp/x?secret={secret}"));
+    s.type_into(&s.field("Code from your authenticator app"), &totp.code());
+    s.click(&s.button("Confirm"));
+    s.wait_text("Continue to Latchkey", STEP);
+    shot(s, shots, "03-recovery-codes");
+    s.check(&s.field("I have saved my recovery codes"));
+    s.click(&s.button("Continue to Latchkey"));
+    s.wait_text("Vault", STEP);
+    shot(s, shots, "04-home");
+    totp
 }
 
 #[test]
@@ -190,33 +224,7 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
 
     // ------------------------------------------------ first launch: setup
     let s = Session::start(env.driver_port, &app, Duration::from_secs(90));
-    s.wait_text("Repeat password", STEP);
-    shot(&s, &shots, "01-setup-wizard");
-    assert!(
-        !s.url().contains("token="),
-        "the setup token left the URL: {}",
-        s.url()
-    );
-    assert!(s.url().starts_with("latchkey://localhost/"), "{}", s.url());
-    s.type_into(&s.field("Username"), "owner");
-    s.type_into(&s.field("Password"), PASSWORD);
-    s.type_into(&s.field("Repeat password"), PASSWORD);
-    s.click(&s.button("Continue"));
-    let key_text = s.element_text(&s.css(".totp-key"));
-    let secret: String = key_text
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    shot(&s, &shots, "02-authenticator");
-    let totp = latchkey_e2e::Authenticator::new(&format!("otpauth://totp/x?secret={secret}"));
-    s.type_into(&s.field("Code from your authenticator app"), &totp.code());
-    s.click(&s.button("Confirm"));
-    s.wait_text("Continue to Latchkey", STEP);
-    shot(&s, &shots, "03-recovery-codes");
-    s.check(&s.field("I have saved my recovery codes"));
-    s.click(&s.button("Continue to Latchkey"));
-    s.wait_text("Vault", STEP);
-    shot(&s, &shots, "04-home");
+    complete_setup(&s, &shots);
 
     // ------------------------------------------------ a secret, a key
     s.click(&s.button("Vault"));
@@ -241,6 +249,23 @@ fn desktop_app_first_run_keychain_proxy_and_relaunch() {
         .find(|w| w.starts_with("lk_"))
         .unwrap_or_else(|| panic!("no lk_ key shown: {once}"))
         .to_string();
+    // "Use it" names the loopback proxy agents on this machine use, as the
+    // server said (not the window's own latchkey:// address), and no CA.
+    let snippet = s.element_text(&s.css("pre.example"));
+    assert!(
+        snippet.contains(&format!(
+            "OPENAI_BASE_URL=http://127.0.0.1:{port}/proxy/openai/v1"
+        )),
+        "{snippet}"
+    );
+    let card = s.exec(
+        "return document.querySelector('.secret-once').closest('section').innerText;",
+        &[],
+    );
+    assert!(
+        card.as_str().is_some_and(|t| !t.contains("certificate")),
+        "no CA hint over plain HTTP: {card}"
+    );
     shot(&s, &shots, "06-new-key");
     s.click(&s.button("Done"));
 

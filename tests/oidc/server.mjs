@@ -11,6 +11,10 @@
 //   OIDC_REDIRECT_URIS   the client's redirect URIs, separated by commas or spaces (required)
 //   OIDC_ACCESS_TTL      access-token lifetime in seconds (default 8)
 //   OIDC_REFRESH_TTL     refresh-token lifetime in seconds (default 86400)
+//   OIDC_APPLICATION_TYPE  the client's application_type: "web" (default;
+//                        redirect URIs match exactly) or "native" (RFC 8252
+//                        §7.3: a loopback http redirect URI matches on any
+//                        port, as the desktop app's ephemeral one needs)
 //
 // Once listening it prints ONE line on stdout:
 //   OIDC READY {"issuer":"http://127.0.0.1:PORT","port":PORT}
@@ -62,6 +66,11 @@ const clientSecret = env('OIDC_CLIENT_SECRET');
 const redirectUris = env('OIDC_REDIRECT_URIS').split(/[\s,]+/).filter(Boolean);
 const accessTtl = seconds('OIDC_ACCESS_TTL', 8);
 const refreshTtl = seconds('OIDC_REFRESH_TTL', 86400);
+const applicationType = env('OIDC_APPLICATION_TYPE', 'web');
+if (!['web', 'native'].includes(applicationType)) {
+  console.error('oidc test server: OIDC_APPLICATION_TYPE must be web or native');
+  process.exit(2);
+}
 
 const stats = {
   refresh_requests: 0,
@@ -106,6 +115,7 @@ const provider = new Provider(issuer, {
     {
       client_id: clientId,
       client_secret: clientSecret,
+      application_type: applicationType,
       redirect_uris: redirectUris,
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],

@@ -1,8 +1,11 @@
 //! The desktop app's test environment: a virtual display (Xvfb), a D-Bus
 //! session bus of our own (no service activation, so nothing starts
-//! behind the test's back), optionally gnome-keyring as the Secret
-//! Service, and `tauri-driver` (driving Debian's `WebKitWebDriver`), all
-//! in a scratch HOME. Everything started is killed on drop.
+//! behind the test's back), a tray host and a notification server on it
+//! (`tests/desktop/desktop_services.py`: what a desktop session's panel
+//! and notification daemon provide, recording what the app sends them),
+//! optionally gnome-keyring as the Secret Service, and `tauri-driver`
+//! (driving Debian's `WebKitWebDriver`), all in a scratch HOME.
+//! Everything started is killed on drop.
 
 use crate::caddy::free_port;
 use std::io::{BufRead, BufReader, Write};
@@ -56,9 +59,13 @@ pub struct DesktopEnv {
     /// Where `BROWSER` (the system browser the app hands links to)
     /// records each URL it is given.
     pub browser_log: PathBuf,
-    // Dropped in reverse order of start: driver, keyring, bus, display.
+    /// Where the tray host and the notification server record.
+    pub services_dir: PathBuf,
+    // Dropped in reverse order of start: driver, keyring, services, bus,
+    // display.
     driver: Option<Killed>,
     _keyring: Option<Killed>,
+    _services: Killed,
     _bus: KilledPid,
     _xvfb: Killed,
 }
@@ -87,6 +94,37 @@ impl DesktopEnv {
                 .env("DISPLAY", &display)
                 .env("DBUS_SESSION_BUS_ADDRESS", &bus_address)
                 .env("LANG", "C.UTF-8");
+        };
+        let services_dir = work.join("desktop-services");
+        std::fs::create_dir_all(&services_dir).expect("services dir");
+        let services = {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("desktop/desktop_services.py");
+            // Debian's Python, where python3-dbus and python3-gi are (a
+            // python3 earlier on PATH, e.g. pyenv's, has neither).
+            let mut c = Command::new("/usr/bin/python3");
+            c.arg(script).arg(&services_dir);
+            base_env(&mut c);
+            let mut child = c
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(
+                    std::fs::File::create(work.join("desktop-services.stderr"))
+                        .map_or(Stdio::null(), Stdio::from),
+                )
+                .spawn()
+                .expect("python3");
+            let stdout = child.stdout.take().expect("stdout");
+            let services = Killed(child);
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            assert_eq!(
+                line.trim(),
+                "READY",
+                "the tray host and notification server did not start (python3-dbus, \
+                 python3-gi: scripts/install-deps.sh): {}",
+                std::fs::read_to_string(work.join("desktop-services.stderr")).unwrap_or_default()
+            );
+            services
         };
         let keyring_proc = keyring.then(|| {
             let mut c = Command::new("gnome-keyring-daemon");
@@ -163,8 +201,10 @@ impl DesktopEnv {
             driver_port,
             log,
             browser_log,
+            services_dir,
             driver: Some(Killed(driver)),
             _keyring: keyring_proc,
+            _services: services,
             _bus: bus,
             _xvfb: xvfb,
         }
@@ -187,6 +227,48 @@ impl DesktopEnv {
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The tray items registered with the tray host so far: (bus name,
+    /// object path).
+    pub fn tray_items(&self) -> Vec<(String, String)> {
+        self.recorded("items.jsonl")
+            .iter()
+            .filter_map(|v| Some((v["service"].as_str()?.into(), v["path"].as_str()?.into())))
+            .collect()
+    }
+
+    /// The notifications shown so far: (summary, body).
+    pub fn notifications(&self) -> Vec<(String, String)> {
+        self.recorded("notifications.jsonl")
+            .iter()
+            .filter_map(|v| Some((v["summary"].as_str()?.into(), v["body"].as_str()?.into())))
+            .collect()
+    }
+
+    fn recorded(&self, file: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.services_dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// `gdbus call --session ARGS…` on this bus: its output (GVariant
+    /// text); panics when the call fails.
+    pub fn gdbus_call(&self, args: &[&str]) -> String {
+        let out = Command::new("gdbus")
+            .args(["call", "--session"])
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.bus_address)
+            .output()
+            .expect("gdbus (libglib2.0-bin)");
+        assert!(
+            out.status.success(),
+            "gdbus call {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A command with this environment (display, bus, HOME).

@@ -93,6 +93,23 @@ impl Idp {
     /// tokens living `access_ttl` seconds; waits (bounded) for its ready
     /// line. `log_dir` receives its stderr.
     pub fn start(redirect_uris: &[String], access_ttl: u64, log_dir: &Path) -> Idp {
+        Idp::start_as("web", redirect_uris, access_ttl, log_dir)
+    }
+
+    /// [`Idp::start`] with the client registered as a native app
+    /// (`application_type: native`): a loopback `http` redirect URI
+    /// matches on any port (RFC 8252 §7.3), as the desktop app's
+    /// per-flow port needs.
+    pub fn start_native(redirect_uris: &[String], access_ttl: u64, log_dir: &Path) -> Idp {
+        Idp::start_as("native", redirect_uris, access_ttl, log_dir)
+    }
+
+    fn start_as(
+        application_type: &str,
+        redirect_uris: &[String],
+        access_ttl: u64,
+        log_dir: &Path,
+    ) -> Idp {
         let dir = oidc_dir();
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -111,6 +128,7 @@ impl Idp {
             .env("OIDC_CLIENT_SECRET", &secret)
             .env("OIDC_REDIRECT_URIS", redirect_uris.join(" "))
             .env("OIDC_ACCESS_TTL", access_ttl.to_string())
+            .env("OIDC_APPLICATION_TYPE", application_type)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).expect("create oidc stderr file"))

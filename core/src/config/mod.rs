@@ -257,6 +257,9 @@ pub struct Settings {
     pub connections: std::collections::BTreeMap<String, crate::connections::ConnectionSettings>,
     /// `[update]`: the update channel (docs/UPDATES.md).
     pub update: UpdateSettings,
+    /// `[livekit.<name>]`: LiveKit projects whose room tokens Latchkey
+    /// mints (docs/LIVEKIT.md).
+    pub livekit: std::collections::BTreeMap<String, crate::livekit::LiveKitSettings>,
 }
 
 impl Settings {
@@ -329,6 +332,13 @@ impl Settings {
                 message,
             },
         )?;
+        crate::livekit::config::resolve_all(&settings.livekit).map_err(|(key, message)| {
+            ConfigError::Key {
+                origin: origin.clone(),
+                key,
+                message,
+            }
+        })?;
         if let Some(u) = &settings.server.public_url {
             crate::connections::config::check_public_url(u).map_err(|message| {
                 ConfigError::Key {

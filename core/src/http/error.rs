@@ -88,6 +88,9 @@ pub enum ApiError {
     /// OAuth connections and the broker, mapped in [`connection_status`].
     #[error(transparent)]
     Connection(#[from] crate::connections::ConnectionError),
+    /// LiveKit room tokens, mapped in [`livekit_status`].
+    #[error(transparent)]
+    LiveKit(#[from] crate::livekit::LiveKitError),
 }
 
 impl From<SignerError> for ApiError {
@@ -155,6 +158,7 @@ impl ApiError {
             ApiError::Agent(e) => agent_status(e),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Connection(e) => connection_status(e),
+            ApiError::LiveKit(e) => livekit_status(e),
         }
     }
 
@@ -289,6 +293,22 @@ fn connection_status(e: &crate::connections::ConnectionError) -> (StatusCode, &'
         C::BadRequest(_) => (S::BAD_REQUEST, "invalid_request"),
         C::Vault(v) => vault_status(v),
         C::Store(_) | C::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn livekit_status(e: &crate::livekit::LiveKitError) -> (StatusCode, &'static str) {
+    use crate::livekit::LiveKitError as L;
+    use StatusCode as S;
+    match e {
+        L::Unknown(_) => (S::NOT_FOUND, "unknown_livekit"),
+        L::Invalid { .. } => (S::BAD_REQUEST, "invalid_field"),
+        L::RoomNotAllowed(_) => (S::FORBIDDEN, "room_not_allowed"),
+        L::IdentityNotAllowed(_) => (S::FORBIDDEN, "identity_not_allowed"),
+        L::GrantNotAllowed(_) => (S::FORBIDDEN, "grant_not_allowed"),
+        L::TtlTooLong { .. } => (S::BAD_REQUEST, "ttl_too_long"),
+        L::SecretMissing { .. } => (S::CONFLICT, "livekit_secret_missing"),
+        L::Vault(v) => vault_status(v),
+        L::Sign(_) | L::Store(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 

@@ -5,6 +5,12 @@
 //! takes an optional `limits` object, `GET` shows them, and
 //! `PUT /api/keys/{id}/limits` replaces them (the key's owner or an
 //! administrator, as for revoking).
+//!
+//! The answer to `POST` also says where agents reach this server
+//! (`base_url`: `server.public_url`, else the origin the request was sent
+//! to — on the desktop the loopback listener's), so the UI's "Use it"
+//! snippet names the real proxy base instead of guessing from its own
+//! address.
 
 use super::AppState;
 use super::authn::{Authenticated, blocking};
@@ -40,6 +46,9 @@ pub struct CreatedKey {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub limits: KeyLimits,
+    /// Where agents send requests with this key (`BASE/proxy/<provider>/…`):
+    /// [`super::origin::public_origin`].
+    pub base_url: String,
 }
 
 /// A key as listed, with its proxy limits.
@@ -54,9 +63,13 @@ pub struct ListedKey {
 pub async fn create(
     State(state): State<AppState>,
     who: Authenticated,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    ext: axum::http::Extensions,
     ApiJson(req): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     who.require_permission(Permission::ManageOwnKeys)?;
+    let base_url = super::origin::public_origin(&state, &headers, &uri, &ext);
     // Checked before the key exists, so a bad limit creates nothing.
     let key_limits = req.limits.unwrap_or_default();
     key_limits.validate()?;
@@ -86,6 +99,7 @@ pub async fn create(
             created_at: view.created_at,
             expires_at: view.expires_at,
             limits: key_limits,
+            base_url,
         }),
     ))
 }

@@ -16,6 +16,7 @@
 //!   realtime (WebSocket) sessions, which an administrator may end
 //!   ([`realtime`]);
 //! - `/api/connections…`: OAuth connections and the broker ([`connections`]);
+//! - `/api/livekit/{name}/token`: LiveKit room tokens ([`livekit`]);
 //! - `/proxy/<provider>/…`: the agent proxy ([`crate::proxy`]), which
 //!   authenticates API keys itself and streams bodies (no body limit or
 //!   request time limit from [`middleware::limits`]; its own apply).
@@ -40,6 +41,7 @@ pub mod error;
 pub mod extract;
 pub mod front;
 pub mod keys;
+pub mod livekit;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
@@ -146,6 +148,8 @@ pub struct AppState {
     pub agents: Arc<crate::agent::Agents>,
     /// OAuth connections and the credential broker.
     pub connections: Arc<crate::connections::Connections>,
+    /// `[livekit.<name>]` sections: room tokens signed with vault secrets.
+    pub livekit: Arc<crate::livekit::LiveKit>,
     /// The web UI's embedded files.
     pub ui: Arc<latchkey_ui::Assets>,
     /// What the update channel found (`/api/status`); its periodic check
@@ -190,6 +194,10 @@ impl AppState {
             settings.server.public_url.as_deref(),
             Arc::clone(&vault),
         )?);
+        let livekit = Arc::new(crate::livekit::LiveKit::new(
+            &settings.livekit,
+            Arc::clone(&vault),
+        )?);
         let update_source = match &settings.update.feed {
             Some(url) => Some(Arc::new(crate::update::HttpSource::new(url)?)
                 as Arc<dyn crate::update::UpdateSource>),
@@ -209,6 +217,7 @@ impl AppState {
             proxy,
             agents: Arc::new(agents),
             connections,
+            livekit,
             ui: Arc::new(latchkey_ui::Assets::load()),
         })
     }
@@ -346,6 +355,7 @@ pub fn router(state: AppState) -> Router {
             "/api/connections/{provider}/client",
             put(connections::set_client),
         )
+        .route("/api/livekit/{name}/token", post(livekit::token))
         .route("/api/verify", any(verify::verify));
     Router::new()
         .route("/health", get(ops::health))

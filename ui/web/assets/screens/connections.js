@@ -67,6 +67,13 @@ export async function render(main, ctx) {
     say('error', `${who ? `${providerLabel(who)}: ` : ''}the connection was not made. ${CALLBACK_ERRORS[error] || `(${error})`}`);
     history.replaceState(null, '', '/connections');
   }
+  // Back from a flow finished in the system browser (the desktop app
+  // brings its window here).
+  const connected = ctx.params.get('connected');
+  if (connected && !error) {
+    say('ok', `${providerLabel(connected)} is connected.`);
+    history.replaceState(null, '', '/connections');
+  }
 
   async function load() {
     let providers;

@@ -84,13 +84,20 @@ function limitFields(current = {}) {
   return { rpm, tpd, read };
 }
 
-/** Lines to paste into a shell so an SDK goes through Latchkey. */
-function example(key, scopes) {
-  const base = `https://${location.host}/proxy`;
+/**
+ * Lines to paste into a shell so an SDK goes through Latchkey. `baseUrl` is
+ * where agents reach this server, as the server said when it made the key
+ * (its public URL; on the desktop app the loopback proxy,
+ * http://127.0.0.1:7823): this page's own address may not be it.
+ */
+function example(key, scopes, baseUrl) {
+  const origin = (baseUrl || location.origin).replace(/\/+$/, '');
+  const base = `${origin}/proxy`;
+  const ca = origin.startsWith('https:') ? '--cacert ca.pem ' : '';
   const named = PROVIDERS.find((p) => scopes.includes(`proxy:${p}`));
   const proxyish = scopes.some((s) => s.startsWith('proxy:') || s === 'admin');
   if (!proxyish) {
-    return `curl --cacert ca.pem -H "Authorization: Bearer ${key}" https://${location.host}/api/auth/me`;
+    return `curl ${ca}-H "Authorization: Bearer ${key}" ${origin}/api/auth/me`;
   }
   if (named === 'anthropic') {
     return `export ANTHROPIC_BASE_URL=${base}/anthropic\nexport ANTHROPIC_API_KEY=${key}`;
@@ -223,7 +230,8 @@ export async function render(main, ctx) {
     let key = created.key;
     const titleId = nextId('newkey');
     const box = h('div', { class: 'secret-once', 'aria-label': 'New API key' }, key);
-    const sample = h('pre', { class: 'example', tabindex: 0 }, h('code', {}, example(key, created.scopes)));
+    const sample = h('pre', { class: 'example', tabindex: 0 }, h('code', {}, example(key, created.scopes, created.base_url)));
+    const https = (created.base_url || location.origin).startsWith('https:');
     const done = h('button', { type: 'button', class: 'primary' }, 'Done');
     const card = h(
       'section',
@@ -239,11 +247,13 @@ export async function render(main, ctx) {
       h('h3', {}, 'Use it'),
       h('p', {}, 'Point your SDK or agent at Latchkey instead of the provider:'),
       sample,
-      h(
-        'p',
-        { class: 'hint' },
-        'If your browser warned about this site’s certificate, give the SDK Latchkey’s CA too (DATA_DIR/tls/ca.pem, or `latchkey tls export-ca`).',
-      ),
+      https
+        ? h(
+            'p',
+            { class: 'hint' },
+            'If your browser warned about this site’s certificate, give the SDK Latchkey’s CA too (DATA_DIR/tls/ca.pem, or `latchkey tls export-ca`).',
+          )
+        : null,
     );
     done.addEventListener('click', () => {
       key = null;
