@@ -53,6 +53,24 @@ if ! python3 -c 'import openai, anthropic' 2>/dev/null; then
     python3 -m pip install --quiet --break-system-packages 'openai>=1' 'anthropic>=0.30'
 fi
 
+# The official LiveKit server SDK for Python (`livekit-api`, pinned): its
+# `TokenVerifier` checks the room tokens Latchkey mints
+# (tests/sdk/livekit_verify.py, driven by tests/it/livekit.rs).
+if ! python3 -c 'import livekit.api, jwt' 2>/dev/null; then
+  python3 -m pip install --quiet 'livekit-api==1.2.2' ||
+    python3 -m pip install --quiet --break-system-packages 'livekit-api==1.2.2'
+fi
+
+# The realtime clients for tests/sdk/check_realtime.py and the mock realtime
+# upstream tests/sdk/realtime_upstream.py (the `realtime_*` end-to-end tests,
+# tests/it/realtime.rs): the `openai` SDK with its realtime extra (which
+# brings `websockets`) and the `deepgram-sdk` live client, pinned.
+REALTIME_PY=('openai[realtime]==3.63.0' 'deepgram-sdk==7.16.0')
+if ! python3 -c 'import openai, websockets, deepgram; from openai.resources.realtime import realtime' 2>/dev/null; then
+  python3 -m pip install --quiet "${REALTIME_PY[@]}" ||
+    python3 -m pip install --quiet --break-system-packages "${REALTIME_PY[@]}"
+fi
+
 # The real OpenID Connect server (npm `oidc-provider`) that the connection
 # tests and `connections-bench` run on loopback: installed from the committed
 # lockfile, again whenever the lockfile is newer than the install.

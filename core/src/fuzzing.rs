@@ -24,6 +24,11 @@ pub fn json_string(value: &[u8]) -> Option<String> {
     crate::proxy::json_scan::string(value)
 }
 
+/// [`crate::net::path::check_path`] without its shortcut for plain paths.
+pub fn check_path_thoroughly(raw: &str) -> Result<(), crate::net::path::PathError> {
+    crate::net::path::check_path_thoroughly(raw)
+}
+
 /// The token of `Authorization: Bearer …`.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     crate::net::headers::bearer(headers)

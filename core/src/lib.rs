@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod http;
 #[cfg(test)]
 mod layers_tests;
+pub mod livekit;
 pub mod net;
 pub mod private_fs;
 pub mod proxy;

@@ -130,6 +130,12 @@ fn table() -> Vec<Row> {
             Some(r#"{"client_id":"walk"}"#),
             ["404:unknown_provider", "403", "403", "403:reauth_required",
              "404:unknown_provider", "403", "403", "403", "401"]),
+        // LiveKit room tokens: `livekit:<name>` under UseProxy (every
+        // role), checked before the section is looked up.
+        row("POST", "/api/livekit/{name}/token", "/api/livekit/walk/token",
+            Some(r#"{"room":"standup","identity":"walk"}"#),
+            ["404:unknown_livekit", "404:unknown_livekit", "404:unknown_livekit",
+             "404:unknown_livekit", "404:unknown_livekit", "403", "403", "403", "401"]),
         row("PUT", "/api/keys/{id}/limits", "/api/keys/0123456789abcdef/limits", Some(r#"{"tokens_per_day":1}"#),
             ["404", "404", "404", "404", "404", "403", "404", "403", "401"]),
         // One's own account: people only (sessions, access tokens).
@@ -173,6 +179,12 @@ fn table() -> Vec<Row> {
         // Proxy usage: admins see all, others their own keys' (`keys:manage`).
         row("GET", "/api/usage", "/api/usage", None,
             ["200", "200", "200", "200", "200", "403", "200", "403", "401"]),
+        // Realtime sessions: listed like usage (admins all, others their
+        // own); only `admin` ends one (none is open: 404).
+        row("GET", "/api/realtime/sessions", "/api/realtime/sessions", None,
+            ["200", "200", "200", "200", "200", "403", "200", "403", "401"]),
+        row("DELETE", "/api/realtime/sessions/{id}", "/api/realtime/sessions/rt_1", None,
+            ["404", "403", "403", "404", "404", "403", "403", "403", "401"]),
         // The proxy takes API keys only; the scope is checked before the
         // provider is looked up (none is configured here).
         row("GET", "/proxy/{provider}/{*path}", "/proxy/openai/v1/models", None,

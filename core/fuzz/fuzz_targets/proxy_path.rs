@@ -10,7 +10,8 @@
 //! - the verdict is local: every prefix of an accepted path that ends
 //!   before a `/` is accepted, and two accepted paths joined by `/` are
 //!   accepted;
-//! - the verdict is deterministic (checked twice, same answer).
+//! - the verdict is deterministic (checked twice, same answer), and the
+//!   shortcut for plain paths gives the full check's verdict.
 #![no_main]
 
 use latchkey_core::net::path::check_path;
@@ -110,6 +111,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let verdict = check_path(raw);
     assert_eq!(verdict, check_path(raw), "not deterministic: {raw:?}");
+    assert_eq!(
+        verdict,
+        latchkey_core::fuzzing::check_path_thoroughly(raw),
+        "the plain-path shortcut disagrees with the full check: {raw:?}"
+    );
     if verdict.is_err() {
         return;
     }

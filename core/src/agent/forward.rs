@@ -3,21 +3,21 @@
 //! Latchkey credentials and made-up identity, add the real identity and
 //! its assertion, and stream to the backend and back (or splice a
 //! WebSocket) — for no longer than the credential lasts
-//! ([`super::lifetime`]).
+//! ([`crate::auth::lifetime`]).
 //!
 //! The path is checked like the provider proxy's (no `..`, encoded tricks
 //! or absolute URLs) and the final URI's origin is compared with the
 //! configured one, so only the configured backend is ever contacted.
 
 use super::identity;
-use super::lifetime::{Guard, Revoked, until_revoked};
 use super::websocket;
 use super::{AgentError, Agents, Route};
 use crate::auth::Principal;
+use crate::auth::lifetime::{Guard, Revoked, until_revoked};
 use crate::auth::scope::Scope;
 use crate::net::body::{BoxError, DRAIN_LIMIT, DRAIN_TIME, Hooks, Streamed, drain};
 use crate::net::error::causes;
-use crate::net::headers::API_KEY_HEADER;
+use crate::net::headers::{API_KEY_HEADER, wants_websocket};
 use crate::net::headers::{
     canonical_name, connection_listed, is_hop_by_hop, is_reserved_request_header,
 };
@@ -82,27 +82,6 @@ pub async fn respond(
         drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
     }
     answered
-}
-
-/// Whether the request asks for a WebSocket (RFC 6455 §4.1).
-fn wants_websocket(h: &HeaderMap) -> bool {
-    let upgrade = h
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-        });
-    let connection = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("upgrade"))
-        });
-    upgrade && connection
 }
 
 async fn forward(

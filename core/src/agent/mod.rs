@@ -10,8 +10,8 @@
 //!   the JWKS;
 //! - [`forward`]: the handler, header filtering, streaming;
 //! - [`websocket`]: splicing upgraded connections;
-//! - [`lifetime`]: ending WebSockets and streamed answers when the
-//!   caller's credential ends.
+//! - `crate::auth::lifetime`: ending WebSockets and streamed answers when
+//!   the caller's credential ends.
 //!
 //! The HTTP edge is `crate::http::agent`: it authenticates the caller
 //! (authn's rules minus the backend's own credentials), hands the request
@@ -29,7 +29,6 @@ pub mod assertion;
 pub mod config;
 pub mod forward;
 pub mod identity;
-pub mod lifetime;
 pub mod websocket;
 
 pub use config::{Agent, AgentSettings};

@@ -4,14 +4,15 @@
 //! agent's `idle_timeout`.
 //!
 //! A WebSocket lives as long as its credential, not longer
-//! ([`super::lifetime`]): once the credential no longer opens this agent,
+//! ([`crate::auth::lifetime`]): once the credential no longer opens this agent,
 //! the client gets a close frame (1008, "credential revoked") when the
 //! stream is between frames, and both connections are dropped.
 //!
 //! Only HTTP/1.1 upgrades are supported; WebSocket over HTTP/2 (RFC 8441
 //! extended CONNECT) is refused by the route with a clear error.
 
-use super::lifetime::Revoked;
+use crate::auth::lifetime::Revoked;
+use crate::net::wsframe;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::io;
@@ -103,61 +104,22 @@ pub async fn splice(
 }
 
 /// Where the backend-to-client byte stream is in its WebSocket framing
-/// (RFC 6455 §5.2), so a frame of our own is inserted only between two.
+/// (RFC 6455 §5.2, read by [`wsframe::Reader`]), so a frame of our own is
+/// inserted only between two.
 #[derive(Debug, Default)]
-struct FrameCursor {
-    header: [u8; 14],
-    have: usize,
-    payload_left: u64,
-}
+struct FrameCursor(wsframe::Reader);
 
 impl FrameCursor {
     fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            if self.payload_left > 0 {
-                let take = usize::try_from(self.payload_left)
-                    .unwrap_or(usize::MAX)
-                    .min(data.len());
-                self.payload_left -= take as u64;
-                data = &data[take..];
-                continue;
-            }
-            self.header[self.have] = data[0];
-            self.have += 1;
-            data = &data[1..];
-            if let Some((len, payload)) = frame_header(&self.header[..self.have]) {
-                // `have` grows one byte at a time, so it equals `len` here.
-                debug_assert_eq!(len, self.have);
-                self.have = 0;
-                self.payload_left = payload;
-            }
+            let (used, _) = self.0.next(data);
+            data = &data[used..];
         }
     }
 
     fn at_boundary(&self) -> bool {
-        self.have == 0 && self.payload_left == 0
+        self.0.at_boundary()
     }
-}
-
-/// The length of a complete frame header and its payload length, once
-/// `h` holds the whole header.
-fn frame_header(h: &[u8]) -> Option<(usize, u64)> {
-    let (&b1, _) = h.get(1).zip(h.first())?;
-    let ext = match b1 & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    let len = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
-    if h.len() < len {
-        return None;
-    }
-    let payload = match b1 & 0x7f {
-        126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
-        127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
-        n => u64::from(n),
-    };
-    Some((len, payload))
 }
 
 /// An I/O wrapper that notes when bytes last moved either way.

@@ -8,11 +8,14 @@
 //! - [`password`], [`totp`], [`recovery`], [`apikey`], [`scope`],
 //!   [`lockout`] and [`ratelimit`] are the pure building blocks;
 //! - [`revocation`] tells long-lived connections to re-check their
-//!   credential.
+//!   credential; [`lifetime`] is the watcher that ends such a connection
+//!   (an agent's WebSocket or stream, a provider's realtime session) once
+//!   its credential no longer passes.
 
 pub mod apikey;
 pub mod epoch;
 pub mod index;
+pub mod lifetime;
 pub mod lockout;
 pub mod password;
 pub mod ratelimit;

@@ -12,10 +12,12 @@
 //!          | "proxy:"       ( "*" | provider ); call a provider through the proxy
 //!          | "connections:" ( "*" | provider ); manage OAuth connections
 //!          | "agent:"       ( "*" | agent )   ; reach a local agent backend
+//!          | "livekit:"     ( "*" | livekit ) ; mint LiveKit room tokens
 //!          | "vault:read:"  ( "*" | entry )   ; read an entry's secret value
 //!          | "vault:write:" ( "*" | entry )   ; create, change, delete entries
 //! provider = [a-z0-9][a-z0-9._-]{0,63}
 //! agent    = [a-z0-9][a-z0-9._-]{0,63}        ; an `[agents.<name>]` section
+//! livekit  = [a-z0-9][a-z0-9._-]{0,63}        ; a `[livekit.<name>]` section
 //! entry    = [A-Za-z0-9][A-Za-z0-9._-]{0,127}  ; the vault's record-name rule
 //! ```
 //!
@@ -58,7 +60,7 @@ pub enum ScopeError {
     #[error("scope is longer than {MAX_SCOPE_LEN} characters")]
     TooLong,
     #[error(
-        "unknown scope {0:?}: expected admin, keys:manage, proxy:…, connections:…, agent:…, vault:read:… or vault:write:…"
+        "unknown scope {0:?}: expected admin, keys:manage, proxy:…, connections:…, agent:…, livekit:…, vault:read:… or vault:write:…"
     )]
     Unknown(String),
     #[error("scope {0:?} needs a name or `*` after the last colon")]
@@ -171,6 +173,9 @@ pub enum Scope {
     /// `agent:*` or `agent:<name>`: requests to a local agent backend
     /// (`/agent/<name>/…`) and forward-auth checks naming it.
     Agent(Target<AgentName>),
+    /// `livekit:*` or `livekit:<name>`: minting room tokens with a
+    /// `[livekit.<name>]` section (`POST /api/livekit/<name>/token`).
+    LiveKit(Target<ProviderName>),
     /// `vault:read:*` or `vault:read:<entry>`.
     VaultRead(Target<EntryName>),
     /// `vault:write:*` or `vault:write:<entry>`.
@@ -187,6 +192,11 @@ impl Scope {
     /// `agent:<name>`, checking the name.
     pub fn agent(name: &str) -> Result<Self, ScopeError> {
         named("agent:", name, AgentName::new).map(Scope::Agent)
+    }
+
+    /// `livekit:<name>`, checking the name.
+    pub fn livekit(name: &str) -> Result<Self, ScopeError> {
+        named("livekit:", name, ProviderName::new).map(Scope::LiveKit)
     }
 
     /// `vault:read:<entry>`, checking the name.
@@ -208,6 +218,8 @@ impl Scope {
     ///   connections (`GET /api/connections/{p}/token`).
     ///
     /// `proxy:…` and `agent:…` use credentials without ever seeing them;
+    /// `livekit:…` has a LiveKit secret sign room tokens, capped by its
+    /// section, and never sees the secret either;
     /// `keys:manage` lists and revokes keys but cannot mint any (only an
     /// `admin` key may, and never one of these).
     pub fn needs_step_up(&self) -> bool {
@@ -215,7 +227,7 @@ impl Scope {
             Scope::Admin | Scope::VaultRead(_) | Scope::VaultWrite(_) | Scope::Connections(_) => {
                 true
             }
-            Scope::KeysManage | Scope::Proxy(_) | Scope::Agent(_) => false,
+            Scope::KeysManage | Scope::Proxy(_) | Scope::Agent(_) | Scope::LiveKit(_) => false,
         }
     }
 
@@ -248,6 +260,7 @@ impl Scope {
             (KeysManage, KeysManage) => true,
             (Proxy(g), Proxy(n)) | (Connections(g), Connections(n)) => g.covers(n),
             (Agent(g), Agent(n)) => g.covers(n),
+            (LiveKit(g), LiveKit(n)) => g.covers(n),
             (VaultRead(g), VaultRead(n)) | (VaultWrite(g), VaultWrite(n)) => g.covers(n),
             _ => false,
         }
@@ -270,6 +283,7 @@ impl fmt::Display for Scope {
                 write!(f, "connections:{}", target(t, ProviderName::as_str))
             }
             Scope::Agent(t) => write!(f, "agent:{}", target(t, AgentName::as_str)),
+            Scope::LiveKit(t) => write!(f, "livekit:{}", target(t, ProviderName::as_str)),
             Scope::VaultRead(t) => write!(f, "vault:read:{}", target(t, EntryName::as_str)),
             Scope::VaultWrite(t) => write!(f, "vault:write:{}", target(t, EntryName::as_str)),
         }
@@ -330,6 +344,8 @@ impl FromStr for Scope {
             target("connections:", name, ProviderName::new).map(Scope::Connections)
         } else if let Some(name) = s.strip_prefix("agent:") {
             target("agent:", name, AgentName::new).map(Scope::Agent)
+        } else if let Some(name) = s.strip_prefix("livekit:") {
+            target("livekit:", name, ProviderName::new).map(Scope::LiveKit)
         } else if let Some(name) = s.strip_prefix("vault:read:") {
             target("vault:read:", name, EntryName::new).map(Scope::VaultRead)
         } else if let Some(name) = s.strip_prefix("vault:write:") {
@@ -568,6 +584,8 @@ impl Role {
             // Every role may reach agents in principle; each agent's
             // `roles` setting narrows that (checked by the agent route).
             Scope::Agent(_) => self.may(UseProxy),
+            // Room tokens use a secret without showing it, like the proxy.
+            Scope::LiveKit(_) => self.may(UseProxy),
             Scope::VaultRead(Target::Any) | Scope::VaultWrite(Target::Any) => {
                 self.may(ManageAllVault)
             }

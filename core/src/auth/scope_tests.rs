@@ -25,6 +25,8 @@ fn canonical_scopes_round_trip() {
         "agent:*",
         "agent:notes",
         "agent:local-ui.v2_x",
+        "livekit:*",
+        "livekit:home",
         "vault:read:*",
         "vault:read:OpenAI-Main.v2",
         "vault:write:*",
@@ -194,6 +196,13 @@ fn wildcards_and_exact_names() {
     assert!(!allows("agent:*", "proxy:notes"));
     assert!(!allows("proxy:*", "agent:notes"));
     assert!(allows("admin", "agent:notes"));
+    assert!(allows("livekit:*", "livekit:home"));
+    assert!(allows("livekit:home", "livekit:home"));
+    assert!(!allows("livekit:home", "livekit:office"));
+    assert!(!allows("livekit:home", "livekit:*"));
+    assert!(!allows("proxy:*", "livekit:home"));
+    assert!(!allows("livekit:*", "proxy:home"));
+    assert!(allows("admin", "livekit:home"));
     assert!(allows("vault:read:*", "vault:read:x"));
     assert!(!allows("vault:read:x", "vault:read:X"));
     assert!(!allows("vault:read:*", "vault:write:x"));
@@ -379,7 +388,15 @@ fn the_step_up_class_is_every_scope_that_reaches_a_secret() {
     ] {
         assert!(sc(s).needs_step_up(), "{s}");
     }
-    for s in ["keys:manage", "proxy:*", "proxy:a", "agent:*", "agent:a"] {
+    for s in [
+        "keys:manage",
+        "proxy:*",
+        "proxy:a",
+        "agent:*",
+        "agent:a",
+        "livekit:*",
+        "livekit:a",
+    ] {
         assert!(!sc(s).needs_step_up(), "{s}");
     }
 }
@@ -401,6 +418,7 @@ fn keys_do_not_outlive_the_role_they_were_made_under() {
     assert!(keeps("proxy:*", Admin, Guest));
     assert!(keeps("keys:manage", User, Guest));
     assert!(keeps("agent:a", Admin, User));
+    assert!(keeps("livekit:a", Admin, Guest));
     // A named vault scope means "own entry" for a user and "the
     // household's entry" for an admin: it ends either way.
     assert!(!keeps("vault:read:a", User, Admin));
@@ -454,6 +472,11 @@ fn scopes_built_directly_match_parsed_ones() {
         assert_eq!(
             Scope::proxy(name),
             format!("proxy:{name}").parse::<Scope>(),
+            "{name:?}"
+        );
+        assert_eq!(
+            Scope::livekit(name),
+            format!("livekit:{name}").parse::<Scope>(),
             "{name:?}"
         );
     }

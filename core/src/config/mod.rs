@@ -257,6 +257,9 @@ pub struct Settings {
     pub connections: std::collections::BTreeMap<String, crate::connections::ConnectionSettings>,
     /// `[update]`: the update channel (docs/UPDATES.md).
     pub update: UpdateSettings,
+    /// `[livekit.<name>]`: LiveKit projects whose room tokens Latchkey
+    /// mints (docs/LIVEKIT.md).
+    pub livekit: std::collections::BTreeMap<String, crate::livekit::LiveKitSettings>,
 }
 
 impl Settings {
@@ -329,6 +332,13 @@ impl Settings {
                 message,
             },
         )?;
+        crate::livekit::config::resolve_all(&settings.livekit).map_err(|(key, message)| {
+            ConfigError::Key {
+                origin: origin.clone(),
+                key,
+                message,
+            }
+        })?;
         if let Some(u) = &settings.server.public_url {
             crate::connections::config::check_public_url(u).map_err(|message| {
                 ConfigError::Key {
@@ -489,6 +499,20 @@ impl Settings {
             return Err((
                 "proxy.sse_keepalive_secs",
                 "must be 0 (off) to 3600 seconds".into(),
+            ));
+        }
+        let rt_session = self.proxy.realtime_max_session;
+        if rt_session < Duration::from_secs(1) || rt_session > Duration::from_secs(7 * 86400) {
+            return Err(("proxy.realtime_max_session", "must be 1 s to 7 days".into()));
+        }
+        let rt_idle = self.proxy.realtime_idle_timeout;
+        if rt_idle < Duration::from_secs(1) || rt_idle > Duration::from_secs(86400) {
+            return Err(("proxy.realtime_idle_timeout", "must be 1 s to 24 h".into()));
+        }
+        if !(126..=(1 << 30)).contains(&self.proxy.realtime_max_message_bytes) {
+            return Err((
+                "proxy.realtime_max_message_bytes",
+                "must be 126 bytes to 1 GiB".into(),
             ));
         }
         if self.server.max_body_bytes == 0 {

@@ -88,6 +88,9 @@ pub enum ApiError {
     /// OAuth connections and the broker, mapped in [`connection_status`].
     #[error(transparent)]
     Connection(#[from] crate::connections::ConnectionError),
+    /// LiveKit room tokens, mapped in [`livekit_status`].
+    #[error(transparent)]
+    LiveKit(#[from] crate::livekit::LiveKitError),
 }
 
 impl From<SignerError> for ApiError {
@@ -155,6 +158,7 @@ impl ApiError {
             ApiError::Agent(e) => agent_status(e),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Connection(e) => connection_status(e),
+            ApiError::LiveKit(e) => livekit_status(e),
         }
     }
 
@@ -236,6 +240,9 @@ fn proxy_status(e: &ProxyError) -> (StatusCode, &'static str) {
         P::KeyRateLimited { .. } => (S::TOO_MANY_REQUESTS, "key_rate_limited"),
         P::TokenBudgetExhausted { .. } => (S::TOO_MANY_REQUESTS, "token_budget_exhausted"),
         P::CredentialMissing { .. } => (S::CONFLICT, "provider_credential_missing"),
+        P::WebSocketDisabled(_) => (S::FORBIDDEN, "websocket_disabled"),
+        P::WebSocketOverH2 => (S::BAD_REQUEST, "websocket_h2_unsupported"),
+        P::TooManySessions { .. } => (S::TOO_MANY_REQUESTS, "too_many_sessions"),
         P::Vault(v) => vault_status(v),
         P::Connection(c) => connection_status(c),
         P::UpstreamUnreachable { .. } => (S::BAD_GATEWAY, "upstream_unreachable"),
@@ -286,6 +293,22 @@ fn connection_status(e: &crate::connections::ConnectionError) -> (StatusCode, &'
         C::BadRequest(_) => (S::BAD_REQUEST, "invalid_request"),
         C::Vault(v) => vault_status(v),
         C::Store(_) | C::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+fn livekit_status(e: &crate::livekit::LiveKitError) -> (StatusCode, &'static str) {
+    use crate::livekit::LiveKitError as L;
+    use StatusCode as S;
+    match e {
+        L::Unknown(_) => (S::NOT_FOUND, "unknown_livekit"),
+        L::Invalid { .. } => (S::BAD_REQUEST, "invalid_field"),
+        L::RoomNotAllowed(_) => (S::FORBIDDEN, "room_not_allowed"),
+        L::IdentityNotAllowed(_) => (S::FORBIDDEN, "identity_not_allowed"),
+        L::GrantNotAllowed(_) => (S::FORBIDDEN, "grant_not_allowed"),
+        L::TtlTooLong { .. } => (S::BAD_REQUEST, "ttl_too_long"),
+        L::SecretMissing { .. } => (S::CONFLICT, "livekit_secret_missing"),
+        L::Vault(v) => vault_status(v),
+        L::Sign(_) | L::Store(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 

@@ -357,6 +357,16 @@ fn render_proxy(out: &mut String, proxy: &crate::proxy::Proxy) -> std::fmt::Resu
             )?;
         }
     }
+    writeln!(
+        out,
+        "# HELP latchkey_proxy_realtime_sessions Realtime (WebSocket) sessions open through the proxy."
+    )?;
+    writeln!(out, "# TYPE latchkey_proxy_realtime_sessions gauge")?;
+    writeln!(
+        out,
+        "latchkey_proxy_realtime_sessions {}",
+        proxy.realtime.count()
+    )?;
     Ok(())
 }
 

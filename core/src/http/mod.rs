@@ -12,8 +12,11 @@
 //! - `/api/keys`, `/api/account/…`, `/api/users…`, `/api/audit`: keys,
 //!   one's own account, user management, the audit log;
 //! - `/api/vault/…`, `/api/backup`, `/api/status`: the vault and operations;
-//! - `/api/usage`: proxy usage totals;
+//! - `/api/usage`: proxy usage totals; `/api/realtime/sessions`: the open
+//!   realtime (WebSocket) sessions, which an administrator may end
+//!   ([`realtime`]);
 //! - `/api/connections…`: OAuth connections and the broker ([`connections`]);
+//! - `/api/livekit/{name}/token`: LiveKit room tokens ([`livekit`]);
 //! - `/proxy/<provider>/…`: the agent proxy ([`crate::proxy`]), which
 //!   authenticates API keys itself and streams bodies (no body limit or
 //!   request time limit from [`middleware::limits`]; its own apply).
@@ -38,11 +41,13 @@ pub mod error;
 pub mod extract;
 pub mod front;
 pub mod keys;
+pub mod livekit;
 pub mod metrics;
 pub mod middleware;
 pub mod ops;
 pub mod origin;
 pub mod proxy;
+pub mod realtime;
 pub mod ui;
 pub mod usage;
 pub mod users;
@@ -143,6 +148,8 @@ pub struct AppState {
     pub agents: Arc<crate::agent::Agents>,
     /// OAuth connections and the credential broker.
     pub connections: Arc<crate::connections::Connections>,
+    /// `[livekit.<name>]` sections: room tokens signed with vault secrets.
+    pub livekit: Arc<crate::livekit::LiveKit>,
     /// The web UI's embedded files.
     pub ui: Arc<latchkey_ui::Assets>,
     /// What the update channel found (`/api/status`); its periodic check
@@ -187,6 +194,10 @@ impl AppState {
             settings.server.public_url.as_deref(),
             Arc::clone(&vault),
         )?);
+        let livekit = Arc::new(crate::livekit::LiveKit::new(
+            &settings.livekit,
+            Arc::clone(&vault),
+        )?);
         let update_source = match &settings.update.feed {
             Some(url) => Some(Arc::new(crate::update::HttpSource::new(url)?)
                 as Arc<dyn crate::update::UpdateSource>),
@@ -206,6 +217,7 @@ impl AppState {
             proxy,
             agents: Arc::new(agents),
             connections,
+            livekit,
             ui: Arc::new(latchkey_ui::Assets::load()),
         })
     }
@@ -326,6 +338,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/backup", post(vault::backup))
         .route("/api/status", get(ops::status))
         .route("/api/usage", get(usage::list))
+        .route("/api/realtime/sessions", get(realtime::list))
+        .route("/api/realtime/sessions/{id}", delete(realtime::end))
         .route("/api/connections", get(connections::list))
         .route("/api/connections/providers", get(connections::providers))
         .route(
@@ -341,6 +355,7 @@ pub fn router(state: AppState) -> Router {
             "/api/connections/{provider}/client",
             put(connections::set_client),
         )
+        .route("/api/livekit/{name}/token", post(livekit::token))
         .route("/api/verify", any(verify::verify));
     Router::new()
         .route("/health", get(ops::health))

@@ -22,6 +22,9 @@ pub async fn respond(
     req: Request,
     peer: Option<std::net::SocketAddr>,
 ) -> Response {
+    if let Err(e) = cookie_upgrade_same_origin(state, &req, peer) {
+        return e.into_response();
+    }
     let ctx = ProxyContext {
         proxy: &state.proxy,
         auth: &state.auth,
@@ -34,4 +37,30 @@ pub async fn respond(
         Ok(resp) => resp,
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// A WebSocket upgrade that carries Latchkey's session cookie must come
+/// from our own origin (the hardening rule for every cookie-carrying
+/// upgrade, docs/security/edges.md §13): the proxy takes keys only, but a
+/// page elsewhere that makes the owner's browser open a session with a
+/// key it planted must not ride on the owner's cookie either. `403 csrf`.
+fn cookie_upgrade_same_origin(
+    state: &AppState,
+    req: &Request,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<(), ApiError> {
+    let h = req.headers();
+    if !super::authn::wants_upgrade(h) || super::authn::session_cookie(h).is_none() {
+        return Ok(());
+    }
+    let mut ext = axum::http::Extensions::new();
+    if let Some(peer) = peer.or_else(|| crate::net::client::peer(req.extensions())) {
+        ext.insert(axum::extract::ConnectInfo(peer));
+    }
+    let own = super::origin::own_origins(state, h, req.uri(), &ext);
+    let same = h
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| own.iter().any(|x| o.eq_ignore_ascii_case(x)));
+    if same { Ok(()) } else { Err(ApiError::Csrf) }
 }

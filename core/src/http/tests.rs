@@ -1,6 +1,7 @@
 //! Handler tests: the router driven with `oneshot`, no socket.
 
 mod auth;
+mod livekit;
 mod ui;
 
 use super::*;

@@ -297,6 +297,9 @@ pub async fn seal(
         Ok(())
     })
     .await?;
+    // Open realtime sessions whose credential came from the vault re-check
+    // and end (the epoch means only "re-check", see auth::revocation).
+    state.auth.revocations.bump();
     tracing::info!("vault sealed over the API");
     Ok(Json(SealState { sealed: true }))
 }

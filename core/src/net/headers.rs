@@ -104,6 +104,18 @@ pub fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Whether the request asks for a WebSocket (RFC 6455 §4.1): `Upgrade:
+/// websocket` and `Connection: upgrade`, any case, in any list position.
+pub fn wants_websocket(h: &HeaderMap) -> bool {
+    let has = |name: HeaderName, token: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+    };
+    has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,9 @@
 //! - [`body`]: draining what a client is still sending, and the streaming
 //!   wrapper of an upstream's answer (idle timeout, hooks);
 //! - [`error`]: an error and its causes, for the log;
-//! - [`histogram`]: the latency buckets of `/metrics`.
+//! - [`histogram`]: the latency buckets of `/metrics`;
+//! - [`wsframe`]: WebSocket framing read as it passes (relays of agent
+//!   WebSockets and realtime provider sessions).
 
 pub mod body;
 pub mod client;
@@ -28,3 +30,4 @@ pub mod histogram;
 pub mod path;
 pub mod tls;
 pub mod upstream;
+pub mod wsframe;

@@ -59,6 +59,17 @@ pub enum ProxyError {
     },
     #[error("the upstream of provider `{provider}` did not answer within {} s", after.as_secs())]
     UpstreamTimeout { provider: String, after: Duration },
+    /// A WebSocket upgrade to a provider without `websocket = true`.
+    #[error("provider `{0}` does not accept WebSocket connections (websocket = false)")]
+    WebSocketDisabled(String),
+    /// WebSocket over HTTP/2 (RFC 8441 extended CONNECT), or CONNECT.
+    #[error(
+        "WebSocket over HTTP/2 (extended CONNECT) and CONNECT are not supported; connect over HTTP/1.1"
+    )]
+    WebSocketOverH2,
+    /// The key already has `proxy.realtime_sessions_per_key` open.
+    #[error("this API key already has {limit} realtime sessions open; close one first")]
+    TooManySessions { limit: u32 },
     /// Anything else that went wrong inside the server.
     #[error("internal error: {0}")]
     Internal(String),

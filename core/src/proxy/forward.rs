@@ -8,7 +8,7 @@
 //! dropped, which drops the upstream response and its connection, so the
 //! upstream request is cancelled.
 
-use super::headers::{filter_request_headers, response_headers};
+use super::headers::{filter_request_headers, filter_response_headers};
 use super::providers::{Injection, Provider};
 use super::usage::{UsageKey, UsageParser};
 use super::{Proxy, ProxyError, Route};
@@ -18,7 +18,7 @@ use crate::connections::Connections;
 use crate::net::body::{DRAIN_LIMIT, DRAIN_TIME, Hooks, Streamed, drain};
 use crate::net::client;
 use crate::net::error::causes;
-use crate::net::headers::bearer;
+use crate::net::headers::{bearer, wants_websocket};
 use crate::net::path::check_path;
 use crate::vault::{Vault, VaultError};
 use axum::body::Body;
@@ -45,8 +45,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone, Copy)]
 pub struct ProxyContext<'a> {
     pub proxy: &'a Arc<Proxy>,
-    pub auth: &'a Auth,
-    pub vault: &'a Vault,
+    pub auth: &'a Arc<Auth>,
+    pub vault: &'a Arc<Vault>,
     /// The broker of providers with `connection`.
     pub connections: &'a Connections,
     /// `auth.trusted_proxies`: the client address audited when a
@@ -59,10 +59,16 @@ pub struct ProxyContext<'a> {
 /// Answers a proxied request. A request refused before its body was used
 /// has a small rest of it read first, so HTTP/2 clients still sending it
 /// get the answer, not a reset.
-pub async fn respond(ctx: &ProxyContext<'_>, req: Request) -> Result<Response, ProxyError> {
+pub async fn respond(ctx: &ProxyContext<'_>, mut req: Request) -> Result<Response, ProxyError> {
+    // A WebSocket upgrade becomes a realtime session; taken before the
+    // parts are split off.
+    let upgrade = wants_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let answered = forward(ctx, parts, &mut body).await;
+    let answered = match upgrade {
+        Some(upgrade) => super::realtime::open(ctx, parts, upgrade).await,
+        None => forward(ctx, parts, &mut body).await,
+    };
     if answered.is_err()
         && let Some(body) = body
     {
@@ -136,15 +142,27 @@ impl HttpBody for SharedBody {
     }
 }
 
-/// The Latchkey key from `Authorization: Bearer lk_…`, `x-api-key` or
-/// `x-goog-api-key`, else from the query's `key=lk_…` (how Gemini's REST
-/// examples pass a key; it is never forwarded, see [`upstream_uri`]).
-fn client_key<'a>(
+/// The Latchkey key from `Authorization: Bearer lk_…` (or `Token lk_…`,
+/// Deepgram's scheme), `x-api-key` or
+/// `x-goog-api-key`, else from the query's `key=lk_…` or `api_key=lk_…`
+/// (how Gemini's REST examples and Cartesia's WebSocket clients pass a
+/// key; it is never forwarded, see [`upstream_uri`]).
+pub(super) fn client_key<'a>(
     headers: &'a axum::http::HeaderMap,
     query: Option<&str>,
 ) -> Option<std::borrow::Cow<'a, str>> {
     if let Some(b) = bearer(headers) {
         return Some(b.into());
+    }
+    // Deepgram's SDKs send `Authorization: Token <key>`.
+    if let Some(t) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("token") && t.trim().starts_with("lk_"))
+        .map(|(_, t)| t.trim())
+    {
+        return Some(t.into());
     }
     if let Some(h) = ["x-api-key", "x-goog-api-key"]
         .iter()
@@ -154,27 +172,34 @@ fn client_key<'a>(
     }
     let query = query?;
     form_urlencoded::parse(query.as_bytes())
-        .find(|(k, v)| k == QUERY_KEY && v.starts_with("lk_"))
+        .find(|(k, v)| QUERY_KEYS.contains(&k.as_ref()) && v.starts_with("lk_"))
         .map(|(_, v)| std::borrow::Cow::Owned(v.into_owned()))
 }
 
-/// The query parameter a client may put its Latchkey key in.
-const QUERY_KEY: &str = "key";
+/// The query parameters a client may put its Latchkey key in.
+const QUERY_KEYS: [&str; 2] = ["key", "api_key"];
 
-async fn forward(
+/// `/proxy/<name>/<path>` split into the provider's name and the rest of
+/// the path (still encoded).
+pub(super) fn split_path(uri: &Uri) -> (&str, &str) {
+    let rest = uri.path().strip_prefix("/proxy/").unwrap_or_default();
+    rest.split_once('/').unwrap_or((rest, ""))
+}
+
+/// Steps 1–5 of every proxied request, HTTP or WebSocket alike: the key
+/// (verified in memory), the scope, the provider, the path, the key's
+/// token budget and rate. The key's principal and the provider's route.
+pub(super) fn admit(
     ctx: &ProxyContext<'_>,
-    mut parts: axum::http::request::Parts,
-    body: &mut Option<Body>,
-) -> Result<Response, ProxyError> {
+    parts: &axum::http::request::Parts,
+    key: &str,
+) -> Result<(crate::auth::Principal, Arc<Route>), ProxyError> {
     let proxy: &Proxy = ctx.proxy;
     // 1. Who: an API key, verified in memory.
-    let key =
-        client_key(&parts.headers, parts.uri.query()).ok_or_else(ProxyError::unauthenticated)?;
     if !key.starts_with("lk_") {
         return Err(ProxyError::unauthenticated());
     }
-    let principal = ctx.auth.authenticate_key(&key)?;
-    drop(key);
+    let principal = ctx.auth.authenticate_key(key)?;
     let Via::ApiKey { id: key_id, .. } = &principal.via else {
         return Err(ProxyError::unauthenticated());
     };
@@ -182,9 +207,7 @@ async fn forward(
     // 2. Which provider, and the rest of the path (still encoded). The
     // scope is checked before the provider is looked up, so a key without
     // it cannot probe which providers exist.
-    let raw = parts.uri.path();
-    let rest = raw.strip_prefix("/proxy/").unwrap_or_default();
-    let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (name, path) = split_path(&parts.uri);
     let unknown = || ProxyError::UnknownProvider(name.chars().take(64).collect());
     let scope = Scope::proxy(name).map_err(|_| unknown())?;
 
@@ -193,7 +216,6 @@ async fn forward(
         return Err(ProxyError::needs(&scope));
     }
     let route = proxy.routes.get(name).cloned().ok_or_else(unknown)?;
-    let p = &route.provider;
 
     // 4. Where exactly: only below the configured upstream. Refused paths
     // do not count against the key's rate.
@@ -222,23 +244,24 @@ async fn forward(
         route.stats.refused_rpm.fetch_add(1, Ordering::Relaxed);
         return Err(e);
     }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > proxy.max_body as u64) {
-        return Err(ProxyError::PayloadTooLarge {
-            limit: proxy.max_body,
-        });
-    }
-    let secret = match (&p.secret, &p.connection) {
+    Ok((principal, route))
+}
+
+/// The provider's credential for this request: the vault entry (cached
+/// in memory), or the key owner's connection's access token.
+pub(super) async fn credential(
+    ctx: &ProxyContext<'_>,
+    p: &Provider,
+    principal: &crate::auth::Principal,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<secrecy::SecretString>, ProxyError> {
+    Ok(match (&p.secret, &p.connection) {
         // The key owner's own connection: a fresh access token from the
         // broker (cached in memory, refreshed single-flight when due; the
         // issuance is audited in its batch). A key never reaches another
         // user's connection: it acts for its owner only.
         (None, Some(conn)) => {
-            let ip = client::client_ip_of(ctx.trusted_proxies, &parts.headers, ctx.peer);
+            let ip = client::client_ip_of(ctx.trusted_proxies, headers, ctx.peer);
             // Boxed: the broker's future (a refresh is an HTTP exchange)
             // is ~2 KiB, and inline it would be copied with every
             // request's future, not only this rare path's.
@@ -259,7 +282,76 @@ async fn forward(
             other => ProxyError::Vault(other),
         })?),
         (None, None) => None,
+    })
+}
+
+/// Sets the provider's credential header (for `Injection::Header`), marked
+/// sensitive; nothing for other injections.
+pub(super) fn inject_header(
+    p: &Provider,
+    secret: Option<&secrecy::SecretString>,
+    headers: &mut axum::http::HeaderMap,
+) -> Result<(), ProxyError> {
+    let (Injection::Header { name, format }, Some(s)) = (&p.injection, secret) else {
+        return Ok(());
     };
+    // `{secret}` is in the format exactly once (checked at start).
+    // Found by a plain window scan: the formats are short
+    // (`Bearer {secret}`), and `str::split_once` with a string
+    // pattern sets up a two-way searcher each time (~0.4k
+    // instructions per request).
+    const MARK: &[u8] = b"{secret}";
+    let (before, after) = format
+        .as_bytes()
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .map_or((format.as_str(), ""), |at| {
+            (&format[..at], &format[at + MARK.len()..])
+        });
+    let secret = s.expose_secret();
+    let mut value = Zeroizing::new(String::with_capacity(
+        before.len() + secret.len() + after.len(),
+    ));
+    value.push_str(before);
+    value.push_str(secret);
+    value.push_str(after);
+    let mut v = HeaderValue::from_str(&value).map_err(|_| {
+        ProxyError::Internal(format!(
+            "the credential of provider `{}` is not a valid header value",
+            p.name
+        ))
+    })?;
+    v.set_sensitive(true);
+    headers.insert(name.clone(), v);
+    Ok(())
+}
+
+async fn forward(
+    ctx: &ProxyContext<'_>,
+    mut parts: axum::http::request::Parts,
+    body: &mut Option<Body>,
+) -> Result<Response, ProxyError> {
+    let proxy: &Proxy = ctx.proxy;
+    let key =
+        client_key(&parts.headers, parts.uri.query()).ok_or_else(ProxyError::unauthenticated)?;
+    let (principal, route) = admit(ctx, &parts, &key)?;
+    drop(key);
+    let Via::ApiKey { id: key_id, .. } = &principal.via else {
+        return Err(ProxyError::unauthenticated());
+    };
+    let p = &route.provider;
+    let path = split_path(&parts.uri).1;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > proxy.max_body as u64) {
+        return Err(ProxyError::PayloadTooLarge {
+            limit: proxy.max_body,
+        });
+    }
+    let secret = credential(ctx, p, &principal, &parts.headers).await?;
     let uri = upstream_uri(p, path, parts.uri.query(), secret.as_ref())?;
 
     // 6. The upstream request: the client's headers filtered in place,
@@ -283,36 +375,7 @@ async fn forward(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    if let (Injection::Header { name, format }, Some(s)) = (&p.injection, &secret) {
-        // `{secret}` is in the format exactly once (checked at start).
-        // Found by a plain window scan: the formats are short
-        // (`Bearer {secret}`), and `str::split_once` with a string
-        // pattern sets up a two-way searcher each time (~0.4k
-        // instructions per request).
-        const MARK: &[u8] = b"{secret}";
-        let (before, after) = format
-            .as_bytes()
-            .windows(MARK.len())
-            .position(|w| w == MARK)
-            .map_or((format.as_str(), ""), |at| {
-                (&format[..at], &format[at + MARK.len()..])
-            });
-        let secret = s.expose_secret();
-        let mut value = Zeroizing::new(String::with_capacity(
-            before.len() + secret.len() + after.len(),
-        ));
-        value.push_str(before);
-        value.push_str(secret);
-        value.push_str(after);
-        let mut v = HeaderValue::from_str(&value).map_err(|_| {
-            ProxyError::Internal(format!(
-                "the credential of provider `{}` is not a valid header value",
-                p.name
-            ))
-        })?;
-        v.set_sensitive(true);
-        headers.insert(name.clone(), v);
-    }
+    inject_header(p, secret.as_ref(), &mut headers)?;
     drop(secret);
     let body = body.take().unwrap_or_default();
     let shared = SharedBody::new(Limited::new(body, proxy.max_body));
@@ -351,7 +414,7 @@ async fn forward(
     );
 
     // 7. Back to the client, streamed through the usage tap.
-    let (rparts, rbody) = resp.into_parts();
+    let (mut rparts, rbody) = resp.into_parts();
     let content_type = rparts
         .headers
         .get(header::CONTENT_TYPE)
@@ -388,7 +451,8 @@ async fn forward(
     );
     let mut out = Response::new(Body::new(body));
     *out.status_mut() = rparts.status;
-    *out.headers_mut() = response_headers(&rparts.headers);
+    filter_response_headers(&mut rparts.headers);
+    *out.headers_mut() = rparts.headers;
     Ok(out)
 }
 
@@ -396,7 +460,7 @@ async fn forward(
 /// to the query for `auth_query` providers (and any client value of that
 /// parameter dropped). A client's `key=lk_…` is always dropped: the
 /// Latchkey key never reaches an upstream.
-fn upstream_uri(
+pub(super) fn upstream_uri(
     p: &Provider,
     path: &str,
     query: Option<&str>,
@@ -406,7 +470,7 @@ fn upstream_uri(
         (Injection::Query { param }, Some(s)) => Some((param.as_str(), s)),
         _ => None,
     };
-    let our_key = |k: &str, v: &str| k == QUERY_KEY && v.starts_with("lk_");
+    let our_key = |k: &str, v: &str| QUERY_KEYS.contains(&k) && v.starts_with("lk_");
     let rewrite = injected.is_some()
         || query
             .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, v)| our_key(&k, &v)));
@@ -459,7 +523,7 @@ fn upstream_uri(
 /// 502, or 504 for a connect timeout; 413 when the client's body ran over
 /// the limit. The source (which never holds the credential: hyper's errors
 /// name no URL or header) goes to the log only.
-fn upstream_error(p: &Provider, e: super::UpstreamError, max_body: usize) -> ProxyError {
+pub(super) fn upstream_error(p: &Provider, e: super::UpstreamError, max_body: usize) -> ProxyError {
     /// What the first telling cause says.
     enum Cause {
         TooLarge,
@@ -698,6 +762,11 @@ mod tests {
             Some("lk_abc")
         );
         assert_eq!(client_key(&h, Some("key=AIza123")), None);
+        let mut t = axum::http::HeaderMap::new();
+        t.insert("authorization", HeaderValue::from_static("Token lk_dg"));
+        assert_eq!(client_key(&t, None).as_deref(), Some("lk_dg"));
+        t.insert("authorization", HeaderValue::from_static("Token dg-real"));
+        assert_eq!(client_key(&t, None), None);
         h.insert("x-api-key", HeaderValue::from_static("lk_header"));
         assert_eq!(
             client_key(&h, Some("key=lk_abc")).as_deref(),

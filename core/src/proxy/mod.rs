@@ -8,7 +8,10 @@
 //!   memory and written to `usage_daily` in batches;
 //! - [`limits`]: per-key requests per minute and tokens per day, cached;
 //! - [`pool`]: keep-alive connections to plain-HTTP upstreams;
-//! - [`stats`]: per-provider counters for `/metrics`.
+//! - [`stats`]: per-provider counters for `/metrics`;
+//! - [`realtime`]: WebSocket upgrades (realtime sessions): admission, the
+//!   frame-aware relay, session limits, usage from server events, the
+//!   list of open sessions.
 //!
 //! [`Proxy`] is built once from the settings and shared through the HTTP
 //! layer's state, which hands it to [`forward`] in a [`ProxyContext`];
@@ -25,6 +28,7 @@ pub(crate) mod json_scan;
 pub mod limits;
 pub mod pool;
 pub mod providers;
+pub mod realtime;
 pub mod settings;
 pub mod stats;
 pub mod usage;
@@ -90,6 +94,8 @@ pub struct Route {
     /// `sse_keepalive_secs` of the provider, else of `[proxy]`; `None`:
     /// off.
     pub sse_keepalive: Option<Duration>,
+    /// The WebSocket client, for a provider with `websocket = true`.
+    pub ws_client: Option<realtime::WsClient>,
 }
 
 /// The proxy's shared state.
@@ -104,6 +110,10 @@ pub struct Proxy {
     pub max_body: usize,
     /// `proxy.usage_flush_secs`.
     pub flush_every: Duration,
+    /// The open realtime sessions.
+    pub realtime: realtime::Sessions,
+    /// `proxy.realtime_*`.
+    pub realtime_limits: realtime::Limits,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -139,6 +149,7 @@ impl Proxy {
                 client_config(Trust::System(&p.extra_roots))
                     .map_err(|e| format!("providers.{}.ca_file: {e}", p.name))?
             };
+            let ws_client = p.websocket.then(|| realtime::ws_client(&p, tls.clone()));
             let client = build_client(&p, tls);
             let keepalive = p
                 .sse_keepalive
@@ -150,6 +161,7 @@ impl Proxy {
                     client,
                     stats: ProviderStats::default(),
                     sse_keepalive: (!keepalive.is_zero()).then_some(keepalive),
+                    ws_client,
                 }),
             );
         }
@@ -166,6 +178,13 @@ impl Proxy {
             store,
             max_body: settings.max_body_bytes,
             flush_every: Duration::from_secs(settings.usage_flush_secs.max(1)),
+            realtime: realtime::Sessions::default(),
+            realtime_limits: realtime::Limits {
+                per_key: settings.realtime_sessions_per_key,
+                max_session: settings.realtime_max_session,
+                idle: settings.realtime_idle_timeout,
+                max_message: settings.realtime_max_message_bytes,
+            },
         })
     }
 

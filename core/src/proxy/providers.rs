@@ -52,6 +52,8 @@ pub struct Provider {
     pub sse_keepalive: Option<Duration>,
     /// Extra trusted CA certificates from `ca_file` (DER).
     pub extra_roots: Vec<CertificateDer<'static>>,
+    /// WebSocket upgrades (realtime sessions) are accepted.
+    pub websocket: bool,
 }
 
 /// A preset's defaults.
@@ -99,6 +101,23 @@ fn preset(name: &str) -> Option<Preset> {
             BEARER,
             &[("notion-version", "2022-06-28")],
         ),
+        // Realtime (WebSocket) APIs; docs/PROXY.md says what each was
+        // checked against.
+        "deepgram" => (
+            "https://api.deepgram.com",
+            Some(("authorization", "Token {secret}")),
+            &[],
+        ),
+        "elevenlabs" => (
+            "https://api.elevenlabs.io",
+            Some(("xi-api-key", "{secret}")),
+            &[],
+        ),
+        "cartesia" => (
+            "https://api.cartesia.ai",
+            Some(("x-api-key", "{secret}")),
+            &[("cartesia-version", "2024-06-10")],
+        ),
         _ => return None,
     };
     Some(Preset {
@@ -109,7 +128,7 @@ fn preset(name: &str) -> Option<Preset> {
 }
 
 /// The names of the presets, for documentation and errors.
-pub const PRESETS: [&str; 15] = [
+pub const PRESETS: [&str; 18] = [
     "openai",
     "anthropic",
     "gemini",
@@ -125,7 +144,14 @@ pub const PRESETS: [&str; 15] = [
     "microsoft",
     "slack",
     "notion",
+    "deepgram",
+    "elevenlabs",
+    "cartesia",
 ];
+
+/// Presets whose WebSocket (realtime) endpoints are open by default
+/// (`websocket = true` unless the section says otherwise).
+pub const REALTIME_PRESETS: [&str; 4] = ["openai", "deepgram", "elevenlabs", "cartesia"];
 
 /// Presets whose credential is a user's connection, not a vault entry.
 const CONNECTION_PRESETS: [&str; 6] = [
@@ -321,6 +347,9 @@ pub fn resolve(name: &str, s: &ProviderSettings) -> Result<Provider, (String, St
         idle_timeout: s.idle_timeout,
         sse_keepalive: s.sse_keepalive_secs.map(Duration::from_secs),
         extra_roots,
+        websocket: s
+            .websocket
+            .unwrap_or_else(|| REALTIME_PRESETS.contains(&name)),
     })
 }
 
@@ -349,6 +378,66 @@ mod tests {
         assert_eq!(o.injection, Injection::None);
         let r = resolve("openrouter", &section("secret = \"x\"")).expect("openrouter");
         assert_eq!(r.base_path, "/api");
+        assert!(!r.websocket, "off unless a realtime preset or configured");
+    }
+
+    #[test]
+    fn realtime_presets_speak_websocket_with_their_providers_auth() {
+        let header = |name: &str| match resolve(name, &section("secret = \"s\"")) {
+            Ok(Provider {
+                injection: Injection::Header { name: h, format },
+                websocket,
+                authority,
+                ..
+            }) => (h.to_string(), format, websocket, authority.to_string()),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(
+            header("openai"),
+            (
+                "authorization".into(),
+                "Bearer {secret}".into(),
+                true,
+                "api.openai.com".into()
+            )
+        );
+        assert_eq!(
+            header("deepgram"),
+            (
+                "authorization".into(),
+                "Token {secret}".into(),
+                true,
+                "api.deepgram.com".into()
+            )
+        );
+        assert_eq!(
+            header("elevenlabs"),
+            (
+                "xi-api-key".into(),
+                "{secret}".into(),
+                true,
+                "api.elevenlabs.io".into()
+            )
+        );
+        assert_eq!(
+            header("cartesia"),
+            (
+                "x-api-key".into(),
+                "{secret}".into(),
+                true,
+                "api.cartesia.ai".into()
+            )
+        );
+        let c = resolve("cartesia", &section("secret = \"s\"")).expect("cartesia");
+        assert_eq!(c.default_headers[0].0, "cartesia-version");
+        let off = resolve("openai", &section("secret = \"s\"\nwebsocket = false")).expect("off");
+        assert!(!off.websocket);
+        let on = resolve(
+            "mine",
+            &section("upstream = \"http://127.0.0.1:9\"\nwebsocket = true"),
+        )
+        .expect("custom");
+        assert!(on.websocket);
     }
 
     #[test]

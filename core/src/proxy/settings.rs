@@ -19,6 +19,19 @@ pub struct ProxySettings {
     /// While an upstream event stream is silent this many seconds, send the
     /// client `: keep-alive` (0: never); `[providers.<name>]` may override.
     pub sse_keepalive_secs: u64,
+    /// Realtime (WebSocket) sessions one API key may have open at once
+    /// (0: no limit); over it the upgrade gets `429 too_many_sessions`.
+    pub realtime_sessions_per_key: u32,
+    /// Longest realtime session; then both sides get close 4000.
+    #[serde(with = "duration_str")]
+    pub realtime_max_session: Duration,
+    /// A realtime session in which nothing moved either way this long is
+    /// closed (4001).
+    #[serde(with = "duration_str")]
+    pub realtime_idle_timeout: Duration,
+    /// Largest WebSocket message either way, in bytes; a larger one is
+    /// not forwarded and the session is closed (1009).
+    pub realtime_max_message_bytes: u64,
 }
 
 impl Default for ProxySettings {
@@ -28,6 +41,10 @@ impl Default for ProxySettings {
             key_rpm: 0,
             usage_flush_secs: 5,
             sse_keepalive_secs: 15,
+            realtime_sessions_per_key: 8,
+            realtime_max_session: Duration::from_secs(3600),
+            realtime_idle_timeout: Duration::from_secs(300),
+            realtime_max_message_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -61,6 +78,10 @@ pub struct ProviderSettings {
     pub ca_file: Option<std::path::PathBuf>,
     /// Overrides `proxy.sse_keepalive_secs` for this provider.
     pub sse_keepalive_secs: Option<u64>,
+    /// Whether `/proxy/<name>/…` accepts WebSocket upgrades (realtime
+    /// sessions). Default: on for the realtime presets (`openai`,
+    /// `deepgram`, `elevenlabs`, `cartesia`), off otherwise.
+    pub websocket: Option<bool>,
 }
 
 impl Default for ProviderSettings {
@@ -77,6 +98,7 @@ impl Default for ProviderSettings {
             idle_timeout: Duration::from_secs(300),
             ca_file: None,
             sse_keepalive_secs: None,
+            websocket: None,
         }
     }
 }

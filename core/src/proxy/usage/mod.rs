@@ -128,22 +128,64 @@ impl UsageKey {
 }
 
 /// A row's counts. Stored in `usage_daily` as postcard, fields in this
-/// order (all varint u64).
+/// order (all varint u64). The last three came with realtime sessions
+/// (issue #21) and are appended, so rows written before them decode as
+/// [`TotalsV3`] with zeros there ([`Totals::decode`]), and an older
+/// binary reading a newer row reads the first four and ignores the rest
+/// (postcard does not require the input to be used up).
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Totals {
+    /// Requests; a realtime session counts one for each response that
+    /// reported usage, or one if none did.
     pub requests: u64,
+    /// Input tokens, audio included.
     pub input_tokens: u64,
+    /// Output tokens, audio included.
     pub output_tokens: u64,
     /// Requests the upstream answered with a status of 400 or more.
     pub errors: u64,
+    /// Of `input_tokens`, audio tokens (OpenAI realtime `response.done`).
+    pub audio_input_tokens: u64,
+    /// Of `output_tokens`, audio tokens.
+    pub audio_output_tokens: u64,
+    /// Seconds of realtime sessions (how per-second providers bill).
+    pub session_seconds: u64,
+}
+
+/// A row as written before realtime sessions (schema v3's first layout).
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct TotalsV3 {
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    errors: u64,
 }
 
 impl Totals {
+    /// A stored row, in either layout; `None` when it is neither.
+    pub fn decode(bytes: &[u8]) -> Option<Totals> {
+        postcard::from_bytes::<Totals>(bytes).ok().or_else(|| {
+            let t = postcard::from_bytes::<TotalsV3>(bytes).ok()?;
+            Some(Totals {
+                requests: t.requests,
+                input_tokens: t.input_tokens,
+                output_tokens: t.output_tokens,
+                errors: t.errors,
+                ..Totals::default()
+            })
+        })
+    }
+
     fn add(&mut self, o: &Totals) {
         self.requests = self.requests.saturating_add(o.requests);
         self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
         self.errors = self.errors.saturating_add(o.errors);
+        self.audio_input_tokens = self.audio_input_tokens.saturating_add(o.audio_input_tokens);
+        self.audio_output_tokens = self
+            .audio_output_tokens
+            .saturating_add(o.audio_output_tokens);
+        self.session_seconds = self.session_seconds.saturating_add(o.session_seconds);
     }
 
     fn sub(&mut self, o: &Totals) {
@@ -151,6 +193,11 @@ impl Totals {
         self.input_tokens = self.input_tokens.saturating_sub(o.input_tokens);
         self.output_tokens = self.output_tokens.saturating_sub(o.output_tokens);
         self.errors = self.errors.saturating_sub(o.errors);
+        self.audio_input_tokens = self.audio_input_tokens.saturating_sub(o.audio_input_tokens);
+        self.audio_output_tokens = self
+            .audio_output_tokens
+            .saturating_sub(o.audio_output_tokens);
+        self.session_seconds = self.session_seconds.saturating_sub(o.session_seconds);
     }
 
     fn is_zero(&self) -> bool {
@@ -349,7 +396,25 @@ impl UsageBook {
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             errors: u64::from(error),
+            ..Totals::default()
         });
+    }
+
+    /// Counts what a realtime session reported (see [`Totals`]): its
+    /// tokens go against the key's budget like any request's.
+    pub fn record_totals(&self, mut key: UsageKey, totals: &Totals) {
+        let tokens = totals.input_tokens.saturating_add(totals.output_tokens);
+        let mut inner = lock(&self.inner);
+        key.model = inner.bounded_model(&key.day, &key.provider, std::mem::take(&mut key.model));
+        let spent = inner
+            .spent
+            .entry(key.key_id.clone())
+            .or_insert_with(|| (key.day.clone(), 0));
+        if spent.0 != key.day {
+            *spent = (key.day.clone(), 0);
+        }
+        spent.1 = spent.1.saturating_add(tokens);
+        inner.pending.entry(key).or_default().add(totals);
     }
 
     /// Tokens `key_id` has spent on `day` (`YYYY-MM-DD`).
@@ -383,7 +448,7 @@ impl UsageBook {
                 // better a restarted count than no accounting at all.
                 let mut row = table
                     .get(enc.as_slice())?
-                    .and_then(|v| postcard::from_bytes::<Totals>(v.value()).ok())
+                    .and_then(|v| Totals::decode(v.value()))
                     .unwrap_or_default();
                 row.add(delta);
                 let bytes = postcard::to_allocvec(&row).map_err(|e| {
@@ -453,10 +518,7 @@ fn each_row(
     let end = day_end(to);
     for item in table.range(from.as_bytes()..end.as_slice())? {
         let (k, v) = item?;
-        if let (Some(key), Ok(t)) = (
-            UsageKey::decode(k.value()),
-            postcard::from_bytes::<Totals>(v.value()),
-        ) {
+        if let (Some(key), Some(t)) = (UsageKey::decode(k.value()), Totals::decode(v.value())) {
             each(key, t);
         }
     }

@@ -298,11 +298,25 @@ fn key_encoding_round_trips_and_sorts_by_day() {
         input_tokens: 300,
         output_tokens: 2,
         errors: 0,
+        ..Totals::default()
     };
     assert_eq!(
         postcard::to_allocvec(&totals).expect("encode"),
-        [1, 0xac, 0x02, 2, 0]
+        [1, 0xac, 0x02, 2, 0, 0, 0, 0]
     );
+    // Rows written before the realtime fields still decode (zeros there),
+    // and the first four fields are where they always were.
+    assert_eq!(Totals::decode(&[1, 0xac, 0x02, 2, 0]), Some(totals));
+    let rt = Totals {
+        audio_input_tokens: 7,
+        audio_output_tokens: 8,
+        session_seconds: 9,
+        ..totals
+    };
+    let bytes = postcard::to_allocvec(&rt).expect("encode");
+    assert_eq!(Totals::decode(&bytes), Some(rt));
+    assert_eq!(&bytes[..5], &[1, 0xac, 0x02, 2, 0]);
+    assert_eq!(Totals::decode(&[1, 2]), None);
 }
 
 #[test]
@@ -376,7 +390,8 @@ fn book_flushes_queries_and_reloads() {
             requests: 3,
             input_tokens: 14,
             output_tokens: 16,
-            errors: 1
+            errors: 1,
+            ..Totals::default()
         }
     );
     // Filters: days, own keys, exact matches.

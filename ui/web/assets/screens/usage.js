@@ -136,8 +136,11 @@ export async function render(main, ctx) {
         input: a.input + r.input_tokens,
         output: a.output + r.output_tokens,
         errors: a.errors + (r.errors || 0),
+        audioIn: a.audioIn + (r.audio_input_tokens || 0),
+        audioOut: a.audioOut + (r.audio_output_tokens || 0),
+        seconds: a.seconds + (r.session_seconds || 0),
       }),
-      { requests: 0, input: 0, output: 0, errors: 0 },
+      { requests: 0, input: 0, output: 0, errors: 0, audioIn: 0, audioOut: 0, seconds: 0 },
     );
 
     // Series: the biggest groups by requests; the rest folded into "Other".
@@ -201,8 +204,10 @@ export async function render(main, ctx) {
     const sorted = [...rows].sort(
       (a, b) => b.day.localeCompare(a.day) || keyName(a.key_id).localeCompare(keyName(b.key_id)) || a.provider.localeCompare(b.provider) || a.model.localeCompare(b.model),
     );
-    const cols = ['Day', 'Key', 'Provider', 'Model', 'Requests', 'Input tokens', 'Output tokens', 'Errors'];
-    const numeric = new Set(['Requests', 'Input tokens', 'Output tokens', 'Errors']);
+    // Realtime sessions add audio tokens (part of input/output) and their
+    // length in seconds.
+    const cols = ['Day', 'Key', 'Provider', 'Model', 'Requests', 'Input tokens', 'Output tokens', 'Errors', 'Audio in', 'Audio out', 'Session seconds'];
+    const numeric = new Set(cols.slice(4));
     const tableEl = h(
       'div',
       { class: 'table-wrap' },
@@ -222,7 +227,7 @@ export async function render(main, ctx) {
               h('td', { 'data-label': 'Key' }, keyName(r.key_id)),
               h('td', { 'data-label': 'Provider' }, r.provider),
               h('td', { 'data-label': 'Model', class: 'mono' }, r.model),
-              [r.requests, r.input_tokens, r.output_tokens, r.errors || 0].map((n, i) => {
+              [r.requests, r.input_tokens, r.output_tokens, r.errors || 0, r.audio_input_tokens || 0, r.audio_output_tokens || 0, r.session_seconds || 0].map((n, i) => {
                 const td = num(n);
                 td.setAttribute('data-label', cols[4 + i]);
                 return td;
@@ -237,7 +242,7 @@ export async function render(main, ctx) {
             'tr',
             {},
             h('th', { scope: 'row', colspan: 4, 'data-label': 'Total' }, `Total, ${range}`),
-            [totals.requests, totals.input, totals.output, totals.errors].map((n, i) => {
+            [totals.requests, totals.input, totals.output, totals.errors, totals.audioIn, totals.audioOut, totals.seconds].map((n, i) => {
               const td = num(n);
               td.setAttribute('data-label', cols[4 + i]);
               return td;

@@ -1,4 +1,5 @@
-//! A connection through an agent route lives no longer than the
+//! A long-lived connection — through an agent route, or a provider's
+//! realtime session through the proxy — lives no longer than the
 //! credential that opened it.
 //!
 //! WebSockets and streamed answers (server-sent events, long downloads)
