@@ -115,7 +115,8 @@ fn tray_menu(env: &DesktopEnv) -> (String, String, String) {
         "--method",
         "com.canonical.dbusmenu.GetLayout",
         "0",
-        "-1",
+        // Typed: a bare "-1" would be taken for an option.
+        "int32 -1",
         "[]",
     ]);
     (service, menu_path, layout)

@@ -313,3 +313,34 @@ fn update_public_keys_come_from_the_environment_as_one_string() {
         .expect_err("plain http off loopback");
     assert!(err.to_string().contains("update.feed"), "{err}");
 }
+
+#[test]
+fn realtime_limits_are_checked_and_named() {
+    let s = load_str("", &[]).expect("defaults");
+    assert_eq!(s.proxy.realtime_sessions_per_key, 8);
+    assert_eq!(s.proxy.realtime_max_session, Duration::from_secs(3600));
+    let s = load_str(
+        "[proxy]\nrealtime_max_session = \"30m\"\nrealtime_idle_timeout = \"10s\"\nrealtime_max_message_bytes = 1024\n",
+        &[("LATCHKEY_PROXY__REALTIME_SESSIONS_PER_KEY", "2")],
+    )
+    .expect("set");
+    assert_eq!(s.proxy.realtime_sessions_per_key, 2);
+    assert_eq!(s.proxy.realtime_idle_timeout, Duration::from_secs(10));
+    for (text, key) in [
+        (
+            "realtime_max_session = \"0s\"",
+            "proxy.realtime_max_session",
+        ),
+        (
+            "realtime_idle_timeout = \"2d\"",
+            "proxy.realtime_idle_timeout",
+        ),
+        (
+            "realtime_max_message_bytes = 10",
+            "proxy.realtime_max_message_bytes",
+        ),
+    ] {
+        let err = load_str(&format!("[proxy]\n{text}\n"), &[]).expect_err(text);
+        assert!(err.to_string().contains(key), "{text}: {err}");
+    }
+}
