@@ -16,7 +16,7 @@
 use crate::config;
 use latchkey_core::app::{App, OpenOptions, Shell};
 use latchkey_core::config::{MasterKeyKind, Settings};
-use latchkey_core::http::{AppState, Front, NoHostInfo, StaticToken};
+use latchkey_core::http::{AppState, Front, HostInfo, ReadyCheck, StaticToken};
 use latchkey_core::secrecy::{ExposeSecret, SecretString};
 use latchkey_core::serve::{Transport, bind};
 use latchkey_core::vault::MasterKeySource;
@@ -231,7 +231,7 @@ impl Engine {
             .map_err(|e| format!("cannot listen on {:?}: {e}", settings.server.listen))?;
         let running = app
             .serve(Shell {
-                host: Arc::new(NoHostInfo),
+                host: Arc::new(DesktopHost),
                 admin: Arc::new(StaticToken::new(token.expose_secret())),
                 transport: Transport::Plain,
                 listeners,
@@ -321,6 +321,26 @@ pub fn ensure_admin_token(data_dir: &Path) -> Result<SecretString, String> {
         ));
     }
     Ok(SecretString::from(token.to_string()))
+}
+
+/// What the desktop shell tells the core about itself: no certificates of
+/// its own (the window uses a custom scheme, agents plain loopback HTTP),
+/// and how a sealed vault opens again here — a tray Lock is undone by the
+/// next launch, which reads the master key from the keychain.
+struct DesktopHost;
+
+impl HostInfo for DesktopHost {
+    fn readiness_checks(&self) -> Vec<ReadyCheck> {
+        Vec::new()
+    }
+    fn tls_info(&self) -> Option<serde_json::Value> {
+        None
+    }
+    fn unseal_hint(&self) -> Option<&'static str> {
+        Some(
+            "Quit Latchkey from its tray menu and open it again: it unlocks the vault from the system keychain when it starts.",
+        )
+    }
 }
 
 #[cfg(test)]

@@ -260,6 +260,13 @@ fn web_setup_login_mfa_tokens_refresh_reuse_and_logout() {
             &serde_json::json!("session")
         )
     );
+    // Where agents reach this server, for the UI's examples: the origin
+    // this request was sent to (no `server.public_url` here).
+    let base = me["base_url"].as_str().unwrap_or_default();
+    assert!(
+        base.starts_with("https://") && base.ends_with(&format!(":{}", s.port)),
+        "base_url {base:?}"
+    );
 
     // Logout takes effect on the very next request, even for a client
     // that keeps the cookie.

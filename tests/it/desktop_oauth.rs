@@ -332,6 +332,16 @@ fn desktop_app_connects_oauth_through_the_system_browser() {
         s.url()
     );
     s.wait_text("Disconnect", STEP);
+    // The screen's example names where agents reach the broker — the
+    // loopback listener — not the window's own `latchkey://` address.
+    let shown = s.wait_text(
+        &format!("http://127.0.0.1:{port}/api/connections/<provider>/token"),
+        STEP,
+    );
+    assert!(
+        !shown.contains("latchkey://localhost/api/"),
+        "no example names the window's address: {shown}"
+    );
     shot(&s, &shots, "07-connected");
 
     // Replays: the flow's port is closed, the core has spent the state.
@@ -470,6 +480,10 @@ fn desktop_app_connects_oauth_through_the_system_browser() {
     });
     wait_menu(&env, &["Sealed", &format!("proxy on port {port}")]);
     s.wait_text("Sign in", STEP);
+    // The sealed card says how the desktop opens it again (the next
+    // launch, from the keychain), not the appliance's `latchkey unseal`.
+    let sealed = s.wait_text("Quit Latchkey from its tray menu", STEP);
+    assert!(!sealed.contains("latchkey unseal"), "{sealed}");
     shot(&s, &shots, "08-locked-from-tray");
 
     quit(&data);

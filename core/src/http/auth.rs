@@ -68,6 +68,10 @@ pub struct SetupNeeded {
     /// A sealed vault opens with its passphrase over
     /// `POST /api/vault/unseal` (no session needed); otherwise on the host.
     pub unseal_with_passphrase: bool,
+    /// How this host opens a vault sealed without a passphrase, when it is
+    /// not `latchkey unseal` on the server ([`super::HostInfo::unseal_hint`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unseal_hint: Option<&'static str>,
 }
 
 /// `GET /api/setup`: what a signed-out page needs to know first: whether
@@ -80,6 +84,7 @@ pub async fn setup_status(State(state): State<AppState>) -> Result<Json<SetupNee
         sealed: state.vault.is_sealed(),
         unseal_with_passphrase: state.settings.vault.master_key
             == crate::config::MasterKeyKind::Passphrase,
+        unseal_hint: state.host.unseal_hint(),
     }))
 }
 
@@ -285,13 +290,22 @@ pub struct Me {
     pub via: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
+    /// Where agents reach this server (`BASE/proxy/<provider>/…`,
+    /// `BASE/api/connections/<p>/token`): `server.public_url`, else the
+    /// origin this request was sent to — on the desktop, the loopback
+    /// listener's. The UI's examples use it instead of their own address.
+    pub base_url: String,
 }
 
 /// `GET /api/auth/me`: who this request is.
 pub async fn me(
     State(state): State<AppState>,
     Authenticated(p): Authenticated,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    ext: Extensions,
 ) -> Result<Json<Me>, ApiError> {
+    let base_url = super::origin::public_origin(&state, &headers, &uri, &ext);
     let (via, scopes) = match &p.via {
         Via::Session { .. } => ("session", None),
         Via::AccessToken { .. } => ("access_token", None),
@@ -316,6 +330,7 @@ pub async fn me(
         recovery_codes_left,
         via,
         scopes,
+        base_url,
     }))
 }
 

@@ -166,7 +166,11 @@ pub async fn providers(
         .filter(|p| connection_scope(&p.name).is_ok_and(|s| who.0.allows(&s)))
         .map(|p| provider_item(&state, p, &origin, admin))
         .collect();
-    Ok(Json(json!({ "providers": list })))
+    // `redirect_base`: the origin a provider's redirect URI starts with
+    // (`BASE/api/connections/<p>/callback`), for providers not configured
+    // yet; on the desktop the shell presents this request under the
+    // port-less loopback origin (RFC 8252 §7.3).
+    Ok(Json(json!({ "providers": list, "redirect_base": origin })))
 }
 
 /// `PUT /api/connections/{p}/client` `{"client_id"?, "client_secret"?}`.

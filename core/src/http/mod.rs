@@ -114,6 +114,12 @@ pub trait HostInfo: Send + Sync + 'static {
     fn readiness_checks(&self) -> Vec<ReadyCheck>;
     /// TLS details for `GET /api/status` (fingerprints, expiry), if any.
     fn tls_info(&self) -> Option<serde_json::Value>;
+    /// How a vault sealed without a passphrase is opened again on this
+    /// host, for signed-out pages (`GET /api/setup` `unseal_hint`); `None`:
+    /// the UI's default (`latchkey unseal` on the server).
+    fn unseal_hint(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A host with nothing to add (tests, plain-HTTP embeddings).

@@ -17,9 +17,15 @@ import { explain, retryText } from './errors.js';
 export async function vaultState() {
   try {
     const s = await api('GET', '/api/setup');
-    return { sealed: Boolean(s && s.sealed), passphrase: Boolean(s && s.unseal_with_passphrase) };
+    return {
+      sealed: Boolean(s && s.sealed),
+      passphrase: Boolean(s && s.unseal_with_passphrase),
+      // How this host opens the vault when it is not `latchkey unseal`
+      // on the server (the desktop app: from the keychain, at launch).
+      hint: (s && typeof s.unseal_hint === 'string' && s.unseal_hint) || null,
+    };
   } catch {
-    return { sealed: false, passphrase: false };
+    return { sealed: false, passphrase: false, hint: null };
   }
 }
 
@@ -52,18 +58,14 @@ export async function sealedCard(onUnsealed) {
   const state = await vaultState();
   if (!state.sealed) return null;
   if (!state.passphrase) {
+    const how = state.hint
+      ? [state.hint]
+      : ['An administrator unseals it on the server with ', h('code', {}, 'latchkey unseal'), '; then reload this page.'];
     return h(
       'div',
       { class: 'card sealed' },
       h('h2', {}, 'The vault is sealed'),
-      h(
-        'p',
-        {},
-        'Latchkey keeps every secret, sign-in codes included, locked until the vault is unsealed. ',
-        'An administrator unseals it on the server with ',
-        h('code', {}, 'latchkey unseal'),
-        '; then reload this page.',
-      ),
+      h('p', {}, 'Latchkey keeps every secret, sign-in codes included, locked until the vault is unsealed. ', ...how),
     );
   }
   const pass = field({

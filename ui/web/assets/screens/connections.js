@@ -78,9 +78,15 @@ export async function render(main, ctx) {
   async function load() {
     let providers;
     let connections;
+    // The origin redirect URIs start with, as the server sees it (on the
+    // desktop: the port-less loopback origin the system browser returns to).
+    let redirectBase = location.origin;
     try {
       [providers, connections] = await Promise.all([
-        api('GET', '/api/connections/providers').then((r) => r.providers || []),
+        api('GET', '/api/connections/providers').then((r) => {
+          redirectBase = r.redirect_base || location.origin;
+          return r.providers || [];
+        }),
         api('GET', '/api/connections').then((r) => r.connections || []),
       ]);
     } catch (err) {
@@ -105,7 +111,7 @@ export async function render(main, ctx) {
             ctx.isAdmin ? h('p', {}, 'Add one below, under “Add a provider”.') : h('p', {}, 'An administrator adds providers such as Google, GitHub or Spotify.'),
           ),
       agentsHelp(),
-      ctx.isAdmin ? addProvider(providers) : null,
+      ctx.isAdmin ? addProvider(providers, redirectBase) : null,
     );
   }
 
@@ -265,7 +271,10 @@ export async function render(main, ctx) {
 
   // ---------- How agents get tokens ----------
   function agentsHelp() {
-    const url = `${location.origin}/api/connections/<provider>/token`;
+    // Where agents reach this server (on the desktop: the loopback
+    // listener, not the window's own address).
+    const base = (ctx.me.base_url || location.origin).replace(/\/+$/, '');
+    const url = `${base}/api/connections/<provider>/token`;
     return h(
       'section',
       { class: 'card', 'aria-labelledby': 'agents-help' },
@@ -277,7 +286,7 @@ export async function render(main, ctx) {
   }
 
   // ---------- Admin: providers not configured yet ----------
-  function addProvider(providers) {
+  function addProvider(providers, redirectBase) {
     const configured = new Set(providers.flatMap((p) => [p.name, p.preset]).filter(Boolean));
     const open = PRESETS.filter((n) => !configured.has(n));
     const snippet = h('code');
@@ -293,7 +302,7 @@ export async function render(main, ctx) {
           ? `[connections.myidp]\nissuer = "https://idp.example.com"   # its /.well-known/openid-configuration\nscopes = ["openid", "offline_access"]\n`
           : `[connections.${v}]\n`;
       snippet.textContent = text;
-      redirect.textContent = `${location.origin}/api/connections/${name}/callback`;
+      redirect.textContent = `${redirectBase.replace(/\/+$/, '')}/api/connections/${name}/callback`;
       replace(copySlot, copyButton(text, 'Copy TOML'));
     };
     pick.control.addEventListener('change', draw);

@@ -109,7 +109,9 @@ export async function render(main, ctx) {
 
     const range = `${data.from} to ${data.to}`;
     if (!rows.length) {
-      const host = location.host;
+      // Where agents reach this server (on the desktop: the loopback
+      // listener, plain HTTP), not the page's own address.
+      const base = (ctx.me.base_url || location.origin).replace(/\/+$/, '');
       replace(
         out,
         h(
@@ -123,8 +125,8 @@ export async function render(main, ctx) {
             h('a', { href: '/keys' }, 'API keys'),
             '), then point its SDK at Latchkey instead of the provider:',
           ),
-          h('pre', { class: 'example', tabindex: 0 }, h('code', {}, `export OPENAI_BASE_URL=https://${host}/proxy/openai/v1\nexport OPENAI_API_KEY=lk_…`)),
-          h('p', {}, 'Any configured provider works the same way: https://', host, '/proxy/<provider>/…. Requests show up here within seconds.'),
+          h('pre', { class: 'example', tabindex: 0 }, h('code', {}, `export OPENAI_BASE_URL=${base}/proxy/openai/v1\nexport OPENAI_API_KEY=lk_…`)),
+          h('p', {}, 'Any configured provider works the same way: ', base, '/proxy/<provider>/…. Requests show up here within seconds.'),
         ),
       );
       return;
