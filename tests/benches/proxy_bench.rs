@@ -60,12 +60,16 @@
 //! the bench ends, panics, or gets Ctrl-C/SIGTERM (a signal thread kills the
 //! registered children and removes the temporary directory).
 
+#[path = "common/procs.rs"]
+mod procs;
+
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use procs::*;
 use rustls::crypto::ring::{self, cipher_suite};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -73,9 +77,9 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -92,8 +96,6 @@ const PASSWORD: &str = "Tangerine-Lighthouse-Quartz-417";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a server to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for a server to exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hard ceiling on the whole run, whatever the options say.
 const MAX_RUN: Duration = Duration::from_secs(3 * 3600);
 
@@ -224,262 +226,14 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(ns.clamp(1_000, 120_000_000_000));
 }
 
-/// `VmRSS` of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of `pid` (all its threads) so far.
-fn cpu_time(pid: u32, ticks_per_sec: u64) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the parenthesised command name, utime and stime are the 12th
-    // and 13th fields.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / ticks_per_sec.max(1) as f64)
-}
-
 fn cpu_of(pids: &[u32], ticks: u64) -> Duration {
     pids.iter().map(|&p| cpu_time(p, ticks)).sum()
-}
-
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100)
-}
-
-/// Process ids whose parent is `pid` (nginx's workers).
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.rsplit_once(')')?.1.to_owned();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
 }
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn have(program: &str, arg: &str) -> bool {
-    Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether this process runs as root (it may then raise priorities).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        .unwrap_or(false)
-}
-
-/// Niceness of the bench when run as root, inherited by the proxies it
-/// starts: ahead of other work on a shared machine (builds), all alike.
-const NICE: &str = "-10";
-
-/// `taskset -c 1 PROGRAM` (the niceness is inherited).
-fn on_cpu1(program: &Path) -> Command {
-    let mut c = Command::new("taskset");
-    c.args(["-c", "1"]).arg(program);
-    c
-}
-
-/// Sets the CPU affinity of every thread of this process; threads created
-/// later inherit it.
-fn pin_self(cpus: &str) {
-    let ok = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "taskset -a -p -c {cpus} failed");
-}
-
-/// `latchkey` next to this executable, unless `LATCHKEY_BIN` names one.
-fn latchkey_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LATCHKEY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("path of the bench executable");
-    let bin = exe
-        .parent()
-        .expect("the bench executable lives in a directory")
-        .join("latchkey");
-    assert!(
-        bin.exists(),
-        "{} not found: `cargo build --release -p latchkey`, or set LATCHKEY_BIN",
-        bin.display()
-    );
-    bin
-}
-
-// ---------------------------------------------------------------------------
-// Children: registered so a signal can stop them; stopped on drop.
-
-#[derive(Default)]
-struct Registry {
-    /// (pid, is nginx master)
-    pids: Vec<(u32, bool)>,
-    dirs: Vec<PathBuf>,
-}
-
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    pids: Vec::new(),
-    dirs: Vec::new(),
-});
-
-fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Kills `pid` (and, for an nginx master, its workers).
-fn kill_tree(pid: u32, nginx: bool) {
-    if nginx {
-        // SIGTERM makes the master stop its workers; SIGKILL would orphan
-        // them, so that is only the fallback, and covers the workers too.
-        signal(pid, "-TERM");
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(3)
-            && std::fs::metadata(format!("/proc/{pid}")).is_ok()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z")
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for w in children_of(pid) {
-            signal(w, "-KILL");
-        }
-    }
-    signal(pid, "-KILL");
-}
-
-/// On SIGINT/SIGTERM: stop every registered child, remove the temporary
-/// directory, exit 130.
-fn install_signal_handler() {
-    std::thread::spawn(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("signal runtime");
-        rt.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                () = tokio::time::sleep(MAX_RUN) => eprintln!("proxy-bench: run limit reached"),
-            }
-        });
-        let reg = std::mem::take(&mut *registry());
-        for (pid, nginx) in reg.pids {
-            kill_tree(pid, nginx);
-        }
-        for d in reg.dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-        eprintln!("proxy-bench: interrupted; children stopped");
-        std::process::exit(130);
-    });
-}
-
-/// A child process, stopped when dropped (also on panic).
-struct Proc {
-    child: Child,
-    nginx: bool,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, nginx: bool, log: PathBuf) -> Proc {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        registry().pids.push((child.id(), nginx));
-        Proc { child, nginx, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]; true on a clean exit.
-    fn stop(&mut self) -> bool {
-        if self.exited().is_some() {
-            return true;
-        }
-        signal(self.pid(), "-TERM");
-        let t = Instant::now();
-        while t.elapsed() < STOP_TIMEOUT {
-            if let Some(s) = self.exited() {
-                return s.success();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        kill_tree(self.pid(), self.nginx);
-        let _ = self.child.wait();
-        false
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            kill_tree(self.pid(), self.nginx);
-            let _ = self.child.wait();
-        }
-        let pid = self.pid();
-        registry().pids.retain(|(p, _)| *p != pid);
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1344,7 +1098,7 @@ http {{\n\
 
 fn main() {
     let opts = parse_opts();
-    install_signal_handler();
+    install_signal_handler("proxy-bench", MAX_RUN);
     let ncpu = std::thread::available_parallelism().map_or(1, usize::from);
     assert!(
         ncpu >= 2 && have("taskset", "-V"),

@@ -46,16 +46,20 @@
 //! bounded in time; every process started here is stopped when the bench
 //! ends, panics or gets SIGINT/SIGTERM.
 
+#[path = "common/procs.rs"]
+mod procs;
+
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use procs::*;
 use rustls::crypto::ring::{self, cipher_suite};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
@@ -74,11 +78,8 @@ const PASSWORD: &str = "Tangerine-Lighthouse-Quartz-417";
 /// A message, connection or upgrade slower than this is an error.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hard ceiling on the whole run.
 const MAX_RUN: Duration = Duration::from_secs(3600);
-/// Niceness as root (inherited by the proxies): ahead of other work.
-const NICE: &str = "-10";
 /// Sessions opened at once while filling the idle-session test.
 const OPEN_CONCURRENCY: usize = 16;
 
@@ -183,246 +184,11 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1e3
 }
 
-/// `VmRSS` of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of `pid` so far.
-fn cpu_time(pid: u32, ticks_per_sec: u64) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / ticks_per_sec.max(1) as f64)
-}
-
-fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100)
-}
-
-/// Process ids whose parent is `pid` (nginx's workers).
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.rsplit_once(')')?.1.to_owned();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn have(program: &str, arg: &str) -> bool {
-    Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        .unwrap_or(false)
-}
-
-fn on_cpu1(program: &Path) -> Command {
-    let mut c = Command::new("taskset");
-    c.args(["-c", "1"]).arg(program);
-    c
-}
-
-fn pin_self(cpus: &str) {
-    let ok = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "taskset -a -p -c {cpus} failed");
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-/// `latchkey` next to this executable, unless `LATCHKEY_BIN` names one.
-fn latchkey_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("LATCHKEY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("path of the bench executable");
-    let bin = exe
-        .parent()
-        .expect("the bench executable lives in a directory")
-        .join("latchkey");
-    assert!(
-        bin.exists(),
-        "{} not found: `cargo build --release -p latchkey`, or set LATCHKEY_BIN",
-        bin.display()
-    );
-    bin
-}
-
-// ---------------------------------------------------------------------------
-// Children: registered so a signal can stop them; stopped on drop.
-
-struct Registry {
-    /// (pid, is nginx master)
-    pids: Vec<(u32, bool)>,
-    dirs: Vec<PathBuf>,
-}
-
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    pids: Vec::new(),
-    dirs: Vec::new(),
-});
-
-fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn kill_tree(pid: u32, nginx: bool) {
-    if nginx {
-        // SIGTERM stops the master and its workers; SIGKILL is the fallback.
-        signal(pid, "-TERM");
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(3)
-            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| !s.contains(") Z"))
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for w in children_of(pid) {
-            signal(w, "-KILL");
-        }
-    }
-    signal(pid, "-KILL");
-}
-
-fn install_signal_handler() {
-    std::thread::spawn(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("signal runtime");
-        rt.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                () = tokio::time::sleep(MAX_RUN) => eprintln!("realtime-bench: run limit reached"),
-            }
-        });
-        let reg = std::mem::replace(
-            &mut *registry(),
-            Registry {
-                pids: Vec::new(),
-                dirs: Vec::new(),
-            },
-        );
-        for (pid, nginx) in reg.pids {
-            kill_tree(pid, nginx);
-        }
-        for d in reg.dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-        eprintln!("realtime-bench: stopped; children stopped");
-        std::process::exit(130);
-    });
-}
-
-/// A child process, stopped when dropped (also on panic).
-struct Proc {
-    child: Child,
-    nginx: bool,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, nginx: bool, log: PathBuf) -> Proc {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        registry().pids.push((child.id(), nginx));
-        Proc { child, nginx, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        signal(self.pid(), "-TERM");
-        let t = Instant::now();
-        while t.elapsed() < STOP_TIMEOUT {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        kill_tree(self.pid(), self.nginx);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            kill_tree(self.pid(), self.nginx);
-            let _ = self.child.wait();
-        }
-        let pid = self.pid();
-        registry().pids.retain(|(p, _)| *p != pid);
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1100,7 +866,7 @@ fn print_header() {
 
 fn main() {
     let o = parse_opts();
-    install_signal_handler();
+    install_signal_handler("realtime-bench", MAX_RUN);
     let ncpu = std::thread::available_parallelism().map_or(1, usize::from);
     assert!(
         ncpu >= 2 && have("taskset", "-V"),
