@@ -210,9 +210,11 @@ export async function render(main, ctx) {
     // length in seconds.
     const cols = ['Day', 'Key', 'Provider', 'Model', 'Requests', 'Input tokens', 'Output tokens', 'Errors', 'Audio in', 'Audio out', 'Session seconds'];
     const numeric = new Set(cols.slice(4));
+    // Eleven columns overflow a narrow window: the scrolling wrapper is a
+    // labelled region that takes focus, so the keyboard can scroll it too.
     const tableEl = h(
       'div',
-      { class: 'table-wrap' },
+      { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': 'Usage by day (scrolls sideways)' },
       h(
         'table',
         { class: 'usage-table' },
