@@ -270,11 +270,13 @@ where
         {
             return send_close(&mut to, dir, end).await;
         }
+        // Biased, the stop first: once the session is ending, bytes that
+        // arrived meanwhile must not win the race. Otherwise, under load,
+        // the upstream's answer to our own 1001 ("closed by the proxy")
+        // could be relayed to the client in place of the session's end
+        // (4002, 1008, …).
         let n = tokio::select! {
-            r = from.read(&mut buf[HOLD..]) => match r {
-                Ok(0) | Err(_) => return PumpEnd::Lost,
-                Ok(n) => n,
-            },
+            biased;
             changed = stop.changed(), if stop_open && stopping.is_none() => {
                 match changed {
                     Ok(()) => stopping = stop.borrow_and_update().clone(),
@@ -282,6 +284,10 @@ where
                 }
                 continue;
             }
+            r = from.read(&mut buf[HOLD..]) => match r {
+                Ok(0) | Err(_) => return PumpEnd::Lost,
+                Ok(n) => n,
+            },
         };
         activity.touch();
         // `w`: the end of what is forwarded so far, at or before `i`.
@@ -570,5 +576,34 @@ mod tests {
             got[7..],
             wsframe::close_frame(1008, "credential revoked", None)[..]
         );
+    }
+
+    #[tokio::test]
+    async fn a_stop_wins_over_bytes_already_waiting() {
+        // The upstream's answer to our own close is already readable when
+        // the pump first looks, and so is the stop (as on a loaded host,
+        // where the relay task ran late): the client gets the session's
+        // end, never the upstream's "going away". Run many times: with
+        // an unbiased choice this would fail about every other run.
+        for _ in 0..64 {
+            let (mut upstream, from) = duplex(1 << 16);
+            let (to, mut client) = duplex(1 << 16);
+            let (stop_tx, stop_rx) = watch::channel(None::<End>);
+            upstream
+                .write_all(&wsframe::close_frame(1001, "closed by the proxy", None))
+                .await
+                .expect("write");
+            stop_tx.send(Some(End::ADMIN)).expect("stop");
+            let act = activity();
+            let end = pump(from, to, Dir::ToClient, stop_rx, 1 << 20, &act, None).await;
+            assert!(matches!(end, PumpEnd::Stopped), "{end:?}");
+            drop(upstream);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read");
+            assert_eq!(
+                got,
+                wsframe::close_frame(End::ADMIN.code, End::ADMIN.reason, None)
+            );
+        }
     }
 }
