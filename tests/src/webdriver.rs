@@ -110,17 +110,29 @@ impl Session {
     }
 
     fn cmd(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        self.try_cmd(method, path, body)
+            .unwrap_or_else(|(status, v)| {
+                panic!("WebDriver {method} {path} answered {status}: {v}")
+            })
+    }
+
+    fn try_cmd(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, (u16, Value)> {
         let (status, v) = call(
             self.port,
             method,
             &format!("/session/{}{path}", self.id),
             body,
         );
-        assert!(
-            status == 200,
-            "WebDriver {method} {path} answered {status}: {v}"
-        );
-        v["value"].clone()
+        if status == 200 {
+            Ok(v["value"].clone())
+        } else {
+            Err((status, v))
+        }
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) in the page.
@@ -151,7 +163,18 @@ impl Session {
     pub fn wait_text(&self, needle: &str, limit: Duration) -> String {
         let started = Instant::now();
         loop {
-            let text = self.text();
+            // A script run while the page navigates (the click that led
+            // here) is cut off by the unload: WebKitWebDriver answers
+            // `no such frame`. That is "not there yet", not a failure.
+            let text = match self.try_cmd(
+                "POST",
+                "/execute/sync",
+                Some(&json!({"script": "return document.body ? document.body.innerText : '';", "args": []})),
+            ) {
+                Ok(v) => v.as_str().unwrap_or_default().to_string(),
+                Err((_, v)) if v["value"]["error"] == "no such frame" => String::new(),
+                Err((status, v)) => panic!("WebDriver POST /execute/sync answered {status}: {v}"),
+            };
             if text.contains(needle) {
                 return text;
             }
