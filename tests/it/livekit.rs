@@ -9,7 +9,6 @@
 
 use latchkey_e2e::{ServeOpts, Server, TestDir, auth_config, create_key, run_cmd_for, web_setup};
 use serde_json::{Value, json};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -30,23 +29,9 @@ fn config() -> String {
 
 /// What `livekit_verify.py` makes of `token` with `secret` and `leeway`.
 fn verify(token: &str, secret: &str, leeway: u64) -> Value {
-    match Command::new("python3")
-        .args(["-c", "import livekit.api, jwt"])
-        .output()
-    {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "the official `livekit-api` package is not installed ({}); run scripts/install-deps.sh",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => panic!("python3 is not runnable ({e}); run scripts/install-deps.sh"),
-    }
+    latchkey_e2e::require_python("livekit.api, jwt");
     let mut c = Command::new("python3");
-    c.arg(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("sdk")
-            .join("livekit_verify.py"),
-    );
+    c.arg(latchkey_e2e::sdk_path("livekit_verify.py"));
     let input = json!({"api_key": API_KEY, "secret": secret, "token": token, "leeway": leeway});
     let out = run_cmd_for(c, input.to_string().as_bytes(), Duration::from_secs(30));
     assert!(

@@ -214,11 +214,9 @@ pub fn file_bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
-/// `python3 tests/sdk/<script>` with `LATCHKEY_URL`, `LATCHKEY_KEY` and
-/// `LATCHKEY_CA` set, and the environment's proxy settings removed, so an
-/// official SDK's traffic stays on loopback. Panics with the fix first if
-/// `imports` (e.g. `"openai, anthropic"`) cannot be imported.
-pub fn sdk_script(script: &str, imports: &str, url: &str, key: &str, ca: &Path) -> Command {
+/// Panics with the fix first unless python3 can import `imports` (e.g.
+/// `"openai, anthropic"`, the official SDKs `install-deps.sh` installs).
+pub fn require_python(imports: &str) {
     match Command::new("python3")
         .args(["-c", &format!("import {imports}")])
         .output()
@@ -230,16 +228,27 @@ pub fn sdk_script(script: &str, imports: &str, url: &str, key: &str, ca: &Path) 
         ),
         Err(e) => panic!("python3 is not runnable ({e}); run scripts/install-deps.sh"),
     }
+}
+
+/// `tests/sdk/<script>`.
+pub fn sdk_path(script: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sdk")
+        .join(script)
+}
+
+/// `python3 tests/sdk/<script>` with `LATCHKEY_URL`, `LATCHKEY_KEY` and
+/// `LATCHKEY_CA` set, and the environment's proxy settings removed, so an
+/// official SDK's traffic stays on loopback. Panics with the fix first if
+/// `imports` (e.g. `"openai, anthropic"`) cannot be imported.
+pub fn sdk_script(script: &str, imports: &str, url: &str, key: &str, ca: &Path) -> Command {
+    require_python(imports);
     let mut c = Command::new("python3");
-    c.arg(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("sdk")
-            .join(script),
-    )
-    .env("LATCHKEY_URL", url)
-    .env("LATCHKEY_KEY", key)
-    .env("LATCHKEY_CA", ca)
-    .env("PYTHONUNBUFFERED", "1");
+    c.arg(sdk_path(script))
+        .env("LATCHKEY_URL", url)
+        .env("LATCHKEY_KEY", key)
+        .env("LATCHKEY_CA", ca)
+        .env("PYTHONUNBUFFERED", "1");
     for v in [
         "HTTP_PROXY",
         "HTTPS_PROXY",

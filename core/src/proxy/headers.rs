@@ -34,15 +34,22 @@ fn never_forwarded(canonical: &str) -> bool {
 /// and the values of one name keep theirs.
 pub fn filter_request_headers(headers: &mut HeaderMap) {
     let listed = connection_listed(headers);
-    // `HeaderMap` has no `retain`: the names are gathered, then removed
-    // (each `remove` takes every value of its name). The usual few
-    // (`Authorization`, `Host`) fit on the stack.
+    remove_where(headers, |name| {
+        let n = canonical_name(name.as_str());
+        never_forwarded(&n) || listed.iter().any(|l| *l == n)
+    });
+}
+
+/// Removes every value of each name `drop` picks. `HeaderMap` has no
+/// `retain`: the names are gathered, then removed (each `remove` takes
+/// every value of its name). The usual few (`Authorization`, `Host`) fit
+/// on the stack.
+fn remove_where(headers: &mut HeaderMap, mut drop: impl FnMut(&HeaderName) -> bool) {
     let mut few: [Option<HeaderName>; 4] = Default::default();
     let mut more: Vec<HeaderName> = Vec::new();
     let mut n_few = 0;
     for name in headers.keys() {
-        let n = canonical_name(name.as_str());
-        if never_forwarded(&n) || listed.iter().any(|l| *l == n) {
+        if drop(name) {
             match few.get_mut(n_few) {
                 Some(slot) => {
                     *slot = Some(name.clone());
@@ -66,28 +73,13 @@ pub fn filter_request_headers(headers: &mut HeaderMap) {
 /// ~2 % of a proxied request's instructions.
 pub fn filter_response_headers(headers: &mut HeaderMap) {
     let listed = connection_listed(headers);
-    let mut few: [Option<HeaderName>; 4] = Default::default();
-    let mut more: Vec<HeaderName> = Vec::new();
-    let mut n_few = 0;
-    for name in headers.keys() {
-        if is_hop_by_hop(name)
+    remove_where(headers, |name| {
+        is_hop_by_hop(name)
             || name == header::SET_COOKIE
             || name == header::STRICT_TRANSPORT_SECURITY
             || name == header::ALT_SVC
             || listed.iter().any(|l| l == name.as_str())
-        {
-            match few.get_mut(n_few) {
-                Some(slot) => {
-                    *slot = Some(name.clone());
-                    n_few += 1;
-                }
-                None => more.push(name.clone()),
-            }
-        }
-    }
-    for name in few.iter().flatten().chain(&more) {
-        headers.remove(name);
-    }
+    });
     headers.reserve(8);
 }
 
