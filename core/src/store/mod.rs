@@ -5,7 +5,10 @@
 //! schema is refused before the first write, and a file that needs crash
 //! repair is copied aside first so a failed repair can be undone.
 
+mod kv;
 mod lock;
+
+pub use kv::{ReadTxn, Rows, Table, Value, WriteTxn, named};
 
 pub use latchkey_migrations::{
     ByteTable, CURRENT_VERSION, META, v1::VAULT_NAMES, v1::VAULT_RECORDS,
@@ -47,6 +50,8 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Db(#[from] redb::Error),
+    #[error("a write to a table opened in a read transaction")]
+    ReadOnly,
 }
 
 /// `From<redb::…Error>` for an error type that can be made from a
@@ -124,6 +129,16 @@ impl Store {
 
     pub fn db(&self) -> &Database {
         &self.db
+    }
+
+    /// A consistent snapshot to read from.
+    pub fn begin_read(&self) -> Result<ReadTxn, StoreError> {
+        ReadTxn::redb(&self.db)
+    }
+
+    /// The store's one write transaction (waits for the current one).
+    pub fn begin_write(&self) -> Result<WriteTxn, StoreError> {
+        WriteTxn::redb(&self.db)
     }
 
     pub fn dir(&self) -> &Path {
