@@ -7,6 +7,7 @@
 
 mod kv;
 mod lock;
+mod shared;
 
 pub use kv::{ReadTxn, Rows, Table, Value, WriteTxn, named};
 
@@ -14,6 +15,7 @@ pub use latchkey_migrations::{
     ByteTable, CURRENT_VERSION, META, v1::VAULT_NAMES, v1::VAULT_RECORDS,
 };
 pub use lock::{DataDirLock, LockError, LockOwner, current_owner};
+pub use shared::{Changed, FEED_CAPACITY, SharedLock};
 
 use latchkey_migrations::{MigrateError, Outcome};
 use redb::{Database, ReadableDatabase, TableHandle};
@@ -83,6 +85,7 @@ pub struct Store {
     dir: PathBuf,
     lock: std::sync::Mutex<DataDirLock>,
     migrated_from: u32,
+    shared: shared::Local,
 }
 
 impl std::fmt::Debug for Store {
@@ -124,6 +127,7 @@ impl Store {
             dir: dir.to_path_buf(),
             lock: std::sync::Mutex::new(lock),
             migrated_from: outcome.from,
+            shared: shared::Local::new(),
         }))
     }
 
@@ -143,6 +147,26 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether other processes may share this store (and so change it
+    /// under this one's caches).
+    pub fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Changes committed by *other* processes sharing this store; caches
+    /// built from a table reload when it [`Changed::touches`] it. A
+    /// `Lagged` receive means changes were missed: reload everything.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Changed> {
+        self.shared.subscribe()
+    }
+
+    /// A lock on `name` held across every process sharing this store, for
+    /// work that must not run twice at once anywhere (one OAuth refresh
+    /// per connection); released when the guard drops.
+    pub async fn lock_shared(&self, name: &str) -> Result<SharedLock, StoreError> {
+        Ok(self.shared.lock(name).await)
     }
 
     /// The schema version the file had before this open migrated it.

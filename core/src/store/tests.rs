@@ -83,3 +83,31 @@ fn newer_schema_is_refused_unchanged() {
         "the file was modified"
     );
 }
+
+#[tokio::test]
+async fn a_shared_lock_excludes_a_second_holder_of_the_same_name_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), "test").expect("open");
+    let held = store.lock_shared("connection:a").await.expect("lock");
+    // Another name is free…
+    let other = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.lock_shared("connection:b"),
+    )
+    .await;
+    assert!(other.is_ok(), "a different name must not wait");
+    // …the same name waits until the first guard drops.
+    let same = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        store.lock_shared("connection:a"),
+    )
+    .await;
+    assert!(same.is_err(), "the same name must wait for the holder");
+    drop(held);
+    let again = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.lock_shared("connection:a"),
+    )
+    .await;
+    assert!(again.is_ok(), "released on drop");
+}
