@@ -81,7 +81,7 @@ pub struct Rows<'t> {
 }
 
 enum RowsInner<'t> {
-    Redb(redb::Range<'t, &'static [u8], &'static [u8]>),
+    Redb(Box<redb::Range<'t, &'static [u8], &'static [u8]>>),
     /// Rows a backend fetched in one go.
     #[allow(dead_code)] // the PostgreSQL backend's
     Buffered(std::vec::IntoIter<(Vec<u8>, Vec<u8>)>),
@@ -260,8 +260,8 @@ impl<'t> Table<'t> {
 
     fn range_between(&self, b: (Bound<&[u8]>, Bound<&[u8]>)) -> Result<Rows<'_>, StoreError> {
         let inner = match &self.inner {
-            TableInner::RedbRead(t) => RowsInner::Redb(t.range::<&[u8]>(b)?),
-            TableInner::RedbWrite(t) => RowsInner::Redb(t.range::<&[u8]>(b)?),
+            TableInner::RedbRead(t) => RowsInner::Redb(Box::new(t.range::<&[u8]>(b)?)),
+            TableInner::RedbWrite(t) => RowsInner::Redb(Box::new(t.range::<&[u8]>(b)?)),
             TableInner::Empty => RowsInner::Buffered(Vec::new().into_iter()),
         };
         Ok(Rows { inner })
