@@ -26,6 +26,9 @@ apt_packages=(
   # PID 1); strace for the syscall-filter test; dpkg-shlibdeps for the
   # .deb's Depends.
   systemd strace dpkg-dev
+  # The PostgreSQL backend (docs/SCALE.md): its tests start a throwaway
+  # server (initdb + pg_ctl on loopback) per test run and stop it.
+  postgresql
 )
 
 missing=()
