@@ -129,17 +129,11 @@ impl Auth {
                 Ok(false)
             },
         )?;
-        if let Ok(mut tickets) = self.tickets.lock() {
-            tickets.retain(|_, v| v.expires_at > t);
-        }
-        if let Ok(mut token) = self.setup_token.lock()
-            && token.is_some_and(|(_, exp)| t >= exp)
-        {
-            *token = None;
-        }
-        let tu = t.max(0) as u64;
-        self.lockout.sweep(tu);
-        self.throttle.sweep(tu);
+        // Tickets, setup tokens, lockout, throttle and shared rate rows
+        // that can no longer matter.
+        let txn = self.store.begin_write()?;
+        crate::auth::state::prune(&txn, &self.lockout, t)?;
+        txn.commit()?;
         self.limiter.sweep(std::time::Instant::now());
         Ok(out)
     }

@@ -173,17 +173,22 @@ impl Auth {
     }
 
     /// After a commit that ended sign-ins of `user`. With
-    /// [`Tickets::End`] their pending second steps (MFA tickets, in
-    /// memory) end too, so a password step taken before a password
-    /// change, a disable or a promotion cannot be finished after it.
+    /// [`Tickets::End`] their pending second steps (MFA tickets) are
+    /// deleted too. (A password step taken before a password change, a
+    /// disable or a promotion could not be finished after it anyway: its
+    /// ticket's password epoch no longer holds, see `auth::epoch`.)
     /// Open WebSockets and streams re-check their credential on the
     /// revocation epoch bumped here.
     pub(super) fn sign_ins_ended(&self, user: UserId, tickets: Tickets) {
         self.revocations.bump();
-        if tickets == Tickets::End
-            && let Ok(mut t) = self.tickets.lock()
-        {
-            t.retain(|_, v| v.user_id != user);
+        if tickets == Tickets::End {
+            let ended = self.store.begin_write().and_then(|txn| {
+                crate::auth::state::end_tickets(&txn, user)?;
+                txn.commit()
+            });
+            if let Err(e) = ended {
+                tracing::warn!(error = %e, "could not delete ended MFA tickets; they expire unused");
+            }
         }
     }
 
