@@ -189,3 +189,32 @@ fn the_setup_token_is_one_for_the_deployment() {
     }
     drop(p.dir);
 }
+
+#[test]
+fn a_device_cookie_from_one_replica_is_known_to_the_other() {
+    let p = pair();
+    let (user, _, _) = p.a.setup_host("owner", &pw(PASSWORD)).expect("setup");
+    let cookie = p.a.device_cookie(&user.id);
+    let ip: Option<IpAddr> = Some([192, 0, 2, 7].into());
+    for _ in 0..5 {
+        let _ = wrong(&p.b, ip);
+    }
+    // The address is locked on both replicas...
+    let e =
+        p.a.login("owner", &pw(PASSWORD), ip, None)
+            .expect_err("locked");
+    assert!(matches!(e, AuthError::Locked { .. }), "{e:?}");
+    // ...but the owner's own browser, known from a sign-in on replica a,
+    // has its own lock on replica b too.
+    let step =
+        p.b.login_with_device("owner", &pw(PASSWORD), ip, None, Some(&cookie))
+            .expect("a known device");
+    assert!(matches!(step, LoginStep::MfaRequired { .. }));
+    // A forged or foreign tag is no device.
+    let last = if cookie.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &cookie[..cookie.len() - 1]);
+    let e =
+        p.b.login_with_device("owner", &pw(PASSWORD), ip, None, Some(&forged))
+            .expect_err("not a device");
+    assert!(matches!(e, AuthError::Locked { .. }), "{e:?}");
+}

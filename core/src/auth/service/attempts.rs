@@ -85,12 +85,12 @@ impl Auth {
     }
 
     /// The value of the known-device cookie set after `user_id` completed a
-    /// sign-in: `v1.<user id>.<issued unix>.<HMAC-SHA256>`. It proves only
-    /// that this browser signed in to this account before; it is no
-    /// credential.
+    /// sign-in: `v1.<user id>.<issued unix>.<HMAC-SHA256>` (the key every
+    /// replica shares, see `devices`). It proves only that this browser
+    /// signed in to this account before; it is no credential.
     pub fn device_cookie(&self, user_id: &str) -> String {
         let body = format!("v1.{user_id}.{}", now());
-        let tag = ring::hmac::sign(&self.device_key, body.as_bytes());
+        let tag = ring::hmac::sign(&self.device_signing_key(), body.as_bytes());
         format!("{body}.{}", hex::encode(tag.as_ref()))
     }
 
@@ -105,7 +105,7 @@ impl Auth {
         let known = device.and_then(|d| {
             let (body, tag) = d.rsplit_once('.')?;
             let tag = hex::decode(tag).ok()?;
-            ring::hmac::verify(&self.device_key, body.as_bytes(), &tag).ok()?;
+            self.device_tag_valid(body.as_bytes(), &tag).then_some(())?;
             let mut parts = body.split('.');
             let (Some("v1"), Some(user), Some(issued), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())

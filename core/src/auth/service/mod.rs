@@ -20,6 +20,8 @@
 //! - `setup`: first-run setup of the owner (web wizard and `latchkey setup`);
 //! - `attempts`: lockout and throttling of credential attempts, known
 //!   devices;
+//! - `devices`: the key known-device cookies are signed with, shared by
+//!   every replica;
 //! - `signin`: the password step, MFA tickets and the second step;
 //! - `sessions`: browser sessions: written, authenticated, listed, revoked;
 //! - `tokens`: access and refresh tokens with reuse detection;
@@ -43,6 +45,7 @@
 mod account;
 mod admin;
 mod attempts;
+mod devices;
 mod keys;
 mod principal;
 mod prune;
@@ -123,9 +126,9 @@ pub struct Auth {
     pub limiter: RateLimiter,
     /// Held for one whole first-run setup step (see `setup`).
     setup_step: Mutex<()>,
-    /// Signs known-device cookies; random per process, so a restart
-    /// forgets every device (they fall back to the per-address lock).
-    device_key: ring::hmac::Key,
+    /// Sign known-device cookies: the deployment's key, sealed in the
+    /// store, and this process's own while the vault is sealed (`devices`).
+    device_keys: devices::DeviceKeys,
     /// Active API keys by public id: the hot path verifies keys in memory.
     keys: RwLock<HashMap<String, CachedKey>>,
     /// Bumped by every change this process makes to `keys`, so a reload
@@ -184,7 +187,7 @@ impl Auth {
             throttle,
             limiter,
             setup_step: Mutex::new(()),
-            device_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()),
+            device_keys: devices::DeviceKeys::new(),
             keys: RwLock::new(HashMap::new()),
             keys_gen: AtomicU64::new(0),
             key_last_used: Mutex::new(HashMap::new()),
