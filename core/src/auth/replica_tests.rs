@@ -218,3 +218,33 @@ fn a_device_cookie_from_one_replica_is_known_to_the_other() {
             .expect_err("not a device");
     assert!(matches!(e, AuthError::Locked { .. }), "{e:?}");
 }
+
+#[test]
+fn the_shared_address_limit_counts_requests_on_every_replica() {
+    let p = pair();
+    let burst = AuthSettings::default().rate_limit_burst;
+    let ip: IpAddr = [192, 0, 2, 7].into();
+    // Alternating replicas: together they get one burst, not one each.
+    let settings = AuthSettings::default();
+    let refill = 60.0 / f64::from(settings.rate_limit_per_minute);
+    let start = std::time::Instant::now();
+    let mut allowed = 0;
+    for n in 0..burst * 2 {
+        let auth = if n % 2 == 0 { &p.a } else { &p.b };
+        match auth.check_shared_rate(ip).expect("store") {
+            Ok(()) => allowed += 1,
+            Err(wait) => assert!(wait.0 > std::time::Duration::ZERO),
+        }
+    }
+    // One burst, plus what refilled while the loop ran (a bucket per
+    // replica would have let all of them through).
+    let refilled = (start.elapsed().as_secs_f64() / refill).ceil() as u32;
+    assert!(
+        (burst..=burst + refilled).contains(&allowed),
+        "{allowed} allowed of {}, burst {burst}",
+        burst * 2
+    );
+    // Another address has its own bucket.
+    let other: IpAddr = [198, 51, 100, 9].into();
+    assert!(p.b.check_shared_rate(other).expect("store").is_ok());
+}
