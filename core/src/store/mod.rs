@@ -137,10 +137,6 @@ impl Store {
         }))
     }
 
-    pub fn db(&self) -> &Database {
-        &self.db
-    }
-
     /// A consistent snapshot to read from.
     pub fn begin_read(&self) -> Result<ReadTxn, StoreError> {
         ReadTxn::redb(&self.db)
