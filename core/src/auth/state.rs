@@ -26,12 +26,12 @@
 use super::lockout::{AccountThrottle, Lockout, SnapshotEntry, normalize_key};
 use super::store::UserId;
 use crate::store::{StoreError, Table, WriteTxn};
-use latchkey_migrations::ByteTable;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The table (see the module docs).
-pub const AUTH_STATE: ByteTable = redb::TableDefinition::new("auth_state");
+/// The table (see the module docs), opened by name: it is no schema
+/// version's.
+pub const AUTH_STATE: &str = "auth_state";
 
 /// Row kinds: the first byte of every key.
 const LOCK: u8 = b'l';
@@ -48,23 +48,17 @@ fn key(kind: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Io {
-        path: what.into(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-    })
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::BadRow(format!("auth_state: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(value).map_err(|e| StoreError::Io {
-        path: "auth_state".into(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-    })
+    postcard::to_allocvec(value).map_err(|e| StoreError::BadRow(format!("auth_state: {e}")))
 }
 
 fn get<T: DeserializeOwned>(t: &Table<'_>, k: &[u8]) -> Result<Option<T>, StoreError> {
     match t.get(k)? {
-        Some(v) => decode("auth_state row", v.value()).map(Some),
+        Some(v) => decode(v.value()).map(Some),
         None => Ok(None),
     }
 }
@@ -108,7 +102,7 @@ pub fn with_lock<R>(
     now: u64,
     f: impl FnOnce() -> R,
 ) -> Result<R, StoreError> {
-    let mut t = txn.open_table(AUTH_STATE)?;
+    let mut t = txn.open_named(AUTH_STATE)?;
     let lk = key(LOCK, normalize_key(lock_key).as_bytes());
     let entry: Option<SnapshotEntry> = get(&t, &lk)?;
     lockout.import(lock_key, entry.as_ref(), now);
@@ -130,7 +124,7 @@ pub fn with_lock<R>(
 /// Forgets every lock whose key starts with `prefix` (an account under
 /// all its sources: `lockout::account_prefix`).
 pub fn forget_locks(txn: &WriteTxn, prefix: &str) -> Result<usize, StoreError> {
-    let mut t = txn.open_table(AUTH_STATE)?;
+    let mut t = txn.open_named(AUTH_STATE)?;
     let keys = keys_with(&t, LOCK, prefix.as_bytes())?;
     for k in &keys {
         t.remove(k)?;
@@ -154,7 +148,7 @@ pub struct TicketRow {
 /// Stores a ticket under its hash.
 pub fn put_ticket(txn: &WriteTxn, hash: &[u8; 32], row: &TicketRow) -> Result<(), StoreError> {
     put(
-        &mut txn.open_table(AUTH_STATE)?,
+        &mut txn.open_named(AUTH_STATE)?,
         &key(TICKET, hash),
         Some(row),
     )
@@ -168,7 +162,7 @@ pub fn ticket(t: &Table<'_>, hash: &[u8; 32]) -> Result<Option<TicketRow>, Store
 /// Removes and returns the ticket stored under `hash`: of concurrent
 /// takers anywhere, exactly one gets it.
 pub fn take_ticket(txn: &WriteTxn, hash: &[u8; 32]) -> Result<Option<TicketRow>, StoreError> {
-    let mut t = txn.open_table(AUTH_STATE)?;
+    let mut t = txn.open_named(AUTH_STATE)?;
     let k = key(TICKET, hash);
     let row = get(&t, &k)?;
     t.remove(&k)?;
@@ -177,7 +171,7 @@ pub fn take_ticket(txn: &WriteTxn, hash: &[u8; 32]) -> Result<Option<TicketRow>,
 
 /// Ends every ticket of `user`; how many.
 pub fn end_tickets(txn: &WriteTxn, user: UserId) -> Result<usize, StoreError> {
-    let mut t = txn.open_table(AUTH_STATE)?;
+    let mut t = txn.open_named(AUTH_STATE)?;
     let mut ended = 0;
     for k in keys_with(&t, TICKET, &[])? {
         let row: Option<TicketRow> = get(&t, &k)?;
@@ -194,7 +188,7 @@ pub fn end_tickets(txn: &WriteTxn, user: UserId) -> Result<usize, StoreError> {
 pub fn put_setup(txn: &WriteTxn, hash: &[u8; 32], expires_at: i64) -> Result<(), StoreError> {
     end_setup(txn)?;
     put(
-        &mut txn.open_table(AUTH_STATE)?,
+        &mut txn.open_named(AUTH_STATE)?,
         &key(SETUP, hash),
         Some(&expires_at),
     )
@@ -207,7 +201,7 @@ pub fn setup_expiry(t: &Table<'_>, hash: &[u8; 32]) -> Result<Option<i64>, Store
 
 /// Ends the setup token (an owner exists now).
 pub fn end_setup(txn: &WriteTxn) -> Result<(), StoreError> {
-    let mut t = txn.open_table(AUTH_STATE)?;
+    let mut t = txn.open_named(AUTH_STATE)?;
     for k in keys_with(&t, SETUP, &[])? {
         t.remove(&k)?;
     }
@@ -222,7 +216,7 @@ pub fn epochs(t: &Table<'_>, user: UserId) -> Result<(u64, u64), StoreError> {
 /// Stores a user's epochs.
 pub fn put_epochs(txn: &WriteTxn, user: UserId, e: (u64, u64)) -> Result<(), StoreError> {
     put(
-        &mut txn.open_table(AUTH_STATE)?,
+        &mut txn.open_named(AUTH_STATE)?,
         &key(EPOCH, &user.key()),
         Some(&e),
     )
@@ -236,7 +230,7 @@ pub fn with_rate<R>(
     bucket: &str,
     f: impl FnOnce(Option<u64>) -> (Option<u64>, R),
 ) -> Result<R, StoreError> {
-    let mut t = txn.open_table(AUTH_STATE)?;
+    let mut t = txn.open_named(AUTH_STATE)?;
     let k = key(RATE, bucket.as_bytes());
     let tat: Option<u64> = get(&t, &k)?;
     let (next, out) = f(tat);
@@ -251,7 +245,7 @@ pub fn with_rate<R>(
 /// buckets. Epoch rows stay (a user's epoch must never go back). How
 /// many rows went.
 pub fn prune(txn: &WriteTxn, lockout: &Lockout, now: i64) -> Result<usize, StoreError> {
-    let mut t = txn.open_table(AUTH_STATE)?;
+    let mut t = txn.open_named(AUTH_STATE)?;
     let nu = now.max(0) as u64;
     let mut gone = Vec::new();
     for row in t.iter()? {

@@ -123,6 +123,12 @@ pub fn named(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u
     redb::TableDefinition::new(name)
 }
 
+/// The name of `table`, as [`ReadTxn::table_names`] lists it and
+/// [`ReadTxn::open_named`] takes it.
+pub fn table_name(table: &ByteTable) -> &str {
+    table.name()
+}
+
 impl ReadTxn {
     pub(super) fn redb(db: &redb::Database) -> Result<ReadTxn, StoreError> {
         Ok(ReadTxn {

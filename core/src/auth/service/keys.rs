@@ -32,7 +32,6 @@ use crate::auth::apikey;
 use crate::auth::scope::{Scope, ScopeSet};
 use crate::auth::store::{self as db, API_KEYS, ApiKeyRow, USERS, User, UserId};
 use crate::secrecy::SecretString;
-use redb::ReadableDatabase;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,7 +83,7 @@ impl Auth {
     /// the cache since the snapshot was taken (nothing swapped in).
     fn try_load_keys(&self) -> Result<bool, AuthError> {
         let generation = self.keys_gen.load(Ordering::Acquire);
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
         let users = txn.open_table(USERS)?;
         let mut map = HashMap::new();
@@ -231,9 +230,9 @@ impl Auth {
             revoked_at: None,
         };
         let id = generated.id.to_string();
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         // A bounded number of live keys per user, counted in the writing
-        // transaction (redb runs one at a time, so parallel requests
+        // transaction (the store runs one at a time, so parallel requests
         // cannot overshoot): each key is a row, a cache entry and usage rows.
         let t = now();
         let live = db::scan::<ApiKeyRow>(&txn.open_table(API_KEYS)?)?
@@ -290,7 +289,7 @@ impl Auth {
         // insert (disabling the owner, a role change) has already emptied
         // the cache of what it revoked: look again, now that the key is in.
         let revoked = {
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?
                 .is_none_or(|r| r.revoked_at.is_some())
         };
@@ -322,7 +321,7 @@ impl Auth {
     /// The user's own keys; admins with `all` see everyone's.
     pub fn list_keys(&self, p: &Principal, all: bool) -> Result<Vec<KeyView>, AuthError> {
         let all = all && p.acts_for_everyone();
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
         let users = txn.open_table(USERS)?;
         let mut out = Vec::new();
@@ -341,7 +340,7 @@ impl Auth {
 
     /// Revokes a key: effective on the very next request.
     pub fn revoke_key(&self, p: &Principal, id: &str) -> Result<(), AuthError> {
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let mut row: ApiKeyRow = db::get(&txn.open_table(API_KEYS)?, id.as_bytes())?
             .ok_or(AuthError::NotFound("key"))?;
         if row.user_id != p.user_id && !p.acts_for_everyone() {
@@ -373,7 +372,7 @@ impl Auth {
         if pending.is_empty() {
             return Ok(());
         }
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         for (id, t) in pending {
             // Bound first: the table must be closed before `put` reopens it.
             let row = db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?;

@@ -25,14 +25,13 @@ use crate::auth::AuthError;
 use crate::auth::store::{
     ACCESS_TOKENS, API_KEYS, REFRESH_FAMILIES, REFRESH_TOKENS, SESSIONS, USERS,
 };
-use crate::store::Changed;
-use redb::TableHandle;
+use crate::store::{ByteTable, Changed, table_name};
 
 impl Auth {
     /// Brings this process's caches in step with `change`, committed by
     /// another process (blocking: may read the store).
     pub fn on_store_change(&self, change: &Changed) -> Result<(), AuthError> {
-        let touches = |t: latchkey_migrations::ByteTable| change.touches(t.name());
+        let touches = |t: ByteTable| change.touches(table_name(&t));
         if touches(USERS) {
             self.forget_people();
         }

@@ -22,7 +22,6 @@ use crate::auth::scope::Role;
 use crate::auth::state::{self, AUTH_STATE};
 use crate::auth::store::{self as db, USERS, User, UserId, token_hash};
 use crate::secrecy::{ExposeSecret, SecretString};
-use redb::ReadableDatabase;
 use std::net::IpAddr;
 
 impl Auth {
@@ -62,7 +61,7 @@ impl Auth {
         // stored token leaks through the lookup's timing.
         let expires = {
             let txn = self.store.begin_read()?;
-            state::setup_expiry(&txn.open_table(AUTH_STATE)?, &token_hash(token))?
+            state::setup_expiry(&txn.open_named(AUTH_STATE)?, &token_hash(token))?
         };
         if expires.is_none_or(|e| now() >= e) {
             return Err(AuthError::Forbidden("invalid_setup_token", "the setup link is invalid, used or expired; restart `latchkey serve` for a new one".into()));
@@ -92,7 +91,7 @@ impl Auth {
         // active, inactive rows can only be such leftovers, and one left
         // behind would hold its username forever.
         let leftovers: Vec<(UserId, String)> = {
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             db::scan::<User>(&txn.open_table(USERS)?)?
                 .into_iter()
                 .filter(|(_, u)| !u.active)
@@ -133,7 +132,7 @@ impl Auth {
         let (codes, hashes) = recovery::generate();
         // One write decides: nobody is active yet, and this is still the
         // enrollment the code was checked against.
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let active = db::scan::<User>(&txn.open_table(USERS)?)?
             .iter()
             .any(|(_, u)| u.active);
