@@ -177,7 +177,7 @@ impl Auth {
             settings.rate_limit_burst,
         ))
         .map_err(|e| AuthError::Internal(e.to_string()))?;
-        let epochs = Epochs::new();
+        let epochs = Epochs::new(Arc::clone(&store));
         let auth = Auth {
             store,
             vault,

@@ -81,6 +81,9 @@ impl Auth {
         f: impl FnOnce(&WriteTxn, &mut User) -> Result<R, AuthError>,
     ) -> Result<(User, R), AuthError> {
         let txn = self.store.begin_write()?;
+        // An account event of this user in flight moves their epochs in
+        // this very transaction (see `auth::epoch`).
+        self.epochs.apply(&txn, id)?;
         let mut user: User =
             db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
         let out = f(&txn, &mut user)?;
@@ -198,6 +201,7 @@ impl Auth {
     pub(super) fn end_other_sign_ins(&self, p: &Principal) -> Result<usize, AuthError> {
         let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         let txn = self.store.begin_write()?;
+        self.epochs.apply(&txn, p.user_id)?;
         let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
         txn.commit()?;
         self.sign_ins_ended(p.user_id, Tickets::Keep);
