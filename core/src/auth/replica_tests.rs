@@ -248,3 +248,48 @@ fn the_shared_address_limit_counts_requests_on_every_replica() {
     let other: IpAddr = [198, 51, 100, 9].into();
     assert!(p.b.check_shared_rate(other).expect("store").is_ok());
 }
+
+#[test]
+fn a_role_change_on_one_replica_reaches_the_others_people_cache() {
+    use crate::auth::scope::Role;
+    let p = pair();
+    let _uri = owner(&p);
+    let host = p.a.host_principal();
+    let (invite, _) = p.a.create_invite(&host, Role::User, None).expect("invite");
+    p.a.accept_invite(invite.expose_secret(), "alice", &pw(PASSWORD), None)
+        .expect("accept");
+    let LoginStep::Done(s) =
+        p.b.login("alice", &pw(PASSWORD), None, None)
+            .expect("login")
+    else {
+        panic!("a user without a second factor signs in with the password");
+    };
+    let token = s.token.expose_secret();
+    // b has looked alice up: her role is in b's people cache now.
+    assert_eq!(
+        p.b.authenticate_session(token).expect("session").role,
+        Role::User
+    );
+    // Demoted on a (her session stays: a demotion narrows, it ends nothing).
+    p.a.set_role(&host, "alice", Role::Guest).expect("demote");
+    assert_eq!(
+        p.a.authenticate_session(token).expect("session").role,
+        Role::Guest
+    );
+    assert_eq!(
+        p.b.authenticate_session(token).expect("session").role,
+        Role::User,
+        "b has not heard of the change yet (so the next assertion is the reload's doing)"
+    );
+    p.b.on_store_change(&Changed::Tables(vec!["users".into()]))
+        .expect("reload");
+    assert_eq!(
+        p.b.authenticate_session(token).expect("session").role,
+        Role::Guest
+    );
+    // Disabled on a: once b hears of it, her session is refused there too.
+    p.a.set_disabled(&host, "alice", true).expect("disable");
+    p.b.on_store_change(&Changed::Tables(vec!["users".into(), "sessions".into()]))
+        .expect("reload");
+    assert!(p.b.authenticate_session(token).is_err());
+}
