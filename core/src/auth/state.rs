@@ -240,35 +240,134 @@ pub fn with_rate<R>(
     Ok(out)
 }
 
-/// Deletes what can no longer matter at `now` (unix seconds): expired
-/// tickets and setup tokens, stale locks, drained throttle and rate
-/// buckets. Epoch rows stay (a user's epoch must never go back). How
-/// many rows went.
-pub fn prune(txn: &WriteTxn, lockout: &Lockout, now: i64) -> Result<usize, StoreError> {
-    let mut t = txn.open_named(AUTH_STATE)?;
+/// Whether the row `k` → `v` can no longer matter at `now` (unix
+/// seconds): an expired ticket or setup token, a stale lock, a drained
+/// throttle or rate bucket, or a row that does not decode. Epoch rows
+/// always matter (a user's epoch must never go back).
+fn stale(k: &[u8], v: &[u8], lockout: &Lockout, now: i64) -> bool {
     let nu = now.max(0) as u64;
-    let mut gone = Vec::new();
+    match k.first() {
+        Some(&LOCK) => postcard::from_bytes::<SnapshotEntry>(v)
+            .map_or(true, |e| lockout.is_stale_entry(&e, nu)),
+        Some(&THROTTLE) => postcard::from_bytes::<u64>(v).map_or(true, |tat| tat <= nu),
+        Some(&TICKET) => postcard::from_bytes::<TicketRow>(v).map_or(true, |r| r.expires_at <= now),
+        Some(&SETUP) => postcard::from_bytes::<i64>(v).map_or(true, |e| e <= now),
+        Some(&RATE) => {
+            postcard::from_bytes::<u64>(v).map_or(true, |tat| tat <= nu.saturating_mul(1_000_000))
+        }
+        _ => false,
+    }
+}
+
+/// The keys of the rows that can no longer matter at `now` (read in a
+/// read transaction, so no writer waits on the scan).
+pub fn stale_keys(t: &Table<'_>, lockout: &Lockout, now: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
     for row in t.iter()? {
         let (k, v) = row?;
-        let (k, v) = (k.value(), v.value());
-        let stale = match k.first() {
-            Some(&LOCK) => postcard::from_bytes::<SnapshotEntry>(v)
-                .map_or(true, |e| lockout.is_stale_entry(&e, nu)),
-            Some(&THROTTLE) => postcard::from_bytes::<u64>(v).map_or(true, |tat| tat <= nu),
-            Some(&TICKET) => {
-                postcard::from_bytes::<TicketRow>(v).map_or(true, |r| r.expires_at <= now)
-            }
-            Some(&SETUP) => postcard::from_bytes::<i64>(v).map_or(true, |e| e <= now),
-            Some(&RATE) => postcard::from_bytes::<u64>(v)
-                .map_or(true, |tat| tat <= nu.saturating_mul(1_000_000)),
-            _ => false,
-        };
-        if stale {
-            gone.push(k.to_vec());
+        if stale(k.value(), v.value(), lockout, now) {
+            out.push(k.into_vec());
         }
     }
-    for k in &gone {
-        t.remove(k)?;
+    Ok(out)
+}
+
+/// Deletes those of `keys` whose row, read again in `txn`, still can no
+/// longer matter; how many.
+pub fn remove_stale(
+    txn: &WriteTxn,
+    keys: &[Vec<u8>],
+    lockout: &Lockout,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let mut t = txn.open_named(AUTH_STATE)?;
+    let mut removed = 0;
+    for k in keys {
+        let gone = t.get(k)?.is_some_and(|v| stale(k, v.value(), lockout, now));
+        if gone {
+            t.remove(k)?;
+            removed += 1;
+        }
     }
-    Ok(gone.len())
+    Ok(removed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use crate::auth::lockout::LockoutConfig;
+    use crate::store::Store;
+
+    fn ticket_row(expires_at: i64) -> TicketRow {
+        TicketRow {
+            user_id: UserId(1),
+            expires_at,
+            source: "192.0.2.1".into(),
+            known_device: false,
+            password_epoch: Some(0),
+        }
+    }
+
+    #[test]
+    fn pruning_drops_what_can_no_longer_matter_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test").unwrap();
+        let lockout = Lockout::new(LockoutConfig::default()).unwrap();
+        let throttle = AccountThrottle::new(50, std::time::Duration::from_secs(180), 10);
+        let now = 1_000_000;
+        let txn = store.begin_write().unwrap();
+        put_ticket(&txn, &[1; 32], &ticket_row(now - 1)).unwrap();
+        put_ticket(&txn, &[2; 32], &ticket_row(now + 300)).unwrap();
+        put_setup(&txn, &[3; 32], now - 5).unwrap();
+        put_epochs(&txn, UserId(1), (4, 9)).unwrap();
+        // A failure just now (kept) and a lock that ended long ago (gone).
+        with_lock(&txn, &lockout, &throttle, "a\0x", None, now as u64, || {
+            lockout.record_failure("a\0x", now as u64)
+        })
+        .unwrap();
+        with_lock(&txn, &lockout, &throttle, "b\0x", None, 10, || {
+            for _ in 0..5 {
+                lockout.record_failure("b\0x", 10);
+            }
+        })
+        .unwrap();
+        with_rate(&txn, "192.0.2.1", |_| (Some(1), ())).unwrap();
+        txn.commit().unwrap();
+
+        let stale = {
+            let r = store.begin_read().unwrap();
+            stale_keys(&r.open_named(AUTH_STATE).unwrap(), &lockout, now).unwrap()
+        };
+        let txn = store.begin_write().unwrap();
+        assert_eq!(remove_stale(&txn, &stale, &lockout, now).unwrap(), 4);
+        txn.commit().unwrap();
+
+        let r = store.begin_read().unwrap();
+        let t = r.open_named(AUTH_STATE).unwrap();
+        assert!(ticket(&t, &[1; 32]).unwrap().is_none());
+        assert!(ticket(&t, &[2; 32]).unwrap().is_some());
+        assert!(setup_expiry(&t, &[3; 32]).unwrap().is_none());
+        assert_eq!(epochs(&t, UserId(1)).unwrap(), (4, 9), "epochs never go");
+        assert_eq!(
+            t.len().unwrap(),
+            3,
+            "the live ticket, the epochs, the recent failure"
+        );
+    }
+
+    #[test]
+    fn a_damaged_row_is_a_clear_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test").unwrap();
+        let txn = store.begin_write().unwrap();
+        txn.open_named(AUTH_STATE)
+            .unwrap()
+            .insert(&key(TICKET, &[7; 32]), &[0xff; 3])
+            .unwrap();
+        txn.commit().unwrap();
+        let r = store.begin_read().unwrap();
+        let e = ticket(&r.open_named(AUTH_STATE).unwrap(), &[7; 32]).unwrap_err();
+        assert!(matches!(e, StoreError::BadRow(_)), "{e:?}");
+    }
 }

@@ -12,6 +12,7 @@
 use super::Auth;
 use crate::auth::AuthError;
 use crate::auth::index;
+use crate::auth::state;
 use crate::auth::store::{
     self as db, ACCESS_TOKENS, AccessToken, INVITES, Invite, REFRESH_FAMILIES, REFRESH_TOKENS,
     RefreshToken, SESSIONS, Session,
@@ -131,9 +132,15 @@ impl Auth {
         )?;
         // Tickets, setup tokens, lockout, throttle and shared rate rows
         // that can no longer matter.
-        let txn = self.store.begin_write()?;
-        crate::auth::state::prune(&txn, &self.lockout, t)?;
-        txn.commit()?;
+        let stale = {
+            let txn = self.store.begin_read()?;
+            state::stale_keys(&txn.open_named(state::AUTH_STATE)?, &self.lockout, t)?
+        };
+        for chunk in stale.chunks(PRUNE_BATCH) {
+            let txn = self.store.begin_write()?;
+            state::remove_stale(&txn, chunk, &self.lockout, t)?;
+            txn.commit()?;
+        }
         self.limiter.sweep(std::time::Instant::now());
         Ok(out)
     }
