@@ -293,3 +293,30 @@ fn a_role_change_on_one_replica_reaches_the_others_people_cache() {
         .expect("reload");
     assert!(p.b.authenticate_session(token).is_err());
 }
+
+#[test]
+fn one_ticket_raced_on_both_replicas_gives_one_session() {
+    let p = pair();
+    let uri = owner(&p);
+    for round in 0..3 {
+        let t = ticket(&p.a, None);
+        let c = code(&uri, round - 1);
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let auth = Arc::clone(if i % 2 == 0 { &p.a } else { &p.b });
+                let (t, c, barrier) = (t.expose_secret().to_string(), c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    auth.mfa(&t, Some(&c), None, None, None).is_ok()
+                })
+            })
+            .collect();
+        let won = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(won, 1, "round {round}");
+    }
+}
