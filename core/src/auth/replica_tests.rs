@@ -320,3 +320,35 @@ fn one_ticket_raced_on_both_replicas_gives_one_session() {
         assert_eq!(won, 1, "round {round}");
     }
 }
+
+#[test]
+fn concurrent_guesses_on_both_replicas_verify_at_most_the_threshold() {
+    let p = pair();
+    let _uri = owner(&p);
+    let ip: Option<IpAddr> = Some([192, 0, 2, 7].into());
+    let barrier = Arc::new(std::sync::Barrier::new(12));
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let auth = Arc::clone(if i % 2 == 0 { &p.a } else { &p.b });
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                wrong(&auth, ip)
+            })
+        })
+        .collect();
+    let results: Vec<AuthError> = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let verified = results
+        .iter()
+        .filter(|e| matches!(e, AuthError::Unauthorized(..)))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|e| matches!(e, AuthError::Locked { .. }))
+        .count();
+    // The default threshold is five: five guesses checked, anywhere.
+    assert_eq!((verified, refused), (5, 7), "{results:?}");
+}
