@@ -93,9 +93,15 @@ impl Epochs {
     }
 
     fn read(&self, user: UserId) -> Option<(u64, u64)> {
-        let txn = self.store.begin_read().ok()?;
-        let t = txn.open_named(AUTH_STATE).ok()?;
-        state::epochs(&t, user).ok()
+        let read = || -> Result<(u64, u64), StoreError> {
+            let txn = self.store.begin_read()?;
+            state::epochs(&txn.open_named(AUTH_STATE)?, user)
+        };
+        read()
+            .map_err(|e| {
+                tracing::warn!(error = %e, "could not read credential epochs; the sign-in will not complete");
+            })
+            .ok()
     }
 
     /// The password epoch of `user`, stamped before a password is verified.
