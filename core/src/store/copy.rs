@@ -258,6 +258,23 @@ mod tests {
     }
 
     #[test]
+    fn a_table_declared_with_byte_table_is_the_one_its_name_opens() {
+        const T: crate::store::ByteTable = crate::store::byte_table("declared_here");
+        assert_eq!(crate::store::table_name(&T), "declared_here");
+        let (_a, store) = open();
+        let txn = store.begin_write().expect("write");
+        txn.open_table(T)
+            .expect("t")
+            .insert(b"k", b"v")
+            .expect("insert");
+        txn.commit().expect("commit");
+        assert_eq!(
+            rows(&store, "declared_here"),
+            vec![(b"k".to_vec(), b"v".to_vec())]
+        );
+    }
+
+    #[test]
     fn the_report_does_not_print_rows() {
         let (_a, from) = open();
         put(
