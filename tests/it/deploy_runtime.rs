@@ -75,6 +75,9 @@ fn image_env_and_workdir() -> (Vec<(String, String)>, String) {
     (env, workdir)
 }
 
+/// Secrets by name, each with its files (key, content).
+type Secrets<'a> = [(&'a str, Vec<(&'a str, Vec<u8>)>)];
+
 /// The pod, emulated in a temporary directory.
 struct Pod {
     tmp: tempfile::TempDir,
@@ -89,7 +92,7 @@ struct Pod {
 impl Pod {
     /// Lays out the image's binary and every volume of the pod template;
     /// `secrets` gives each Secret's files (name → [(key, content)]).
-    fn new(m: &Manifests, secrets: &[(&str, Vec<(&str, Vec<u8>)>)]) -> Pod {
+    fn new(m: &Manifests, secrets: &Secrets<'_>) -> Pod {
         let pod = at(m.one("Deployment"), "/spec/template/spec").clone();
         let id = |p: &str| u32::try_from(int(&pod, p)).expect("a UID/GID");
         let (uid, gid, fs_group) = (
