@@ -217,6 +217,38 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_is_of_one_snapshot_while_the_source_goes_on_changing() {
+        let (_a, from) = open();
+        let (_b, to) = open();
+        put(&from, "copy_one", &[(b"a", b"1")]);
+        let snapshot = from.begin_read().expect("read");
+        let expected = digest_tables(&snapshot).expect("digest");
+        // A writer commits while the copy runs (a server keeps serving
+        // during a backup or a migration).
+        let writer = {
+            let from = from.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u32 {
+                    put(&from, "copy_one", &[(&i.to_be_bytes(), b"later")]);
+                }
+                put(&from, "copy_new", &[(b"n", b"later")]);
+            })
+        };
+        let report = {
+            let w = to.begin_write().expect("write");
+            let report = copy_tables(&snapshot, &w).expect("copy");
+            w.commit().expect("commit");
+            report
+        };
+        writer.join().expect("writer");
+        drop(snapshot);
+        assert_eq!(report, expected);
+        assert_eq!(rows(&to, "copy_one"), vec![(b"a".to_vec(), b"1".to_vec())]);
+        assert!(rows(&to, "copy_new").is_empty());
+        assert_eq!(rows(&from, "copy_one").len(), 51, "the writer did commit");
+    }
+
+    #[test]
     fn an_uncommitted_copy_changes_nothing() {
         let (_a, from) = open();
         let (_b, to) = open();
@@ -255,6 +287,23 @@ mod tests {
         let (_d, again) = open();
         put(&again, "t", &[(b"ab", b"c")]);
         assert_eq!(digest(&one), digest(&again));
+    }
+
+    #[test]
+    fn a_table_declared_with_byte_table_is_the_one_its_name_opens() {
+        const T: crate::store::ByteTable = crate::store::byte_table("declared_here");
+        assert_eq!(crate::store::table_name(&T), "declared_here");
+        let (_a, store) = open();
+        let txn = store.begin_write().expect("write");
+        txn.open_table(T)
+            .expect("t")
+            .insert(b"k", b"v")
+            .expect("insert");
+        txn.commit().expect("commit");
+        assert_eq!(
+            rows(&store, "declared_here"),
+            vec![(b"k".to_vec(), b"v".to_vec())]
+        );
     }
 
     #[test]
