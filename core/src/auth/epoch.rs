@@ -95,7 +95,7 @@ impl Epochs {
     fn read(&self, user: UserId) -> Option<(u64, u64)> {
         let read = || -> Result<(u64, u64), StoreError> {
             let txn = self.store.begin_read()?;
-            state::epochs(&txn.open_named(AUTH_STATE)?, user)
+            state::epochs(&txn.open_table(AUTH_STATE)?, user)
         };
         read()
             .map_err(|e| {
@@ -124,7 +124,7 @@ impl Epochs {
         password: Stamp,
         sign_in: Stamp,
     ) -> Result<bool, StoreError> {
-        let now = state::epochs(&txn.open_named(AUTH_STATE)?, user)?;
+        let now = state::epochs(&txn.open_table(AUTH_STATE)?, user)?;
         Ok(password == Some(now.0) && sign_in == Some(now.1))
     }
 
@@ -153,7 +153,7 @@ impl Epochs {
         let Some(b) = self.lock().get(&user).copied() else {
             return Ok(());
         };
-        let (mut password, mut sign_in) = state::epochs(&txn.open_named(AUTH_STATE)?, user)?;
+        let (mut password, mut sign_in) = state::epochs(&txn.open_table(AUTH_STATE)?, user)?;
         if b.sign_in > 0 {
             sign_in = sign_in.wrapping_add(1);
         }

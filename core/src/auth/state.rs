@@ -25,13 +25,12 @@
 
 use super::lockout::{AccountThrottle, Lockout, SnapshotEntry, normalize_key};
 use super::store::UserId;
-use crate::store::{StoreError, Table, WriteTxn};
+use crate::store::{ByteTable, StoreError, Table, WriteTxn};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The table (see the module docs), opened by name: it is no schema
-/// version's.
-pub const AUTH_STATE: &str = "auth_state";
+/// The table (see the module docs): no schema version's.
+pub const AUTH_STATE: ByteTable = crate::store::byte_table("auth_state");
 
 /// Row kinds: the first byte of every key.
 const LOCK: u8 = b'l';
@@ -102,7 +101,7 @@ pub fn with_lock<R>(
     now: u64,
     f: impl FnOnce() -> R,
 ) -> Result<R, StoreError> {
-    let mut t = txn.open_named(AUTH_STATE)?;
+    let mut t = txn.open_table(AUTH_STATE)?;
     let lk = key(LOCK, normalize_key(lock_key).as_bytes());
     let entry: Option<SnapshotEntry> = get(&t, &lk)?;
     lockout.import(lock_key, entry.as_ref(), now);
@@ -124,7 +123,7 @@ pub fn with_lock<R>(
 /// Forgets every lock whose key starts with `prefix` (an account under
 /// all its sources: `lockout::account_prefix`).
 pub fn forget_locks(txn: &WriteTxn, prefix: &str) -> Result<usize, StoreError> {
-    let mut t = txn.open_named(AUTH_STATE)?;
+    let mut t = txn.open_table(AUTH_STATE)?;
     let keys = keys_with(&t, LOCK, prefix.as_bytes())?;
     for k in &keys {
         t.remove(k)?;
@@ -148,7 +147,7 @@ pub struct TicketRow {
 /// Stores a ticket under its hash.
 pub fn put_ticket(txn: &WriteTxn, hash: &[u8; 32], row: &TicketRow) -> Result<(), StoreError> {
     put(
-        &mut txn.open_named(AUTH_STATE)?,
+        &mut txn.open_table(AUTH_STATE)?,
         &key(TICKET, hash),
         Some(row),
     )
@@ -162,7 +161,7 @@ pub fn ticket(t: &Table<'_>, hash: &[u8; 32]) -> Result<Option<TicketRow>, Store
 /// Removes and returns the ticket stored under `hash`: of concurrent
 /// takers anywhere, exactly one gets it.
 pub fn take_ticket(txn: &WriteTxn, hash: &[u8; 32]) -> Result<Option<TicketRow>, StoreError> {
-    let mut t = txn.open_named(AUTH_STATE)?;
+    let mut t = txn.open_table(AUTH_STATE)?;
     let k = key(TICKET, hash);
     let row = get(&t, &k)?;
     t.remove(&k)?;
@@ -171,7 +170,7 @@ pub fn take_ticket(txn: &WriteTxn, hash: &[u8; 32]) -> Result<Option<TicketRow>,
 
 /// Ends every ticket of `user`; how many.
 pub fn end_tickets(txn: &WriteTxn, user: UserId) -> Result<usize, StoreError> {
-    let mut t = txn.open_named(AUTH_STATE)?;
+    let mut t = txn.open_table(AUTH_STATE)?;
     let mut ended = 0;
     for k in keys_with(&t, TICKET, &[])? {
         let row: Option<TicketRow> = get(&t, &k)?;
@@ -188,7 +187,7 @@ pub fn end_tickets(txn: &WriteTxn, user: UserId) -> Result<usize, StoreError> {
 pub fn put_setup(txn: &WriteTxn, hash: &[u8; 32], expires_at: i64) -> Result<(), StoreError> {
     end_setup(txn)?;
     put(
-        &mut txn.open_named(AUTH_STATE)?,
+        &mut txn.open_table(AUTH_STATE)?,
         &key(SETUP, hash),
         Some(&expires_at),
     )
@@ -201,7 +200,7 @@ pub fn setup_expiry(t: &Table<'_>, hash: &[u8; 32]) -> Result<Option<i64>, Store
 
 /// Ends the setup token (an owner exists now).
 pub fn end_setup(txn: &WriteTxn) -> Result<(), StoreError> {
-    let mut t = txn.open_named(AUTH_STATE)?;
+    let mut t = txn.open_table(AUTH_STATE)?;
     for k in keys_with(&t, SETUP, &[])? {
         t.remove(&k)?;
     }
@@ -216,7 +215,7 @@ pub fn epochs(t: &Table<'_>, user: UserId) -> Result<(u64, u64), StoreError> {
 /// Stores a user's epochs.
 pub fn put_epochs(txn: &WriteTxn, user: UserId, e: (u64, u64)) -> Result<(), StoreError> {
     put(
-        &mut txn.open_named(AUTH_STATE)?,
+        &mut txn.open_table(AUTH_STATE)?,
         &key(EPOCH, &user.key()),
         Some(&e),
     )
@@ -230,7 +229,7 @@ pub fn with_rate<R>(
     bucket: &str,
     f: impl FnOnce(Option<u64>) -> (Option<u64>, R),
 ) -> Result<R, StoreError> {
-    let mut t = txn.open_named(AUTH_STATE)?;
+    let mut t = txn.open_table(AUTH_STATE)?;
     let k = key(RATE, bucket.as_bytes());
     let tat: Option<u64> = get(&t, &k)?;
     let (next, out) = f(tat);
@@ -280,7 +279,7 @@ pub fn remove_stale(
     lockout: &Lockout,
     now: i64,
 ) -> Result<usize, StoreError> {
-    let mut t = txn.open_named(AUTH_STATE)?;
+    let mut t = txn.open_table(AUTH_STATE)?;
     let mut removed = 0;
     for k in keys {
         let gone = t.get(k)?.is_some_and(|v| stale(k, v.value(), lockout, now));
@@ -337,14 +336,14 @@ mod tests {
 
         let stale = {
             let r = store.begin_read().unwrap();
-            stale_keys(&r.open_named(AUTH_STATE).unwrap(), &lockout, now).unwrap()
+            stale_keys(&r.open_table(AUTH_STATE).unwrap(), &lockout, now).unwrap()
         };
         let txn = store.begin_write().unwrap();
         assert_eq!(remove_stale(&txn, &stale, &lockout, now).unwrap(), 4);
         txn.commit().unwrap();
 
         let r = store.begin_read().unwrap();
-        let t = r.open_named(AUTH_STATE).unwrap();
+        let t = r.open_table(AUTH_STATE).unwrap();
         assert!(ticket(&t, &[1; 32]).unwrap().is_none());
         assert!(ticket(&t, &[2; 32]).unwrap().is_some());
         assert!(setup_expiry(&t, &[3; 32]).unwrap().is_none());
@@ -361,13 +360,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "test").unwrap();
         let txn = store.begin_write().unwrap();
-        txn.open_named(AUTH_STATE)
+        txn.open_table(AUTH_STATE)
             .unwrap()
             .insert(&key(TICKET, &[7; 32]), &[0xff; 3])
             .unwrap();
         txn.commit().unwrap();
         let r = store.begin_read().unwrap();
-        let e = ticket(&r.open_named(AUTH_STATE).unwrap(), &[7; 32]).unwrap_err();
+        let e = ticket(&r.open_table(AUTH_STATE).unwrap(), &[7; 32]).unwrap_err();
         assert!(matches!(e, StoreError::BadRow(_)), "{e:?}");
     }
 }

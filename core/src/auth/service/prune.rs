@@ -134,7 +134,7 @@ impl Auth {
         // that can no longer matter.
         let stale = {
             let txn = self.store.begin_read()?;
-            state::stale_keys(&txn.open_named(state::AUTH_STATE)?, &self.lockout, t)?
+            state::stale_keys(&txn.open_table(state::AUTH_STATE)?, &self.lockout, t)?
         };
         for chunk in stale.chunks(PRUNE_BATCH) {
             let txn = self.store.begin_write()?;

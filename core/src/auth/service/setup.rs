@@ -61,7 +61,7 @@ impl Auth {
         // stored token leaks through the lookup's timing.
         let expires = {
             let txn = self.store.begin_read()?;
-            state::setup_expiry(&txn.open_named(AUTH_STATE)?, &token_hash(token))?
+            state::setup_expiry(&txn.open_table(AUTH_STATE)?, &token_hash(token))?
         };
         if expires.is_none_or(|e| now() >= e) {
             return Err(AuthError::Forbidden("invalid_setup_token", "the setup link is invalid, used or expired; restart `latchkey serve` for a new one".into()));

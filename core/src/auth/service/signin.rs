@@ -248,7 +248,7 @@ impl Auth {
     /// from and its password-epoch stamp (the ticket stays).
     fn ticket_user(&self, ticket: &str) -> Result<(UserId, Source, Stamp), AuthError> {
         let txn = self.store.begin_read()?;
-        let row = state::ticket(&txn.open_named(AUTH_STATE)?, &token_hash(ticket))?;
+        let row = state::ticket(&txn.open_table(AUTH_STATE)?, &token_hash(ticket))?;
         match row {
             Some(v) if v.expires_at > now() => Ok((
                 v.user_id,
