@@ -9,13 +9,15 @@
 //! directory and its lock stay with either backend (each replica has its
 //! own: TLS files and the admin token live there).
 
+mod copy;
 mod kv;
 mod lock;
 mod postgres;
 mod settings;
 mod shared;
 
-pub use kv::{ReadTxn, Rows, Table, Value, WriteTxn, named};
+pub use copy::{CopyReport, TableCopy, copy_tables, digest_tables};
+pub use kv::{ReadTxn, Rows, Table, Value, WriteTxn, byte_table, named, table_name};
 
 pub use latchkey_migrations::{
     ByteTable, CURRENT_VERSION, META, v1::VAULT_NAMES, v1::VAULT_RECORDS,
@@ -67,6 +69,10 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("a write to a table opened in a read transaction")]
     ReadOnly,
+    /// A row that does not decode (or a value that does not encode): the
+    /// same on every backend, unlike a backend's own corruption error.
+    #[error("damaged row in the store: {0}")]
+    BadRow(String),
     #[error(transparent)]
     Postgres(PgError),
 }
@@ -191,15 +197,6 @@ impl Store {
             migrated_from: outcome.from,
             shared: shared::Local::new(),
         }))
-    }
-
-    /// The redb database. Going away: everything reads and writes through
-    /// `begin_read`/`begin_write` (the port to the seam deletes this).
-    pub fn db(&self) -> &Database {
-        match &self.engine {
-            Engine::Redb(db) => db,
-            Engine::Postgres(_) => unreachable!("Store::db() on a PostgreSQL store"),
-        }
     }
 
     /// A consistent snapshot to read from.

@@ -20,11 +20,10 @@ use super::{Auth, Principal, UserView, expiry, now, random_token};
 use crate::audit::{self, AuditEvent, Outcome};
 use crate::auth::AuthError;
 use crate::auth::epoch::Change;
-use crate::auth::lockout;
 use crate::auth::scope::Role;
 use crate::auth::store::{self as db, INVITES, Invite, USERS, User, UserId, token_hash};
 use crate::secrecy::{ExposeSecret, SecretString};
-use redb::ReadableDatabase;
+use crate::store::WriteTxn;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -67,7 +66,7 @@ impl Auth {
         let token = random_token("lki_");
         let t = now();
         let expires_at = expiry(t, ttl);
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         db::put(
             &txn,
             INVITES,
@@ -112,7 +111,7 @@ impl Auth {
         };
         let usable = |inv: &Invite| inv.used_at.is_none() && now() < inv.expires_at;
         let inv_role = {
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             let inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
             if !usable(&inv) {
                 self.audit(
@@ -131,7 +130,7 @@ impl Auth {
         // Password policy and argon2 (slow): outside the write transaction.
         let user = self.new_user(username, password, inv_role)?;
         let id = UserId::random();
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let mut inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
         if !usable(&inv) {
             return Err(bad());
@@ -197,10 +196,7 @@ impl Auth {
     /// Refuses (409 `last_admin`) unless an active admin other than
     /// `except` exists, read in the caller's write transaction so the
     /// check and the change that depends on it commit together.
-    fn ensure_another_admin_in(
-        txn: &redb::WriteTransaction,
-        except: UserId,
-    ) -> Result<(), AuthError> {
+    fn ensure_another_admin_in(txn: &WriteTxn, except: UserId) -> Result<(), AuthError> {
         let others = db::scan::<User>(&txn.open_table(USERS)?)?
             .into_iter()
             .filter(|(k, u)| {
@@ -291,8 +287,7 @@ impl Auth {
             Self::revoke_user_credentials(txn, id, Keep::Nothing)
         })?;
         self.sign_ins_ended(id, Tickets::End);
-        self.lockout
-            .forget_prefix(&lockout::account_prefix(&Self::lock_key(username)));
+        self.forget_locks(username)?;
         self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
         self.revocations.bump();
         Ok(UserView::of(id, &u))

@@ -19,7 +19,10 @@
 //! - the cache never outlives a revocation: revoked keys are dropped from it
 //!   after their commit ([`Auth::forget_keys`]), keys of accounts that cannot
 //!   sign in are never loaded, and a key that raced a revocation into the
-//!   cache is looked up again and dropped.
+//!   cache is looked up again and dropped;
+//! - with replicas, a key made or revoked on another one reaches this
+//!   cache by a reload from one snapshot (`replicas`), never older than a
+//!   change this process made to the cache meanwhile (`keys_gen`).
 
 use super::stepup::KeyStepUp;
 use super::{Auth, Principal, Via, now};
@@ -29,10 +32,10 @@ use crate::auth::apikey;
 use crate::auth::scope::{Scope, ScopeSet};
 use crate::auth::store::{self as db, API_KEYS, ApiKeyRow, USERS, User, UserId};
 use crate::secrecy::SecretString;
-use redb::ReadableDatabase;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// The most live (unrevoked, unexpired) API keys one user may hold.
 pub const MAX_KEYS_PER_USER: usize = 256;
@@ -61,8 +64,26 @@ pub struct KeyView {
 }
 
 impl Auth {
+    /// Fills the key cache from one snapshot of the store (at start, and
+    /// when another replica changed keys or users: `replicas`).
     pub(super) fn load_keys(&self) -> Result<(), AuthError> {
-        let txn = self.store.db().begin_read()?;
+        // A key this process adds or drops while the snapshot is read
+        // would be undone by the swap: read again (rare, and bounded).
+        for _ in 0..8 {
+            if self.try_load_keys()? {
+                return Ok(());
+            }
+        }
+        Err(AuthError::Internal(
+            "the key cache kept changing while it was reloaded".into(),
+        ))
+    }
+
+    /// One [`Auth::load_keys`] attempt: false when this process changed
+    /// the cache since the snapshot was taken (nothing swapped in).
+    fn try_load_keys(&self) -> Result<bool, AuthError> {
+        let generation = self.keys_gen.load(Ordering::Acquire);
+        let txn = self.store.begin_read()?;
         let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
         let users = txn.open_table(USERS)?;
         let mut map = HashMap::new();
@@ -91,10 +112,15 @@ impl Auth {
                 },
             );
         }
-        if let Ok(mut keys) = self.keys.write() {
-            *keys = map;
+        let mut keys = self
+            .keys
+            .write()
+            .map_err(|_| AuthError::Internal("keys".into()))?;
+        if self.keys_gen.load(Ordering::Acquire) != generation {
+            return Ok(false);
         }
-        Ok(())
+        *keys = map;
+        Ok(true)
     }
 
     /// Verifies an API key from memory: its shape, then a constant-time
@@ -204,9 +230,9 @@ impl Auth {
             revoked_at: None,
         };
         let id = generated.id.to_string();
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         // A bounded number of live keys per user, counted in the writing
-        // transaction (redb runs one at a time, so parallel requests
+        // transaction (the store runs one at a time, so parallel requests
         // cannot overshoot): each key is a row, a cache entry and usage rows.
         let t = now();
         let live = db::scan::<ApiKeyRow>(&txn.open_table(API_KEYS)?)?
@@ -248,6 +274,7 @@ impl Auth {
         )?;
         txn.commit()?;
         if let Ok(mut keys) = self.keys.write() {
+            self.keys_gen.fetch_add(1, Ordering::AcqRel);
             keys.insert(
                 id.clone(),
                 CachedKey {
@@ -262,7 +289,7 @@ impl Auth {
         // insert (disabling the owner, a role change) has already emptied
         // the cache of what it revoked: look again, now that the key is in.
         let revoked = {
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?
                 .is_none_or(|r| r.revoked_at.is_some())
         };
@@ -294,7 +321,7 @@ impl Auth {
     /// The user's own keys; admins with `all` see everyone's.
     pub fn list_keys(&self, p: &Principal, all: bool) -> Result<Vec<KeyView>, AuthError> {
         let all = all && p.acts_for_everyone();
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
         let users = txn.open_table(USERS)?;
         let mut out = Vec::new();
@@ -313,7 +340,7 @@ impl Auth {
 
     /// Revokes a key: effective on the very next request.
     pub fn revoke_key(&self, p: &Principal, id: &str) -> Result<(), AuthError> {
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let mut row: ApiKeyRow = db::get(&txn.open_table(API_KEYS)?, id.as_bytes())?
             .ok_or(AuthError::NotFound("key"))?;
         if row.user_id != p.user_id && !p.acts_for_everyone() {
@@ -329,6 +356,7 @@ impl Auth {
         )?;
         txn.commit()?;
         if let Ok(mut keys) = self.keys.write() {
+            self.keys_gen.fetch_add(1, Ordering::AcqRel);
             keys.remove(id);
         }
         self.revocations.bump();
@@ -344,12 +372,13 @@ impl Auth {
         if pending.is_empty() {
             return Ok(());
         }
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         for (id, t) in pending {
             // Bound first: the table must be closed before `put` reopens it.
             let row = db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?;
             if let Some(mut row) = row {
-                row.last_used_at = Some(t);
+                // Replicas flush their own batches: never move it back.
+                row.last_used_at = Some(row.last_used_at.map_or(t, |old| old.max(t)));
                 db::put(&txn, API_KEYS, id.as_bytes(), &row)?;
             }
         }
@@ -364,6 +393,7 @@ impl Auth {
         }
         self.revocations.bump();
         if let Ok(mut keys) = self.keys.write() {
+            self.keys_gen.fetch_add(1, Ordering::AcqRel);
             for id in ids {
                 keys.remove(id);
             }

@@ -12,11 +12,12 @@
 use super::Auth;
 use crate::auth::AuthError;
 use crate::auth::index;
+use crate::auth::state;
 use crate::auth::store::{
     self as db, ACCESS_TOKENS, AccessToken, INVITES, Invite, REFRESH_FAMILIES, REFRESH_TOKENS,
     RefreshToken, SESSIONS, Session,
 };
-use redb::{ReadableDatabase, ReadableTable};
+use crate::store::WriteTxn;
 
 /// What [`Auth::prune_expired`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -129,17 +130,17 @@ impl Auth {
                 Ok(false)
             },
         )?;
-        if let Ok(mut tickets) = self.tickets.lock() {
-            tickets.retain(|_, v| v.expires_at > t);
+        // Tickets, setup tokens, lockout, throttle and shared rate rows
+        // that can no longer matter.
+        let stale = {
+            let txn = self.store.begin_read()?;
+            state::stale_keys(&txn.open_table(state::AUTH_STATE)?, &self.lockout, t)?
+        };
+        for chunk in stale.chunks(PRUNE_BATCH) {
+            let txn = self.store.begin_write()?;
+            state::remove_stale(&txn, chunk, &self.lockout, t)?;
+            txn.commit()?;
         }
-        if let Ok(mut token) = self.setup_token.lock()
-            && token.is_some_and(|(_, exp)| t >= exp)
-        {
-            *token = None;
-        }
-        let tu = t.max(0) as u64;
-        self.lockout.sweep(tu);
-        self.throttle.sweep(tu);
         self.limiter.sweep(std::time::Instant::now());
         Ok(out)
     }
@@ -152,10 +153,10 @@ impl Auth {
         &self,
         table: latchkey_migrations::ByteTable,
         candidate: impl Fn(&[u8]) -> bool,
-        remove: impl Fn(&redb::WriteTransaction, &[u8]) -> Result<bool, AuthError>,
+        remove: impl Fn(&WriteTxn, &[u8]) -> Result<bool, AuthError>,
     ) -> Result<usize, AuthError> {
         let keys: Vec<Vec<u8>> = {
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             let t = txn.open_table(table)?;
             let mut keys = Vec::new();
             for item in t.iter()? {
@@ -168,7 +169,7 @@ impl Auth {
         };
         let mut removed = 0;
         for chunk in keys.chunks(PRUNE_BATCH) {
-            let txn = self.store.db().begin_write()?;
+            let txn = self.store.begin_write()?;
             for k in chunk {
                 if remove(&txn, k)? {
                     removed += 1;

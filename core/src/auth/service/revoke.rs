@@ -26,6 +26,7 @@ use crate::auth::scope::ScopeSet;
 use crate::auth::store::{
     self as db, API_KEYS, ApiKeyRow, Family, REFRESH_FAMILIES, USERS, User, UserId,
 };
+use crate::store::WriteTxn;
 
 /// Whether an account event ends the user's pending second steps: yes
 /// when their password step no longer proves anything (password changed,
@@ -77,9 +78,12 @@ impl Auth {
     pub(super) fn change_user<R>(
         &self,
         id: UserId,
-        f: impl FnOnce(&redb::WriteTransaction, &mut User) -> Result<R, AuthError>,
+        f: impl FnOnce(&WriteTxn, &mut User) -> Result<R, AuthError>,
     ) -> Result<(User, R), AuthError> {
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
+        // An account event of this user in flight moves their epochs in
+        // this very transaction (see `auth::epoch`).
+        self.epochs.apply(&txn, id)?;
         let mut user: User =
             db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
         let out = f(&txn, &mut user)?;
@@ -95,7 +99,7 @@ impl Auth {
     /// recognised as reuse) with their unused refresh tokens, and its
     /// access tokens. How many sessions ended.
     pub(super) fn revoke_user_credentials(
-        txn: &redb::WriteTransaction,
+        txn: &WriteTxn,
         user: UserId,
         keep: Keep,
     ) -> Result<usize, AuthError> {
@@ -151,7 +155,7 @@ impl Auth {
     /// their ids, to drop from the cache after the commit
     /// ([`Auth::forget_keys`]).
     pub(super) fn revoke_user_keys(
-        txn: &redb::WriteTransaction,
+        txn: &WriteTxn,
         user: UserId,
         ends: impl Fn(&ScopeSet) -> bool,
     ) -> Result<Vec<String>, AuthError> {
@@ -173,17 +177,22 @@ impl Auth {
     }
 
     /// After a commit that ended sign-ins of `user`. With
-    /// [`Tickets::End`] their pending second steps (MFA tickets, in
-    /// memory) end too, so a password step taken before a password
-    /// change, a disable or a promotion cannot be finished after it.
+    /// [`Tickets::End`] their pending second steps (MFA tickets) are
+    /// deleted too. (A password step taken before a password change, a
+    /// disable or a promotion could not be finished after it anyway: its
+    /// ticket's password epoch no longer holds, see `auth::epoch`.)
     /// Open WebSockets and streams re-check their credential on the
     /// revocation epoch bumped here.
     pub(super) fn sign_ins_ended(&self, user: UserId, tickets: Tickets) {
         self.revocations.bump();
-        if tickets == Tickets::End
-            && let Ok(mut t) = self.tickets.lock()
-        {
-            t.retain(|_, v| v.user_id != user);
+        if tickets == Tickets::End {
+            let ended = self.store.begin_write().and_then(|txn| {
+                crate::auth::state::end_tickets(&txn, user)?;
+                txn.commit()
+            });
+            if let Err(e) = ended {
+                tracing::warn!(error = %e, "could not delete ended MFA tickets; they expire unused");
+            }
         }
     }
 
@@ -191,7 +200,8 @@ impl Auth {
     /// transaction of its own.
     pub(super) fn end_other_sign_ins(&self, p: &Principal) -> Result<usize, AuthError> {
         let _changing = self.epochs.begin(p.user_id, Change::SignIns);
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
+        self.epochs.apply(&txn, p.user_id)?;
         let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
         txn.commit()?;
         self.sign_ins_ended(p.user_id, Tickets::Keep);
