@@ -25,11 +25,14 @@ use tokio::task::JoinHandle;
 /// what it had, and the next change tries again).
 pub type ReloadError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A cache built from the store: its name (for the log) and what it does
-/// on a change (blocking: it may read the store).
+/// What a cache does on a change (blocking: it may read the store).
+pub type OnChange = Box<dyn Fn(&Changed) -> Result<(), ReloadError> + Send + Sync>;
+
+/// A cache built from the store: its name (for the log) and its
+/// [`OnChange`].
 pub struct Cache {
     pub name: &'static str,
-    pub on_change: Box<dyn Fn(&Changed) -> Result<(), ReloadError> + Send + Sync>,
+    pub on_change: OnChange,
 }
 
 impl Cache {

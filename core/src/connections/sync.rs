@@ -44,7 +44,9 @@ impl Connections {
         for (key, slot) in slots.iter() {
             let stale = match slot.cached.read() {
                 Ok(c) => c.as_ref().is_some_and(|c| match rows.get(key) {
-                    Some(row) => row.status != Status::Connected || row_digest(&row.sealed) != c.row,
+                    Some(row) => {
+                        row.status != Status::Connected || row_digest(&row.sealed) != c.row
+                    }
                     None => true,
                 }),
                 Err(_) => true,

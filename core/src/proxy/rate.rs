@@ -78,6 +78,9 @@ pub struct KeyLimiter {
     /// Unix time in milliseconds at `start`.
     start_unix_ms: u64,
     windows: Mutex<HashMap<String, Window>>,
+    /// Held by a sync from taking its deltas until it has marked them
+    /// published: two syncs at once would publish the same requests twice.
+    syncing: Mutex<()>,
 }
 
 /// What one [`KeyLimiter::sync`] did.
@@ -140,6 +143,7 @@ impl KeyLimiter {
             start,
             start_unix_ms,
             windows: Mutex::new(HashMap::new()),
+            syncing: Mutex::new(()),
         }
     }
 
@@ -194,6 +198,10 @@ impl KeyLimiter {
     /// is something to publish, else one read). Windows of past minutes
     /// are forgotten, here and in the table.
     pub fn sync(&self, store: &Store, now: Instant) -> Result<Synced, StoreError> {
+        let _one = self
+            .syncing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let minute = self.unix_ms(now) / MINUTE_MS;
         let deltas: Vec<(String, u32)> = {
             let mut w = lock(&self.windows);
@@ -360,7 +368,11 @@ mod tests {
             l.sync(&store, next).expect("sync");
         }
         assert_eq!(shared_total(&store, "k"), Some((T0_MS / MINUTE_MS + 1, 1)));
-        assert_eq!(shared_total(&store, "other"), None, "last minute's row deleted");
+        assert_eq!(
+            shared_total(&store, "other"),
+            None,
+            "last minute's row deleted"
+        );
     }
 
     #[test]
@@ -408,7 +420,9 @@ mod tests {
             }
         }
         let total: usize = threads.into_iter().map(|h| h.join().expect("thread")).sum();
-        for l in &ls {
+        // Twice: the first to sync learns of the last ones' counts only in
+        // the second round.
+        for l in ls.iter().chain(ls.iter()) {
             l.sync(&store, t).expect("final sync");
         }
         assert_eq!(total, 3_000);

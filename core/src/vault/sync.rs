@@ -10,7 +10,7 @@
 //! digest of their envelopes (a new one per write: fresh nonce), so the
 //! scan decrypts nothing and last-used writes drop nothing.
 
-use super::{Cached, RecordId, Vault, VaultError, decode};
+use super::{RecordId, Vault, VaultError, decode};
 use crate::store::{Changed, VAULT_NAMES, VAULT_RECORDS};
 
 /// SHA-256 of a record's envelope.

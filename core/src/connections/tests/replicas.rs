@@ -134,7 +134,14 @@ async fn a_client_set_on_one_replica_reaches_the_others_when_notified() {
     rs[0]
         .set_client("idp", Some("new-client"), None, "admin", None)
         .expect("set");
-    let id = |i: usize| rs[i].provider("idp").expect("p").provider().client_id.clone();
+    let id = |i: usize| {
+        rs[i]
+            .provider("idp")
+            .expect("p")
+            .provider()
+            .client_id
+            .clone()
+    };
     assert_eq!(id(0), "new-client");
     assert_eq!(id(1), "latchkey");
     let change = crate::store::Changed::Tables(vec!["meta".into()]);

@@ -501,7 +501,8 @@ impl UsageBook {
             let end = day_end(today);
             for item in table.range(today.as_bytes()..end.as_slice())? {
                 let (k, v) = item?;
-                if let (Some(key), Some(t)) = (UsageKey::decode(k.value()), Totals::decode(v.value()))
+                if let (Some(key), Some(t)) =
+                    (UsageKey::decode(k.value()), Totals::decode(v.value()))
                     && key.day == today
                 {
                     let n = stored.entry(key.key_id).or_default();
