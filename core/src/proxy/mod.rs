@@ -117,6 +117,9 @@ pub struct Proxy {
     pub realtime: realtime::Sessions,
     /// `proxy.realtime_*`.
     pub realtime_limits: realtime::Limits,
+    /// This process among the replicas sharing the store (random per
+    /// start; names its rows of open realtime sessions).
+    pub replica: String,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -188,6 +191,7 @@ impl Proxy {
                 idle: settings.realtime_idle_timeout,
                 max_message: settings.realtime_max_message_bytes,
             },
+            replica: hex::encode(rand::random::<[u8; 8]>()),
         })
     }
 
@@ -224,10 +228,10 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// Shares the per-key request counts with the other replicas every
-    /// [`rate::SYNC_EVERY`] until `stop` turns true. Ends at once when no
-    /// other process shares the store; skips its work while no key has a
-    /// request limit.
+    /// Shares the per-key request counts and open realtime sessions with
+    /// the other replicas every [`rate::SYNC_EVERY`] until `stop` turns
+    /// true. Ends at once when no other process shares the store; skips
+    /// what no limit needs.
     pub fn spawn_rate_sync(
         self: Arc<Self>,
         mut stop: watch::Receiver<bool>,
@@ -246,12 +250,23 @@ impl Proxy {
                     _ = ticker.tick() => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
-                if self.limiter.default_rpm() == 0 && !self.limits.any_rpm() {
+                let rates = self.limiter.default_rpm() > 0 || self.limits.any_rpm();
+                let sessions = self.realtime_limits.per_key > 0;
+                if !rates && !sessions {
                     continue;
                 }
                 let p = Arc::clone(&self);
                 let done = tokio::task::spawn_blocking(move || {
-                    p.limiter.sync(&p.store, std::time::Instant::now())
+                    if rates {
+                        p.limiter.sync(&p.store, std::time::Instant::now())?;
+                    }
+                    if sessions {
+                        let now_ms =
+                            time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+                        let now_ms = u64::try_from(now_ms).unwrap_or(0);
+                        p.realtime.sync(&p.store, &p.replica, now_ms)?;
+                    }
+                    Ok::<_, StoreError>(())
                 })
                 .await;
                 match done {
