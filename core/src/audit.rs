@@ -1,11 +1,10 @@
 //! The append-only audit log: who did what, when, from where, and how it
-//! ended. Stored in redb's `audit` table under an increasing sequence
+//! ended. Stored in the `audit` table under an increasing sequence
 //! number; entries are never updated, only pruned past the retention period.
 //! Never holds a secret: callers pass names and ids, not values.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteTxn};
 use latchkey_migrations::v2::AUDIT;
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,8 +82,7 @@ pub struct AuditQuery {
 pub const MAX_PAGE: usize = 500;
 
 fn decode(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| StoreError::Db(redb::Error::Corrupted(format!("audit entry: {e}"))))
+    postcard::from_bytes(bytes).map_err(|e| StoreError::BadRow(format!("audit entry: {e}")))
 }
 
 /// Longest actor, target or IP stored, in characters.
@@ -144,7 +142,7 @@ impl AuditEvent {
 /// Appends `event` inside an existing write transaction (so an audited
 /// change and its audit entry commit together). Its fields are capped and
 /// cleaned first (see [`clean`]).
-pub fn append_in(txn: &WriteTransaction, event: AuditEvent) -> Result<u64, StoreError> {
+pub fn append_in(txn: &WriteTxn, event: AuditEvent) -> Result<u64, StoreError> {
     let mut event = event.cleaned();
     let mut t = txn.open_table(AUDIT)?;
     let next = match t.last()? {
@@ -158,14 +156,14 @@ pub fn append_in(txn: &WriteTransaction, event: AuditEvent) -> Result<u64, Store
     };
     event.seq = next;
     let bytes = postcard::to_allocvec(&event)
-        .map_err(|e| StoreError::Db(redb::Error::Corrupted(format!("audit encode: {e}"))))?;
+        .map_err(|e| StoreError::BadRow(format!("audit encode: {e}")))?;
     t.insert(next.to_be_bytes().as_slice(), bytes.as_slice())?;
     Ok(next)
 }
 
 /// Appends `event` in its own transaction.
 pub fn append(store: &Store, event: AuditEvent) -> Result<u64, StoreError> {
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     let seq = append_in(&txn, event)?;
     txn.commit()?;
     Ok(seq)
@@ -174,7 +172,7 @@ pub fn append(store: &Store, event: AuditEvent) -> Result<u64, StoreError> {
 /// Newest first (or oldest first when tailing with `after`), filtered.
 pub fn query(store: &Store, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let txn = store.db().begin_read()?;
+    let txn = store.begin_read()?;
     let t = txn.open_table(AUDIT)?;
     let matches = |e: &AuditEvent| {
         q.actor.as_deref().is_none_or(|a| e.actor == a)
@@ -215,7 +213,7 @@ pub fn query(store: &Store, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreErro
 /// Deletes entries older than `keep_secs`; returns how many.
 pub fn prune(store: &Store, keep_secs: i64, now: i64) -> Result<usize, StoreError> {
     let cutoff = now.saturating_sub(keep_secs);
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     let mut removed = 0;
     {
         let mut t = txn.open_table(AUDIT)?;
@@ -385,5 +383,30 @@ mod tests {
         assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![9, 10]);
         assert_eq!(prune(&store, 5, 1010).expect("prune"), 5);
         assert_eq!(query(&store, &AuditQuery::default()).expect("q").len(), 5);
+    }
+
+    #[test]
+    fn an_entry_that_does_not_decode_is_a_bad_row_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), "cli").expect("store");
+        append(&store, AuditEvent::new("alice", "login", Outcome::Success)).expect("append");
+        let txn = store.begin_write().expect("write");
+        txn.open_table(AUDIT)
+            .expect("audit")
+            .insert(
+                2u64.to_be_bytes().as_slice(),
+                b"\xff\xff not postcard canary",
+            )
+            .expect("insert");
+        txn.commit().expect("commit");
+        let err = query(&store, &AuditQuery::default()).expect_err("damaged");
+        assert!(matches!(err, StoreError::BadRow(_)), "{err:?}");
+        let shown = err.to_string();
+        assert!(shown.contains("audit entry"), "{shown}");
+        assert!(!shown.contains("canary"), "the row is not echoed: {shown}");
+        // The next append still numbers after the damaged row.
+        let seq =
+            append(&store, AuditEvent::new("bob", "login", Outcome::Success)).expect("append");
+        assert_eq!(seq, 3);
     }
 }

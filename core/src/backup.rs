@@ -16,6 +16,7 @@
 //! and a restore believes only backups whose origin it can tell:
 //! [`signing::Trust::check`] has the rule.
 
+mod redb_target;
 pub mod signing;
 
 use crate::store::{self, DB_FILE, DataDirLock, META, Store, VAULT_RECORDS};
@@ -24,7 +25,6 @@ use crate::vault::{
     Vault, VaultError,
 };
 use age::secrecy::{ExposeSecret, SecretString};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use signing::{Fingerprint, Origin, Trust};
 use std::path::{Path, PathBuf};
@@ -143,8 +143,6 @@ pub enum BackupError {
     Store(#[from] store::StoreError),
 }
 
-crate::store::from_redb_errors!(BackupError);
-
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 struct TableDump {
     name: String,
@@ -173,10 +171,6 @@ pub struct BackupSummary {
     pub signed_by: Option<String>,
 }
 
-fn byte_table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
-    TableDefinition::new(name)
-}
-
 /// Takes a consistent snapshot of the whole database and encrypts it.
 pub fn create(
     vault: &Vault,
@@ -191,32 +185,34 @@ pub fn create(
         use ring::signature::KeyPair;
         Fingerprint::of(signer.public_key().as_ref())
     };
-    let txn = store.db().begin_read()?;
+    // Through the storage seam, so a backup reads the same snapshot from
+    // redb and from PostgreSQL.
+    let txn = store.begin_read()?;
     let mut tables = Vec::new();
-    for handle in txn.list_tables()? {
-        let name = handle.name().to_string();
-        let table = txn.open_table(byte_table(&name))?;
+    for name in txn.table_names()? {
+        let table = txn.open_named(&name)?;
         let mut entries = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;
             let key = k.value();
-            if name == META.name() && (key == META_WRAPPED_DATA_KEY || key == META_MASTER_SOURCE) {
+            if name == store::table_name(&META)
+                && (key == META_WRAPPED_DATA_KEY || key == META_MASTER_SOURCE)
+            {
                 continue; // re-made by the restore for its own master key
             }
-            entries.push((key.to_vec(), v.value().to_vec()));
+            entries.push((k.into_vec(), v.into_vec()));
         }
         tables.push(TableDump { name, entries });
     }
-    let schema_version = {
-        let meta = txn.open_table(META)?;
-        let v = meta.get(latchkey_migrations::SCHEMA_VERSION_KEY)?;
-        v.and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes))
-            .unwrap_or(0)
-    };
+    let schema_version = txn
+        .open_table(META)?
+        .get(latchkey_migrations::SCHEMA_VERSION_KEY)?
+        .and_then(|v| v.value().try_into().ok().map(u32::from_le_bytes))
+        .unwrap_or(0);
     drop(txn);
     let vault_records = tables
         .iter()
-        .find(|t| t.name == VAULT_RECORDS.name())
+        .find(|t| t.name == store::table_name(&VAULT_RECORDS))
         .map_or(0, |t| t.entries.len());
     let created_at = time::OffsetDateTime::now_utc();
     let summary = BackupSummary {
@@ -332,7 +328,7 @@ fn verify_records(payload: &Payload, data_key: &DataKey) -> Result<usize, Backup
     let Some(table) = payload
         .tables
         .iter()
-        .find(|t| t.name == VAULT_RECORDS.name())
+        .find(|t| t.name == store::table_name(&VAULT_RECORDS))
     else {
         return Ok(0);
     };
@@ -343,44 +339,6 @@ fn verify_records(payload: &Payload, data_key: &DataKey) -> Result<usize, Backup
             .map_err(|e| BackupError::Verify(format!("record {id}: {e}")))?;
     }
     Ok(table.entries.len())
-}
-
-/// Whether `dir` already holds a vault that a restore would replace.
-fn holds_vault(db_path: &Path) -> bool {
-    if !db_path.exists() {
-        return false;
-    }
-    // Read-only: looking must not modify the file we may refuse to replace.
-    let Ok(db) = Database::builder().open_read_only(db_path) else {
-        return true; // unreadable: treat as precious
-    };
-    let Ok(txn) = db.begin_read() else {
-        return true;
-    };
-    let has_key = txn
-        .open_table(META)
-        .ok()
-        .and_then(|t| t.get(META_WRAPPED_DATA_KEY).ok().flatten().map(|_| ()))
-        .is_some();
-    let has_records = txn
-        .open_table(VAULT_RECORDS)
-        .ok()
-        .and_then(|t| t.first().ok().flatten().map(|_| ()))
-        .is_some();
-    has_key || has_records
-}
-
-/// The backup key fingerprint of the installation in `db_path`, if it has
-/// one (read-only; the public half is stored in the clear).
-fn installation_key(db_path: &Path) -> Option<Fingerprint> {
-    if !db_path.exists() {
-        return None;
-    }
-    let db = Database::builder().open_read_only(db_path).ok()?;
-    let txn = db.begin_read().ok()?;
-    let meta = txn.open_table(META).ok()?;
-    let public = meta.get(signing::META_BACKUP_PUBLIC_KEY).ok()??;
-    signing::installation_fingerprint(Some(public.value()))
 }
 
 /// Writes a verified backup into `dir`, re-wrapping its data key with the
@@ -405,12 +363,12 @@ pub fn restore(
     }
     store::ensure_data_dir(dir)?;
     let _lock = DataDirLock::acquire(dir, "restore").map_err(store::StoreError::from)?;
-    if !force && holds_vault(&db_path) {
+    if !force && redb_target::holds_vault(&db_path) {
         return Err(BackupError::NotEmpty(dir.to_path_buf()));
     }
     let origin = trust.check(
         backup.signer,
-        installation_key(&db_path),
+        redb_target::installation_key(&db_path),
         backup.by_passphrase,
     )?;
     let master = match passphrase {
@@ -426,23 +384,7 @@ pub fn restore(
         path: tmp.clone(),
         source,
     };
-    {
-        let db = Database::create(&tmp)?;
-        let txn = db.begin_write()?;
-        for t in &backup.payload.tables {
-            let mut table = txn.open_table(byte_table(&t.name))?;
-            for (k, v) in &t.entries {
-                table.insert(k.as_slice(), v.as_slice())?;
-            }
-        }
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(META_WRAPPED_DATA_KEY, wrapped.as_slice())?;
-            meta.insert(META_MASTER_SOURCE, source.kind_name().as_bytes())?;
-        }
-        latchkey_migrations::migrate(&txn).map_err(store::StoreError::from)?;
-        txn.commit()?;
-    }
+    redb_target::write_new(&tmp, &backup.payload.tables, &wrapped, source.kind_name())?;
     crate::private_fs::restrict(&tmp).map_err(io)?;
     std::fs::rename(&tmp, &db_path).map_err(io)?;
     crate::private_fs::sync_dir(dir).map_err(io)?;
@@ -468,3 +410,6 @@ pub fn verify_restored(
     }
     Ok(vault.verify_all()?)
 }
+
+#[cfg(test)]
+mod tests;

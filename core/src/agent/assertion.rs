@@ -158,7 +158,6 @@ impl Signer {
     /// The stored PKCS#8 document, or a new one stored first.
     fn load_or_create(&self) -> Result<Zeroizing<Vec<u8>>, SignerError> {
         use latchkey_migrations::META;
-        use redb::ReadableTable;
         let store = self.vault.store();
         if let Some(sealed) = store.meta_get(META_SIGNING_KEY).map_err(VaultError::from)? {
             return self.open(&sealed);
@@ -169,7 +168,7 @@ impl Signer {
         let pkcs8 = Zeroizing::new(doc.as_ref().to_vec());
         let text = SecretString::from(STANDARD.encode(pkcs8.as_slice()));
         let sealed = self.vault.seal_value(SEAL_CONTEXT, &text)?;
-        let txn = store.db().begin_write().map_err(VaultError::from)?;
+        let txn = store.begin_write().map_err(VaultError::from)?;
         {
             let mut meta = txn.open_table(META).map_err(VaultError::from)?;
             let existing = meta

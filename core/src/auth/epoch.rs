@@ -24,7 +24,7 @@
 //!
 //! Why it is airtight: an event bumps both before its write transaction
 //! begins and again after it committed (or failed), and a stamp taken
-//! while an event is in flight never holds. redb serialises write
+//! while an event is in flight never holds. The store serialises write
 //! transactions, so a session written before the event's transaction is
 //! deleted by it, and one written after it sees a moved epoch — unless its
 //! stamp was taken after the event ended, when every read it made saw the

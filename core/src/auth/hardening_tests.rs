@@ -13,7 +13,6 @@ use super::store::{
 };
 use crate::secrecy::{ExposeSecret, SecretString};
 use latchkey_migrations::v4::AUTH_INDEX;
-use redb::{ReadableDatabase, ReadableTableMetadata};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ fn ticket(f: &Fixture, ip: Option<IpAddr>) -> SecretString {
 }
 
 fn rows(f: &Fixture, table: latchkey_migrations::ByteTable) -> u64 {
-    let txn = f.auth.store().db().begin_read().expect("read");
+    let txn = f.auth.store().begin_read().expect("read");
     txn.open_table(table).expect("table").len().expect("len")
 }
 
@@ -327,7 +326,7 @@ fn pruning_removes_what_expired_through_the_index() {
         INVITES,
         AUTH_INDEX,
     ] {
-        assert_eq!(rows(&f, table), 0, "{}", redb::TableHandle::name(&table));
+        assert_eq!(rows(&f, table), 0, "{table}");
     }
 }
 
@@ -362,7 +361,7 @@ fn logout_ends_the_sessions_tokens_through_the_index() {
             .refresh(pair.refresh_token.0.expose_secret(), None)
             .is_err()
     );
-    let txn = f.auth.store().db().begin_read().expect("read");
+    let txn = f.auth.store().begin_read().expect("read");
     let fam: Vec<(Vec<u8>, super::store::Family)> =
         db::scan(&txn.open_table(REFRESH_FAMILIES).expect("t")).expect("scan");
     assert!(fam.iter().all(|(_, f)| f.revoked));
@@ -474,4 +473,23 @@ fn demoting_or_disabling_both_admins_at_once_leaves_one() {
         "{results:?}"
     );
     assert_eq!(active_admins(), 1);
+}
+
+#[test]
+fn a_user_row_that_does_not_decode_is_a_clear_error_not_a_panic() {
+    let f = fixture();
+    let (owner, _, _) = f.auth.setup_host("owner", &pw(PASSWORD)).expect("setup");
+    let id = u128::from_str_radix(&owner.id, 16).expect("hex id");
+    let txn = f.auth.store().begin_write().expect("write");
+    txn.open_table(super::store::USERS)
+        .expect("users")
+        .insert(&super::store::UserId(id).key(), b"\x07 not a user canary")
+        .expect("insert");
+    txn.commit().expect("commit");
+    let err = f.auth.list_users().expect_err("damaged row");
+    assert!(
+        matches!(err, AuthError::Store(crate::store::StoreError::BadRow(_))),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("canary"), "{err}");
 }

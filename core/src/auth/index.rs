@@ -13,19 +13,18 @@ use super::store::{
     self as db, ACCESS_TOKENS, AccessToken, Family, REFRESH_FAMILIES, REFRESH_TOKENS, RefreshToken,
     SESSIONS, Session, UserId,
 };
-use crate::store::StoreError;
+use crate::store::{ReadTxn, StoreError, Table, WriteTxn};
 use latchkey_migrations::v4::{
     ACCESS_OF_FAMILY, AUTH_INDEX, FAMILIES_OF_SESSION, FAMILIES_OF_USER, REFRESH_OF_FAMILY,
     SESSIONS_OF_USER, key,
 };
-use redb::{ReadableTable, WriteTransaction};
 
-fn add(txn: &WriteTransaction, k: &[u8]) -> Result<(), StoreError> {
+fn add(txn: &WriteTxn, k: &[u8]) -> Result<(), StoreError> {
     txn.open_table(AUTH_INDEX)?.insert(k, [].as_slice())?;
     Ok(())
 }
 
-fn remove(txn: &WriteTransaction, k: &[u8]) -> Result<(), StoreError> {
+fn remove(txn: &WriteTxn, k: &[u8]) -> Result<(), StoreError> {
     txn.open_table(AUTH_INDEX)?.remove(k)?;
     Ok(())
 }
@@ -33,11 +32,11 @@ fn remove(txn: &WriteTransaction, k: &[u8]) -> Result<(), StoreError> {
 /// The last `N` bytes of every key of `table` (the index) starting with
 /// `prefix`.
 fn suffixes_in<const N: usize>(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    table: &Table<'_>,
     prefix: &[u8],
 ) -> Result<Vec<[u8; N]>, StoreError> {
     let mut out = Vec::new();
-    for item in table.range::<&[u8]>(prefix..)? {
+    for item in table.range(prefix..)? {
         let (k, _) = item?;
         let k = k.value();
         if !k.starts_with(prefix) {
@@ -52,18 +51,12 @@ fn suffixes_in<const N: usize>(
     Ok(out)
 }
 
-fn suffixes<const N: usize>(
-    txn: &WriteTransaction,
-    prefix: &[u8],
-) -> Result<Vec<[u8; N]>, StoreError> {
+fn suffixes<const N: usize>(txn: &WriteTxn, prefix: &[u8]) -> Result<Vec<[u8; N]>, StoreError> {
     suffixes_in(&txn.open_table(AUTH_INDEX)?, prefix)
 }
 
 /// The hashes of `user`'s sessions, in a read transaction.
-pub fn sessions_of_read(
-    txn: &redb::ReadTransaction,
-    user: UserId,
-) -> Result<Vec<[u8; 32]>, StoreError> {
+pub fn sessions_of_read(txn: &ReadTxn, user: UserId) -> Result<Vec<[u8; 32]>, StoreError> {
     suffixes_in(
         &txn.open_table(AUTH_INDEX)?,
         &key(SESSIONS_OF_USER, &[&user.key()]),
@@ -71,16 +64,13 @@ pub fn sessions_of_read(
 }
 
 /// Writes a new session (or rewrites one: its index key does not change).
-pub fn put_session(txn: &WriteTransaction, hash: &[u8; 32], s: &Session) -> Result<(), StoreError> {
+pub fn put_session(txn: &WriteTxn, hash: &[u8; 32], s: &Session) -> Result<(), StoreError> {
     db::put(txn, SESSIONS, hash, s)?;
     add(txn, &key(SESSIONS_OF_USER, &[&s.user_id.key(), hash]))
 }
 
 /// Deletes a session and its index entry; the row it had.
-pub fn delete_session(
-    txn: &WriteTransaction,
-    hash: &[u8; 32],
-) -> Result<Option<Session>, StoreError> {
+pub fn delete_session(txn: &WriteTxn, hash: &[u8; 32]) -> Result<Option<Session>, StoreError> {
     let row: Option<Session> = db::get(&txn.open_table(SESSIONS)?, hash)?;
     if let Some(s) = &row {
         db::delete(txn, SESSIONS, hash)?;
@@ -90,12 +80,12 @@ pub fn delete_session(
 }
 
 /// The hashes of `user`'s sessions.
-pub fn sessions_of(txn: &WriteTransaction, user: UserId) -> Result<Vec<[u8; 32]>, StoreError> {
+pub fn sessions_of(txn: &WriteTxn, user: UserId) -> Result<Vec<[u8; 32]>, StoreError> {
     suffixes(txn, &key(SESSIONS_OF_USER, &[&user.key()]))
 }
 
 /// Writes a new refresh family with its index entries.
-pub fn put_family(txn: &WriteTransaction, id: u128, f: &Family) -> Result<(), StoreError> {
+pub fn put_family(txn: &WriteTxn, id: u128, f: &Family) -> Result<(), StoreError> {
     let fam = id.to_be_bytes();
     db::put(txn, REFRESH_FAMILIES, &fam, f)?;
     add(txn, &key(FAMILIES_OF_USER, &[&f.user_id.key(), &fam]))?;
@@ -104,7 +94,7 @@ pub fn put_family(txn: &WriteTransaction, id: u128, f: &Family) -> Result<(), St
 
 /// Deletes a family row and its index entries (its tokens are the
 /// caller's: see [`tokens_of_family`]).
-pub fn delete_family(txn: &WriteTransaction, id: u128) -> Result<(), StoreError> {
+pub fn delete_family(txn: &WriteTxn, id: u128) -> Result<(), StoreError> {
     let fam = id.to_be_bytes();
     let row: Option<Family> = db::get(&txn.open_table(REFRESH_FAMILIES)?, &fam)?;
     if let Some(f) = row {
@@ -116,10 +106,7 @@ pub fn delete_family(txn: &WriteTransaction, id: u128) -> Result<(), StoreError>
 }
 
 /// The families issued from a session.
-pub fn families_of_session(
-    txn: &WriteTransaction,
-    session: &[u8; 32],
-) -> Result<Vec<u128>, StoreError> {
+pub fn families_of_session(txn: &WriteTxn, session: &[u8; 32]) -> Result<Vec<u128>, StoreError> {
     Ok(suffixes::<16>(txn, &key(FAMILIES_OF_SESSION, &[session]))?
         .into_iter()
         .map(u128::from_be_bytes)
@@ -127,7 +114,7 @@ pub fn families_of_session(
 }
 
 /// `user`'s families.
-pub fn families_of_user(txn: &WriteTransaction, user: UserId) -> Result<Vec<u128>, StoreError> {
+pub fn families_of_user(txn: &WriteTxn, user: UserId) -> Result<Vec<u128>, StoreError> {
     Ok(suffixes::<16>(txn, &key(FAMILIES_OF_USER, &[&user.key()]))?
         .into_iter()
         .map(u128::from_be_bytes)
@@ -135,11 +122,7 @@ pub fn families_of_user(txn: &WriteTransaction, user: UserId) -> Result<Vec<u128
 }
 
 /// Writes a new access token with its index entry.
-pub fn put_access(
-    txn: &WriteTransaction,
-    hash: &[u8; 32],
-    a: &AccessToken,
-) -> Result<(), StoreError> {
+pub fn put_access(txn: &WriteTxn, hash: &[u8; 32], a: &AccessToken) -> Result<(), StoreError> {
     db::put(txn, ACCESS_TOKENS, hash, a)?;
     add(
         txn,
@@ -148,11 +131,7 @@ pub fn put_access(
 }
 
 /// Writes a refresh token (new, or marked used: same index key).
-pub fn put_refresh(
-    txn: &WriteTransaction,
-    hash: &[u8; 32],
-    r: &RefreshToken,
-) -> Result<(), StoreError> {
+pub fn put_refresh(txn: &WriteTxn, hash: &[u8; 32], r: &RefreshToken) -> Result<(), StoreError> {
     db::put(txn, REFRESH_TOKENS, hash, r)?;
     add(
         txn,
@@ -168,7 +147,7 @@ pub struct FamilyTokens {
 }
 
 /// A family's tokens, from the index.
-pub fn tokens_of_family(txn: &WriteTransaction, family: u128) -> Result<FamilyTokens, StoreError> {
+pub fn tokens_of_family(txn: &WriteTxn, family: u128) -> Result<FamilyTokens, StoreError> {
     let fam = family.to_be_bytes();
     Ok(FamilyTokens {
         access: suffixes(txn, &key(ACCESS_OF_FAMILY, &[&fam]))?,
@@ -177,21 +156,13 @@ pub fn tokens_of_family(txn: &WriteTransaction, family: u128) -> Result<FamilyTo
 }
 
 /// Deletes an access token and its index entry.
-pub fn delete_access(
-    txn: &WriteTransaction,
-    family: u128,
-    hash: &[u8; 32],
-) -> Result<(), StoreError> {
+pub fn delete_access(txn: &WriteTxn, family: u128, hash: &[u8; 32]) -> Result<(), StoreError> {
     db::delete(txn, ACCESS_TOKENS, hash)?;
     remove(txn, &key(ACCESS_OF_FAMILY, &[&family.to_be_bytes(), hash]))
 }
 
 /// Deletes a refresh token and its index entry.
-pub fn delete_refresh(
-    txn: &WriteTransaction,
-    family: u128,
-    hash: &[u8; 32],
-) -> Result<(), StoreError> {
+pub fn delete_refresh(txn: &WriteTxn, family: u128, hash: &[u8; 32]) -> Result<(), StoreError> {
     db::delete(txn, REFRESH_TOKENS, hash)?;
     remove(txn, &key(REFRESH_OF_FAMILY, &[&family.to_be_bytes(), hash]))
 }

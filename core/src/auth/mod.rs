@@ -61,8 +61,6 @@ impl AuthError {
     }
 }
 
-crate::store::from_redb_errors!(AuthError);
-
 #[cfg(test)]
 mod hardening_tests;
 #[cfg(test)]

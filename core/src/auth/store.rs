@@ -1,12 +1,11 @@
-//! Account records in redb (schema v2): typed rows over the byte tables,
+//! Account records (schema v2): typed rows over the byte tables,
 //! read and written with postcard. Secrets never appear here in plaintext:
 //! tokens and keys are stored as SHA-256 hashes, passwords as argon2id PHC
 //! strings, TOTP secrets as vault envelopes.
 
 use super::scope::Role;
-use crate::store::StoreError;
+use crate::store::{StoreError, Table, WriteTxn};
 use latchkey_migrations::ByteTable;
-use redb::{ReadableTable, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -132,14 +131,11 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(redb::Error::Corrupted(format!("{what}: {e}")))
+    StoreError::BadRow(format!("{what}: {e}"))
 }
 
 /// Reads one row.
-pub fn get<T: DeserializeOwned>(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
+pub fn get<T: DeserializeOwned>(table: &Table<'_>, key: &[u8]) -> Result<Option<T>, StoreError> {
     match table.get(key)? {
         Some(v) => postcard::from_bytes(v.value())
             .map(Some)
@@ -150,7 +146,7 @@ pub fn get<T: DeserializeOwned>(
 
 /// Writes one row in `txn`.
 pub fn put<T: Serialize>(
-    txn: &WriteTransaction,
+    txn: &WriteTxn,
     table: ByteTable,
     key: &[u8],
     value: &T,
@@ -161,14 +157,12 @@ pub fn put<T: Serialize>(
 }
 
 /// Deletes one row in `txn`; whether it existed.
-pub fn delete(txn: &WriteTransaction, table: ByteTable, key: &[u8]) -> Result<bool, StoreError> {
+pub fn delete(txn: &WriteTxn, table: ByteTable, key: &[u8]) -> Result<bool, StoreError> {
     Ok(txn.open_table(table)?.remove(key)?.is_some())
 }
 
 /// Every row of a table.
-pub fn scan<T: DeserializeOwned>(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+pub fn scan<T: DeserializeOwned>(table: &Table<'_>) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
     let mut out = Vec::new();
     for item in table.iter()? {
         let (k, v) = item?;

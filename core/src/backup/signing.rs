@@ -25,7 +25,7 @@
 //! there and docs/security/key-material-and-backups.md).
 
 use super::BackupError;
-use crate::vault::{Vault, VaultError};
+use crate::vault::Vault;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -87,7 +87,6 @@ impl std::fmt::Debug for Fingerprint {
 /// must be unsealed (its data key seals the private half).
 pub fn signing_key(vault: &Vault) -> Result<Ed25519KeyPair, BackupError> {
     use crate::store::META;
-    use redb::ReadableTable;
     let store = vault.store();
     if let Some(sealed) = store.meta_get(META_BACKUP_SIGNING_KEY)? {
         return open_key(vault, &sealed);
@@ -104,24 +103,21 @@ pub fn signing_key(vault: &Vault) -> Result<Ed25519KeyPair, BackupError> {
     )?;
     // Checked again inside the write transaction: of two first backups at
     // once, the second keeps the first one's key.
-    let txn = store.db().begin_write().map_err(VaultError::from)?;
+    let txn = store.begin_write()?;
     {
-        let mut meta = txn.open_table(META).map_err(VaultError::from)?;
+        let mut meta = txn.open_table(META)?;
         let existing = meta
-            .get(META_BACKUP_SIGNING_KEY)
-            .map_err(VaultError::from)?
+            .get(META_BACKUP_SIGNING_KEY)?
             .map(|v| v.value().to_vec());
         if let Some(existing) = existing {
             drop(meta);
-            txn.abort().map_err(VaultError::from)?;
+            txn.abort()?;
             return open_key(vault, &existing);
         }
-        meta.insert(META_BACKUP_SIGNING_KEY, sealed.as_slice())
-            .map_err(VaultError::from)?;
-        meta.insert(META_BACKUP_PUBLIC_KEY, pair.public_key().as_ref())
-            .map_err(VaultError::from)?;
+        meta.insert(META_BACKUP_SIGNING_KEY, sealed.as_slice())?;
+        meta.insert(META_BACKUP_PUBLIC_KEY, pair.public_key().as_ref())?;
     }
-    txn.commit().map_err(VaultError::from)?;
+    txn.commit()?;
     tracing::info!(
         fingerprint = %Fingerprint::of(pair.public_key().as_ref()),
         "made the backup signing key"

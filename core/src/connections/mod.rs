@@ -718,7 +718,7 @@ fn save_override(
     event: AuditEvent,
 ) -> Result<(), StoreError> {
     let key = client_meta_key(provider);
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     {
         let mut meta = txn.open_table(crate::store::META)?;
         if *ov == ClientOverride::default() {

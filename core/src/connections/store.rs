@@ -35,9 +35,8 @@
 
 use crate::audit::{self, AuditEvent};
 use crate::auth::store::UserId;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Table};
 use latchkey_migrations::v3::{CONNECTIONS, OAUTH_STATES};
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -141,7 +140,7 @@ pub fn state_context(state_hash: &[u8; 32]) -> String {
 }
 
 fn damaged(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(redb::Error::Corrupted(format!("{what}: {e}")))
+    StoreError::BadRow(format!("{what}: {e}"))
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -170,7 +169,7 @@ pub fn put_state(
     state: &PendingState,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     {
         let mut t = txn.open_table(OAUTH_STATES)?;
         let (_, live_of_user) = purge_in(&mut t, now, Some(state.user_id))?;
@@ -187,11 +186,7 @@ pub fn put_state(
 
 /// Removes expired rows; returns how many, and how many live rows belong
 /// to `user`.
-fn purge_in(
-    t: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
-    now: i64,
-    user: Option<u128>,
-) -> Result<(usize, usize), StoreError> {
+fn purge_in(t: &mut Table<'_>, now: i64, user: Option<u128>) -> Result<(usize, usize), StoreError> {
     let mut expired = Vec::new();
     let mut live_of_user = 0;
     for item in t.iter()? {
@@ -214,7 +209,7 @@ fn purge_in(
 
 /// Deletes expired pending states.
 pub fn purge_states(store: &Store, now: i64) -> Result<usize, StoreError> {
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     let n = {
         let mut t = txn.open_table(OAUTH_STATES)?;
         purge_in(&mut t, now, None)?.0
@@ -237,14 +232,15 @@ pub enum Taken {
 
 /// Takes out the pending state `hash` if `binding_hash` (the digest of
 /// the browser's binding cookie) is its own. The check and the delete are
-/// one write transaction, and redb runs one write transaction at a time,
-/// so of concurrent callbacks naming one state exactly one gets it.
+/// one write transaction, and the store runs one write transaction at a
+/// time across every replica, so of concurrent callbacks naming one state
+/// exactly one gets it.
 pub fn take_bound_state(
     store: &Store,
     hash: &[u8; 32],
     binding_hash: Option<&[u8; 32]>,
 ) -> Result<Taken, StoreError> {
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     let found = {
         let mut t = txn.open_table(OAUTH_STATES)?;
         let row = t
@@ -277,7 +273,7 @@ pub fn get(
     user: UserId,
     provider: &str,
 ) -> Result<Option<StoredConnection>, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.begin_read()?;
     let t = txn.open_table(CONNECTIONS)?;
     t.get(conn_key(user, provider).as_slice())?
         .map(|v| decode_conn(v.value()))
@@ -293,7 +289,7 @@ pub fn put(
     conn: &StoredConnection,
     event: Option<AuditEvent>,
 ) -> Result<(), StoreError> {
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     {
         let mut t = txn.open_table(CONNECTIONS)?;
         t.insert(
@@ -319,7 +315,7 @@ pub fn update(
     event: Option<AuditEvent>,
 ) -> Result<Option<StoredConnection>, StoreError> {
     let key = conn_key(user, provider);
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     let out = {
         let mut t = txn.open_table(CONNECTIONS)?;
         let current = t.get(key.as_slice())?.map(|v| v.value().to_vec());
@@ -349,7 +345,7 @@ pub fn remove(
     provider: &str,
     event: Option<AuditEvent>,
 ) -> Result<Option<StoredConnection>, StoreError> {
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     let removed = {
         let mut t = txn.open_table(CONNECTIONS)?;
         let r = t
@@ -372,7 +368,7 @@ pub fn list(
     store: &Store,
     user: Option<UserId>,
 ) -> Result<Vec<(UserId, String, StoredConnection)>, StoreError> {
-    let txn = store.db().begin_read()?;
+    let txn = store.begin_read()?;
     let t = txn.open_table(CONNECTIONS)?;
     let mut out = Vec::new();
     let mut push = |k: &[u8], v: &[u8]| -> Result<(), StoreError> {
@@ -412,7 +408,7 @@ pub fn flush_last_used(
     if pending.is_empty() {
         return Ok(0);
     }
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     let mut n = 0;
     {
         let mut t = txn.open_table(CONNECTIONS)?;
@@ -438,7 +434,7 @@ pub fn append_audit(store: &Store, events: Vec<AuditEvent>) -> Result<(), StoreE
     if events.is_empty() {
         return Ok(());
     }
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     for e in events {
         audit::append_in(&txn, e)?;
     }

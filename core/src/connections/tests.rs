@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use base64::Engine;
-use redb::ReadableDatabase;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -301,11 +300,10 @@ async fn start_asks_for_pkce_s256_and_stores_no_plain_state() {
     assert_eq!(state.len(), 64, "256 random bits");
     assert!(q.get("nonce").is_some_and(|n| n.len() == 32));
     // The database holds neither the state, the binding nor the verifier.
-    let txn = e.vault.store().db().begin_read().expect("read");
+    let txn = e.vault.store().begin_read().expect("read");
     let t = txn
         .open_table(latchkey_migrations::v3::OAUTH_STATES)
         .expect("table");
-    use redb::ReadableTable;
     let mut rows = 0;
     for item in t.iter().expect("iter") {
         let (k, v) = item.expect("row");

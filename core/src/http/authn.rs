@@ -207,7 +207,7 @@ fn same_origin(parts: &Parts, own: &[String]) -> bool {
     origin_is_own(parts, own)
 }
 
-/// Runs an [`Auth`] method on the blocking pool (argon2 and redb writes
+/// Runs an [`Auth`] method on the blocking pool (argon2 and store writes
 /// must not stall the async workers).
 pub async fn blocking<T: Send + 'static>(
     auth: &Arc<Auth>,

@@ -12,7 +12,6 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use redb::ReadableDatabase;
 use serde::Serialize;
 use serde_json::json;
 
@@ -92,7 +91,6 @@ fn database_check(state: &AppState) -> ReadyCheck {
     let res = state
         .vault
         .store()
-        .db()
         .begin_read()
         .map_err(|e| e.to_string())
         .and_then(|txn| txn.open_table(META).map(drop).map_err(|e| e.to_string()));

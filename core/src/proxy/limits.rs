@@ -23,7 +23,6 @@ use crate::auth::store::{self as db, ApiKeyRow};
 use crate::store::{Store, StoreError};
 use latchkey_migrations::v2::API_KEYS;
 use latchkey_migrations::v3::KEY_LIMITS;
-use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -57,8 +56,6 @@ pub enum LimitsError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-crate::store::from_redb_errors!(LimitsError);
 
 impl KeyLimits {
     /// Positive and below the maxima; the error names the field.
@@ -96,7 +93,7 @@ pub struct LimitCache {
 impl LimitCache {
     /// Reads the whole `key_limits` table (at startup).
     pub fn load(store: &Store) -> Result<LimitCache, LimitsError> {
-        let txn = store.db().begin_read()?;
+        let txn = store.begin_read()?;
         let rows: Vec<(Vec<u8>, KeyLimits)> = db::scan(&txn.open_table(KEY_LIMITS)?)?;
         let map = rows
             .into_iter()
@@ -166,7 +163,7 @@ pub fn set(
     limits: KeyLimits,
 ) -> Result<(), LimitsError> {
     limits.validate()?;
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     let row: ApiKeyRow =
         db::get(&txn.open_table(API_KEYS)?, key_id.as_bytes())?.ok_or(LimitsError::NotFound)?;
     // Others' keys only with the `admin` scope, never by the owner's role

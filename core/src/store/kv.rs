@@ -123,6 +123,19 @@ pub fn named(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u
     redb::TableDefinition::new(name)
 }
 
+/// A table of `core`'s own that needs no schema version (absent reads as
+/// empty), declared without naming a backend:
+/// `const T: ByteTable = store::byte_table("t");`.
+pub const fn byte_table(name: &'static str) -> ByteTable {
+    redb::TableDefinition::new(name)
+}
+
+/// The name of `table`, as [`ReadTxn::table_names`] lists it and
+/// [`ReadTxn::open_named`] takes it.
+pub fn table_name(table: &ByteTable) -> &str {
+    table.name()
+}
+
 impl ReadTxn {
     pub(super) fn redb(db: &redb::Database) -> Result<ReadTxn, StoreError> {
         Ok(ReadTxn {

@@ -5,11 +5,13 @@
 //! schema is refused before the first write, and a file that needs crash
 //! repair is copied aside first so a failed repair can be undone.
 
+mod copy;
 mod kv;
 mod lock;
 mod shared;
 
-pub use kv::{ReadTxn, Rows, Table, Value, WriteTxn, named};
+pub use copy::{CopyReport, TableCopy, copy_tables, digest_tables};
+pub use kv::{ReadTxn, Rows, Table, Value, WriteTxn, byte_table, named, table_name};
 
 pub use latchkey_migrations::{
     ByteTable, CURRENT_VERSION, META, v1::VAULT_NAMES, v1::VAULT_RECORDS,
@@ -54,6 +56,10 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("a write to a table opened in a read transaction")]
     ReadOnly,
+    /// A row that does not decode (or a value that does not encode): the
+    /// same on every backend, unlike a backend's own corruption error.
+    #[error("damaged row in the store: {0}")]
+    BadRow(String),
 }
 
 /// `From<redb::…Error>` for an error type that can be made from a
@@ -129,10 +135,6 @@ impl Store {
             migrated_from: outcome.from,
             shared: shared::Local::new(),
         }))
-    }
-
-    pub fn db(&self) -> &Database {
-        &self.db
     }
 
     /// A consistent snapshot to read from.

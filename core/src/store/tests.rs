@@ -62,7 +62,7 @@ fn newer_schema_is_refused_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Store::open(dir.path(), "cli").expect("create");
     {
-        let txn = s.db().begin_write().expect("w");
+        let txn = s.begin_write().expect("w");
         {
             let mut meta = txn.open_table(META).expect("meta");
             meta.insert(

@@ -21,7 +21,6 @@ pub use settings::{RELEASE_KEYS, UpdateSettings, VerifyingKey};
 
 use crate::audit::{AuditEvent, Outcome};
 use crate::store::{META, Store};
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::Path;
@@ -317,7 +316,7 @@ impl Updates {
 /// Audits `version` as available unless it already was; true if it was
 /// written now.
 fn audit_once(store: &Store, version: &str) -> Result<bool, crate::store::StoreError> {
-    let txn = store.db().begin_write()?;
+    let txn = store.begin_write()?;
     {
         let mut meta = txn.open_table(META)?;
         let seen = meta

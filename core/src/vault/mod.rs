@@ -3,7 +3,7 @@
 //! Key hierarchy: master key → wraps the data key (stored in `meta`) → every
 //! record's envelope is encrypted to the data key. Unsealing unwraps the data
 //! key into memory; sealing drops it and every cached plaintext. Writes are
-//! durable when they return (redb commits with fsync).
+//! durable when they return (the store commits durably: redb with fsync).
 
 mod envelope;
 pub mod gate;
@@ -22,7 +22,6 @@ pub use record::{InvalidField, Kind, NewRecord, RecordId, RecordMeta};
 use crate::store::{META, Store, StoreError, VAULT_NAMES, VAULT_RECORDS};
 use age::secrecy::SecretString;
 use record::StoredRecord;
-use redb::{ReadableDatabase, ReadableTable};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -68,8 +67,6 @@ pub enum VaultError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-crate::store::from_redb_errors!(VaultError);
 
 struct Unsealed {
     data_key: DataKey,
@@ -183,7 +180,7 @@ impl Vault {
     pub fn initialize(&self, master: &MasterKey, source_name: &str) -> Result<(), VaultError> {
         let data_key = DataKey::generate();
         let wrapped = master.wrap(&data_key)?;
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             if meta.get(META_WRAPPED_DATA_KEY)?.is_some() {
@@ -260,7 +257,7 @@ impl Vault {
         new.validate()?;
         record::validate_secret(secret.expose_secret())?;
         let meta = self.with_key(|key| {
-            let txn = self.store.db().begin_write()?;
+            let txn = self.store.begin_write()?;
             let meta = {
                 let mut names = txn.open_table(VAULT_NAMES)?;
                 let mut records = txn.open_table(VAULT_RECORDS)?;
@@ -314,7 +311,7 @@ impl Vault {
 
     fn lookup(&self, name: &str) -> Result<(RecordId, StoredRecord), VaultError> {
         record::validate_name(name)?;
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let names = txn.open_table(VAULT_NAMES)?;
         let id = names
             .get(name.as_bytes())?
@@ -345,7 +342,7 @@ impl Vault {
 
     /// Every entry's metadata, sorted by name.
     pub fn list(&self) -> Result<Vec<RecordMeta>, VaultError> {
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let records = txn.open_table(VAULT_RECORDS)?;
         let mut out = Vec::new();
         for item in records.iter()? {
@@ -418,7 +415,7 @@ impl Vault {
         if pending.is_empty() {
             return Ok(0);
         }
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let mut written = 0;
         {
             let mut records = txn.open_table(VAULT_RECORDS)?;
@@ -445,7 +442,7 @@ impl Vault {
     /// Deletes an entry.
     pub fn remove(&self, name: &str) -> Result<RecordMeta, VaultError> {
         record::validate_name(name)?;
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let meta = {
             let mut names = txn.open_table(VAULT_NAMES)?;
             let mut records = txn.open_table(VAULT_RECORDS)?;
@@ -474,7 +471,7 @@ impl Vault {
         let wrapped = self.with_key(|key| Ok(new_master.wrap(key)?))?;
         // Prove the new wrapping opens before it replaces the old one.
         new_master.unwrap(&wrapped)?;
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_WRAPPED_DATA_KEY, wrapped.as_slice())?;
@@ -487,7 +484,7 @@ impl Vault {
     /// Verifies every envelope decrypts and belongs to its record; returns
     /// the number checked. Used by `vault verify` and after restores.
     pub fn verify_all(&self) -> Result<usize, VaultError> {
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let records = txn.open_table(VAULT_RECORDS)?;
         self.with_key(|key| {
             let mut n = 0;

@@ -90,7 +90,7 @@ fn tamper(v: &Vault, name: &str, f: impl FnOnce(&mut StoredRecord, &StoredRecord
     let (id, mut r) = v.lookup(name).expect("lookup");
     let orig = r.clone();
     f(&mut r, &orig);
-    let txn = v.store.db().begin_write().expect("w");
+    let txn = v.store.begin_write().expect("w");
     {
         let mut t = txn.open_table(VAULT_RECORDS).expect("t");
         t.insert(id.to_key().as_slice(), encode(&r).expect("enc").as_slice())

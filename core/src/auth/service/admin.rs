@@ -24,7 +24,7 @@ use crate::auth::lockout;
 use crate::auth::scope::Role;
 use crate::auth::store::{self as db, INVITES, Invite, USERS, User, UserId, token_hash};
 use crate::secrecy::{ExposeSecret, SecretString};
-use redb::ReadableDatabase;
+use crate::store::WriteTxn;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -67,7 +67,7 @@ impl Auth {
         let token = random_token("lki_");
         let t = now();
         let expires_at = expiry(t, ttl);
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         db::put(
             &txn,
             INVITES,
@@ -112,7 +112,7 @@ impl Auth {
         };
         let usable = |inv: &Invite| inv.used_at.is_none() && now() < inv.expires_at;
         let inv_role = {
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             let inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
             if !usable(&inv) {
                 self.audit(
@@ -131,7 +131,7 @@ impl Auth {
         // Password policy and argon2 (slow): outside the write transaction.
         let user = self.new_user(username, password, inv_role)?;
         let id = UserId::random();
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let mut inv: Invite = db::get(&txn.open_table(INVITES)?, &hash)?.ok_or_else(bad)?;
         if !usable(&inv) {
             return Err(bad());
@@ -197,10 +197,7 @@ impl Auth {
     /// Refuses (409 `last_admin`) unless an active admin other than
     /// `except` exists, read in the caller's write transaction so the
     /// check and the change that depends on it commit together.
-    fn ensure_another_admin_in(
-        txn: &redb::WriteTransaction,
-        except: UserId,
-    ) -> Result<(), AuthError> {
+    fn ensure_another_admin_in(txn: &WriteTxn, except: UserId) -> Result<(), AuthError> {
         let others = db::scan::<User>(&txn.open_table(USERS)?)?
             .into_iter()
             .filter(|(k, u)| {

@@ -29,7 +29,6 @@ use crate::auth::apikey;
 use crate::auth::scope::{Scope, ScopeSet};
 use crate::auth::store::{self as db, API_KEYS, ApiKeyRow, USERS, User, UserId};
 use crate::secrecy::SecretString;
-use redb::ReadableDatabase;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,7 +61,7 @@ pub struct KeyView {
 
 impl Auth {
     pub(super) fn load_keys(&self) -> Result<(), AuthError> {
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
         let users = txn.open_table(USERS)?;
         let mut map = HashMap::new();
@@ -204,9 +203,9 @@ impl Auth {
             revoked_at: None,
         };
         let id = generated.id.to_string();
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         // A bounded number of live keys per user, counted in the writing
-        // transaction (redb runs one at a time, so parallel requests
+        // transaction (the store runs one at a time, so parallel requests
         // cannot overshoot): each key is a row, a cache entry and usage rows.
         let t = now();
         let live = db::scan::<ApiKeyRow>(&txn.open_table(API_KEYS)?)?
@@ -262,7 +261,7 @@ impl Auth {
         // insert (disabling the owner, a role change) has already emptied
         // the cache of what it revoked: look again, now that the key is in.
         let revoked = {
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?
                 .is_none_or(|r| r.revoked_at.is_some())
         };
@@ -294,7 +293,7 @@ impl Auth {
     /// The user's own keys; admins with `all` see everyone's.
     pub fn list_keys(&self, p: &Principal, all: bool) -> Result<Vec<KeyView>, AuthError> {
         let all = all && p.acts_for_everyone();
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
         let users = txn.open_table(USERS)?;
         let mut out = Vec::new();
@@ -313,7 +312,7 @@ impl Auth {
 
     /// Revokes a key: effective on the very next request.
     pub fn revoke_key(&self, p: &Principal, id: &str) -> Result<(), AuthError> {
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let mut row: ApiKeyRow = db::get(&txn.open_table(API_KEYS)?, id.as_bytes())?
             .ok_or(AuthError::NotFound("key"))?;
         if row.user_id != p.user_id && !p.acts_for_everyone() {
@@ -344,7 +343,7 @@ impl Auth {
         if pending.is_empty() {
             return Ok(());
         }
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         for (id, t) in pending {
             // Bound first: the table must be closed before `put` reopens it.
             let row = db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?;

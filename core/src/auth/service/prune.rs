@@ -16,7 +16,7 @@ use crate::auth::store::{
     self as db, ACCESS_TOKENS, AccessToken, INVITES, Invite, REFRESH_FAMILIES, REFRESH_TOKENS,
     RefreshToken, SESSIONS, Session,
 };
-use redb::{ReadableDatabase, ReadableTable};
+use crate::store::WriteTxn;
 
 /// What [`Auth::prune_expired`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -152,10 +152,10 @@ impl Auth {
         &self,
         table: latchkey_migrations::ByteTable,
         candidate: impl Fn(&[u8]) -> bool,
-        remove: impl Fn(&redb::WriteTransaction, &[u8]) -> Result<bool, AuthError>,
+        remove: impl Fn(&WriteTxn, &[u8]) -> Result<bool, AuthError>,
     ) -> Result<usize, AuthError> {
         let keys: Vec<Vec<u8>> = {
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             let t = txn.open_table(table)?;
             let mut keys = Vec::new();
             for item in t.iter()? {
@@ -168,7 +168,7 @@ impl Auth {
         };
         let mut removed = 0;
         for chunk in keys.chunks(PRUNE_BATCH) {
-            let txn = self.store.db().begin_write()?;
+            let txn = self.store.begin_write()?;
             for k in chunk {
                 if remove(&txn, k)? {
                     removed += 1;

@@ -26,6 +26,7 @@ use crate::auth::scope::ScopeSet;
 use crate::auth::store::{
     self as db, API_KEYS, ApiKeyRow, Family, REFRESH_FAMILIES, USERS, User, UserId,
 };
+use crate::store::WriteTxn;
 
 /// Whether an account event ends the user's pending second steps: yes
 /// when their password step no longer proves anything (password changed,
@@ -77,9 +78,9 @@ impl Auth {
     pub(super) fn change_user<R>(
         &self,
         id: UserId,
-        f: impl FnOnce(&redb::WriteTransaction, &mut User) -> Result<R, AuthError>,
+        f: impl FnOnce(&WriteTxn, &mut User) -> Result<R, AuthError>,
     ) -> Result<(User, R), AuthError> {
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let mut user: User =
             db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
         let out = f(&txn, &mut user)?;
@@ -95,7 +96,7 @@ impl Auth {
     /// recognised as reuse) with their unused refresh tokens, and its
     /// access tokens. How many sessions ended.
     pub(super) fn revoke_user_credentials(
-        txn: &redb::WriteTransaction,
+        txn: &WriteTxn,
         user: UserId,
         keep: Keep,
     ) -> Result<usize, AuthError> {
@@ -151,7 +152,7 @@ impl Auth {
     /// their ids, to drop from the cache after the commit
     /// ([`Auth::forget_keys`]).
     pub(super) fn revoke_user_keys(
-        txn: &redb::WriteTransaction,
+        txn: &WriteTxn,
         user: UserId,
         ends: impl Fn(&ScopeSet) -> bool,
     ) -> Result<Vec<String>, AuthError> {
@@ -191,7 +192,7 @@ impl Auth {
     /// transaction of its own.
     pub(super) fn end_other_sign_ins(&self, p: &Principal) -> Result<usize, AuthError> {
         let _changing = self.epochs.begin(p.user_id, Change::SignIns);
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
         txn.commit()?;
         self.sign_ins_ended(p.user_id, Tickets::Keep);

@@ -6,7 +6,7 @@
 //! Invariants:
 //!
 //! - every single-use thing here (a TOTP step, a recovery code) is checked
-//!   and consumed in one redb write transaction that re-reads its row;
+//!   and consumed in one write transaction that re-reads its row;
 //!   slow verification may run first, never the consumption: of concurrent
 //!   requests with one code, exactly one passes;
 //! - a TOTP secret is stored only sealed by the vault, bound to its user

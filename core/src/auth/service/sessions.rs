@@ -23,7 +23,6 @@ use crate::auth::store::{
     self as db, Family, REFRESH_FAMILIES, SESSIONS, Session, USERS, User, UserId, token_hash,
 };
 use crate::secrecy::ExposeSecret;
-use redb::ReadableDatabase;
 use serde::Serialize;
 use std::net::IpAddr;
 
@@ -75,7 +74,7 @@ impl Auth {
             // From the network: capped and cleaned like an audit field.
             user_agent: user_agent.map(|u| audit::clean(u, 200)),
         };
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         // The account as it is now: a sign-in whose password step ran
         // before the account was disabled or promoted (which end every
         // sign-in) must not slip in after.
@@ -106,19 +105,19 @@ impl Auth {
     /// deleted and refused.
     pub fn authenticate_session(&self, token: &str) -> Result<Principal, AuthError> {
         let hash = token_hash(token);
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let s: Session =
             db::get(&txn.open_table(SESSIONS)?, &hash)?.ok_or_else(AuthError::unauthenticated)?;
         drop(txn);
         let t = now();
         if t >= s.expires_at || t >= s.last_seen_at.saturating_add(s.idle_secs) {
-            let w = self.store.db().begin_write()?;
+            let w = self.store.begin_write()?;
             index::delete_session(&w, &hash)?;
             w.commit()?;
             return Err(AuthError::unauthenticated());
         }
         if t - s.last_seen_at >= TOUCH_EVERY_SECS {
-            let w = self.store.db().begin_write()?;
+            let w = self.store.begin_write()?;
             // Read again inside the write: a logout that committed since the
             // read above must not be undone by writing the old row back.
             let current = db::get::<Session>(&w.open_table(SESSIONS)?, &hash)?;
@@ -141,7 +140,7 @@ impl Auth {
     /// Ends what authenticated this request: a session (and the tokens
     /// issued from it) or an access token's family.
     pub fn logout(&self, p: &Principal) -> Result<(), AuthError> {
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         match &p.via {
             Via::Session { hash, .. } => {
                 index::delete_session(&txn, hash)?;
@@ -170,7 +169,7 @@ impl Auth {
             Via::Session { hash, .. } => Some(*hash),
             _ => None,
         };
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let sessions = txn.open_table(SESSIONS)?;
         let mut rows = Vec::new();
         for h in index::sessions_of_read(&txn, p.user_id)? {
@@ -205,7 +204,7 @@ impl Auth {
         };
         // "Sign out everywhere" ends sign-ins in progress too.
         let _changing = self.epochs.begin(p.user_id, Change::SignIns);
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let mut n = 0;
         for k in index::sessions_of(&txn, p.user_id)? {
             let hit = match id {

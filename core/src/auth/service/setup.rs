@@ -21,7 +21,6 @@ use crate::auth::recovery;
 use crate::auth::scope::Role;
 use crate::auth::store::{self as db, USERS, User, UserId, token_hash};
 use crate::secrecy::{ExposeSecret, SecretString};
-use redb::ReadableDatabase;
 use std::net::IpAddr;
 
 /// The first-run setup token's hash and expiry.
@@ -88,7 +87,7 @@ impl Auth {
         // active, inactive rows can only be such leftovers, and one left
         // behind would hold its username forever.
         let leftovers: Vec<(UserId, String)> = {
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             db::scan::<User>(&txn.open_table(USERS)?)?
                 .into_iter()
                 .filter(|(_, u)| !u.active)
@@ -129,7 +128,7 @@ impl Auth {
         let (codes, hashes) = recovery::generate();
         // One write decides: nobody is active yet, and this is still the
         // enrollment the code was checked against.
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let active = db::scan::<User>(&txn.open_table(USERS)?)?
             .iter()
             .any(|(_, u)| u.active);

@@ -136,7 +136,7 @@ impl Auth {
             ));
         }
         self.succeeded(attempt);
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         // Bound first: the table must be closed before `put` reopens it.
         let session = db::get::<Session>(&txn.open_table(SESSIONS)?, hash)?;
         if let Some(mut s) = session {

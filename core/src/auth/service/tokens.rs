@@ -24,7 +24,7 @@ use crate::auth::store::{
     SESSIONS, Session, USERS, User, UserId, token_hash,
 };
 use crate::secrecy::ExposeSecret;
-use redb::ReadableDatabase;
+use crate::store::WriteTxn;
 use serde::Serialize;
 use std::net::IpAddr;
 
@@ -42,7 +42,7 @@ impl Auth {
         let token = token.trim();
         if token.starts_with("lka_") {
             let hash = token_hash(token);
-            let txn = self.store.db().begin_read()?;
+            let txn = self.store.begin_read()?;
             let a: AccessToken = db::get(&txn.open_table(ACCESS_TOKENS)?, &hash)?
                 .ok_or_else(AuthError::unauthenticated)?;
             let t = now();
@@ -89,7 +89,7 @@ impl Auth {
             revoked: false,
         };
         let end = self.family_end(&family);
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         // The session as it is now: one revoked since this request was
         // authenticated gets no tokens (they would be dead anyway, but a
         // family must not stand on a session that is gone).
@@ -116,7 +116,7 @@ impl Auth {
     /// family's absolute end `family_end`.
     fn mint_pair(
         &self,
-        txn: &redb::WriteTransaction,
+        txn: &WriteTxn,
         user_id: UserId,
         family_id: u128,
         family_end: i64,
@@ -157,7 +157,7 @@ impl Auth {
     /// it was stolen (or replayed): the whole family is revoked.
     pub fn refresh(&self, token: &str, ip: Option<IpAddr>) -> Result<TokenPair, AuthError> {
         let hash = token_hash(token.trim());
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let r: RefreshToken = db::get(&txn.open_table(REFRESH_TOKENS)?, &hash)?
             .ok_or_else(AuthError::unauthenticated)?;
         let fam_key = r.family_id.to_be_bytes();
@@ -220,10 +220,7 @@ impl Auth {
 
     /// Deletes a family's access tokens and marks its refresh tokens used,
     /// through the index (no table scan).
-    pub(super) fn delete_family_tokens(
-        txn: &redb::WriteTransaction,
-        family_id: u128,
-    ) -> Result<(), AuthError> {
+    pub(super) fn delete_family_tokens(txn: &WriteTxn, family_id: u128) -> Result<(), AuthError> {
         let tokens = index::tokens_of_family(txn, family_id)?;
         for h in tokens.access {
             index::delete_access(txn, family_id, &h)?;
@@ -243,7 +240,7 @@ impl Auth {
     }
 
     pub(super) fn revoke_families_of_session(
-        txn: &redb::WriteTransaction,
+        txn: &WriteTxn,
         session: &[u8; 32],
     ) -> Result<(), AuthError> {
         for id in index::families_of_session(txn, session)? {
@@ -253,7 +250,7 @@ impl Auth {
     }
 
     /// Marks family `id` revoked and ends its tokens.
-    fn revoke_family(txn: &redb::WriteTransaction, id: u128) -> Result<(), AuthError> {
+    fn revoke_family(txn: &WriteTxn, id: u128) -> Result<(), AuthError> {
         let key = id.to_be_bytes();
         let family = db::get::<Family>(&txn.open_table(REFRESH_FAMILIES)?, &key)?;
         if let Some(mut f) = family

@@ -16,11 +16,11 @@ use crate::auth::AuthError;
 use crate::auth::scope::Role;
 use crate::auth::store::{self as db, USERNAMES, USERS, User, UserId, username_key};
 use crate::secrecy::{ExposeSecret, SecretString};
-use redb::{ReadableDatabase, ReadableTable};
+use crate::store::WriteTxn;
 
 impl Auth {
     pub fn user_count(&self) -> Result<usize, AuthError> {
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         Ok(db::scan::<User>(&txn.open_table(USERS)?)?
             .iter()
             .filter(|(_, u)| u.active)
@@ -28,12 +28,12 @@ impl Auth {
     }
 
     pub fn get_user(&self, id: UserId) -> Result<User, AuthError> {
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))
     }
 
     pub fn find_user(&self, username: &str) -> Result<Option<(UserId, User)>, AuthError> {
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let names = txn.open_table(USERNAMES)?;
         let Some(id) = names.get(username_key(username).as_bytes())? else {
             return Ok(None);
@@ -45,7 +45,7 @@ impl Auth {
     }
 
     pub fn list_users(&self) -> Result<Vec<UserView>, AuthError> {
-        let txn = self.store.db().begin_read()?;
+        let txn = self.store.begin_read()?;
         let mut out: Vec<UserView> = db::scan::<User>(&txn.open_table(USERS)?)?
             .into_iter()
             .filter_map(|(k, u)| UserId::from_key(&k).map(|id| UserView::of(id, &u)))
@@ -76,7 +76,7 @@ impl Auth {
     /// Creates a user row (password already checked and hashed).
     pub(super) fn insert_user(&self, user: User) -> Result<UserId, AuthError> {
         let id = UserId::random();
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         Self::insert_user_in(&txn, id, &user)?;
         txn.commit()?;
         self.forget_people();
@@ -85,11 +85,7 @@ impl Auth {
 
     /// Inserts `user` as `id` in `txn`, refusing a taken username; the
     /// caller commits (and then calls `forget_people`).
-    pub(super) fn insert_user_in(
-        txn: &redb::WriteTransaction,
-        id: UserId,
-        user: &User,
-    ) -> Result<(), AuthError> {
+    pub(super) fn insert_user_in(txn: &WriteTxn, id: UserId, user: &User) -> Result<(), AuthError> {
         {
             let mut names = txn.open_table(USERNAMES)?;
             let key = username_key(&user.username);
@@ -113,7 +109,7 @@ impl Auth {
         id: UserId,
         f: impl FnOnce(&mut User) -> Result<(), AuthError>,
     ) -> Result<User, AuthError> {
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         let mut user: User =
             db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
         f(&mut user)?;
@@ -166,7 +162,7 @@ impl Auth {
     }
 
     pub(super) fn delete_user_rows(&self, id: UserId, username: &str) -> Result<(), AuthError> {
-        let txn = self.store.db().begin_write()?;
+        let txn = self.store.begin_write()?;
         db::delete(&txn, USERS, &id.key())?;
         db::delete(&txn, USERNAMES, username_key(username).as_bytes())?;
         txn.commit()?;

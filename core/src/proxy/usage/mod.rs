@@ -51,7 +51,6 @@ pub use parse::{Usage, UsageParser};
 
 use crate::store::{Store, StoreError};
 use latchkey_migrations::v3::USAGE_DAILY;
-use redb::{ReadableDatabase, ReadableTable};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -345,7 +344,7 @@ impl UsageBook {
     /// A book that knows what each key spent on `today` (from the store),
     /// so budgets survive a restart.
     pub fn load(store: &Store, today: &str) -> Result<UsageBook, StoreError> {
-        let txn = store.db().begin_read()?;
+        let txn = store.begin_read()?;
         let mut spent: FxHashMap<String, (String, u64)> = FxHashMap::default();
         let mut models: FxHashMap<String, (String, FxHashSet<String>)> = FxHashMap::default();
         each_row(&txn, today, today, |key, t| {
@@ -455,7 +454,7 @@ impl UsageBook {
             }
             return Ok(0);
         }
-        let txn = store.db().begin_write()?;
+        let txn = store.begin_write()?;
         {
             let mut table = txn.open_table(USAGE_DAILY)?;
             for (k, delta) in &snapshot {
@@ -467,9 +466,8 @@ impl UsageBook {
                     .and_then(|v| Totals::decode(v.value()))
                     .unwrap_or_default();
                 row.add(delta);
-                let bytes = postcard::to_allocvec(&row).map_err(|e| {
-                    StoreError::Db(redb::Error::Corrupted(format!("usage row: {e}")))
-                })?;
+                let bytes = postcard::to_allocvec(&row)
+                    .map_err(|e| StoreError::BadRow(format!("usage row: {e}")))?;
                 table.insert(enc.as_slice(), bytes.as_slice())?;
             }
         }
@@ -529,7 +527,7 @@ impl UsageBook {
     pub fn query(&self, store: &Store, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let (txn, pending) = {
             let _gate = lock(&self.gate);
-            let txn = store.db().begin_read()?;
+            let txn = store.begin_read()?;
             let pending: Vec<(UsageKey, Totals)> = lock(&self.inner)
                 .pending
                 .iter()
@@ -563,7 +561,7 @@ impl UsageBook {
 /// Each row of `usage_daily` of days `from..=to`, decoded; a row that does
 /// not decode is skipped.
 fn each_row(
-    txn: &redb::ReadTransaction,
+    txn: &crate::store::ReadTxn,
     from: &str,
     to: &str,
     mut each: impl FnMut(UsageKey, Totals),
