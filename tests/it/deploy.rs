@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub(crate) const K8S_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/k8s");
-pub(crate) const DOCKERFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/oci/Dockerfile");
+pub(crate) const DOCKERFILE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/oci/Dockerfile");
 /// The oldest Kubernetes the manifests are written for, and the newest
 /// schema `kubernetes-validate` bundles.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
@@ -370,7 +371,10 @@ fn hadolint() -> PathBuf {
         return PathBuf::from("hadolint");
     }
     let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .expect("python3");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("hadolint")
@@ -506,14 +510,21 @@ fn k8s_manifests_keep_latchkey_rules() {
         .iter()
         .map(|s| string(s, "/metadata/name"))
         .collect();
-    for v in list(pod, "/volumes").iter().filter(|v| v.get("secret").is_some()) {
+    for v in list(pod, "/volumes")
+        .iter()
+        .filter(|v| v.get("secret").is_some())
+    {
         let mode = int(v, "/secret/defaultMode");
         assert_eq!(mode & 0o007, 0, "secret volume readable by others");
         assert!(secret_names.contains(&string(v, "/secret/secretName")));
         for c in containers(pod) {
             for mnt in c["volumeMounts"].as_array().into_iter().flatten() {
                 if mnt["name"] == v["name"] {
-                    assert_eq!(mnt["readOnly"], true, "{} mounts a Secret writable", c["name"]);
+                    assert_eq!(
+                        mnt["readOnly"], true,
+                        "{} mounts a Secret writable",
+                        c["name"]
+                    );
                 }
             }
         }
@@ -527,7 +538,11 @@ fn k8s_manifests_keep_latchkey_rules() {
     for c in containers(pod) {
         for e in c["env"].as_array().into_iter().flatten() {
             let v = e["value"].as_str().unwrap_or_default();
-            assert!(!v.contains("://"), "a URL in the environment: {}", e["name"]);
+            assert!(
+                !v.contains("://"),
+                "a URL in the environment: {}",
+                e["name"]
+            );
         }
     }
 

@@ -75,6 +75,9 @@ fn image_env_and_workdir() -> (Vec<(String, String)>, String) {
     (env, workdir)
 }
 
+/// Secrets by name, each with its files (key, content).
+type Secrets<'a> = [(&'a str, Vec<(&'a str, Vec<u8>)>)];
+
 /// The pod, emulated in a temporary directory.
 struct Pod {
     tmp: tempfile::TempDir,
@@ -89,7 +92,7 @@ struct Pod {
 impl Pod {
     /// Lays out the image's binary and every volume of the pod template;
     /// `secrets` gives each Secret's files (name → [(key, content)]).
-    fn new(m: &Manifests, secrets: &[(&str, Vec<(&str, Vec<u8>)>)]) -> Pod {
+    fn new(m: &Manifests, secrets: &Secrets<'_>) -> Pod {
         let pod = at(m.one("Deployment"), "/spec/template/spec").clone();
         let id = |p: &str| u32::try_from(int(&pod, p)).expect("a UID/GID");
         let (uid, gid, fs_group) = (
@@ -205,8 +208,8 @@ impl Pod {
         self.volume_dir(&vol).join(rest)
     }
 
-    /// `argv` run in container `c` (see the module docs), with the image's
-    /// environment, then `env` (already mapped), then `extra`.
+    /// `argv` run in container `c` (see the module docs) with `env` (the
+    /// image's and the container's, paths already mapped), then `extra`.
     fn command(
         &self,
         c: &Value,
@@ -242,7 +245,7 @@ impl Pod {
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("HOME", "/");
-        for (k, v) in self.image_env.iter().chain(env) {
+        for (k, v) in env {
             cmd.env(k, v);
         }
         for (k, v) in extra {
@@ -315,8 +318,16 @@ impl Drop for Running {
 
 fn curl(port: u16, path: &str) -> (u16, String) {
     let mut c = Command::new("curl");
-    c.args(["-sS", "--max-time", "10", "-H", KUBELET_HOST, "-w", "\n%{http_code}"])
-        .arg(format!("http://127.0.0.1:{port}{path}"));
+    c.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-H",
+        KUBELET_HOST,
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg(format!("http://127.0.0.1:{port}{path}"));
     let out = run_cmd(c, b"");
     let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
@@ -385,7 +396,8 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
             out.stderr
         );
         assert!(
-            out.stderr.contains("readable by group or others (mode 440)"),
+            out.stderr
+                .contains("readable by group or others (mode 440)"),
             "{}",
             out.stderr
         );
@@ -413,7 +425,10 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
             }
         })
         .collect();
-    let out = run_cmd(pod.command(init, &argv, &pod.mapped_image_env(init), &[]), b"");
+    let out = run_cmd(
+        pod.command(init, &argv, &pod.mapped_image_env(init), &[]),
+        b"",
+    );
     assert!(out.status.success(), "init container: {}", out.stderr);
     let key = pod.host_path(&server_spec, &key_file);
     let meta = std::fs::metadata(&key).expect("the key copy");
@@ -485,7 +500,13 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
         "/terminationGracePeriodSeconds",
     );
     let pid = running.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(u64::try_from(grace).expect("grace"));
     let status = loop {
         if let Some(s) = running.child.try_wait().expect("wait") {
@@ -498,7 +519,10 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
     // The Secret and the image are untouched (the root was read-only; the
     // Secret's volume too).
     let secret_file = pod.volume_dir("master-key-secret").join("master.key");
-    assert_eq!(std::fs::read_to_string(secret_file).expect("secret"), keygen.stdout);
+    assert_eq!(
+        std::fs::read_to_string(secret_file).expect("secret"),
+        keygen.stdout
+    );
 }
 
 /// Waits (30 s at most) for the server's lock file to name its API URL
