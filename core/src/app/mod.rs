@@ -31,6 +31,8 @@
 mod host;
 mod monitor;
 pub mod reload;
+#[cfg(test)]
+mod replicas_pg_tests;
 mod tasks;
 #[cfg(test)]
 mod tests;

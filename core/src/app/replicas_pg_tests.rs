@@ -65,7 +65,10 @@ async fn a_vault_change_reaches_the_other_replicas_cache_through_the_reload_task
     let a = vault(sa, &key_file);
     let b = vault(Arc::clone(&sb), &key_file);
     put(&a, "sk-one");
-    assert_eq!(b.reveal_cached("openai").expect("r").expose_secret(), "sk-one");
+    assert_eq!(
+        b.reveal_cached("openai").expect("r").expose_secret(),
+        "sk-one"
+    );
     let (stop, rx) = watch::channel(false);
     let bv = Arc::clone(&b);
     let task = spawn_cache_reloader(
@@ -104,7 +107,9 @@ fn request_counts_are_shared_through_the_database() {
     let start = Instant::now();
     // A minute boundary on the wall clock, as every replica sees it.
     let t0 = 29_000_000 * 60_000;
-    let ls: Vec<KeyLimiter> = (0..3).map(|_| KeyLimiter::with_clock(10, start, t0)).collect();
+    let ls: Vec<KeyLimiter> = (0..3)
+        .map(|_| KeyLimiter::with_clock(10, start, t0))
+        .collect();
     let mut admitted = 0;
     for _round in 0..10 {
         for l in &ls {

@@ -859,3 +859,6 @@ async fn the_background_scan_refreshes_connections_in_use_only() {
 
 /// The same flows with several replicas sharing one store.
 mod replicas;
+
+/// The same across processes, on PostgreSQL.
+mod replicas_pg;

@@ -13,7 +13,11 @@ struct Replica {
     _dir: tempfile::TempDir,
 }
 
-fn replica(db: &PgDatabase, key_file: &std::path::Path, settings: &BTreeMap<String, ConnectionSettings>) -> Replica {
+fn replica(
+    db: &PgDatabase,
+    key_file: &std::path::Path,
+    settings: &BTreeMap<String, ConnectionSettings>,
+) -> Replica {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open_with(
         dir.path(),
@@ -32,7 +36,8 @@ fn replica(db: &PgDatabase, key_file: &std::path::Path, settings: &BTreeMap<Stri
             path: key_file.to_path_buf(),
         })
         .expect("unseal");
-    let conns = Arc::new(Connections::new(settings, None, Arc::clone(&vault)).expect("connections"));
+    let conns =
+        Arc::new(Connections::new(settings, None, Arc::clone(&vault)).expect("connections"));
     Replica {
         conns,
         vault,
