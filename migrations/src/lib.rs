@@ -13,6 +13,7 @@
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
+pub mod postgres;
 pub mod v1;
 pub mod v2;
 pub mod v3;

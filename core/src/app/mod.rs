@@ -139,7 +139,7 @@ impl App {
         settings
             .check_listeners()
             .map_err(|(key, message)| AppError::Settings { key, message })?;
-        let store = Store::open(data_dir, opts.role)?;
+        let store = Store::open_with(data_dir, opts.role, &settings.store)?;
         let vault = Arc::new(Vault::new(Arc::clone(&store)));
         if opts.unseal && !matches!(source, MasterKeySource::Passphrase) {
             rotation::open_recovering(&vault, &source)?;

@@ -12,6 +12,7 @@ use crate::vault::keychain::KeyringBackend;
 pub use crate::auth::settings::AuthSettings;
 pub use crate::duration_str;
 pub use crate::proxy::settings::{ProviderSettings, ProxySettings};
+pub use crate::store::{Backend as StoreBackend, DatabaseUrl, StoreSettings};
 pub use crate::update::UpdateSettings;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::net::{IpAddr, SocketAddr};
@@ -241,6 +242,8 @@ pub const MAX_AUTH_DURATION: Duration = Duration::from_secs(3650 * 86400);
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// `[store]`: redb (default) or a shared PostgreSQL database.
+    pub store: StoreSettings,
     pub vault: VaultSettings,
     pub auth: AuthSettings,
     pub server: ServerSettings,
@@ -290,9 +293,15 @@ impl Settings {
                 });
             }
         };
+        let mut pg_password = None;
         let mut env_vars: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("LATCHKEY_") && k.contains("__"))
+            .filter(|(k, v)| {
+                if k == "PGPASSWORD" && !v.is_empty() {
+                    pg_password = Some(v.clone());
+                }
+                k.starts_with("LATCHKEY_") && k.contains("__")
+            })
             .collect();
         env_vars.sort();
         for (var, value) in &env_vars {
@@ -303,7 +312,7 @@ impl Settings {
         } else {
             format!("{origin} + environment")
         };
-        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
+        let mut settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::Key {
                 origin: origin.clone(),
                 key: e.path().to_string(),
@@ -311,6 +320,8 @@ impl Settings {
                 // second line ("in `server.listen`") that repeats the key.
                 message: e.inner().message().trim().to_string(),
             })?;
+        settings.store.env_password =
+            pg_password.map(|p| crate::store::Password(secrecy::SecretString::from(p)));
         settings
             .validate()
             .map_err(|(key, message)| ConfigError::Key {
@@ -375,6 +386,7 @@ impl Settings {
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
         self.check_listeners()?;
+        self.store.validate()?;
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err((
                 "tls.key_file",

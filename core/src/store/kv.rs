@@ -20,6 +20,7 @@
 //! redb's guards, so call sites read alike on both backends.
 
 use super::StoreError;
+use super::postgres::{Pager, Txn};
 use latchkey_migrations::ByteTable;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle};
 use std::ops::{Bound, RangeBounds};
@@ -51,6 +52,7 @@ pub struct ReadTxn {
 
 enum ReadInner {
     Redb(redb::ReadTransaction),
+    Postgres(Txn),
 }
 
 /// The one open write transaction; nothing is visible to others until
@@ -60,7 +62,21 @@ pub struct WriteTxn {
 }
 
 enum WriteInner {
-    Redb(redb::WriteTransaction),
+    // Both boxed: a redb write transaction is large, and so is ours.
+    Redb(Box<redb::WriteTransaction>),
+    Postgres(Box<Txn>),
+}
+
+impl std::fmt::Debug for ReadTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadTxn")
+    }
+}
+
+impl std::fmt::Debug for WriteTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteTxn")
+    }
 }
 
 /// One byte table, opened in a read or a write transaction.
@@ -73,6 +89,11 @@ enum TableInner<'t> {
     RedbWrite(redb::Table<'t, &'static [u8], &'static [u8]>),
     /// A table that does not exist yet, in a read transaction.
     Empty,
+    /// `name`'s rows in PostgreSQL's `latchkey_kv`.
+    Pg {
+        txn: &'t Txn,
+        name: String,
+    },
 }
 
 /// Rows of a table in key order (reversible with `.rev()`).
@@ -83,8 +104,14 @@ pub struct Rows<'t> {
 enum RowsInner<'t> {
     Redb(Box<redb::Range<'t, &'static [u8], &'static [u8]>>),
     /// Rows a backend fetched in one go.
-    #[allow(dead_code)] // the PostgreSQL backend's
     Buffered(std::vec::IntoIter<(Vec<u8>, Vec<u8>)>),
+    /// Rows PostgreSQL sends a page at a time.
+    Pg(Pager<'t>),
+}
+
+fn pg_row(r: Result<(Vec<u8>, Vec<u8>), super::postgres::PgError>) -> Row {
+    let (k, v) = r?;
+    Ok((Value(k), Value(v)))
 }
 
 type Row = Result<(Value, Value), StoreError>;
@@ -95,6 +122,7 @@ impl Iterator for Rows<'_> {
         match &mut self.inner {
             RowsInner::Redb(r) => r.next().map(redb_row),
             RowsInner::Buffered(r) => r.next().map(|(k, v)| Ok((Value(k), Value(v)))),
+            RowsInner::Pg(p) => p.next_front().map(pg_row),
         }
     }
 }
@@ -104,6 +132,7 @@ impl DoubleEndedIterator for Rows<'_> {
         match &mut self.inner {
             RowsInner::Redb(r) => r.next_back().map(redb_row),
             RowsInner::Buffered(r) => r.next_back().map(|(k, v)| Ok((Value(k), Value(v)))),
+            RowsInner::Pg(p) => p.next_back().map(pg_row),
         }
     }
 }
@@ -143,6 +172,12 @@ impl ReadTxn {
         })
     }
 
+    pub(super) fn postgres(txn: Txn) -> ReadTxn {
+        ReadTxn {
+            inner: ReadInner::Postgres(txn),
+        }
+    }
+
     /// Opens `table`. A table no write has created yet reads as empty on
     /// every backend.
     pub fn open_table(&self, table: ByteTable) -> Result<Table<'_>, StoreError> {
@@ -159,6 +194,7 @@ impl ReadTxn {
                 Err(redb::TableError::TableDoesNotExist(_)) => Ok(Table::empty()),
                 Err(e) => Err(e.into()),
             },
+            ReadInner::Postgres(txn) => Ok(Table::pg(txn, name)),
         }
     }
 
@@ -171,6 +207,7 @@ impl ReadTxn {
                 names.sort();
                 Ok(names)
             }
+            ReadInner::Postgres(txn) => Ok(txn.table_names()?),
         }
     }
 }
@@ -178,8 +215,14 @@ impl ReadTxn {
 impl WriteTxn {
     pub(super) fn redb(db: &redb::Database) -> Result<WriteTxn, StoreError> {
         Ok(WriteTxn {
-            inner: WriteInner::Redb(db.begin_write()?),
+            inner: WriteInner::Redb(Box::new(db.begin_write()?)),
         })
+    }
+
+    pub(super) fn postgres(txn: Txn) -> WriteTxn {
+        WriteTxn {
+            inner: WriteInner::Postgres(Box::new(txn)),
+        }
     }
 
     /// Opens `table`, creating it if needed. As with redb, a table may be
@@ -194,6 +237,7 @@ impl WriteTxn {
             WriteInner::Redb(txn) => Ok(Table {
                 inner: TableInner::RedbWrite(txn.open_table(named(name))?),
             }),
+            WriteInner::Postgres(txn) => Ok(Table::pg(txn, name)),
         }
     }
 
@@ -201,6 +245,7 @@ impl WriteTxn {
     pub fn commit(self) -> Result<(), StoreError> {
         match self.inner {
             WriteInner::Redb(txn) => Ok(txn.commit()?),
+            WriteInner::Postgres(txn) => Ok(txn.commit()?),
         }
     }
 
@@ -208,9 +253,13 @@ impl WriteTxn {
     pub fn abort(self) -> Result<(), StoreError> {
         match self.inner {
             WriteInner::Redb(txn) => Ok(txn.abort()?),
+            WriteInner::Postgres(txn) => Ok(txn.rollback()?),
         }
     }
 }
+
+/// Rows PostgreSQL sends per round trip while iterating.
+const PG_PAGE: i64 = 256;
 
 fn bounds<'a>(range: &impl RangeBounds<&'a [u8]>) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
     (range.start_bound().cloned(), range.end_bound().cloned())
@@ -223,12 +272,22 @@ impl<'t> Table<'t> {
         }
     }
 
+    fn pg(txn: &'t Txn, name: &str) -> Table<'t> {
+        Table {
+            inner: TableInner::Pg {
+                txn,
+                name: name.to_string(),
+            },
+        }
+    }
+
     /// The value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>, StoreError> {
         let found = match &self.inner {
             TableInner::RedbRead(t) => t.get(key)?.map(|v| v.value().to_vec()),
             TableInner::RedbWrite(t) => t.get(key)?.map(|v| v.value().to_vec()),
             TableInner::Empty => None,
+            TableInner::Pg { txn, name } => txn.get(name, key)?,
         };
         Ok(found.map(Value))
     }
@@ -239,6 +298,7 @@ impl<'t> Table<'t> {
             TableInner::RedbWrite(t) => {
                 Ok(t.insert(key, value)?.map(|v| Value(v.value().to_vec())))
             }
+            TableInner::Pg { txn, name } => Ok(txn.insert(name, key, value)?.map(Value)),
             _ => Err(StoreError::ReadOnly),
         }
     }
@@ -247,6 +307,7 @@ impl<'t> Table<'t> {
     pub fn remove(&mut self, key: &[u8]) -> Result<Option<Value>, StoreError> {
         match &mut self.inner {
             TableInner::RedbWrite(t) => Ok(t.remove(key)?.map(|v| Value(v.value().to_vec()))),
+            TableInner::Pg { txn, name } => Ok(txn.remove(name, key)?.map(Value)),
             _ => Err(StoreError::ReadOnly),
         }
     }
@@ -255,6 +316,7 @@ impl<'t> Table<'t> {
     pub fn retain(&mut self, mut keep: impl FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
         match &mut self.inner {
             TableInner::RedbWrite(t) => Ok(t.retain(|k, v| keep(k, v))?),
+            TableInner::Pg { txn, name } => Ok(txn.retain(name, &mut keep)?),
             _ => Err(StoreError::ReadOnly),
         }
     }
@@ -276,17 +338,27 @@ impl<'t> Table<'t> {
             TableInner::RedbRead(t) => RowsInner::Redb(Box::new(t.range::<&[u8]>(b)?)),
             TableInner::RedbWrite(t) => RowsInner::Redb(Box::new(t.range::<&[u8]>(b)?)),
             TableInner::Empty => RowsInner::Buffered(Vec::new().into_iter()),
+            TableInner::Pg { txn, name } => RowsInner::Pg(txn.rows(name, b.0, b.1, PG_PAGE)),
         };
         Ok(Rows { inner })
     }
 
     /// The row with the smallest key.
     pub fn first(&self) -> Result<Option<(Value, Value)>, StoreError> {
+        if let TableInner::Pg { txn, name } = &self.inner {
+            // One row, not a page.
+            let mut rows = txn.rows(name, Bound::Unbounded, Bound::Unbounded, 1);
+            return rows.next_front().map(pg_row).transpose();
+        }
         self.iter()?.next().transpose()
     }
 
     /// The row with the largest key.
     pub fn last(&self) -> Result<Option<(Value, Value)>, StoreError> {
+        if let TableInner::Pg { txn, name } = &self.inner {
+            let mut rows = txn.rows(name, Bound::Unbounded, Bound::Unbounded, 1);
+            return rows.next_back().map(pg_row).transpose();
+        }
         self.iter()?.next_back().transpose()
     }
 
@@ -296,6 +368,7 @@ impl<'t> Table<'t> {
             TableInner::RedbRead(t) => t.len()?,
             TableInner::RedbWrite(t) => t.len()?,
             TableInner::Empty => 0,
+            TableInner::Pg { txn, name } => txn.len(name)?,
         })
     }
 

@@ -1,13 +1,19 @@
-//! The one redb file in the data directory: opening it safely, migrating it,
-//! and the byte-table helpers the rest of `core` builds on.
+//! The store: the one redb file in the data directory, or a PostgreSQL
+//! database shared by several replicas (`[store]`, `docs/SCALE.md`);
+//! opening it safely, migrating it, and the seam (`kv.rs`) the rest of
+//! `core` reads and writes through.
 //!
 //! Opening never modifies a database it cannot use: a file from a newer
 //! schema is refused before the first write, and a file that needs crash
-//! repair is copied aside first so a failed repair can be undone.
+//! repair is copied aside first so a failed repair can be undone. The data
+//! directory and its lock stay with either backend (each replica has its
+//! own: TLS files and the admin token live there).
 
 mod copy;
 mod kv;
 mod lock;
+mod postgres;
+mod settings;
 mod shared;
 
 pub use copy::{CopyReport, TableCopy, copy_tables, digest_tables};
@@ -17,10 +23,12 @@ pub use latchkey_migrations::{
     ByteTable, CURRENT_VERSION, META, v1::VAULT_NAMES, v1::VAULT_RECORDS,
 };
 pub use lock::{DataDirLock, LockError, LockOwner, current_owner};
+pub use postgres::PgError;
+pub use settings::{Backend, DatabaseUrl, MAX_POOL_SIZE, MAX_TIMEOUT, Password, StoreSettings};
 pub use shared::{Changed, FEED_CAPACITY, SharedLock};
 
 use latchkey_migrations::{MigrateError, Outcome};
-use redb::{Database, ReadableDatabase, TableHandle};
+use redb::{Database, ReadableDatabase};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,6 +68,17 @@ pub enum StoreError {
     /// same on every backend, unlike a backend's own corruption error.
     #[error("damaged row in the store: {0}")]
     BadRow(String),
+    #[error(transparent)]
+    Postgres(PgError),
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> StoreError {
+        match e {
+            PgError::ReadOnly => StoreError::ReadOnly,
+            e => StoreError::Postgres(e),
+        }
+    }
 }
 
 /// `From<redb::…Error>` for an error type that can be made from a
@@ -85,18 +104,28 @@ macro_rules! from_redb_errors {
 pub(crate) use from_redb_errors;
 from_redb_errors!(StoreError);
 
-/// An open, migrated database plus the lock that makes it ours.
+/// An open, migrated database plus the lock on the data directory.
 pub struct Store {
-    db: Database,
+    engine: Engine,
     dir: PathBuf,
     lock: std::sync::Mutex<DataDirLock>,
     migrated_from: u32,
     shared: shared::Local,
 }
 
+enum Engine {
+    Redb(Database),
+    Postgres(postgres::PgStore),
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish()
+        let mut d = f.debug_struct("Store");
+        d.field("dir", &self.dir);
+        if let Engine::Postgres(pg) = &self.engine {
+            d.field("postgres", &pg.target());
+        }
+        d.finish()
     }
 }
 
@@ -112,11 +141,39 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `dir`, holding the data
-    /// directory's lock as `role`, and runs forward migrations.
+    /// Opens (creating if needed) the redb database in `dir`, holding the
+    /// data directory's lock as `role`, and runs forward migrations.
     pub fn open(dir: &Path, role: &str) -> Result<Arc<Store>, StoreError> {
+        Store::open_with(dir, role, &StoreSettings::default())
+    }
+
+    /// Opens the store `settings` names, holding the lock on `dir` (the
+    /// data directory, created if needed) as `role`.
+    pub fn open_with(
+        dir: &Path,
+        role: &str,
+        settings: &StoreSettings,
+    ) -> Result<Arc<Store>, StoreError> {
         ensure_data_dir(dir)?;
         let lock = DataDirLock::acquire(dir, role)?;
+        match settings.backend {
+            Backend::Redb => Store::open_redb(dir, lock),
+            Backend::Postgres => {
+                let shared = shared::Local::new();
+                let (pg, from) = postgres::PgStore::open(settings, shared.sender())?;
+                tracing::info!(database = %pg.target(), "store: PostgreSQL");
+                Ok(Arc::new(Store {
+                    engine: Engine::Postgres(pg),
+                    dir: dir.to_path_buf(),
+                    lock: std::sync::Mutex::new(lock),
+                    migrated_from: from,
+                    shared,
+                }))
+            }
+        }
+    }
+
+    fn open_redb(dir: &Path, lock: DataDirLock) -> Result<Arc<Store>, StoreError> {
         let path = dir.join(DB_FILE);
         refuse_newer_schema(&path)?;
         let db = open_without_damage(&path)?;
@@ -129,7 +186,7 @@ impl Store {
             );
         }
         Ok(Arc::new(Store {
-            db,
+            engine: Engine::Redb(db),
             dir: dir.to_path_buf(),
             lock: std::sync::Mutex::new(lock),
             migrated_from: outcome.from,
@@ -139,12 +196,19 @@ impl Store {
 
     /// A consistent snapshot to read from.
     pub fn begin_read(&self) -> Result<ReadTxn, StoreError> {
-        ReadTxn::redb(&self.db)
+        match &self.engine {
+            Engine::Redb(db) => ReadTxn::redb(db),
+            Engine::Postgres(pg) => Ok(ReadTxn::postgres(pg.begin_read()?)),
+        }
     }
 
-    /// The store's one write transaction (waits for the current one).
+    /// The store's one write transaction (waits for the current one; with
+    /// PostgreSQL, for the current one of every process sharing it).
     pub fn begin_write(&self) -> Result<WriteTxn, StoreError> {
-        WriteTxn::redb(&self.db)
+        match &self.engine {
+            Engine::Redb(db) => WriteTxn::redb(db),
+            Engine::Postgres(pg) => Ok(WriteTxn::postgres(pg.begin_write()?)),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -154,7 +218,7 @@ impl Store {
     /// Whether other processes may share this store (and so change it
     /// under this one's caches).
     pub fn is_shared(&self) -> bool {
-        false
+        matches!(self.engine, Engine::Postgres(_))
     }
 
     /// Changes committed by *other* processes sharing this store; caches
@@ -168,7 +232,13 @@ impl Store {
     /// work that must not run twice at once anywhere (one OAuth refresh
     /// per connection); released when the guard drops.
     pub async fn lock_shared(&self, name: &str) -> Result<SharedLock, StoreError> {
-        Ok(self.shared.lock(name).await)
+        // In-process first, so this process holds at most one database
+        // connection per name.
+        let mut held = self.shared.lock(name).await;
+        if let Engine::Postgres(pg) = &self.engine {
+            held.hold_across_processes(pg.lock_shared(name).await?);
+        }
+        Ok(held)
     }
 
     /// The schema version the file had before this open migrated it.
@@ -187,15 +257,14 @@ impl Store {
 
     /// Reads one value from `META`.
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let t = txn.open_table(META)?;
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        Ok(t.get(key)?.map(Value::into_vec))
     }
 
     /// Names of every table in the database (for backups).
     pub fn table_names(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.list_tables()?.map(|h| h.name().to_string()).collect())
+        self.begin_read()?.table_names()
     }
 }
 
@@ -360,3 +429,12 @@ fn map_open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pg_tests;
+#[cfg(test)]
+mod seam_tests;
+#[cfg(test)]
+#[allow(dead_code)] // the harness serves the end-to-end tests too
+#[path = "../../../tests/src/postgres.rs"]
+pub(crate) mod test_pg;

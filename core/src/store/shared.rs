@@ -53,10 +53,9 @@ impl Local {
         self.feed.subscribe()
     }
 
-    /// Hands a change to every subscriber (none listening is fine).
-    #[allow(dead_code)] // the PostgreSQL listener's
-    pub(super) fn publish(&self, change: Changed) {
-        let _ = self.feed.send(change);
+    /// The feed's sending side, for the PostgreSQL listener.
+    pub(super) fn sender(&self) -> broadcast::Sender<Changed> {
+        self.feed.clone()
     }
 
     pub(super) async fn lock(&self, name: &str) -> SharedLock {
@@ -68,6 +67,7 @@ impl Local {
             locks.entry(name.to_string()).or_default().clone()
         };
         SharedLock {
+            _across: None,
             _local: mutex.lock_owned().await,
         }
     }
@@ -76,5 +76,13 @@ impl Local {
 /// Held while the work it guards runs; released on drop.
 #[derive(Debug)]
 pub struct SharedLock {
+    // Dropped first: the other processes' turn comes after ours ends here.
+    _across: Option<super::postgres::HeldLock>,
     _local: OwnedMutexGuard<()>,
+}
+
+impl SharedLock {
+    pub(super) fn hold_across_processes(&mut self, lock: super::postgres::HeldLock) {
+        self._across = Some(lock);
+    }
 }
