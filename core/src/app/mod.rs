@@ -259,7 +259,6 @@ impl App {
                 background_rx.clone(),
             ),
             auth_pruner: tasks::spawn_auth_pruner(Arc::clone(&auth), background_rx.clone()),
-            change_follower: tasks::spawn_change_follower(Arc::clone(&auth), background_rx.clone()),
             usage: Arc::clone(&state.proxy).spawn_usage_flusher(background_rx.clone()),
             refresher: Arc::clone(&state.connections).spawn_refresher(background_rx.clone()),
             updates: Arc::clone(&state.updates).spawn(background_rx.clone()),
@@ -344,7 +343,6 @@ struct Background {
     last_used: JoinHandle<()>,
     audit_pruner: JoinHandle<()>,
     auth_pruner: JoinHandle<()>,
-    change_follower: JoinHandle<()>,
     usage: JoinHandle<()>,
     refresher: JoinHandle<()>,
     updates: JoinHandle<()>,
@@ -354,12 +352,16 @@ struct Background {
 
 /// The caches the reload task keeps in step with other replicas' commits.
 fn caches(state: &AppState) -> Vec<reload::Cache> {
-    let (vault, connections, proxy) = (
+    let (auth, vault, connections, proxy) = (
+        Arc::clone(&state.auth),
         Arc::clone(&state.vault),
         Arc::clone(&state.connections),
         Arc::clone(&state.proxy),
     );
     vec![
+        reload::Cache::new("auth keys, people and revocations", move |c| {
+            auth.on_store_change(c).map_err(Into::into)
+        }),
         reload::Cache::new("vault secrets", move |c| {
             vault.on_store_change(c).map(drop).map_err(Into::into)
         }),
@@ -494,10 +496,6 @@ impl Running {
             ("last-used flush", background.last_used),
             ("audit pruning", background.audit_pruner),
             ("auth pruning", background.auth_pruner),
-            (
-                "following other replicas' changes",
-                background.change_follower,
-            ),
             ("usage flusher", background.usage),
             ("connections refresher", background.refresher),
             ("update check", background.updates),
