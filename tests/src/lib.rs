@@ -8,6 +8,7 @@ mod server;
 pub mod caddy;
 pub mod desktop;
 pub mod oidc;
+pub mod postgres;
 pub mod race;
 pub mod ui;
 pub mod update;
