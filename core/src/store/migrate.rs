@@ -349,3 +349,128 @@ fn differences(a: &CopyReport, b: &CopyReport) -> String {
     }
     out.join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn parse(to: &str) -> Result<Destination, MigrateStoreError> {
+        Destination::parse(to, &StoreSettings::default())
+    }
+
+    #[test]
+    fn urls_and_directories_are_told_apart() {
+        for url in [
+            "postgres://lk@db.internal:5432/latchkey",
+            "postgresql://lk@db.internal/latchkey?sslmode=require",
+            "host=/run/postgresql port=5432 user=lk dbname=latchkey",
+        ] {
+            assert!(matches!(parse(url), Ok(Destination::Postgres(_))), "{url}");
+        }
+        for dir in ["/var/lib/latchkey-new", "./new", "relative/dir", "./a=b"] {
+            assert!(
+                matches!(parse(dir), Ok(Destination::Directory(ref d)) if d == Path::new(dir)),
+                "{dir}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_password_on_the_command_line_is_refused_and_never_shown() {
+        for url in [
+            "postgres://lk:s3cret-pw@db.internal/latchkey",
+            "postgres://lk@db.internal/latchkey?password=s3cret-pw",
+            "host=db.internal user=lk password=s3cret-pw dbname=latchkey",
+        ] {
+            let err = parse(url).expect_err(url);
+            assert!(
+                matches!(err, MigrateStoreError::PasswordInArgument),
+                "{url}: {err}"
+            );
+            assert!(!err.to_string().contains("s3cret-pw"));
+        }
+        // PGPASSWORD is the way: kept for the connection, not refused.
+        let base = StoreSettings {
+            env_password: Some(super::super::Password("from-env".to_string().into())),
+            ..StoreSettings::default()
+        };
+        let to = Destination::parse("postgres://lk@db.internal/latchkey", &base).expect("parse");
+        let Destination::Postgres(s) = &to else {
+            panic!("not PostgreSQL")
+        };
+        assert!(s.env_password.is_some());
+        assert_eq!(s.backend, Backend::Postgres);
+        assert_eq!(to.describe(), "postgres://lk@db.internal:5432/latchkey");
+        assert!(!format!("{to:?}").contains("from-env"));
+    }
+
+    fn filled() -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("data"), "test").expect("open");
+        let txn = store.begin_write().expect("write");
+        {
+            let mut t = txn.open_named("users").expect("users");
+            t.insert(b"u1", b"row one").expect("insert");
+            t.insert(b"u2", b"row two").expect("insert");
+            let mut m = txn.open_table(META).expect("meta");
+            m.insert(b"wrapped_data_key", b"sealed").expect("insert");
+        }
+        txn.commit().expect("commit");
+        (dir, store)
+    }
+
+    #[test]
+    fn into_a_new_directory_copies_verifies_and_records() {
+        let (tmp, source) = filled();
+        let to = tmp.path().join("moved");
+        let calls = Cell::new(0);
+        let record = |s: &Store, m: &Migrated| {
+            calls.set(calls.get() + 1);
+            assert_eq!(m.report.table("users").map(|t| t.rows), Some(2));
+            // The destination is open and readable here.
+            assert_eq!(s.begin_read()?.open_named("users")?.len()?, 2);
+            Ok(())
+        };
+        let migrated =
+            migrate(&source, &Destination::Directory(to.clone()), &record).expect("migrate");
+        assert_eq!(calls.get(), 1);
+        assert_eq!(migrated.destination, to.display().to_string());
+        assert!(
+            !to.join(".latchkey-migrate").exists(),
+            "staging left behind"
+        );
+        let want = digest_tables(&source.begin_read().expect("read")).expect("digest");
+        drop(source);
+        let copy = Store::open(&to, "test").expect("open the copy");
+        let got = digest_tables(&copy.begin_read().expect("read")).expect("digest");
+        for t in &want.tables {
+            assert_eq!(got.table(&t.name), Some(t), "{}", t.name);
+        }
+        assert_eq!(migrated.report, want);
+    }
+
+    #[test]
+    fn a_directory_with_a_database_is_refused_unchanged() {
+        let (tmp, source) = filled();
+        let (other_tmp, other) = filled();
+        let other_dir = other.dir().to_path_buf();
+        drop(other);
+        let before = std::fs::read(other_dir.join(DB_FILE)).expect("read");
+        let record = |_: &Store, _: &Migrated| -> Result<(), StoreError> {
+            panic!("nothing may be recorded for a refused migration")
+        };
+        let err = migrate(&source, &Destination::Directory(other_dir.clone()), &record)
+            .expect_err("refused");
+        assert!(matches!(err, MigrateStoreError::DirectoryInUse(_)), "{err}");
+        assert_eq!(
+            std::fs::read(other_dir.join(DB_FILE)).expect("read"),
+            before
+        );
+        // Onto itself: named as such.
+        let own = source.dir().to_path_buf();
+        let err = migrate(&source, &Destination::Directory(own), &record).expect_err("refused");
+        assert!(matches!(err, MigrateStoreError::SameStore), "{err}");
+        drop((tmp, other_tmp));
+    }
+}
