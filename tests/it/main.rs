@@ -38,6 +38,7 @@ mod serve_robustness;
 mod serve_tls;
 mod service_notify;
 mod service_unit;
+mod store_migrate;
 mod syscall_filter;
 mod ui;
 mod update;
