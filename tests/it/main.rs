@@ -30,6 +30,7 @@ mod livekit;
 mod proxy;
 mod proxy_limits;
 mod realtime;
+mod replicas;
 mod reverse_proxy;
 mod security_doc;
 mod serve;

@@ -6,9 +6,11 @@ mod auth;
 mod server;
 
 pub mod caddy;
+pub mod cluster;
 pub mod desktop;
 pub mod nginx;
 pub mod oidc;
+pub mod postgres;
 pub mod race;
 pub mod ui;
 pub mod update;
