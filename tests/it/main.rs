@@ -27,6 +27,7 @@ mod integrity;
 mod key_sources;
 mod leaks;
 mod livekit;
+mod postgres;
 mod proxy;
 mod proxy_limits;
 mod realtime;

@@ -16,7 +16,8 @@
 //!    `server.shutdown_grace`, then their connections are closed;
 //! 2. the background tasks stop: last-used flush, audit pruning, auth
 //!    pruning, the proxy's usage flusher, the connections refresher, the
-//!    update check;
+//!    update check, the request-count sync and the cache reload task
+//!    (both only do work when replicas share the store);
 //! 3. what the last requests left pending is written: proxy usage
 //!    totals, the connections broker's audit entries and last-used times,
 //!    vault and API-key last-used times;
@@ -29,6 +30,9 @@
 
 mod host;
 mod monitor;
+pub mod reload;
+#[cfg(test)]
+mod replicas_pg_tests;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -255,10 +259,15 @@ impl App {
                 background_rx.clone(),
             ),
             auth_pruner: tasks::spawn_auth_pruner(Arc::clone(&auth), background_rx.clone()),
-            change_follower: tasks::spawn_change_follower(Arc::clone(&auth), background_rx.clone()),
             usage: Arc::clone(&state.proxy).spawn_usage_flusher(background_rx.clone()),
             refresher: Arc::clone(&state.connections).spawn_refresher(background_rx.clone()),
             updates: Arc::clone(&state.updates).spawn(background_rx.clone()),
+            rate_sync: Arc::clone(&state.proxy).spawn_rate_sync(background_rx.clone()),
+            reload: reload::spawn_cache_reloader(
+                Arc::clone(&store),
+                caches(&state),
+                background_rx.clone(),
+            ),
         };
 
         let mut listeners = JoinSet::new();
@@ -334,10 +343,35 @@ struct Background {
     last_used: JoinHandle<()>,
     audit_pruner: JoinHandle<()>,
     auth_pruner: JoinHandle<()>,
-    change_follower: JoinHandle<()>,
     usage: JoinHandle<()>,
     refresher: JoinHandle<()>,
     updates: JoinHandle<()>,
+    rate_sync: JoinHandle<()>,
+    reload: JoinHandle<()>,
+}
+
+/// The caches the reload task keeps in step with other replicas' commits.
+fn caches(state: &AppState) -> Vec<reload::Cache> {
+    let (auth, vault, connections, proxy) = (
+        Arc::clone(&state.auth),
+        Arc::clone(&state.vault),
+        Arc::clone(&state.connections),
+        Arc::clone(&state.proxy),
+    );
+    vec![
+        reload::Cache::new("auth keys, people and revocations", move |c| {
+            auth.on_store_change(c).map_err(Into::into)
+        }),
+        reload::Cache::new("vault secrets", move |c| {
+            vault.on_store_change(c).map(drop).map_err(Into::into)
+        }),
+        reload::Cache::new("connection tokens", move |c| {
+            connections.on_store_change(c).map(drop).map_err(Into::into)
+        }),
+        reload::Cache::new("proxy key limits", move |c| {
+            proxy.on_store_change(c).map_err(Into::into)
+        }),
+    ]
 }
 
 /// A serving app: the handle the shell awaits (see the module docs).
@@ -462,13 +496,11 @@ impl Running {
             ("last-used flush", background.last_used),
             ("audit pruning", background.audit_pruner),
             ("auth pruning", background.auth_pruner),
-            (
-                "following other replicas' changes",
-                background.change_follower,
-            ),
             ("usage flusher", background.usage),
             ("connections refresher", background.refresher),
             ("update check", background.updates),
+            ("request count sync", background.rate_sync),
+            ("cache reload", background.reload),
         ] {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, task = what, "background task failed");

@@ -1,17 +1,16 @@
 //! The app's periodic work: last-used times written every 30 s, audit
 //! entries past `auth.audit_retention` pruned daily, expired sessions,
-//! tokens and invites pruned every 10 minutes, and the caches built from
-//! the store reloaded when another process sharing it commits a change
-//! ([`spawn_change_follower`]). Each runs its store work on the blocking
+//! tokens and invites pruned every 10 minutes (the caches other replicas'
+//! commits reload are `super::reload`'s). Each runs its store work on the blocking
 //! pool and ends when its stop signal turns true (the final last-used
 //! flush is [`super::Running`]'s, after the last request).
 
 use crate::auth::Auth;
-use crate::store::{Changed, Store};
+use crate::store::Store;
 use crate::vault::Vault;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How often pending last-used times are written.
@@ -108,58 +107,4 @@ pub fn spawn_auth_pruner(auth: Arc<Auth>, mut stop: watch::Receiver<bool>) -> Jo
             }
         }
     })
-}
-
-/// Follows the changes other processes sharing the store commit (none
-/// with the embedded file) and hands them to the caches built from the
-/// store: at start (anything committed before it subscribed), then on
-/// every change. A burst of changes is folded into one reload; a feed
-/// that lagged or reconnected reloads everything (`Changed::Unknown`).
-pub fn spawn_change_follower(auth: Arc<Auth>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    let mut feed = auth.store().subscribe();
-    tokio::spawn(async move {
-        let mut change = Changed::Unknown;
-        loop {
-            // Everything already queued joins this one reload.
-            loop {
-                match feed.try_recv() {
-                    Ok(more) => change = fold(change, more),
-                    Err(broadcast::error::TryRecvError::Lagged(_)) => change = Changed::Unknown,
-                    Err(_) => break,
-                }
-            }
-            let a = Arc::clone(&auth);
-            let c = change.clone();
-            match tokio::task::spawn_blocking(move || a.on_store_change(&c)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not reload auth caches after a change")
-                }
-                Err(e) => tracing::warn!(error = %e, "auth cache reload task failed"),
-            }
-            change = tokio::select! {
-                next = feed.recv() => match next {
-                    Ok(c) => c,
-                    Err(broadcast::error::RecvError::Lagged(_)) => Changed::Unknown,
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-                _ = stop.wait_for(|s| *s) => break,
-            };
-        }
-    })
-}
-
-/// One change covering both.
-fn fold(a: Changed, b: Changed) -> Changed {
-    match (a, b) {
-        (Changed::Tables(mut x), Changed::Tables(y)) => {
-            for t in y {
-                if !x.contains(&t) {
-                    x.push(t);
-                }
-            }
-            Changed::Tables(x)
-        }
-        _ => Changed::Unknown,
-    }
 }

@@ -12,7 +12,7 @@
 use super::store::{self, Status};
 use super::{
     Cached, ConnectionError, Connections, IssuedToken, ProviderRuntime, Revocation, Slot,
-    TokenSecrets, blocking, flow, now, refresh_after, refresher,
+    TokenSecrets, blocking, flow, now, refresh_after, refresher, row_digest,
 };
 use crate::audit::{AuditEvent, Outcome};
 use crate::auth::store::UserId;
@@ -43,8 +43,13 @@ impl Connections {
             Some(c) => c,
             None => {
                 // Single flight: whoever holds the lock refreshes; the rest
-                // find the new token in the cache when they get it.
+                // find the new token in the cache when they get it. The
+                // shared lock makes it one flight across every replica:
+                // `load_or_refresh` reads the row again under it, so a
+                // token another replica just refreshed is used, not
+                // refreshed a second time.
                 let _flight = slot.refresh.lock().await;
+                let _shared = self.lock_shared(user, provider).await?;
                 match slot.fresh(now()) {
                     Some(c) => c,
                     None => {
@@ -104,11 +109,14 @@ impl Connections {
             expires_at: row.expires_at,
             refresh_after: refresh_after(row.expires_at, issued_at, margin),
             scopes: row.scopes.clone(),
+            row: row_digest(&row.sealed),
         });
         let t = now();
         let wanted = match due {
             Due::Margin(lead) => current.refresh_after.is_some_and(|r| t >= r - lead),
-            Due::Always => true,
+            // Checked on the row read under the lock: another replica's
+            // scan may have done the daily refresh while this one waited.
+            Due::Idle(age) => t - issued_at >= age,
         };
         if !wanted {
             slot.set(Some(Arc::clone(&current)));
@@ -151,6 +159,7 @@ impl Connections {
                     refresh_token: new_refresh,
                 };
                 let sealed = new_secrets.seal(&self.vault, &ctx)?;
+                let stored = row_digest(&sealed);
                 let t = now();
                 let expires_at = fresh.expires_in.map(|s| t.saturating_add(s));
                 let scopes = fresh.scopes.clone().unwrap_or_else(|| row.scopes.clone());
@@ -192,6 +201,7 @@ impl Connections {
                     expires_at,
                     refresh_after: refresh_after(expires_at, t, margin),
                     scopes,
+                    row: stored,
                 });
                 slot.served.store(false, Ordering::Relaxed);
                 slot.set(Some(Arc::clone(&cached)));
@@ -280,6 +290,7 @@ impl Connections {
         let rt = self.provider(provider)?;
         let slot = self.slot(user, provider);
         let _flight = slot.refresh.lock().await;
+        let _shared = self.lock_shared(user, provider).await?;
         let (st, name) = (Arc::clone(self.vault.store()), provider.to_string());
         let row = blocking(move || store::get(&st, user, &name))
             .await?
@@ -324,7 +335,22 @@ impl Connections {
         let Ok(_flight) = slot.refresh.try_lock() else {
             return Ok(());
         };
+        // Every replica's scan may find the same row due: the first to get
+        // the shared lock refreshes, the others then read a row that is no
+        // longer due (`Due::Idle` included, see `load_or_refresh`).
+        let _shared = self.lock_shared(user, provider).await?;
         self.load_or_refresh(rt, user, &slot, due).await.map(drop)
+    }
+
+    /// The lock one connection's refresh holds across every replica
+    /// sharing the store (on one process: an in-process lock).
+    pub(super) async fn lock_shared(
+        &self,
+        user: UserId,
+        provider: &str,
+    ) -> Result<crate::store::SharedLock, ConnectionError> {
+        let name = format!("connection:{:032x}:{provider}", user.0);
+        Ok(self.vault.store().lock_shared(&name).await?)
     }
 }
 
@@ -333,6 +359,7 @@ impl Connections {
 pub(super) enum Due {
     /// When `now >= refresh_after - lead` (seconds).
     Margin(i64),
-    /// Now (the daily refresh of idle connections).
-    Always,
+    /// When the stored token was issued at least this many seconds ago
+    /// (the daily refresh of idle connections; 0: now).
+    Idle(i64),
 }

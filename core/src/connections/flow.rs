@@ -371,8 +371,12 @@ impl Connections {
                 "without_refresh_token"
             });
         // A reconnect replaces the slot's single-flight lock holder's view.
+        // The shared lock too: a replica refreshing the old tokens now
+        // would otherwise write them over the new row.
         let slot = self.slot(user, &p.name);
         let _flight = slot.refresh.lock().await;
+        let _shared = self.lock_shared(user, &p.name).await?;
+        let stored = super::row_digest(&row.sealed);
         let (st, name) = (Arc::clone(self.vault.store()), p.name.clone());
         blocking(move || store::put(&st, user, &name, &row, Some(event))).await?;
         let margin = i64::try_from(p.refresh_margin.as_secs()).unwrap_or(i64::MAX);
@@ -384,6 +388,7 @@ impl Connections {
             expires_at,
             refresh_after: refresh_after(expires_at, t, margin),
             scopes: scopes.clone(),
+            row: stored,
         })));
         Ok(Connected {
             provider: p.name.clone(),

@@ -7,6 +7,8 @@
 //! - [`refresher`]: the background task (proactive and daily refreshes,
 //!   batched audit and last-used writes, purging expired states);
 //! - `broker`: the token broker, single-flight refresh, disconnect;
+//! - `sync`: keeping this process's cached tokens and client settings in
+//!   step with rows other replicas change;
 //! - this module: [`Connections`], the flows — start (state + PKCE S256 +
 //!   nonce, bound to the browser by a cookie), callback (single-use state,
 //!   code exchange), the broker with its single-flight refresh, disconnect
@@ -21,9 +23,12 @@
 //! decryption, no disk I/O); last-used times and the issuance audit entries
 //! are batched. Refreshes are single-flight per connection: one async mutex
 //! per (user, provider), and every waiter re-checks the cache after taking
-//! it, so 50 concurrent callers at expiry cause exactly one refresh. A
-//! rotated refresh token is committed to the database before the new access
-//! token is handed to anyone.
+//! it, so 50 concurrent callers at expiry cause exactly one refresh. With
+//! several replicas, the refresh also holds the store's shared lock on the
+//! connection and reads the row again under it, so there is one refresh
+//! per connection across all of them (`docs/SCALE.md`). A rotated refresh
+//! token is committed to the database before the new access token is
+//! handed to anyone.
 
 mod broker;
 pub mod client;
@@ -31,6 +36,7 @@ pub mod config;
 mod flow;
 pub mod refresher;
 pub mod store;
+mod sync;
 
 pub use config::{ConnectionSettings, Provider};
 pub use flow::{
@@ -341,6 +347,10 @@ struct Cached {
     /// token's lifetime). `None`: the token does not expire.
     refresh_after: Option<i64>,
     scopes: Vec<String>,
+    /// [`row_digest`] of the stored row's sealed tokens this copy came
+    /// from: when another replica changes the row, the copy is dropped
+    /// (`sync`).
+    row: [u8; 32],
 }
 
 impl Cached {
@@ -742,8 +752,14 @@ fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// SHA-256 of a string.
 fn digest(s: &str) -> [u8; 32] {
+    row_digest(s.as_bytes())
+}
+
+/// SHA-256 of a connection row's sealed tokens (which row a cached token
+/// came from; the sealed bytes change with every write of new tokens).
+fn row_digest(sealed: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    Sha256::digest(s.as_bytes()).into()
+    Sha256::digest(sealed).into()
 }
 
 /// `bytes` random bytes from the OS, hex-encoded (≥ 128 bits for states,

@@ -142,7 +142,7 @@ impl Connections {
             let due = if row.expires_at.is_none() {
                 None
             } else if t - last_refresh >= IDLE_REFRESH_SECS {
-                Some(Due::Always)
+                Some(Due::Idle(IDLE_REFRESH_SECS))
             } else if in_use {
                 Some(Due::Margin(lead))
             } else {

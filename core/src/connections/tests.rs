@@ -481,7 +481,7 @@ async fn connect_broker_refresh_rotation_and_restart() {
         let _g = slot.refresh.lock().await;
         let rt = restarted.provider("idp").expect("rt");
         restarted
-            .load_or_refresh(rt, ALICE, &slot, Due::Always)
+            .load_or_refresh(rt, ALICE, &slot, Due::Idle(0))
             .await
             .expect("refresh after restart");
     }
@@ -811,6 +811,7 @@ fn the_margin_is_at_most_half_the_lifetime() {
         expires_at: Some(100),
         refresh_after: Some(90),
         scopes: vec![],
+        row: [0; 32],
     };
     assert!(c.fresh(89));
     assert!(!c.fresh(90));
@@ -855,3 +856,9 @@ async fn the_background_scan_refreshes_connections_in_use_only() {
     e.conns.scan().await;
     assert_eq!(lock(&e.idp).refreshes, 2);
 }
+
+/// The same flows with several replicas sharing one store.
+mod replicas;
+
+/// The same across processes, on PostgreSQL.
+mod replicas_pg;

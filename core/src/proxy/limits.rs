@@ -13,7 +13,9 @@
 //!
 //! [`LimitCache`] holds every row; the hot path reads it under a read lock
 //! and never touches the disk. [`set`] writes a row (with its audit entry)
-//! in one transaction and updates the cache after the commit.
+//! in one transaction and updates the cache after the commit; the other
+//! replicas reload theirs when the store's change feed names the table
+//! ([`super::Proxy::on_store_change`]).
 
 use crate::audit::{self, AuditEvent, Outcome};
 use crate::auth::service::Principal;
@@ -101,6 +103,29 @@ impl LimitCache {
         Ok(LimitCache {
             map: RwLock::new(map),
         })
+    }
+
+    /// Reads the table again (another replica set a key's limits),
+    /// replacing the whole map.
+    pub fn reload(&self, store: &Store) -> Result<(), LimitsError> {
+        let fresh = LimitCache::load(store)?
+            .map
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = match self.map.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        *m = fresh;
+        Ok(())
+    }
+
+    /// Whether any key has its own requests-per-minute limit.
+    pub fn any_rpm(&self) -> bool {
+        self.map
+            .read()
+            .map(|m| m.values().any(|l| l.requests_per_minute.is_some()))
+            .unwrap_or(true)
     }
 
     /// `key_id`'s limits (none set: the default, no own limits).

@@ -7,6 +7,7 @@
 //! - [`usage`]: the tap that reads token counts, the totals counted in
 //!   memory and written to `usage_daily` in batches;
 //! - [`limits`]: per-key requests per minute and tokens per day, cached;
+//! - [`rate`]: the per-key request windows, shared across replicas;
 //! - [`pool`]: keep-alive connections to plain-HTTP upstreams;
 //! - [`stats`]: per-provider counters for `/metrics`;
 //! - [`realtime`]: WebSocket upgrades (realtime sessions): admission, the
@@ -28,6 +29,7 @@ pub(crate) mod json_scan;
 pub mod limits;
 pub mod pool;
 pub mod providers;
+pub mod rate;
 pub mod realtime;
 pub mod settings;
 pub mod stats;
@@ -44,13 +46,14 @@ use providers::Provider;
 use settings::{ProviderSettings, ProxySettings};
 use stats::ProviderStats;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use usage::UsageBook;
 
 pub use error::ProxyError;
 pub use forward::ProxyContext;
+pub use rate::KeyLimiter;
 
 /// A provider route's pooled client: [`pool::HttpPool`] for `http`
 /// upstreams (the local servers), hyper-util's client over rustls (HTTP/1.1
@@ -114,6 +117,9 @@ pub struct Proxy {
     pub realtime: realtime::Sessions,
     /// `proxy.realtime_*`.
     pub realtime_limits: realtime::Limits,
+    /// This process among the replicas sharing the store (random per
+    /// start; names its rows of open realtime sessions).
+    pub replica: String,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -185,6 +191,7 @@ impl Proxy {
                 idle: settings.realtime_idle_timeout,
                 max_message: settings.realtime_max_message_bytes,
             },
+            replica: hex::encode(rand::random::<[u8; 8]>()),
         })
     }
 
@@ -220,6 +227,78 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Shares the per-key request counts and open realtime sessions with
+    /// the other replicas every [`rate::SYNC_EVERY`] until `stop` turns
+    /// true. Ends at once when no other process shares the store; skips
+    /// what no limit needs.
+    pub fn spawn_rate_sync(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            if !self.store.is_shared() {
+                return;
+            }
+            let mut ticker = tokio::time::interval(rate::SYNC_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Logged when it starts failing and when it recovers, not
+            // four times a second.
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                let rates = self.limiter.default_rpm() > 0 || self.limits.any_rpm();
+                let sessions = self.realtime_limits.per_key > 0;
+                if !rates && !sessions {
+                    continue;
+                }
+                let p = Arc::clone(&self);
+                let done = tokio::task::spawn_blocking(move || {
+                    if rates {
+                        p.limiter.sync(&p.store, std::time::Instant::now())?;
+                    }
+                    if sessions {
+                        let now_ms =
+                            time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+                        let now_ms = u64::try_from(now_ms).unwrap_or(0);
+                        p.realtime.sync(&p.store, &p.replica, now_ms)?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await;
+                match done {
+                    Ok(Ok(_)) if failing => {
+                        failing = false;
+                        tracing::info!("sharing request counts with the other replicas again");
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "could not share request counts; each replica counts alone until it can");
+                    }
+                    Ok(Err(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "request count sync task failed"),
+                }
+            }
+        })
+    }
+
+    /// Brings the key limits up to date with a change another replica
+    /// committed (blocking: reads the store).
+    pub fn on_store_change(
+        &self,
+        change: &crate::store::Changed,
+    ) -> Result<(), limits::LimitsError> {
+        if change.touches_table(latchkey_migrations::v3::KEY_LIMITS) {
+            self.limits.reload(&self.store)?;
+        }
+        Ok(())
+    }
+}
+
 fn build_client(p: &Provider, tls: rustls::ClientConfig) -> UpstreamClient {
     if p.scheme == hyper::http::uri::Scheme::HTTP {
         let authority = match p.authority.port_u16() {
@@ -243,84 +322,4 @@ fn build_client(p: &Provider, tls: rustls::ClientConfig) -> UpstreamClient {
         .pool_max_idle_per_host(64)
         .build(connector);
     UpstreamClient::Https(Box::new(client))
-}
-
-/// `proxy.key_rpm`: a fixed one-minute window per key, in memory.
-#[derive(Debug)]
-pub struct KeyLimiter {
-    rpm: u32,
-    start: Instant,
-    windows: Mutex<HashMap<String, (u64, u32)>>,
-}
-
-impl KeyLimiter {
-    pub fn new(rpm: u32) -> Self {
-        KeyLimiter {
-            rpm,
-            start: Instant::now(),
-            windows: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `proxy.key_rpm` (0: none).
-    pub fn default_rpm(&self) -> u32 {
-        self.rpm
-    }
-
-    /// One request for `key_id` at `now` under `proxy.key_rpm`.
-    pub fn check(&self, key_id: &str, now: Instant) -> Result<(), ProxyError> {
-        self.check_with(key_id, self.rpm, now)
-    }
-
-    /// One request for `key_id` at `now` under `rpm` (the key's own limit,
-    /// or the default; 0: none); 429 with `Retry-After` when the key has
-    /// used up this minute.
-    pub fn check_with(&self, key_id: &str, rpm: u32, now: Instant) -> Result<(), ProxyError> {
-        if rpm == 0 {
-            return Ok(());
-        }
-        let elapsed = now.saturating_duration_since(self.start);
-        let minute = elapsed.as_secs() / 60;
-        let mut w = self
-            .windows
-            .lock()
-            .map_err(|_| ProxyError::Internal("rate windows".into()))?;
-        let entry = w.entry(key_id.to_string()).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
-        }
-        if entry.1 >= rpm {
-            let next = Duration::from_secs((minute + 1) * 60);
-            return Err(ProxyError::KeyRateLimited {
-                rpm,
-                retry_after: next.saturating_sub(elapsed),
-            });
-        }
-        entry.1 += 1;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_rpm_window() {
-        let l = KeyLimiter::new(2);
-        let t = l.start;
-        assert!(l.check("a", t).is_ok());
-        assert!(l.check("a", t).is_ok());
-        let err = l.check("a", t + Duration::from_secs(10));
-        assert!(
-            matches!(err, Err(ProxyError::KeyRateLimited { retry_after, .. }) if retry_after == Duration::from_secs(50))
-        );
-        assert!(l.check("b", t).is_ok());
-        assert!(l.check("a", t + Duration::from_secs(61)).is_ok());
-        assert!(KeyLimiter::new(0).check("a", t).is_ok());
-        // A key's own limit replaces the default, for that key only.
-        assert!(l.check_with("c", 1, t).is_ok());
-        assert!(l.check_with("c", 1, t).is_err());
-        assert!(l.check_with("d", 0, t).is_ok());
-    }
 }

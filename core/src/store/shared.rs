@@ -28,6 +28,28 @@ impl Changed {
             Changed::Unknown => true,
         }
     }
+
+    /// [`Changed::touches`] for a table by its definition.
+    pub fn touches_table(&self, table: latchkey_migrations::ByteTable) -> bool {
+        use redb::TableHandle;
+        self.touches(table.name())
+    }
+
+    /// Folds `other` into `self`, so one reload covers both (a burst of
+    /// notifications is handled once).
+    pub fn merge(&mut self, other: Changed) {
+        match (&mut *self, other) {
+            (Changed::Unknown, _) => {}
+            (_, Changed::Unknown) => *self = Changed::Unknown,
+            (Changed::Tables(mine), Changed::Tables(theirs)) => {
+                for t in theirs {
+                    if !mine.contains(&t) {
+                        mine.push(t);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// How many changes a slow subscriber may lag behind before it sees

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod master;
 pub mod record;
 pub mod rotation;
+mod sync;
 
 pub use envelope::EnvelopeError;
 pub use keys::{DataKey, KeyError, MasterKey};
@@ -70,8 +71,17 @@ pub enum VaultError {
 struct Unsealed {
     data_key: DataKey,
     /// Decrypted secrets by name, so the hot path neither decrypts nor
-    /// touches the database.
-    cache: HashMap<String, (RecordId, SecretString)>,
+    /// touches the database, with the digest of the envelope each came
+    /// from (`sync` drops copies whose record another replica changed).
+    cache: HashMap<String, Cached>,
+}
+
+/// A decrypted secret held for the hot path.
+struct Cached {
+    id: RecordId,
+    secret: SecretString,
+    /// [`sync::envelope_digest`] of the record it was decrypted from.
+    envelope: [u8; 32],
 }
 
 /// The vault of one data directory.
@@ -349,11 +359,11 @@ impl Vault {
 
     /// Decrypts one secret (always from disk, authenticating the envelope).
     pub fn reveal(&self, name: &str) -> Result<SecretString, VaultError> {
-        self.decrypt(name).map(|(_, secret)| secret)
+        self.decrypt(name).map(|c| c.secret)
     }
 
     /// Reads, decrypts and authenticates `name`, and notes the use.
-    fn decrypt(&self, name: &str) -> Result<(RecordId, SecretString), VaultError> {
+    fn decrypt(&self, name: &str) -> Result<Cached, VaultError> {
         let (id, r) = self.lookup(name)?;
         let secret = self.with_key(|key| {
             envelope::open(key, id, r.kind, &r.envelope).map_err(|source| VaultError::Integrity {
@@ -362,7 +372,11 @@ impl Vault {
             })
         })?;
         self.mark_used(id);
-        Ok((id, secret))
+        Ok(Cached {
+            id,
+            secret,
+            envelope: sync::envelope_digest(&r.envelope),
+        })
     }
 
     /// The hot path's read: the in-memory copy when there is one, otherwise a
@@ -371,16 +385,17 @@ impl Vault {
         {
             let guard = self.state.read().map_err(|_| VaultError::Sealed)?;
             let unsealed = guard.as_ref().ok_or(VaultError::Sealed)?;
-            if let Some((id, secret)) = unsealed.cache.get(name) {
-                self.mark_used(*id);
-                return Ok(secret.clone());
+            if let Some(c) = unsealed.cache.get(name) {
+                self.mark_used(c.id);
+                return Ok(c.secret.clone());
             }
         }
-        let (id, secret) = self.decrypt(name)?;
+        let fresh = self.decrypt(name)?;
+        let secret = fresh.secret.clone();
         if let Ok(mut s) = self.state.write()
             && let Some(u) = s.as_mut()
         {
-            u.cache.insert(name.to_string(), (id, secret.clone()));
+            u.cache.insert(name.to_string(), fresh);
         }
         Ok(secret)
     }
@@ -410,6 +425,10 @@ impl Vault {
                     .map(|v| v.value().to_vec());
                 if let Some(bytes) = current {
                     let mut r = decode(&bytes)?;
+                    // Another replica may have written a later use.
+                    if r.last_used_at.is_some_and(|old| old >= *t) {
+                        continue;
+                    }
                     r.last_used_at = Some(*t);
                     records.insert(id.to_key().as_slice(), encode(&r)?.as_slice())?;
                     written += 1;

@@ -5,7 +5,7 @@
 //! (`forward::admit`: key, scope, provider, path, budget, rate), with one
 //! more place a key may come from — a WebSocket subprotocol, since browsers
 //! cannot set headers ([`client_key`]) — then the per-key session limit
-//! ([`Sessions::reserve`]). The upstream gets the handshake with the
+//! ([`Sessions::reserve`]; across replicas see [`shared`]). The upstream gets the handshake with the
 //! client's Latchkey key removed wherever it was (headers, `?key=`/
 //! `?api_key=`, the subprotocol list) and the provider's credential added
 //! in its form; no extension is offered, so the frames can be read. When
@@ -23,6 +23,7 @@
 
 mod meter;
 mod relay;
+pub mod shared;
 
 pub use meter::{RealtimeEvent, ResponseUsage, read_event};
 
@@ -126,13 +127,19 @@ struct Open {
 struct Inner {
     open: HashMap<u64, Open>,
     per_key: HashMap<String, u32>,
+    /// Per key, the sessions other replicas had open when last read
+    /// ([`shared`]); empty when the store is not shared.
+    others: HashMap<String, u32>,
 }
 
-/// The open sessions: counted per key, listed, ended by an administrator.
+/// The open sessions: counted per key (here and, as last read, on the
+/// other replicas), listed, ended by an administrator.
 #[derive(Default)]
 pub struct Sessions {
     inner: Mutex<Inner>,
     next: AtomicU64,
+    /// What this replica last published ([`shared`]).
+    published: Mutex<shared::Published>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -179,7 +186,8 @@ impl Sessions {
         let id = s.next.fetch_add(1, Ordering::Relaxed) + 1;
         let mut inner = s.lock();
         let n = inner.per_key.get(&view.key_id).copied().unwrap_or(0);
-        if per_key > 0 && n >= per_key {
+        let others = inner.others.get(&view.key_id).copied().unwrap_or(0);
+        if per_key > 0 && n.saturating_add(others) >= per_key {
             return Err(ProxyError::TooManySessions { limit: per_key });
         }
         inner.per_key.insert(view.key_id.clone(), n + 1);

@@ -22,6 +22,13 @@
 //! counts when its response ends (or the client leaves), so one started
 //! under a budget may take the key past it; the next one is refused.
 //!
+//! With several replicas each flushes only its own counts (added to the
+//! stored row inside one write transaction, serialized across replicas:
+//! nothing is lost or counted twice), and every flush then sets each key's
+//! spent tokens to the stored totals plus its own pending counts, so a
+//! budget also sees what other replicas counted, at most two flush
+//! intervals late (theirs to write it, ours to read it).
+//!
 //! The model name comes from the upstream (which may echo the client's
 //! request), so it is never trusted as a key as is: a name that is not a
 //! plausible model name ([`valid_model`]) and every name past the first
@@ -429,6 +436,12 @@ impl UsageBook {
     /// how many rows were written. On failure nothing is lost: the counts
     /// stay pending for the next flush.
     pub fn flush(&self, store: &Store) -> Result<usize, StoreError> {
+        self.flush_on(store, &day_of(crate::auth::service::now()))
+    }
+
+    /// [`UsageBook::flush`] when it is `today` (`YYYY-MM-DD`): then what
+    /// each key spent on it, through every replica, is read back.
+    pub fn flush_on(&self, store: &Store, today: &str) -> Result<usize, StoreError> {
         let _gate = lock(&self.gate);
         let snapshot: Vec<(UsageKey, Totals)> = lock(&self.inner)
             .pending
@@ -436,6 +449,9 @@ impl UsageBook {
             .map(|(k, t)| (k.clone(), *t))
             .collect();
         if snapshot.is_empty() {
+            if store.is_shared() {
+                self.refresh_spent(store, today)?;
+            }
             return Ok(0);
         }
         let txn = store.begin_write()?;
@@ -465,7 +481,45 @@ impl UsageBook {
                 }
             }
         }
+        drop(inner);
+        self.refresh_spent(store, today)?;
         Ok(snapshot.len())
+    }
+
+    /// Sets what each key spent on `today` to the stored totals (every
+    /// replica's flushed counts) plus this replica's pending ones, so a
+    /// budget counts what the key spent through the other replicas too.
+    /// Runs inside a flush (the gate held): nothing of this book is
+    /// between pending and stored meanwhile.
+    fn refresh_spent(&self, store: &Store, today: &str) -> Result<(), StoreError> {
+        let mut stored: FxHashMap<String, u64> = FxHashMap::default();
+        {
+            let txn = store.begin_read()?;
+            let table = txn.open_table(USAGE_DAILY)?;
+            let end = day_end(today);
+            for item in table.range(today.as_bytes()..end.as_slice())? {
+                let (k, v) = item?;
+                if let (Some(key), Some(t)) =
+                    (UsageKey::decode(k.value()), Totals::decode(v.value()))
+                    && key.day == today
+                {
+                    let n = stored.entry(key.key_id).or_default();
+                    *n = n.saturating_add(t.input_tokens.saturating_add(t.output_tokens));
+                }
+            }
+        }
+        let mut inner = lock(&self.inner);
+        for (k, t) in &inner.pending {
+            if k.day == today {
+                let n = stored.entry(k.key_id.clone()).or_default();
+                *n = n.saturating_add(t.input_tokens.saturating_add(t.output_tokens));
+            }
+        }
+        inner.spent = stored
+            .into_iter()
+            .map(|(key, n)| (key, (today.to_owned(), n)))
+            .collect();
+        Ok(())
     }
 
     /// Stored and pending totals matching `q`, sorted by day, key,

@@ -534,3 +534,6 @@ fn media_types_are_matched_whatever_their_case() {
         usage("m", 1, 2)
     );
 }
+
+/// Several books over one store, as several replicas have.
+mod replicas;

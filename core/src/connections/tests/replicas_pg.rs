@@ -1,0 +1,141 @@
+//! The broker across processes: three `Connections`, each over its own
+//! store opened on one PostgreSQL database (own pool, own in-process
+//! locks, own change feed), as three replicas have. Only the database's
+//! advisory lock and `NOTIFY` connect them.
+
+use super::*;
+use crate::store::test_pg::{PgDatabase, PgServer};
+use crate::store::{Backend, DatabaseUrl, Store, StoreSettings};
+
+struct Replica {
+    conns: Arc<Connections>,
+    vault: Arc<Vault>,
+    _dir: tempfile::TempDir,
+}
+
+fn replica(
+    db: &PgDatabase,
+    key_file: &std::path::Path,
+    settings: &BTreeMap<String, ConnectionSettings>,
+) -> Replica {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_with(
+        dir.path(),
+        "test",
+        &StoreSettings {
+            backend: Backend::Postgres,
+            url: Some(DatabaseUrl::new(db.url())),
+            timeout: Duration::from_secs(20),
+            ..StoreSettings::default()
+        },
+    )
+    .expect("open PostgreSQL");
+    let vault = Arc::new(Vault::new(store));
+    vault
+        .open_with(&MasterKeySource::KeyFile {
+            path: key_file.to_path_buf(),
+        })
+        .expect("unseal");
+    let conns =
+        Arc::new(Connections::new(settings, None, Arc::clone(&vault)).expect("connections"));
+    Replica {
+        conns,
+        vault,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_calls_over_three_processes_refresh_once_and_the_feed_carries_the_next() {
+    let db = PgServer::shared().database();
+    let (base, idp) = spawn_idp().await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key_file = keys.path().join("master.key");
+    let mut settings = BTreeMap::new();
+    settings.insert(
+        "idp".into(),
+        ConnectionSettings {
+            issuer: Some(base),
+            client_id: Some("latchkey".into()),
+            client_secret_entry: Some("idp-secret".into()),
+            scopes: Some(vec!["openid".into(), "offline_access".into()]),
+            refresh_margin_secs: Some(1),
+            ..Default::default()
+        },
+    );
+    let rs: Vec<Replica> = (0..3).map(|_| replica(&db, &key_file, &settings)).collect();
+    rs[0]
+        .vault
+        .put(
+            &NewRecord {
+                name: "idp-secret".into(),
+                kind: Kind::Generic,
+                provider: None,
+                labels: Default::default(),
+            },
+            &SecretString::from(SECRET),
+            false,
+        )
+        .expect("put secret");
+    // Connect through replica 0, with tokens that are due at once.
+    lock(&idp).ttl = 0;
+    let e = Env {
+        _dir: tempfile::tempdir().expect("tempdir"),
+        vault: Arc::clone(&rs[0].vault),
+        settings: settings.clone(),
+        conns: Arc::clone(&rs[0].conns),
+        idp: Arc::clone(&idp),
+    };
+    connect(&e, ALICE).await;
+    {
+        let mut s = lock(&idp);
+        s.ttl = 3600;
+        s.refresh_delay = Duration::from_millis(300);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let c = Arc::clone(&rs[i % 3].conns);
+        tasks.push(tokio::spawn(async move {
+            c.token(ALICE, "idp", "alice", None)
+                .await
+                .map(|t| t.access_token.expose_secret().to_string())
+        }));
+    }
+    for t in tasks {
+        let got = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("in time")
+            .expect("task")
+            .expect("token");
+        assert_eq!(got, "at-2");
+    }
+    assert_eq!(lock(&idp).refreshes, 1, "one refresh across the processes");
+
+    // Replica 1 serves at-2 from memory; replica 0 refreshes again; the
+    // feed tells replica 1, whose reload drops its copy.
+    let mut feed = rs[1].vault.store().subscribe();
+    rs[0]
+        .conns
+        .refresh_in_background(ALICE, "idp", Due::Idle(0))
+        .await
+        .expect("refresh");
+    let change = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match feed.recv().await {
+                Ok(c) if c.touches_table(latchkey_migrations::v3::CONNECTIONS) => return c,
+                Ok(_) => {}
+                Err(e) => panic!("feed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the change arrives");
+    assert_eq!(rs[1].conns.on_store_change(&change).expect("reload"), 1);
+    let t = rs[1]
+        .conns
+        .token(ALICE, "idp", "alice", None)
+        .await
+        .expect("token");
+    assert_eq!(t.access_token.expose_secret(), "at-3");
+    assert_eq!(lock(&idp).refreshes, 2);
+}
