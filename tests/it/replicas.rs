@@ -10,6 +10,7 @@
 //!   and everywhere;
 //! - five failed sign-ins spread over the replicas lock the account on
 //!   all of them (a per-process count would have seen two at most);
+//! - a TOTP code used on one replica is refused on the others;
 //! - a key made on one replica reaches the others, and a key revoked on
 //!   one is refused by every replica's own port within the stated bound
 //!   (`docs/SCALE.md`: notification plus one cache reload); the measured
@@ -23,7 +24,7 @@
 
 use latchkey_e2e::caddy::Client;
 use latchkey_e2e::cluster::{Cluster, session_cookie};
-use latchkey_e2e::{Authenticator, PASSWORD, Resp, setup_token};
+use latchkey_e2e::{Authenticator, PASSWORD, Resp, setup_token, totp_code_at};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -376,4 +377,34 @@ fn missing_keys(cl: &Client, session: &str, acked: &BTreeSet<String>) -> Vec<Str
         .filter_map(|k| k["id"].as_str().map(str::to_string))
         .collect();
     acked.difference(&listed).cloned().collect()
+}
+
+#[test]
+fn a_totp_code_used_on_one_replica_is_refused_on_the_others() {
+    let c = Cluster::start(3, "");
+    let totp = setup_owner(&c);
+    let (_, _) = sign_in(&c.client(0), &c.client(0), &totp);
+    let used = totp.last_step().expect("a code was handed out");
+    let replay = totp_code_at(&totp.uri, used * 30);
+    // A thief who saw that code signs in with the password elsewhere.
+    for i in 1..3 {
+        let r = c.client(i).post(
+            "/api/auth/login",
+            &json!({"username": OWNER, "password": PASSWORD}),
+            &[SAME],
+        );
+        assert_eq!(r.status, 200, "login on replica {i}: {}", r.body);
+        let ticket = r.json()["ticket"].as_str().expect("ticket").to_string();
+        let r = c.client(i).post(
+            "/api/auth/mfa",
+            &json!({"ticket": ticket, "code": replay}),
+            &[SAME],
+        );
+        assert_eq!(
+            err(&r),
+            (401, "code_replayed".into()),
+            "replayed code on replica {i}"
+        );
+        assert!(session_cookie(&r).is_none(), "replica {i} set a session");
+    }
 }
