@@ -31,6 +31,7 @@ mod postgres;
 mod proxy;
 mod proxy_limits;
 mod realtime;
+mod replicas;
 mod reverse_proxy;
 mod security_doc;
 mod serve;
