@@ -7,6 +7,7 @@ mod server;
 
 pub mod caddy;
 pub mod desktop;
+pub mod nginx;
 pub mod oidc;
 pub mod race;
 pub mod ui;

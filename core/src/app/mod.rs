@@ -352,12 +352,16 @@ struct Background {
 
 /// The caches the reload task keeps in step with other replicas' commits.
 fn caches(state: &AppState) -> Vec<reload::Cache> {
-    let (vault, connections, proxy) = (
+    let (auth, vault, connections, proxy) = (
+        Arc::clone(&state.auth),
         Arc::clone(&state.vault),
         Arc::clone(&state.connections),
         Arc::clone(&state.proxy),
     );
     vec![
+        reload::Cache::new("auth: keys, people, revocation signal", move |c| {
+            auth.on_store_change(c).map_err(Into::into)
+        }),
         reload::Cache::new("vault secrets", move |c| {
             vault.on_store_change(c).map(drop).map_err(Into::into)
         }),

@@ -22,21 +22,28 @@
 //!   second step stamps it before verifying its code, so a pending ticket
 //!   can still finish with the *new* factor after a TOTP change.
 //!
-//! Why it is airtight: an event bumps both before its write transaction
-//! begins and again after it committed (or failed), and a stamp taken
-//! while an event is in flight never holds. The store serialises write
-//! transactions, so a session written before the event's transaction is
-//! deleted by it, and one written after it sees a moved epoch — unless its
-//! stamp was taken after the event ended, when every read it made saw the
-//! event's commit. In memory only: after a restart no sign-in is in
-//! progress.
+//! Why it is airtight: the epochs live in the store (`auth::state`), and
+//! an event bumps them *inside its own write transaction* — the one that
+//! ends the credentials ([`Epochs::apply`], called by every transaction
+//! that changes a user while an event of theirs is in flight). The store
+//! serialises write transactions across every replica, so a session
+//! written before the event's transaction is deleted by it, and one
+//! written after it sees the moved epoch — unless its stamp was read after
+//! the event committed, when every read it made since saw the event's
+//! commit too. A stamp that cannot be read (a store error) is `None` and
+//! never holds.
+//!
+//! In memory is only which events are in flight in this process
+//! ([`Epochs::begin`]), so the transactions they run know what to bump.
 
+use super::state::{self, AUTH_STATE};
 use super::store::UserId;
+use crate::store::{Store, StoreError, WriteTxn};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// A stamp of one epoch, taken before a credential is verified. `None`
-/// was taken while an event was in flight and never holds.
+/// could not be read and never holds.
 pub type Stamp = Option<u64>;
 
 /// What an account event voids; see the module docs.
@@ -48,23 +55,22 @@ pub enum Change {
     SignIns,
 }
 
+/// Events in flight for one user in this process, per epoch.
 #[derive(Debug, Default, Clone, Copy)]
-struct State {
-    password: u64,
-    sign_in: u64,
-    /// Events in flight, per epoch.
-    password_busy: u32,
-    sign_in_busy: u32,
+struct Busy {
+    password: u32,
+    sign_in: u32,
 }
 
 /// The epochs of every user; see the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Epochs {
-    users: Mutex<HashMap<UserId, State>>,
+    store: Arc<Store>,
+    busy: Mutex<HashMap<UserId, Busy>>,
 }
 
-/// An account event in flight: ends it (the second bump) when dropped,
-/// whether its transaction committed or failed.
+/// An account event in flight: the transactions that change its user
+/// bump the epochs until this is dropped, after the commit.
 #[must_use = "the event is in flight until this is dropped, after the commit"]
 #[derive(Debug)]
 pub struct Changing<'a> {
@@ -74,39 +80,63 @@ pub struct Changing<'a> {
 }
 
 impl Epochs {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(store: Arc<Store>) -> Self {
+        Epochs {
+            store,
+            busy: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, State>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, Busy>> {
         // Every update leaves the map valid, so a poisoned lock is safe.
-        self.users.lock().unwrap_or_else(PoisonError::into_inner)
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read(&self, user: UserId) -> Option<(u64, u64)> {
+        let read = || -> Result<(u64, u64), StoreError> {
+            let txn = self.store.begin_read()?;
+            state::epochs(&txn.open_table(AUTH_STATE)?, user)
+        };
+        read()
+            .map_err(|e| {
+                tracing::warn!(error = %e, "could not read credential epochs; the sign-in will not complete");
+            })
+            .ok()
     }
 
     /// The password epoch of `user`, stamped before a password is verified.
     pub fn password(&self, user: UserId) -> Stamp {
-        let s = self.lock().get(&user).copied().unwrap_or_default();
-        (s.password_busy == 0).then_some(s.password)
+        self.read(user).map(|e| e.0)
     }
 
     /// The sign-in epoch of `user`, stamped before a second factor (or a
     /// password that completes a sign-in alone) is verified.
     pub fn sign_in(&self, user: UserId) -> Stamp {
-        let s = self.lock().get(&user).copied().unwrap_or_default();
-        (s.sign_in_busy == 0).then_some(s.sign_in)
+        self.read(user).map(|e| e.1)
     }
 
-    /// Whether no event voided the stamps since they were taken. Call
-    /// inside the write transaction that creates the session.
-    pub fn holds(&self, user: UserId, password: Stamp, sign_in: Stamp) -> bool {
-        let s = self.lock().get(&user).copied().unwrap_or_default();
-        password == Some(s.password) && sign_in == Some(s.sign_in)
+    /// Whether no event voided the stamps since they were taken, read in
+    /// `txn`: the write transaction that creates the session.
+    pub fn holds(
+        &self,
+        txn: &WriteTxn,
+        user: UserId,
+        password: Stamp,
+        sign_in: Stamp,
+    ) -> Result<bool, StoreError> {
+        let now = state::epochs(&txn.open_table(AUTH_STATE)?, user)?;
+        Ok(password == Some(now.0) && sign_in == Some(now.1))
     }
 
     /// Starts an account event of `user`; call before its write
     /// transaction begins and keep the guard until after the commit.
     pub fn begin(&self, user: UserId, change: Change) -> Changing<'_> {
-        self.bump(user, change, true);
+        let mut busy = self.lock();
+        let b = busy.entry(user).or_default();
+        b.sign_in = b.sign_in.saturating_add(1);
+        if change == Change::Password {
+            b.password = b.password.saturating_add(1);
+        }
         Changing {
             epochs: self,
             user,
@@ -114,72 +144,115 @@ impl Epochs {
         }
     }
 
-    fn bump(&self, user: UserId, change: Change, start: bool) {
-        let mut users = self.lock();
-        let s = users.entry(user).or_default();
-        let busy = |b: &mut u32| {
-            *b = if start {
-                b.saturating_add(1)
-            } else {
-                b.saturating_sub(1)
-            }
+    /// Bumps `user`'s epochs in `txn` if an event of theirs is in flight
+    /// here: what every transaction that changes a user calls, so the
+    /// event's own transaction moves the epochs it commits with. (A
+    /// transaction of the same user that merely overlaps the event bumps
+    /// too: it can only void a sign-in the event voids anyway.)
+    pub fn apply(&self, txn: &WriteTxn, user: UserId) -> Result<(), StoreError> {
+        let Some(b) = self.lock().get(&user).copied() else {
+            return Ok(());
         };
-        s.sign_in = s.sign_in.wrapping_add(1);
-        busy(&mut s.sign_in_busy);
-        if change == Change::Password {
-            s.password = s.password.wrapping_add(1);
-            busy(&mut s.password_busy);
+        let (mut password, mut sign_in) = state::epochs(&txn.open_table(AUTH_STATE)?, user)?;
+        if b.sign_in > 0 {
+            sign_in = sign_in.wrapping_add(1);
         }
+        if b.password > 0 {
+            password = password.wrapping_add(1);
+        }
+        state::put_epochs(txn, user, (password, sign_in))
     }
 }
 
 impl Drop for Changing<'_> {
     fn drop(&mut self) {
-        self.epochs.bump(self.user, self.change, false);
+        let mut busy = self.epochs.lock();
+        if let Some(b) = busy.get_mut(&self.user) {
+            b.sign_in = b.sign_in.saturating_sub(1);
+            if self.change == Change::Password {
+                b.password = b.password.saturating_sub(1);
+            }
+            if b.sign_in == 0 && b.password == 0 {
+                busy.remove(&self.user);
+            }
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
     const U: UserId = UserId(7);
 
-    #[test]
-    fn a_stamp_holds_until_an_event() {
-        let e = Epochs::new();
-        let (p, s) = (e.password(U), e.sign_in(U));
-        assert!(e.holds(U, p, s));
-        assert!(e.holds(UserId(8), p, s), "other users are independent");
-        drop(e.begin(U, Change::SignIns));
-        assert!(!e.holds(U, p, s));
-        // A second factor after a factor change: the password step holds.
-        assert!(e.holds(U, p, e.sign_in(U)));
-        drop(e.begin(U, Change::Password));
-        assert!(!e.holds(U, p, e.sign_in(U)));
-        assert!(e.holds(U, e.password(U), e.sign_in(U)));
+    fn epochs() -> (tempfile::TempDir, Epochs) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test").unwrap();
+        (dir, Epochs::new(store))
+    }
+
+    /// One event's transaction, committed, then the event ends.
+    fn event(e: &Epochs, user: UserId, change: Change) {
+        let g = e.begin(user, change);
+        let txn = e.store.begin_write().unwrap();
+        e.apply(&txn, user).unwrap();
+        txn.commit().unwrap();
+        drop(g);
+    }
+
+    fn holds(e: &Epochs, user: UserId, p: Stamp, s: Stamp) -> bool {
+        let txn = e.store.begin_write().unwrap();
+        e.holds(&txn, user, p, s).unwrap()
     }
 
     #[test]
-    fn stamps_taken_during_an_event_never_hold() {
-        let e = Epochs::new();
-        let a = e.begin(U, Change::Password);
-        let b = e.begin(U, Change::SignIns);
+    fn a_stamp_holds_until_an_event() {
+        let (_d, e) = epochs();
         let (p, s) = (e.password(U), e.sign_in(U));
-        assert_eq!((p, s), (None, None));
-        drop(a);
-        assert_eq!(e.sign_in(U), None, "one event still in flight");
-        assert!(e.password(U).is_some());
-        drop(b);
-        assert!(!e.holds(U, p, s));
-        assert!(e.holds(U, e.password(U), e.sign_in(U)));
+        assert!(holds(&e, U, p, s));
+        event(&e, UserId(8), Change::Password);
+        assert!(holds(&e, U, p, s), "other users are independent");
+        event(&e, U, Change::SignIns);
+        assert!(!holds(&e, U, p, s));
+        // A second factor after a factor change: the password step holds.
+        assert!(holds(&e, U, p, e.sign_in(U)));
+        event(&e, U, Change::Password);
+        assert!(!holds(&e, U, p, e.sign_in(U)));
+        assert!(holds(&e, U, e.password(U), e.sign_in(U)));
+    }
+
+    #[test]
+    fn only_a_transaction_of_an_event_in_flight_moves_the_epochs() {
+        let (_d, e) = epochs();
+        let (p, s) = (e.password(U), e.sign_in(U));
+        // A transaction with no event of this user in flight: no bump.
+        let txn = e.store.begin_write().unwrap();
+        e.apply(&txn, U).unwrap();
+        txn.commit().unwrap();
+        assert!(holds(&e, U, p, s));
+        // An event whose transaction was dropped uncommitted moved nothing
+        // either: its credentials did not change.
+        let g = e.begin(U, Change::Password);
+        let txn = e.store.begin_write().unwrap();
+        e.apply(&txn, U).unwrap();
+        drop(txn);
+        drop(g);
+        assert!(holds(&e, U, p, s));
+        // The stamp is read from the store: another process sharing it
+        // (here, a second `Epochs` on the same store) sees the bump.
+        let other = Epochs::new(Arc::clone(&e.store));
+        event(&other, U, Change::SignIns);
+        assert!(!holds(&e, U, p, s));
+        assert_eq!(e.password(U), p);
     }
 
     #[test]
     fn concurrent_events_always_move_the_epoch() {
-        let e = std::sync::Arc::new(Epochs::new());
+        let (_d, e) = epochs();
+        let e = Arc::new(e);
         let (p, s) = (e.password(U), e.sign_in(U));
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let barrier = Arc::new(std::sync::Barrier::new(8));
         let threads: Vec<_> = (0..8)
             .map(|i| {
                 let (e, barrier) = (e.clone(), barrier.clone());
@@ -190,16 +263,16 @@ mod tests {
                     } else {
                         Change::SignIns
                     };
-                    let g = e.begin(U, change);
-                    assert_eq!(e.sign_in(U), None);
-                    drop(g);
+                    event(&e, U, change);
                 })
             })
             .collect();
         for t in threads {
             assert!(t.join().is_ok());
         }
-        assert!(!e.holds(U, p, s));
-        assert!(e.holds(U, e.password(U), e.sign_in(U)));
+        assert!(!holds(&e, U, p, s));
+        assert!(p.is_some_and(|p| e.password(U).is_some_and(|now| now >= p + 4)));
+        assert!(holds(&e, U, e.password(U), e.sign_in(U)));
+        assert!(e.lock().is_empty(), "nothing left in flight");
     }
 }

@@ -332,6 +332,53 @@ impl Lockout {
         Ok(())
     }
 
+    /// The state of `key`, for a store that shares it between processes
+    /// (`auth::state`); `None` when it holds nothing.
+    pub fn export(&self, key: &str) -> Option<SnapshotEntry> {
+        let key = normalize_key(key);
+        self.lock().get(key.as_str()).map(|e| SnapshotEntry {
+            key: key.clone(),
+            failures: e.failures,
+            last_failure: e.last_failure,
+            locked_until: e.locked_until,
+        })
+    }
+
+    /// Replaces the state of `key` with `entry` as another process left it
+    /// (`None` forgets it), clamped as [`Lockout::restore`] clamps: a row
+    /// from the store is trusted no more than a snapshot file.
+    pub fn import(&self, key: &str, entry: Option<&SnapshotEntry>, now: u64) {
+        let key = normalize_key(key);
+        let mut entries = self.lock();
+        match entry {
+            None => {
+                entries.remove(key.as_str());
+            }
+            Some(s) => {
+                let mut e = Entry {
+                    failures: s.failures.min(self.config.max_failures),
+                    last_failure: s.last_failure.min(now),
+                    locked_until: s.locked_until,
+                };
+                let _ = self.locked_for(&mut e, now);
+                entries.insert(key, e);
+            }
+        }
+    }
+
+    /// Whether a stored `entry` is equivalent to none at `now` (a store
+    /// prunes such rows).
+    pub fn is_stale_entry(&self, entry: &SnapshotEntry, now: u64) -> bool {
+        self.is_stale(
+            &Entry {
+                failures: entry.failures,
+                last_failure: entry.last_failure,
+                locked_until: entry.locked_until,
+            },
+            now,
+        )
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         // Every update leaves the map valid, so a poisoned lock is safe.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
@@ -389,7 +436,9 @@ impl Lockout {
     }
 }
 
-fn normalize_key(key: &str) -> String {
+/// The key a [`Lockout`] or [`AccountThrottle`] stores `key` under:
+/// itself, or its SHA-256 when longer than [`MAX_KEY_LEN`].
+pub fn normalize_key(key: &str) -> String {
     if key.len() <= MAX_KEY_LEN {
         key.to_owned()
     } else {
@@ -526,6 +575,28 @@ impl AccountThrottle {
         // without a reservation) must not push the wait out further.
         *tat = before.saturating_add(self.every).min(full);
         *tat > full.saturating_sub(self.every) && before <= full.saturating_sub(self.every)
+    }
+
+    /// The bucket of `account` (its theoretical arrival time), for a store
+    /// that shares it between processes (`auth::state`).
+    pub fn export(&self, account: &str) -> Option<u64> {
+        self.lock().get(normalize_key(account).as_str()).copied()
+    }
+
+    /// Replaces the bucket of `account` with `tat` as another process left
+    /// it (`None` forgets it), never fuller than a full bucket at `now`.
+    pub fn import(&self, account: &str, tat: Option<u64>, now: u64) {
+        let key = normalize_key(account);
+        let mut tats = self.lock();
+        match tat {
+            Some(t) => {
+                let full = now.saturating_add(self.burst.saturating_mul(self.every));
+                tats.insert(key, t.min(full));
+            }
+            None => {
+                tats.remove(key.as_str());
+            }
+        }
     }
 
     /// Drops buckets that have drained; returns how many.

@@ -24,6 +24,7 @@ pub mod revocation;
 pub mod scope;
 pub mod service;
 pub mod settings;
+pub mod state;
 pub mod store;
 pub mod totp;
 
@@ -63,5 +64,7 @@ impl AuthError {
 
 #[cfg(test)]
 mod hardening_tests;
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod service_tests;

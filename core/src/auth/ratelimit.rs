@@ -162,6 +162,21 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// The same step on a bucket kept elsewhere (the store shares it
+    /// between processes: `auth::state`), in unix microseconds: the new
+    /// theoretical arrival time to keep, or how long to wait (the bucket
+    /// stays as it was).
+    pub fn step(&self, tat: Option<u64>, now_us: u64) -> Result<u64, RetryAfter> {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let tat = tat.unwrap_or(now_us).max(now_us);
+        let ahead = tat - now_us;
+        let tolerance = micros(self.tolerance);
+        if ahead > tolerance {
+            return Err(RetryAfter(Duration::from_micros(ahead - tolerance)));
+        }
+        Ok(tat.saturating_add(micros(self.config.refill_every)))
+    }
+
     /// Drops every client whose bucket is full again; returns how many.
     pub fn sweep(&self, now: Instant) -> usize {
         let mut tats = self.lock();

@@ -290,7 +290,8 @@ impl OptionalFromRequestParts<AppState> for Authenticated {
 
 /// Middleware for the auth endpoints (`/api/auth/*`, `/api/setup/*`,
 /// `/api/invites/accept`, passphrase unseal): one token from the client
-/// address's bucket per request, else 429 `rate_limited` + `Retry-After`.
+/// address's bucket per request, else 429 `rate_limited` + `Retry-After`;
+/// with replicas, from the bucket they share too.
 pub async fn rate_limit(
     State(state): State<AppState>,
     req: Request,
@@ -302,6 +303,13 @@ pub async fn rate_limit(
         .limiter
         .check(ip, Instant::now())
         .map_err(|r| ApiError::RateLimited { retry_after: r.0 })?;
+    // Replicas share one bucket per address (after the cheap local check,
+    // so a flood never reaches the store).
+    if state.auth.store().is_shared() {
+        blocking(&state.auth, move |a| a.check_shared_rate(ip))
+            .await?
+            .map_err(|r| ApiError::RateLimited { retry_after: r.0 })?;
+    }
     Ok(next.run(req).await)
 }
 

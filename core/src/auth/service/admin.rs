@@ -20,7 +20,6 @@ use super::{Auth, Principal, UserView, expiry, now, random_token};
 use crate::audit::{self, AuditEvent, Outcome};
 use crate::auth::AuthError;
 use crate::auth::epoch::Change;
-use crate::auth::lockout;
 use crate::auth::scope::Role;
 use crate::auth::store::{self as db, INVITES, Invite, USERS, User, UserId, token_hash};
 use crate::secrecy::{ExposeSecret, SecretString};
@@ -288,8 +287,7 @@ impl Auth {
             Self::revoke_user_credentials(txn, id, Keep::Nothing)
         })?;
         self.sign_ins_ended(id, Tickets::End);
-        self.lockout
-            .forget_prefix(&lockout::account_prefix(&Self::lock_key(username)));
+        self.forget_locks(username)?;
         self.audit(AuditEvent::new(p.actor(), "mfa.reset", Outcome::Success).target(username));
         self.revocations.bump();
         Ok(UserView::of(id, &u))

@@ -13,14 +13,16 @@
 //!   keeps the owner's own browser out;
 //! - the account is keyed whether or not it exists, so a lock never
 //!   reveals which names do;
-//! - the lockout and throttle maps are capped (see `auth::lockout`): what
-//!   the network names becomes a key only in a bounded map.
+//! - lockout counters and throttle buckets live in the store
+//!   (`auth::state`), read, decided and written in one write transaction:
+//!   failures from any replica count towards the same lock.
 
 use super::{Auth, now};
 use crate::audit::{AuditEvent, Outcome};
 use crate::auth::AuthError;
 use crate::auth::lockout::{self, LockState};
 use crate::auth::ratelimit;
+use crate::auth::state;
 use crate::auth::store::username_key;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -37,6 +39,19 @@ pub const DEVICE_LIFETIME: Duration = Duration::from_secs(90 * 86400);
 pub(super) struct Source {
     key: String,
     known_device: bool,
+}
+
+impl Source {
+    /// The source as a ticket stores it: its lockout key and whether it is
+    /// a known device.
+    pub(super) fn into_parts(self) -> (String, bool) {
+        (self.key, self.known_device)
+    }
+
+    /// The source a stored ticket names (see [`Source::into_parts`]).
+    pub(super) fn from_parts(key: String, known_device: bool) -> Source {
+        Source { key, known_device }
+    }
 }
 
 /// A credential attempt admitted by `Auth::admit`: counted against its
@@ -70,12 +85,12 @@ impl Auth {
     }
 
     /// The value of the known-device cookie set after `user_id` completed a
-    /// sign-in: `v1.<user id>.<issued unix>.<HMAC-SHA256>`. It proves only
-    /// that this browser signed in to this account before; it is no
-    /// credential.
+    /// sign-in: `v1.<user id>.<issued unix>.<HMAC-SHA256>` (the key every
+    /// replica shares, see `devices`). It proves only that this browser
+    /// signed in to this account before; it is no credential.
     pub fn device_cookie(&self, user_id: &str) -> String {
         let body = format!("v1.{user_id}.{}", now());
-        let tag = ring::hmac::sign(&self.device_key, body.as_bytes());
+        let tag = ring::hmac::sign(&self.device_signing_key(), body.as_bytes());
         format!("{body}.{}", hex::encode(tag.as_ref()))
     }
 
@@ -90,7 +105,7 @@ impl Auth {
         let known = device.and_then(|d| {
             let (body, tag) = d.rsplit_once('.')?;
             let tag = hex::decode(tag).ok()?;
-            ring::hmac::verify(&self.device_key, body.as_bytes(), &tag).ok()?;
+            self.device_tag_valid(body.as_bytes(), &tag).then_some(())?;
             let mut parts = body.split('.');
             let (Some("v1"), Some(user), Some(issued), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
@@ -127,18 +142,34 @@ impl Auth {
         let locked = |l: lockout::Locked| AuthError::Locked {
             retry_after: l.retry_after,
         };
-        let state = self.lockout.reserve(&source_key, t).map_err(locked)?;
-        let throttle = if src.known_device {
-            None
-        } else {
-            match self.throttle.reserve(&account, t) {
-                Ok(filled) => Some((account, filled)),
-                Err(l) => {
-                    self.lockout.release(&source_key);
-                    return Err(locked(l));
-                }
-            }
-        };
+        // Check and count in one write transaction: the store runs one at
+        // a time across every replica, so the threshold holds cluster-wide.
+        let txn = self.store.begin_write()?;
+        let throttled = (!src.known_device).then_some(account.as_str());
+        let decided = state::with_lock(
+            &txn,
+            &self.lockout,
+            &self.throttle,
+            &source_key,
+            throttled,
+            t,
+            || {
+                let state = self.lockout.reserve(&source_key, t)?;
+                let throttle = match throttled {
+                    None => None,
+                    Some(account) => match self.throttle.reserve(account, t) {
+                        Ok(filled) => Some((account.to_string(), filled)),
+                        Err(l) => {
+                            self.lockout.release(&source_key);
+                            return Err(l);
+                        }
+                    },
+                };
+                Ok((state, throttle))
+            },
+        )?;
+        txn.commit()?;
+        let (state, throttle) = decided.map_err(locked)?;
         Ok(Attempt {
             source_key,
             locked_now: matches!(
@@ -200,21 +231,72 @@ impl Auth {
     /// A success: the source's failures are forgotten and the account's
     /// room given back.
     pub(super) fn succeeded(&self, a: Attempt) {
-        self.lockout.record_success(&a.source_key);
-        self.release_throttle(&a);
+        self.end_attempt(&a, |lockout, key| lockout.record_success(key));
     }
 
     /// An attempt that proved nothing either way (a right password whose
     /// second step is to come, malformed input): its reservation is given
     /// back, earlier failures stay.
     pub(super) fn release(&self, a: Attempt) {
-        self.lockout.release(&a.source_key);
-        self.release_throttle(&a);
+        self.end_attempt(&a, |lockout, key| lockout.release(key));
     }
 
-    fn release_throttle(&self, a: &Attempt) {
-        if let Some((account, _)) = &a.throttle {
-            self.throttle.release(account, now().max(0) as u64);
+    /// The per-address limit of the auth endpoints, counted across every
+    /// process sharing the store: `Ok(Err(wait))` when `ip` must wait. The
+    /// in-memory [`crate::auth::ratelimit::RateLimiter`] runs first on each
+    /// replica (it turns a flood away without a write); this one holds the
+    /// configured rate for the whole deployment, where each replica's own
+    /// bucket alone would allow it once per replica.
+    pub fn check_shared_rate(
+        &self,
+        ip: IpAddr,
+    ) -> Result<Result<(), ratelimit::RetryAfter>, AuthError> {
+        let now_us = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        let now_us = u64::try_from(now_us).unwrap_or(0);
+        let bucket = ratelimit::bucket_key(ip).to_string();
+        let txn = self.store.begin_write()?;
+        let out = state::with_rate(&txn, &bucket, |tat| match self.limiter.step(tat, now_us) {
+            Ok(next) => (Some(next), Ok(())),
+            Err(wait) => (None, Err(wait)),
+        })?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Lifts every lock of `username`, from every source and replica.
+    pub(super) fn forget_locks(&self, username: &str) -> Result<(), AuthError> {
+        let prefix = lockout::account_prefix(&Self::lock_key(username));
+        let txn = self.store.begin_write()?;
+        state::forget_locks(&txn, &prefix)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Updates the attempt's lock row with `f` and gives back its throttle
+    /// room, in one write transaction. On a store error the attempt stays
+    /// counted as a failure: the safe side.
+    fn end_attempt(&self, a: &Attempt, f: impl FnOnce(&lockout::Lockout, &str)) {
+        let t = now().max(0) as u64;
+        let account = a.throttle.as_ref().map(|(account, _)| account.as_str());
+        let done = self.store.begin_write().and_then(|txn| {
+            state::with_lock(
+                &txn,
+                &self.lockout,
+                &self.throttle,
+                &a.source_key,
+                account,
+                t,
+                || {
+                    f(&self.lockout, &a.source_key);
+                    if let Some(account) = account {
+                        self.throttle.release(account, t);
+                    }
+                },
+            )?;
+            txn.commit()
+        });
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "could not end a sign-in attempt; it stays counted");
         }
     }
 }

@@ -19,7 +19,10 @@
 //! - the cache never outlives a revocation: revoked keys are dropped from it
 //!   after their commit ([`Auth::forget_keys`]), keys of accounts that cannot
 //!   sign in are never loaded, and a key that raced a revocation into the
-//!   cache is looked up again and dropped.
+//!   cache is looked up again and dropped;
+//! - with replicas, a key made or revoked on another one reaches this
+//!   cache by a reload from one snapshot (`replicas`), never older than a
+//!   change this process made to the cache meanwhile (`keys_gen`).
 
 use super::stepup::KeyStepUp;
 use super::{Auth, Principal, Via, now};
@@ -32,6 +35,7 @@ use crate::secrecy::SecretString;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// The most live (unrevoked, unexpired) API keys one user may hold.
 pub const MAX_KEYS_PER_USER: usize = 256;
@@ -60,7 +64,25 @@ pub struct KeyView {
 }
 
 impl Auth {
+    /// Fills the key cache from one snapshot of the store (at start, and
+    /// when another replica changed keys or users: `replicas`).
     pub(super) fn load_keys(&self) -> Result<(), AuthError> {
+        // A key this process adds or drops while the snapshot is read
+        // would be undone by the swap: read again (rare, and bounded).
+        for _ in 0..8 {
+            if self.try_load_keys()? {
+                return Ok(());
+            }
+        }
+        Err(AuthError::Internal(
+            "the key cache kept changing while it was reloaded".into(),
+        ))
+    }
+
+    /// One [`Auth::load_keys`] attempt: false when this process changed
+    /// the cache since the snapshot was taken (nothing swapped in).
+    fn try_load_keys(&self) -> Result<bool, AuthError> {
+        let generation = self.keys_gen.load(Ordering::Acquire);
         let txn = self.store.begin_read()?;
         let rows: Vec<(Vec<u8>, ApiKeyRow)> = db::scan(&txn.open_table(API_KEYS)?)?;
         let users = txn.open_table(USERS)?;
@@ -90,10 +112,15 @@ impl Auth {
                 },
             );
         }
-        if let Ok(mut keys) = self.keys.write() {
-            *keys = map;
+        let mut keys = self
+            .keys
+            .write()
+            .map_err(|_| AuthError::Internal("keys".into()))?;
+        if self.keys_gen.load(Ordering::Acquire) != generation {
+            return Ok(false);
         }
-        Ok(())
+        *keys = map;
+        Ok(true)
     }
 
     /// Verifies an API key from memory: its shape, then a constant-time
@@ -247,6 +274,7 @@ impl Auth {
         )?;
         txn.commit()?;
         if let Ok(mut keys) = self.keys.write() {
+            self.keys_gen.fetch_add(1, Ordering::AcqRel);
             keys.insert(
                 id.clone(),
                 CachedKey {
@@ -328,6 +356,7 @@ impl Auth {
         )?;
         txn.commit()?;
         if let Ok(mut keys) = self.keys.write() {
+            self.keys_gen.fetch_add(1, Ordering::AcqRel);
             keys.remove(id);
         }
         self.revocations.bump();
@@ -348,7 +377,8 @@ impl Auth {
             // Bound first: the table must be closed before `put` reopens it.
             let row = db::get::<ApiKeyRow>(&txn.open_table(API_KEYS)?, id.as_bytes())?;
             if let Some(mut row) = row {
-                row.last_used_at = Some(t);
+                // Replicas flush their own batches: never move it back.
+                row.last_used_at = Some(row.last_used_at.map_or(t, |old| old.max(t)));
                 db::put(&txn, API_KEYS, id.as_bytes(), &row)?;
             }
         }
@@ -363,6 +393,7 @@ impl Auth {
         }
         self.revocations.bump();
         if let Ok(mut keys) = self.keys.write() {
+            self.keys_gen.fetch_add(1, Ordering::AcqRel);
             for id in ids {
                 keys.remove(id);
             }

@@ -20,6 +20,8 @@
 //! - `setup`: first-run setup of the owner (web wizard and `latchkey setup`);
 //! - `attempts`: lockout and throttling of credential attempts, known
 //!   devices;
+//! - `devices`: the key known-device cookies are signed with, shared by
+//!   every replica;
 //! - `signin`: the password step, MFA tickets and the second step;
 //! - `sessions`: browser sessions: written, authenticated, listed, revoked;
 //! - `tokens`: access and refresh tokens with reuse detection;
@@ -28,7 +30,8 @@
 //! - `account`: the user's own password, second factor and recovery codes;
 //! - `revoke`: what each account event ends, in that event's transaction;
 //! - `admin`: users and invites, for admins;
-//! - `prune`: deleting what expired.
+//! - `prune`: deleting what expired;
+//! - `replicas`: following what other processes sharing the store change.
 //!
 //! Invariants that hold across all of them:
 //!
@@ -42,9 +45,11 @@
 mod account;
 mod admin;
 mod attempts;
+mod devices;
 mod keys;
 mod principal;
 mod prune;
+mod replicas;
 mod revoke;
 mod second_factor;
 mod sessions;
@@ -79,8 +84,6 @@ use crate::secrecy::SecretString;
 use crate::store::Store;
 use crate::vault::Vault;
 use keys::CachedKey;
-use setup::SetupToken;
-use signin::Ticket;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -121,13 +124,16 @@ pub struct Auth {
     /// Failed attempts per account from all sources: slows, never locks.
     throttle: AccountThrottle,
     pub limiter: RateLimiter,
-    tickets: Mutex<HashMap<[u8; 32], Ticket>>,
-    setup_token: Mutex<Option<SetupToken>>,
-    /// Signs known-device cookies; random per process, so a restart
-    /// forgets every device (they fall back to the per-address lock).
-    device_key: ring::hmac::Key,
+    /// Held for one whole first-run setup step (see `setup`).
+    setup_step: Mutex<()>,
+    /// Sign known-device cookies: the deployment's key, sealed in the
+    /// store, and this process's own while the vault is sealed (`devices`).
+    device_keys: devices::DeviceKeys,
     /// Active API keys by public id: the hot path verifies keys in memory.
     keys: RwLock<HashMap<String, CachedKey>>,
+    /// Bumped by every change this process makes to `keys`, so a reload
+    /// from an older snapshot never undoes one (see `replicas`).
+    keys_gen: AtomicU64,
     key_last_used: Mutex<HashMap<String, i64>>,
     /// Username and role of active, enabled users, so an API-key request
     /// needs no database read. Emptied after every committed change to
@@ -171,6 +177,7 @@ impl Auth {
             settings.rate_limit_burst,
         ))
         .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let epochs = Epochs::new(Arc::clone(&store));
         let auth = Auth {
             store,
             vault,
@@ -179,15 +186,15 @@ impl Auth {
             lockout,
             throttle,
             limiter,
-            tickets: Mutex::new(HashMap::new()),
-            setup_token: Mutex::new(None),
-            device_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()),
+            setup_step: Mutex::new(()),
+            device_keys: devices::DeviceKeys::new(),
             keys: RwLock::new(HashMap::new()),
+            keys_gen: AtomicU64::new(0),
             key_last_used: Mutex::new(HashMap::new()),
             people: RwLock::new(HashMap::new()),
             people_gen: AtomicU64::new(0),
             revocations: super::revocation::Revocations::new(),
-            epochs: Epochs::new(),
+            epochs,
             settings,
         };
         auth.load_keys()?;

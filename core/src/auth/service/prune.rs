@@ -12,6 +12,7 @@
 use super::Auth;
 use crate::auth::AuthError;
 use crate::auth::index;
+use crate::auth::state;
 use crate::auth::store::{
     self as db, ACCESS_TOKENS, AccessToken, INVITES, Invite, REFRESH_FAMILIES, REFRESH_TOKENS,
     RefreshToken, SESSIONS, Session,
@@ -129,17 +130,17 @@ impl Auth {
                 Ok(false)
             },
         )?;
-        if let Ok(mut tickets) = self.tickets.lock() {
-            tickets.retain(|_, v| v.expires_at > t);
+        // Tickets, setup tokens, lockout, throttle and shared rate rows
+        // that can no longer matter.
+        let stale = {
+            let txn = self.store.begin_read()?;
+            state::stale_keys(&txn.open_table(state::AUTH_STATE)?, &self.lockout, t)?
+        };
+        for chunk in stale.chunks(PRUNE_BATCH) {
+            let txn = self.store.begin_write()?;
+            state::remove_stale(&txn, chunk, &self.lockout, t)?;
+            txn.commit()?;
         }
-        if let Ok(mut token) = self.setup_token.lock()
-            && token.is_some_and(|(_, exp)| t >= exp)
-        {
-            *token = None;
-        }
-        let tu = t.max(0) as u64;
-        self.lockout.sweep(tu);
-        self.throttle.sweep(tu);
         self.limiter.sweep(std::time::Instant::now());
         Ok(out)
     }

@@ -81,6 +81,9 @@ impl Auth {
         f: impl FnOnce(&WriteTxn, &mut User) -> Result<R, AuthError>,
     ) -> Result<(User, R), AuthError> {
         let txn = self.store.begin_write()?;
+        // An account event of this user in flight moves their epochs in
+        // this very transaction (see `auth::epoch`).
+        self.epochs.apply(&txn, id)?;
         let mut user: User =
             db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
         let out = f(&txn, &mut user)?;
@@ -174,17 +177,22 @@ impl Auth {
     }
 
     /// After a commit that ended sign-ins of `user`. With
-    /// [`Tickets::End`] their pending second steps (MFA tickets, in
-    /// memory) end too, so a password step taken before a password
-    /// change, a disable or a promotion cannot be finished after it.
+    /// [`Tickets::End`] their pending second steps (MFA tickets) are
+    /// deleted too. (A password step taken before a password change, a
+    /// disable or a promotion could not be finished after it anyway: its
+    /// ticket's password epoch no longer holds, see `auth::epoch`.)
     /// Open WebSockets and streams re-check their credential on the
     /// revocation epoch bumped here.
     pub(super) fn sign_ins_ended(&self, user: UserId, tickets: Tickets) {
         self.revocations.bump();
-        if tickets == Tickets::End
-            && let Ok(mut t) = self.tickets.lock()
-        {
-            t.retain(|_, v| v.user_id != user);
+        if tickets == Tickets::End {
+            let ended = self.store.begin_write().and_then(|txn| {
+                crate::auth::state::end_tickets(&txn, user)?;
+                txn.commit()
+            });
+            if let Err(e) = ended {
+                tracing::warn!(error = %e, "could not delete ended MFA tickets; they expire unused");
+            }
         }
     }
 
@@ -193,6 +201,7 @@ impl Auth {
     pub(super) fn end_other_sign_ins(&self, p: &Principal) -> Result<usize, AuthError> {
         let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         let txn = self.store.begin_write()?;
+        self.epochs.apply(&txn, p.user_id)?;
         let n = Self::revoke_user_credentials(&txn, p.user_id, Keep::sign_in_of(p))?;
         txn.commit()?;
         self.sign_ins_ended(p.user_id, Tickets::Keep);

@@ -85,7 +85,7 @@ impl Auth {
         // And no account event (password change, new recovery codes…)
         // between the verification and now: its revocation found no
         // session of ours to end, so we must not write one (see `auth::epoch`).
-        if !self.epochs.holds(id, stamps.0, stamps.1) {
+        if !self.epochs.holds(&txn, id, stamps.0, stamps.1)? {
             return Err(AuthError::Unauthorized(
                 "invalid_ticket",
                 "the account changed during sign-in; sign in again".into(),
@@ -205,6 +205,7 @@ impl Auth {
         // "Sign out everywhere" ends sign-ins in progress too.
         let _changing = self.epochs.begin(p.user_id, Change::SignIns);
         let txn = self.store.begin_write()?;
+        self.epochs.apply(&txn, p.user_id)?;
         let mut n = 0;
         for k in index::sessions_of(&txn, p.user_id)? {
             let hit = match id {

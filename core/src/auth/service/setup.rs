@@ -4,10 +4,10 @@
 //!
 //! Invariants:
 //!
-//! - the setup token (in memory, only its hash) is held for a whole setup
-//!   step: checking it, changing the owner and, on confirmation, consuming
-//!   it are one step, and steps run one at a time; it ends once an owner is
-//!   confirmed (or made by `latchkey setup`);
+//! - the setup token (in the store's `auth_state`, only its hash, one for
+//!   the whole deployment) is checked at the start of each setup step, and
+//!   a process runs its setup steps one at a time; it ends once an owner
+//!   is confirmed (or made by `latchkey setup`);
 //! - the owner is activated in one write transaction that re-reads that
 //!   nobody is active yet and that the enrollment is the one the code was
 //!   checked against;
@@ -19,47 +19,51 @@ use crate::audit::{AuditEvent, Outcome};
 use crate::auth::AuthError;
 use crate::auth::recovery;
 use crate::auth::scope::Role;
+use crate::auth::state::{self, AUTH_STATE};
 use crate::auth::store::{self as db, USERS, User, UserId, token_hash};
 use crate::secrecy::{ExposeSecret, SecretString};
 use std::net::IpAddr;
 
-/// The first-run setup token's hash and expiry.
-pub(super) type SetupToken = ([u8; 32], i64);
-
 impl Auth {
     /// While no owner exists: a fresh one-time setup token (the previous one
-    /// stops working). `None` once an owner exists.
+    /// stops working, on every replica: there is one for the deployment).
+    /// `None` once an owner exists.
     pub fn issue_setup_token(&self) -> Result<Option<SecretString>, AuthError> {
         if self.user_count()? > 0 {
             return Ok(None);
         }
         let token = random_token("lku_");
         let expires = expiry(now(), self.settings.setup_token_lifetime);
-        if let Ok(mut t) = self.setup_token.lock() {
-            *t = Some((token_hash(token.expose_secret()), expires));
-        }
+        let txn = self.store.begin_write()?;
+        state::put_setup(&txn, &token_hash(token.expose_secret()), expires)?;
+        txn.commit()?;
         Ok(Some(token))
     }
 
-    /// Holds the setup token for one whole setup step, after checking
-    /// `token` against it: setup steps run one at a time, so checking the
-    /// token, changing the owner and consuming the token are one step.
-    fn setup_guard(
-        &self,
-        token: &str,
-    ) -> Result<std::sync::MutexGuard<'_, Option<SetupToken>>, AuthError> {
+    /// Ends the setup token: an owner exists.
+    fn end_setup_token(&self) -> Result<(), AuthError> {
+        let txn = self.store.begin_write()?;
+        state::end_setup(&txn)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Checks `token` against the setup token and holds this process's
+    /// setup step for one whole step: steps run one at a time here, and
+    /// the owner's activation re-checks in its own write transaction that
+    /// nobody is active, so no two owners are ever activated anywhere.
+    fn setup_guard(&self, token: &str) -> Result<std::sync::MutexGuard<'_, ()>, AuthError> {
         let guard = self
-            .setup_token
+            .setup_step
             .lock()
             .map_err(|_| AuthError::Internal("setup lock".into()))?;
-        let ok = match *guard {
-            Some((hash, expires)) => {
-                subtle::ConstantTimeEq::ct_eq(&hash[..], &token_hash(token)[..]).into()
-                    && now() < expires
-            }
-            None => false,
+        // Looked up by its hash (as sessions are): nothing about the
+        // stored token leaks through the lookup's timing.
+        let expires = {
+            let txn = self.store.begin_read()?;
+            state::setup_expiry(&txn.open_table(AUTH_STATE)?, &token_hash(token))?
         };
-        if !ok {
+        if expires.is_none_or(|e| now() >= e) {
             return Err(AuthError::Forbidden("invalid_setup_token", "the setup link is invalid, used or expired; restart `latchkey serve` for a new one".into()));
         }
         Ok(guard)
@@ -115,7 +119,7 @@ impl Auth {
         code: &str,
         ip: Option<IpAddr>,
     ) -> Result<(UserView, Vec<SecretString>), AuthError> {
-        let mut setup = self.setup_guard(token)?;
+        let setup = self.setup_guard(token)?;
         let (id, user) = self
             .find_user(username)?
             .filter(|(_, u)| !u.active)
@@ -151,7 +155,7 @@ impl Auth {
         db::put(&txn, USERS, &id.key(), &user)?;
         txn.commit()?;
         self.forget_people();
-        *setup = None;
+        self.end_setup_token()?;
         drop(setup);
         self.audit(AuditEvent::new(username, "setup.complete", Outcome::Success).ip(ip));
         Ok((UserView::of(id, &user), codes))
@@ -202,9 +206,7 @@ impl Auth {
             u.recovery_hashes = hashes;
             Ok(())
         })?;
-        if let Ok(mut t) = self.setup_token.lock() {
-            *t = None;
-        }
+        self.end_setup_token()?;
         self.audit(AuditEvent::new("host", "setup.complete", Outcome::Success).target(username));
         Ok((UserView::of(id, &user), view, codes))
     }

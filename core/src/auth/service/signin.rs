@@ -7,10 +7,11 @@
 //! - unknown users, wrong passwords and disabled accounts get the same
 //!   answer after the same work, and count towards the same locks;
 //! - admins never get a session without a second factor;
-//! - an MFA ticket (in memory, only its hash) is single-use: of concurrent
-//!   requests on one ticket, exactly one takes it ([`Auth::take_ticket`]),
-//!   and only after its code was verified, so a wrong code leaves it
-//!   usable;
+//! - an MFA ticket (in the store's `auth_state`, only its hash, so the
+//!   second step may land on another replica) is single-use: of
+//!   concurrent requests on one ticket, on any replica, exactly one takes
+//!   it ([`Auth::take_ticket`]), and only after its code was verified, so a
+//!   wrong code leaves it usable;
 //! - the user's epochs are stamped before the row a credential is checked
 //!   against is read, and re-checked when the session is written: an
 //!   account event between the steps voids the sign-in (see `auth::epoch`).
@@ -22,6 +23,7 @@ use crate::auth::AuthError;
 use crate::auth::epoch::Stamp;
 use crate::auth::recovery;
 use crate::auth::scope::Role;
+use crate::auth::state::{self, AUTH_STATE, TicketRow};
 use crate::auth::store::{User, UserId, token_hash};
 use crate::secrecy::{ExposeSecret, SecretString};
 use std::net::IpAddr;
@@ -52,17 +54,6 @@ pub struct NewSession {
     pub expires_at: i64,
     /// Set when this sign-in completed a TOTP enrollment: shown once.
     pub recovery_codes: Vec<SecretString>,
-}
-
-pub(super) struct Ticket {
-    pub(super) user_id: UserId,
-    pub(super) expires_at: i64,
-    /// Where the password step came from: the second step counts its
-    /// failures there too.
-    source: Source,
-    /// The password epoch before the password step verified anything:
-    /// an account event since then voids the ticket (see `auth::epoch`).
-    password_epoch: Stamp,
 }
 
 impl Auth {
@@ -143,7 +134,7 @@ impl Auth {
                 u.totp_pending = Some(sealed);
                 Ok(())
             })?;
-            let ticket = self.new_ticket(id, src.clone(), stamps.0);
+            let ticket = self.new_ticket(id, src.clone(), stamps.0)?;
             self.audit(
                 AuditEvent::new(username, "login.password", Outcome::Success)
                     .ip(ip)
@@ -152,7 +143,7 @@ impl Auth {
             return Ok(LoginStep::EnrollRequired { ticket, enrollment });
         }
         if user.totp.is_some() {
-            let ticket = self.new_ticket(id, src.clone(), stamps.0);
+            let ticket = self.new_ticket(id, src.clone(), stamps.0)?;
             self.audit(AuditEvent::new(username, "login.password", Outcome::Success).ip(ip));
             return Ok(LoginStep::MfaRequired { ticket });
         }
@@ -230,49 +221,53 @@ impl Auth {
         Ok(s)
     }
 
-    fn new_ticket(&self, id: UserId, source: Source, password_epoch: Stamp) -> SecretString {
+    /// A new ticket for the second step, stored (as its hash) where every
+    /// replica finds it.
+    fn new_ticket(
+        &self,
+        id: UserId,
+        source: Source,
+        password_epoch: Stamp,
+    ) -> Result<SecretString, AuthError> {
         let ticket = random_token("lkt_");
-        if let Ok(mut t) = self.tickets.lock() {
-            let n = now();
-            t.retain(|_, v| v.expires_at > n);
-            t.insert(
-                token_hash(ticket.expose_secret()),
-                Ticket {
-                    user_id: id,
-                    expires_at: n + MFA_TICKET_SECS,
-                    source,
-                    password_epoch,
-                },
-            );
-        }
-        ticket
+        let (source, known_device) = source.into_parts();
+        let row = TicketRow {
+            user_id: id,
+            expires_at: now() + MFA_TICKET_SECS,
+            source,
+            known_device,
+            password_epoch,
+        };
+        let txn = self.store.begin_write()?;
+        state::put_ticket(&txn, &token_hash(ticket.expose_secret()), &row)?;
+        txn.commit()?;
+        Ok(ticket)
     }
 
     /// The user a live ticket was issued to, where its password step came
     /// from and its password-epoch stamp (the ticket stays).
     fn ticket_user(&self, ticket: &str) -> Result<(UserId, Source, Stamp), AuthError> {
-        let mut t = self
-            .tickets
-            .lock()
-            .map_err(|_| AuthError::Internal("tickets".into()))?;
-        let h = token_hash(ticket);
-        match t.get(&h) {
-            Some(v) if v.expires_at > now() => Ok((v.user_id, v.source.clone(), v.password_epoch)),
-            _ => {
-                t.remove(&h);
-                Err(Self::ticket_expired())
-            }
+        let txn = self.store.begin_read()?;
+        let row = state::ticket(&txn.open_table(AUTH_STATE)?, &token_hash(ticket))?;
+        match row {
+            Some(v) if v.expires_at > now() => Ok((
+                v.user_id,
+                Source::from_parts(v.source, v.known_device),
+                v.password_epoch,
+            )),
+            // An expired row goes with the next prune.
+            _ => Err(Self::ticket_expired()),
         }
     }
 
     /// Consumes a ticket once its code has been verified: of concurrent
-    /// requests on one ticket, exactly one gets past this.
+    /// requests on one ticket, on any replica, exactly one gets past this
+    /// (the row is removed in a write transaction).
     fn take_ticket(&self, ticket: &str, id: UserId) -> Result<(), AuthError> {
-        let mut t = self
-            .tickets
-            .lock()
-            .map_err(|_| AuthError::Internal("tickets".into()))?;
-        match t.remove(&token_hash(ticket)) {
+        let txn = self.store.begin_write()?;
+        let row = state::take_ticket(&txn, &token_hash(ticket))?;
+        txn.commit()?;
+        match row {
             Some(v) if v.expires_at > now() && v.user_id == id => Ok(()),
             _ => Err(Self::ticket_expired()),
         }

@@ -110,6 +110,8 @@ impl Auth {
         f: impl FnOnce(&mut User) -> Result<(), AuthError>,
     ) -> Result<User, AuthError> {
         let txn = self.store.begin_write()?;
+        // As in `change_user`: an event in flight bumps in this transaction.
+        self.epochs.apply(&txn, id)?;
         let mut user: User =
             db::get(&txn.open_table(USERS)?, &id.key())?.ok_or(AuthError::NotFound("user"))?;
         f(&mut user)?;

@@ -1,0 +1,354 @@
+//! The auth rules that must hold across replicas, in one process: two
+//! [`Auth`]s on one store stand for two replicas (each with its own
+//! memory: caches, in-flight attempts), so state kept in one process's
+//! memory instead of the store fails these tests. The end-to-end proof on
+//! PostgreSQL with real processes is `tests/it/replicas.rs`.
+
+use super::AuthError;
+use super::service::*;
+use super::service_tests::{PASSWORD, code, pw};
+use crate::auth::settings::AuthSettings;
+use crate::secrecy::{ExposeSecret, SecretString};
+use crate::store::{Changed, Store};
+use crate::vault::{MasterKeySource, Vault};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+struct Pair {
+    dir: tempfile::TempDir,
+    a: Arc<Auth>,
+    b: Arc<Auth>,
+}
+
+fn replica(store: &Arc<Store>, dir: &std::path::Path) -> Arc<Auth> {
+    let vault = Arc::new(Vault::new(Arc::clone(store)));
+    vault
+        .open_with(&MasterKeySource::KeyFile {
+            path: dir.join("master.key"),
+        })
+        .expect("vault");
+    Auth::new(Arc::clone(store), vault, AuthSettings::default()).expect("auth")
+}
+
+fn pair() -> Pair {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), "test").expect("store");
+    let a = replica(&store, dir.path());
+    let b = replica(&store, dir.path());
+    Pair { dir, a, b }
+}
+
+/// The owner, made on `a`; the otpauth URI.
+fn owner(p: &Pair) -> String {
+    let (_, enrollment, _) = p.a.setup_host("owner", &pw(PASSWORD)).expect("setup");
+    enrollment.otpauth_uri.0.expose_secret().to_string()
+}
+
+fn ticket(auth: &Auth, ip: Option<IpAddr>) -> SecretString {
+    match auth.login("owner", &pw(PASSWORD), ip, None).expect("login") {
+        LoginStep::MfaRequired { ticket } => ticket,
+        other => panic!("MFA must be required, got {other:?}"),
+    }
+}
+
+fn wrong(auth: &Auth, ip: Option<IpAddr>) -> AuthError {
+    auth.login("owner", &pw("not the password at all"), ip, None)
+        .expect_err("a wrong password")
+}
+
+#[test]
+fn failures_on_every_replica_count_towards_one_lock() {
+    let p = pair();
+    let _uri = owner(&p);
+    let ip: Option<IpAddr> = Some([192, 0, 2, 7].into());
+    // Five failures (the default threshold), three here and two there.
+    for n in 0..5 {
+        let auth = if n % 2 == 0 { &p.a } else { &p.b };
+        let e = wrong(auth, ip);
+        assert!(
+            matches!(e, AuthError::Unauthorized(..)),
+            "attempt {n}: {e:?}"
+        );
+    }
+    // The right password is refused on both, unchecked.
+    for auth in [&p.a, &p.b] {
+        let e = auth
+            .login("owner", &pw(PASSWORD), ip, None)
+            .expect_err("locked");
+        assert!(matches!(e, AuthError::Locked { .. }), "{e:?}");
+    }
+    // Locks stay per source: another address signs in on either.
+    let other: Option<IpAddr> = Some([198, 51, 100, 9].into());
+    let _ = ticket(&p.b, other);
+    // An admin's reset on one replica lifts the lock for all.
+    let host = p.b.host_principal();
+    p.b.reset_mfa(&host, "owner").expect("reset");
+    assert!(matches!(
+        p.a.login("owner", &pw(PASSWORD), ip, None)
+            .expect("unlocked"),
+        LoginStep::EnrollRequired { .. }
+    ));
+}
+
+#[test]
+fn a_ticket_made_on_one_replica_finishes_on_the_other_once() {
+    let p = pair();
+    let uri = owner(&p);
+    let t = ticket(&p.a, None);
+    let s =
+        p.b.mfa(t.expose_secret(), Some(&code(&uri, 0)), None, None, None)
+            .expect("second step on the other replica");
+    // The session is good on both.
+    p.a.authenticate_session(s.token.expose_secret())
+        .expect("session on a");
+    p.b.authenticate_session(s.token.expose_secret())
+        .expect("session on b");
+    // The ticket is gone everywhere, even with a fresh code.
+    for auth in [&p.a, &p.b] {
+        let e = auth
+            .mfa(t.expose_secret(), Some(&code(&uri, 1)), None, None, None)
+            .expect_err("ticket taken");
+        assert!(
+            matches!(e, AuthError::Unauthorized("invalid_ticket", _)),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn key_changes_reach_the_other_replica_when_it_hears_of_them() {
+    let p = pair();
+    let uri = owner(&p);
+    let t = ticket(&p.a, None);
+    let s =
+        p.a.mfa(t.expose_secret(), Some(&code(&uri, 0)), None, None, None)
+            .expect("mfa");
+    let who =
+        p.a.authenticate_session(s.token.expose_secret())
+            .expect("session");
+    let (view, key) =
+        p.a.create_key(&who, "agent", &["proxy:openai".to_string()], None)
+            .expect("key");
+    p.a.authenticate_key(key.expose_secret())
+        .expect("the replica that made it");
+    // The other replica's cache was filled before the key existed.
+    assert!(p.b.authenticate_key(key.expose_secret()).is_err());
+    p.b.on_store_change(&Changed::Tables(vec!["api_keys".into()]))
+        .expect("reload");
+    p.b.authenticate_key(key.expose_secret())
+        .expect("after the change reached b");
+    // Revoked on a: b refuses it once it hears of the change.
+    p.a.revoke_key(&who, &view.id).expect("revoke");
+    assert!(p.a.authenticate_key(key.expose_secret()).is_err());
+    let unrelated = Changed::Tables(vec!["vault_records".into()]);
+    p.b.on_store_change(&unrelated).expect("no reload");
+    assert!(
+        p.b.authenticate_key(key.expose_secret()).is_ok(),
+        "a change to another table reloads nothing (so the next assertion is the reload's doing)"
+    );
+    p.b.on_store_change(&Changed::Unknown).expect("reload all");
+    assert!(p.b.authenticate_key(key.expose_secret()).is_err());
+}
+
+#[test]
+fn the_setup_token_is_one_for_the_deployment() {
+    let p = pair();
+    let first =
+        p.a.issue_setup_token()
+            .expect("issue")
+            .expect("no owner yet");
+    let second =
+        p.b.issue_setup_token()
+            .expect("issue")
+            .expect("no owner yet");
+    // The newer token replaced the older one, on both replicas.
+    for auth in [&p.a, &p.b] {
+        let e = auth
+            .setup_begin(first.expose_secret(), "owner", &pw(PASSWORD))
+            .expect_err("replaced");
+        assert!(
+            matches!(e, AuthError::Forbidden("invalid_setup_token", _)),
+            "{e:?}"
+        );
+    }
+    let enrollment =
+        p.a.setup_begin(second.expose_secret(), "owner", &pw(PASSWORD))
+            .expect("the current token works on the replica that did not issue it");
+    let uri = enrollment.otpauth_uri.0.expose_secret().to_string();
+    p.b.setup_confirm(second.expose_secret(), "owner", &code(&uri, 0), None)
+        .expect("confirmed on the other replica");
+    // Used up: an owner exists, and the token is gone everywhere.
+    for auth in [&p.a, &p.b] {
+        let e = auth
+            .setup_begin(second.expose_secret(), "other", &pw(PASSWORD))
+            .expect_err("used");
+        assert!(
+            matches!(e, AuthError::Forbidden("invalid_setup_token", _)),
+            "{e:?}"
+        );
+    }
+    drop(p.dir);
+}
+
+#[test]
+fn a_device_cookie_from_one_replica_is_known_to_the_other() {
+    let p = pair();
+    let (user, _, _) = p.a.setup_host("owner", &pw(PASSWORD)).expect("setup");
+    let cookie = p.a.device_cookie(&user.id);
+    let ip: Option<IpAddr> = Some([192, 0, 2, 7].into());
+    for _ in 0..5 {
+        let _ = wrong(&p.b, ip);
+    }
+    // The address is locked on both replicas...
+    let e =
+        p.a.login("owner", &pw(PASSWORD), ip, None)
+            .expect_err("locked");
+    assert!(matches!(e, AuthError::Locked { .. }), "{e:?}");
+    // ...but the owner's own browser, known from a sign-in on replica a,
+    // has its own lock on replica b too.
+    let step =
+        p.b.login_with_device("owner", &pw(PASSWORD), ip, None, Some(&cookie))
+            .expect("a known device");
+    assert!(matches!(step, LoginStep::MfaRequired { .. }));
+    // A forged or foreign tag is no device.
+    let last = if cookie.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &cookie[..cookie.len() - 1]);
+    let e =
+        p.b.login_with_device("owner", &pw(PASSWORD), ip, None, Some(&forged))
+            .expect_err("not a device");
+    assert!(matches!(e, AuthError::Locked { .. }), "{e:?}");
+}
+
+#[test]
+fn the_shared_address_limit_counts_requests_on_every_replica() {
+    let p = pair();
+    let burst = AuthSettings::default().rate_limit_burst;
+    let ip: IpAddr = [192, 0, 2, 7].into();
+    // Alternating replicas: together they get one burst, not one each.
+    let settings = AuthSettings::default();
+    let refill = 60.0 / f64::from(settings.rate_limit_per_minute);
+    let start = std::time::Instant::now();
+    let mut allowed = 0;
+    for n in 0..burst * 2 {
+        let auth = if n % 2 == 0 { &p.a } else { &p.b };
+        match auth.check_shared_rate(ip).expect("store") {
+            Ok(()) => allowed += 1,
+            Err(wait) => assert!(wait.0 > std::time::Duration::ZERO),
+        }
+    }
+    // One burst, plus what refilled while the loop ran (a bucket per
+    // replica would have let all of them through).
+    let refilled = (start.elapsed().as_secs_f64() / refill).ceil() as u32;
+    assert!(
+        (burst..=burst + refilled).contains(&allowed),
+        "{allowed} allowed of {}, burst {burst}",
+        burst * 2
+    );
+    // Another address has its own bucket.
+    let other: IpAddr = [198, 51, 100, 9].into();
+    assert!(p.b.check_shared_rate(other).expect("store").is_ok());
+}
+
+#[test]
+fn a_role_change_on_one_replica_reaches_the_others_people_cache() {
+    use crate::auth::scope::Role;
+    let p = pair();
+    let _uri = owner(&p);
+    let host = p.a.host_principal();
+    let (invite, _) = p.a.create_invite(&host, Role::User, None).expect("invite");
+    p.a.accept_invite(invite.expose_secret(), "alice", &pw(PASSWORD), None)
+        .expect("accept");
+    let LoginStep::Done(s) =
+        p.b.login("alice", &pw(PASSWORD), None, None)
+            .expect("login")
+    else {
+        panic!("a user without a second factor signs in with the password");
+    };
+    let token = s.token.expose_secret();
+    // b has looked alice up: her role is in b's people cache now.
+    assert_eq!(
+        p.b.authenticate_session(token).expect("session").role,
+        Role::User
+    );
+    // Demoted on a (her session stays: a demotion narrows, it ends nothing).
+    p.a.set_role(&host, "alice", Role::Guest).expect("demote");
+    assert_eq!(
+        p.a.authenticate_session(token).expect("session").role,
+        Role::Guest
+    );
+    assert_eq!(
+        p.b.authenticate_session(token).expect("session").role,
+        Role::User,
+        "b has not heard of the change yet (so the next assertion is the reload's doing)"
+    );
+    p.b.on_store_change(&Changed::Tables(vec!["users".into()]))
+        .expect("reload");
+    assert_eq!(
+        p.b.authenticate_session(token).expect("session").role,
+        Role::Guest
+    );
+    // Disabled on a: once b hears of it, her session is refused there too.
+    p.a.set_disabled(&host, "alice", true).expect("disable");
+    p.b.on_store_change(&Changed::Tables(vec!["users".into(), "sessions".into()]))
+        .expect("reload");
+    assert!(p.b.authenticate_session(token).is_err());
+}
+
+#[test]
+fn one_ticket_raced_on_both_replicas_gives_one_session() {
+    let p = pair();
+    let uri = owner(&p);
+    for round in 0..3 {
+        let t = ticket(&p.a, None);
+        let c = code(&uri, round - 1);
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let auth = Arc::clone(if i % 2 == 0 { &p.a } else { &p.b });
+                let (t, c, barrier) = (t.expose_secret().to_string(), c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    auth.mfa(&t, Some(&c), None, None, None).is_ok()
+                })
+            })
+            .collect();
+        let won = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(won, 1, "round {round}");
+    }
+}
+
+#[test]
+fn concurrent_guesses_on_both_replicas_verify_at_most_the_threshold() {
+    let p = pair();
+    let _uri = owner(&p);
+    let ip: Option<IpAddr> = Some([192, 0, 2, 7].into());
+    let barrier = Arc::new(std::sync::Barrier::new(12));
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let auth = Arc::clone(if i % 2 == 0 { &p.a } else { &p.b });
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                wrong(&auth, ip)
+            })
+        })
+        .collect();
+    let results: Vec<AuthError> = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let verified = results
+        .iter()
+        .filter(|e| matches!(e, AuthError::Unauthorized(..)))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|e| matches!(e, AuthError::Locked { .. }))
+        .count();
+    // The default threshold is five: five guesses checked, anywhere.
+    assert_eq!((verified, refused), (5, 7), "{results:?}");
+}
