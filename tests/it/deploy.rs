@@ -290,6 +290,32 @@ fn kustomization_applies_every_manifest_but_the_secret_template() {
         .filter(|n| n != KUSTOMIZATION && n != SECRET_TEMPLATE)
         .collect();
     assert_eq!(listed, expected, "kustomization.yaml's resources");
+    // kustomize itself, where kubectl is installed (it is not in
+    // install-deps.sh: Debian's kubectl is years old): the render is what
+    // `kubectl apply -k` sends, and it validates too.
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok()
+    {
+        let mut c = Command::new("kubectl");
+        c.arg("kustomize").arg(k8s_dir());
+        let out = run_cmd(c, b"");
+        assert!(out.status.success(), "kubectl kustomize: {}", out.stderr);
+        assert!(
+            out.stdout.contains("image: latchkey:0.1.0"),
+            "{}",
+            out.stdout
+        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let rendered = tmp.path().join("rendered.yaml");
+        std::fs::write(&rendered, &out.stdout).expect("write render");
+        let v = kubernetes_validate(&rendered, KUBERNETES_VERSIONS[1]);
+        assert!(v.status.success(), "the render: {}{}", v.stdout, v.stderr);
+    } else {
+        eprintln!("kubectl not installed: the kustomize render was not checked");
+    }
     // Real secrets are made with `kubectl create secret`, never applied
     // from the repository; the template holds placeholders only.
     let m = Manifests::load();

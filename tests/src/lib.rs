@@ -6,9 +6,11 @@ mod auth;
 mod server;
 
 pub mod caddy;
+pub mod cluster;
 pub mod desktop;
 pub mod nginx;
 pub mod oidc;
+pub mod postgres;
 pub mod race;
 pub mod ui;
 pub mod update;
@@ -53,8 +55,24 @@ pub fn latchkey_bin() -> PathBuf {
 }
 
 /// A data directory in a temporary folder, removed on drop.
+///
+/// With `LATCHKEY_TEST_STORE=postgres`, every `latchkey` it runs keeps its
+/// data in a fresh PostgreSQL database of its own (on one throwaway server
+/// for the test process, [`postgres::PgServer::shared`]) instead of the
+/// redb file: the same tests then check the PostgreSQL backend.
 pub struct TestDir {
     pub tmp: tempfile::TempDir,
+    /// The database every command of this directory uses, if any.
+    pub store: Option<postgres::PgDatabase>,
+}
+
+/// Whether `LATCHKEY_TEST_STORE=postgres` asks for the PostgreSQL backend.
+pub fn test_store_is_postgres() -> bool {
+    match std::env::var("LATCHKEY_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("redb") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("LATCHKEY_TEST_STORE={other}: expected `postgres` or `redb`"),
+    }
 }
 
 impl Default for TestDir {
@@ -67,6 +85,16 @@ impl TestDir {
     pub fn new() -> Self {
         TestDir {
             tmp: tempfile::tempdir().expect("tempdir"),
+            store: test_store_is_postgres().then(|| postgres::PgServer::shared().database()),
+        }
+    }
+
+    /// A data directory whose commands use `db` (another replica of the
+    /// same deployment when `db` is shared).
+    pub fn on_postgres(db: postgres::PgDatabase) -> Self {
+        TestDir {
+            tmp: tempfile::tempdir().expect("tempdir"),
+            store: Some(db),
         }
     }
 
@@ -87,6 +115,10 @@ impl TestDir {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.tmp.path())
             .env("LATCHKEY_LOG", "debug");
+        if let Some(db) = &self.store {
+            c.env("LATCHKEY_STORE__BACKEND", "postgres")
+                .env("LATCHKEY_STORE__URL", db.url());
+        }
         c
     }
 

@@ -36,10 +36,19 @@ impl Logging {
         if self.from_env {
             return Ok(false);
         }
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let filter = quiet_drivers(EnvFilter::try_new(level).map_err(|e| e.to_string())?);
         self.level.reload(filter).map_err(|e| e.to_string())?;
         Ok(true)
     }
+}
+
+/// Caps libraries whose debug lines would carry data: the PostgreSQL
+/// driver logs every statement's parameters (the store's rows) at debug.
+fn quiet_drivers(filter: EnvFilter) -> EnvFilter {
+    latchkey_core::store::QUIET_LOG_DIRECTIVES
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, EnvFilter::add_directive)
 }
 
 /// Installs the subscriber. Hold the returned [`Logging`] until the end:
@@ -66,7 +75,7 @@ pub fn init(ctx: &Context, serving: bool) -> Logging {
     let filter = env_filter
         .or_else(|| EnvFilter::try_new(default).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let (filter, level) = reload::Layer::new(filter);
+    let (filter, level) = reload::Layer::new(quiet_drivers(filter));
     let (writer, flush) = if serving {
         let (w, g) = BufferedStderr::new();
         (BoxMakeWriter::new(w), Some(g))

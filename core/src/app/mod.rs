@@ -359,7 +359,7 @@ fn caches(state: &AppState) -> Vec<reload::Cache> {
         Arc::clone(&state.proxy),
     );
     vec![
-        reload::Cache::new("auth: keys, people, revocation signal", move |c| {
+        reload::Cache::new("auth keys, people and revocations", move |c| {
             auth.on_store_change(c).map_err(Into::into)
         }),
         reload::Cache::new("vault secrets", move |c| {

@@ -1,10 +1,9 @@
 //! The app's periodic work: last-used times written every 30 s, audit
 //! entries past `auth.audit_retention` pruned daily, expired sessions,
-//! tokens and invites pruned every 10 minutes. (The caches built from the
-//! store follow other replicas' commits in `super::reload`.) Each runs its
-//! store work on the blocking pool and ends when its stop signal turns
-//! true (the final last-used flush is [`super::Running`]'s, after the last
-//! request).
+//! tokens and invites pruned every 10 minutes (the caches other replicas'
+//! commits reload are `super::reload`'s). Each runs its store work on the blocking
+//! pool and ends when its stop signal turns true (the final last-used
+//! flush is [`super::Running`]'s, after the last request).
 
 use crate::auth::Auth;
 use crate::store::Store;

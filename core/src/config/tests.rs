@@ -344,3 +344,66 @@ fn realtime_limits_are_checked_and_named() {
         assert!(err.to_string().contains(key), "{text}: {err}");
     }
 }
+
+#[test]
+fn store_postgres_needs_a_url_and_names_the_key() {
+    let err = load_str("[store]\nbackend = \"postgres\"\n", &[]).expect_err("no url");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("store.url is required when store.backend = \"postgres\""),
+        "{msg}"
+    );
+    let err = load_str("[store]\npool_size = 1\n", &[]).expect_err("pool");
+    assert!(err.to_string().contains("store.pool_size"), "{err}");
+    let err = load_str(
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://db.internal/lk\"\n",
+        &[],
+    )
+    .expect_err("no user");
+    assert!(err.to_string().contains("store.url"), "{err}");
+    let s = load_str("", &[]).expect("default");
+    assert_eq!(s.store.backend, StoreBackend::Redb);
+}
+
+#[test]
+fn store_url_from_the_environment_is_redacted_everywhere() {
+    let canary = "pg-pw-canary-0123";
+    let s = load_str(
+        "",
+        &[
+            ("LATCHKEY_STORE__BACKEND", "postgres"),
+            (
+                "LATCHKEY_STORE__URL",
+                &format!("postgres://lk:{canary}@db.internal:5432/latchkey?sslmode=require"),
+            ),
+            ("PGPASSWORD", "pgpassword-canary-4567"),
+        ],
+    )
+    .expect("load");
+    assert_eq!(s.store.backend, StoreBackend::Postgres);
+    assert!(s.store.env_password.is_some(), "PGPASSWORD is kept");
+    for shown in [
+        format!("{s:?}"),
+        toml::to_string(&s).expect("toml"),
+        serde_json::to_string(&s).expect("json"),
+    ] {
+        assert!(!shown.contains(canary), "{shown}");
+        assert!(!shown.contains("pgpassword-canary-4567"), "{shown}");
+        assert!(
+            shown.contains("postgres://lk@db.internal:5432/latchkey"),
+            "{shown}"
+        );
+    }
+    // A bad URL's error names the key and does not echo the password.
+    let err = load_str(
+        "",
+        &[
+            ("LATCHKEY_STORE__BACKEND", "postgres"),
+            ("LATCHKEY_STORE__URL", &format!("postgres://lk:{canary}@/")),
+        ],
+    )
+    .expect_err("bad url");
+    let msg = err.to_string();
+    assert!(msg.contains("store.url"), "{msg}");
+    assert!(!msg.contains(canary), "{msg}");
+}

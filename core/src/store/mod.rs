@@ -34,6 +34,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Log filter directives every shell adds: the PostgreSQL driver logs each
+/// statement's parameters (the store's rows: sealed secrets, token hashes)
+/// at debug level, which `LATCHKEY_LOG=debug` must not reveal.
+pub const QUIET_LOG_DIRECTIVES: &[&str] = &["tokio_postgres=info"];
+
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "latchkey.redb";
 

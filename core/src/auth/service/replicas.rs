@@ -5,8 +5,8 @@
 //! With one process (the embedded redb file) nothing arrives here. With
 //! several replicas on PostgreSQL, a key revoked, a user disabled or a
 //! role changed on one replica reaches every other one through
-//! `Store::subscribe`, and the app's reload task (`app::reload`, one for
-//! every cache) calls [`Auth::on_store_change`].
+//! `Store::subscribe`, and the app's cache reloader
+//! (`app::reload`) calls [`Auth::on_store_change`].
 //! The bound: notification latency plus one reload (see `docs/SCALE.md`).
 //!
 //! Invariants:

@@ -124,6 +124,21 @@ impl PgError {
         code.is_some_and(|c| *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::QUERY_CANCELED)
     }
 
+    /// Whether the connection under the failed call is gone (closed, or
+    /// ended by the server: a restart, a failover, an administrator).
+    fn is_lost_connection(&self) -> bool {
+        let PgError::Db(e) = self else {
+            return matches!(self, PgError::Closed);
+        };
+        e.is_closed()
+            || e.code().is_some_and(|c| {
+                let code = c.code();
+                // 57P01-57P05: the server is shutting the session down;
+                // class 08: connection exception.
+                code.starts_with("57P") || code.starts_with("08")
+            })
+    }
+
     /// Names the shared lock a timeout was waiting for.
     fn waiting_for(self, name: &str, waited: Duration) -> PgError {
         if self.is_timeout() {
@@ -240,9 +255,22 @@ impl PgStore {
     /// A snapshot to read from. A pooled connection the server closed
     /// meanwhile (a restart, a failover) is replaced once.
     pub(crate) fn begin_read(&self) -> Result<Txn, PgError> {
-        match Txn::begin_read(self.pool.get()?) {
-            Err(PgError::Db(e)) if e.is_closed() => Txn::begin_read(self.pool.get()?),
-            other => other,
+        self.retry_lost(|| Txn::begin_read(self.pool.get()?))
+    }
+
+    /// Runs `begin` again while it fails because its pooled connection
+    /// had been lost (nothing was done on it yet, so trying again is
+    /// safe): after a restart every idle connection may be dead.
+    fn retry_lost(&self, begin: impl Fn() -> Result<Txn, PgError>) -> Result<Txn, PgError> {
+        let mut left = self.pool.size() + 1;
+        loop {
+            match begin() {
+                Err(e) if e.is_lost_connection() && left > 0 => {
+                    left -= 1;
+                    tracing::debug!(error = %e, "a pooled PostgreSQL connection was lost; retrying");
+                }
+                other => return other,
+            }
         }
     }
 
@@ -254,11 +282,7 @@ impl PgStore {
             let ticket = self.writer.acquire(timeout)?;
             Txn::begin_write(self.pool.get()?, ticket, Arc::clone(&self.origin))
         };
-        let txn = match begin() {
-            Err(PgError::Db(e)) if e.is_closed() => begin(),
-            other => other,
-        };
-        txn.map_err(|e| {
+        self.retry_lost(begin).map_err(|e| {
             if e.is_timeout() {
                 PgError::WriteLockTimeout(timeout)
             } else {

@@ -97,6 +97,10 @@ impl Pool {
         &self.connector
     }
 
+    pub(super) fn size(&self) -> usize {
+        self.size
+    }
+
     pub(super) fn timeout(&self) -> Duration {
         self.timeout
     }
