@@ -166,7 +166,7 @@ fn open_app(dir: &Path, key_file: &Path, upstream: SocketAddr, store: &str) -> A
         &file,
         format!(
             "[server]\ntls = false\n\n[vault]\nkey_file = \"{}\"\n\n{store}\n\
-             [auth]\nrate_limit_burst = 100000000\nrate_limit_per_minute = 100000000\n\n\
+             [auth]\nrate_limit_burst = 10000000\nrate_limit_per_minute = 10000000\n\n\
              [providers.mock]\nupstream = \"http://{upstream}\"\nsecret = \"mock-key\"\n\
              auth_header = \"authorization\"\nauth_format = \"Bearer {{secret}}\"\n",
             key_file.display()
