@@ -32,6 +32,7 @@ mod proxy;
 mod proxy_limits;
 mod realtime;
 mod replicas;
+mod replicas_limits;
 mod reverse_proxy;
 mod security_doc;
 mod serve;
