@@ -23,7 +23,8 @@ trap 'rm -f "$log"' EXIT
 # build-desktop.sh just built, instead of a second (debug) build of Tauri.
 {
   cargo test --workspace --exclude latchkey-desktop --locked &&
-    cargo test --release -p latchkey-desktop --locked
+    cargo test --release -p latchkey-desktop --locked &&
+    ./scripts/test-postgres.sh
 } 2>&1 | tee "$log"
 # Every fuzz target for a bounded time (core/fuzz, docs/security/fuzzing.md).
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

@@ -223,3 +223,31 @@ fn invalid_input_is_rejected_before_writing() {
     ));
     assert!(v.list().expect("list").is_empty());
 }
+
+/// The same put → list → reveal → remove on the PostgreSQL backend.
+#[test]
+fn put_list_reveal_remove_on_postgres() {
+    use crate::store::test_pg::PgServer;
+    use crate::store::{Backend, DatabaseUrl, StoreSettings};
+    let db = PgServer::shared().database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = StoreSettings {
+        backend: Backend::Postgres,
+        url: Some(DatabaseUrl::new(db.url())),
+        ..StoreSettings::default()
+    };
+    let store = Store::open_with(dir.path(), "cli", &settings).expect("store");
+    let v = Vault::new(store);
+    let source = MasterKeySource::KeyFile {
+        path: dir.path().join("master.key"),
+    };
+    assert_eq!(v.open_with(&source).expect("init"), Unlock::Initialized);
+    v.put(&rec("openai", Kind::ApiKey), &secret("sk-pg-1"), false)
+        .expect("put");
+    assert_eq!(v.list().expect("list").len(), 1);
+    assert_eq!(v.meta("openai").expect("meta").name, "openai");
+    assert_eq!(
+        v.reveal("openai").expect("reveal").expose_secret(),
+        "sk-pg-1"
+    );
+}

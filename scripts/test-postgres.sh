@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The end-to-end suite again, with every `latchkey` it starts on the
+# PostgreSQL backend (docs/SCALE.md): tests/src/postgres.rs starts one
+# throwaway server on loopback for the run (a database per test) and stops
+# it. Skipped here, each for the reason given — they stay in the redb run:
+set -euo pipefail
+cd "$(dirname "$0")/.."
+skip=(
+  # About the redb file itself: damaged or truncated files, newer schemas
+  # refused byte-for-byte unchanged, ciphertext swapped inside the file,
+  # the released redb fixtures, the file's mode, the data-directory lock
+  # read from the file.
+  integrity:: fixtures:: vault_cli::key_file_is_created_private
+  vault_cli::second_process_is_told_who_holds_the_data_dir
+  serve::first_start_with_no_configuration_serves_https
+  # `latchkey restore` writes a redb data directory (restoring into a
+  # shared PostgreSQL store is refused: docs/SCALE.md); a backup taken
+  # from PostgreSQL restoring into a directory is tests/it/postgres.rs's.
+  backup:: hardening_vault_proxy::forged_and_tampered_backups
+  # Not yet passing on PostgreSQL — open work, listed in docs/SCALE.md
+  # ("Not yet on PostgreSQL"):
+  serve::cli_uses_the_running_server leaks::secret_never_reaches_disk
+  key_sources::keyring_source_with_kernel_keyutils
+  agent::signing_key_is_stable_across_restarts
+  hardening_resources::parallel_sign_ins_from_strangers
+  # Backend-neutral and slow: the browser, the desktop app and the .deb
+  # gain nothing from a second run.
+  ui:: desktop deb::
+)
+args=()
+for s in "${skip[@]}"; do args+=(--skip "$s"); done
+LATCHKEY_TEST_STORE=postgres cargo test -p latchkey-e2e --test it --locked -- "${args[@]}"
