@@ -81,6 +81,9 @@ pub enum Command {
     /// Certificates
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// The store: move it to another backend (docs/SCALE.md)
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// The systemd service for a binary installed without the .deb
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -339,6 +342,21 @@ pub enum TlsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the configured store, verified, into an empty PostgreSQL
+    /// database or a new data directory (with no server running)
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The destination: `postgres://user@host:port/database` (no password
+    /// here: it goes in PGPASSWORD) or a directory without a database
+    #[arg(long, value_name = "URL_OR_DIR")]
+    pub to: String,
 }
 
 #[derive(Debug, Subcommand)]

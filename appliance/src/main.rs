@@ -92,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => commands::auth::user(&ctx, cmd),
         Command::Audit(cmd) => commands::auth::audit(&ctx, cmd),
         Command::Config(ConfigCommand::Check) => commands::config::check(&ctx),
+        Command::Store(cmd) => commands::store::run(&ctx, cmd),
         Command::Update(args) => update::run(&ctx, &args),
         Command::SelfCheck => update::self_check(&ctx),
         Command::Tls(TlsCommand::ExportCa) => {

@@ -282,6 +282,25 @@ pub mod vault_events {
     }
 }
 
+/// The entry `latchkey store migrate` records in the destination and in
+/// the source once a copy is verified: where from, where to (a PostgreSQL
+/// URL without its password), how much.
+pub mod store_events {
+    use super::{AuditEvent, Outcome};
+    use crate::store::migrate::Migrated;
+
+    /// `store.migrate`, target the destination.
+    pub fn migrated(actor: &str, from: &str, m: &Migrated) -> AuditEvent {
+        AuditEvent::new(actor, "store.migrate", Outcome::Success)
+            .target(m.destination.clone())
+            .detail(format!(
+                "from {from}: {} tables, {} rows, verified",
+                m.report.tables.len(),
+                m.report.rows()
+            ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

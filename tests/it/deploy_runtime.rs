@@ -13,11 +13,16 @@
 //! kubelet gives it under `fsGroup` (`defaultMode | 0440`), the ConfigMap's
 //! file 0644. Paths in the manifests are mapped onto those directories.
 //!
+//! The store is the ConfigMap's: a real PostgreSQL database (a throwaway
+//! server on loopback, `latchkey_e2e::postgres`), its URL and password from
+//! the Secret through the Deployment's `secretKeyRef`s.
+//!
 //! Needs root (to make the namespace and switch users), as CI runs.
 
 use super::deploy::{
     DOCKERFILE, Manifests, at, container, int, latchkey_toml, list, mount_of, string,
 };
+use latchkey_e2e::postgres::{PG_PASSWORD, PgServer};
 use latchkey_e2e::{PASSWORD, latchkey_bin, run_cmd, run_cmd_for};
 use serde_json::Value;
 use std::fs::File;
@@ -254,18 +259,33 @@ impl Pod {
         cmd
     }
 
-    /// The container's own `env` with literal values, paths mapped.
-    fn literal_env(&self, c: &Value) -> Vec<(String, String)> {
+    /// The container's own `env`: literal values (paths mapped) and
+    /// values from `secrets` (`valueFrom.secretKeyRef`, as the kubelet
+    /// resolves them; an absent optional one is left out).
+    fn container_env(&self, c: &Value, secrets: &Secrets<'_>) -> Vec<(String, String)> {
         list(c, "/env")
             .iter()
             .filter_map(|e| {
+                let name = string(e, "/name").to_string();
+                if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
+                    let (secret, key) = (string(r, "/name"), string(r, "/key"));
+                    let value = secrets
+                        .iter()
+                        .find(|(n, _)| *n == secret)
+                        .and_then(|(_, files)| files.iter().find(|(k, _)| *k == key));
+                    return match value {
+                        Some((_, v)) => Some((name, String::from_utf8(v.clone()).expect("utf8"))),
+                        None if r["optional"] == true => None,
+                        None => panic!("{name}: Secret {secret} has no {key}"),
+                    };
+                }
                 let v = e["value"].as_str()?;
                 let v = if v.starts_with('/') && mount_of_opt(c, v).is_some() {
                     self.host_path(c, v).to_string_lossy().into_owned()
                 } else {
                     v.to_string()
                 };
-                Some((string(e, "/name").to_string(), v))
+                Some((name, v))
             })
             .collect()
     }
@@ -342,8 +362,11 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
     );
     let m = Manifests::load();
     let mut cfg = latchkey_toml(&m);
-    // The PostgreSQL backend is not on this branch yet: the embedded store.
-    cfg.remove("store");
+    // The shared store the ConfigMap names: a real PostgreSQL database,
+    // its URL (no password) and password from the Secret, as the
+    // Deployment's environment takes them.
+    let pg = PgServer::shared();
+    let db = pg.database();
     // The port is the manifest's address with a free port (the listener
     // stays on the pod-style wildcard address).
     cfg["server"]["listen"] = toml::Value::from("0.0.0.0:0");
@@ -358,10 +381,19 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
         b"",
     );
     assert!(keygen.status.success(), "keygen: {}", keygen.stderr);
-    let secrets = [(
-        "latchkey-master-key",
-        vec![("master.key", keygen.stdout.clone().into_bytes())],
-    )];
+    let secrets = [
+        (
+            "latchkey-master-key",
+            vec![("master.key", keygen.stdout.clone().into_bytes())],
+        ),
+        (
+            "latchkey-postgres",
+            vec![
+                ("url", db.url_without_password().into_bytes()),
+                ("password", PG_PASSWORD.as_bytes().to_vec()),
+            ],
+        ),
+    ];
 
     let key_file = cfg["vault"]["key_file"]
         .as_str()
@@ -384,7 +416,11 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
             toml::Value::from(pod.host_path(init, secret_path).to_string_lossy().as_ref());
         pod.write_config(&toml::to_string(&direct).expect("toml"));
         let server = pod.container("latchkey");
-        let env = [pod.mapped_image_env(server), pod.literal_env(server)].concat();
+        let env = [
+            pod.mapped_image_env(server),
+            pod.container_env(server, &secrets),
+        ]
+        .concat();
         let bin = pod.image_path(IMAGE_BINARY).to_string_lossy().into_owned();
         let mut c = pod.command(server, &[bin], &env, &[]);
         c.arg("serve");
@@ -438,7 +474,11 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
 
     // The server container.
     let server = pod.container("latchkey");
-    let env = [pod.mapped_image_env(server), pod.literal_env(server)].concat();
+    let env = [
+        pod.mapped_image_env(server),
+        pod.container_env(server, &secrets),
+    ]
+    .concat();
     let mut argv = vec![pod.image_path(IMAGE_BINARY).to_string_lossy().into_owned()];
     argv.extend(
         list(server, "/args")
@@ -477,6 +517,13 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
     let meta = std::fs::metadata(&data_dir).expect("data dir");
     assert_eq!(meta.mode() & 0o777, 0o700);
     assert_eq!(meta.uid(), pod.uid);
+    // On PostgreSQL it holds the lock and the admin token, nothing else.
+    let mut held: Vec<String> = std::fs::read_dir(&data_dir)
+        .expect("read data dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    held.sort();
+    assert_eq!(held, ["admin.token", "latchkey.lock"], "{held:?}");
 
     // `kubectl exec … latchkey setup`: the first owner through this
     // replica's server (its admin token, on loopback inside the pod).
@@ -493,6 +540,15 @@ fn the_binary_serves_as_the_deployment_runs_it_in_the_image() {
     assert!(out.status.success(), "setup via the server: {}", out.stderr);
     let setup: Value = serde_json::from_str(&out.stdout).expect("setup JSON");
     assert_eq!(setup["username"], "owner");
+    // The owner is in the shared database.
+    assert_eq!(
+        pg.psql(
+            &db.name,
+            "SELECT count(*) FROM latchkey_kv WHERE tbl = 'users'"
+        )
+        .trim(),
+        "1"
+    );
 
     // SIGTERM (after preStop) ends it cleanly within the grace period.
     let grace = int(

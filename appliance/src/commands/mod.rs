@@ -7,4 +7,5 @@ pub mod config;
 pub mod import;
 pub mod rotate;
 pub mod service;
+pub mod store;
 pub mod vault;

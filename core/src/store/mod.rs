@@ -12,6 +12,7 @@
 mod copy;
 mod kv;
 mod lock;
+pub mod migrate;
 mod postgres;
 mod settings;
 mod shared;
