@@ -18,6 +18,8 @@ struct Pair {
     dir: tempfile::TempDir,
     a: Arc<Auth>,
     b: Arc<Auth>,
+    /// The replicas' own data directories (PostgreSQL pairs).
+    _pg: Vec<tempfile::TempDir>,
 }
 
 fn replica(store: &Arc<Store>, dir: &std::path::Path) -> Arc<Auth> {
@@ -35,7 +37,56 @@ fn pair() -> Pair {
     let store = Store::open(dir.path(), "test").expect("store");
     let a = replica(&store, dir.path());
     let b = replica(&store, dir.path());
-    Pair { dir, a, b }
+    Pair {
+        dir,
+        a,
+        b,
+        _pg: Vec::new(),
+    }
+}
+
+/// Two replicas as the deployment runs them: two stores (each its own
+/// connections, its own process-wide state) on one real PostgreSQL
+/// database (`store::test_pg`), one master key.
+fn pg_pair() -> Pair {
+    use crate::store::{Backend, DatabaseUrl, StoreSettings};
+    let db = crate::store::test_pg::PgServer::shared().database();
+    let settings = StoreSettings {
+        backend: Backend::Postgres,
+        url: Some(DatabaseUrl::new(db.url())),
+        timeout: std::time::Duration::from_secs(20),
+        ..StoreSettings::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (da, dbd) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let sa = Store::open_with(da.path(), "test", &settings).expect("open PostgreSQL");
+    let sb = Store::open_with(dbd.path(), "test", &settings).expect("open PostgreSQL");
+    let a = replica(&sa, dir.path());
+    let b = replica(&sb, dir.path());
+    Pair {
+        dir,
+        a,
+        b,
+        _pg: vec![da, dbd],
+    }
+}
+
+/// Runs a test body on both backends: two `Auth`s on one redb store, and
+/// two stores on one PostgreSQL database.
+macro_rules! on_both {
+    ($name:ident, $redb:ident, $pg:ident) => {
+        #[test]
+        fn $redb() {
+            $name(pair());
+        }
+        #[test]
+        fn $pg() {
+            $name(pg_pair());
+        }
+    };
 }
 
 /// The owner, made on `a`; the otpauth URI.
@@ -56,9 +107,13 @@ fn wrong(auth: &Auth, ip: Option<IpAddr>) -> AuthError {
         .expect_err("a wrong password")
 }
 
-#[test]
-fn failures_on_every_replica_count_towards_one_lock() {
-    let p = pair();
+on_both!(
+    failures_on_every_replica_count_towards_one_lock,
+    lock_redb,
+    lock_postgres
+);
+
+fn failures_on_every_replica_count_towards_one_lock(p: Pair) {
     let _uri = owner(&p);
     let ip: Option<IpAddr> = Some([192, 0, 2, 7].into());
     // Five failures (the default threshold), three here and two there.
@@ -90,9 +145,13 @@ fn failures_on_every_replica_count_towards_one_lock() {
     ));
 }
 
-#[test]
-fn a_ticket_made_on_one_replica_finishes_on_the_other_once() {
-    let p = pair();
+on_both!(
+    a_ticket_made_on_one_replica_finishes_on_the_other_once,
+    ticket_redb,
+    ticket_postgres
+);
+
+fn a_ticket_made_on_one_replica_finishes_on_the_other_once(p: Pair) {
     let uri = owner(&p);
     let t = ticket(&p.a, None);
     let s =
@@ -115,9 +174,13 @@ fn a_ticket_made_on_one_replica_finishes_on_the_other_once() {
     }
 }
 
-#[test]
-fn key_changes_reach_the_other_replica_when_it_hears_of_them() {
-    let p = pair();
+on_both!(
+    key_changes_reach_the_other_replica_when_it_hears_of_them,
+    keys_redb,
+    keys_postgres
+);
+
+fn key_changes_reach_the_other_replica_when_it_hears_of_them(p: Pair) {
     let uri = owner(&p);
     let t = ticket(&p.a, None);
     let s =
@@ -150,9 +213,13 @@ fn key_changes_reach_the_other_replica_when_it_hears_of_them() {
     assert!(p.b.authenticate_key(key.expose_secret()).is_err());
 }
 
-#[test]
-fn the_setup_token_is_one_for_the_deployment() {
-    let p = pair();
+on_both!(
+    the_setup_token_is_one_for_the_deployment,
+    setup_redb,
+    setup_postgres
+);
+
+fn the_setup_token_is_one_for_the_deployment(p: Pair) {
     let first =
         p.a.issue_setup_token()
             .expect("issue")
@@ -190,9 +257,13 @@ fn the_setup_token_is_one_for_the_deployment() {
     drop(p.dir);
 }
 
-#[test]
-fn a_device_cookie_from_one_replica_is_known_to_the_other() {
-    let p = pair();
+on_both!(
+    a_device_cookie_from_one_replica_is_known_to_the_other,
+    device_redb,
+    device_postgres
+);
+
+fn a_device_cookie_from_one_replica_is_known_to_the_other(p: Pair) {
     let (user, _, _) = p.a.setup_host("owner", &pw(PASSWORD)).expect("setup");
     let cookie = p.a.device_cookie(&user.id);
     let ip: Option<IpAddr> = Some([192, 0, 2, 7].into());
@@ -219,9 +290,13 @@ fn a_device_cookie_from_one_replica_is_known_to_the_other() {
     assert!(matches!(e, AuthError::Locked { .. }), "{e:?}");
 }
 
-#[test]
-fn the_shared_address_limit_counts_requests_on_every_replica() {
-    let p = pair();
+on_both!(
+    the_shared_address_limit_counts_requests_on_every_replica,
+    rate_redb,
+    rate_postgres
+);
+
+fn the_shared_address_limit_counts_requests_on_every_replica(p: Pair) {
     let burst = AuthSettings::default().rate_limit_burst;
     let ip: IpAddr = [192, 0, 2, 7].into();
     // Alternating replicas: together they get one burst, not one each.
@@ -249,10 +324,14 @@ fn the_shared_address_limit_counts_requests_on_every_replica() {
     assert!(p.b.check_shared_rate(other).expect("store").is_ok());
 }
 
-#[test]
-fn a_role_change_on_one_replica_reaches_the_others_people_cache() {
+on_both!(
+    a_role_change_on_one_replica_reaches_the_others_people_cache,
+    roles_redb,
+    roles_postgres
+);
+
+fn a_role_change_on_one_replica_reaches_the_others_people_cache(p: Pair) {
     use crate::auth::scope::Role;
-    let p = pair();
     let _uri = owner(&p);
     let host = p.a.host_principal();
     let (invite, _) = p.a.create_invite(&host, Role::User, None).expect("invite");
@@ -294,9 +373,13 @@ fn a_role_change_on_one_replica_reaches_the_others_people_cache() {
     assert!(p.b.authenticate_session(token).is_err());
 }
 
-#[test]
-fn one_ticket_raced_on_both_replicas_gives_one_session() {
-    let p = pair();
+on_both!(
+    one_ticket_raced_on_both_replicas_gives_one_session,
+    ticket_race_redb,
+    ticket_race_postgres
+);
+
+fn one_ticket_raced_on_both_replicas_gives_one_session(p: Pair) {
     let uri = owner(&p);
     for round in 0..3 {
         let t = ticket(&p.a, None);
@@ -321,9 +404,13 @@ fn one_ticket_raced_on_both_replicas_gives_one_session() {
     }
 }
 
-#[test]
-fn concurrent_guesses_on_both_replicas_verify_at_most_the_threshold() {
-    let p = pair();
+on_both!(
+    concurrent_guesses_on_both_replicas_verify_at_most_the_threshold,
+    guess_race_redb,
+    guess_race_postgres
+);
+
+fn concurrent_guesses_on_both_replicas_verify_at_most_the_threshold(p: Pair) {
     let _uri = owner(&p);
     let ip: Option<IpAddr> = Some([192, 0, 2, 7].into());
     let barrier = Arc::new(std::sync::Barrier::new(12));
