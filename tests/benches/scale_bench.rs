@@ -115,7 +115,11 @@ impl Conn {
             self.host,
             BODY.len()
         );
-        self.io.get_mut().write_all(req.as_bytes()).await.expect("write");
+        self.io
+            .get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .expect("write");
         let mut line = String::new();
         self.io.read_line(&mut line).await.expect("status line");
         let status: u16 = line
@@ -166,7 +170,7 @@ fn open_app(dir: &Path, key_file: &Path, upstream: SocketAddr, store: &str) -> A
         &file,
         format!(
             "[server]\ntls = false\n\n[vault]\nkey_file = \"{}\"\n\n{store}\n\
-             [auth]\nrate_limit_burst = 100000000\nrate_limit_per_minute = 100000000\n\n\
+             [auth]\nrate_limit_burst = 10000000\nrate_limit_per_minute = 10000000\n\n\
              [providers.mock]\nupstream = \"http://{upstream}\"\nsecret = \"mock-key\"\n\
              auth_header = \"authorization\"\nauth_format = \"Bearer {{secret}}\"\n",
             key_file.display()
@@ -237,7 +241,13 @@ fn store_figures(app: &App, name: &'static str) -> (Figures, String, String) {
         panic!("the owner has a second factor");
     };
     let session = auth
-        .mfa(ticket.expose_secret(), None, Some(codes[0].expose_secret()), None, None)
+        .mfa(
+            ticket.expose_secret(),
+            None,
+            Some(codes[0].expose_secret()),
+            None,
+            None,
+        )
         .expect("mfa");
     let p = auth
         .authenticate_session(session.token.expose_secret())
@@ -355,7 +365,10 @@ async fn propagation(a: &App, session: &str, b_vault: &Vault, b_auth: &latchkey_
             if seen.expose_secret() == value {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "the change never arrived");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the change never arrived"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         secret.push(t.elapsed());
@@ -371,14 +384,20 @@ async fn propagation(a: &App, session: &str, b_vault: &Vault, b_auth: &latchkey_
             .expect("key");
         let key = key.expose_secret().to_string();
         while b_auth.authenticate_key(&key).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "the key never arrived");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the key never arrived"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         made.push(t.elapsed());
         let t = Instant::now();
         a.auth().revoke_key(&p, &view.id).expect("revoke");
         while b_auth.authenticate_key(&key).is_ok() {
-            assert!(t.elapsed() < Duration::from_secs(10), "the revocation never arrived");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the revocation never arrived"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         revoked.push(t.elapsed());
@@ -386,7 +405,10 @@ async fn propagation(a: &App, session: &str, b_vault: &Vault, b_auth: &latchkey_
     }
     println!("\n== across two PostgreSQL replicas (commit on one until the other acts on it) ==");
     for (what, s) in [
-        ("vault entry replaced → the other's hot-path read returns it", &secret),
+        (
+            "vault entry replaced → the other's hot-path read returns it",
+            &secret,
+        ),
         ("API key made → the other accepts it", &made),
         ("API key revoked → the other refuses it", &revoked),
     ] {
@@ -416,8 +438,13 @@ async fn run() {
     let db = pg.database();
     let pg_store = format!("[store]\nbackend = \"postgres\"\nurl = \"{}\"\n", db.url());
     let mut session = String::new();
-    for (name, store) in [("redb (embedded file)", String::new()), ("PostgreSQL", pg_store.clone())] {
-        let dir = tmp.path().join(if store.is_empty() { "redb" } else { "pg" });
+    for (name, store) in [
+        ("redb (embedded file)", String::new()),
+        ("PostgreSQL", pg_store.clone()),
+    ] {
+        let dir = tmp
+            .path()
+            .join(if store.is_empty() { "redb" } else { "pg" });
         let (app, (mut f, key, s)) = {
             let (dir, key_file) = (dir.clone(), key_file.clone());
             tokio::task::spawn_blocking(move || {

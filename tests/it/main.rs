@@ -31,6 +31,8 @@ mod postgres;
 mod proxy;
 mod proxy_limits;
 mod realtime;
+mod replicas;
+mod replicas_limits;
 mod reverse_proxy;
 mod security_doc;
 mod serve;

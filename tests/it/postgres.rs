@@ -101,3 +101,31 @@ fn an_unreachable_database_is_a_clear_error_without_the_password() {
         out.stderr
     );
 }
+
+#[test]
+fn a_backup_of_a_postgres_store_is_made_and_a_restore_into_it_is_refused() {
+    let d = TestDir::on_postgres(PgServer::shared().database());
+    d.ok(&["vault", "put", "backed-up"], b"sk-backup-pg-1");
+    let file = d.path().join("pg.backup");
+    let f = file.to_str().expect("utf8");
+    d.ok(
+        &["backup", "--out", f, "--passphrase-stdin"],
+        b"backup passphrase 123\n",
+    );
+    // The backup (read through the seam) restores into a redb directory.
+    let target = TestDir::new();
+    let mut c = target.cmd(&["restore", f, "--passphrase-stdin"]);
+    c.env_remove("LATCHKEY_STORE__BACKEND")
+        .env_remove("LATCHKEY_STORE__URL");
+    let out = latchkey_e2e::run_cmd(c, b"backup passphrase 123\n");
+    assert!(out.status.success(), "{}", out.stderr);
+    // Restoring into the PostgreSQL deployment is refused, not faked.
+    let err = d.fails(
+        &["restore", f, "--passphrase-stdin"],
+        b"backup passphrase 123\n",
+    );
+    assert!(
+        err.contains("restoring into PostgreSQL is not supported"),
+        "{err}"
+    );
+}

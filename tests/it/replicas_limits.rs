@@ -22,7 +22,9 @@ use latchkey_e2e::cluster::Cluster;
 use latchkey_e2e::oidc::{
     Idp, OAuthBrowser, PROVIDER, SECRET_ENTRY, callback_urls, connection_config, free_port,
 };
-use latchkey_e2e::{Resp, ServeOpts, Server, TestDir, auth_config, create_key, spawn_server, web_setup};
+use latchkey_e2e::{
+    Resp, ServeOpts, Server, TestDir, auth_config, create_key, spawn_server, web_setup,
+};
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -168,8 +170,15 @@ fn a_per_key_rate_limit_holds_across_replicas_within_the_bound() {
         admitted.iter().map(Vec::len).collect::<Vec<_>>(),
         c.logs()
     );
-    assert!(bound < c.len() * RPM, "the pacing makes the bound meaningful");
-    assert_eq!(mock.seen().len(), total, "the upstream saw the admitted ones");
+    assert!(
+        bound < c.len() * RPM,
+        "the pacing makes the bound meaningful"
+    );
+    assert_eq!(
+        mock.seen().len(),
+        total,
+        "the upstream saw the admitted ones"
+    );
 
     // Their usage is stored once: the replicas' flushes add up exactly.
     let cookie = format!("Cookie: __Host-latchkey_session={session}");

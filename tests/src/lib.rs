@@ -6,6 +6,7 @@ mod auth;
 mod server;
 
 pub mod caddy;
+pub mod cluster;
 pub mod desktop;
 pub mod nginx;
 pub mod oidc;

@@ -72,6 +72,16 @@ pub fn backup(ctx: &Context, a: BackupArgs) -> anyhow::Result<()> {
 }
 
 pub fn restore(ctx: &Context, a: RestoreArgs) -> anyhow::Result<()> {
+    if ctx.settings.store.backend == latchkey_core::store::Backend::Postgres {
+        // A restore builds a redb file in the data directory: on a
+        // PostgreSQL deployment it would report success and change nothing
+        // the replicas read.
+        bail!(
+            "restore writes a redb data directory, and store.backend = \"postgres\": restoring \
+             into PostgreSQL is not supported yet (docs/SCALE.md); restore into a data directory \
+             without [store] instead"
+        );
+    }
     let identity = match (&a.identity, a.passphrase_stdin) {
         (Some(path), _) => BackupIdentity::from_identity_file(path)?,
         (None, true) => {

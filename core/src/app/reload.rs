@@ -3,8 +3,9 @@
 //!
 //! It listens to [`Store::subscribe`] and hands each change to every
 //! registered cache ([`Cache`]), which reloads or drops what the named
-//! tables touch (the vault's decrypted secrets, connection tokens and
-//! client settings, per-key limits; the auth side registers its own).
+//! tables touch (auth's key and people caches and revocation signal, the
+//! vault's decrypted secrets, connection tokens and client settings,
+//! per-key limits: `super::caches`).
 //! A burst of notifications is folded into one change, so a busy cluster
 //! costs one reload per burst, not per commit; a lagging or reconnected
 //! feed is [`Changed::Unknown`], on which every cache reloads. On a store

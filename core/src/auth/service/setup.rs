@@ -40,12 +40,18 @@ impl Auth {
         Ok(Some(token))
     }
 
-    /// Ends the setup token: an owner exists.
-    fn end_setup_token(&self) -> Result<(), AuthError> {
-        let txn = self.store.begin_write()?;
-        state::end_setup(&txn)?;
-        txn.commit()?;
-        Ok(())
+    /// Ends the setup token: an owner exists. A token left behind by a
+    /// failed write is harmless (every setup step refuses once an owner is
+    /// active, and pruning deletes it when it expires), so the owner's
+    /// setup does not fail for it.
+    fn end_setup_token(&self) {
+        let ended = self.store.begin_write().and_then(|txn| {
+            state::end_setup(&txn)?;
+            txn.commit()
+        });
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "could not delete the used setup token; it expires unused");
+        }
     }
 
     /// Checks `token` against the setup token and holds this process's
@@ -155,7 +161,7 @@ impl Auth {
         db::put(&txn, USERS, &id.key(), &user)?;
         txn.commit()?;
         self.forget_people();
-        self.end_setup_token()?;
+        self.end_setup_token();
         drop(setup);
         self.audit(AuditEvent::new(username, "setup.complete", Outcome::Success).ip(ip));
         Ok((UserView::of(id, &user), codes))
@@ -206,7 +212,7 @@ impl Auth {
             u.recovery_hashes = hashes;
             Ok(())
         })?;
-        self.end_setup_token()?;
+        self.end_setup_token();
         self.audit(AuditEvent::new("host", "setup.complete", Outcome::Success).target(username));
         Ok((UserView::of(id, &user), view, codes))
     }

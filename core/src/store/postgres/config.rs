@@ -132,9 +132,10 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// `postgres://user@host:port/database` for `raw`: what a message may show
-/// of a connection string (no password, no other parameter). Itself a
-/// valid connection string naming the same server and database.
+/// `postgres://user@host:port/database[?sslmode=…]` for `raw`: what a
+/// message may show of a connection string (no password, no other
+/// parameter). Itself a valid connection string naming the same server and
+/// database.
 pub(crate) fn describe_url(raw: &str) -> String {
     let Ok(config) = parse(raw) else {
         return "<unreadable connection string>".into();
@@ -159,7 +160,13 @@ pub(crate) fn describe_url(raw: &str) -> String {
     let user = config.get_user().map(encode).unwrap_or_default();
     let db = config.get_dbname().map(encode).unwrap_or_default();
     let at = if user.is_empty() { "" } else { "@" };
-    format!("postgres://{user}{at}{}/{db}", hosts.join(","))
+    // Not secret, and what an operator checks first.
+    let tls = match config.get_ssl_mode() {
+        SslMode::Disable => "?sslmode=disable",
+        SslMode::Require => "?sslmode=require",
+        _ => "",
+    };
+    format!("postgres://{user}{at}{}/{db}{tls}", hosts.join(","))
 }
 
 #[cfg(test)]
@@ -199,6 +206,7 @@ mod tests {
             "host=/run/postgresql port=5432 user=lk dbname=latchkey",
             "postgres://lk@[::1]:5432/latchkey",
             "postgres://lk@a:1,b:2/latchkey",
+            "postgres://lk:pw@db/latchkey?sslmode=verify-full&application_name=x",
         ] {
             let once = describe_url(raw);
             assert_eq!(describe_url(&once), once, "{raw}");
@@ -207,6 +215,10 @@ mod tests {
         assert_eq!(
             describe_url("host=/run/postgresql port=5432 user=lk dbname=latchkey"),
             "postgres://lk@%2Frun%2Fpostgresql:5432/latchkey"
+        );
+        assert_eq!(
+            describe_url("postgres://lk:pw@db:5433/latchkey?sslmode=verify-full"),
+            "postgres://lk@db:5433/latchkey?sslmode=require"
         );
     }
 
