@@ -8,7 +8,7 @@
 //! password never printed; and a backup of a PostgreSQL-backed install
 //! restored into a directory and verified.
 
-use super::proxy::{ANTHROPIC_SECRET, Mock, OPENAI_SECRET, config, no_secrets, post, seeded};
+use super::proxy::{ANTHROPIC_SECRET, Mock, OPENAI_SECRET, config, no_secrets, post};
 use latchkey_e2e::postgres::{PG_PASSWORD, PgDatabase, PgServer};
 use latchkey_e2e::{
     Authenticator, Browser, Out, Owner, PASSWORD, ServeOpts, Server, TestDir, contains_bytes,
@@ -16,6 +16,26 @@ use latchkey_e2e::{
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// A data directory on the embedded store, whatever
+/// `LATCHKEY_TEST_STORE` says: these tests choose each side's backend.
+fn redb_dir() -> TestDir {
+    TestDir {
+        tmp: tempfile::tempdir().expect("tempdir"),
+        store: None,
+    }
+}
+
+/// An embedded install holding the two provider secrets.
+fn seeded() -> TestDir {
+    let d = redb_dir();
+    d.ok(&["vault", "put", "openai-main"], OPENAI_SECRET.as_bytes());
+    d.ok(
+        &["vault", "put", "anthropic-main"],
+        ANTHROPIC_SECRET.as_bytes(),
+    );
+    d
+}
 
 /// `latchkey ARGS…` on `d` with `env` added, stdin empty.
 fn run_with(d: &TestDir, args: &[&str], env: &[(&str, &str)]) -> Out {
@@ -203,7 +223,7 @@ fn store_migrate_round_trip_keeps_everything_and_servers_work() {
 
     // A server on PostgreSQL, with its own data directory (lock and admin
     // token only) and the installation's master key: everything is there.
-    let d2 = TestDir::new();
+    let d2 = redb_dir();
     let env = pg_env(&db, &key_file);
     let mut opts = ServeOpts::new().config(&cfg);
     for (k, v) in &env {
@@ -250,7 +270,7 @@ fn store_migrate_round_trip_keeps_everything_and_servers_work() {
         "{}",
         out.stderr
     );
-    let d3 = TestDir::new();
+    let d3 = redb_dir();
     let out = run_with(
         &d2,
         &["store", "migrate", "--to", &d3.data().to_string_lossy()],
@@ -307,7 +327,7 @@ fn backup_of_a_postgres_install_restores_into_a_directory() {
     assert!(out.status.success(), "migrate: {}", both(&out));
 
     // `latchkey backup` on the PostgreSQL-backed install (offline).
-    let d2 = TestDir::new();
+    let d2 = redb_dir();
     let env = pg_env(&db, &key_file);
     let idfile = d2.path().join("backup-identity.txt");
     let id = d2.ok(&["keygen"], b"").stdout;
@@ -335,7 +355,7 @@ fn backup_of_a_postgres_install_restores_into_a_directory() {
         .to_string();
 
     // Restored into a new directory (embedded store) and verified.
-    let d3 = TestDir::new();
+    let d3 = redb_dir();
     let out = run_with(
         &d3,
         &[
