@@ -23,7 +23,7 @@ skip=(
   serve_robustness::sigint_lets_requests_in_flight_finish
   # On PostgreSQL already in the main run (their harness gives every
   # replica the one shared database).
-  replicas:: postgres:: store_migrate:: deploy_runtime::
+  replicas:: replicas_limits::
   # Runs the CLI under `env -i` (a keyutils session), which drops the
   # store settings this run passes in the environment.
   key_sources::keyring_source_with_kernel_keyutils
