@@ -21,6 +21,7 @@ skip=(
   backup:: hardening_vault_proxy::forged_and_tampered_backups
   serve::cli_uses_the_running_server leaks::secret_never_reaches_disk
   serve_robustness::sigint_lets_requests_in_flight_finish
+  serve_robustness::sigterm_lets_requests_in_flight_finish
   # On PostgreSQL already in the main run (their harness gives every
   # replica the one shared database).
   replicas:: replicas_limits::
