@@ -7,8 +7,8 @@
 use super::reload::{Cache, spawn_cache_reloader};
 use crate::proxy::KeyLimiter;
 use crate::secrecy::ExposeSecret;
+use crate::store::Store;
 use crate::store::test_pg::{PgDatabase, PgServer};
-use crate::store::{Backend, DatabaseUrl, Store, StoreSettings};
 use crate::vault::{Kind, MasterKeySource, NewRecord, Vault};
 use secrecy::SecretString;
 use std::path::Path;
@@ -17,19 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 fn open(db: &PgDatabase) -> (Arc<Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_with(
-        dir.path(),
-        "test",
-        &StoreSettings {
-            backend: Backend::Postgres,
-            url: Some(DatabaseUrl::new(db.url())),
-            timeout: Duration::from_secs(20),
-            ..StoreSettings::default()
-        },
-    )
-    .expect("open PostgreSQL");
-    (store, dir)
+    crate::store::open_test_pg(db)
 }
 
 fn vault(store: Arc<Store>, key_file: &Path) -> Arc<Vault> {

@@ -49,21 +49,10 @@ fn pair() -> Pair {
 /// connections, its own process-wide state) on one real PostgreSQL
 /// database (`store::test_pg`), one master key.
 fn pg_pair() -> Pair {
-    use crate::store::{Backend, DatabaseUrl, StoreSettings};
     let db = crate::store::test_pg::PgServer::shared().database();
-    let settings = StoreSettings {
-        backend: Backend::Postgres,
-        url: Some(DatabaseUrl::new(db.url())),
-        timeout: std::time::Duration::from_secs(20),
-        ..StoreSettings::default()
-    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (da, dbd) = (
-        tempfile::tempdir().expect("a"),
-        tempfile::tempdir().expect("b"),
-    );
-    let sa = Store::open_with(da.path(), "test", &settings).expect("open PostgreSQL");
-    let sb = Store::open_with(dbd.path(), "test", &settings).expect("open PostgreSQL");
+    let (sa, da) = crate::store::open_test_pg(&db);
+    let (sb, dbd) = crate::store::open_test_pg(&db);
     let a = replica(&sa, dir.path());
     let b = replica(&sb, dir.path());
     Pair {

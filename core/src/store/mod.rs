@@ -444,3 +444,24 @@ mod seam_tests;
 #[allow(dead_code)] // the harness serves the end-to-end tests too
 #[path = "../../../tests/src/postgres.rs"]
 pub(crate) mod test_pg;
+
+/// Settings for a store on the test server's database `db`.
+#[cfg(test)]
+pub(crate) fn test_pg_settings(db: &test_pg::PgDatabase) -> StoreSettings {
+    StoreSettings {
+        backend: Backend::Postgres,
+        url: Some(DatabaseUrl::new(db.url())),
+        timeout: std::time::Duration::from_secs(20),
+        ..StoreSettings::default()
+    }
+}
+
+/// A store on `db` (one replica of a test deployment), with the data
+/// directory that must outlive it.
+#[cfg(test)]
+pub(crate) fn open_test_pg(db: &test_pg::PgDatabase) -> (Arc<Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        Store::open_with(dir.path(), "test", &test_pg_settings(db)).expect("open PostgreSQL");
+    (store, dir)
+}

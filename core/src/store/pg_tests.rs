@@ -9,12 +9,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 fn settings(db: &PgDatabase) -> StoreSettings {
-    StoreSettings {
-        backend: Backend::Postgres,
-        url: Some(DatabaseUrl::new(db.url())),
-        timeout: Duration::from_secs(20),
-        ..StoreSettings::default()
-    }
+    test_pg_settings(db)
 }
 
 #[derive(Debug)]

@@ -20,19 +20,9 @@ struct Opened {
     _dir: tempfile::TempDir,
 }
 
-fn pg_settings(db: &PgDatabase) -> StoreSettings {
-    StoreSettings {
-        backend: Backend::Postgres,
-        url: Some(DatabaseUrl::new(db.url())),
-        timeout: Duration::from_secs(20),
-        ..StoreSettings::default()
-    }
-}
-
 fn open_on(db: &PgDatabase) -> Opened {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_with(dir.path(), "test", &pg_settings(db)).expect("open PostgreSQL");
-    Opened { store, _dir: dir }
+    let (store, _dir) = open_test_pg(db);
+    Opened { store, _dir }
 }
 
 /// One store, and a second handle on the same data: the same `Store` for

@@ -227,16 +227,8 @@ fn invalid_input_is_rejected_before_writing() {
 /// The same put → list → reveal → remove on the PostgreSQL backend.
 #[test]
 fn put_list_reveal_remove_on_postgres() {
-    use crate::store::test_pg::PgServer;
-    use crate::store::{Backend, DatabaseUrl, StoreSettings};
-    let db = PgServer::shared().database();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = StoreSettings {
-        backend: Backend::Postgres,
-        url: Some(DatabaseUrl::new(db.url())),
-        ..StoreSettings::default()
-    };
-    let store = Store::open_with(dir.path(), "cli", &settings).expect("store");
+    let db = crate::store::test_pg::PgServer::shared().database();
+    let (store, dir) = crate::store::open_test_pg(&db);
     let v = Vault::new(store);
     let source = MasterKeySource::KeyFile {
         path: dir.path().join("master.key"),

@@ -5,7 +5,6 @@
 
 use super::*;
 use crate::store::test_pg::{PgDatabase, PgServer};
-use crate::store::{Backend, DatabaseUrl, Store, StoreSettings};
 
 struct Replica {
     conns: Arc<Connections>,
@@ -18,18 +17,7 @@ fn replica(
     key_file: &std::path::Path,
     settings: &BTreeMap<String, ConnectionSettings>,
 ) -> Replica {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_with(
-        dir.path(),
-        "test",
-        &StoreSettings {
-            backend: Backend::Postgres,
-            url: Some(DatabaseUrl::new(db.url())),
-            timeout: Duration::from_secs(20),
-            ..StoreSettings::default()
-        },
-    )
-    .expect("open PostgreSQL");
+    let (store, dir) = crate::store::open_test_pg(db);
     let vault = Arc::new(Vault::new(store));
     vault
         .open_with(&MasterKeySource::KeyFile {
