@@ -148,7 +148,7 @@ fn redb_row(item: Result<RedbGuards<'_>, redb::StorageError>) -> Row {
 }
 
 /// A table named at run time (backups and `store migrate` copy every table).
-pub fn named(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u8]> {
+fn named(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u8]> {
     redb::TableDefinition::new(name)
 }
 

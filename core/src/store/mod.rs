@@ -18,7 +18,7 @@ mod settings;
 mod shared;
 
 pub use copy::{CopyReport, TableCopy, copy_tables, digest_tables};
-pub use kv::{ReadTxn, Rows, Table, Value, WriteTxn, byte_table, named, table_name};
+pub use kv::{ReadTxn, Rows, Table, Value, WriteTxn, byte_table, table_name};
 
 pub use latchkey_migrations::{
     ByteTable, CURRENT_VERSION, META, v1::VAULT_NAMES, v1::VAULT_RECORDS,
