@@ -184,7 +184,7 @@ impl ReadTxn {
         self.open_named(table.name())
     }
 
-    /// Opens the table called `name` (see [`named`]).
+    /// Opens the table called `name` (a table named at run time: backups, `store migrate`).
     pub fn open_named(&self, name: &str) -> Result<Table<'_>, StoreError> {
         match &self.inner {
             ReadInner::Redb(txn) => match txn.open_table(named(name)) {
@@ -231,7 +231,7 @@ impl WriteTxn {
         self.open_named(table.name())
     }
 
-    /// Opens the table called `name` (see [`named`]), creating it if needed.
+    /// Opens the table called `name` (a table named at run time: backups, `store migrate`), creating it if needed.
     pub fn open_named(&self, name: &str) -> Result<Table<'_>, StoreError> {
         match &self.inner {
             WriteInner::Redb(txn) => Ok(Table {
