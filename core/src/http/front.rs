@@ -123,13 +123,17 @@ async fn proxy(state: Arc<AppState>, req: Request<Body>, peer: SocketAddr) -> Re
     // two call sites.
     macro_rules! finished {
         ($level:ident) => {
+            // The message as a plain `&str` field (where a format string
+            // would put it, first): recorded as a string, not formatted
+            // through `fmt::Arguments` (~1 k instructions a line). The
+            // line reads the same.
             tracing::$level!(
+                message = "request finished",
                 method = super::metrics::method_label(&method),
                 route = PROXY_ROUTE,
                 request_id = id.as_str(),
                 status,
                 latency_ms,
-                "request finished"
             )
         };
     }
