@@ -340,9 +340,6 @@ async fn forward(
         client_key(&parts.headers, parts.uri.query()).ok_or_else(ProxyError::unauthenticated)?;
     let (principal, route) = admit(ctx, &parts, &key)?;
     drop(key);
-    let Via::ApiKey { id: key_id, .. } = &principal.via else {
-        return Err(ProxyError::unauthenticated());
-    };
     let p = &route.provider;
     let path = split_path(&parts.uri).1;
     let declared = parts
@@ -356,6 +353,11 @@ async fn forward(
         });
     }
     let secret = credential(ctx, p, &principal, &parts.headers).await?;
+    // The principal's last use: its key id is moved into the usage key
+    // below, not copied (an allocation per request).
+    let Via::ApiKey { id: key_id, .. } = principal.via else {
+        return Err(ProxyError::unauthenticated());
+    };
     let uri = match (parts.uri.query(), &p.injection) {
         // Nothing from the query or the credential goes into the URI.
         (None, Injection::Header { .. } | Injection::None) => plain_upstream_uri(p, path)?,
@@ -436,7 +438,7 @@ async fn forward(
         route: Arc::clone(&route),
         key: UsageKey {
             day: String::new(),
-            key_id: key_id.clone(),
+            key_id,
             provider: p.name.clone(),
             model: String::new(),
         },
