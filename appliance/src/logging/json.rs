@@ -10,6 +10,7 @@
 //! (so no field can break out of its string or forge a line) into one
 //! `Vec`, and span fields, already JSON, are copied as they are.
 
+use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -256,21 +257,52 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        // One buffer per thread, reused line after line (a fresh one was
+        // an allocation per line); a line logged while another is being
+        // formatted on the thread (a `Debug` impl that logs) gets its own.
+        thread_local! {
+            static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                let res = self.line(&mut buf, ctx, event, &mut writer);
+                // A huge line is not kept for the thread's lifetime.
+                if buf.capacity() > KEEP_LINE_CAPACITY {
+                    *buf = Vec::new();
+                }
+                res
+            }
+            Err(_) => self.line(&mut Vec::with_capacity(512), ctx, event, &mut writer),
+        })
+    }
+}
+
+/// Largest line buffer kept for the next line.
+const KEEP_LINE_CAPACITY: usize = 16 * 1024;
+
+impl JsonLines {
+    /// Formats `event` into `buf` (empty) and writes it to `writer`.
+    fn line<S>(
+        &self,
+        buf: &mut Vec<u8>,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        event: &Event<'_>,
+        writer: &mut Writer<'_>,
+    ) -> fmt::Result
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
         let meta = event.metadata();
-        // Room for a whole `request finished` line (~300 bytes): growing
-        // the buffer midway cost a reallocation and a copy per line.
-        let mut buf = Vec::with_capacity(512);
+        buf.reserve(512);
         buf.extend_from_slice(b"{\"timestamp\":");
-        self.timestamp(&mut buf, SystemTime::now());
+        self.timestamp(buf, SystemTime::now());
         buf.extend_from_slice(b",\"level\":\"");
         buf.extend_from_slice(meta.level().as_str().as_bytes());
         buf.extend_from_slice(b"\",\"fields\":{");
-        event.record(&mut Fields {
-            buf: &mut buf,
-            first: true,
-        });
+        event.record(&mut Fields { buf, first: true });
         buf.extend_from_slice(b"},\"target\":");
-        string(&mut buf, meta.target());
+        string(buf, meta.target());
         if let Some(scope) = ctx.event_scope() {
             buf.extend_from_slice(b",\"spans\":[");
             for (i, span) in scope.from_root().enumerate() {
@@ -291,14 +323,14 @@ where
                     buf.push(b',');
                 }
                 buf.extend_from_slice(b"\"name\":");
-                string(&mut buf, span.metadata().name());
+                string(buf, span.metadata().name());
                 buf.push(b'}');
             }
             buf.push(b']');
         }
         buf.extend_from_slice(b"}\n");
         // serde_json writes UTF-8 only, and so does everything above.
-        writer.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+        writer.write_str(std::str::from_utf8(buf).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -12,7 +12,8 @@ use crate::context::Context;
 use buffered::{BufferedStderr, FlushGuard};
 use latchkey_core::config::LogFormat;
 use std::io::IsTerminal;
-use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::EitherWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
@@ -51,6 +52,32 @@ fn quiet_drivers(filter: EnvFilter) -> EnvFilter {
         .fold(filter, EnvFilter::add_directive)
 }
 
+/// Where lines go: batched (the server) or straight to stderr. An enum
+/// rather than a `BoxMakeWriter`, which boxes every line's writer: an
+/// allocation per line, one per proxied request.
+enum Out {
+    Batched(BufferedStderr),
+    Stderr,
+}
+
+impl<'a> MakeWriter<'a> for Out {
+    type Writer = EitherWriter<buffered::LineWriter<'a>, std::io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match self {
+            Out::Batched(b) => EitherWriter::A(b.make_writer()),
+            Out::Stderr => EitherWriter::B(std::io::stderr()),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        match self {
+            Out::Batched(b) => EitherWriter::A(b.make_writer_for(meta)),
+            Out::Stderr => EitherWriter::B(std::io::stderr()),
+        }
+    }
+}
+
 /// Installs the subscriber. Hold the returned [`Logging`] until the end:
 /// dropping it flushes the server's batched lines.
 pub fn init(ctx: &Context, serving: bool) -> Logging {
@@ -78,9 +105,9 @@ pub fn init(ctx: &Context, serving: bool) -> Logging {
     let (filter, level) = reload::Layer::new(quiet_drivers(filter));
     let (writer, flush) = if serving {
         let (w, g) = BufferedStderr::new();
-        (BoxMakeWriter::new(w), Some(g))
+        (Out::Batched(w), Some(g))
     } else {
-        (BoxMakeWriter::new(std::io::stderr), None)
+        (Out::Stderr, None)
     };
     let (json_layer, human_layer) = if json {
         let layer = tracing_subscriber::fmt::layer()
