@@ -9,7 +9,8 @@
 # --instr-atstart=no`: instrumentation is switched on for WINDOW seconds
 # after WARM seconds of load, and the instructions counted are divided by
 # the requests inside the window: the mean of the calls of `Front::call`
-# (requests begun) and `UsageBook::record` (requests finished) that the
+# (requests begun) and `UsageBook::record_request` (requests finished;
+# `UsageBook::record` in builds before it) that the
 # profile records. (The mock's own count over the window is printed too,
 # but `callgrind_control` takes a moment to act, so it runs high.)
 #
@@ -113,7 +114,8 @@ for line in open(sys.argv[1], errors="replace"):
         k = int(line[6:].split()[0])
         if cfn.endswith("::http::front::Front::call"):
             calls["begun"] += k
-        elif cfn.endswith("::proxy::usage::UsageBook::record"):
+        elif cfn.endswith(("::proxy::usage::UsageBook::record",
+                           "::proxy::usage::UsageBook::record_request")):
             calls["done"] += k
 print((calls["begun"] + calls["done"]) // 2)
 PY

@@ -88,7 +88,7 @@ pub fn valid_model(m: &str) -> bool {
 /// to‖0x01`; the other parts are UTF-8 and never hold a NUL (key ids and
 /// provider names cannot; a model name's NULs are replaced by `?` when it
 /// is read from a response).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UsageKey {
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
@@ -262,6 +262,10 @@ struct Inner {
     /// Per provider: the UTC day and the model names counted as themselves
     /// on it (at most [`MAX_MODELS_PER_PROVIDER_DAY`]).
     models: FxHashMap<String, (String, FxHashSet<String>)>,
+    /// A key assembled from borrowed parts to look a row up
+    /// ([`UsageBook::record_request`]); its strings keep their capacity,
+    /// so a row counted before costs no allocation.
+    probe: UsageKey,
 }
 
 impl Inner {
@@ -310,10 +314,6 @@ pub struct UsageBook {
 
 /// The UTC day of `unix` seconds, `YYYY-MM-DD`.
 pub fn day_of(unix: i64) -> String {
-    // Asked for on every proxied request, while the answer changes once a
-    // day: the last day's text is kept (the calendar arithmetic and
-    // formatting were ~1 % of a request's instructions).
-    static LAST: Mutex<Option<(i64, String)>> = Mutex::new(None);
     let day = unix.div_euclid(86_400);
     let mut last = lock(&LAST);
     if let Some((d, text)) = last.as_ref()
@@ -326,6 +326,34 @@ pub fn day_of(unix: i64) -> String {
         .unwrap_or_else(|_| "unknown".into());
     *last = Some((day, text.clone()));
     text
+}
+
+/// Asked for on every proxied request, while the answer changes once a
+/// day: the last day's text is kept (the calendar arithmetic and
+/// formatting were ~1 % of a request's instructions).
+static LAST: Mutex<Option<(i64, String)>> = Mutex::new(None);
+
+/// Calls `f` with [`day_of`]`(unix)` without allocating it: the cached
+/// text is copied to the stack (the cache's lock is not held while `f`
+/// runs, so `f` may take other locks).
+pub fn with_day<R>(unix: i64, f: impl FnOnce(&str) -> R) -> R {
+    let mut buf = [0u8; 32];
+    let copied = {
+        let day = unix.div_euclid(86_400);
+        let last = lock(&LAST);
+        last.as_ref()
+            .filter(|(d, _)| *d == day)
+            .and_then(|(_, text)| {
+                let slot = buf.get_mut(..text.len())?;
+                slot.copy_from_slice(text.as_bytes());
+                Some(text.len())
+            })
+    };
+    match copied.and_then(|n| std::str::from_utf8(buf.get(..n)?).ok()) {
+        Some(day) => f(day),
+        // Not cached yet (the day's first call): made, and cached, here.
+        None => f(&day_of(unix)),
+    }
 }
 
 /// Seconds from `unix` to the next UTC midnight (at least 1).
@@ -372,6 +400,7 @@ impl UsageBook {
                 pending: FxHashMap::default(),
                 spent,
                 models,
+                probe: UsageKey::default(),
             }),
             gate: Mutex::new(()),
         })
@@ -379,31 +408,74 @@ impl UsageBook {
 
     /// Counts one finished request (under [`OTHER_MODEL`] when its model
     /// name is not one or its provider's cap for the day is reached).
-    pub fn record(&self, mut key: UsageKey, usage: &Usage, error: bool) {
+    pub fn record(&self, key: UsageKey, usage: &Usage, error: bool) {
+        let UsageKey {
+            day,
+            key_id,
+            provider,
+            model,
+        } = key;
+        self.record_request(&day, &key_id, &provider, model, usage, error);
+    }
+
+    /// [`UsageBook::record`] from borrowed parts (the proxy's hot path):
+    /// a row counted before is found through a reused probe key, so only
+    /// a new row copies the parts.
+    pub fn record_request(
+        &self,
+        day: &str,
+        key_id: &str,
+        provider: &str,
+        model: String,
+        usage: &Usage,
+        error: bool,
+    ) {
         let tokens = usage.input_tokens.saturating_add(usage.output_tokens);
         let mut inner = lock(&self.inner);
-        key.model = inner.bounded_model(&key.day, &key.provider, std::mem::take(&mut key.model));
+        let model = inner.bounded_model(day, provider, model);
         // Looked up before inserting: a key seen before costs no clone.
-        match inner.spent.get_mut(&key.key_id) {
+        match inner.spent.get_mut(key_id) {
             Some(spent) => {
-                if spent.0 != key.day {
-                    *spent = (key.day.clone(), 0);
+                if spent.0 != day {
+                    *spent = (day.to_owned(), 0);
                 }
                 spent.1 = spent.1.saturating_add(tokens);
             }
             None => {
                 inner
                     .spent
-                    .insert(key.key_id.clone(), (key.day.clone(), tokens));
+                    .insert(key_id.to_owned(), (day.to_owned(), tokens));
             }
         }
-        inner.pending.entry(key).or_default().add(&Totals {
+        let add = Totals {
             requests: 1,
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             errors: u64::from(error),
             ..Totals::default()
-        });
+        };
+        let Inner { pending, probe, .. } = &mut *inner;
+        for (slot, part) in [
+            (&mut probe.day, day),
+            (&mut probe.key_id, key_id),
+            (&mut probe.provider, provider),
+            (&mut probe.model, model.as_str()),
+        ] {
+            slot.clear();
+            slot.push_str(part);
+        }
+        match pending.get_mut(probe) {
+            Some(totals) => totals.add(&add),
+            None => {
+                let key = UsageKey {
+                    day: day.to_owned(),
+                    key_id: key_id.to_owned(),
+                    provider: provider.to_owned(),
+                    model,
+                };
+                pending.insert(key, add);
+            }
+        }
     }
 
     /// Counts what a realtime session reported (see [`Totals`]): its

@@ -360,6 +360,50 @@ fn midnight() {
 }
 
 #[test]
+fn with_day_reads_what_day_of_says() {
+    for unix in [0, 86_399, 86_400, 1_765_000_000, 1_765_000_000 + 86_400] {
+        // Twice: the first call may fill the cache, the second reads it.
+        assert_eq!(with_day(unix, str::to_owned), day_of(unix));
+        assert_eq!(with_day(unix, str::to_owned), day_of(unix));
+    }
+}
+
+#[test]
+fn a_row_counted_again_is_found_by_its_parts() {
+    let book = UsageBook::default();
+    let u = usage("m", 1, 2);
+    book.record_request("2026-11-22", "a", "openai", "m".into(), &u, false);
+    book.record_request("2026-11-22", "a", "openai", "m".into(), &u, true);
+    // Parts that differ in any one place are another row.
+    book.record_request("2026-11-22", "a", "openai", "n".into(), &u, false);
+    book.record_request("2026-11-22", "a", "anthropic", "m".into(), &u, false);
+    book.record_request("2026-11-23", "a", "openai", "m".into(), &u, false);
+    book.record_request("2026-11-22", "b", "openai", "m".into(), &u, false);
+    // Checked with the book's lock held, released before `spent` below.
+    let inner = lock(&book.inner);
+    let pending = &inner.pending;
+    assert_eq!(pending.len(), 5);
+    let row = |day: &str, k: &str, p: &str, m: &str| {
+        pending[&UsageKey {
+            day: day.into(),
+            key_id: k.into(),
+            provider: p.into(),
+            model: m.into(),
+        }]
+    };
+    assert_eq!(
+        (
+            row("2026-11-22", "a", "openai", "m").requests,
+            row("2026-11-22", "a", "openai", "m").errors
+        ),
+        (2, 1)
+    );
+    assert_eq!(row("2026-11-22", "b", "openai", "m").requests, 1);
+    drop(inner);
+    assert_eq!(book.spent("a", "2026-11-23"), 3);
+}
+
+#[test]
 fn book_flushes_queries_and_reloads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), "test").expect("store");
