@@ -10,7 +10,7 @@
 
 use super::headers::{filter_request_headers, filter_response_headers};
 use super::providers::{Injection, Provider};
-use super::usage::{UsageKey, UsageParser};
+use super::usage::UsageParser;
 use super::{Proxy, ProxyError, Route};
 use crate::auth::scope::Scope;
 use crate::auth::{Auth, Via};
@@ -313,18 +313,29 @@ pub(super) fn inject_header(
             (&format[..at], &format[at + MARK.len()..])
         });
     let secret = s.expose_secret();
-    let mut value = Zeroizing::new(String::with_capacity(
-        before.len() + secret.len() + after.len(),
-    ));
-    value.push_str(before);
-    value.push_str(secret);
-    value.push_str(after);
-    let mut v = HeaderValue::from_str(&value).map_err(|_| {
+    // Written straight into the bytes the header value keeps: no second
+    // copy of the credential (a `String` copied into the value was one
+    // more allocation per request, and one more copy to wipe).
+    let mut value = bytes::BytesMut::with_capacity(before.len() + secret.len() + after.len());
+    value.extend_from_slice(before.as_bytes());
+    value.extend_from_slice(secret.as_bytes());
+    value.extend_from_slice(after.as_bytes());
+    let invalid = || {
         ProxyError::Internal(format!(
             "the credential of provider `{}` is not a valid header value",
             p.name
         ))
-    })?;
+    };
+    // What `HeaderValue` accepts, checked first so a refused credential
+    // is wiped here rather than freed as it is.
+    if !value
+        .iter()
+        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+    {
+        zeroize::Zeroize::zeroize(&mut value[..]);
+        return Err(invalid());
+    }
+    let mut v = HeaderValue::from_maybe_shared(value.freeze()).map_err(|_| invalid())?;
     v.set_sensitive(true);
     headers.insert(name.clone(), v);
     Ok(())
@@ -436,12 +447,7 @@ async fn forward(
     let tap = Tap {
         proxy: Arc::clone(ctx.proxy),
         route: Arc::clone(&route),
-        key: UsageKey {
-            day: String::new(),
-            key_id,
-            provider: p.name.clone(),
-            model: String::new(),
-        },
+        key_id,
         parser,
         error: rparts.status.as_u16() >= 400,
     };
@@ -636,7 +642,7 @@ fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
 struct Tap {
     proxy: Arc<Proxy>,
     route: Arc<Route>,
-    key: UsageKey,
+    key_id: String,
     parser: UsageParser,
     /// The upstream answered 400 or more.
     error: bool,
@@ -647,19 +653,23 @@ impl Tap {
         let Tap {
             proxy,
             route,
-            mut key,
+            key_id,
             parser,
             error,
         } = self;
         let mut usage = parser.finish();
-        // Taken, not cloned: `record` reads only the counts.
-        key.model = usage
+        // Taken, not cloned: `record_request` reads only the counts.
+        let model = usage
             .model
             .take()
             .unwrap_or_else(|| super::usage::UNKNOWN_MODEL.into());
-        key.day = super::usage::day_of(crate::auth::service::now());
         route.stats.tokens(usage.input_tokens, usage.output_tokens);
-        proxy.usage.record(key, &usage, error);
+        // Borrowed parts: a row counted before costs no allocation.
+        super::usage::with_day(crate::auth::service::now(), |day| {
+            proxy
+                .usage
+                .record_request(day, &key_id, &route.provider.name, model, &usage, error);
+        });
     }
 }
 
