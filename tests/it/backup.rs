@@ -1,21 +1,6 @@
 //! `latchkey backup` / `latchkey restore`.
 
-use latchkey_e2e::postgres::PgServer;
 use latchkey_e2e::{TestDir, file_bytes, files_under};
-
-/// What a refused restore must leave as it was: the database file's bytes,
-/// or (`LATCHKEY_TEST_STORE=postgres`) every row of the test's database.
-fn store_state(d: &TestDir) -> Vec<u8> {
-    match &d.store {
-        Some(db) => PgServer::shared()
-            .psql(
-                &db.name,
-                "SELECT tbl, encode(k, 'hex'), encode(v, 'hex') FROM latchkey_kv ORDER BY tbl, k",
-            )
-            .into_bytes(),
-        None => file_bytes(&d.data().join("latchkey.redb")),
-    }
-}
 
 fn seeded() -> TestDir {
     let d = TestDir::new();
@@ -145,7 +130,7 @@ fn restore_refuses_a_non_empty_directory_without_force() {
         b"backup passphrase 123\n",
     );
     d.ok(&["vault", "put", "added-later"], b"x");
-    let before = store_state(&d);
+    let before = d.store_state();
     assert!(before.len() > 100, "the state is read");
     let err = d.fails(
         &["restore", f, "--passphrase-stdin"],
@@ -153,7 +138,7 @@ fn restore_refuses_a_non_empty_directory_without_force() {
     );
     assert!(err.contains("--force"), "{err}");
     assert!(
-        store_state(&d) == before,
+        d.store_state() == before,
         "refused restore modified the database"
     );
     d.ok(
@@ -195,7 +180,7 @@ fn tampered_or_wrong_backups_change_nothing() {
         let badfile = d.path().join(format!("bad-{pos}"));
         std::fs::write(&badfile, &bad).expect("write");
         // Restoring over an existing vault with --force: still nothing may change.
-        let before = store_state(&d);
+        let before = d.store_state();
         let out = d.run(
             &[
                 "restore",
@@ -212,7 +197,7 @@ fn tampered_or_wrong_backups_change_nothing() {
             out.stderr
         );
         assert!(
-            store_state(&d) == before,
+            d.store_state() == before,
             "tampered restore at {pos} modified the database"
         );
     }
