@@ -103,7 +103,7 @@ fn an_unreachable_database_is_a_clear_error_without_the_password() {
 }
 
 #[test]
-fn a_backup_of_a_postgres_store_is_made_and_a_restore_into_it_is_refused() {
+fn a_backup_of_a_postgres_store_restores_into_a_directory_and_into_postgres() {
     let d = TestDir::on_postgres(PgServer::shared().database());
     d.ok(&["vault", "put", "backed-up"], b"sk-backup-pg-1");
     let file = d.path().join("pg.backup");
@@ -119,13 +119,23 @@ fn a_backup_of_a_postgres_store_is_made_and_a_restore_into_it_is_refused() {
         .env_remove("LATCHKEY_STORE__URL");
     let out = latchkey_e2e::run_cmd(c, b"backup passphrase 123\n");
     assert!(out.status.success(), "{}", out.stderr);
-    // Restoring into the PostgreSQL deployment is refused, not faked.
+    assert!(target.data().join("latchkey.redb").exists());
+    // And back into the PostgreSQL deployment it came from (no replica
+    // running), over what changed since: `--force`.
+    d.ok(&["vault", "put", "changed-since"], b"sk-changed-since");
     let err = d.fails(
         &["restore", f, "--passphrase-stdin"],
         b"backup passphrase 123\n",
     );
-    assert!(
-        err.contains("restoring into PostgreSQL is not supported"),
-        "{err}"
+    assert!(err.contains("already holds a vault"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    d.ok(
+        &["restore", f, "--passphrase-stdin", "--force"],
+        b"backup passphrase 123\n",
     );
+    assert_eq!(
+        d.ok(&["vault", "get", "backed-up", "--reveal"], b"").stdout,
+        "sk-backup-pg-1"
+    );
+    assert!(!d.data().join("latchkey.redb").exists());
 }
