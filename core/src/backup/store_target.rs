@@ -36,9 +36,13 @@ use crate::store::{
 use crate::vault::{META_WRAPPED_DATA_KEY, MasterKey, MasterKeySource, VaultError};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The staging directory inside the data directory (removed afterwards).
 const STAGING: &str = ".latchkey-restore";
+
+/// How long other processes may still show before a restore refuses.
+const STOPPED_GRACE: Duration = Duration::from_secs(2);
 
 /// A restore into a shared store, committed and proven.
 pub struct RestoredStore {
@@ -172,8 +176,18 @@ fn restore_in(
 
     let from = built.begin_read()?;
     let to = store.begin_write()?;
-    // Under the write lock: no replica can finish opening meanwhile.
-    let others = to.other_processes()?;
+    // Under the write lock: no replica can finish opening meanwhile. A
+    // replica stopped a moment ago may still show for a few milliseconds
+    // (its server session ends after its socket closes): looked at again
+    // for a short while before refusing.
+    let deadline = Instant::now() + STOPPED_GRACE;
+    let others = loop {
+        let n = to.other_processes()?;
+        if n == 0 || Instant::now() >= deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     if others > 0 {
         return Err(BackupError::ReplicasRunning {
             count: others,

@@ -13,6 +13,7 @@
 
 mod config;
 mod feed;
+mod peek;
 mod pool;
 mod schema;
 mod tls;
@@ -20,6 +21,7 @@ mod txn;
 
 pub(crate) use config::{check_url, describe_url};
 pub(crate) use feed::HeldLock;
+pub use peek::{PgPeek, peek};
 pub(crate) use txn::{Pager, Txn};
 
 use crate::duration_str;
