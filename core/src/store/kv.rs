@@ -241,6 +241,31 @@ impl WriteTxn {
         }
     }
 
+    /// Names of every table that exists, sorted (as [`ReadTxn::table_names`]).
+    pub fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        match &self.inner {
+            WriteInner::Redb(txn) => {
+                let mut names: Vec<String> =
+                    txn.list_tables()?.map(|h| h.name().to_string()).collect();
+                names.sort();
+                Ok(names)
+            }
+            WriteInner::Postgres(txn) => Ok(txn.table_names()?),
+        }
+    }
+
+    /// How many other processes have this store open, seen from inside the
+    /// write lock (a restore refuses while any do). PostgreSQL: the other
+    /// open stores connected to the same database, told apart by their
+    /// connections' application name (`latchkey/<origin>`). The embedded
+    /// file: 0, as its data-directory lock admits one process.
+    pub fn other_processes(&self) -> Result<u64, StoreError> {
+        match &self.inner {
+            WriteInner::Redb(_) => Ok(0),
+            WriteInner::Postgres(txn) => Ok(txn.other_processes()?),
+        }
+    }
+
     /// Makes every change of this transaction durable and visible.
     pub fn commit(self) -> Result<(), StoreError> {
         match self.inner {

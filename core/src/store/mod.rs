@@ -24,7 +24,7 @@ pub use latchkey_migrations::{
     ByteTable, CURRENT_VERSION, META, v1::VAULT_NAMES, v1::VAULT_RECORDS,
 };
 pub use lock::{DataDirLock, LockError, LockOwner, current_owner};
-pub use postgres::PgError;
+pub use postgres::{PgError, PgPeek, peek as peek_postgres};
 pub use settings::{Backend, DatabaseUrl, MAX_POOL_SIZE, MAX_TIMEOUT, Password, StoreSettings};
 pub use shared::{Changed, FEED_CAPACITY, SharedLock};
 
@@ -266,11 +266,6 @@ impl Store {
         let txn = self.begin_read()?;
         let t = txn.open_table(META)?;
         Ok(t.get(key)?.map(Value::into_vec))
-    }
-
-    /// Names of every table in the database (for backups).
-    pub fn table_names(&self) -> Result<Vec<String>, StoreError> {
-        self.begin_read()?.table_names()
     }
 }
 

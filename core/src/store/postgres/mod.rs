@@ -13,6 +13,7 @@
 
 mod config;
 mod feed;
+mod peek;
 mod pool;
 mod schema;
 mod tls;
@@ -20,6 +21,7 @@ mod txn;
 
 pub(crate) use config::{check_url, describe_url};
 pub(crate) use feed::HeldLock;
+pub use peek::{PgPeek, peek};
 pub(crate) use txn::{Pager, Txn};
 
 use crate::duration_str;
@@ -219,7 +221,8 @@ impl PgStore {
         let url = settings.url.as_ref().ok_or_else(|| {
             PgError::Url("store.url is required when store.backend = \"postgres\"".into())
         })?;
-        let config = config::connection_config(url, settings)?;
+        let origin: Arc<str> = hex::encode(rand::random::<[u8; 16]>()).into();
+        let config = config::connection_config(url, settings, &origin)?;
         let tls = tls::make_tls(settings, &config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -239,7 +242,7 @@ impl PgStore {
                 busy: Mutex::new(false),
                 freed: Condvar::new(),
             }),
-            origin: hex::encode(rand::random::<[u8; 16]>()).into(),
+            origin,
             runtime: Some(runtime),
         };
         let from = schema::migrate(store.pool.get()?)?;
