@@ -20,9 +20,6 @@ skip=(
   # Runs the CLI under `env -i` (a keyutils session), which drops the
   # store settings this run passes in the environment.
   key_sources::keyring_source_with_kernel_keyutils
-  # OPEN: 64 parallel failed sign-ins grow the server by ~300 MiB on
-  # PostgreSQL (under the test's 200 MiB on redb); docs/SCALE.md, "Not yet".
-  hardening_resources::parallel_sign_ins_from_strangers
   # Backend-neutral and slow: the browser, the desktop app and the .deb
   # gain nothing from a second run.
   ui:: desktop deb::

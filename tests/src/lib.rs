@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod desktop;
 pub mod nginx;
 pub mod oidc;
+pub mod peer;
 pub mod postgres;
 pub mod race;
 pub mod ui;

@@ -267,11 +267,6 @@ impl Store {
         let t = txn.open_table(META)?;
         Ok(t.get(key)?.map(Value::into_vec))
     }
-
-    /// Names of every table in the database (for backups).
-    pub fn table_names(&self) -> Result<Vec<String>, StoreError> {
-        self.begin_read()?.table_names()
-    }
 }
 
 fn migrate(db: &Database) -> Result<Outcome, StoreError> {

@@ -75,29 +75,8 @@ async fn fifty_calls_over_three_processes_refresh_once_and_the_feed_carries_the_
         idp: Arc::clone(&idp),
     };
     connect(&e, ALICE).await;
-    {
-        let mut s = lock(&idp);
-        s.ttl = 3600;
-        s.refresh_delay = Duration::from_millis(300);
-    }
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let c = Arc::clone(&rs[i % 3].conns);
-        tasks.push(tokio::spawn(async move {
-            c.token(ALICE, "idp", "alice", None)
-                .await
-                .map(|t| t.access_token.expose_secret().to_string())
-        }));
-    }
-    for t in tasks {
-        let got = tokio::time::timeout(Duration::from_secs(30), t)
-            .await
-            .expect("in time")
-            .expect("task")
-            .expect("token");
-        assert_eq!(got, "at-2");
-    }
-    assert_eq!(lock(&idp).refreshes, 1, "one refresh across the processes");
+    let all: Vec<Arc<Connections>> = rs.iter().map(|r| Arc::clone(&r.conns)).collect();
+    fifty_calls_refresh_once(&idp, &all, Duration::from_millis(300)).await;
 
     // Replica 1 serves at-2 from memory; replica 0 refreshes again; the
     // feed tells replica 1, whose reload drops its copy.
