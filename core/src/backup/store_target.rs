@@ -21,8 +21,9 @@
 //!   not exist is removed again.
 //! - **No replica runs during a restore.** Running replicas hold the old
 //!   data key, users, keys and sessions in memory and would go on serving
-//!   them (and write records sealed with the old key). Inside the write
-//!   transaction — which a starting replica's open waits for — the store
+//!   them (and write records sealed with the old key). Before a master
+//!   key is made or a file built, and again inside the write transaction
+//!   of the copy — which a starting replica's open waits for — the store
 //!   counts the other processes connected to the database
 //!   ([`WriteTxn::other_processes`](crate::store::WriteTxn::other_processes));
 //!   any at all is a refusal naming how to stop them.
@@ -149,6 +150,13 @@ fn restore_in(
         look(&txn.open_table(META)?, &txn.open_table(VAULT_RECORDS)?)?
             .check(backup, force, trust, &target)?;
     }
+    // Before a master key may be made or a file built: a refusal leaves
+    // nothing behind.
+    {
+        let w = store.begin_write()?;
+        refuse_while_others_run(&w, &target)?;
+        w.abort()?;
+    }
     let master = match passphrase {
         Some(m) => m,
         None if source.can_generate() => source.load_or_create().map_err(VaultError::from)?,
@@ -176,24 +184,9 @@ fn restore_in(
 
     let from = built.begin_read()?;
     let to = store.begin_write()?;
-    // Under the write lock: no replica can finish opening meanwhile. A
-    // replica stopped a moment ago may still show for a few milliseconds
-    // (its server session ends after its socket closes): looked at again
-    // for a short while before refusing.
-    let deadline = Instant::now() + STOPPED_GRACE;
-    let others = loop {
-        let n = to.other_processes()?;
-        if n == 0 || Instant::now() >= deadline {
-            break n;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if others > 0 {
-        return Err(BackupError::ReplicasRunning {
-            count: others,
-            target,
-        });
-    }
+    // Again under the write lock that the copy holds: no replica can
+    // finish opening meanwhile.
+    refuse_while_others_run(&to, &target)?;
     let origin = look(&to.open_table(META)?, &to.open_table(VAULT_RECORDS)?)?
         .check(backup, force, trust, &target)?;
     let report = copy_tables(&from, &to)?;
@@ -221,4 +214,24 @@ fn restore_in(
         report,
         target,
     })
+}
+
+/// Refuses while other processes have the store open. A replica stopped a
+/// moment ago may still show for a few milliseconds (its server session
+/// ends after its socket closes): looked at again for a short while first.
+fn refuse_while_others_run(txn: &store::WriteTxn, target: &str) -> Result<(), BackupError> {
+    let deadline = Instant::now() + STOPPED_GRACE;
+    loop {
+        let n = txn.other_processes()?;
+        if n == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BackupError::ReplicasRunning {
+                count: n,
+                target: target.to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -336,7 +336,12 @@ fn missing_tables_read_as_empty(kind: Kind) {
     drop(t);
     drop(r);
     put(&o.store, &[(b"k", b"v")]);
-    let names = o.store.begin_read().expect("read").table_names().expect("names");
+    let names = o
+        .store
+        .begin_read()
+        .expect("read")
+        .table_names()
+        .expect("names");
     assert!(names.contains(&T.to_string()), "{names:?}");
     assert!(names.contains(&"meta".to_string()), "{names:?}");
     let mut sorted = names.clone();
