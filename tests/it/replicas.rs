@@ -18,6 +18,9 @@
 //! - one replica killed with SIGKILL in the middle of many key creations
 //!   through nginx loses no acknowledged write, and the others keep
 //!   serving.
+//! - two browsers through first-run setup at the same moment, one on each
+//!   replica: exactly one owner, no second account left behind, and the
+//!   other browser told why;
 //! - requests that present no credential (`/api/auth/me`, the signed-out
 //!   page's `GET /api/setup`) write nothing to the shared store, while
 //!   the credential requests share one per-address limit across the
@@ -499,5 +502,75 @@ fn credential_requests_share_one_address_limit_and_the_status_page_each_replicas
             (429, "rate_limited".into()),
             "replica {i}"
         );
+    }
+}
+
+#[test]
+fn two_wizards_on_two_replicas_at_once_make_exactly_one_owner() {
+    let c = Cluster::start(2, "");
+    let token = setup_token(c.replica(1));
+    let gate = std::sync::Barrier::new(2);
+    let results: Vec<(u16, String)> = std::thread::scope(|sc| {
+        let wizards: Vec<_> = [(0, "alice"), (1, "bob")]
+            .into_iter()
+            .map(|(i, name)| {
+                let (c, token, gate) = (&c, &token, &gate);
+                sc.spawn(move || {
+                    let cl = c.client(i);
+                    gate.wait();
+                    let r = cl.post(
+                        "/api/setup/begin",
+                        &json!({"token": token, "username": name, "password": PASSWORD}),
+                        &[SAME],
+                    );
+                    // Both have begun (or been refused) before either confirms.
+                    gate.wait();
+                    if r.status != 200 {
+                        return err(&r);
+                    }
+                    let uri = r.json()["otpauth_uri"]
+                        .as_str()
+                        .expect("otpauth_uri")
+                        .to_string();
+                    let r = cl.post(
+                        "/api/setup/confirm",
+                        &json!({"token": token, "username": name, "code": Authenticator::new(&uri).code()}),
+                        &[SAME],
+                    );
+                    if r.status == 200 {
+                        (200, name.to_string())
+                    } else {
+                        err(&r)
+                    }
+                })
+            })
+            .collect();
+        wizards
+            .into_iter()
+            .map(|w| w.join().expect("wizard"))
+            .collect()
+    });
+    let won: Vec<&String> = results
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one wizard wins: {results:?}");
+    let lost = results.iter().find(|(s, _)| *s != 200).expect("a loser");
+    assert!(
+        [(409, "setup_replaced"), (403, "invalid_setup_token")]
+            .iter()
+            .any(|(s, code)| lost.0 == *s && lost.1 == *code),
+        "{results:?}"
+    );
+    // One account in the shared database, and both replicas say so.
+    let users = PgServer::shared().psql(
+        &c.db.name,
+        "SELECT count(*) FROM latchkey_kv WHERE tbl = 'users'",
+    );
+    assert_eq!(users.trim(), "1", "{results:?}");
+    for i in 0..2 {
+        let r = c.client(i).get("/api/setup", &[]);
+        assert_eq!(r.json()["needed"], false, "replica {i}: {}", r.body);
     }
 }

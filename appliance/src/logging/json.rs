@@ -92,7 +92,7 @@ fn string(buf: &mut Vec<u8>, s: &str) {
     // instead of serde_json's escaping writer (~300 instructions a value
     // on the proxy's per-request line). Exactly what serde_json escapes
     // (`"`, `\`, U+0000..U+001F) sends a value the slow way.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if plain(s.as_bytes()) {
         buf.reserve(s.len() + 2);
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
@@ -101,6 +101,35 @@ fn string(buf: &mut Vec<u8>, s: &str) {
         // Writing to a Vec cannot fail, and a str always serializes.
         let _ = serde_json::to_writer(&mut *buf, s);
     }
+}
+
+/// Whether `b` holds nothing JSON escapes (`"`, `\`, U+0000..U+001F),
+/// tested eight bytes at a time: a byte-by-byte test was ~5 instructions
+/// a byte, ~700 on the proxy's per-request line.
+fn plain(b: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // `(x - LO) & !x & HI` is non-zero iff a byte of `x` is zero, and
+    // `(w - LO * n) & !w & HI` iff a byte of `w` is below `n` (n <= 128).
+    let escapes = |w: u64| {
+        let q = w ^ (LO * u64::from(b'"'));
+        let s = w ^ (LO * u64::from(b'\\'));
+        ((w.wrapping_sub(LO * 0x20) & !w) | (q.wrapping_sub(LO) & !q) | (s.wrapping_sub(LO) & !s))
+            & HI
+            != 0
+    };
+    let mut words = b.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        if escapes(u64::from_le_bytes(w)) {
+            return false;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .all(|&c| c >= 0x20 && c != b'"' && c != b'\\')
 }
 
 /// Writes what is formatted into it as the inside of a JSON string: the
@@ -158,18 +187,9 @@ impl Fields<'_> {
             self.buf.push(b',');
         }
         self.first = false;
-        let name = field.name();
-        // Field names are almost always identifiers: no escaping to do.
-        if name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
-            self.buf.push(b'"');
-            self.buf.extend_from_slice(name.as_bytes());
-            self.buf.push(b'"');
-        } else {
-            string(self.buf, name);
-        }
+        // Field names are almost always identifiers: nothing to escape,
+        // copied by `string`'s fast path.
+        string(self.buf, field.name());
         self.buf.push(b':');
     }
 
@@ -321,6 +341,24 @@ mod tests {
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()
+    }
+
+    #[test]
+    fn plain_matches_a_byte_by_byte_test() {
+        let naive = |b: &[u8]| b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\');
+        for len in 0..24 {
+            for byte in 0..=255u8 {
+                for at in 0..len {
+                    // Neighbours with the high bit set or next to the
+                    // escaped values must not hide or fake a hit.
+                    let mut b: Vec<u8> = (0..len)
+                        .map(|i| [b'a', 0x80, 0xff, 0x21, 0x23, 0x5d, 0xa2][i % 7])
+                        .collect();
+                    b[at] = byte;
+                    assert_eq!(plain(&b), naive(&b), "{byte:#x} at {at} of {len}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -65,14 +65,18 @@ pub async fn respond(ctx: &ProxyContext<'_>, mut req: Request) -> Result<Respons
     let upgrade = wants_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
+    // The rare paths (a realtime session, draining a refused body) are
+    // boxed: inline, their futures would make this one several KiB, and
+    // every proxied request would copy that size at each move on its way
+    // into the connection task (docs/PERFORMANCE.md, session 7).
     let answered = match upgrade {
-        Some(upgrade) => super::realtime::open(ctx, parts, upgrade).await,
+        Some(upgrade) => Box::pin(super::realtime::open(ctx, parts, upgrade)).await,
         None => forward(ctx, parts, &mut body).await,
     };
     if answered.is_err()
         && let Some(body) = body
     {
-        drain(body, DRAIN_LIMIT, DRAIN_TIME).await;
+        Box::pin(drain(body, DRAIN_LIMIT, DRAIN_TIME)).await;
     }
     answered
 }
@@ -390,7 +394,7 @@ async fn forward(
     let resp = match sent {
         Err(_) => {
             route.stats.failed();
-            shared.drain().await;
+            Box::pin(shared.drain()).await;
             return Err(ProxyError::UpstreamTimeout {
                 provider: p.name.clone(),
                 after: p.first_byte_timeout,
@@ -398,7 +402,7 @@ async fn forward(
         }
         Ok(Err(e)) => {
             route.stats.failed();
-            shared.drain().await;
+            Box::pin(shared.drain()).await;
             return Err(upstream_error(p, e, proxy.max_body));
         }
         Ok(Ok(r)) => r,

@@ -23,8 +23,8 @@ use crate::auth::store::{self as db, ApiKeyRow};
 use crate::store::{Store, StoreError};
 use latchkey_migrations::v2::API_KEYS;
 use latchkey_migrations::v3::KEY_LIMITS;
+use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 /// Largest `requests_per_minute` accepted (about 16,000 a second).
@@ -87,6 +87,7 @@ impl KeyLimits {
 /// Every key's limits, in memory.
 #[derive(Debug, Default)]
 pub struct LimitCache {
+    /// Keyed by API key ids (made here): the fast hash is safe.
     map: RwLock<HashMap<String, KeyLimits>>,
 }
 

@@ -45,7 +45,7 @@ use limits::LimitCache;
 use providers::Provider;
 use settings::{ProviderSettings, ProxySettings};
 use stats::ProviderStats;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -103,7 +103,9 @@ pub struct Route {
 
 /// The proxy's shared state.
 pub struct Proxy {
-    pub routes: HashMap<String, Arc<Route>>,
+    /// By configured name. Fx: looked up on every request, filled only
+    /// from the configuration (a client's name is only ever looked up).
+    pub routes: rustc_hash::FxHashMap<String, Arc<Route>>,
     pub usage: UsageBook,
     pub limiter: KeyLimiter,
     pub limits: LimitCache,
@@ -146,7 +148,7 @@ impl Proxy {
         } else {
             Some(client_config(Trust::System(&[])).map_err(|e| e.to_string())?)
         };
-        let mut routes = HashMap::new();
+        let mut routes = rustc_hash::FxHashMap::default();
         for p in providers {
             let Some(tls) = &tls else { break };
             let tls = if p.extra_roots.is_empty() {

@@ -105,7 +105,9 @@ impl HttpPool {
                 },
             }
         }
-        let mut tx = self.connect().await?;
+        // Boxed: a new connection is the rare case, and its future (connect
+        // and handshake) would otherwise be part of every request's.
+        let mut tx = Box::pin(self.connect()).await?;
         let resp = tx.send_request(req).await.map_err(PoolError::Http)?;
         self.checkin(tx);
         Ok(resp)

@@ -30,7 +30,7 @@
 
 use super::ProxyError;
 use crate::store::{Store, StoreError, Table};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,8 @@ pub struct KeyLimiter {
     start: Instant,
     /// Unix time in milliseconds at `start`.
     start_unix_ms: u64,
+    /// Keyed by API key ids (made here, never by a client), so the fast
+    /// non-keyed hash is safe: no one can choose colliding keys.
     windows: Mutex<HashMap<String, Window>>,
     /// Held by a sync from taking its deltas until it has marked them
     /// published: two syncs at once would publish the same requests twice.
@@ -142,7 +144,7 @@ impl KeyLimiter {
             rpm,
             start,
             start_unix_ms,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(HashMap::default()),
             syncing: Mutex::new(()),
         }
     }
