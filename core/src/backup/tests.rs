@@ -224,3 +224,72 @@ fn a_restore_into_postgres_is_refused_while_another_store_is_open_then_copies_ex
     vault.open_with(&target_source).expect("vault opens");
     assert!(vault.verify_all().expect("verify") == 2);
 }
+
+#[test]
+fn a_replica_opening_during_a_restore_stops_it_or_sees_all_of_it() {
+    use std::sync::{Arc, Barrier};
+    let src = tempfile::tempdir().expect("tempdir");
+    let (backup, _) = backed_up(src.path());
+    let backup = Arc::new(backup);
+    // Started at different moments of the restore: before its checks,
+    // between them, during the copy, after the commit.
+    for delay_ms in [0u64, 30, 80, 160, 400] {
+        let db = crate::store::test_pg::PgServer::shared().database();
+        let settings = crate::store::test_pg_settings(&db);
+        let dst = tempfile::tempdir().expect("tempdir");
+        let target_source = MasterKeySource::KeyFile {
+            path: dst.path().join("master.key"),
+        };
+        let trust = Trust {
+            fingerprint: backup.signer,
+            allow_unsigned: false,
+        };
+        let start = Arc::new(Barrier::new(2));
+        let opener = {
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+                let (replica, dir) = crate::store::open_test_pg(&db);
+                // What the replica's first read sees, right after its open.
+                let records = replica
+                    .begin_read()
+                    .expect("read")
+                    .open_table(VAULT_RECORDS)
+                    .expect("table")
+                    .len()
+                    .expect("len");
+                (replica, dir, records)
+            })
+        };
+        start.wait();
+        let result = restore_into_store(
+            &backup,
+            &dst.path().join("data"),
+            &settings,
+            &target_source,
+            None,
+            false,
+            &trust,
+        );
+        let (replica, _dir, seen) = opener.join().expect("opener");
+        match result {
+            // It was open at a check: nothing was written.
+            Err(BackupError::ReplicasRunning { .. }) => {
+                assert_eq!(seen, 0, "after {delay_ms} ms");
+                let now = replica.begin_read().expect("read");
+                assert_eq!(
+                    now.open_table(VAULT_RECORDS).expect("t").len().expect("n"),
+                    0
+                );
+            }
+            // It opened after the checks: its open waited for the commit,
+            // so it saw the whole backup, never a part or the old store.
+            Ok(done) => {
+                assert_eq!(seen, 2, "after {delay_ms} ms");
+                drop(done);
+            }
+            Err(e) => panic!("after {delay_ms} ms: {e}"),
+        }
+    }
+}
