@@ -462,3 +462,42 @@ fn debug_output_holds_no_hash() {
     assert!(!debug.contains("$argon2"), "{debug}");
     assert!(format!("{:?}", PasswordPolicy::new()).contains("10000"));
 }
+
+#[test]
+fn argon2_memory_holds_nothing_of_the_password_after_a_computation() {
+    // The worker's area outlives the computation: it must not keep the
+    // password-derived blocks (core dumps, swap): without the wipe every
+    // block argon2 filled would still be there, non-zero.
+    let params = Params::new(8192, 1, 1, None).expect("params");
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let mut memory = Memory::new(8192, Arc::new(AtomicUsize::new(0)));
+    let mut out = [0u8; 32];
+    for _ in 0..2 {
+        memory
+            .hash_into(
+                &argon2,
+                b"a perfectly fine passphrase",
+                &[7u8; 16],
+                &mut out,
+            )
+            .expect("argon2");
+        assert!(out.iter().any(|b| *b != 0), "argon2 wrote its output");
+        assert_eq!(memory.area.len(), 8192);
+        let dirty = memory
+            .area
+            .iter()
+            .filter(|b| b.as_ref().iter().any(|w| *w != 0))
+            .count();
+        assert_eq!(dirty, 0, "{dirty} blocks still hold derived data");
+    }
+    // A hash needing more than the worker holds gets (and wipes) its own.
+    let bigger = Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(9000, 1, 1, None).expect("params"),
+    );
+    memory
+        .hash_into(&bigger, b"another one", &[8u8; 16], &mut out)
+        .expect("argon2");
+    assert_eq!(memory.area.len(), 8192, "the worker's area stays its size");
+}
