@@ -252,6 +252,26 @@ impl Store {
         self.migrated_from
     }
 
+    /// Runs what opening runs to bring the logical schema up to date, with
+    /// `migrations` instead of the released list (a test-only v5 proves the
+    /// machinery on both backends before a real one exists). The version
+    /// it found.
+    #[cfg(test)]
+    pub(crate) fn migrate_again_with(
+        &self,
+        migrations: &[latchkey_migrations::Migration],
+    ) -> Result<u32, StoreError> {
+        match &self.engine {
+            Engine::Redb(db) => {
+                let txn = db.begin_write()?;
+                let outcome = latchkey_migrations::migrate_with(&txn, migrations)?;
+                txn.commit()?;
+                Ok(outcome.from)
+            }
+            Engine::Postgres(pg) => pg.migrate_again_with(migrations),
+        }
+    }
+
     /// Updates what the lock file says about this process.
     pub fn advertise(&self, owner: &LockOwner) -> std::io::Result<()> {
         let mut lock = self

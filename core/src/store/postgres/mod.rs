@@ -74,11 +74,6 @@ pub enum PgError {
          it is damaged, or it is not Latchkey's: point store.url at an empty database"
     )]
     NoVersion,
-    #[error(
-        "the PostgreSQL database is at schema version {found}, older than this build ({current}); \
-         this build cannot migrate a PostgreSQL database from an older version"
-    )]
-    TooOld { found: u32, current: u32 },
     #[error("a write to a table opened in a read transaction")]
     ReadOnly,
     #[error("the PostgreSQL connection is closed")]
@@ -245,9 +240,23 @@ impl PgStore {
             origin,
             runtime: Some(runtime),
         };
-        let from = schema::migrate(store.pool.get()?)?;
+        let from = schema::migrate(
+            store.pool.get()?,
+            Arc::clone(&store.origin),
+            latchkey_migrations::MIGRATIONS,
+        )?;
         feed::start(connector, Arc::clone(&store.origin), feed, settings.timeout)?;
         Ok((store, from))
+    }
+
+    /// The schema migration opening ran, again, with `migrations` (tests:
+    /// `Store::migrate_again_with`).
+    #[cfg(test)]
+    pub(crate) fn migrate_again_with(
+        &self,
+        migrations: &[latchkey_migrations::Migration],
+    ) -> Result<u32, StoreError> {
+        schema::migrate(self.pool.get()?, Arc::clone(&self.origin), migrations)
     }
 
     /// `postgres://user@host:port/database`.

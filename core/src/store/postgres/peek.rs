@@ -9,7 +9,9 @@ use super::{PgError, config, tls};
 use crate::store::settings::StoreSettings;
 use crate::store::{META, StoreError};
 use latchkey_migrations::postgres::SQL_VERSION;
-use latchkey_migrations::{CURRENT_VERSION, MigrateError, SCHEMA_VERSION_KEY};
+use latchkey_migrations::{
+    CURRENT_VERSION, FIRST_NEUTRAL_VERSION, MigrateError, SCHEMA_VERSION_KEY,
+};
 use redb::TableHandle;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
@@ -146,9 +148,11 @@ fn read(client: &Client, meta_key: &[u8]) -> Result<Read, StoreError> {
             supported: CURRENT_VERSION,
         }
         .into()),
-        Some(found) if found < CURRENT_VERSION => Err(PgError::TooOld {
+        // Older than v4 exists only as a redb file; v4 and later are brought
+        // up by the next opening (the backend-neutral steps).
+        Some(found) if found < FIRST_NEUTRAL_VERSION => Err(MigrateError::OnlyOnRedb {
             found,
-            current: CURRENT_VERSION,
+            first: FIRST_NEUTRAL_VERSION,
         }
         .into()),
         _ => Ok((sql, logical, value)),

@@ -87,6 +87,21 @@ impl Txn {
         Ok(txn)
     }
 
+    /// The write transaction already begun on `conn` by whoever holds the
+    /// writer lock in it (the schema migration at open, which took the
+    /// lock itself): ended by [`Txn::commit`] or a rollback as any other.
+    pub(super) fn adopt_write(conn: Pooled, origin: std::sync::Arc<str>) -> Txn {
+        Txn {
+            conn,
+            write: Some(Writes {
+                tables: Mutex::new(BTreeSet::new()),
+                origin,
+            }),
+            done: false,
+            _ticket: None,
+        }
+    }
+
     fn batch(&self, sql: &str) -> Result<(), PgError> {
         wait(self.conn.client()?.batch_execute(sql)).map_err(PgError::from)
     }
