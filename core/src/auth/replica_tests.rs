@@ -514,3 +514,59 @@ fn two_wizards_at_once_make_exactly_one_owner(p: Pair) {
     }
     drop(p.dir);
 }
+
+on_both!(
+    one_invite_accepted_on_both_replicas_at_once_makes_one_user,
+    invite_race_redb,
+    invite_race_postgres
+);
+
+// An invite link opened in several browsers at once, the requests spread
+// over two replicas: the invite is consumed in the write transaction that
+// creates the user, which the store serializes across replicas, so exactly
+// one account comes out, and the others are told the link is used.
+fn one_invite_accepted_on_both_replicas_at_once_makes_one_user(p: Pair) {
+    owner(&p);
+    let host = p.a.host_principal();
+    for round in 0..3 {
+        let (token, _) =
+            p.a.create_invite(&host, crate::auth::scope::Role::User, None)
+                .expect("invite");
+        let token = token.expose_secret().to_string();
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let auth = Arc::clone(if i % 2 == 0 { &p.a } else { &p.b });
+                let (token, barrier) = (token.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    auth.accept_invite(
+                        &token,
+                        &format!("user{round}x{i}"),
+                        &pw("a long enough passphrase"),
+                        None,
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "round {round}: {results:?}"
+        );
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(r, AuthError::Forbidden("invalid_invite", _)),
+                "{r:?}"
+            );
+        }
+        // Both replicas count the owner and one user per round.
+        for auth in [&p.a, &p.b] {
+            assert_eq!(auth.user_count().expect("count"), 2 + round);
+        }
+    }
+}
