@@ -14,23 +14,12 @@ skip=(
   vault_cli::second_process_is_told_who_holds_the_data_dir
   serve::first_start_with_no_configuration_serves_https
   agent::signing_key_is_stable_across_restarts
-  # `latchkey restore` writes a redb data directory; restoring into a
-  # shared PostgreSQL store is refused (docs/SCALE.md, "Not yet"). A
-  # backup taken from PostgreSQL restoring into a directory is
-  # tests/it/postgres.rs's and tests/it/store_migrate.rs's.
-  backup:: hardening_vault_proxy::forged_and_tampered_backups
-  serve::cli_uses_the_running_server leaks::secret_never_reaches_disk
-  serve_robustness::sigint_lets_requests_in_flight_finish
-  serve_robustness::sigterm_lets_requests_in_flight_finish
   # On PostgreSQL already in the main run (their harness gives every
-  # replica the one shared database).
-  replicas:: replicas_limits::
+  # replica the one shared database; backup_postgres makes its own).
+  replicas:: replicas_limits:: backup_postgres::
   # Runs the CLI under `env -i` (a keyutils session), which drops the
   # store settings this run passes in the environment.
   key_sources::keyring_source_with_kernel_keyutils
-  # OPEN: 64 parallel failed sign-ins grow the server by ~300 MiB on
-  # PostgreSQL (under the test's 200 MiB on redb); docs/SCALE.md, "Not yet".
-  hardening_resources::parallel_sign_ins_from_strangers
   # Backend-neutral and slow: the browser, the desktop app and the .deb
   # gain nothing from a second run.
   ui:: desktop deb::

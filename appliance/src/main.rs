@@ -94,7 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check) => commands::config::check(&ctx),
         Command::Store(cmd) => commands::store::run(&ctx, cmd),
         Command::Update(args) => update::run(&ctx, &args),
-        Command::SelfCheck => update::self_check(&ctx),
+        Command::SelfCheck => commands::self_check::run(&ctx),
         Command::Tls(TlsCommand::ExportCa) => {
             let dir = ctx.data_dir.join("tls");
             let pem = match tls::export_ca_pem(&dir) {

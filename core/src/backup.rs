@@ -10,7 +10,9 @@
 //!
 //! A restore decrypts and checks everything (format, schema version, every
 //! record's envelope) before it touches the data directory, then writes a new
-//! database file beside the old one and renames it into place.
+//! database file beside the old one and renames it into place — or, for a
+//! store shared by replicas (PostgreSQL), copies that file's tables into it
+//! in one write transaction ([`store_target`]).
 //!
 //! Every backup is signed by the installation's backup key ([`signing`]),
 //! and a restore believes only backups whose origin it can tell:
@@ -18,6 +20,9 @@
 
 mod redb_target;
 pub mod signing;
+mod store_target;
+
+pub use store_target::{RestoredStore, restore_into_store};
 
 use crate::store::{self, DB_FILE, DataDirLock, META, Store, VAULT_RECORDS};
 use crate::vault::{
@@ -106,6 +111,23 @@ pub enum BackupError {
          Pass --force to overwrite it"
     )]
     NotEmpty(PathBuf),
+    #[error(
+        "the PostgreSQL database {0} already holds a vault; restoring would replace it. \
+         Pass --force to overwrite it"
+    )]
+    StoreNotEmpty(String),
+    #[error(
+        "{count} other Latchkey process(es) have {target} open: running replicas would go on \
+         serving the vault, users and keys they hold in memory. Stop every replica first \
+         (Kubernetes: kubectl scale deployment/latchkey --replicas=0) and run the restore \
+         again; nothing was changed"
+    )]
+    ReplicasRunning { count: u64, target: String },
+    #[error(
+        "the restored store {target} does not read back as the backup ({detail}); do not \
+         serve from it: restore again with every replica stopped"
+    )]
+    RestoredDiffers { target: String, detail: String },
     #[error("backup verification failed: {0}; nothing was changed")]
     Verify(String),
     #[error(
@@ -398,7 +420,16 @@ pub fn verify_restored(
     source: &MasterKeySource,
     master: Option<&MasterKey>,
 ) -> Result<usize, BackupError> {
-    let store = Store::open(dir, "restore")?;
+    verify_store(Store::open(dir, "restore")?, source, master)
+}
+
+/// Opens the vault of a restored store with this installation's master key
+/// and checks every record, as a final proof.
+pub fn verify_store(
+    store: std::sync::Arc<Store>,
+    source: &MasterKeySource,
+    master: Option<&MasterKey>,
+) -> Result<usize, BackupError> {
     let vault = Vault::new(store);
     match master {
         Some(m) => {

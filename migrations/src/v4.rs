@@ -134,9 +134,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::create(dir.path().join("t.redb")).expect("create");
         let txn = db.begin_write().expect("write");
-        for m in &crate::MIGRATIONS[..3] {
-            (m.run)(&txn).expect("older migrations");
-        }
+        crate::migrate_with(&txn, &crate::MIGRATIONS[..3]).expect("older migrations");
         let user: u128 = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
         let family: u128 = u128::MAX - 5;
         let session = [7u8; 32];

@@ -10,8 +10,9 @@
 //!
 //! The servers are core's own `App` (what `latchkey serve` runs), opened
 //! from a `latchkey.toml` and served on a loopback listener over plain
-//! HTTP; PostgreSQL is Debian's server started for the run
-//! (`latchkey_e2e::postgres`); the master key is one key file. Figures:
+//! HTTP; PostgreSQL is Debian's server started for the run with its
+//! durable defaults (`latchkey_e2e::postgres::PgServer::start_durable`:
+//! `fsync` on); the master key is one key file. Figures:
 //!
 //! - **proxied-request overhead**: `POST /proxy/mock/v1/chat/completions`
 //!   with an API key, one at a time over one keep-alive connection, minus
@@ -434,7 +435,9 @@ async fn run() {
     let upstream = mock_upstream().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let key_file = tmp.path().join("master.key");
-    let pg = latchkey_e2e::postgres::PgServer::shared();
+    // Durable, as in production: every commit waits for its WAL flush,
+    // as every redb commit waits for its fsync.
+    let pg = latchkey_e2e::postgres::PgServer::start_durable();
     let db = pg.database();
     let pg_store = format!("[store]\nbackend = \"postgres\"\nurl = \"{}\"\n", db.url());
     let mut session = String::new();

@@ -130,15 +130,15 @@ fn restore_refuses_a_non_empty_directory_without_force() {
         b"backup passphrase 123\n",
     );
     d.ok(&["vault", "put", "added-later"], b"x");
-    let db = d.data().join("latchkey.redb");
-    let before = file_bytes(&db);
+    let before = d.store_state();
+    assert!(before.len() > 100, "the state is read");
     let err = d.fails(
         &["restore", f, "--passphrase-stdin"],
         b"backup passphrase 123\n",
     );
     assert!(err.contains("--force"), "{err}");
     assert!(
-        file_bytes(&db) == before,
+        d.store_state() == before,
         "refused restore modified the database"
     );
     d.ok(
@@ -180,8 +180,7 @@ fn tampered_or_wrong_backups_change_nothing() {
         let badfile = d.path().join(format!("bad-{pos}"));
         std::fs::write(&badfile, &bad).expect("write");
         // Restoring over an existing vault with --force: still nothing may change.
-        let db = d.data().join("latchkey.redb");
-        let before = file_bytes(&db);
+        let before = d.store_state();
         let out = d.run(
             &[
                 "restore",
@@ -198,7 +197,7 @@ fn tampered_or_wrong_backups_change_nothing() {
             out.stderr
         );
         assert!(
-            file_bytes(&db) == before,
+            d.store_state() == before,
             "tampered restore at {pos} modified the database"
         );
     }

@@ -5,6 +5,7 @@
 //! `agent.rs`.
 
 use crate::agent::{Backend, verify_assertion};
+use latchkey_e2e::peer::free_port;
 use latchkey_e2e::{
     ServeOpts, Server, TestDir, auth_config, create_key, curl_cmd, invited, run_cmd_for, web_setup,
 };
@@ -42,14 +43,6 @@ fn adapt(text: &str, s: &Server, backend: u16, listen: u16) -> String {
         out = out.replace(from, &to);
     }
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// A child process killed (and reaped) on drop.

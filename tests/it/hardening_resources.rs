@@ -18,6 +18,10 @@ fn parallel_sign_ins_from_strangers_do_not_grow_memory() {
     // Before the fix every sign-in ran argon2 (19 MiB) at once on the
     // blocking pool: 20 parallel attempts took the process from 37 MB to
     // 420 MB, 300 to 4 GB. Now argon2 runs one per CPU; the rest wait.
+    // Then each computation still allocated and freed its 19 MiB: glibc
+    // served them from heaps shared with the waiting requests, which
+    // pinned them — up to +290 MiB on PostgreSQL (64 request threads
+    // waiting on the store), +140 on redb. Now each worker reuses one area.
     let d = TestDir::new();
     let s = serve(&d, "");
     let _owner = web_setup(&s, "owner");
@@ -63,10 +67,16 @@ fn parallel_sign_ins_from_strangers_do_not_grow_memory() {
         "every stranger gets the same 401: {statuses:?}"
     );
     let grew_mib = peak.load(Ordering::Relaxed).saturating_sub(base) / 1024;
-    // 64 × 19 MiB would be 1.2 GiB; one per CPU is tens of MiB.
+    eprintln!("{N} parallel sign-ins: {base} KiB before, grew by {grew_mib} MiB at the peak");
+    // 64 × 19 MiB would be 1.2 GiB. What may grow: the memory of the
+    // argon2 workers that had not run yet (19 MiB each, kept), and what the
+    // requests themselves hold; never more than the bound this test always
+    // had.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let bound = (19 * cpus + 32).min(200);
     assert!(
-        grew_mib < 200,
-        "{N} parallel sign-ins grew the server by {grew_mib} MiB"
+        grew_mib < bound,
+        "{N} parallel sign-ins grew the server by {grew_mib} MiB (bound {bound} MiB)"
     );
 }
 

@@ -578,13 +578,12 @@ fn forged_and_tampered_backups_are_refused_genuine_ones_restore() {
     let f = forged.to_str().expect("utf8");
 
     // Into the victim's own installation (--force): refused, nothing changed.
-    let db = victim.data().join("latchkey.redb");
-    let before = std::fs::read(&db).expect("db");
+    let before = victim.store_state();
     let err = victim.fails(&["restore", f, "--identity", id, "--force"], b"");
     assert!(err.contains("not by the expected one"), "{err}");
     assert!(err.contains(&forged_fp), "{err}");
     assert_eq!(
-        std::fs::read(&db).expect("db"),
+        victim.store_state(),
         before,
         "refused restore changed the database"
     );
@@ -618,7 +617,7 @@ fn forged_and_tampered_backups_are_refused_genuine_ones_restore() {
     assert!(err.contains("not signed"), "{err}");
     let err = fresh.fails(&["restore", s, "--identity", id, "--trust", &fp], b"");
     assert!(err.contains("not signed"), "{err}");
-    assert_eq!(std::fs::read(&db).expect("db"), before);
+    assert_eq!(victim.store_state(), before);
 
     // The genuine backup, tampered anywhere after its header: refused.
     let good = std::fs::read(&genuine).expect("read");
@@ -643,7 +642,7 @@ fn forged_and_tampered_backups_are_refused_genuine_ones_restore() {
             "tampered at {pos} accepted: {}",
             out.stderr
         );
-        assert_eq!(std::fs::read(&db).expect("db"), before);
+        assert_eq!(victim.store_state(), before);
     }
     let g = genuine.to_str().expect("utf8");
 

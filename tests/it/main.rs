@@ -7,6 +7,7 @@ mod auth_attacks;
 mod auth_flow;
 mod auth_permissions;
 mod backup;
+mod backup_postgres;
 mod connections;
 mod crash;
 mod deb;

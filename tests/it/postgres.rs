@@ -103,7 +103,7 @@ fn an_unreachable_database_is_a_clear_error_without_the_password() {
 }
 
 #[test]
-fn a_backup_of_a_postgres_store_is_made_and_a_restore_into_it_is_refused() {
+fn a_backup_of_a_postgres_store_restores_into_a_directory_and_into_postgres() {
     let d = TestDir::on_postgres(PgServer::shared().database());
     d.ok(&["vault", "put", "backed-up"], b"sk-backup-pg-1");
     let file = d.path().join("pg.backup");
@@ -119,13 +119,93 @@ fn a_backup_of_a_postgres_store_is_made_and_a_restore_into_it_is_refused() {
         .env_remove("LATCHKEY_STORE__URL");
     let out = latchkey_e2e::run_cmd(c, b"backup passphrase 123\n");
     assert!(out.status.success(), "{}", out.stderr);
-    // Restoring into the PostgreSQL deployment is refused, not faked.
+    assert!(target.data().join("latchkey.redb").exists());
+    // And back into the PostgreSQL deployment it came from (no replica
+    // running), over what changed since: `--force`.
+    d.ok(&["vault", "put", "changed-since"], b"sk-changed-since");
     let err = d.fails(
         &["restore", f, "--passphrase-stdin"],
         b"backup passphrase 123\n",
     );
-    assert!(
-        err.contains("restoring into PostgreSQL is not supported"),
-        "{err}"
+    assert!(err.contains("already holds a vault"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    d.ok(
+        &["restore", f, "--passphrase-stdin", "--force"],
+        b"backup passphrase 123\n",
     );
+    assert_eq!(
+        d.ok(&["vault", "get", "backed-up", "--reveal"], b"").stdout,
+        "sk-backup-pg-1"
+    );
+    assert!(!d.data().join("latchkey.redb").exists());
+}
+
+#[test]
+fn self_check_reads_the_postgres_database_writes_nothing_and_opens_the_vault() {
+    let pg = PgServer::shared();
+    let db = pg.database();
+    let d = TestDir::on_postgres(db.clone());
+    let has_tables = || pg.psql(&db.name, "SELECT to_regclass('latchkey_kv') IS NOT NULL");
+    // An empty database: reachable, nothing installed, and nothing made.
+    let out = d.ok(&["self-check"], b"");
+    let target = db.url_without_password();
+    assert!(
+        out.stdout.contains(&format!("data=\"{target}: none yet\"")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(has_tables().trim(), "f", "self-check created the schema");
+
+    d.ok(&["vault", "put", "checked"], b"sk-self-check");
+    let out = d.ok(&["self-check"], b"");
+    assert!(
+        out.stdout.starts_with("self-check ok version="),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!("{target}: schema ")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("vault opens"), "{}", out.stdout);
+    assert!(!out.stdout.contains(PG_PASSWORD) && !out.stderr.contains(PG_PASSWORD));
+
+    // While a replica serves from the same data directory (an update
+    // checks the new build before the old one stops): no lock needed.
+    let server = d.serve();
+    let out = d.ok(&["self-check"], b"");
+    assert!(out.stdout.contains("vault opens"), "{}", out.stdout);
+    drop(server);
+
+    // Another installation's master key does not open this vault.
+    let other = TestDir::on_postgres(db.clone());
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(other.data())
+        .expect("data dir");
+    let stranger = TestDir::new();
+    stranger.ok(&["vault", "put", "x"], b"y");
+    let key = other.data().join("master.key");
+    std::fs::copy(stranger.data().join("master.key"), &key).expect("copy a key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = other.fails(&["self-check"], b"");
+    assert!(err.contains("does not open the vault"), "{err}");
+    assert!(err.contains(&target), "{err}");
+
+    // Unreachable: a clear error without the password.
+    let mut c = d.cmd(&["self-check"]);
+    c.env(
+        "LATCHKEY_STORE__URL",
+        "postgres://lk:pw-canary-0043@127.0.0.1:1/latchkey",
+    );
+    let out = latchkey_e2e::run_cmd(c, b"");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot connect to PostgreSQL at postgres://lk@127.0.0.1:1/latchkey"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("pw-canary-0043"), "{}", out.stderr);
 }

@@ -18,12 +18,20 @@
 //! - one replica killed with SIGKILL in the middle of many key creations
 //!   through nginx loses no acknowledged write, and the others keep
 //!   serving.
+//! - two browsers through first-run setup at the same moment, one on each
+//!   replica: exactly one owner, no second account left behind, and the
+//!   other browser told why;
+//! - requests that present no credential (`/api/auth/me`, the signed-out
+//!   page's `GET /api/setup`) write nothing to the shared store, while
+//!   the credential requests share one per-address limit across the
+//!   replicas (the status page stays limited by each replica's own).
 //!
 //! Requests pinned to one replica go to its own port (`Cluster::client`);
 //! requests through nginx land on the replicas in turn.
 
 use latchkey_e2e::caddy::Client;
 use latchkey_e2e::cluster::{Cluster, session_cookie};
+use latchkey_e2e::postgres::PgServer;
 use latchkey_e2e::{Authenticator, PASSWORD, Resp, setup_token, totp_code_at};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -406,5 +414,163 @@ fn a_totp_code_used_on_one_replica_is_refused_on_the_others() {
             "replayed code on replica {i}"
         );
         assert!(session_cookie(&r).is_none(), "replica {i} set a session");
+    }
+}
+
+/// The rows of `table` in the cluster's database, one `key:value:xmin`
+/// line each: a write to a row changes its line even if it wrote the same
+/// value (a new row version has a new `xmin`).
+fn rows(c: &Cluster, table: &str) -> String {
+    PgServer::shared().psql(
+        &c.db.name,
+        &format!(
+            "SELECT encode(k, 'hex') || ':' || encode(v, 'hex') || ':' || xmin \
+             FROM latchkey_kv WHERE tbl = '{table}' ORDER BY k"
+        ),
+    )
+}
+
+#[test]
+fn requests_without_a_credential_write_nothing_to_the_shared_store() {
+    let c = Cluster::start(2, "");
+    let totp = setup_owner(&c);
+    let (_, session) = sign_in(&c.client(0), &c.client(1), &totp);
+    // `auth_state` holds the per-address buckets (`r` + the address).
+    let bucket_key = format!("{}:", hex::encode(b"r127.0.0.1"));
+    let bucket = |rows: &str| {
+        rows.lines()
+            .find(|l| l.starts_with(&bucket_key))
+            .map(str::to_string)
+    };
+    let before = (rows(&c, "auth_state"), rows(&c, "sessions"));
+    assert!(bucket(&before.0).is_some(), "the sign-in wrote its bucket");
+    for i in 0..40 {
+        let cl = c.client(i % 2);
+        assert_eq!(me(&cl, &cookie(&session)), 200);
+        let r = cl.get("/api/setup", &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(
+        (rows(&c, "auth_state"), rows(&c, "sessions")),
+        before,
+        "80 requests without a credential wrote to the shared store"
+    );
+    // A request with a credential does take from the shared bucket.
+    let r = c.client(1).post(
+        "/api/auth/login",
+        &json!({"username": "nobody", "password": "not the password at all"}),
+        &[SAME],
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_ne!(bucket(&rows(&c, "auth_state")), bucket(&before.0));
+}
+
+#[test]
+fn credential_requests_share_one_address_limit_and_the_status_page_each_replicas_own() {
+    // Six requests per address, refilled at one a minute (not within the
+    // test's seconds).
+    let c = Cluster::start(3, "rate_limit_burst = 6\nrate_limit_per_minute = 1\n");
+    // An address of its own, so nothing else here counts against it.
+    let client = |i: usize| c.client(i).from_ip("127.0.0.9");
+    let codes: Vec<(u16, String)> = (0..9)
+        .map(|i| {
+            err(&client(i % 3).post(
+                "/api/auth/login",
+                &json!({"username": format!("nobody{i}"), "password": "not the password at all"}),
+                &[SAME],
+            ))
+        })
+        .collect();
+    // Six for the deployment, not six per replica (which would be 18).
+    assert!(codes[..6].iter().all(|(s, _)| *s == 401), "{codes:?}");
+    assert!(
+        codes[6..]
+            .iter()
+            .all(|c| *c == (429, "rate_limited".into())),
+        "{codes:?}"
+    );
+    // Each replica's own bucket took three of its six: the status page,
+    // which presents no credential, takes only from that one — three more
+    // on each replica, and then that replica refuses it too.
+    for i in 0..3 {
+        for n in 0..3 {
+            let r = client(i).get("/api/setup", &[]);
+            assert_eq!(r.status, 200, "replica {i}, status page {n}: {}", r.body);
+        }
+        assert_eq!(
+            err(&client(i).get("/api/setup", &[])),
+            (429, "rate_limited".into()),
+            "replica {i}"
+        );
+    }
+}
+
+#[test]
+fn two_wizards_on_two_replicas_at_once_make_exactly_one_owner() {
+    let c = Cluster::start(2, "");
+    let token = setup_token(c.replica(1));
+    let gate = std::sync::Barrier::new(2);
+    let results: Vec<(u16, String)> = std::thread::scope(|sc| {
+        let wizards: Vec<_> = [(0, "alice"), (1, "bob")]
+            .into_iter()
+            .map(|(i, name)| {
+                let (c, token, gate) = (&c, &token, &gate);
+                sc.spawn(move || {
+                    let cl = c.client(i);
+                    gate.wait();
+                    let r = cl.post(
+                        "/api/setup/begin",
+                        &json!({"token": token, "username": name, "password": PASSWORD}),
+                        &[SAME],
+                    );
+                    // Both have begun (or been refused) before either confirms.
+                    gate.wait();
+                    if r.status != 200 {
+                        return err(&r);
+                    }
+                    let uri = r.json()["otpauth_uri"]
+                        .as_str()
+                        .expect("otpauth_uri")
+                        .to_string();
+                    let r = cl.post(
+                        "/api/setup/confirm",
+                        &json!({"token": token, "username": name, "code": Authenticator::new(&uri).code()}),
+                        &[SAME],
+                    );
+                    if r.status == 200 {
+                        (200, name.to_string())
+                    } else {
+                        err(&r)
+                    }
+                })
+            })
+            .collect();
+        wizards
+            .into_iter()
+            .map(|w| w.join().expect("wizard"))
+            .collect()
+    });
+    let won: Vec<&String> = results
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one wizard wins: {results:?}");
+    let lost = results.iter().find(|(s, _)| *s != 200).expect("a loser");
+    assert!(
+        [(409, "setup_replaced"), (403, "invalid_setup_token")]
+            .iter()
+            .any(|(s, code)| lost.0 == *s && lost.1 == *code),
+        "{results:?}"
+    );
+    // One account in the shared database, and both replicas say so.
+    let users = PgServer::shared().psql(
+        &c.db.name,
+        "SELECT count(*) FROM latchkey_kv WHERE tbl = 'users'",
+    );
+    assert_eq!(users.trim(), "1", "{results:?}");
+    for i in 0..2 {
+        let r = c.client(i).get("/api/setup", &[]);
+        assert_eq!(r.json()["needed"], false, "replica {i}: {}", r.body);
     }
 }

@@ -20,25 +20,17 @@
 //! Latchkey's plain port, from a chosen loopback address, with a cookie
 //! jar and an `Origin`.
 
+use crate::peer::Peer;
+pub use crate::peer::free_port;
 use crate::server::{Resp, curl_answer, curl_cmd};
 use crate::{Out, run_cmd_for};
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long Caddy may take to listen and serve its first certificate.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A free TCP port on 127.0.0.1 (bound, then released: a tiny race with
-/// other tests is accepted, as in the other helpers).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
-}
 
 /// A site block: `https://localhost:PORT` with an internal-CA
 /// certificate, reverse-proxying everything to `upstream` (`host:port`,
@@ -64,8 +56,7 @@ pub fn static_site(port: u16, root: &Path) -> String {
 
 /// A running `caddy run`. Killed (SIGKILL) and reaped on drop.
 pub struct Caddy {
-    child: Child,
-    exit: Option<ExitStatus>,
+    process: Peer,
     /// The port of the first site (see [`Caddy::start`]).
     pub port: u16,
     home: PathBuf,
@@ -90,29 +81,16 @@ impl Caddy {
         let path = home.join("Caddyfile");
         std::fs::write(&path, caddyfile).expect("write Caddyfile");
         let log = home.join("caddy.log");
-        let out = File::create(&log).expect("create caddy.log");
-        let err = out.try_clone().expect("clone log file");
         let mut c = Command::new("caddy");
         c.args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(&path)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &home)
-            .env("XDG_DATA_HOME", home.join("data"))
-            .env("XDG_CONFIG_HOME", home.join("config"))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = match c.spawn() {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("`caddy` is not installed; run scripts/install-deps.sh (Debian's `caddy`)")
-            }
-            Err(e) => panic!("cannot run caddy: {e}"),
-        };
+            .arg(&path);
+        let env = [
+            ("HOME", home.as_path()),
+            ("XDG_DATA_HOME", &home.join("data")),
+            ("XDG_CONFIG_HOME", &home.join("config")),
+        ];
         let mut caddy = Caddy {
-            child,
-            exit: None,
+            process: Peer::spawn(c, &env, &log, "caddy"),
             port,
             home,
             log,
@@ -125,7 +103,7 @@ impl Caddy {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last = String::new();
         loop {
-            if let Some(status) = self.try_wait() {
+            if let Some(status) = self.process.try_wait() {
                 panic!("caddy exited during startup ({status}):\n{}", self.log());
             }
             if self.root_ca().exists() {
@@ -174,25 +152,9 @@ impl Caddy {
         run_cmd_for(c, b"", Duration::from_secs(40))
     }
 
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().expect("try_wait caddy");
-        }
-        self.exit
-    }
-
     /// Whether Caddy is still running.
     pub fn is_running(&mut self) -> bool {
-        self.try_wait().is_none()
-    }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        if self.try_wait().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.process.try_wait().is_none()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod desktop;
 pub mod nginx;
 pub mod oidc;
+pub mod peer;
 pub mod postgres;
 pub mod race;
 pub mod ui;
@@ -105,6 +106,22 @@ impl TestDir {
 
     pub fn path(&self) -> &Path {
         self.tmp.path()
+    }
+
+    /// Everything the store holds, to compare before and after a command
+    /// that must change nothing (a refused restore): the database file's
+    /// bytes, or on PostgreSQL every row of this directory's database.
+    pub fn store_state(&self) -> Vec<u8> {
+        match &self.store {
+            Some(db) => postgres::PgServer::shared()
+                .psql(
+                    &db.name,
+                    "SELECT tbl, encode(k, 'hex'), encode(v, 'hex') FROM latchkey_kv \
+                     ORDER BY tbl, k",
+                )
+                .into_bytes(),
+            None => file_bytes(&self.data().join("latchkey.redb")),
+        }
     }
 
     /// `latchkey --data-dir DATA ARGS…` with a clean environment.

@@ -16,10 +16,9 @@
 //! timeout`, no `non_idempotent`): a POST cut off by a dying replica
 //! reaches the client as 502, never twice.
 
-use crate::caddy::free_port;
-use std::fs::File;
+use crate::peer::{Peer, free_port};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// How long nginx may take to listen.
@@ -27,8 +26,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running nginx. Killed (SIGKILL) and reaped on drop.
 pub struct Nginx {
-    child: Child,
-    exit: Option<ExitStatus>,
+    process: Peer,
     /// The port clients talk to (`http://127.0.0.1:PORT`).
     pub port: u16,
     log: PathBuf,
@@ -73,36 +71,21 @@ impl Nginx {
         let conf = prefix.join("nginx.conf");
         std::fs::write(&conf, config(&prefix, port, upstreams)).expect("write nginx.conf");
         let log = prefix.join("error.log");
-        let out = File::create(prefix.join("nginx.out")).expect("create nginx.out");
-        let err = out.try_clone().expect("clone log file");
         let mut c = Command::new("/usr/sbin/nginx");
         c.arg("-p")
             .arg(&prefix)
             .arg("-c")
             .arg(&conf)
             .arg("-e")
-            .arg(&log)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = match c.spawn() {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                panic!("`nginx` is not installed; run scripts/install-deps.sh (Debian's `nginx`)")
-            }
-            Err(e) => panic!("cannot run nginx: {e}"),
-        };
+            .arg(&log);
         let mut nginx = Nginx {
-            child,
-            exit: None,
+            process: Peer::spawn(c, &[], &prefix.join("nginx.out"), "nginx"),
             port,
             log,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = nginx.try_wait() {
+            if let Some(status) = nginx.process.try_wait() {
                 panic!("nginx exited during startup ({status}):\n{}", nginx.log());
             }
             assert!(
@@ -123,21 +106,5 @@ impl Nginx {
     /// Everything nginx logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
-        }
-        self.exit
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        if self.try_wait().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }

@@ -20,7 +20,6 @@ use crate::run_cmd_for;
 use crate::server::{Resp, Server, curl_cmd};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,10 +47,7 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 /// A port on 127.0.0.1 that was free a moment ago. The redirect URI must be
 /// registered at the provider before Latchkey starts, so Latchkey's port is
 /// chosen up front (`ServeOpts::listen`) rather than learnt from its banner.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
+pub use crate::peer::free_port;
 
 /// Latchkey's callback URLs on `port`, under both names its certificate
 /// covers; both are registered at the provider.

@@ -10,8 +10,10 @@
 //! ends, however it ends: [`PgServer`]'s `Drop` stops it, and a watchdog
 //! shell started beside it stops it too once the test process is gone (a
 //! panic that aborts, `kill -9`, or the process-wide [`PgServer::shared`]
-//! server, which a static never drops). `fsync` is off: the data is thrown
-//! away, and the server starts in about a second.
+//! server, which a static never drops). For tests `fsync` is off: the data
+//! is thrown away, and the server starts in about a second. Benchmarks start
+//! a [`PgServer::start_durable`] one instead, which flushes its WAL on every
+//! commit as a production server does.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -114,8 +116,20 @@ fn free_port() -> u16 {
 }
 
 impl PgServer {
-    /// Starts a new server (at most ~30 s, usually about one).
+    /// Starts a new server (at most ~30 s, usually about one), with `fsync`
+    /// off: for tests.
     pub fn start() -> PgServer {
+        Self::start_with(false)
+    }
+
+    /// Starts a new server with PostgreSQL's durable defaults (`fsync`,
+    /// `synchronous_commit`, `full_page_writes` on): every commit waits for
+    /// its WAL flush, as on a production server. For benchmarks.
+    pub fn start_durable() -> PgServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> PgServer {
         let bin = pg_bin_dir();
         let run_as = is_root().then(|| "postgres".to_string());
         let dir = tempfile::Builder::new()
@@ -164,9 +178,14 @@ impl PgServer {
         let mut last = String::new();
         for _ in 0..5 {
             server.port = free_port();
+            let fast = if durable {
+                ""
+            } else {
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            };
             let opts = format!(
-                "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=200 -c shared_buffers=16MB",
+                "-c listen_addresses=127.0.0.1 -p {} -k {} {fast} -c max_connections=200 \
+                 -c shared_buffers=16MB",
                 server.port,
                 server.path().display()
             );

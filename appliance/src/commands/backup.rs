@@ -1,20 +1,28 @@
 //! `latchkey backup` and `latchkey restore`.
 //!
 //! `backup` asks a running server for the snapshot when there is one;
-//! `restore` needs the data directory to itself.
+//! `restore` needs the data directory to itself — and, on PostgreSQL, the
+//! database: it refuses while any replica has it open
+//! (`latchkey_core::backup::restore_into_store`).
 
 use crate::cli::{BackupArgs, RestoreArgs};
 use crate::context::Context;
 use crate::prompt;
 use crate::remote::Remote;
+use crate::term::safe;
 use anyhow::{Context as _, bail};
+use latchkey_core::audit::{self, AuditEvent};
 use latchkey_core::backup::signing::{self, Fingerprint, Origin, Trust};
-use latchkey_core::backup::{self, BackupIdentity, BackupRecipient};
+use latchkey_core::backup::{self, BackupIdentity, BackupRecipient, BackupSummary};
 use latchkey_core::config::MasterKeyKind;
 use latchkey_core::secrecy::ExposeSecret;
+use latchkey_core::store::{Backend, Store};
 use latchkey_core::vault::{MasterKey, master::write_private_file};
 
 const MIN_BACKUP_PASSPHRASE: usize = 12;
+
+/// Who the audit log names for the commands on this machine.
+const HOST_ACTOR: &str = "host";
 
 pub fn backup(ctx: &Context, a: BackupArgs) -> anyhow::Result<()> {
     let to = match (&a.recipient, a.passphrase_stdin) {
@@ -72,16 +80,6 @@ pub fn backup(ctx: &Context, a: BackupArgs) -> anyhow::Result<()> {
 }
 
 pub fn restore(ctx: &Context, a: RestoreArgs) -> anyhow::Result<()> {
-    if ctx.settings.store.backend == latchkey_core::store::Backend::Postgres {
-        // A restore builds a redb file in the data directory: on a
-        // PostgreSQL deployment it would report success and change nothing
-        // the replicas read.
-        bail!(
-            "restore writes a redb data directory, and store.backend = \"postgres\": restoring \
-             into PostgreSQL is not supported yet (docs/SCALE.md); restore into a data directory \
-             without [store] instead"
-        );
-    }
     let identity = match (&a.identity, a.passphrase_stdin) {
         (Some(path), _) => BackupIdentity::from_identity_file(path)?,
         (None, true) => {
@@ -94,7 +92,7 @@ pub fn restore(ctx: &Context, a: RestoreArgs) -> anyhow::Result<()> {
         allow_unsigned: a.allow_unsigned,
     };
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    // Everything is decrypted and checked before the data directory is touched.
+    // Everything is decrypted and checked before the store is touched.
     let verified = backup::open(&bytes, &identity)?;
     let source = ctx.source();
     let vault_pass = if ctx.settings.vault.master_key == MasterKeyKind::Passphrase {
@@ -102,14 +100,37 @@ pub fn restore(ctx: &Context, a: RestoreArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let (summary, origin) = backup::restore(
-        &verified,
-        &ctx.data_dir,
-        &source,
-        vault_pass.clone().map(MasterKey::Passphrase),
-        a.force,
-        &trust,
-    )?;
+    let master = || vault_pass.clone().map(MasterKey::Passphrase);
+    let file = a.file.display().to_string();
+    let (summary, origin, checked, into) = match ctx.settings.store.backend {
+        // Shared by replicas: copied into the database in one write
+        // transaction, refused while any replica has it open.
+        Backend::Postgres => {
+            let done = backup::restore_into_store(
+                &verified,
+                &ctx.data_dir,
+                &ctx.settings.store,
+                &source,
+                master(),
+                a.force,
+                &trust,
+            )?;
+            let checked = backup::verify_store(done.store.clone(), &source, master().as_ref())?;
+            audit::append(
+                &done.store,
+                restored_event(&done.summary, &done.origin, &file),
+            )?;
+            (done.summary, done.origin, checked, done.target)
+        }
+        Backend::Redb => {
+            let (summary, origin) =
+                backup::restore(&verified, &ctx.data_dir, &source, master(), a.force, &trust)?;
+            let checked = backup::verify_restored(&ctx.data_dir, &source, master().as_ref())?;
+            let store = Store::open(&ctx.data_dir, "restore")?;
+            audit::append(&store, restored_event(&summary, &origin, &file))?;
+            (summary, origin, checked, ctx.data_dir.display().to_string())
+        }
+    };
     match origin {
         Origin::ThisInstallation(fp) => {
             eprintln!("The backup is signed by this installation's backup key {fp}.")
@@ -124,13 +145,28 @@ pub fn restore(ctx: &Context, a: RestoreArgs) -> anyhow::Result<()> {
              vault before relying on it, and make a new, signed backup."
         ),
     }
-    let master = vault_pass.map(MasterKey::Passphrase);
-    let checked = backup::verify_restored(&ctx.data_dir, &source, master.as_ref())?;
     eprintln!(
         "Restored {} vault entries (backup of {}) into {}; all {checked} verified.",
         summary.vault_records,
         summary.created_at,
-        ctx.data_dir.display()
+        safe(&into)
     );
     Ok(())
+}
+
+/// `backup.restore`, recorded in the restored store's audit log (which is
+/// the backup's, so the entry says when it came back and from what).
+fn restored_event(summary: &BackupSummary, origin: &Origin, file: &str) -> AuditEvent {
+    let by = match origin {
+        Origin::ThisInstallation(fp) => format!("signed by this installation's key {fp}"),
+        Origin::Trusted(fp) => format!("signed by the trusted key {fp}"),
+        Origin::Passphrase(_) => "opened with its passphrase".to_string(),
+        Origin::UnsignedAllowed => "UNSIGNED, allowed with --allow-unsigned".to_string(),
+    };
+    AuditEvent::new(HOST_ACTOR, "backup.restore", audit::Outcome::Success)
+        .target(file.to_string())
+        .detail(format!(
+            "backup of {}, {} vault record(s), {by}",
+            summary.created_at, summary.vault_records
+        ))
 }

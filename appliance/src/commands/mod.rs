@@ -6,6 +6,7 @@ pub mod backup;
 pub mod config;
 pub mod import;
 pub mod rotate;
+pub mod self_check;
 pub mod service;
 pub mod store;
 pub mod vault;

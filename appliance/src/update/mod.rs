@@ -1,4 +1,4 @@
-//! `latchkey update` and `latchkey self-check`: the installing half of the
+//! `latchkey update`: the installing half of the
 //! update channel (docs/UPDATES.md; the feed format, keys and the server's
 //! periodic check are `latchkey_core::update`).
 //!
@@ -19,35 +19,9 @@ mod install;
 
 use crate::cli::UpdateArgs;
 use crate::context::Context;
-use anyhow::{Context as _, anyhow, bail};
-use latchkey_core::store::{SCHEMA_VERSION, SchemaPeek, peek_schema};
+use anyhow::{anyhow, bail};
 use latchkey_core::update::{InstallOutcome, InstallReport, TARGET, feed, version};
 use std::io::Write;
-
-/// `latchkey self-check`: prints one line a caller can parse, e.g.
-/// `self-check ok version=1.2.0 target=x86_64-unknown-linux-gnu schema=4`.
-/// The configuration was already loaded (the command fails before this if
-/// it cannot be); the data's schema is read without the lock, and must be
-/// one this build can open.
-pub fn self_check(ctx: &Context) -> anyhow::Result<()> {
-    let data = match peek_schema(&ctx.data_dir)
-        .with_context(|| format!("reading the data directory {}", ctx.data_dir.display()))?
-    {
-        SchemaPeek::Absent => "none yet".to_string(),
-        SchemaPeek::InUse => "in use by a running server".to_string(),
-        SchemaPeek::Version(v) if v > SCHEMA_VERSION => bail!(
-            "the data directory's schema version {v} is newer than this build reads \
-             ({SCHEMA_VERSION})"
-        ),
-        SchemaPeek::Version(v) => format!("schema {v}"),
-    };
-    writeln!(
-        std::io::stdout(),
-        "self-check ok version={} target={TARGET} schema={SCHEMA_VERSION} data=\"{data}\"",
-        version()
-    )?;
-    Ok(())
-}
 
 /// `latchkey update [--check] [--yes] [--scheduled] [--feed URL]`.
 pub fn run(ctx: &Context, args: &UpdateArgs) -> anyhow::Result<()> {

@@ -24,6 +24,10 @@
 //! run on a fixed pool of [`PasswordHasher::concurrency`] threads (one per
 //! CPU) and further callers wait their turn, so a burst of sign-ins from
 //! strangers queues instead of growing the process by 19 MiB a request.
+//! Each of those threads allocates its argon2 memory once and reuses it
+//! (`Argon2::hash_password_into_with_memory`): a 19 MiB area freed after
+//! every computation is what let the allocator's heaps grow by hundreds of
+//! MiB under a burst (see `Memory`).
 //!
 //! The common-password list is the top 10,000 of zxcvbn 4.4.2's `passwords`
 //! frequency list (MIT; see `COMMON-PASSWORDS-LICENSE` next to this file).
@@ -33,13 +37,14 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
+use argon2::password_hash::Error as PhcError;
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use secrecy::{ExposeSecret as _, SecretString};
 use thiserror::Error;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// Fewest characters a password may have (NIST SP 800-63B asks for at
 /// least 8; 15 for single-factor. We require 12 on top of mandatory TOTP).
@@ -252,26 +257,100 @@ impl Argon2Params {
 }
 
 /// A fixed pool of threads that run every argon2 computation of a
-/// [`PasswordHasher`]: at most `size` at once, the rest queue. A pool (not
-/// only a counter) because the allocator keeps a thread's freed 19 MiB for
-/// that thread: argon2 on whatever blocking thread asked would leave up to
-/// 19 MiB behind on each of the blocking pool's hundreds of threads.
+/// [`PasswordHasher`]: at most `size` at once, the rest queue. Each worker
+/// owns its argon2 memory ([`Memory`]): allocated on its first job, at the
+/// size the configured parameters need, and reused by every later job, so
+/// argon2 costs `size × m_cost` for the life of the process and never
+/// goes back to the allocator (see [`Memory`] for why that matters).
 struct Workers {
     size: usize,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     running: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    /// How many argon2 memory areas were ever allocated (one per worker,
+    /// plus one per job whose stored hash needs more than the workers
+    /// hold).
+    allocations: Arc<AtomicUsize>,
 }
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+type Job = Box<dyn FnOnce(&mut Memory) + Send + 'static>;
+
+/// One worker's argon2 memory (`m_cost` blocks of 1 KiB).
+///
+/// Why it is kept rather than allocated per computation: glibc serves an
+/// allocation this large with `mmap` only until the first one is freed;
+/// then it raises its mmap threshold to that size (up to 32 MiB) and serves
+/// the next ones from its heaps (arenas), shared with every thread. A burst
+/// of 64 failed sign-ins on PostgreSQL — 64 request threads holding small
+/// allocations in those same arenas while they wait on the store — pinned
+/// freed 19 MiB blocks under live small ones: 6 arenas of ~54 MiB each,
+/// up to +290 MiB resident (docs/SCALE.md). Memory that is
+/// allocated once and never freed cannot fragment anything.
+struct Memory {
+    /// The block count the configured parameters need (allocated lazily).
+    blocks: usize,
+    area: Vec<Block>,
+    allocations: Arc<AtomicUsize>,
+}
+
+impl Memory {
+    fn new(blocks: usize, allocations: Arc<AtomicUsize>) -> Self {
+        Memory {
+            blocks,
+            area: Vec::new(),
+            allocations,
+        }
+    }
+
+    /// Runs argon2 with this memory, or, for a stored hash made with more
+    /// memory than the configured parameters (kept: stronger), with a
+    /// one-off area of its size. Every block argon2 reads it has written
+    /// in the same computation, so what an earlier one left is never used.
+    fn hash_into(
+        &mut self,
+        argon2: &Argon2<'_>,
+        pwd: &[u8],
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), argon2::Error> {
+        let need = argon2.params().block_count();
+        if need > self.blocks.max(self.area.len()) {
+            self.allocations.fetch_add(1, Ordering::AcqRel);
+            let mut once = vec![Block::default(); need];
+            let done = argon2.hash_password_into_with_memory(pwd, salt, out, &mut once[..]);
+            wipe(&mut once[..need]);
+            return done;
+        }
+        if self.area.len() < need {
+            self.allocations.fetch_add(1, Ordering::AcqRel);
+            self.area = vec![Block::default(); self.blocks.max(need)];
+        }
+        let done = argon2.hash_password_into_with_memory(pwd, salt, out, &mut self.area[..]);
+        wipe(&mut self.area[..need]);
+        done
+    }
+}
+
+/// Zeroes argon2 blocks once a computation is done with them: they are
+/// derived from the password, and the worker's area stays in the process
+/// (a core dump or swapped page would otherwise hold the last sign-in's).
+/// About 1 ms for the default 19 MiB, against tens for argon2 itself.
+fn wipe(blocks: &mut [Block]) {
+    for b in blocks {
+        b.zeroize();
+    }
+}
 
 impl Workers {
-    fn new(size: usize) -> Self {
+    /// `size` threads, each with memory for `blocks` argon2 blocks.
+    fn new(size: usize, blocks: usize) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let allocations = Arc::new(AtomicUsize::new(0));
         let mut started = 0;
         for i in 0..size.max(1) {
             let rx = Arc::clone(&rx);
+            let mut memory = Memory::new(blocks, Arc::clone(&allocations));
             let spawned = std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
@@ -279,7 +358,7 @@ impl Workers {
                         // The lock is held only while waiting for a job.
                         let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
                         match job {
-                            Ok(job) => job(),
+                            Ok(job) => job(&mut memory),
                             // The hasher is gone: so is its pool.
                             Err(_) => return,
                         }
@@ -295,18 +374,22 @@ impl Workers {
             jobs: Mutex::new((started > 0).then_some(tx)),
             running: Arc::new(AtomicUsize::new(0)),
             peak: Arc::new(AtomicUsize::new(0)),
+            allocations,
         }
     }
 
-    /// Runs `f` on a worker and waits for it; `None` if the worker died
-    /// (a panic inside argon2).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    /// Runs `f` on a worker, with that worker's memory, and waits for it;
+    /// `None` if the worker died (a panic inside argon2).
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Memory) -> T + Send + 'static,
+    ) -> Option<T> {
         let (done, result) = mpsc::sync_channel(1);
         let (running, peak) = (Arc::clone(&self.running), Arc::clone(&self.peak));
-        let job: Job = Box::new(move || {
+        let job: Job = Box::new(move |memory| {
             let now = running.fetch_add(1, Ordering::AcqRel) + 1;
             peak.fetch_max(now, Ordering::AcqRel);
-            let out = f();
+            let out = f(memory);
             running.fetch_sub(1, Ordering::AcqRel);
             let _ = done.send(out);
         });
@@ -315,13 +398,15 @@ impl Workers {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        // Without a worker, the job runs here with memory of its own.
+        let here = || Memory::new(0, Arc::clone(&self.allocations));
         match sender {
             Some(tx) => {
                 if let Err(mpsc::SendError(job)) = tx.send(job) {
-                    job();
+                    job(&mut here());
                 }
             }
-            None => job(),
+            None => job(&mut here()),
         }
         result.recv().ok()
     }
@@ -378,7 +463,7 @@ impl Default for PasswordHasher {
                 params,
                 argon2_params: Params::DEFAULT,
                 dummy_phc: None,
-                workers: Workers::new(default_concurrency()),
+                workers: Workers::new(default_concurrency(), Params::DEFAULT.block_count()),
             },
         }
     }
@@ -398,17 +483,18 @@ impl PasswordHasher {
     /// bad parameters; [`PasswordError::Hashing`] if argon2 fails.
     pub fn new(params: Argon2Params) -> Result<Self, PasswordError> {
         let argon2_params = params.to_argon2()?;
+        let blocks = argon2_params.block_count();
         let mut hasher = Self {
             params,
             argon2_params,
             dummy_phc: None,
-            workers: Workers::new(default_concurrency()),
+            workers: Workers::new(default_concurrency(), blocks),
         };
-        let dummy = hasher
-            .argon2()
-            .hash_password_with_salt(Self::DUMMY_PASSWORD, &Self::DUMMY_SALT)
-            .map_err(PasswordError::Hashing)?;
-        hasher.dummy_phc = Some(dummy.to_string());
+        let dummy = hasher.hash_with_salt(
+            Zeroizing::new(Self::DUMMY_PASSWORD.to_vec()),
+            Self::DUMMY_SALT,
+        )?;
+        hasher.dummy_phc = Some(dummy);
         Ok(hasher)
     }
 
@@ -430,6 +516,14 @@ impl PasswordHasher {
         self.workers.peak.load(Ordering::Acquire)
     }
 
+    /// How many argon2 memory areas were ever allocated: one per worker
+    /// that ran anything, plus one per verification of a stored hash made
+    /// with more memory than the configured parameters.
+    #[must_use]
+    pub fn memory_allocations(&self) -> usize {
+        self.workers.allocations.load(Ordering::Acquire)
+    }
+
     fn argon2(&self) -> Argon2<'static> {
         Argon2::new(
             Algorithm::Argon2id,
@@ -448,14 +542,20 @@ impl PasswordHasher {
         OsRng
             .try_fill_bytes(&mut salt)
             .map_err(|_| PasswordError::Rng)?;
-        let argon2 = self.argon2();
         let pw = Zeroizing::new(password.expose_secret().as_bytes().to_vec());
+        self.hash_with_salt(pw, salt)
+    }
+
+    /// The PHC string of argon2id over `pw` and `salt` with the configured
+    /// parameters, computed on a worker.
+    fn hash_with_salt(
+        &self,
+        pw: Zeroizing<Vec<u8>>,
+        salt: [u8; argon2::RECOMMENDED_SALT_LEN],
+    ) -> Result<String, PasswordError> {
+        let argon2 = self.argon2();
         self.workers
-            .run(move || {
-                argon2
-                    .hash_password_with_salt(&pw, &salt)
-                    .map(|h| h.to_string())
-            })
+            .run(move |memory| phc_hash(&argon2, memory, &pw, &salt))
             .ok_or(PasswordError::Worker)?
             .map_err(PasswordError::Hashing)
     }
@@ -472,16 +572,11 @@ impl PasswordHasher {
         if Algorithm::new(parsed.algorithm.as_str()).is_err() {
             return Err(PasswordError::MalformedHash);
         }
-        let argon2 = self.argon2();
         let pw = Zeroizing::new(password.expose_secret().as_bytes().to_vec());
         let phc = phc.to_owned();
         let verdict = self
             .workers
-            .run(move || match PasswordHash::new(&phc) {
-                Ok(parsed) => argon2.verify_password(&pw, &parsed),
-                // Parsed once already on the caller's side.
-                Err(_) => Err(argon2::password_hash::Error::Algorithm),
-            })
+            .run(move |memory| phc_verify(memory, &pw, &phc))
             .ok_or(PasswordError::Worker)?;
         match verdict {
             Ok(()) => Ok(true),
@@ -536,6 +631,57 @@ impl PasswordHasher {
             || stored.p_cost() != self.params.parallelism
             || stored.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)
                 < Params::DEFAULT_OUTPUT_LEN
+    }
+}
+
+/// argon2id (v19) of `pw` and `salt` with `argon2`'s parameters in
+/// `memory`, as a PHC string (what `argon2`'s own `hash_password_with_salt`
+/// makes, without allocating its memory).
+fn phc_hash(
+    argon2: &Argon2<'_>,
+    memory: &mut Memory,
+    pw: &[u8],
+    salt: &[u8],
+) -> Result<String, PhcError> {
+    let salt = Salt::new(salt)?;
+    let params = argon2.params();
+    let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let mut buf = Zeroizing::new([0u8; Output::MAX_LENGTH]);
+    let out = buf.get_mut(..len).ok_or(PhcError::OutputSize)?;
+    memory.hash_into(argon2, pw, &salt, out)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params)?,
+        salt: Some(salt),
+        hash: Some(Output::new(out)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Checks `pw` against the PHC string `phc` with the algorithm, version
+/// and parameters recorded in it, in `memory`; the outputs are compared in
+/// constant time (`Output`'s equality). What `argon2`'s
+/// `verify_password` does, without allocating its memory.
+fn phc_verify(memory: &mut Memory, pw: &[u8], phc: &str) -> Result<(), PhcError> {
+    let parsed = PasswordHash::new(phc)?;
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return Err(PhcError::PasswordInvalid);
+    };
+    let algorithm = Algorithm::try_from(parsed.algorithm.as_str())?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()?
+        .unwrap_or_default();
+    let argon2 = Argon2::new(algorithm, version, Params::try_from(&parsed)?);
+    let mut buf = Zeroizing::new([0u8; Output::MAX_LENGTH]);
+    let out = buf.get_mut(..expected.len()).ok_or(PhcError::OutputSize)?;
+    memory.hash_into(&argon2, pw, salt, out)?;
+    if Output::new(out)? == *expected {
+        Ok(())
+    } else {
+        Err(PhcError::PasswordInvalid)
     }
 }
 

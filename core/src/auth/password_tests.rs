@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use argon2::{PasswordHasher as _, PasswordVerifier as _};
 
 #[test]
 fn argon2_runs_at_most_one_per_cpu_however_many_callers() {
@@ -43,6 +44,94 @@ fn argon2_runs_at_most_one_per_cpu_however_many_callers() {
         hasher.peak_concurrency(),
         hasher.concurrency()
     );
+}
+
+#[test]
+fn argon2_memory_is_allocated_once_per_worker_and_reused() {
+    // A burst of verifications (and hashes) from more callers than
+    // workers: each worker allocates its memory once, on its first job,
+    // and keeps it — nothing of 19 MiB goes back to the allocator.
+    let hasher = std::sync::Arc::new(hasher());
+    let pw = secret("correct horse battery");
+    let phc = hasher.hash(&pw).unwrap();
+    let callers = 3 * hasher.concurrency() + 2;
+    let handles: Vec<_> = (0..callers)
+        .map(|i| {
+            let (h, phc) = (hasher.clone(), phc.clone());
+            std::thread::spawn(move || {
+                for j in 0..3 {
+                    let guess = secret(&format!("guess number {i}.{j}"));
+                    assert!(!h.verify(&guess, &phc).unwrap());
+                    assert!(!h.verify_dummy(&guess));
+                }
+            })
+        })
+        .collect();
+    for t in handles {
+        t.join().expect("join");
+    }
+    assert!(
+        hasher.verify(&pw, &phc).unwrap(),
+        "and the right one matches"
+    );
+    let made = hasher.memory_allocations();
+    assert!(
+        (1..=hasher.concurrency()).contains(&made),
+        "{made} argon2 memory areas for {} workers and {} computations",
+        hasher.concurrency(),
+        callers * 6 + 3
+    );
+    // A stored hash made with more memory gets an area of its own, each
+    // time (the workers' stay the configured size); a weaker one fits.
+    let strong = PasswordHasher::new(Argon2Params {
+        memory_kib: 47_104,
+        iterations: 2,
+        parallelism: 1,
+    })
+    .unwrap()
+    .hash(&pw)
+    .unwrap();
+    assert!(hasher.verify(&pw, &strong).unwrap());
+    assert!(!hasher.verify(&secret("not it at all"), &strong).unwrap());
+    assert_eq!(hasher.memory_allocations(), made + 2);
+    let weak = PasswordHasher::new(Argon2Params {
+        memory_kib: 9_216,
+        iterations: 4,
+        parallelism: 1,
+    })
+    .unwrap()
+    .hash(&pw)
+    .unwrap();
+    assert!(hasher.verify(&pw, &weak).unwrap());
+    assert!(hasher.memory_allocations() <= hasher.concurrency() + 2);
+}
+
+#[test]
+fn hashes_agree_with_the_argon2_crates_own() {
+    // Our hashing runs argon2 in reused memory and writes the PHC string
+    // itself: what it writes must be what the crate verifies, and what the
+    // crate wrote (every stored hash so far) must verify here, for the
+    // right password only — also with another lane count and output length.
+    let h = hasher();
+    let pw = "a perfectly fine passphrase";
+    let ours = h.hash(&secret(pw)).unwrap();
+    let parsed = PasswordHash::new(&ours).unwrap();
+    let crate_argon2 = Argon2::default();
+    assert!(crate_argon2.verify_password(pw.as_bytes(), &parsed).is_ok());
+    assert!(
+        crate_argon2
+            .verify_password(b"a perfectly fine passphrasE", &parsed)
+            .is_err()
+    );
+    for (lanes, out_len) in [(1, 32), (2, 32), (1, 64), (4, 16)] {
+        let params = Params::new(19_456, 2, lanes, Some(out_len)).unwrap();
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_with_salt(pw.as_bytes(), &[9u8; 16])
+            .unwrap()
+            .to_string();
+        assert!(h.verify(&secret(pw), &theirs).unwrap(), "{theirs}");
+        assert!(!h.verify(&secret("another passphrase"), &theirs).unwrap());
+    }
 }
 
 fn secret(s: &str) -> SecretString {
@@ -372,4 +461,43 @@ fn debug_output_holds_no_hash() {
     let debug = format!("{h:?}");
     assert!(!debug.contains("$argon2"), "{debug}");
     assert!(format!("{:?}", PasswordPolicy::new()).contains("10000"));
+}
+
+#[test]
+fn argon2_memory_holds_nothing_of_the_password_after_a_computation() {
+    // The worker's area outlives the computation: it must not keep the
+    // password-derived blocks (core dumps, swap): without the wipe every
+    // block argon2 filled would still be there, non-zero.
+    let params = Params::new(8192, 1, 1, None).expect("params");
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let mut memory = Memory::new(8192, Arc::new(AtomicUsize::new(0)));
+    let mut out = [0u8; 32];
+    for _ in 0..2 {
+        memory
+            .hash_into(
+                &argon2,
+                b"a perfectly fine passphrase",
+                &[7u8; 16],
+                &mut out,
+            )
+            .expect("argon2");
+        assert!(out.iter().any(|b| *b != 0), "argon2 wrote its output");
+        assert_eq!(memory.area.len(), 8192);
+        let dirty = memory
+            .area
+            .iter()
+            .filter(|b| b.as_ref().iter().any(|w| *w != 0))
+            .count();
+        assert_eq!(dirty, 0, "{dirty} blocks still hold derived data");
+    }
+    // A hash needing more than the worker holds gets (and wipes) its own.
+    let bigger = Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(9000, 1, 1, None).expect("params"),
+    );
+    memory
+        .hash_into(&bigger, b"another one", &[8u8; 16], &mut out)
+        .expect("argon2");
+    assert_eq!(memory.area.len(), 8192, "the worker's area stays its size");
 }

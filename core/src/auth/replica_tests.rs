@@ -428,3 +428,145 @@ fn concurrent_guesses_on_both_replicas_verify_at_most_the_threshold(p: Pair) {
     // The default threshold is five: five guesses checked, anywhere.
     assert_eq!((verified, refused), (5, 7), "{results:?}");
 }
+
+// Two browsers through first-run setup at the same moment, one on each
+// replica, with the deployment's one setup token: each step of one runs
+// either wholly before or wholly after the other's (`Store::lock_shared`),
+// so exactly one owner comes out, no second (inactive) account is left
+// behind, and the loser is told why. Three rounds, fresh stores each.
+#[test]
+fn two_wizards_at_once_make_exactly_one_owner_redb() {
+    for _ in 0..3 {
+        two_wizards_at_once_make_exactly_one_owner(pair());
+    }
+}
+
+#[test]
+fn two_wizards_at_once_make_exactly_one_owner_postgres() {
+    for _ in 0..3 {
+        two_wizards_at_once_make_exactly_one_owner(pg_pair());
+    }
+}
+
+fn two_wizards_at_once_make_exactly_one_owner(p: Pair) {
+    use super::store::{self as db, USERS, User};
+    let token =
+        p.a.issue_setup_token()
+            .expect("issue")
+            .expect("no owner yet");
+    let token = token.expose_secret().to_string();
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let wizards: Vec<_> = [("alice", &p.a), ("bob", &p.b)]
+        .into_iter()
+        .map(|(name, auth)| {
+            let (auth, token, barrier) = (Arc::clone(auth), token.clone(), barrier.clone());
+            std::thread::spawn(move || -> Result<String, AuthError> {
+                barrier.wait();
+                let begun = auth.setup_begin(&token, name, &pw(PASSWORD));
+                // Both have begun (or been refused) before either confirms.
+                barrier.wait();
+                let uri = begun?.otpauth_uri.0.expose_secret().to_string();
+                let (owner, _codes) = auth.setup_confirm(&token, name, &code(&uri, 0), None)?;
+                Ok(owner.username)
+            })
+        })
+        .collect();
+    let results: Vec<Result<String, AuthError>> = wizards
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let owners: Vec<&String> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(owners.len(), 1, "exactly one wizard wins: {results:?}");
+    // The loser's wizard was replaced by the winner's (it began first), or
+    // the winner finished before it confirmed (the link is used): either
+    // way it is told, not left with a half-made account.
+    let lost = results
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .expect("a loser");
+    assert!(
+        matches!(
+            lost,
+            AuthError::Conflict("setup_replaced", _)
+                | AuthError::Forbidden("invalid_setup_token", _)
+        ),
+        "{lost:?}"
+    );
+    // The store holds the one owner, active, and nothing else.
+    let users = {
+        let txn = p.a.store().begin_read().expect("read");
+        db::scan::<User>(&txn.open_table(USERS).expect("users")).expect("scan")
+    };
+    let rows: Vec<(&str, bool)> = users
+        .iter()
+        .map(|(_, u)| (u.username.as_str(), u.active))
+        .collect();
+    assert_eq!(rows, [(owners[0].as_str(), true)], "{results:?}");
+    for auth in [&p.a, &p.b] {
+        assert_eq!(auth.user_count().expect("count"), 1);
+        let e = auth
+            .setup_begin(&token, "carol", &pw(PASSWORD))
+            .expect_err("the token is used");
+        assert!(
+            matches!(e, AuthError::Forbidden("invalid_setup_token", _)),
+            "{e:?}"
+        );
+    }
+    drop(p.dir);
+}
+
+on_both!(
+    one_invite_accepted_on_both_replicas_at_once_makes_one_user,
+    invite_race_redb,
+    invite_race_postgres
+);
+
+// An invite link opened in several browsers at once, the requests spread
+// over two replicas: the invite is consumed in the write transaction that
+// creates the user, which the store serializes across replicas, so exactly
+// one account comes out, and the others are told the link is used.
+fn one_invite_accepted_on_both_replicas_at_once_makes_one_user(p: Pair) {
+    owner(&p);
+    let host = p.a.host_principal();
+    for round in 0..3 {
+        let (token, _) =
+            p.a.create_invite(&host, crate::auth::scope::Role::User, None)
+                .expect("invite");
+        let token = token.expose_secret().to_string();
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let auth = Arc::clone(if i % 2 == 0 { &p.a } else { &p.b });
+                let (token, barrier) = (token.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    auth.accept_invite(
+                        &token,
+                        &format!("user{round}x{i}"),
+                        &pw("a long enough passphrase"),
+                        None,
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "round {round}: {results:?}"
+        );
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(r, AuthError::Forbidden("invalid_invite", _)),
+                "{r:?}"
+            );
+        }
+        // Both replicas count the owner and one user per round.
+        for auth in [&p.a, &p.b] {
+            assert_eq!(auth.user_count().expect("count"), 2 + round);
+        }
+    }
+}

@@ -501,19 +501,19 @@ async fn connect_broker_refresh_rotation_and_restart() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_calls_at_expiry_refresh_once() {
-    let e = env().await;
-    lock(&e.idp).ttl = 0;
-    connect(&e, ALICE).await;
+/// Fifty concurrent `token` calls for ALICE's expired connection, spread
+/// round-robin over `replicas` (one `Connections` or several over one
+/// store), while the provider takes `delay` to answer a refresh: every call
+/// gets the refreshed token, and the provider saw exactly one refresh.
+async fn fifty_calls_refresh_once(idp: &Shared, replicas: &[Arc<Connections>], delay: Duration) {
     {
-        let mut s = lock(&e.idp);
+        let mut s = lock(idp);
         s.ttl = 3600;
-        s.refresh_delay = Duration::from_millis(200);
+        s.refresh_delay = delay;
     }
     let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let c = Arc::clone(&e.conns);
+    for i in 0..50 {
+        let c = Arc::clone(&replicas[i % replicas.len()]);
         tasks.push(tokio::spawn(async move {
             c.token(ALICE, "idp", "alice", None)
                 .await
@@ -521,14 +521,22 @@ async fn fifty_concurrent_calls_at_expiry_refresh_once() {
         }));
     }
     for t in tasks {
-        let got = tokio::time::timeout(Duration::from_secs(20), t)
+        let got = tokio::time::timeout(Duration::from_secs(30), t)
             .await
             .expect("in time")
             .expect("task")
-            .expect("token");
+            .expect("token: no caller refreshed with a rotated-away token");
         assert_eq!(got, "at-2");
     }
-    assert_eq!(lock(&e.idp).refreshes, 1, "exactly one refresh");
+    assert_eq!(lock(idp).refreshes, 1, "exactly one refresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_calls_at_expiry_refresh_once() {
+    let e = env().await;
+    lock(&e.idp).ttl = 0;
+    connect(&e, ALICE).await;
+    fifty_calls_refresh_once(&e.idp, &[Arc::clone(&e.conns)], Duration::from_millis(200)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -291,7 +291,8 @@ impl OptionalFromRequestParts<AppState> for Authenticated {
 /// Middleware for the auth endpoints (`/api/auth/*`, `/api/setup/*`,
 /// `/api/invites/accept`, passphrase unseal): one token from the client
 /// address's bucket per request, else 429 `rate_limited` + `Retry-After`;
-/// with replicas, from the bucket they share too.
+/// with replicas, a request that presents a credential
+/// ([`presents_credential`]) takes one from the bucket they share too.
 pub async fn rate_limit(
     State(state): State<AppState>,
     req: Request,
@@ -304,8 +305,10 @@ pub async fn rate_limit(
         .check(ip, Instant::now())
         .map_err(|r| ApiError::RateLimited { retry_after: r.0 })?;
     // Replicas share one bucket per address (after the cheap local check,
-    // so a flood never reaches the store).
-    if state.auth.store().is_shared() {
+    // so a flood never reaches the store). It costs a write serialized
+    // with every other of the deployment, so only the requests that could
+    // guess something pay it; the rest stay limited per replica.
+    if state.auth.store().is_shared() && presents_credential(req.method(), req.uri().path()) {
         blocking(&state.auth, move |a| a.check_shared_rate(ip))
             .await?
             .map_err(|r| ApiError::RateLimited { retry_after: r.0 })?;
@@ -313,9 +316,48 @@ pub async fn rate_limit(
     Ok(next.run(req).await)
 }
 
+/// Whether a request to a rate-limited endpoint presents a credential
+/// the server checks: every POST among them (a password, a TOTP or
+/// recovery code, the setup token, an invite, a session or refresh token,
+/// the passphrase) and the OAuth callback (its state). The others are
+/// `GET /api/setup` — what every signed-out page asks first — and reading
+/// or removing a vault entry that happens to be called `unseal`, which
+/// the session authenticates. A route added to the limited set later is
+/// counted as presenting one: the safe side.
+fn presents_credential(method: &Method, path: &str) -> bool {
+    !(matches!(path, "/api/setup" | "/api/vault/unseal") && method != Method::POST)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_requests_without_a_credential_skip_the_shared_bucket() {
+        for (method, path) in [
+            (Method::POST, "/api/auth/login"),
+            (Method::POST, "/api/auth/mfa"),
+            (Method::POST, "/api/auth/token"),
+            (Method::POST, "/api/auth/refresh"),
+            (Method::POST, "/api/auth/reauth"),
+            (Method::POST, "/api/setup/begin"),
+            (Method::POST, "/api/setup/confirm"),
+            (Method::POST, "/api/setup/host"),
+            (Method::POST, "/api/invites/accept"),
+            (Method::POST, "/api/vault/unseal"),
+            (Method::GET, "/api/connections/github/callback"),
+        ] {
+            assert!(presents_credential(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/api/setup"),
+            (Method::HEAD, "/api/setup"),
+            (Method::GET, "/api/vault/unseal"),
+            (Method::DELETE, "/api/vault/unseal"),
+        ] {
+            assert!(!presents_credential(&method, path), "{method} {path}");
+        }
+    }
 
     fn parts(method: Method, headers: &[(&str, &str)]) -> Parts {
         let mut b = axum::http::Request::builder().method(method).uri("/api/x");

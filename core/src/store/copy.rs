@@ -52,6 +52,41 @@ impl CopyReport {
     pub fn table(&self, name: &str) -> Option<&TableCopy> {
         self.tables.iter().find(|t| t.name == name)
     }
+
+    /// How `copied` (a digest of the target after the commit) differs from
+    /// this report of the copy, one line per table; empty when they agree.
+    /// A table that holds no rows counts as absent: PostgreSQL lists only
+    /// tables with rows, redb also lists empty ones.
+    pub fn differences(&self, copied: &CopyReport) -> Vec<String> {
+        let mut problems = Vec::new();
+        for t in &self.tables {
+            match copied.table(&t.name) {
+                Some(c) if c == t => {}
+                None if t.rows == 0 => {}
+                Some(c) => problems.push(format!(
+                    "{}: {} rows copied, {} read back, digests {}",
+                    t.name,
+                    t.rows,
+                    c.rows,
+                    if c.digest == t.digest {
+                        "equal"
+                    } else {
+                        "differ"
+                    }
+                )),
+                None => problems.push(format!("{}: missing", t.name)),
+            }
+        }
+        for c in &copied.tables {
+            if self.table(&c.name).is_none() && c.rows > 0 {
+                problems.push(format!(
+                    "{}: {} rows the source does not have",
+                    c.name, c.rows
+                ));
+            }
+        }
+        problems
+    }
 }
 
 /// Running digest and count of one table's rows.

@@ -21,7 +21,7 @@
 
 use super::StoreError;
 use super::postgres::{Pager, Txn};
-use latchkey_migrations::ByteTable;
+use latchkey_migrations::{ByteTable, StepError};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle};
 use std::ops::{Bound, RangeBounds};
 
@@ -241,6 +241,31 @@ impl WriteTxn {
         }
     }
 
+    /// Names of every table that exists, sorted (as [`ReadTxn::table_names`]).
+    pub fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        match &self.inner {
+            WriteInner::Redb(txn) => {
+                let mut names: Vec<String> =
+                    txn.list_tables()?.map(|h| h.name().to_string()).collect();
+                names.sort();
+                Ok(names)
+            }
+            WriteInner::Postgres(txn) => Ok(txn.table_names()?),
+        }
+    }
+
+    /// How many other processes have this store open, seen from inside the
+    /// write lock (a restore refuses while any do). PostgreSQL: the other
+    /// open stores connected to the same database, told apart by their
+    /// connections' application name (`latchkey/<origin>`). The embedded
+    /// file: 0, as its data-directory lock admits one process.
+    pub fn other_processes(&self) -> Result<u64, StoreError> {
+        match &self.inner {
+            WriteInner::Redb(_) => Ok(0),
+            WriteInner::Postgres(txn) => Ok(txn.other_processes()?),
+        }
+    }
+
     /// Makes every change of this transaction durable and visible.
     pub fn commit(self) -> Result<(), StoreError> {
         match self.inner {
@@ -256,6 +281,37 @@ impl WriteTxn {
             WriteInner::Postgres(txn) => Ok(txn.rollback()?),
         }
     }
+}
+
+/// A logical schema step (`latchkey_migrations::Step::Tables`) sees the
+/// write transaction through this, on either backend.
+impl latchkey_migrations::Tables for WriteTxn {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StepError> {
+        let t = self.open_named(table).map_err(step)?;
+        Ok(t.get(key).map_err(step)?.map(Value::into_vec))
+    }
+
+    fn insert(&self, table: &str, key: &[u8], value: &[u8]) -> Result<(), StepError> {
+        let mut t = self.open_named(table).map_err(step)?;
+        t.insert(key, value).map_err(step)?;
+        Ok(())
+    }
+
+    fn remove(&self, table: &str, key: &[u8]) -> Result<bool, StepError> {
+        let mut t = self.open_named(table).map_err(step)?;
+        Ok(t.remove(key).map_err(step)?.is_some())
+    }
+
+    fn rows(&self, table: &str) -> Result<latchkey_migrations::tables::Rows, StepError> {
+        let t = self.open_named(table).map_err(step)?;
+        let rows = t.iter().map_err(step)?;
+        rows.map(|r| r.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(step))
+            .collect()
+    }
+}
+
+fn step(e: StoreError) -> StepError {
+    StepError(e.to_string())
 }
 
 /// Rows PostgreSQL sends per round trip while iterating.

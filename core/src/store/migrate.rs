@@ -289,36 +289,7 @@ fn copy_verified(
                      migrate into an empty database again",
         });
     }
-    let copied = digest_tables(&dest.begin_read()?)?;
-    let mut problems = Vec::new();
-    for t in &report.tables {
-        match copied.table(&t.name) {
-            Some(c) if c == t => {}
-            // PostgreSQL lists only tables that hold rows; redb also lists
-            // empty ones. An empty table is the same either way.
-            None if t.rows == 0 => {}
-            Some(c) => problems.push(format!(
-                "{}: {} rows copied, {} read back, digests {}",
-                t.name,
-                t.rows,
-                c.rows,
-                if c.digest == t.digest {
-                    "equal"
-                } else {
-                    "differ"
-                }
-            )),
-            None => problems.push(format!("{}: missing", t.name)),
-        }
-    }
-    for c in &copied.tables {
-        if report.table(&c.name).is_none() && c.rows > 0 {
-            problems.push(format!(
-                "{}: {} rows the source does not have",
-                c.name, c.rows
-            ));
-        }
-    }
+    let problems = report.differences(&digest_tables(&dest.begin_read()?)?);
     if !problems.is_empty() {
         return Err(MigrateStoreError::Mismatch {
             destination: described.to_string(),

@@ -24,7 +24,7 @@ pub use latchkey_migrations::{
     ByteTable, CURRENT_VERSION, META, v1::VAULT_NAMES, v1::VAULT_RECORDS,
 };
 pub use lock::{DataDirLock, LockError, LockOwner, current_owner};
-pub use postgres::PgError;
+pub use postgres::{PgError, PgPeek, peek as peek_postgres};
 pub use settings::{Backend, DatabaseUrl, MAX_POOL_SIZE, MAX_TIMEOUT, Password, StoreSettings};
 pub use shared::{Changed, FEED_CAPACITY, SharedLock};
 
@@ -252,6 +252,26 @@ impl Store {
         self.migrated_from
     }
 
+    /// Runs what opening runs to bring the logical schema up to date, with
+    /// `migrations` instead of the released list (a test-only v5 proves the
+    /// machinery on both backends before a real one exists). The version
+    /// it found.
+    #[cfg(test)]
+    pub(crate) fn migrate_again_with(
+        &self,
+        migrations: &[latchkey_migrations::Migration],
+    ) -> Result<u32, StoreError> {
+        match &self.engine {
+            Engine::Redb(db) => {
+                let txn = db.begin_write()?;
+                let outcome = latchkey_migrations::migrate_with(&txn, migrations)?;
+                txn.commit()?;
+                Ok(outcome.from)
+            }
+            Engine::Postgres(pg) => pg.migrate_again_with(migrations),
+        }
+    }
+
     /// Updates what the lock file says about this process.
     pub fn advertise(&self, owner: &LockOwner) -> std::io::Result<()> {
         let mut lock = self
@@ -266,11 +286,6 @@ impl Store {
         let txn = self.begin_read()?;
         let t = txn.open_table(META)?;
         Ok(t.get(key)?.map(Value::into_vec))
-    }
-
-    /// Names of every table in the database (for backups).
-    pub fn table_names(&self) -> Result<Vec<String>, StoreError> {
-        self.begin_read()?.table_names()
     }
 }
 

@@ -322,3 +322,41 @@ fn dropping_a_store_inside_async_code_does_not_panic() {
         drop(a);
     });
 }
+
+#[test]
+fn other_processes_counts_each_other_open_store_once_and_forgets_closed_ones() {
+    let pg = PgServer::shared();
+    let db = pg.database();
+    let a = replica(&db);
+    let b = replica(&db);
+    let c = replica(&db);
+    // Each store has several connections (the feed, pooled ones, a held
+    // shared lock): counted once per store.
+    let _held = runtime()
+        .block_on(b.store.lock_shared("counted-once"))
+        .expect("lock");
+    write(&b.store, "t", b"k", b"v");
+    // A store on another database is not counted, nor is a session that
+    // is not Latchkey's.
+    let _elsewhere = replica(&pg.database());
+    let _ = pg.psql(&db.name, "SELECT 1");
+    let count = |s: &Store| {
+        let w = s.begin_write().expect("write");
+        let n = w.other_processes().expect("count");
+        w.abort().expect("abort");
+        n
+    };
+    assert_eq!(count(&a.store), 2);
+    assert_eq!(count(&c.store), 2);
+    drop(c);
+    // The server ends a closed connection's session a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&a.store) != 1 {
+        assert!(Instant::now() < deadline, "a closed store is still counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The embedded file: one process by its lock, so none other.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = Store::open(dir.path(), "test").expect("redb");
+    assert_eq!(count(&local), 0);
+}

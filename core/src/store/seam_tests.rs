@@ -75,6 +75,9 @@ both!(
     missing_tables_read_as_empty,
     writers_are_serialized,
     shared_lock_excludes_across_handles,
+    a_neutral_schema_step_migrates_the_rows_and_the_version,
+    a_failing_schema_step_leaves_the_store_as_it_was,
+    openers_racing_run_a_schema_step_once,
 );
 
 const T: &str = "seam_test";
@@ -336,7 +339,12 @@ fn missing_tables_read_as_empty(kind: Kind) {
     drop(t);
     drop(r);
     put(&o.store, &[(b"k", b"v")]);
-    let names = o.store.table_names().expect("names");
+    let names = o
+        .store
+        .begin_read()
+        .expect("read")
+        .table_names()
+        .expect("names");
     assert!(names.contains(&T.to_string()), "{names:?}");
     assert!(names.contains(&"meta".to_string()), "{names:?}");
     let mut sorted = names.clone();
@@ -415,4 +423,147 @@ fn shared_lock_excludes_across_handles(kind: Kind) {
             tokio::time::timeout(Duration::from_secs(10), other.lock_shared("connection:a")).await;
         assert!(matches!(again, Ok(Ok(_))), "released on drop");
     });
+}
+
+// A test-only logical schema step (v5), written against
+// `latchkey_migrations::Tables` as every real step from v5 on must be: it
+// copies every row of `T` into `T_V5` with its value reversed, and removes
+// the row `gone`.
+const T_V5: &str = "seam_test_v5";
+
+fn v5(t: &dyn latchkey_migrations::Tables) -> Result<(), latchkey_migrations::StepError> {
+    for (k, mut v) in t.rows(T)? {
+        v.reverse();
+        t.insert(T_V5, &k, &v)?;
+    }
+    t.remove(T, b"gone")?;
+    Ok(())
+}
+
+fn v5_failing(t: &dyn latchkey_migrations::Tables) -> Result<(), latchkey_migrations::StepError> {
+    t.insert(T_V5, b"half", b"written")?;
+    t.remove(T, b"gone")?;
+    Err(latchkey_migrations::StepError("injected failure".into()))
+}
+
+fn with_step(
+    run: fn(&dyn latchkey_migrations::Tables) -> Result<(), latchkey_migrations::StepError>,
+) -> Vec<latchkey_migrations::Migration> {
+    let mut list = latchkey_migrations::MIGRATIONS.to_vec();
+    list.push(latchkey_migrations::Migration {
+        from: latchkey_migrations::CURRENT_VERSION,
+        name: "test: v5",
+        run: latchkey_migrations::Step::Tables(run),
+    });
+    list
+}
+
+fn version(store: &Store) -> u32 {
+    let v = store
+        .meta_get(latchkey_migrations::SCHEMA_VERSION_KEY)
+        .expect("read")
+        .expect("version");
+    u32::from_le_bytes(v.as_slice().try_into().expect("4 bytes"))
+}
+
+fn rows_of(store: &Store, table: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let r = store.begin_read().expect("read");
+    let t = r.open_named(table).expect("table");
+    t.iter()
+        .expect("iter")
+        .map(|row| {
+            let (k, v) = row.expect("row");
+            (k.into_vec(), v.into_vec())
+        })
+        .collect()
+}
+
+fn a_neutral_schema_step_migrates_the_rows_and_the_version(kind: Kind) {
+    let o = open(kind);
+    put(&o.store, &[(b"a", b"12"), (b"gone", b"x"), (b"b", b"345")]);
+    let from = o.store.migrate_again_with(&with_step(v5)).expect("v5");
+    assert_eq!(from, latchkey_migrations::CURRENT_VERSION);
+    assert_eq!(version(&o.store), latchkey_migrations::CURRENT_VERSION + 1);
+    assert_eq!(
+        rows_of(&o.store, T_V5),
+        vec![
+            (b"a".to_vec(), b"21".to_vec()),
+            (b"b".to_vec(), b"543".to_vec()),
+            (b"gone".to_vec(), b"x".to_vec()),
+        ]
+    );
+    assert_eq!(
+        rows_of(&o.store, T),
+        vec![
+            (b"a".to_vec(), b"12".to_vec()),
+            (b"b".to_vec(), b"345".to_vec())
+        ]
+    );
+    // At v5 already: the step does not run again, and the released list
+    // (v4) refuses the database as too new, as for a newer redb file.
+    let from = o
+        .store
+        .migrate_again_with(&with_step(v5_failing))
+        .expect("no-op");
+    assert_eq!(from, latchkey_migrations::CURRENT_VERSION + 1);
+    let err = o
+        .store
+        .migrate_again_with(latchkey_migrations::MIGRATIONS)
+        .expect_err("newer than this build");
+    assert!(
+        matches!(
+            err,
+            StoreError::Migrate(latchkey_migrations::MigrateError::TooNew { .. })
+        ),
+        "{err}"
+    );
+}
+
+fn a_failing_schema_step_leaves_the_store_as_it_was(kind: Kind) {
+    let o = open(kind);
+    put(&o.store, &[(b"a", b"12"), (b"gone", b"x")]);
+    let before = rows_of(&o.store, T);
+    let err = o
+        .store
+        .migrate_again_with(&with_step(v5_failing))
+        .expect_err("the step fails");
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert_eq!(version(&o.store), latchkey_migrations::CURRENT_VERSION);
+    assert_eq!(rows_of(&o.store, T), before);
+    assert!(rows_of(&o.store, T_V5).is_empty(), "nothing half-written");
+    // The store still works, and the writer lock was given back.
+    put(&o.store, &[(b"after", b"1")]);
+}
+
+fn openers_racing_run_a_schema_step_once(kind: Kind) {
+    // Several openers of one database (replicas starting together) run the
+    // migration at the same moment: the writer lock lets the first run the
+    // step; the others find v5 and run nothing (each reports the version
+    // it found: exactly one found v4). On redb there is one
+    // process, so the handles are one store.
+    let (a, b, _keep) = open_two(kind);
+    put(&a.store, &[(b"a", b"12")]);
+    let list = with_step(v5);
+    let gate = Barrier::new(4);
+    let froms: Vec<u32> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|i| {
+                let store = if i % 2 == 0 { &a.store } else { &b };
+                let (gate, list) = (&gate, &list);
+                sc.spawn(move || {
+                    gate.wait();
+                    store.migrate_again_with(list).expect("migrate")
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let v4 = latchkey_migrations::CURRENT_VERSION;
+    assert_eq!(froms.iter().filter(|f| **f == v4).count(), 1, "{froms:?}");
+    assert_eq!(
+        froms.iter().filter(|f| **f == v4 + 1).count(),
+        3,
+        "{froms:?}"
+    );
+    assert_eq!(rows_of(&b, T_V5), vec![(b"a".to_vec(), b"21".to_vec())]);
 }

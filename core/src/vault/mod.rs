@@ -26,7 +26,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 pub(crate) const META_VAULT_ID: &[u8] = b"vault_id";
-pub(crate) const META_WRAPPED_DATA_KEY: &[u8] = b"wrapped_data_key";
+/// The data key wrapped by the master key (public: `latchkey self-check`
+/// reads it straight from a shared database to prove the key opens it).
+pub const META_WRAPPED_DATA_KEY: &[u8] = b"wrapped_data_key";
 pub(crate) const META_MASTER_SOURCE: &[u8] = b"master_source";
 pub(crate) const META_CREATED_AT: &[u8] = b"created_at";
 

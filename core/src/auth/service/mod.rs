@@ -124,8 +124,6 @@ pub struct Auth {
     /// Failed attempts per account from all sources: slows, never locks.
     throttle: AccountThrottle,
     pub limiter: RateLimiter,
-    /// Held for one whole first-run setup step (see `setup`).
-    setup_step: Mutex<()>,
     /// Sign known-device cookies: the deployment's key, sealed in the
     /// store, and this process's own while the vault is sealed (`devices`).
     device_keys: devices::DeviceKeys,
@@ -186,7 +184,6 @@ impl Auth {
             lockout,
             throttle,
             limiter,
-            setup_step: Mutex::new(()),
             device_keys: devices::DeviceKeys::new(),
             keys: RwLock::new(HashMap::new()),
             keys_gen: AtomicU64::new(0),

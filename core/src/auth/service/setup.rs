@@ -4,15 +4,23 @@
 //!
 //! Invariants:
 //!
+//! - every setup step — issuing the token, the wizard's two steps,
+//!   `latchkey setup` — holds the deployment's setup lock
+//!   (`Store::lock_shared`: in-process, then a PostgreSQL advisory lock
+//!   every replica shares) from before it reads anything until it is done,
+//!   so the steps of two wizards on two replicas never interleave: each
+//!   reads what the other's last step wrote;
 //! - the setup token (in the store's `auth_state`, only its hash, one for
-//!   the whole deployment) is checked at the start of each setup step, and
-//!   a process runs its setup steps one at a time; it ends once an owner
-//!   is confirmed (or made by `latchkey setup`);
+//!   the whole deployment) is checked at the start of each wizard step,
+//!   under that lock; it ends, still under it, once an owner is confirmed
+//!   (or made by `latchkey setup`);
 //! - the owner is activated in one write transaction that re-reads that
 //!   nobody is active yet and that the enrollment is the one the code was
 //!   checked against;
 //! - while nobody is active, inactive rows are only leftovers of earlier
-//!   attempts, and a retried setup replaces them.
+//!   attempts, and a later setup replaces them: of two wizards begun at
+//!   once the later one's account is the one that can be confirmed, and
+//!   the other's confirmation is refused with `setup_replaced`.
 
 use super::{Auth, EnrollmentView, NewSession, UserView, expiry, now, random_token};
 use crate::audit::{AuditEvent, Outcome};
@@ -22,13 +30,20 @@ use crate::auth::scope::Role;
 use crate::auth::state::{self, AUTH_STATE};
 use crate::auth::store::{self as db, USERS, User, UserId, token_hash};
 use crate::secrecy::{ExposeSecret, SecretString};
+use crate::store::SharedLock;
 use std::net::IpAddr;
+
+/// The name of the lock every setup step holds (see the module docs).
+const SETUP_LOCK: &str = "auth:setup";
 
 impl Auth {
     /// While no owner exists: a fresh one-time setup token (the previous one
     /// stops working, on every replica: there is one for the deployment).
     /// `None` once an owner exists.
     pub fn issue_setup_token(&self) -> Result<Option<SecretString>, AuthError> {
+        // Not while another replica's wizard confirms its owner: after it,
+        // so an owner that exists now is seen and no token outlives it.
+        let _setup = self.setup_lock()?;
         if self.user_count()? > 0 {
             return Ok(None);
         }
@@ -54,15 +69,22 @@ impl Auth {
         }
     }
 
-    /// Checks `token` against the setup token and holds this process's
-    /// setup step for one whole step: steps run one at a time here, and
-    /// the owner's activation re-checks in its own write transaction that
-    /// nobody is active, so no two owners are ever activated anywhere.
-    fn setup_guard(&self, token: &str) -> Result<std::sync::MutexGuard<'_, ()>, AuthError> {
-        let guard = self
-            .setup_step
-            .lock()
-            .map_err(|_| AuthError::Internal("setup lock".into()))?;
+    /// Holds the deployment's setup lock until dropped: setup steps run
+    /// one at a time across every process sharing the store. Waiting is
+    /// bounded by `store.timeout` (an error naming the lock after it).
+    /// Called on a blocking thread, as every `Auth` method is.
+    fn setup_lock(&self) -> Result<SharedLock, AuthError> {
+        Ok(futures_executor::block_on(
+            self.store.lock_shared(SETUP_LOCK),
+        )?)
+    }
+
+    /// Takes the setup lock and checks `token` against the setup token,
+    /// for one whole setup step (see the module docs); the owner's
+    /// activation also re-checks in its own write transaction that nobody
+    /// is active.
+    fn setup_guard(&self, token: &str) -> Result<SharedLock, AuthError> {
+        let guard = self.setup_lock()?;
         // Looked up by its hash (as sessions are): nothing about the
         // stored token leaks through the lookup's timing.
         let expires = {
@@ -70,7 +92,15 @@ impl Auth {
             state::setup_expiry(&txn.open_table(AUTH_STATE)?, &token_hash(token))?
         };
         if expires.is_none_or(|e| now() >= e) {
-            return Err(AuthError::Forbidden("invalid_setup_token", "the setup link is invalid, used or expired; restart `latchkey serve` for a new one".into()));
+            // Whether an owner exists is public (`GET /api/setup`): say so,
+            // rather than sending them to restart for a link they no longer
+            // need (the loser of two wizards confirming at once sees this).
+            let why = if self.user_count()? > 0 {
+                "the setup link is used: an owner exists now; sign in instead"
+            } else {
+                "the setup link is invalid, used or expired; restart `latchkey serve` for a new one"
+            };
+            return Err(AuthError::Forbidden("invalid_setup_token", why.into()));
         }
         Ok(guard)
     }
@@ -126,10 +156,27 @@ impl Auth {
         ip: Option<IpAddr>,
     ) -> Result<(UserView, Vec<SecretString>), AuthError> {
         let setup = self.setup_guard(token)?;
-        let (id, user) = self
-            .find_user(username)?
-            .filter(|(_, u)| !u.active)
-            .ok_or(AuthError::NotFound("pending owner"))?;
+        let (id, user) = match self.find_user(username)? {
+            Some((_, u)) if u.active => {
+                return Err(AuthError::Conflict(
+                    "already_set_up",
+                    "an owner already exists".into(),
+                ));
+            }
+            Some(found) => found,
+            // Another setup began after this one and replaced its account
+            // (or none was begun under this name).
+            None => {
+                return Err(AuthError::Conflict(
+                    "setup_replaced",
+                    format!(
+                        "no setup of `{username}` is in progress: a setup begun later (in another \
+                         window, or on another server of this deployment) replaced it; start again \
+                         from the setup link"
+                    ),
+                ));
+            }
+        };
         let pending = user
             .totp_pending
             .clone()
@@ -192,6 +239,7 @@ impl Auth {
         username: &str,
         password: &SecretString,
     ) -> Result<(UserView, EnrollmentView, Vec<SecretString>), AuthError> {
+        let _setup = self.setup_lock()?;
         if self.user_count()? > 0 {
             return Err(AuthError::Conflict(
                 "already_set_up",

@@ -19,30 +19,8 @@ async fn fifty_calls_spread_over_three_replicas_refresh_once() {
     let e = env().await;
     lock(&e.idp).ttl = 0;
     connect(&e, ALICE).await;
-    {
-        let mut s = lock(&e.idp);
-        s.ttl = 3600;
-        s.refresh_delay = Duration::from_millis(200);
-    }
     let rs = replicas(&e, 3);
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let c = Arc::clone(&rs[i % 3]);
-        tasks.push(tokio::spawn(async move {
-            c.token(ALICE, "idp", "alice", None)
-                .await
-                .map(|t| t.access_token.expose_secret().to_string())
-        }));
-    }
-    for t in tasks {
-        let got = tokio::time::timeout(Duration::from_secs(20), t)
-            .await
-            .expect("in time")
-            .expect("task")
-            .expect("token: no replica refreshed with a rotated-away token");
-        assert_eq!(got, "at-2");
-    }
-    assert_eq!(lock(&e.idp).refreshes, 1, "exactly one refresh");
+    fifty_calls_refresh_once(&e.idp, &rs, Duration::from_millis(200)).await;
     let total: u64 = rs.iter().map(|r| r.refresh_count()).sum();
     assert_eq!(total, 1, "one replica sent it");
     let row = store::get(e.vault.store(), ALICE, "idp")

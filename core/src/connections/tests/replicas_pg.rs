@@ -33,8 +33,9 @@ fn replica(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_calls_over_three_processes_refresh_once_and_the_feed_carries_the_next() {
+/// Three replicas on one fresh database, the provider's client secret in
+/// the vault, and an `Env` whose `conns` is replica 0's.
+async fn three_replicas() -> (Vec<Replica>, Shared, Env) {
     let db = PgServer::shared().database();
     let (base, idp) = spawn_idp().await;
     let keys = tempfile::tempdir().expect("tempdir");
@@ -65,39 +66,24 @@ async fn fifty_calls_over_three_processes_refresh_once_and_the_feed_carries_the_
             false,
         )
         .expect("put secret");
-    // Connect through replica 0, with tokens that are due at once.
-    lock(&idp).ttl = 0;
     let e = Env {
-        _dir: tempfile::tempdir().expect("tempdir"),
+        _dir: keys,
         vault: Arc::clone(&rs[0].vault),
         settings: settings.clone(),
         conns: Arc::clone(&rs[0].conns),
         idp: Arc::clone(&idp),
     };
+    (rs, idp, e)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_calls_over_three_processes_refresh_once_and_the_feed_carries_the_next() {
+    let (rs, idp, e) = three_replicas().await;
+    // Connect through replica 0, with tokens that are due at once.
+    lock(&idp).ttl = 0;
     connect(&e, ALICE).await;
-    {
-        let mut s = lock(&idp);
-        s.ttl = 3600;
-        s.refresh_delay = Duration::from_millis(300);
-    }
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let c = Arc::clone(&rs[i % 3].conns);
-        tasks.push(tokio::spawn(async move {
-            c.token(ALICE, "idp", "alice", None)
-                .await
-                .map(|t| t.access_token.expose_secret().to_string())
-        }));
-    }
-    for t in tasks {
-        let got = tokio::time::timeout(Duration::from_secs(30), t)
-            .await
-            .expect("in time")
-            .expect("task")
-            .expect("token");
-        assert_eq!(got, "at-2");
-    }
-    assert_eq!(lock(&idp).refreshes, 1, "one refresh across the processes");
+    let all: Vec<Arc<Connections>> = rs.iter().map(|r| Arc::clone(&r.conns)).collect();
+    fifty_calls_refresh_once(&idp, &all, Duration::from_millis(300)).await;
 
     // Replica 1 serves at-2 from memory; replica 0 refreshes again; the
     // feed tells replica 1, whose reload drops its copy.
@@ -126,4 +112,46 @@ async fn fifty_calls_over_three_processes_refresh_once_and_the_feed_carries_the_
         .expect("token");
     assert_eq!(t.access_token.expose_secret(), "at-3");
     assert_eq!(lock(&idp).refreshes, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_oauth_state_raced_on_three_processes_connects_once() {
+    // A flow started on replica 0; the provider's redirect (with the
+    // browser's binding cookie) arrives at all three at the same moment, as
+    // a retried or duplicated callback behind a load balancer would: the
+    // state is taken in one write transaction, serialized across the
+    // processes, so exactly one callback connects and the others are told
+    // the state is unknown.
+    let (rs, _idp, e) = three_replicas().await;
+    for round in 0..3 {
+        let (params, binding, _) = authorize(&e, ALICE).await;
+        let gate = Arc::new(tokio::sync::Barrier::new(3));
+        let mut tasks = Vec::new();
+        for r in &rs {
+            let (c, gate) = (Arc::clone(&r.conns), Arc::clone(&gate));
+            let params = CallbackParams {
+                state: params.state.clone(),
+                code: params.code.clone(),
+                ..Default::default()
+            };
+            let binding = binding.clone();
+            tasks.push(tokio::spawn(async move {
+                gate.wait().await;
+                c.callback("idp", params, Some(&binding), alive(), None)
+                    .await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(_) => ok += 1,
+                Err(ConnectionError::InvalidState) => {}
+                Err(other) => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(ok, 1, "round {round}: exactly one callback connects");
+    }
+    for r in &rs {
+        assert_eq!(r.conns.list(Some(ALICE)).expect("list").len(), 1);
+    }
 }

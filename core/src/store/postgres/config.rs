@@ -72,10 +72,19 @@ pub(crate) fn check_url(url: &DatabaseUrl, settings: &StoreSettings) -> Result<C
     Ok(config)
 }
 
-/// The configuration every connection of the store uses.
+/// The application name of every connection of the store opened as
+/// `origin`: operators see Latchkey's sessions in `pg_stat_activity`, and
+/// a restore counts the other open stores by it.
+pub(super) fn application_name(origin: &str) -> String {
+    format!("latchkey/{origin}")
+}
+
+/// The configuration every connection of the store opened as `origin`
+/// uses.
 pub(super) fn connection_config(
     url: &DatabaseUrl,
     settings: &StoreSettings,
+    origin: &str,
 ) -> Result<Config, PgError> {
     let mut config = check_url(url, settings).map_err(PgError::Url)?;
     if config
@@ -109,7 +118,7 @@ pub(super) fn connection_config(
     }
     config
         .options(&options)
-        .application_name("latchkey")
+        .application_name(application_name(origin))
         .connect_timeout(settings.timeout)
         // A peer that vanished (a failover, a cut cable) is noticed within
         // about 30 s even on an idle connection.
@@ -244,7 +253,7 @@ mod tests {
             "from-env".to_string().into(),
         ));
         let url = s.url.clone().expect("url");
-        let c = connection_config(&url, &s).expect("config");
+        let c = connection_config(&url, &s, "o").expect("config");
         assert_eq!(c.get_password(), Some(&b"from-env"[..]));
         let options = c.get_options().expect("options");
         assert!(options.starts_with("-c search_path=lk "), "{options}");
@@ -255,7 +264,7 @@ mod tests {
             ..settings("postgres://lk:in-url@db.internal/latchkey")
         };
         let url = s2.url.clone().expect("url");
-        let c = connection_config(&url, &s2).expect("config");
+        let c = connection_config(&url, &s2, "o").expect("config");
         assert_eq!(c.get_password(), Some(&b"in-url"[..]));
     }
 }

@@ -13,6 +13,7 @@
 
 mod config;
 mod feed;
+mod peek;
 mod pool;
 mod schema;
 mod tls;
@@ -20,6 +21,7 @@ mod txn;
 
 pub(crate) use config::{check_url, describe_url};
 pub(crate) use feed::HeldLock;
+pub use peek::{PgPeek, peek};
 pub(crate) use txn::{Pager, Txn};
 
 use crate::duration_str;
@@ -72,11 +74,6 @@ pub enum PgError {
          it is damaged, or it is not Latchkey's: point store.url at an empty database"
     )]
     NoVersion,
-    #[error(
-        "the PostgreSQL database is at schema version {found}, older than this build ({current}); \
-         this build cannot migrate a PostgreSQL database from an older version"
-    )]
-    TooOld { found: u32, current: u32 },
     #[error("a write to a table opened in a read transaction")]
     ReadOnly,
     #[error("the PostgreSQL connection is closed")]
@@ -219,7 +216,8 @@ impl PgStore {
         let url = settings.url.as_ref().ok_or_else(|| {
             PgError::Url("store.url is required when store.backend = \"postgres\"".into())
         })?;
-        let config = config::connection_config(url, settings)?;
+        let origin: Arc<str> = hex::encode(rand::random::<[u8; 16]>()).into();
+        let config = config::connection_config(url, settings, &origin)?;
         let tls = tls::make_tls(settings, &config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -239,12 +237,26 @@ impl PgStore {
                 busy: Mutex::new(false),
                 freed: Condvar::new(),
             }),
-            origin: hex::encode(rand::random::<[u8; 16]>()).into(),
+            origin,
             runtime: Some(runtime),
         };
-        let from = schema::migrate(store.pool.get()?)?;
+        let from = schema::migrate(
+            store.pool.get()?,
+            Arc::clone(&store.origin),
+            latchkey_migrations::MIGRATIONS,
+        )?;
         feed::start(connector, Arc::clone(&store.origin), feed, settings.timeout)?;
         Ok((store, from))
+    }
+
+    /// The schema migration opening ran, again, with `migrations` (tests:
+    /// `Store::migrate_again_with`).
+    #[cfg(test)]
+    pub(crate) fn migrate_again_with(
+        &self,
+        migrations: &[latchkey_migrations::Migration],
+    ) -> Result<u32, StoreError> {
+        schema::migrate(self.pool.get()?, Arc::clone(&self.origin), migrations)
     }
 
     /// `postgres://user@host:port/database`.

@@ -8,27 +8,57 @@
 //!   `latchkey_migrations::postgres` have shaped the SQL tables; missing
 //!   ones are applied in order, a newer one is refused;
 //! - the logical version (`meta`/`schema_version`, u32 little-endian as in
-//!   redb): what the rows mean. An empty database gets
-//!   [`CURRENT_VERSION`]; a newer one is refused with the same error as a
-//!   newer redb file.
+//!   redb): what the rows mean. An empty database gets the newest version
+//!   at once (there is nothing to migrate); an older one is brought up by
+//!   the backend-neutral steps (`latchkey_migrations::Step::Tables`, every
+//!   step from v5 on) run through the store's own [`WriteTxn`], in the same
+//!   transaction, so the rows, the SQL and the version change together or
+//!   not at all; one older than the first such step (impossible: every
+//!   PostgreSQL database was created at v4 or later) and a newer one are
+//!   refused with the same errors as a redb file.
 
 use super::PgError;
 use super::pool::{Pooled, wait};
 use super::txn::WRITER_LOCK;
 use crate::store::StoreError;
+use crate::store::kv::WriteTxn;
 use latchkey_migrations::postgres::{SQL_MIGRATIONS, SQL_VERSION};
-use latchkey_migrations::{CURRENT_VERSION, META, MigrateError, SCHEMA_VERSION_KEY};
+use latchkey_migrations::{META, MigrateError, Migration, SCHEMA_VERSION_KEY};
 use redb::TableHandle;
+use std::sync::Arc;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 /// The advisory lock openers take (two-int key space, beside the writer's).
 const SCHEMA_LOCK: (i32, i32) = (0x4c4b_0001, 2);
 
-/// Migrates the database behind `conn`; the logical version it had.
-pub(super) fn migrate(mut conn: Pooled) -> Result<u32, StoreError> {
+/// Migrates the database behind `conn` to the newest of `migrations`; the
+/// logical version it had (0: it was empty).
+pub(super) fn migrate(
+    mut conn: Pooled,
+    origin: Arc<str>,
+    migrations: &[Migration],
+) -> Result<u32, StoreError> {
     let client = conn.client()?;
-    let result = migrate_in(client);
+    let newest = migrations.len() as u32;
+    let result = migrate_in(client, newest);
+    if let Ok(found) = result
+        && found != 0
+        && found < newest
+    {
+        // The logical steps, inside the transaction that holds both locks;
+        // the store's transaction type ends it (a rollback on drop), and
+        // its commit tells the other replicas what changed.
+        let txn = WriteTxn::postgres(super::Txn::adopt_write(conn, origin));
+        latchkey_migrations::migrate_tables(&txn, migrations)?;
+        txn.commit()?;
+        tracing::info!(
+            from = found,
+            to = newest,
+            "PostgreSQL logical schema migrated"
+        );
+        return Ok(found);
+    }
     // Commit on success; any failure rolls everything back (if even that
     // fails, closing the connection does).
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
@@ -41,7 +71,7 @@ pub(super) fn migrate(mut conn: Pooled) -> Result<u32, StoreError> {
     Ok(from)
 }
 
-fn migrate_in(client: &Client) -> Result<u32, StoreError> {
+fn migrate_in(client: &Client, newest: u32) -> Result<u32, StoreError> {
     let batch = |sql: &str| wait(client.batch_execute(sql)).map_err(PgError::from);
     batch(&format!(
         "BEGIN; \
@@ -82,11 +112,12 @@ fn migrate_in(client: &Client) -> Result<u32, StoreError> {
             "PostgreSQL schema applied"
         );
     }
-    logical_version(client)
+    logical_version(client, newest)
 }
 
-/// Checks (or, on an empty database, sets) the logical schema version.
-fn logical_version(client: &Client) -> Result<u32, StoreError> {
+/// Reads the logical schema version (on an empty database, sets it to
+/// `newest` and reports 0); a newer one than `newest` is refused.
+fn logical_version(client: &Client, newest: u32) -> Result<u32, StoreError> {
     let meta = META.name().to_string();
     let rows = wait(client.query_typed(
         "SELECT v FROM latchkey_kv WHERE tbl = $1 AND k = $2",
@@ -103,7 +134,7 @@ fn logical_version(client: &Client) -> Result<u32, StoreError> {
         if !any.is_empty() {
             return Err(PgError::NoVersion.into());
         }
-        let version = CURRENT_VERSION.to_le_bytes().to_vec();
+        let version = newest.to_le_bytes().to_vec();
         wait(client.query_typed(
             "INSERT INTO latchkey_kv (tbl, k, v) VALUES ($1, $2, $3)",
             &[
@@ -120,17 +151,10 @@ fn logical_version(client: &Client) -> Result<u32, StoreError> {
         .try_into()
         .map_err(|_| MigrateError::MalformedVersion(bytes.len()))?;
     let found = u32::from_le_bytes(arr);
-    if found > CURRENT_VERSION {
+    if found > newest {
         return Err(MigrateError::TooNew {
             found,
-            supported: CURRENT_VERSION,
-        }
-        .into());
-    }
-    if found < CURRENT_VERSION {
-        return Err(PgError::TooOld {
-            found,
-            current: CURRENT_VERSION,
+            supported: newest,
         }
         .into());
     }

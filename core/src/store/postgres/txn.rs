@@ -87,6 +87,21 @@ impl Txn {
         Ok(txn)
     }
 
+    /// The write transaction already begun on `conn` by whoever holds the
+    /// writer lock in it (the schema migration at open, which took the
+    /// lock itself): ended by [`Txn::commit`] or a rollback as any other.
+    pub(super) fn adopt_write(conn: Pooled, origin: std::sync::Arc<str>) -> Txn {
+        Txn {
+            conn,
+            write: Some(Writes {
+                tables: Mutex::new(BTreeSet::new()),
+                origin,
+            }),
+            done: false,
+            _ticket: None,
+        }
+    }
+
     fn batch(&self, sql: &str) -> Result<(), PgError> {
         wait(self.conn.client()?.batch_execute(sql)).map_err(PgError::from)
     }
@@ -217,6 +232,36 @@ impl Txn {
             .collect::<Result<Vec<_>, _>>()?;
         names.sort();
         Ok(names)
+    }
+
+    /// Other processes with a store open on this database: the distinct
+    /// application names of other sessions that are Latchkey's
+    /// (`latchkey/<origin>`, one per open store; a bare `latchkey` is a
+    /// build that did not name its origin and counts once). Every open
+    /// store keeps at least its feed connection, so a running replica is
+    /// always seen. Only in a write transaction: under the writer lock a
+    /// store that opens afterwards waits (its schema check takes the
+    /// same lock) and sees what this transaction commits.
+    pub(crate) fn other_processes(&self) -> Result<u64, PgError> {
+        let Some(w) = &self.write else {
+            return Err(PgError::ReadOnly);
+        };
+        let own = super::config::application_name(&w.origin);
+        // The activity view is a snapshot taken at its first use in a
+        // transaction: take it now, under the lock.
+        self.batch("SELECT pg_stat_clear_snapshot()")?;
+        let rows = self.query(
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND (application_name = 'latchkey' OR application_name LIKE 'latchkey/%') \
+             AND application_name <> $1",
+            &[(&own, Type::TEXT)],
+        )?;
+        let n: i64 = match rows.first() {
+            Some(r) => r.try_get(0)?,
+            None => 0,
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Up to `limit` rows of `table` within (`lo`, `hi`), ascending or
