@@ -44,6 +44,18 @@ pub struct Migration {
     pub run: Step,
 }
 
+impl Migration {
+    /// The error for this step failing with `source`.
+    fn failed(&self, source: StepError) -> MigrateError {
+        MigrateError::Step {
+            from: self.from,
+            to: self.from + 1,
+            name: self.name,
+            source,
+        }
+    }
+}
+
 /// What a step is written against.
 #[derive(Clone, Copy)]
 pub enum Step {
@@ -164,12 +176,7 @@ pub fn migrate_with(
             Step::Redb(run) => run(txn).map_err(StepError::from),
             Step::Tables(run) => run(&RedbTables(txn)),
         };
-        ran.map_err(|source| MigrateError::Step {
-            from: m.from,
-            to: m.from + 1,
-            name: m.name,
-            source,
-        })?;
+        ran.map_err(|source| m.failed(source))?;
     }
     if found != supported {
         write_version(txn, supported)?;
@@ -216,12 +223,7 @@ pub fn migrate_tables(
     }
     for m in steps {
         if let Step::Tables(run) = m.run {
-            run(tables).map_err(|source| MigrateError::Step {
-                from: m.from,
-                to: m.from + 1,
-                name: m.name,
-                source,
-            })?;
+            run(tables).map_err(|source| m.failed(source))?;
         }
     }
     if found != supported {
