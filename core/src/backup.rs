@@ -393,12 +393,7 @@ pub fn restore(
         redb_target::installation_key(&db_path),
         backup.by_passphrase,
     )?;
-    let master = match passphrase {
-        Some(m) => m,
-        None if source.can_generate() => source.load_or_create().map_err(VaultError::from)?,
-        None => source.load().map_err(VaultError::from)?,
-    };
-    let wrapped = master.wrap(&backup.data_key).map_err(VaultError::from)?;
+    let wrapped = wrap_data_key(backup, source, passphrase)?;
 
     let tmp = dir.join(format!("{DB_FILE}.restoring"));
     let _ = std::fs::remove_file(&tmp);
@@ -412,6 +407,22 @@ pub fn restore(
     crate::private_fs::sync_dir(dir).map_err(io)?;
     let _ = std::fs::remove_file(db_path.with_extension("redb.pre-repair"));
     Ok((backup.summary.clone(), origin))
+}
+
+/// The backup's data key wrapped with the target's master key: `passphrase`
+/// for passphrase sources, otherwise the source's key (made if the source
+/// can make one and has none yet, as a first start would).
+fn wrap_data_key(
+    backup: &VerifiedBackup,
+    source: &MasterKeySource,
+    passphrase: Option<MasterKey>,
+) -> Result<Vec<u8>, BackupError> {
+    let master = match passphrase {
+        Some(m) => m,
+        None if source.can_generate() => source.load_or_create().map_err(VaultError::from)?,
+        None => source.load().map_err(VaultError::from)?,
+    };
+    Ok(master.wrap(&backup.data_key).map_err(VaultError::from)?)
 }
 
 /// Opens the restored directory and checks every record, as a final proof.

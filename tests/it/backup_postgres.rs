@@ -7,13 +7,14 @@
 //! replica has the database open, and accepted once it stopped; forged and
 //! unsigned backups refused, changing nothing.
 
-use super::proxy::{ANTHROPIC_SECRET, Mock, OPENAI_SECRET, config, no_secrets, post};
+use super::hardening_vault_proxy::{backup_to, keygen};
+use super::proxy::{ANTHROPIC_SECRET, Mock, OPENAI_SECRET, config};
+use super::store_migrate::{inventory, proxies};
 use latchkey_e2e::postgres::{PG_PASSWORD, PgDatabase, PgServer};
 use latchkey_e2e::{
-    Browser, Owner, PASSWORD, ServeOpts, Server, TestDir, create_key, spawn_server, web_setup,
+    Browser, Owner, PASSWORD, ServeOpts, TestDir, create_key, spawn_server, web_setup,
 };
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
 
 const PASS: &[u8] = b"backup passphrase 123\n";
 
@@ -30,46 +31,6 @@ fn operator_on(db: PgDatabase, d: &TestDir) -> TestDir {
     std::fs::copy(d.data().join("master.key"), &key).expect("copy the master key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     op
-}
-
-/// What a signed-in owner sees: users, key ids, vault entry names.
-fn inventory(b: &Browser<'_>) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let names = |path: &str, field: &str| -> Vec<String> {
-        let r = b.get(path);
-        assert_eq!(r.status, 200, "{path}: {}", r.body);
-        let mut v: Vec<String> = r
-            .json()
-            .as_array()
-            .unwrap_or_else(|| panic!("{path}: not a list: {}", r.body))
-            .iter()
-            .map(|x| x[field].as_str().expect("string").to_string())
-            .collect();
-        v.sort();
-        v
-    };
-    (
-        names("/api/users", "username"),
-        names("/api/keys", "id"),
-        names("/api/vault", "name"),
-    )
-}
-
-/// One proxied request with `key`; the upstream saw the vault's credential.
-fn proxies(s: &Server, mock: &Mock, key: &str) {
-    let r = post(
-        s,
-        "/proxy/openai/v1/chat/completions",
-        &format!("Authorization: Bearer {key}"),
-        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
-    );
-    assert_eq!(r.status, 200, "proxy: {}", r.body);
-    no_secrets("a proxied response", &r.body);
-    let seen = mock.seen();
-    let last = seen.last().expect("the upstream saw the request");
-    assert_eq!(
-        last.headers["authorization"],
-        format!("Bearer {OPENAI_SECRET}")
-    );
 }
 
 #[test]
@@ -187,38 +148,6 @@ fn a_postgres_backup_restores_into_a_fresh_database_with_every_secret_user_and_k
     );
     drop(b);
     s2.stop();
-}
-
-/// `latchkey keygen` into `dir/name`: the identity file and its recipient.
-fn keygen(d: &TestDir, name: &str) -> (std::path::PathBuf, String) {
-    let text = d.ok(&["keygen"], b"").stdout;
-    let path = d.path().join(name);
-    std::fs::write(&path, &text).expect("write identity");
-    let recipient = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .expect("public key line")
-        .to_string();
-    (path, recipient)
-}
-
-/// A backup of `d` to `recipient`; the signing key's fingerprint.
-fn backup_to(d: &TestDir, out: &Path, recipient: &str) -> String {
-    let made = d.ok(
-        &[
-            "backup",
-            "--out",
-            out.to_str().expect("utf8"),
-            "--recipient",
-            recipient,
-        ],
-        b"",
-    );
-    made.stderr
-        .split_whitespace()
-        .find(|w| w.starts_with("SHA256:"))
-        .unwrap_or_else(|| panic!("no fingerprint in: {}", made.stderr))
-        .to_string()
 }
 
 #[test]

@@ -504,7 +504,7 @@ fn put_secret(d: &TestDir, name: &str, value: &str) {
 }
 
 /// An age identity file and its public recipient.
-fn keygen(d: &TestDir, name: &str) -> (std::path::PathBuf, String) {
+pub(crate) fn keygen(d: &TestDir, name: &str) -> (std::path::PathBuf, String) {
     let key = d.ok(&["keygen"], b"").stdout;
     let path = d.path().join(name);
     std::fs::write(&path, &key).expect("write");
@@ -517,7 +517,7 @@ fn keygen(d: &TestDir, name: &str) -> (std::path::PathBuf, String) {
 }
 
 /// `latchkey backup` to `recipient`; the backup key fingerprint it printed.
-fn backup_to(d: &TestDir, out: &std::path::Path, recipient: &str) -> String {
+pub(crate) fn backup_to(d: &TestDir, out: &std::path::Path, recipient: &str) -> String {
     let o = d.ok(
         &[
             "backup",

@@ -104,7 +104,7 @@ fn usage(b: &Browser<'_>, model: &str) -> (u64, u64) {
 
 /// One proxied chat completion with `key`; the upstream must have seen
 /// the vault's credential.
-fn proxies(s: &Server, mock: &Mock, key: &str) {
+pub(crate) fn proxies(s: &Server, mock: &Mock, key: &str) {
     let r = post(
         s,
         "/proxy/openai/v1/chat/completions",
@@ -123,7 +123,7 @@ fn proxies(s: &Server, mock: &Mock, key: &str) {
 }
 
 /// What a signed-in owner sees: the users, the key ids, the vault names.
-fn inventory(b: &Browser<'_>) -> (Vec<String>, Vec<String>, Vec<String>) {
+pub(crate) fn inventory(b: &Browser<'_>) -> (Vec<String>, Vec<String>, Vec<String>) {
     let names = |path: &str, field: &str| -> Vec<String> {
         let r = b.get(path);
         assert_eq!(r.status, 200, "{path}: {}", r.body);

@@ -34,7 +34,7 @@ use crate::store::{
     self, CopyReport, DB_FILE, META, Store, StoreSettings, VAULT_RECORDS, copy_tables,
     digest_tables,
 };
-use crate::vault::{META_WRAPPED_DATA_KEY, MasterKey, MasterKeySource, VaultError};
+use crate::vault::{META_WRAPPED_DATA_KEY, MasterKey, MasterKeySource};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,12 +157,7 @@ fn restore_in(
         refuse_while_others_run(&w, &target)?;
         w.abort()?;
     }
-    let master = match passphrase {
-        Some(m) => m,
-        None if source.can_generate() => source.load_or_create().map_err(VaultError::from)?,
-        None => source.load().map_err(VaultError::from)?,
-    };
-    let wrapped = master.wrap(&backup.data_key).map_err(VaultError::from)?;
+    let wrapped = super::wrap_data_key(backup, source, passphrase)?;
 
     let staging = dir.join(STAGING);
     let io = |source| BackupError::Io {

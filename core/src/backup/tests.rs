@@ -5,6 +5,7 @@ use super::*;
 use crate::store::{CopyReport, TableCopy, digest_tables};
 use crate::vault::{Kind, NewRecord};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 fn record(name: &str) -> NewRecord {
     NewRecord {
@@ -30,21 +31,9 @@ fn a_backup_restores_every_row_of_every_table() {
     let source = MasterKeySource::KeyFile {
         path: src.path().join("master.key"),
     };
-    let live = Store::open(&src.path().join("data"), "test").expect("store");
-    let vault = Vault::new(live.clone());
-    vault.open_with(&source).expect("vault");
-    for name in ["openai", "anthropic"] {
-        let secret = SecretString::from(format!("sk-{name}-canary"));
-        vault.put(&record(name), &secret, false).expect("put");
-    }
     // A table this build does not know travels too: a backup is every
     // table, as the seam lists them.
-    let txn = live.begin_write().expect("write");
-    txn.open_named("not_in_the_schema")
-        .expect("table")
-        .insert(b"k", b"v")
-        .expect("insert");
-    txn.commit().expect("commit");
+    let (live, vault) = seeded(&src.path().join("data"), &source);
 
     let identity = age::x25519::Identity::generate();
     let (bytes, made) =
@@ -92,13 +81,12 @@ fn a_backup_restores_every_row_of_every_table() {
 
 /// A live redb install with `n` vault records and a table outside the
 /// schema; its backup to a fresh identity, opened.
-fn backed_up(dir: &Path) -> (VerifiedBackup, CopyReport) {
-    let source = MasterKeySource::KeyFile {
-        path: dir.join("master.key"),
-    };
-    let live = Store::open(&dir.join("data"), "test").expect("store");
+/// A store in `data` with two vault entries and a table this build does
+/// not know; its vault, open.
+fn seeded(data: &Path, source: &MasterKeySource) -> (Arc<Store>, Vault) {
+    let live = Store::open(data, "test").expect("store");
     let vault = Vault::new(live.clone());
-    vault.open_with(&source).expect("vault");
+    vault.open_with(source).expect("vault");
     for name in ["openai", "anthropic"] {
         let secret = SecretString::from(format!("sk-{name}-canary"));
         vault.put(&record(name), &secret, false).expect("put");
@@ -109,6 +97,14 @@ fn backed_up(dir: &Path) -> (VerifiedBackup, CopyReport) {
         .insert(b"k", b"v")
         .expect("insert");
     txn.commit().expect("commit");
+    (live, vault)
+}
+
+fn backed_up(dir: &Path) -> (VerifiedBackup, CopyReport) {
+    let source = MasterKeySource::KeyFile {
+        path: dir.join("master.key"),
+    };
+    let (live, vault) = seeded(&dir.join("data"), &source);
     let identity = age::x25519::Identity::generate();
     let (bytes, _) =
         create(&vault, &BackupRecipient::Recipient(identity.to_public())).expect("backup");
