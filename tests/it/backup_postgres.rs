@@ -7,7 +7,7 @@
 //! replica has the database open, and accepted once it stopped; forged and
 //! unsigned backups refused, changing nothing.
 
-use super::hardening_vault_proxy::{backup_to, keygen};
+use super::hardening_vault_proxy::{backup_to, keygen, strip_signature};
 use super::proxy::{ANTHROPIC_SECRET, Mock, OPENAI_SECRET, config};
 use super::store_migrate::{inventory, proxies};
 use latchkey_e2e::postgres::{PG_PASSWORD, PgDatabase, PgServer};
@@ -190,13 +190,7 @@ fn forged_and_unsigned_backups_change_nothing_in_postgres() {
     assert_eq!(victim.store_state(), before, "a forgery changed the store");
 
     // Its signature stripped: unsigned, refused.
-    let bytes = std::fs::read(&forged).expect("read");
-    let age_start = bytes
-        .windows(b"age-encryption.org/".len())
-        .position(|w| w == b"age-encryption.org/")
-        .expect("age header");
-    let stripped = attacker.path().join("stripped.backup");
-    std::fs::write(&stripped, &bytes[age_start..]).expect("write");
+    let stripped = strip_signature(&forged, &attacker.path().join("stripped.backup"));
     let s = stripped.to_str().expect("utf8");
     let err = victim.fails(&["restore", s, "--identity", id, "--force"], b"");
     assert!(err.contains("not signed"), "{err}");

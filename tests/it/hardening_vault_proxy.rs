@@ -504,6 +504,21 @@ fn put_secret(d: &TestDir, name: &str, value: &str) {
 }
 
 /// An age identity file and its public recipient.
+/// `backup` with its signature envelope removed: the bare age file inside,
+/// written to `out` (what an attacker who strips the signature sends).
+pub(crate) fn strip_signature(
+    backup: &std::path::Path,
+    out: &std::path::Path,
+) -> std::path::PathBuf {
+    let bytes = std::fs::read(backup).expect("read");
+    let age_start = bytes
+        .windows(b"age-encryption.org/".len())
+        .position(|w| w == b"age-encryption.org/")
+        .expect("age header");
+    std::fs::write(out, &bytes[age_start..]).expect("write");
+    out.to_path_buf()
+}
+
 pub(crate) fn keygen(d: &TestDir, name: &str) -> (std::path::PathBuf, String) {
     let key = d.ok(&["keygen"], b"").stdout;
     let path = d.path().join(name);
@@ -605,13 +620,7 @@ fn forged_and_tampered_backups_are_refused_genuine_ones_restore() {
     );
 
     // The forgery with its signature stripped: an unsigned file.
-    let bytes = std::fs::read(&forged).expect("read");
-    let age_start = bytes
-        .windows(b"age-encryption.org/".len())
-        .position(|w| w == b"age-encryption.org/")
-        .expect("age header");
-    let stripped = attacker.path().join("stripped.backup");
-    std::fs::write(&stripped, &bytes[age_start..]).expect("write");
+    let stripped = strip_signature(&forged, &attacker.path().join("stripped.backup"));
     let s = stripped.to_str().expect("utf8");
     let err = victim.fails(&["restore", s, "--identity", id, "--force"], b"");
     assert!(err.contains("not signed"), "{err}");
